@@ -1,0 +1,41 @@
+# transferlab — every target installs what it needs first (idempotent, quick when done).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.transferlab-installed
+# The local machine keeps these wheels on disk; GPU users may override, e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-slow test-slurm sweep-demo report-demo benchmark clean help
+
+help:
+	@echo "make install | demo | test | test-slow | test-slurm | sweep-demo | benchmark | clean"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || \
+		$(BIN)/python -m pip install -q $(TORCH_SPEC) || $(BIN)/python -m pip install -q torch torchvision
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+demo: install
+	$(BIN)/python -m transferlab.train
+
+test: install
+	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m "slow" $(PYTEST_ARGS)
+
+test-slurm: install
+	$(BIN)/python -m pytest -m "slurm" $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,3 @@
+"""transferlab: transfer-learning experiments as one command and one sweep."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,32 @@
+"""Terminal output for people: a short rich table of a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_result(record: dict, run_dir: str | Path) -> None:
+    m = record["metrics"]
+    table = Table(title=f"transferlab: {record['source']} -> {record['target']} ({record['backbone']})",
+                  show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("transfer", f"{record['transfer']} (cut={record['cut']}, upper={record['upper']}, freeze={record['freeze']})"),
+        ("trainable blocks", ", ".join(record["trainable_blocks"])),
+        ("trainable / total params", f"{record['trainable_params']:,} / {record['total_params']:,}"),
+        ("train examples (n_per_class)", f"{record['n_train']} ({record['n_per_class']})"),
+        ("seed / data_seed", f"{record['seed']} / {record['data_seed']}"),
+        ("source model", str(record["source_cache"])),
+        ("val/acc (best epoch)", f"{m.get('val/acc', float('nan')):.4f}"),
+        ("test/acc", f"{m.get('test/acc', float('nan')):.4f}"),
+        ("wall time", f"{record['wall_s']:.1f} s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console = Console()
+    console.print(table)
+    console.print(f"results: {Path(run_dir) / 'result.json'}")

@@ -1,0 +1,107 @@
+"""One experiment: validate -> source model (cached) -> cut + freeze -> target fine-tune -> result record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab import source_cache
+from transferlab.backbones import build_backbone, family_of
+from transferlab.data import loaders
+from transferlab.fit import fit_and_test
+from transferlab.loggers import finish_logger, make_logger
+from transferlab.module import TransferModule
+from transferlab.network import BACKBONE_PREFIX, TransferNet
+from transferlab.results import write_result
+from transferlab.tasks import TaskData
+from transferlab.transfer import build_target_net
+from transferlab.validate import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[dict, dict]:
+    """Train backbone + source head on the whole source task; return (state_dict, meta)."""
+    L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
+    net = TransferNet(build_backbone(cfg.backbone, source.input_shape), source.num_classes)
+    module = TransferModule(net, source.num_classes, optim=OmegaConf.to_container(cfg.pretrain, resolve=True))
+    t0 = time.perf_counter()
+    outcome = fit_and_test(
+        module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed)),
+        max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
+        logger=make_logger(cfg, work_dir, "source") if cfg.logger.kind == "csv" else False,
+    )
+    state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
+    meta = {"source": str(cfg.source.name), "backbone": family_of(cfg.backbone), "test/acc": outcome.test["test/acc"],
+            "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
+            "block_names": list(net.backbone.block_names)}
+    return {k: v for k, v in state.items() if k.startswith("net.")}, meta
+
+
+def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict | None, str, str | None, dict]:
+    """(state_dict, cache status, checkpoint path, meta) of the model whose blocks are copied."""
+    if prep.plan.cut == 0:
+        return None, "unused", None, {}
+    if prep.source is None:  # source=none: the backbone's own initial weights are the "source"
+        L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
+        blocks = build_backbone(cfg.backbone, prep.target.input_shape).blocks.state_dict()
+        return {BACKBONE_PREFIX + k: v for k, v in blocks.items()}, "none", None, {}
+    key = source_cache.source_key(cfg)
+    obj, status, path = source_cache.get_or_train(
+        cfg.paths.cache_dir, key, lambda: pretrain_source(cfg, prep.source, run_dir / "source"))
+    log.info("source model %s (%s): %s", key, status, path)
+    return obj["state_dict"], status, str(path), obj["meta"]
+
+
+def _count(net: TransferNet) -> tuple[int, int]:
+    params = list(net.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment and write result.json atomically; config errors raise before anything is written."""
+    t0 = time.perf_counter()
+    prep = prepare(cfg)  # raises ConfigError: nothing written yet
+    run_dir = Path(cfg.paths.output_dir)
+    plan, target = prep.plan, prep.target
+    record: dict[str, Any] = {
+        "status": "running", "error": None, "name": str(cfg.get("name", "default")),
+        "source": str(cfg.source.name), "target": str(cfg.target.name), "backbone": family_of(cfg.backbone),
+        "transfer": str(cfg.transfer.get("name", "custom")), "strategy": str(cfg.transfer.get("strategy", "fixed")),
+        "cut": plan.cut, "upper": plan.upper, "freeze": plan.freeze_depth, "frozen_blocks": list(plan.frozen),
+        "trainable_blocks": list(plan.trainable), "trainable_params": None, "total_params": None,
+        "n_per_class": cfg.target.get("n_per_class"), "n_train": int(len(target.train_indices)),
+        "seed": int(cfg.seed), "data_seed": int(cfg.data_seed), "metrics": {}, "source_cache": None,
+        "source_ckpt": None, "target_ckpt": None, "train_indices": [int(i) for i in target.train_indices],
+        "wall_s": None, "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    logger = None
+    try:
+        state, status, source_ckpt, source_meta = source_weights(cfg, prep, run_dir)
+        record.update(source_cache=status, source_ckpt=source_ckpt, source_metrics=source_meta)
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        net = build_target_net(build_backbone(cfg.backbone, target.input_shape), plan, state, target.num_classes)
+        record["trainable_params"], record["total_params"] = _count(net)
+        module = TransferModule(net, target.num_classes, optim=OmegaConf.to_container(cfg.train, resolve=True))
+        axes = {k: record[k] for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
+        logger = make_logger(cfg, run_dir, "target", axes=axes)
+        outcome = fit_and_test(module, loaders(target, int(cfg.train.batch_size), int(cfg.seed)),
+                               max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
+                               ckpt_dir=run_dir / "checkpoints", logger=logger)
+        record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
+                             "val/acc_history": outcome.history.get("val/acc", []),
+                             "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs + 1}
+        record.update(status="ok", target_ckpt=outcome.best_ckpt, wall_s=time.perf_counter() - t0)
+        write_result(run_dir, record)
+        finish_logger(logger, failed=False)
+        return record
+    except Exception as e:
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.perf_counter() - t0)
+        write_result(run_dir, record)
+        finish_logger(logger, failed=True)
+        raise

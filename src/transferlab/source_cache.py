@@ -1,0 +1,55 @@
+"""Content-addressed, file-locked cache of source models: a sweep of a hundred target runs pretrains once.
+
+The key hashes only what shapes the source model (source task, backbone, pretrain settings incl. its seed), so
+changing target or transfer settings never retrains it. Parallel jobs needing the same source take a file lock;
+the first trains and writes atomically, the others wait and load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock
+from omegaconf import OmegaConf
+
+from transferlab.atomic import torch_save, write_json
+
+MODEL_FILE = "model.pt"
+
+
+def source_key(cfg) -> str:
+    """Hash of the source-relevant config (resolved, sorted)."""
+    relevant = {
+        "source": OmegaConf.to_container(cfg.source, resolve=True),
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "pretrain": OmegaConf.to_container(cfg.pretrain, resolve=True),
+    }
+    # The source's labelled subset is part of the source model; the target's is not.
+    blob = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load a cached source model; `weights_only=True` so a file can never run code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def get_or_train(cache_dir: str | Path, key: str, train: Callable[[], tuple[dict, dict]]) -> tuple[dict, str, Path]:
+    """Return (cached object with 'state_dict' and 'meta', 'hit'|'miss', path), training under a lock on a miss."""
+    folder = Path(cache_dir) / "source" / key
+    path = folder / MODEL_FILE
+    if path.exists():
+        return load_state(path), "hit", path
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        if path.exists():  # another job trained it while we waited
+            return load_state(path), "hit", path
+        state_dict, meta = train()
+        obj = {"state_dict": state_dict, "meta": meta}
+        torch_save(path, obj)
+        write_json(folder / "meta.json", meta)
+    return obj, "miss", path

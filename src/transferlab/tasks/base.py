@@ -1,0 +1,47 @@
+"""A task: a labelled dataset with a fixed train pool, val split and test split, as in-memory tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TaskData:
+    """Everything a run needs from a task. Labels are remapped to 0..C-1 in `class_names` order.
+
+    `train_x/train_y` hold the whole train pool; `train_indices` (into that pool) is the labelled subset
+    this run trains on. Val and test never depend on the run seed or on n.
+    """
+
+    name: str
+    class_names: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    train_indices: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.train_indices is None:
+            self.train_indices = np.arange(len(self.train_y))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def pool_class_counts(self) -> np.ndarray:
+        return np.bincount(self.train_y.numpy(), minlength=self.num_classes)
+
+    def subset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(self.train_indices, dtype=torch.long)
+        return self.train_x[idx], self.train_y[idx]
