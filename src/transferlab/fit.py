@@ -1,20 +1,99 @@
-"""One Lightning fit + test, shared by source pretraining and target training."""
+"""One Lightning fit + test, shared by source pretraining and target training.
+
+Reliability lives here because every training run goes through it:
+- resume: if `ckpt_dir/last.ckpt` exists (a killed run), `trainer.fit(ckpt_path=...)` continues from it; the
+  checkpoint carries a fingerprint of the config, and a different config is refused, never silently resumed;
+- checkpoints are written atomically (temp file + rename) and read with `weights_only=True` only;
+- a NaN/inf training loss stops the run with `NonFiniteLossError` (the caller records status `failed`).
+"""
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
+from transferlab.atomic import atomic_path
 from transferlab.callbacks import BlockModelSummary, MetricHistory
-
+from transferlab.errors import ConfigError, problem
+from transferlab.safe_load import WeightsError, load_checkpoint
 
 # Frozen blocks are in eval mode on purpose (BN statistics and dropout frozen with the weights).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+LAST = "last.ckpt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf: the run cannot recover, so it fails with the reason."""
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes via temp file + rename and reads with `weights_only=True` only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+    def load_checkpoint(self, path, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+class RunIdentity(L.Callback):
+    """Stores the run's config fingerprint in every checkpoint, so a resume can tell whose checkpoint it is."""
+
+    def __init__(self, fingerprint: str | None):
+        self.fingerprint = fingerprint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("fingerprint")
+        if self.fingerprint is not None and saved not in (None, self.fingerprint):
+            raise ConfigError(problem("checkpoint", saved, f"fingerprint {self.fingerprint} of this config"))
+
+
+class FailOnNonFinite(L.Callback):
+    """Raises before backward when the training loss is NaN/inf (no anomaly detection needed, one check/step)."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"train/loss is {value} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f"lower the learning rate or check the inputs for NaN/inf")
+
+
+def saved_fingerprint(ckpt: dict[str, Any]) -> str | None:
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith(RunIdentity.__name__) and isinstance(state, dict):
+            return state.get("fingerprint")
+    return None
+
+
+def checkpoint_mismatch(ckpt_dir: Path, fingerprint: str | None) -> str | None:
+    """Why `ckpt_dir/last.ckpt` cannot be resumed by a run with `fingerprint` (None when it can, or is absent)."""
+    last = Path(ckpt_dir) / LAST
+    if not last.exists():
+        return None
+    try:
+        ckpt = load_checkpoint(last)
+    except WeightsError as e:
+        return f"its {LAST} cannot be resumed ({e}); delete {last} to start over"
+    saved = saved_fingerprint(ckpt)
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+        return (f"holds a checkpoint of a different configuration (fingerprint {saved}, this run {fingerprint}); "
+                f"use a new output dir, or delete {last} to start over")
+    return None
 
 
 @dataclass
@@ -24,26 +103,38 @@ class FitOutcome:
     best_ckpt: str
     epochs: int
     history: dict[str, list[float]] = field(default_factory=dict)
+    resumed_from: str | None = None
 
 
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
-                 logger=False, callbacks=()) -> FitOutcome:
-    """Train, keep the best model on val/acc, and test it once on the fixed test split."""
+                 logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True) -> FitOutcome:
+    """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the best model on val/acc, test it once."""
     train, val, test = loaders
     history = MetricHistory()
     ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
                            save_last=True, enable_version_counter=False)
     kwargs = OmegaConf.to_container(trainer_cfg, resolve=True) if not isinstance(trainer_cfg, dict) else trainer_cfg
+    kwargs = dict(kwargs)
+    plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
-                        callbacks=[ckpt, history, BlockModelSummary(), *callbacks], **kwargs)
-    trainer.fit(module, train, val)
+                        callbacks=[ckpt, history, BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(),
+                                   *callbacks], plugins=plugins, **kwargs)
+    last = Path(ckpt_dir) / LAST
+    resume_from = None
+    if resume and last.exists():
+        why = checkpoint_mismatch(Path(ckpt_dir), fingerprint)
+        if why:
+            raise ConfigError(problem("paths.output_dir", str(Path(ckpt_dir).parent), why))
+        resume_from = str(last)
+    trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
     # Copy now: testing from the best checkpoint restores the callback state saved at that (earlier) epoch.
     curves = {k: list(v) for k, v in history.history.items()}
-    tested = trainer.test(module, test, ckpt_path=ckpt.best_model_path or None, verbose=False)[0]
+    tested = trainer.test(module, test, ckpt_path=ckpt.best_model_path or None, verbose=False, weights_only=True)[0]
     return FitOutcome(
         test={k: float(v) for k, v in tested.items()},
         best_val_acc=float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan"),
         best_ckpt=ckpt.best_model_path,
         epochs=int(trainer.current_epoch),
         history=curves,
+        resumed_from=resume_from,
     )

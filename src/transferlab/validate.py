@@ -2,21 +2,32 @@
 
 `prepare` returns what the run needs (tasks loaded, transfer plan resolved) or raises one ConfigError listing
 every problem, one line each: key, value, what is allowed.
+
+Checks are small functions in two lists, so adding one is one function and one list entry:
+- `CONFIG_CHECKS`: `(cfg) -> list[str]`, the config alone (no data read);
+- `PLAN_CHECKS`: `(cfg, ctx) -> list[str]`, once the target task, backbone and transfer plan are known.
+A check may also raise ConfigError; its lines are collected like returned ones, and every check still runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from transferlab.backbones import FAMILIES, build_backbone, family_of
+from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, family_of
 from transferlab.errors import ConfigError, problem
 from transferlab.module import OPTIMIZERS
 from transferlab.tasks import KINDS, TaskData, build_task
 from transferlab.transfer import TransferPlan, resolve_plan
 
 LOGGERS = ("csv", "wandb", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
 
 
 @dataclass
@@ -26,64 +37,251 @@ class Prepared:
     source: TaskData | None  # None when nothing is pretrained (scratch, or source=none)
 
 
+@dataclass
+class Context:
+    """What plan checks can look at; a field is None when an earlier step already failed."""
+
+    target: TaskData | None = None
+    source: TaskData | None = None
+    backbone: BlockBackbone | None = None
+    plan: TransferPlan | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_numbers(cfg: DictConfig) -> list[str]:
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---------------------------------------------------------------- config-only checks
+
+
+def check_seeds(cfg: DictConfig) -> list[str]:
     out = []
-    for key in ("seed", "data_seed", "pretrain.seed"):
-        v = cfg.get(key) if "." not in key else cfg.pretrain.get("seed")
-        if not _is_int(v):
-            out.append(problem(key, v, "an integer (0 is a valid seed)"))
+    for key, v in (("seed", cfg.get("seed")), ("data_seed", cfg.get("data_seed")),
+                   ("pretrain.seed", cfg.pretrain.get("seed"))):
+        if not _is_int(v) or not 0 <= v <= SEED_MAX:
+            out.append(problem(key, v, f"an integer in 0..{SEED_MAX} (0 is a valid seed)"))
+    return out
+
+
+def check_optim(cfg: DictConfig) -> list[str]:
+    out = []
     for group in ("pretrain", "train"):
         g = cfg[group]
         if not _is_int(g.get("max_epochs")) or g.max_epochs < 1:
             out.append(problem(f"{group}.max_epochs", g.get("max_epochs"), "an integer >= 1"))
-        if not isinstance(g.get("lr"), (int, float)) or isinstance(g.get("lr"), bool) or g.lr <= 0:
-            out.append(problem(f"{group}.lr", g.get("lr"), "a number > 0"))
+        if not _is_num(g.get("lr")) or g.lr <= 0:
+            out.append(problem(f"{group}.lr", g.get("lr"), "a finite number > 0"))
         if not _is_int(g.get("batch_size")) or g.batch_size < 1:
             out.append(problem(f"{group}.batch_size", g.get("batch_size"), "an integer >= 1"))
         if g.get("optimizer") not in OPTIMIZERS:
             out.append(problem(f"{group}.optimizer", g.get("optimizer"), f"one of {list(OPTIMIZERS)}"))
-    for key in ("n_per_class", "n_train"):
-        v = cfg.target.get(key)
-        if v is not None and (not _is_int(v) or v < 1):
-            out.append(problem(f"target.{key}", v, "null (all) or an integer >= 1"))
-    if cfg.target.get("n_per_class") is not None and cfg.target.get("n_train") is not None:
-        out.append(problem("target.n_train", cfg.target.n_train, "null when target.n_per_class is set (pick one)"))
-    if cfg.target.get("n_policy", "error") not in ("error", "cap"):
-        out.append(problem("target.n_policy", cfg.target.n_policy, "one of ['error', 'cap']"))
-    if cfg.logger.get("kind") not in LOGGERS:
-        out.append(problem("logger", cfg.logger.get("kind"), f"one of {list(LOGGERS)}"))
+        wd = g.get("weight_decay", 0.0)
+        if not _is_num(wd) or wd < 0:
+            out.append(problem(f"{group}.weight_decay", wd, "a finite number >= 0"))
+        mom = g.get("momentum", 0.0)
+        if not _is_num(mom) or not 0 <= mom < 1:
+            out.append(problem(f"{group}.momentum", mom, "a number in [0, 1)"))
     return out
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    problems = _check_numbers(cfg)
-    target_kind, source_kind = cfg.target.get("kind"), cfg.source.get("kind")
-    if target_kind not in KINDS:
-        problems.append(problem("target.kind", target_kind, f"one of {sorted(KINDS)}"))
-    if source_kind not in (*KINDS, "none"):
-        problems.append(problem("source.kind", source_kind, f"one of {sorted(KINDS)} or none"))
-    if family_of(cfg.backbone) not in FAMILIES:
-        problems.append(problem("backbone.name", family_of(cfg.backbone), f"one of {sorted(FAMILIES)}"))
-    if problems:
-        raise ConfigError(problems)
+def _check_sizes(task: DictConfig, key: str) -> list[str]:
+    out = []
+    for name in ("n_per_class", "n_train"):
+        v = task.get(name)
+        if v is not None and (not _is_int(v) or v < 1):
+            out.append(problem(f"{key}.{name}", v, "null (all) or an integer >= 1"))
+    if task.get("n_per_class") is not None and task.get("n_train") is not None:
+        out.append(problem(f"{key}.n_train", task.n_train, f"null when {key}.n_per_class is set (pick one)"))
+    if task.get("n_policy", "error") not in ("error", "cap"):
+        out.append(problem(f"{key}.n_policy", task.n_policy, "one of ['error', 'cap']"))
+    fractions = []
+    for name in ("val_fraction", "test_fraction"):
+        v = task.get(name)
+        if v is None:
+            continue
+        if not _is_num(v) or not 0 < v < 1:
+            out.append(problem(f"{key}.{name}", v, "a number in (0, 1)"))
+        else:
+            fractions.append(v)
+    if len(fractions) == 2 and sum(fractions) >= 0.9:
+        out.append(problem(f"{key}.val_fraction", task.val_fraction,
+                           f"val_fraction + test_fraction < 0.9 (now {sum(fractions):g}), or no training pool is left"))
+    return out
 
-    data_dir = cfg.paths.get("data_dir")
-    target = build_task(cfg.target, key="target", data_seed=int(cfg.data_seed), data_dir=data_dir)
+
+def check_task_sizes(cfg: DictConfig) -> list[str]:
+    out = _check_sizes(cfg.target, "target")
+    if cfg.source.get("kind") != "none":
+        out += _check_sizes(cfg.source, "source")
+    return out
+
+
+def check_kinds(cfg: DictConfig) -> list[str]:
+    out = []
+    if cfg.target.get("kind") not in KINDS:
+        out.append(problem("target.kind", cfg.target.get("kind"), f"one of {sorted(KINDS)}"))
+    if cfg.source.get("kind") not in (*KINDS, "none"):
+        out.append(problem("source.kind", cfg.source.get("kind"), f"one of {sorted(KINDS)} or none"))
+    if family_of(cfg.backbone) not in FAMILIES:
+        out.append(problem("backbone.name", family_of(cfg.backbone), f"one of {sorted(FAMILIES)}"))
+    return out
+
+
+def check_logger(cfg: DictConfig) -> list[str]:
+    kind = cfg.logger.get("kind")
+    if kind not in LOGGERS:
+        return [problem("logger.kind", kind, f"one of {list(LOGGERS)} (pick with logger=csv|wandb|none)")]
+    if kind == "wandb":
+        mode = (cfg.logger.get("wandb") or {}).get("mode", "offline")
+        if mode not in WANDB_MODES:
+            return [problem("logger.wandb.mode", mode, f"one of {list(WANDB_MODES)}")]
+    return []
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_devices(cfg: DictConfig) -> list[str]:
+    """A Trainer asking for more devices than this machine has fails here, not after data loading."""
+    t = cfg.get("trainer") or {}
+    acc, devices = str(t.get("accelerator", "auto")), t.get("devices", "auto")
+    gpus = _visible_gpus()
+    kinds = ("auto", "cpu", "gpu", "cuda", "mps")
+    if acc not in kinds:
+        return [problem("trainer.accelerator", acc, f"one of {list(kinds)}")]
+    if acc in ("gpu", "cuda") and gpus == 0:
+        return [problem("trainer.accelerator", acc, "no GPU is visible here; use auto or cpu")]
+    have = gpus if acc in ("gpu", "cuda") or (acc == "auto" and gpus) else (os.cpu_count() or 1)
+    what = "GPU(s)" if have == gpus and gpus else "CPU core(s)"
+    if devices in ("auto", -1, "-1"):
+        return []
+    if _is_int(devices):
+        if not 1 <= devices <= have:
+            return [problem("trainer.devices", devices, f"1..{have} ({have} {what} here), auto or -1")]
+        return []
+    if isinstance(devices, str) and devices.isdigit():
+        return check_devices({"trainer": {**dict(t), "devices": int(devices)}})  # type: ignore[arg-type]
     try:
-        backbone = build_backbone(cfg.backbone, target.input_shape)
-    except (ValueError, RuntimeError) as e:
-        raise ConfigError(problem("backbone", family_of(cfg.backbone),
-                                  f"cannot take target inputs of shape {target.input_shape}: {e}")) from e
-    plan = resolve_plan(cfg.transfer, backbone.block_names)
-    source = None
-    if plan.cut > 0 and source_kind != "none":
-        source = build_task(cfg.source, key="source", data_seed=int(cfg.pretrain.seed), data_dir=data_dir)
-        if source.input_shape != target.input_shape:
-            raise ConfigError(problem("source", cfg.source.name,
-                                      f"inputs of shape {source.input_shape} but target {cfg.target.name} has "
-                                      f"{target.input_shape}; both must match the backbone's input"))
-    return Prepared(plan=plan, target=target, source=source)
+        ids = [int(i) for i in devices]
+    except (TypeError, ValueError):
+        return [problem("trainer.devices", devices, "an int, a list of device ids, auto or -1")]
+    if any(not 0 <= i < have for i in ids) or len(set(ids)) != len(ids):
+        return [problem("trainer.devices", list(devices), f"distinct ids in 0..{have - 1} ({have} {what} here)")]
+    return []
+
+
+def check_backbone_weights(cfg: DictConfig) -> list[str]:
+    """`backbone.weights`: must exist and be a plain state dict (loaded with weights_only=True, never unpickled)."""
+    from transferlab.safe_load import WeightsError, load_state_dict
+
+    path = cfg.backbone.get("weights")
+    if path in (None, ""):
+        return []
+    try:
+        load_state_dict(Path(str(path)).expanduser())
+    except WeightsError as e:
+        return [problem("backbone.weights", str(path), f"a readable state dict file; {e}")]
+    return []
+
+
+def check_resume(cfg: DictConfig) -> list[str]:
+    """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
+    from transferlab.fit import checkpoint_mismatch
+
+    out_dir = cfg.paths.get("output_dir")
+    if not out_dir:
+        return []
+    why = checkpoint_mismatch(Path(str(out_dir)) / "checkpoints", config_fingerprint(cfg))
+    return [problem("paths.output_dir", str(out_dir), why)] if why else []
+
+
+CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
+    check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_backbone_weights,
+    check_resume,
+]
+
+
+# ---------------------------------------------------------------- checks that need the tasks / backbone / plan
+
+
+def check_input_shapes(cfg: DictConfig, ctx: Context) -> list[str]:
+    if ctx.source is None or ctx.target is None or ctx.source.input_shape == ctx.target.input_shape:
+        return []
+    return [problem("source", str(cfg.source.name),
+                    f"inputs of shape {ctx.source.input_shape} but target {cfg.target.name} has "
+                    f"{ctx.target.input_shape}; both must match the backbone's input")]
+
+
+PLAN_CHECKS: list[Callable[[DictConfig, Context], list[str]]] = [
+    check_input_shapes,
+]
+
+
+# ---------------------------------------------------------------- driver
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that shapes a run's training (not where it writes or how it logs): resume key."""
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    full = OmegaConf.to_container(cfg, resolve=True)
+    keep = {k: v for k, v in full.items() if k not in ("paths", "logger", "name", "hydra", "trainer")}
+    blob = json.dumps(keep, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _collect(problems: list[str], fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Call fn; the lines of a ConfigError it raises go to `problems` and None is returned."""
+    try:
+        result = fn(*args, **kwargs)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return None
+    return result
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    problems: list[str] = []
+    for check in CONFIG_CHECKS:
+        problems.extend(_collect(problems, check, cfg) or [])
+    if any(p.split("=", 1)[0] in ("target.kind", "source.kind", "backbone.name") for p in problems):
+        raise ConfigError(problems)  # nothing below can be built
+
+    ctx = Context()
+    data_dir = cfg.paths.get("data_dir")
+    if not any(p.startswith(("target.", "data_seed=")) for p in problems):
+        ctx.target = _collect(problems, build_task, cfg.target, key="target", data_seed=int(cfg.data_seed),
+                              data_dir=data_dir)
+    if ctx.target is not None:
+        try:
+            ctx.backbone = build_backbone(cfg.backbone, ctx.target.input_shape)
+        except ConfigError as e:
+            problems.extend(e.problems)
+        except (ValueError, RuntimeError) as e:
+            problems.append(problem("backbone", family_of(cfg.backbone),
+                                    f"cannot take target inputs of shape {ctx.target.input_shape}: {e}"))
+    if ctx.backbone is not None:
+        ctx.plan = _collect(problems, resolve_plan, cfg.transfer, ctx.backbone.block_names)
+    needs_source = ctx.plan is None or ctx.plan.cut > 0
+    if needs_source and cfg.source.get("kind") != "none" and not any(
+            p.startswith(("source.", "pretrain.seed=")) for p in problems):
+        ctx.source = _collect(problems, build_task, cfg.source, key="source", data_seed=int(cfg.pretrain.seed),
+                              data_dir=data_dir)
+    for check in PLAN_CHECKS:
+        problems.extend(_collect(problems, check, cfg, ctx) or [])
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    assert ctx.plan is not None and ctx.target is not None
+    source = ctx.source if ctx.plan.cut > 0 else None
+    return Prepared(plan=ctx.plan, target=ctx.target, source=source)

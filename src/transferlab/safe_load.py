@@ -1,0 +1,59 @@
+"""The one way to read weights and checkpoints: tensors and plain containers only, never code.
+
+`torch.load(weights_only=True)` refuses any pickle that would import or call something; `.safetensors` files
+hold no pickle at all. A refusal becomes a `WeightsError` that says which file and why, so the entry point can
+print one clear line instead of a traceback from deep inside the unpickler.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class WeightsError(ValueError):
+    """A weights/checkpoint file that is missing, corrupt, unsafe or not a state dict."""
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """`torch.load(..., weights_only=True)` (or safetensors); unsafe or unreadable files raise WeightsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location) if isinstance(map_location, str) else "cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message starts with "Weights only load failed"; keep its first line (names the global).
+        reason = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        if "Weights only load failed" in str(e):
+            raise WeightsError(f"{path}: refused: the file holds pickled code/objects, not just tensors "
+                               f"(weights_only=True). {reason}".rstrip()) from e
+        raise WeightsError(f"{path}: corrupt or not a torch file ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: corrupt or not a torch file ({first})") from e
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model state dict from a weights file or a Lightning checkpoint (its 'state_dict' entry)."""
+    obj = load_checkpoint(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict (name -> tensor)")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{path}: not a state dict: {len(bad)} entries are not name -> tensor "
+                           f"(e.g. {bad[0]!r})")
+    return obj
