@@ -20,7 +20,7 @@ from transferlab.network import BACKBONE_PREFIX, TransferNet
 from transferlab.results import write_result
 from transferlab.tasks import TaskData
 from transferlab.transfer import build_target_net
-from transferlab.validate import Prepared, prepare
+from transferlab.validate import Prepared, config_fingerprint, prepare
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
         module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed)),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
         logger=make_logger(cfg, work_dir, "source") if cfg.logger.kind == "csv" else False,
+        fingerprint=source_cache.source_key(cfg),  # a killed pretraining resumes from its last.ckpt
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
     meta = {"source": str(cfg.source.name), "backbone": family_of(cfg.backbone), "test/acc": outcome.test["test/acc"],
@@ -92,7 +93,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger = make_logger(cfg, run_dir, "target", axes=axes)
         outcome = fit_and_test(module, loaders(target, int(cfg.train.batch_size), int(cfg.seed)),
                                max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
-                               ckpt_dir=run_dir / "checkpoints", logger=logger)
+                               ckpt_dir=run_dir / "checkpoints", logger=logger,
+                               fingerprint=config_fingerprint(cfg))  # resumes a killed run of this config
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),
                              "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs + 1}
