@@ -10,9 +10,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab import source_cache
+from transferlab import accel, feature_cache, source_cache
 from transferlab.backbones import build_backbone, family_of
-from transferlab.data import loaders
+from transferlab.data import loaders, pick_device
 from transferlab.fit import fit_and_test
 from transferlab.loggers import finish_logger, make_logger
 from transferlab.module import TransferModule
@@ -32,7 +32,8 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
     module = TransferModule(net, source.num_classes, optim=OmegaConf.to_container(cfg.pretrain, resolve=True))
     t0 = time.perf_counter()
     outcome = fit_and_test(
-        module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed)),
+        module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
+                        device=pick_device(cfg.trainer.get("accelerator"))),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
         logger=make_logger(cfg, work_dir, "source") if cfg.logger.kind == "csv" else False,
         fingerprint=source_cache.source_key(cfg),  # a killed pretraining resumes from its last.ckpt
@@ -68,6 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment and write result.json atomically; config errors raise before anything is written."""
     t0 = time.perf_counter()
     prep = prepare(cfg)  # raises ConfigError: nothing written yet
+    feature_cache.check_config(cfg, prep.target)  # bad train.feature_cache: ConfigError, nothing written
     run_dir = Path(cfg.paths.output_dir)
     plan, target = prep.plan, prep.target
     record: dict[str, Any] = {
@@ -91,10 +93,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         module = TransferModule(net, target.num_classes, optim=OmegaConf.to_container(cfg.train, resolve=True))
         axes = {k: record[k] for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         logger = make_logger(cfg, run_dir, "target", axes=axes)
-        outcome = fit_and_test(module, loaders(target, int(cfg.train.batch_size), int(cfg.seed)),
-                               max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
-                               ckpt_dir=run_dir / "checkpoints", logger=logger,
-                               fingerprint=config_fingerprint(cfg))  # resumes a killed run of this config
+        # Frozen prefix computed once (cached features) when exact; the net and its checkpoint stay whole.
+        batches, cache = feature_cache.target_loaders(cfg, target, net)
+        record["feature_cache"] = cache.record()
+        with feature_cache.training_on(net, cache):
+            outcome = fit_and_test(accel.prepare(module, cfg.train), batches,
+                                   max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
+                                   ckpt_dir=run_dir / "checkpoints", logger=logger,
+                                   fingerprint=config_fingerprint(cfg))  # resumes a killed run of this config
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),
                              "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs + 1}
