@@ -1,18 +1,23 @@
 """Turn labelled arrays into a TaskData: class selection, fixed splits, the labelled subset, leakage checks.
 
-Every task kind ends here, so splitting and sampling rules are the same for all of them.
+Every task kind ends here, so splitting, sampling, input adaptation and leakage rules are the same for all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from transferlab.errors import ConfigError, problem
+from transferlab.tasks.adapt import Adapter
 from transferlab.tasks.base import TaskData
-from transferlab.tasks.sampling import check_disjoint, draw_subset, fixed_split
+from transferlab.tasks.sampling import cap_per_class, check_disjoint, draw_subset, fixed_split
+
+log = logging.getLogger(__name__)
 
 
 def _select_classes(cfg, key: str, labels: np.ndarray, class_names: Sequence[str]) -> list[int]:
@@ -23,7 +28,7 @@ def _select_classes(cfg, key: str, labels: np.ndarray, class_names: Sequence[str
     ids = []
     by_name = {str(n): i for i, n in enumerate(class_names)}
     for c in wanted:
-        if isinstance(c, (int, np.integer)) and 0 <= int(c) < len(class_names):
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < len(class_names):
             ids.append(int(c))
         elif str(c) in by_name:
             ids.append(by_name[str(c)])
@@ -36,10 +41,36 @@ def _select_classes(cfg, key: str, labels: np.ndarray, class_names: Sequence[str
     return ids
 
 
-def _keep(x: np.ndarray, y: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    remap = {orig: new for new, orig in enumerate(ids)}
-    mask = np.isin(y, ids)
-    return x[mask], np.array([remap[int(v)] for v in y[mask]], dtype=np.int64)
+def _keep(y: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the kept classes in y, their labels remapped to 0..C-1 in `ids` order)."""
+    lut = np.full(max(int(y.max(initial=0)), max(ids)) + 1, -1, dtype=np.int64)
+    lut[ids] = np.arange(len(ids))
+    pos = np.flatnonzero(np.isin(y, ids))
+    return pos, lut[y[pos]]
+
+
+def _row_hashes(x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x).reshape(len(x), -1)
+    return np.array([hashlib.blake2b(r.tobytes(), digest_size=8).hexdigest() for r in flat])
+
+
+def _duplicates(pool: np.ndarray, **held: np.ndarray) -> dict[str, int]:
+    """Count held-out examples that are byte-identical to some train-pool example (content leakage)."""
+    seen = set(_row_hashes(pool))
+    return {name: int(sum(h in seen for h in _row_hashes(a))) for name, a in held.items() if len(a)}
+
+
+def _split(y: np.ndarray, size, split_seed: int, key: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return fixed_split(y, size, split_seed)
+    except ValueError as e:  # too few examples per class to stratify
+        raise ConfigError(problem(f"{key}.{what}", size, f"a held-out split this data can give: {e}")) from None
+
+
+def as_float(a: np.ndarray) -> torch.Tensor:
+    """uint8 images -> float in [0, 1]; anything else -> float32 as is."""
+    t = torch.as_tensor(np.ascontiguousarray(a))
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.to(torch.float32)
 
 
 def task_from_arrays(
@@ -54,41 +85,80 @@ def task_from_arrays(
     y_test: np.ndarray | None = None,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
+    info: dict | None = None,
 ) -> TaskData:
     """Build the task's fixed splits and this run's labelled subset.
 
-    Missing test/val splits are carved from `x` with the task's `split_seed` (stratified), so they are the same
-    for every run seed and every n. `x` arrays are float tensors shaped N x C x H x W (or N x D).
+    `x` arrays are N x C x H x W images (uint8, or float in [0, 1]) or N x D features; labels are ints indexing
+    `class_names`. Missing test/val splits are carved from `x` with the task's `split_seed` (stratified), so
+    they are the same for every run seed and every n; the subset is then drawn from what remains (the pool).
     """
     ids = _select_classes(cfg, key, y, class_names)
     names = [str(class_names[i]) for i in ids]
-    x, y = _keep(x, y, ids)
     split_seed = int(cfg.get("split_seed", 0))
+    pool_pos, pool_y = _keep(np.asarray(y), ids)
+    if cfg.get("max_per_class") is not None:  # fixed (split_seed) cap of the dataset's train split per class
+        kept = cap_per_class(pool_y, int(cfg.max_per_class), split_seed)
+        pool_pos, pool_y = pool_pos[kept], pool_y[kept]
+    origins: dict[str, tuple[str, np.ndarray]] = {}
+
     if x_test is None:
-        rest, test = fixed_split(y, float(cfg.get("test_fraction", 0.25)), split_seed)
-        x_test, y_test = x[test], y[test]
-        x, y = x[rest], y[rest]
+        rest, test = _split(pool_y, float(cfg.get("test_fraction", 0.25)), split_seed, key, "test_fraction")
+        origins["test"] = ("train", pool_pos[test])
+        test_y = pool_y[test]
+        pool_pos, pool_y = pool_pos[rest], pool_y[rest]
     else:
-        x_test, y_test = _keep(x_test, y_test, ids)
+        pos, test_y = _keep(np.asarray(y_test), ids)
+        origins["test"] = ("test", pos)
     if x_val is None:
-        pool, val = fixed_split(y, float(cfg.get("val_fraction", 0.2)), split_seed + 1)
-        check_disjoint(str(cfg.name), pool=pool, val=val)
-        x_val, y_val = x[val], y[val]
-        x, y = x[pool], y[pool]
+        size = cfg.get("val_size") or float(cfg.get("val_fraction", 0.2))
+        rest, val = _split(pool_y, size, split_seed + 1, key, "val_size" if cfg.get("val_size") else "val_fraction")
+        origins["val"] = ("train", pool_pos[val])
+        val_y = pool_y[val]
+        pool_pos, pool_y = pool_pos[rest], pool_y[rest]
     else:
-        x_val, y_val = _keep(x_val, y_val, ids)
+        pos, val_y = _keep(np.asarray(y_val), ids)
+        origins["val"] = ("val", pos)
+    origins["train"] = ("train", pool_pos)
+    missing = [names[c] for c in range(len(ids)) if not np.any(pool_y == c)]
+    if missing:
+        raise ConfigError(problem(f"{key}.classes", cfg.get("classes"),
+                                  f"classes with training examples; none left for {missing}"))
+    check_leakage(str(cfg.name), origins)
+
+    arrays = {"train": x, "val": x_val, "test": x_test}
+    take = {s: arrays[a][i] for s, (a, i) in origins.items()}
+    if len(take["train"]) == 0 or len(take["val"]) == 0 or len(take["test"]) == 0:
+        raise ConfigError(problem(f"{key}.classes", cfg.get("classes"), "classes with examples in every split; "
+                                  f"got train/val/test sizes {[len(take[s]) for s in ('train', 'val', 'test')]}"))
+    dups = _duplicates(take["train"], val=take["val"], test=take["test"])
+    if any(dups.values()):
+        log.warning("task %s: held-out examples identical to train-pool examples: %s", cfg.name, dups)
+
     indices = draw_subset(
-        y,
+        pool_y,
         n_per_class=cfg.get("n_per_class"),
         n_train=cfg.get("n_train"),
         data_seed=data_seed,
         n_policy=str(cfg.get("n_policy", "error")),
         key=key,
     )
-    as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    adapter = Adapter(cfg, key)
     as_l = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
+    train_x = adapter.fit_transform(as_float(take["train"]))
     return TaskData(
         name=str(cfg.name), class_names=names,
-        train_x=as_t(x), train_y=as_l(y), val_x=as_t(x_val), val_y=as_l(y_val),
-        test_x=as_t(x_test), test_y=as_l(y_test), train_indices=indices,
+        train_x=train_x, train_y=as_l(pool_y), val_x=adapter(as_float(take["val"])), val_y=as_l(val_y),
+        test_x=adapter(as_float(take["test"])), test_y=as_l(test_y), train_indices=indices, origins=origins,
+        info={**(info or {}), "input": adapter.describe(), "duplicates_of_train": dups,
+              "sizes": {"pool": len(pool_y), "val": len(val_y), "test": len(test_y), "train": len(indices)}},
     )
+
+
+def check_leakage(name: str, origins: dict[str, tuple[str, np.ndarray]]) -> None:
+    """Splits read from the same array must not share an index (raises at setup otherwise)."""
+    by_array: dict[str, dict[str, np.ndarray]] = {}
+    for split, (array, idx) in origins.items():
+        by_array.setdefault(array, {})[split] = idx
+    for splits in by_array.values():
+        check_disjoint(name, **splits)

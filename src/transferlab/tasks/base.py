@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +16,8 @@ class TaskData:
 
     `train_x/train_y` hold the whole train pool; `train_indices` (into that pool) is the labelled subset
     this run trains on. Val and test never depend on the run seed or on n.
+    `origins[split] = (array, indices)` says where each split's examples sit in the arrays the task was read
+    from (e.g. val carved from "train"), so leakage is checkable; `info` records how inputs were adapted.
     """
 
     name: str
@@ -25,6 +29,8 @@ class TaskData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     train_indices: np.ndarray = field(default=None)  # type: ignore[assignment]
+    origins: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.train_indices is None:
@@ -45,3 +51,19 @@ class TaskData:
     def subset(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(self.train_indices, dtype=torch.long)
         return self.train_x[idx], self.train_y[idx]
+
+    @property
+    def train_origin_indices(self) -> np.ndarray | None:
+        """The labelled subset as indices into the dataset's own train array (None if unknown)."""
+        if "train" not in self.origins:
+            return None
+        return self.origins["train"][1][self.train_indices]
+
+    def fingerprint(self) -> str:
+        """Hash of the data itself (pool, val, test, labels): changes when a user's file changes."""
+        h = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        h.update(",".join(self.class_names).encode())
+        return h.hexdigest()[:16]

@@ -8,11 +8,24 @@ from sklearn.model_selection import train_test_split
 from transferlab.errors import ConfigError, problem
 
 
-def fixed_split(labels: np.ndarray, fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (rest, held_out) index split; depends only on the labels and `split_seed`."""
+def fixed_split(labels: np.ndarray, size: float | int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (rest, held_out) index split; depends only on the labels and `split_seed`.
+
+    `size` is a fraction in (0, 1) or a number of examples.
+    """
     idx = np.arange(len(labels))
-    rest, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=split_seed)
+    rest, held = train_test_split(idx, test_size=size, stratify=labels, random_state=split_seed)
     return np.sort(rest), np.sort(held)
+
+
+def cap_per_class(labels: np.ndarray, cap: int, split_seed: int) -> np.ndarray:
+    """Sorted positions keeping at most `cap` examples of each class (a fixed, seeded choice)."""
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([int(split_seed), 7919, int(c)])
+        keep.append(members[rng.permutation(len(members))[:cap]])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
 def class_orders(labels: np.ndarray, data_seed: int) -> list[np.ndarray]:
