@@ -10,15 +10,25 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from transferlab.network import TransferNet
+from transferlab.transfer import TransferPlan
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("none", "cosine", "plateau")
 
 
 class TransferModule(L.LightningModule):
-    def __init__(self, net: TransferNet, num_classes: int, optim: dict[str, Any]):
+    def __init__(self, net: TransferNet, num_classes: int, optim: dict[str, Any], plan: TransferPlan | None = None):
         super().__init__()
         self.net = net
         self.optim = dict(optim)
+        self.plan = plan
+        # L2-SP anchor: the source values of transferred parameters that train (taken now, right after the copy;
+        # a plain dict so it is neither a parameter nor part of checkpoints).
+        alpha = plan.l2sp if plan is not None else 0.0
+        self.l2sp = float(alpha)
+        self._anchor: dict[str, torch.Tensor] = {} if not alpha else {
+            n: p.detach().clone() for n, p in net.backbone_parameters()
+            if n.split(".", 1)[0] in plan.copied and plan.trains(n)}
         self.loss = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -38,7 +48,22 @@ class TransferModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc)
+        loss = self._step(batch, "train", self.train_acc)
+        if self._anchor:
+            penalty = self.l2sp_penalty()
+            self.log("train/l2sp", penalty, on_step=False, on_epoch=True, batch_size=len(batch[1]))
+            loss = loss + penalty
+        return loss
+
+    def l2sp_penalty(self) -> torch.Tensor:
+        """alpha/2 * ||w - w_source||^2 over transferred parameters training now (Li et al. 2018)."""
+        params = dict(self.net.backbone_parameters())
+        total = torch.zeros((), device=self.device)
+        for name, w0 in self._anchor.items():
+            w = params[name]
+            if w.requires_grad:
+                total = total + (w - w0.to(w.device)).pow(2).sum()
+        return 0.5 * self.l2sp * total
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val", self.val_acc)
@@ -47,16 +72,57 @@ class TransferModule(L.LightningModule):
         self._step(batch, "test", self.test_acc)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.net.parameters() if p.requires_grad]
+        return [p for g in self.param_groups() for p in g["params"]]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One optimizer group per block that trains at some point of the fit (plus the head), built once.
+
+        Parameters a strategy keeps frozen for now are in their group from the start: their grad stays None, so
+        the optimizer (and weight decay) skips them until they unfreeze, and the group count never changes; LR
+        schedulers and resumed optimizer states stay valid (Lightning #12141, #6891). `train.lr_decay`=gamma
+        gives the block at depth d from the top lr * gamma**d (ULMFiT's 1/2.6, timm's layer decay); the head is
+        depth 0. With L2-SP, transferred parameters get no weight decay: the penalty replaces it (Li et al.).
+        """
+        lr, wd = float(self.optim["lr"]), float(self.optim.get("weight_decay", 0.0))
+        gamma = self.optim.get("lr_decay")
+        gamma = 1.0 if gamma is None else float(gamma)
+        trains = self.plan.trains if self.plan is not None else None
+        by_block: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, p in self.net.backbone_parameters():
+            if (trains(name) if trains is not None else p.requires_grad):
+                by_block.setdefault(name.split(".", 1)[0], []).append((name, p))
+        groups = [{"name": "head", "params": [p for p in self.net.head.parameters() if p.requires_grad],
+                   "lr": lr, "weight_decay": wd}]
+        for depth, block in enumerate(reversed(self.net.backbone.block_names), start=1):
+            named = by_block.get(block, [])
+            free = [p for n, p in named if n not in self._anchor]
+            anchored = [p for n, p in named if n in self._anchor]
+            if free:
+                groups.append({"name": block, "params": free, "lr": lr * gamma ** depth, "weight_decay": wd})
+            if anchored:
+                groups.append({"name": f"{block}.l2sp", "params": anchored, "lr": lr * gamma ** depth,
+                               "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
 
     def configure_optimizers(self):
         name = self.optim.get("optimizer", "adamw")
-        params = self.trainable_parameters()
-        lr, wd = float(self.optim["lr"]), float(self.optim.get("weight_decay", 0.0))
+        groups = self.param_groups()
+        lr = float(self.optim["lr"])
         if name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        if name == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        if name == "sgd":
-            return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(self.optim.get("momentum", 0.9)))
-        raise ValueError(f"unknown optimizer {name!r}; one of {OPTIMIZERS}")
+            opt = torch.optim.AdamW(groups, lr=lr)
+        elif name == "adam":
+            opt = torch.optim.Adam(groups, lr=lr)
+        elif name == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=float(self.optim.get("momentum", 0.9)))
+        else:
+            raise ValueError(f"unknown optimizer {name!r}; one of {OPTIMIZERS}")
+        scheduler = str(self.optim.get("scheduler") or "none")
+        if scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.optim["max_epochs"])))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/acc", "interval": "epoch"}}
+        if scheduler != "none":
+            raise ValueError(f"unknown scheduler {scheduler!r}; one of {SCHEDULERS}")
+        return opt

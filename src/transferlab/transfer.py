@@ -1,20 +1,26 @@
-"""The one place that decides what is transferred and what trains.
+"""The one place that decides what is transferred and what trains, and when.
 
-`resolve_plan` turns the `transfer` config into a TransferPlan over the backbone's block names (validating it);
-`build_target_net` applies it: copy blocks [0, cut) from the source, drop or re-initialise the rest, freeze.
+`resolve_plan` turns the `transfer` config into a validated TransferPlan over the backbone's blocks and
+parameter names: which blocks are copied (`cut`), what happens above the cut (`upper`), which parameters train
+(`freeze` = first f blocks frozen, or `trainable` = block names / parameter globs such as "*.bias" for BitFit),
+the BN policy, and the strategy that schedules the set over epochs (`fixed`, `gradual` ULMFiT unfreezing, `lp_ft`
+linear probe then fine-tune). Everything else asks the plan: `build_target_net` applies it, the optimizer takes
+groups of `plan.trains` parameters, strategy callbacks call `apply_epoch` at every epoch start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch
 
 from transferlab.backbones.base import BlockBackbone
 from transferlab.errors import ConfigError, problem
-from transferlab.network import TransferNet, block_state
+from transferlab.network import BN_POLICIES, TransferNet, block_state
 
 UPPER_CHOICES = ("drop", "reinit")
+STRATEGIES = ("fixed", "gradual", "lp_ft")
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,12 @@ class TransferPlan:
     cut: int                      # blocks [0, cut) are copied from the source
     upper: str                    # drop | reinit
     frozen: tuple[str, ...]       # blocks frozen for the whole fit
+    train_params: frozenset[str] | None = None  # backbone params that train (block-relative names); None = all
+    bn: str = "frozen"            # BN policy inside training blocks (see network.py)
+    strategy: str = "fixed"       # fixed | gradual | lp_ft
+    unfreeze_every: int = 1       # gradual: epochs between two unfreezings
+    lp_epochs: int = 1            # lp_ft: head-only epochs before fine-tuning
+    l2sp: float = 0.0             # L2-SP strength toward the source weights of copied blocks
 
     @property
     def copied(self) -> tuple[str, ...]:
@@ -34,16 +46,89 @@ class TransferPlan:
 
     @property
     def trainable(self) -> tuple[str, ...]:
+        """Blocks with at least one parameter that trains at some point, then the head."""
         return tuple(n for n in self.kept if n not in self.frozen) + ("head",)
 
     @property
     def freeze_depth(self) -> int:
         return len(self.frozen)
 
+    def trains(self, param: str) -> bool:
+        """Does this backbone parameter ('layer1.0.bn1.weight') train at some point of the fit?"""
+        block = param.split(".", 1)[0]
+        return (block in self.kept and block not in self.frozen
+                and (self.train_params is None or param in self.train_params))
 
-def resolve_plan(cfg, block_names: list[str] | tuple[str, ...]) -> TransferPlan:
-    """Validate cut/upper/freeze against the backbone's blocks; collect every problem before raising."""
-    names = tuple(block_names)
+    @property
+    def unfreeze_order(self) -> tuple[str, ...]:
+        """Training blocks from the top down (the order `gradual` releases them)."""
+        return tuple(reversed(self.trainable[:-1]))
+
+    def unfreeze_epoch(self, block: str) -> int | None:
+        """First epoch in which `block` trains (None: never). The head trains from epoch 0."""
+        if block == "head":
+            return 0
+        if block not in self.unfreeze_order:
+            return None
+        if self.strategy == "gradual":
+            return (self.unfreeze_order.index(block) + 1) * self.unfreeze_every
+        if self.strategy == "lp_ft":
+            return self.lp_epochs
+        return 0
+
+    def trainable_at(self, param: str, epoch: int) -> bool:
+        start = self.unfreeze_epoch(param.split(".", 1)[0])
+        return self.trains(param) and start is not None and epoch >= start
+
+
+def _int_at_least(cfg, key: str, default: int, low: int, problems: list[str]) -> int:
+    v = cfg.get(key, default)
+    v = default if v is None else v
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        problems.append(problem(f"transfer.{key}", v, f"an integer >= {low}"))
+        return default
+    return v
+
+
+def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, kept: tuple[str, ...],
+                       cut: int, problems: list[str]) -> frozenset[str] | None:
+    """Entries are block names, module/parameter names, or globs over parameter names ("*.bias", "*bn*")."""
+    if isinstance(spec, str) or not hasattr(spec, "__iter__"):
+        problems.append(problem("transfer.trainable", spec, "null or a list of block names / parameter globs, "
+                                                            f"e.g. [{names[-1]}] or ['*.bias']"))
+        return None
+    entries = [str(e) for e in spec]
+    if not entries:
+        problems.append(problem("transfer.trainable", [], f"a non-empty list (blocks: {list(kept)}); to train only "
+                                                         "the head use transfer.freeze=all (transfer=linear_probe)"))
+        return None
+    if params is None:
+        params = list(names)  # block names only (no backbone at hand): entries must be block names
+    chosen: set[str] = set()
+    for e in entries:
+        if e == "head":
+            continue  # the new head always trains
+        hits = [p for p in params if p == e or p.startswith(e + ".") or fnmatchcase(p, e)]
+        inside = [p for p in hits if p.split(".", 1)[0] in kept]
+        if not hits:
+            problems.append(problem("transfer.trainable", e, f"a block name {list(names)}, a module or parameter "
+                                                             "name inside one, or a glob over parameter names "
+                                                             "(e.g. '*.bias', '*bn*'); it matches nothing"))
+        elif not inside:
+            problems.append(problem("transfer.trainable", e, f"blocks kept by transfer.cut={cut}: {list(kept)} "
+                                                             "(it only matches blocks beyond the cut)"))
+        chosen.update(inside)
+    return frozenset(chosen)
+
+
+def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> TransferPlan:
+    """Validate the `transfer` config against the backbone's blocks (and parameter names, when a backbone is
+    given); collect every problem before raising one ConfigError."""
+    if isinstance(backbone, BlockBackbone):
+        names = tuple(backbone.block_names)
+        params: list[str] | None = [n for n, _ in backbone.blocks.named_parameters()]
+    else:
+        names, params = tuple(backbone), None
     problems: list[str] = []
     cut = cfg.get("cut")
     cut = len(names) if cut is None else cut
@@ -53,7 +138,9 @@ def resolve_plan(cfg, block_names: list[str] | tuple[str, ...]) -> TransferPlan:
     upper = str(cfg.get("upper", "drop"))
     if upper not in UPPER_CHOICES:
         problems.append(problem("transfer.upper", upper, f"one of {list(UPPER_CHOICES)}"))
+    kept = names[:cut] if upper == "drop" else names
     freeze = cfg.get("freeze", 0)
+    freeze = 0 if freeze is None else freeze
     if freeze == "all":
         n_frozen = cut
     elif isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= cut:
@@ -64,9 +151,48 @@ def resolve_plan(cfg, block_names: list[str] | tuple[str, ...]) -> TransferPlan:
     if upper == "drop" and cut == 0 and not problems:
         problems.append(problem("transfer.cut", 0, "with transfer.upper=drop the cut must keep at least one block "
                                                   "(transfer=scratch uses cut=0 with upper=reinit)"))
+    frozen = names[:n_frozen]
+    train_params = None
+    spec = cfg.get("trainable")
+    if spec is not None:
+        if n_frozen:
+            problems.append(problem("transfer.trainable", list(spec) if hasattr(spec, "__iter__") else spec,
+                                    f"null when transfer.freeze={freeze!r} is set (pick one: freeze=0 with a "
+                                    "trainable list, or a freeze depth)"))
+        train_params = _resolve_trainable(spec, names, params, kept, cut, problems)
+        if train_params is not None:
+            blocks = {p.split(".", 1)[0] for p in train_params}
+            frozen = tuple(n for n in kept if n not in blocks)
+            if params is None:  # names only: the entries chose whole blocks
+                train_params = None
+    bn = str(cfg.get("bn", "frozen"))
+    if bn not in BN_POLICIES:
+        problems.append(problem("transfer.bn", bn, f"one of {list(BN_POLICIES)}"))
+    strategy = str(cfg.get("strategy", "fixed") or "fixed")
+    if strategy not in STRATEGIES:
+        problems.append(problem("transfer.strategy", strategy, f"one of {list(STRATEGIES)}"))
+    every = _int_at_least(cfg, "unfreeze_every", 1, 1, problems)
+    lp_epochs = _int_at_least(cfg, "lp_epochs", 1, 1, problems)
+    l2sp = cfg.get("l2sp", 0.0)
+    l2sp = 0.0 if l2sp is None else l2sp
+    if isinstance(l2sp, bool) or not isinstance(l2sp, (int, float)) or l2sp < 0:
+        problems.append(problem("transfer.l2sp", l2sp, "a number >= 0 (0 = off)"))
+        l2sp = 0.0
+    elif l2sp > 0 and cut == 0:
+        problems.append(problem("transfer.l2sp", l2sp, "0 when transfer.cut=0 (no source weights to pull toward)"))
+    if not problems and strategy != "fixed" and all(n in frozen for n in kept):
+        problems.append(problem("transfer.strategy", strategy, f"fixed when no block trains (frozen: {list(frozen)}"
+                                                               "); gradual/lp_ft need transfer.freeze < cut"))
     if problems:
         raise ConfigError(problems)
-    return TransferPlan(block_names=names, cut=cut, upper=upper, frozen=names[:n_frozen])
+    return TransferPlan(block_names=names, cut=cut, upper=upper, frozen=tuple(frozen), train_params=train_params,
+                        bn=bn, strategy=strategy, unfreeze_every=every, lp_epochs=lp_epochs, l2sp=float(l2sp))
+
+
+def apply_epoch(net: TransferNet, plan: TransferPlan, epoch: int) -> list[str]:
+    """Set what trains in `epoch` (idempotent, so resuming at any epoch is right); return the training blocks."""
+    net.set_trainable(lambda p: plan.trainable_at(p, epoch))
+    return [b for b in net.backbone.block_names if b not in net.frozen]
 
 
 def build_target_net(
@@ -75,11 +201,14 @@ def build_target_net(
     source_state: dict[str, torch.Tensor] | None,
     num_classes: int,
 ) -> TransferNet:
-    """`backbone` is freshly initialised (seeded); copy the source blocks into it, then cut and freeze."""
+    """`backbone` is freshly initialised (seeded); copy the source blocks into it, cut, and set the final
+    trainable set (strategies narrow it per epoch)."""
     if plan.cut and source_state is None:
         raise ValueError("a cut > 0 needs source weights")
     for name in plan.copied:
         backbone.blocks[name].load_state_dict(block_state(source_state, name), strict=True)
     if plan.upper == "drop":
         backbone.truncate(plan.cut)
-    return TransferNet(backbone, num_classes, frozen=plan.frozen)
+    net = TransferNet(backbone, num_classes, bn=plan.bn)
+    net.set_trainable(plan.trains)
+    return net

@@ -1,4 +1,8 @@
-"""Backbone families. `build_backbone` is the one entry: config + input shape -> BlockBackbone."""
+"""Backbone families. `build_backbone` is the one entry: config + input shape -> BlockBackbone.
+
+`backbone.weights`: null (random init from the current torch seed), `imagenet` (torchvision/timm weights from
+their caches), or a path to a weights file (see `weights.py`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ from importlib import import_module
 from transferlab.backbones.base import BlockBackbone
 from transferlab.errors import ConfigError, problem
 
-# family -> module with `build(cfg, input_shape) -> BlockBackbone`
+# family -> module with `build(cfg, input_shape) -> BlockBackbone`; ImageNet weights come either from
+# `imagenet_state(cfg)` (a native state dict) or from `build(..., pretrained=True)` (timm loads them itself).
 FAMILIES = {
     "small_cnn": "transferlab.backbones.small_cnn",
     "mlp": "transferlab.backbones.mlp",
+    "resnet": "transferlab.backbones.torchvision_resnet",
+    "timm": "transferlab.backbones.timm_stages",
 }
 
 
@@ -18,12 +25,29 @@ def family_of(cfg) -> str:
     return str(cfg.get("family", cfg.get("name")))
 
 
-def build_backbone(cfg, input_shape: tuple[int, ...]) -> BlockBackbone:
-    """A fresh backbone (random init from the current torch seed, then `weights` if given)."""
+def build_backbone(cfg, input_shape: tuple[int, ...], load_weights: bool = True) -> BlockBackbone:
+    """A fresh backbone: random init from the current torch seed, then `backbone.weights` unless `load_weights`
+    is False (the target net: its transferred blocks come from the source model, the rest stay random)."""
+    from transferlab.backbones.weights import load_into, read_state
+
     family = family_of(cfg)
     if family not in FAMILIES:
         raise ConfigError(problem("backbone.name", family, f"one of {sorted(FAMILIES)}"))
-    return import_module(FAMILIES[family]).build(cfg, tuple(input_shape))
+    module = import_module(FAMILIES[family])
+    weights = cfg.get("weights") if load_weights else None
+    shape = tuple(input_shape)
+    if weights is None:
+        return module.build(cfg, shape)
+    if str(weights) == "imagenet":
+        if hasattr(module, "imagenet_state"):
+            return load_into(module.build(cfg, shape), module.imagenet_state(cfg), "imagenet")
+        if family == "timm":
+            return module.build(cfg, shape, pretrained=True)
+        raise ConfigError(problem("backbone.weights", "imagenet",
+                                  f"null or a file path for backbone {family} (ImageNet weights exist for "
+                                  f"backbone=resnet18 and backbone=timm)"))
+    state = read_state(str(weights))  # before building: a missing file fails fast
+    return load_into(module.build(cfg, shape), state, str(weights))
 
 
-__all__ = ["BlockBackbone", "build_backbone", "FAMILIES"]
+__all__ = ["BlockBackbone", "build_backbone", "FAMILIES", "family_of"]

@@ -7,7 +7,7 @@ A backbone knows nothing about freezing or transfer.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -17,14 +17,18 @@ class BlockBackbone(nn.Module):
     """Named blocks applied in order.
 
     `pool` tells a head how to read a block's output: "flatten" (small inputs: keep spatial layout) or
-    "avg" (global average pool, as ResNets do).
+    "avg" (global average pool, as ResNets do). `native_prefixes` maps module prefixes of the library model the
+    blocks were cut from (e.g. torchvision's "conv1") to block prefixes ("stem.conv1"), so weight files saved from
+    the original model load into the blocks.
     """
 
-    def __init__(self, blocks: Iterable[tuple[str, nn.Module]], input_shape: tuple[int, ...], pool: str = "flatten"):
+    def __init__(self, blocks: Iterable[tuple[str, nn.Module]], input_shape: tuple[int, ...], pool: str = "flatten",
+                 native_prefixes: dict[str, str] | None = None):
         super().__init__()
         self.blocks = nn.ModuleDict(OrderedDict(blocks))
         self.input_shape = tuple(int(s) for s in input_shape)
         self.pool = pool
+        self.native_prefixes = dict(native_prefixes or {})
         self._shapes: list[tuple[int, ...]] | None = None
 
     @property
@@ -44,7 +48,7 @@ class BlockBackbone(nn.Module):
     def output_shapes(self) -> list[tuple[int, ...]]:
         """shapes[k] = per-example shape after the first k blocks (shapes[0] is the input shape)."""
         if self._shapes is None:
-            was_training = self.training
+            modes = {m: m.training for m in self.modules()}
             self.eval()
             with torch.no_grad():
                 x = torch.zeros((1, *self.input_shape))
@@ -52,7 +56,8 @@ class BlockBackbone(nn.Module):
                 for block in self.blocks.values():
                     x = block(x)
                     shapes.append(tuple(x.shape[1:]))
-            self.train(was_training)
+            for m, mode in modes.items():  # restore per-module modes (frozen blocks may be in eval)
+                m.training = mode
             self._shapes = shapes
         return self._shapes
 
@@ -66,3 +71,35 @@ class BlockBackbone(nn.Module):
             del self.blocks[name]
         self._shapes = shapes
         return self
+
+
+def split_sequential(model: nn.Module, stage_ends: Sequence[str], names: Sequence[str],
+                     input_shape: tuple[int, ...], pool: str = "avg") -> BlockBackbone:
+    """Cut a model whose forward applies its children in order into blocks ending at `stage_ends`.
+
+    Mirrors timm's FeatureListNet: walk the top-level children (a Sequential child is opened one level when a
+    stage ends inside it), start a new block after each stage-end module, drop everything after the last one
+    (pooling, classifier). Inner module names keep the original path with "." -> "_", so parameter names stay
+    recognisable (`layer1.0.bn1.weight`, `stages_0.blocks.1.conv_dw.weight`) and globs like "*bn*" work.
+    """
+    modules: list[tuple[str, str, nn.Module]] = []  # (inner name, original path, module)
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential) and any(e.startswith(name + ".") for e in stage_ends):
+            modules += [(f"{name}_{c}", f"{name}.{c}", m) for c, m in child.named_children()]
+        else:
+            modules.append((name, name, child))
+    found = [path for _, path, _ in modules]
+    missing = [e for e in stage_ends if e not in found]
+    if missing:
+        raise ValueError(f"stage modules {missing} are not sequential children of {type(model).__name__}")
+    blocks, current, native = [], [], {}
+    ends = list(stage_ends)
+    for inner, path, module in modules:
+        if not ends:
+            break
+        current.append((inner, module))
+        native[path] = f"{names[len(blocks)]}.{inner}"
+        if path == ends[0]:
+            blocks.append((names[len(blocks)], nn.Sequential(OrderedDict(current))))
+            current, ends = [], ends[1:]
+    return BlockBackbone(blocks, input_shape, pool=pool, native_prefixes=native)
