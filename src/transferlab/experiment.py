@@ -19,6 +19,7 @@ from transferlab.module import TransferModule
 from transferlab.network import BACKBONE_PREFIX, TransferNet
 from transferlab.results import write_result
 from transferlab.tasks import TaskData
+from transferlab.strategies import strategy_callbacks
 from transferlab.transfer import build_target_net
 from transferlab.validate import Prepared, config_fingerprint, prepare
 
@@ -88,9 +89,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         state, status, source_ckpt, source_meta = source_weights(cfg, prep, run_dir)
         record.update(source_cache=status, source_ckpt=source_ckpt, source_metrics=source_meta)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        net = build_target_net(build_backbone(cfg.backbone, target.input_shape), plan, state, target.num_classes)
+        # No backbone.weights here: copied blocks come from the source model, the rest stay random (reinit/scratch).
+        net = build_target_net(build_backbone(cfg.backbone, target.input_shape, load_weights=False), plan, state,
+                               target.num_classes)
         record["trainable_params"], record["total_params"] = _count(net)
-        module = TransferModule(net, target.num_classes, optim=OmegaConf.to_container(cfg.train, resolve=True))
+        module = TransferModule(net, target.num_classes, optim=OmegaConf.to_container(cfg.train, resolve=True),
+                                plan=plan)  # param groups of plan.trains, lr_decay, L2-SP toward the source
         axes = {k: record[k] for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         logger = make_logger(cfg, run_dir, "target", axes=axes)
         # Frozen prefix computed once (cached features) when exact; the net and its checkpoint stay whole.
@@ -100,6 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             outcome = fit_and_test(accel.prepare(module, cfg.train), batches,
                                    max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
                                    ckpt_dir=run_dir / "checkpoints", logger=logger,
+                                   callbacks=strategy_callbacks(plan),  # what trains per epoch, BN policy
                                    fingerprint=config_fingerprint(cfg))  # resumes a killed run of this config
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),

@@ -220,8 +220,36 @@ def check_input_shapes(cfg: DictConfig, ctx: Context) -> list[str]:
                     f"{ctx.target.input_shape}; both must match the backbone's input")]
 
 
+def check_strategy(cfg: DictConfig, ctx: Context) -> list[str]:
+    """Schedules that fit in train.max_epochs; discriminative LR and scheduler values."""
+    from transferlab.module import SCHEDULERS
+
+    out = []
+    epochs = cfg.train.get("max_epochs")
+    gamma = cfg.train.get("lr_decay", 1.0)
+    if gamma is not None and (not _is_num(gamma) or not 0 < gamma <= 1):
+        out.append(problem("train.lr_decay", gamma, "a number in (0, 1] (1 = one rate for all blocks; ULMFiT 0.385)"))
+    if str(cfg.train.get("scheduler") or "none") not in SCHEDULERS:
+        out.append(problem("train.scheduler", cfg.train.get("scheduler"), f"one of {list(SCHEDULERS)}"))
+    plan = ctx.plan
+    if plan is None or not _is_int(epochs):
+        return out
+    if plan.strategy == "lp_ft" and plan.lp_epochs >= epochs:
+        out.append(problem("transfer.lp_epochs", plan.lp_epochs,
+                           f"fewer than train.max_epochs={epochs} (else the fine-tuning phase never starts)"))
+    if plan.strategy == "gradual":
+        last = max(plan.unfreeze_epoch(b) for b in plan.unfreeze_order)
+        if last >= epochs:
+            out.append(problem("transfer.unfreeze_every", plan.unfreeze_every,
+                               f"small enough to release all {len(plan.unfreeze_order)} training blocks "
+                               f"{list(plan.unfreeze_order)} within train.max_epochs={epochs} (the last is released "
+                               f"at epoch {last}); raise train.max_epochs or narrow transfer.trainable"))
+    return out
+
+
 PLAN_CHECKS: list[Callable[[DictConfig, Context], list[str]]] = [
     check_input_shapes,
+    check_strategy,
 ]
 
 
@@ -272,7 +300,7 @@ def prepare(cfg: DictConfig) -> Prepared:
             problems.append(problem("backbone", family_of(cfg.backbone),
                                     f"cannot take target inputs of shape {ctx.target.input_shape}: {e}"))
     if ctx.backbone is not None:
-        ctx.plan = _collect(problems, resolve_plan, cfg.transfer, ctx.backbone.block_names)
+        ctx.plan = _collect(problems, resolve_plan, cfg.transfer, ctx.backbone)  # globs need parameter names
     needs_source = ctx.plan is None or ctx.plan.cut > 0
     if needs_source and cfg.source.get("kind") != "none" and not any(
             p.startswith(("source.", "pretrain.seed=")) for p in problems):
