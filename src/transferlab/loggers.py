@@ -23,11 +23,29 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
         config = OmegaConf.to_container(cfg, resolve=True)
         config.update(axes or {})
         # mode is passed to wandb.init per run; WandbLogger(offline=True) would set WANDB_MODE process-wide.
-        return WandbLogger(
-            project=w.project, entity=w.get("entity"), group=w.get("group"), job_type=job_type,
-            tags=list(w.get("tags") or []), save_dir=str(run_dir), mode=w.get("mode", "offline"),
-            config=config, reinit="finish_previous",
-        )
+        def build(mode: str) -> WandbLogger:
+            import wandb
+
+            return WandbLogger(
+                project=w.project, entity=w.get("entity"), group=w.get("group"), job_type=job_type,
+                tags=list(w.get("tags") or []), save_dir=str(run_dir), mode=mode,
+                config=config, reinit="finish_previous",
+                settings=wandb.Settings(init_timeout=float(w.get("init_timeout", 30))),
+            )
+
+        mode = str(w.get("mode", "offline"))
+        logger = build(mode)
+        if mode == "online":  # init now, bounded by init_timeout: no key / no network never hangs a run
+            try:
+                logger.experiment
+            except Exception as e:  # noqa: BLE001 - any init failure -> offline, the run goes on
+                import warnings
+
+                first = str(e).splitlines()[0] if str(e) else ""
+                warnings.warn(f"W&B online init failed ({type(e).__name__}: {first}); logging offline instead "
+                              f"(upload later with `wandb sync {run_dir}/wandb/offline-run-*`)", stacklevel=2)
+                logger = build("offline")
+        return logger
     raise ValueError(f"logger.kind={kind!r}: one of csv, wandb, none")
 
 
