@@ -178,20 +178,6 @@ def check_devices(cfg: DictConfig) -> list[str]:
     return []
 
 
-def check_backbone_weights(cfg: DictConfig) -> list[str]:
-    """`backbone.weights`: must exist and be a plain state dict (loaded with weights_only=True, never unpickled)."""
-    from transferlab.safe_load import WeightsError, load_state_dict
-
-    path = cfg.backbone.get("weights")
-    if path in (None, ""):
-        return []
-    try:
-        load_state_dict(Path(str(path)).expanduser())
-    except WeightsError as e:
-        return [problem("backbone.weights", str(path), f"a readable state dict file; {e}")]
-    return []
-
-
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
     from transferlab.fit import checkpoint_mismatch
@@ -204,8 +190,7 @@ def check_resume(cfg: DictConfig) -> list[str]:
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
-    check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_backbone_weights,
-    check_resume,
+    check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_resume,
 ]
 
 
@@ -264,7 +249,7 @@ def config_fingerprint(cfg: DictConfig) -> str:
     from omegaconf import OmegaConf
 
     full = OmegaConf.to_container(cfg, resolve=True)
-    keep = {k: v for k, v in full.items() if k not in ("paths", "logger", "name", "hydra", "trainer")}
+    keep = {k: v for k, v in full.items() if k not in ("paths", "logger", "name", "hydra", "trainer", "lease")}
     blob = json.dumps(keep, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
