@@ -97,9 +97,14 @@ def split_sequential(model: nn.Module, stage_ends: Sequence[str], names: Sequenc
     for inner, path, module in modules:
         if not ends:
             break
-        current.append((inner, module))
-        native[path] = f"{names[len(blocks)]}.{inner}"
+        current.append((inner, path, module))
         if path == ends[0]:
-            blocks.append((names[len(blocks)], nn.Sequential(OrderedDict(current))))
+            name = names[len(blocks)]
+            if len(current) == 1:  # a block that is one module (torchvision's layer1) keeps its own names
+                blocks.append((name, module))
+                native[path] = name
+            else:
+                blocks.append((name, nn.Sequential(OrderedDict((i, m) for i, _, m in current))))
+                native.update({p: f"{name}.{i}" for i, p, _ in current})
             current, ends = [], ends[1:]
     return BlockBackbone(blocks, input_shape, pool=pool, native_prefixes=native)
