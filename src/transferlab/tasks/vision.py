@@ -84,12 +84,11 @@ def _online(url: str) -> bool:
         return False
 
 
-def ensure_files(spec: Spec, name: str, root: Path, *, key: str, download: bool) -> None:
-    """Make the dataset's files present in `root`, or raise one ConfigError saying what to put where."""
+def open_splits(spec: Spec, name: str, root: Path, *, key: str, download: bool):
+    """(train, test) torchvision datasets from `root`, fetching missing files if allowed and possible;
+    otherwise one ConfigError saying which files to put where."""
     try:
-        _open(spec, root, True, False)
-        _open(spec, root, False, False)
-        return
+        return _open(spec, root, True, False), _open(spec, root, False, False)
     except RuntimeError:
         pass
     folder, files, url = needed_files(spec, root)
@@ -113,8 +112,7 @@ def ensure_files(spec: Spec, name: str, root: Path, *, key: str, download: bool)
         with FileLock(str(root / f".{spec.cls}.download.lock")):
             socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
             log.info("%s: %s %s into %s", key, "unpacking" if have_archives else "downloading", name, root)
-            _open(spec, root, True, True)
-            _open(spec, root, False, True)
+            return _open(spec, root, True, True), _open(spec, root, False, True)
     except ConfigError:
         raise
     except Exception as e:  # network drop, bad checksum, full disk: one line, not a traceback
@@ -173,8 +171,7 @@ def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskD
     if not data_dir:
         raise ConfigError(problem("paths.data_dir", data_dir, "a folder for dataset files"))
     root = Path(os.path.expanduser(str(data_dir))).resolve()
-    ensure_files(spec, name, root, key=key, download=bool(cfg.get("download", True)))
-    train, test = _open(spec, root, True, False), _open(spec, root, False, False)
+    train, test = open_splits(spec, name, root, key=key, download=bool(cfg.get("download", True)))
     x, y = _arrays(spec, train)
     x_test, y_test = _arrays(spec, test)
     if name == "cifar100" and list(train.classes) != c100.FINE_NAMES:
