@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
                                f"(weights_only=True). {reason}".rstrip()) from e
         raise WeightsError(f"{path}: corrupt or not a torch file ({str(e).splitlines()[0]})") from e
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = (str(e).splitlines()[0] if str(e) else type(e).__name__).split(". ")[0]
         raise WeightsError(f"{path}: corrupt or not a torch file ({first})") from e
 
 

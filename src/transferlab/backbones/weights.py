@@ -24,15 +24,12 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise ConfigError(problem("backbone.weights", str(path),
                                   "null (random), imagenet, or the path of an existing weights file"))
+    from transferlab.safe_load import WeightsError, load_checkpoint
+
     try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            obj = load_file(str(p))
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(problem("backbone.weights", str(path), f"a torch state dict file ({type(e).__name__}: "
-                                                                 f"{str(e).splitlines()[0]})")) from e
+        obj = load_checkpoint(p)  # weights_only=True / safetensors; a pickle with code is refused
+    except WeightsError as e:
+        raise ConfigError(problem("backbone.weights", str(path), f"a torch state dict file; {e}")) from e
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -47,15 +44,16 @@ def to_block_keys(backbone: BlockBackbone, state: dict[str, torch.Tensor]) -> di
     """Rename `state` into keys of `backbone.blocks`; keys outside the blocks (classifier, source head) drop."""
     out: dict[str, torch.Tensor] = {}
     prefixes = sorted(backbone.native_prefixes.items(), key=lambda kv: -len(kv[0]))
+    ours = tuple(f"blocks.{b}." for b in backbone.block_names)
     for key, value in state.items():
         k = key
-        for s in _STRIP:
+        for s in _STRIP:  # wrappers: Lightning module, DDP, ...
             if k.startswith(s) and not any(k.startswith(p + ".") for p, _ in prefixes):
                 k = k[len(s):]
-        if k.startswith("blocks."):
+        if k.startswith(ours):  # our own block keys (a BlockBackbone or a run's checkpoint)
             out[k[len("blocks."):]] = value
             continue
-        for native, block in prefixes:
+        for native, block in prefixes:  # the library model's keys (efficientnet's own "blocks.0..." land here)
             if k.startswith(native + "."):
                 out[block + k[len(native):]] = value
                 break
