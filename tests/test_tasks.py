@@ -93,6 +93,8 @@ def test_input_adaptation_is_config_driven(tmp_path):
     assert t.info["input"]["mean"] is not None
     t = task(tmp_path, "target=digits_5to9", "target.channels=3", "target.normalize=imagenet")
     assert t.info["input"]["std"] == [0.229, 0.224, 0.225]
+    t = task(tmp_path, "target=digits_5to9", "target.normalize={mean:[0.5],std:[0.25]}")
+    assert float(t.train_x.min()) == -2.0 and float(t.train_x.max()) == 2.0  # (0 - .5) / .25, (1 - .5) / .25
 
 
 @pytest.mark.parametrize("overrides,match", [
