@@ -9,9 +9,13 @@ The key hashes the prefix's actual weights and buffers, the block names, the inp
 precision, so every seed's and every n's subset of one pool shares one feature pass, and anything that changes the
 prefix's outputs changes the key. Writes are atomic and file-locked (parallel sweep jobs compute a key once).
 
-`train.feature_cache=auto|on|off`. The cache is off (logged once per reason) when it would change results:
-augmentation, BatchNorm in training mode or a trainable parameter inside the frozen blocks, or a strategy that
-unfreezes blocks during the fit. `auto` also skips it when one pass over the pool costs more than the run saves.
+`train.feature_cache=auto|on|off`. Only blocks that cannot change are cached: the leading blocks with no parameter
+that trains at any epoch and every submodule in eval mode. Under every BN policy and strategy of transfer.py such
+blocks stay fixed (bn=train only touches training blocks; gradual/lp_ft only release blocks the plan trains), so
+the cache stays exact there and covers just the blocks frozen for the whole fit. It is off (logged once per reason)
+under random augmentation, or when no leading block is frozen throughout (freeze=0, a trainable glob inside
+block 0, gradual/lp_ft releasing every block, a frozen block left in training mode). `auto` also skips it when one
+pass over the pool costs more than the run saves and no stored pass exists; `on` insists (error under augmentation).
 """
 
 from __future__ import annotations
@@ -72,22 +76,33 @@ def _log_once(reason: str) -> None:
         log.info("feature cache off: %s", reason)
 
 
-def frozen_prefix_depth(net) -> int:
-    """How many leading backbone blocks are frozen outright: in `net.frozen`, no trainable parameter, and every
-    submodule still in eval mode after `net.train()` (so BatchNorm statistics and dropout cannot change)."""
+def frozen_prefix(net, strategy: str = "fixed") -> tuple[int, str]:
+    """(depth, why it stops there): leading backbone blocks frozen for the whole fit. A block counts when no
+    parameter of it ever trains (`requires_grad` as the plan set it before any strategy narrows it; strategies only
+    release blocks the plan trains) and every submodule stays in eval mode after `net.train()`, so neither
+    BatchNorm statistics nor dropout can change its output."""
     was_training = net.training
     net.train()
-    depth = 0
+    depth, why = 0, "every backbone block is frozen"
     try:
         for name, block in net.backbone.blocks.items():
-            if name not in getattr(net, "frozen", ()):
+            if any(p.requires_grad for p in block.parameters()):
+                why = (f"transfer.strategy={strategy} trains block {name} during the fit" if strategy != "fixed"
+                       else f"block {name} has trainable parameters (transfer.freeze / transfer.trainable)")
                 break
-            if any(p.requires_grad for p in block.parameters()) or any(m.training for m in block.modules()):
+            moving = [type(m).__name__ for m in block.modules() if m.training]
+            if moving:
+                why = (f"block {name} is frozen but has modules in training mode ({moving[0]}): BatchNorm "
+                       "statistics or dropout would change its outputs")
                 break
             depth += 1
     finally:
         net.train(was_training)
-    return depth
+    return depth, why
+
+
+def frozen_prefix_depth(net) -> int:
+    return frozen_prefix(net)[0]
 
 
 def _augmentation(cfg, task) -> str | None:
@@ -103,19 +118,11 @@ def _augmentation(cfg, task) -> str | None:
     return None
 
 
-def _blocker(cfg, task, has_frozen: bool) -> str | None:
-    """Why caching the frozen prefix would change results (None = it would not)."""
-    aug = _augmentation(cfg, task)
-    if aug:
-        return aug
-    bn = str(cfg.transfer.get("bn", "frozen"))
-    if bn != "frozen" and has_frozen:
-        return f"transfer.bn={bn} lets BatchNorm statistics in frozen blocks change during training"
-    strategy = cfg.transfer.get("strategy", "fixed")
-    strategy = strategy.get("name", "fixed") if hasattr(strategy, "get") else strategy
-    if str(strategy) not in ("fixed", "None", "none"):
-        return f"transfer.strategy={strategy} unfreezes blocks during the fit"
-    return None
+def _blocker(cfg, task) -> str | None:
+    """Why caching any prefix would change results (None = it would not). BatchNorm policy and strategies are
+    checked on the built net (`frozen_prefix`): blocks frozen for the whole fit stay in eval mode under every BN
+    policy and are never released by gradual/lp_ft, so only blocks that could change are left out."""
+    return _augmentation(cfg, task)
 
 
 def decide(cfg, task, net) -> Decision:
@@ -123,15 +130,18 @@ def decide(cfg, task, net) -> Decision:
     mode = mode_of(cfg.train)
     if mode == "off":
         return Decision(False, 0, "train.feature_cache=off")
-    blocker = _blocker(cfg, task, bool(getattr(net, "frozen", ())))
+    blocker = _blocker(cfg, task)
     if blocker:
         if mode == "on":
             raise ConfigError(problem("train.feature_cache", "on", f"cannot be used here: {blocker}; use auto or off"))
         _log_once(blocker)
         return Decision(False, 0, blocker)
-    depth = frozen_prefix_depth(net)
+    strategy = str(cfg.transfer.get("strategy", "fixed") or "fixed")
+    depth, why = frozen_prefix(net, strategy)
     if depth == 0:
-        return Decision(False, 0, "no frozen leading block (transfer.freeze=0 or trainable parameters in block 0)")
+        reason = f"no frozen leading block: {why}"
+        _log_once(reason)
+        return Decision(False, 0, reason)
     shape = tuple(net.backbone.output_shape(depth))
     n_pool, n_val, n_test = len(task.train_y), len(task.val_y), len(task.test_y)
     size = 4 * (n_pool + n_val + n_test) * int(torch.tensor(shape).prod())
@@ -145,11 +155,18 @@ def decide(cfg, task, net) -> Decision:
         # One pass over pool+val+test against the prefix passes this run would do (epochs x (subset + val) + test).
         epochs, n_train = int(cfg.train.max_epochs), len(task.train_indices)
         once, per_run = n_pool + n_val + n_test, epochs * (n_train + n_val) + n_test
-        if once > per_run:
+        if once > per_run and not _stored(cfg, task, net, depth):
             reason = (f"one pass over the pool ({once} examples) costs more than this run's {per_run} prefix passes "
                       "(set train.feature_cache=on to share the pass across a sweep)")
             return Decision(False, depth, reason, extra={"auto_skip": True})
-    return Decision(True, depth, f"blocks {list(net.backbone.block_names[:depth])} frozen, inputs deterministic")
+    return Decision(True, depth, f"blocks {list(net.backbone.block_names[:depth])} frozen for the whole fit, "
+                                 f"inputs deterministic; the rest trains ({why})")
+
+
+def _stored(cfg, task, net, depth: int) -> bool:
+    """Features for this prefix and pool already exist (in this process or on disk): using them is free."""
+    key = feature_key(cfg, task, net, depth)
+    return key in _memory or (Path(cfg.paths.cache_dir) / "features" / key / FEATURES_FILE).exists()
 
 
 def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
@@ -304,7 +321,7 @@ def check_config(cfg, task) -> None:
     """Config-level problems, raised before anything runs: a bad mode, or `on` where caching would be wrong."""
     mode = mode_of(cfg.train)
     if mode == "on":
-        blocker = _blocker(cfg, task, has_frozen=cfg.transfer.get("freeze", 0) not in (0, None))
+        blocker = _blocker(cfg, task)
         if blocker:
             raise ConfigError(problem("train.feature_cache", "on", f"cannot be used here: {blocker}; use auto or off"))
 
