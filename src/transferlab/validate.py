@@ -99,18 +99,6 @@ def _check_sizes(task: DictConfig, key: str) -> list[str]:
         out.append(problem(f"{key}.n_train", task.n_train, f"null when {key}.n_per_class is set (pick one)"))
     if task.get("n_policy", "error") not in ("error", "cap"):
         out.append(problem(f"{key}.n_policy", task.n_policy, "one of ['error', 'cap']"))
-    fractions = []
-    for name in ("val_fraction", "test_fraction"):
-        v = task.get(name)
-        if v is None:
-            continue
-        if not _is_num(v) or not 0 < v < 1:
-            out.append(problem(f"{key}.{name}", v, "a number in (0, 1)"))
-        else:
-            fractions.append(v)
-    if len(fractions) == 2 and sum(fractions) >= 0.9:
-        out.append(problem(f"{key}.val_fraction", task.val_fraction,
-                           f"val_fraction + test_fraction < 0.9 (now {sum(fractions):g}), or no training pool is left"))
     return out
 
 
@@ -273,24 +261,31 @@ def prepare(cfg: DictConfig) -> Prepared:
 
     ctx = Context()
     data_dir = cfg.paths.get("data_dir")
+    has_source = cfg.source.get("kind") != "none"
+
+    def load_source() -> None:
+        if not any(p.startswith(("source.", "pretrain.seed=")) for p in problems):
+            ctx.source = _collect(problems, build_task, cfg.source, key="source", data_seed=int(cfg.pretrain.seed),
+                                  data_dir=data_dir)
+
     if not any(p.startswith(("target.", "data_seed=")) for p in problems):
         ctx.target = _collect(problems, build_task, cfg.target, key="target", data_seed=int(cfg.data_seed),
                               data_dir=data_dir)
-    if ctx.target is not None:
+    if ctx.target is None and has_source:
+        load_source()  # its input shape lets the backbone and transfer checks still run
+    shaped = ctx.target or ctx.source
+    if shaped is not None:
         try:
-            ctx.backbone = build_backbone(cfg.backbone, ctx.target.input_shape)
+            ctx.backbone = build_backbone(cfg.backbone, shaped.input_shape)
         except ConfigError as e:
             problems.extend(e.problems)
         except (ValueError, RuntimeError) as e:
             problems.append(problem("backbone", family_of(cfg.backbone),
-                                    f"cannot take target inputs of shape {ctx.target.input_shape}: {e}"))
+                                    f"cannot take inputs of shape {shaped.input_shape} ({shaped.name}): {e}"))
     if ctx.backbone is not None:
         ctx.plan = _collect(problems, resolve_plan, cfg.transfer, ctx.backbone)  # globs need parameter names
-    needs_source = ctx.plan is None or ctx.plan.cut > 0
-    if needs_source and cfg.source.get("kind") != "none" and not any(
-            p.startswith(("source.", "pretrain.seed=")) for p in problems):
-        ctx.source = _collect(problems, build_task, cfg.source, key="source", data_seed=int(cfg.pretrain.seed),
-                              data_dir=data_dir)
+    if ctx.source is None and has_source and (ctx.plan is None or ctx.plan.cut > 0):
+        load_source()
     for check in PLAN_CHECKS:
         problems.extend(_collect(problems, check, cfg, ctx) or [])
     if problems:

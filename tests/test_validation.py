@@ -1,0 +1,132 @@
+"""Every bad input fails before any work: one clear line naming the key, and nothing written anywhere.
+
+Each case runs the real experiment entry (`experiment.run`) on a config composed from the real files; the run
+dir, the source cache and the data dir all live under one empty folder, which must still be empty afterwards
+(no result.json, no checkpoint, no cache entry, no W&B run, no log).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_cfg, run_cli
+
+from transferlab.errors import ConfigError
+from transferlab.experiment import run
+
+
+class _Exploit:
+    """A pickle that runs a command when unpickled (what a malicious 'weights' file does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Bad weights files, outside the folder a case may write into."""
+    d = tmp_path_factory.mktemp("bad_files")
+    corrupt = d / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a torch file" * 10)
+    not_a_state_dict = d / "list.pt"
+    torch.save([torch.zeros(3), torch.ones(2)], not_a_state_dict)
+    wrong_keys = d / "wrong_keys.pt"
+    torch.save({"encoder.weight": torch.zeros(4, 4)}, wrong_keys)
+    evil = d / "evil.pt"
+    torch.save({"state_dict": _Exploit(d / "PWNED")}, evil)
+    return {"corrupt": corrupt, "list": not_a_state_dict, "wrong_keys": wrong_keys, "evil": evil,
+            "missing": d / "no_such_file.pt", "marker": d / "PWNED", "dir": d}
+
+
+# (id, overrides, the key the message must name). Files are filled in from the `files` fixture: {name}.
+CASES = [
+    ("cut-negative", ["transfer.cut=-1"], "transfer.cut"),
+    ("cut-beyond-blocks", ["transfer.cut=99"], "transfer.cut"),
+    ("freeze-beyond-cut", ["transfer.cut=2", "transfer.freeze=3"], "transfer.freeze"),
+    ("upper-unknown", ["transfer.upper=sideways"], "transfer.upper"),
+    ("trainable-not-a-block", ["transfer.trainable=[conv9]"], "transfer.trainable"),
+    ("trainable-not-kept", ["transfer.cut=2", "transfer.trainable=[conv3]"], "transfer.trainable"),
+    ("trainable-glob-matches-nothing", ["transfer.trainable=['*.nothing_like_this']"], "transfer.trainable"),
+    ("trainable-empty", ["transfer.trainable=[]"], "transfer.trainable"),
+    ("strategy-unknown", ["transfer.strategy=yolo"], "transfer.strategy"),
+    ("lp-epochs-beyond-max-epochs", ["transfer=lp_ft", "transfer.lp_epochs=10", "train.max_epochs=4"],
+     "transfer.lp_epochs"),
+    ("n-per-class-zero", ["target.n_per_class=0"], "target.n_per_class"),
+    ("n-per-class-beyond-pool", ["target.n_per_class=100000"], "target.n_per_class"),
+    ("n-train-negative", ["target.n_train=-3"], "target.n_train"),
+    ("n-policy-unknown", ["target.n_policy=maybe"], "target.n_policy"),
+    ("class-not-in-task", ["target.classes=[5,42]"], "target.classes"),
+    ("val-fraction-above-one", ["target.val_fraction=1.5"], "target.val_fraction"),
+    ("shapes-differ", ["target.image_size=16"], "source"),
+    ("missing-npz", ["target=npz", "target.path={missing}"], "target.path"),
+    ("missing-image-folder", ["target=image_folder", "target.root={dir}/no_such_folder"], "target.root"),
+    ("target-kind-unknown", ["target.kind=imagenet_xxl"], "target.kind"),
+    ("source-kind-unknown", ["source.kind=nope"], "source.kind"),
+    ("lr-zero", ["train.lr=0"], "train.lr"),
+    ("lr-negative-pretrain", ["pretrain.lr=-0.1"], "pretrain.lr"),
+    ("max-epochs-zero", ["train.max_epochs=0"], "train.max_epochs"),
+    ("batch-size-zero", ["train.batch_size=0"], "train.batch_size"),
+    ("optimizer-unknown", ["train.optimizer=rmsprop"], "train.optimizer"),
+    ("weight-decay-negative", ["train.weight_decay=-1"], "train.weight_decay"),
+    ("seed-negative", ["seed=-1"], "seed"),
+    ("data-seed-not-int", ["data_seed=abc"], "data_seed"),
+    ("logger-kind-unknown", ["logger.kind=tensorboard"], "logger.kind"),
+    ("wandb-mode-unknown", ["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode"),
+    ("devices-beyond-machine", ["trainer.devices=64"], "trainer.devices"),
+    ("gpu-asked-none-present", ["trainer.accelerator=gpu"], "trainer.accelerator"),
+    ("weights-missing", ["source=none", "backbone.weights={missing}"], "backbone.weights"),
+    ("weights-corrupt", ["source=none", "backbone.weights={corrupt}"], "backbone.weights"),
+    ("weights-not-a-state-dict", ["source=none", "backbone.weights={list}"], "backbone.weights"),
+    ("weights-wrong-keys", ["source=none", "backbone.weights={wrong_keys}"], "backbone.weights"),
+    ("weights-malicious-pickle", ["source=none", "backbone.weights={evil}"], "backbone.weights"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", [pytest.param(o, k, id=i) for i, o, k in CASES])
+def test_bad_input_fails_before_any_work(overrides, key, files, tmp_path):
+    if key == "trainer.accelerator" and torch.cuda.is_available():
+        pytest.skip("a GPU is present here")
+    overrides = [o.format(**files) for o in overrides]
+    cfg = compose_cfg([*overrides, f"paths.data_dir={tmp_path / 'data'}"], tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    lines = err.value.problems
+    assert any(line.startswith(f"{key}=") for line in lines), lines
+    assert all("\n" not in line and ": " in line for line in lines), lines  # one line each: key=value: allowed
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == [], f"a rejected config wrote {written}"
+    assert not files["marker"].exists(), "the malicious pickle ran code"
+    if "evil" in " ".join(overrides):
+        assert any("refused" in line for line in lines), lines
+
+
+def test_every_problem_is_listed_at_once(make_cfg):
+    cfg = make_cfg("train.lr=0", "pretrain.batch_size=0", "transfer.cut=2", "transfer.freeze=5", "target.n_per_class=100000",
+                   "trainer.devices=64")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    keys = {line.split("=", 1)[0] for line in err.value.problems}
+    assert keys == {"train.lr", "pretrain.batch_size", "transfer.freeze", "target.n_per_class", "trainer.devices"}, \
+        err.value.problems
+
+
+def test_cli_exits_2_with_one_line_per_problem(tmp_path):
+    out = run_cli("train.lr=-1", "trainer.devices=64", "target.n_per_class=0", cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("  - ")]
+    assert [ln.split("=", 1)[0][4:] for ln in lines] == ["train.lr", "target.n_per_class", "trainer.devices"]
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.ckpt"))
+    assert not (tmp_path / "outputs" / "cache").exists()
+
+
+def test_cli_unknown_backbone_named_by_hydra(tmp_path):
+    out = run_cli("backbone=resnet9000", cwd=tmp_path, timeout=300)
+    assert out.returncode != 0 and "backbone" in out.stderr and "resnet9000" in out.stderr
+    assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "outputs" / "cache").exists()
