@@ -45,6 +45,8 @@ def to_block_keys(backbone: BlockBackbone, state: dict[str, torch.Tensor]) -> di
     out: dict[str, torch.Tensor] = {}
     prefixes = sorted(backbone.native_prefixes.items(), key=lambda kv: -len(kv[0]))
     ours = tuple(f"blocks.{b}." for b in backbone.block_names)
+    bare = tuple(f"{b}." for b in backbone.block_names)
+    native_keys = {k for k in state if any(k.startswith(p + ".") for p, b in prefixes if p != b)}
     for key, value in state.items():
         k = key
         for s in _STRIP:  # wrappers: Lightning module, DDP, ...
@@ -52,6 +54,9 @@ def to_block_keys(backbone: BlockBackbone, state: dict[str, torch.Tensor]) -> di
                 k = k[len(s):]
         if k.startswith(ours):  # our own block keys (a BlockBackbone or a run's checkpoint)
             out[k[len("blocks."):]] = value
+            continue
+        if k.startswith(bare) and k not in native_keys:  # backbone.blocks.state_dict()
+            out[k] = value
             continue
         for native, block in prefixes:  # the library model's keys (efficientnet's own "blocks.0..." land here)
             if k.startswith(native + "."):

@@ -1,0 +1,182 @@
+"""Real backbones as blocks: torchvision ResNets, timm stages, weights from files, ImageNet offline, end-to-end runs."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from transferlab.backbones import build_backbone
+from transferlab.callbacks import _BlockSummary
+from transferlab.errors import ConfigError
+from transferlab.experiment import run
+from transferlab.module import TransferModule
+from transferlab.network import BACKBONE_PREFIX, TransferNet
+from transferlab.transfer import build_target_net, resolve_plan
+
+RESNET = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None})
+
+
+def _timm(name: str, weights=None):
+    return OmegaConf.create({"family": "timm", "name": name, "weights": weights, "kwargs": {}})
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory):
+    """A generated 4-class image task, 3x16x16: each class a colour tint plus a bright quadrant, with noise."""
+    rng = np.random.default_rng(0)
+    n, k = 120, 4
+    y = np.repeat(np.arange(k), n // k)
+    x = rng.normal(0.0, 0.3, size=(n, 3, 16, 16)).astype(np.float32)
+    for c in range(k):
+        x[y == c, c % 3] += 0.8
+        r, q = divmod(c, 2)
+        x[y == c, :, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 1.0
+    path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
+    np.savez(path, x_train=x, y_train=y)
+    return path
+
+
+def test_resnet18_blocks_shapes_and_avg_pool_head():
+    torch.manual_seed(0)
+    bb = build_backbone(RESNET, (3, 32, 32))
+    assert bb.block_names == ["stem", "layer1", "layer2", "layer3", "layer4"] and bb.pool == "avg"
+    assert [s[0] for s in bb.output_shapes()[1:]] == [64, 64, 128, 256, 512]
+    ref = torchvision.models.resnet18()
+    assert sum(p.numel() for p in bb.parameters()) == sum(p.numel() for n, p in ref.named_parameters()
+                                                         if not n.startswith("fc."))
+    plan = resolve_plan(OmegaConf.create({"cut": 3, "freeze": 2}), bb)
+    net = build_target_net(bb, plan, {BACKBONE_PREFIX + k: v for k, v in bb.blocks.state_dict().items()}, 5)
+    assert net.head[-1].in_features == 128 and net(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    assert net.backbone.block_names == ["stem", "layer1", "layer2"]
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "checkpoint"])
+def test_resnet_weights_file_loads_exactly(tmp_path, fmt):
+    torch.manual_seed(3)
+    ref = torchvision.models.resnet18()
+    path = tmp_path / "w.pt"
+    if fmt == "torchvision":  # the library model's own keys: conv1.weight, layer1.0..., fc (dropped)
+        torch.save(ref.state_dict(), path)
+    else:  # a Lightning checkpoint of one of our runs
+        torch.manual_seed(4)
+        ours = build_backbone(RESNET, (3, 16, 16))
+        torch.save({"state_dict": {BACKBONE_PREFIX + k: v for k, v in ours.blocks.state_dict().items()},
+                    "epoch": 3}, path)
+    bb = build_backbone(OmegaConf.merge(RESNET, {"weights": str(path)}), (3, 16, 16))
+    got = bb.blocks.state_dict()
+    if fmt == "torchvision":
+        assert torch.equal(got["stem.conv1.weight"], ref.conv1.weight)
+        assert torch.equal(got["stem.bn1.running_var"], ref.bn1.running_var)
+        assert torch.equal(got["layer3.1.conv2.weight"], ref.layer3[1].conv2.weight)
+    else:
+        assert all(torch.equal(v, ours.blocks.state_dict()[k]) for k, v in got.items())
+    random = build_backbone(RESNET, (3, 16, 16), load_weights=True)
+    assert not torch.equal(random.blocks.state_dict()["stem.conv1.weight"], got["stem.conv1.weight"])
+
+
+def test_bad_weights_files_fail_clearly(tmp_path):
+    with pytest.raises(ConfigError, match=r"backbone.weights=.*nope.pt.*existing weights file"):
+        build_backbone(OmegaConf.merge(RESNET, {"weights": str(tmp_path / "nope.pt")}), (3, 16, 16))
+    other = tmp_path / "other.pt"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), other)
+    with pytest.raises(ConfigError) as e:
+        build_backbone(OmegaConf.merge(RESNET, {"weights": str(other)}), (3, 16, 16))
+    assert "missing" in str(e.value) and "stem" in str(e.value) and "file keys look like" in str(e.value)
+
+
+def test_imagenet_offline_says_where_the_file_goes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as e:
+        build_backbone(OmegaConf.merge(RESNET, {"weights": "imagenet"}), (3, 16, 16))
+    msg = str(e.value)
+    assert len(e.value.problems) == 1 and "TORCH_HOME" in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    with pytest.raises(ConfigError) as e:
+        build_backbone(_timm("test_efficientnet", "imagenet"), (3, 16, 16))
+    assert len(e.value.problems) == 1 and "HF_HOME" in str(e.value) and "timm/test_efficientnet" in str(e.value)
+    with pytest.raises(ConfigError, match="ImageNet weights exist for"):
+        build_backbone(OmegaConf.create({"name": "mlp", "hidden": [4], "weights": "imagenet"}), (1, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext", "test_byobnet"])
+def test_timm_stages_are_blocks_that_reproduce_timm_features(name):
+    torch.manual_seed(0)
+    bb = build_backbone(_timm(name), (3, 32, 32))
+    model = timm.create_model(name, pretrained=False)
+    assert bb.block_names == [f"stage{i}" for i in range(len(model.feature_info))]
+    assert [s[0] for s in bb.output_shapes()[1:]] == [f["num_chs"] for f in model.feature_info]
+    # same weights, same outputs: load the full timm model's state into the blocks (native keys)
+    from transferlab.backbones.weights import load_into
+    load_into(bb, model.state_dict(), "test")
+    model.eval(), bb.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        out = x
+        for block, expected in zip(bb.blocks.values(), ref):
+            out = block(out)
+            assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_timm_models_that_are_not_stage_sequences_are_refused():
+    with pytest.raises(ConfigError, match="backbone.name='test_vit'"):
+        build_backbone(_timm("test_vit"), (3, 32, 32))
+    with pytest.raises(ConfigError, match="backbone.name='no_such_net'"):
+        build_backbone(_timm("no_such_net"), (3, 32, 32))
+
+
+def test_model_summary_lists_resnet18_blocks_with_trainable_and_frozen_counts():
+    torch.manual_seed(0)
+    bb = build_backbone(RESNET, (3, 16, 16))
+    plan = resolve_plan(OmegaConf.create({"cut": 4, "freeze": 2}), bb)
+    net = build_target_net(bb, plan, {BACKBONE_PREFIX + k: v for k, v in bb.blocks.state_dict().items()}, 4)
+    summary = _BlockSummary(TransferModule(net, 4, {"lr": 0.01}, plan=plan), max_depth=-1)
+    data = {k: [str(v).strip() for v in vals] for k, vals in summary._get_summary_data()}
+    rows = data["Name"]
+    assert rows == [f"{BACKBONE_PREFIX}{b}" for b in ("stem", "layer1", "layer2", "layer3")] + ["net.head"]
+    counts = {b: sum(p.numel() for p in net.backbone.blocks[b].parameters()) for b in ("stem", "layer1", "layer2")}
+    assert data["Trainable"][0] == "0" and data["Frozen"][0] != "0"          # stem frozen
+    assert data["Trainable"][2] != "0" and data["Frozen"][2] == "0"          # layer2 trains
+    from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
+    assert data["Frozen"][1] == get_human_readable_count(counts["layer1"]).strip()
+    assert data["Trainable"][2] == get_human_readable_count(counts["layer2"]).strip()
+    text = str(summary)
+    assert "Trainable" in text and "Frozen" in text and "layer3" in text
+
+
+def _weights_file(cfg, path, shape=(3, 16, 16)):
+    torch.manual_seed(11)
+    bb = build_backbone(cfg, shape)
+    torch.save(bb.blocks.state_dict(), path)
+    return {k: v.clone() for k, v in bb.blocks.state_dict().items()}
+
+
+@pytest.mark.parametrize("backbone,extra", [("resnet18", []), ("timm", ["backbone.name=test_efficientnet"])])
+def test_run_from_local_weights_file_with_cut3_freeze2(make_cfg, tiny_images, tmp_path, backbone, extra):
+    cfg_bb = RESNET if backbone == "resnet18" else _timm("test_efficientnet")
+    weights = tmp_path / "weights.pt"
+    source = _weights_file(cfg_bb, weights)
+    cfg = make_cfg("source=none", "target=npz", f"target.path={tiny_images}", "target.name=tiny",
+                   f"backbone={backbone}", *extra, f"backbone.weights={weights}", "transfer.cut=3",
+                   "transfer.freeze=2", "train.max_epochs=2", "train.batch_size=16", "train.lr=0.01",
+                   "logger=none")
+    rec = run(cfg)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "ok" and rec["cut"] == 3 and len(result["frozen_blocks"]) == 2
+    assert len(result["metrics"]["val/acc_history"]) == 2 and 0.0 <= result["metrics"]["test/acc"] <= 1.0
+    target = torch.load(rec["target_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    frozen, trained = result["frozen_blocks"], result["trainable_blocks"][0]
+    for k, v in source.items():
+        block = k.split(".")[0]
+        if block in frozen:  # weights and BN buffers straight from the file, bit for bit
+            assert torch.equal(target[BACKBONE_PREFIX + k], v), k
+    assert any(not torch.equal(target[BACKBONE_PREFIX + k], v) for k, v in source.items()
+               if k.startswith(trained + ".") and v.is_floating_point()), "the trainable block did not move"
+    kept = {k.split(".")[3] for k in target if k.startswith(BACKBONE_PREFIX)}
+    assert len(kept) == 3, kept  # cut=3 with upper=drop keeps three blocks
