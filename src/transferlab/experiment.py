@@ -36,13 +36,14 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
         module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
                         device=pick_device(cfg.trainer.get("accelerator"))),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
-        logger=make_logger(cfg, work_dir, "source") if cfg.logger.kind == "csv" else False,
+        logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
         fingerprint=source_cache.source_key(cfg),  # a killed pretraining resumes from its last.ckpt
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
     meta = {"source": str(cfg.source.name), "backbone": family_of(cfg.backbone), "test/acc": outcome.test["test/acc"],
             "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
             "block_names": list(net.backbone.block_names)}
+    finish_logger(src_logger, failed=False, summary=meta)
     return {k: v for k, v in state.items() if k.startswith("net.")}, meta
 
 
@@ -111,10 +112,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs + 1}
         record.update(status="ok", target_ckpt=outcome.best_ckpt, wall_s=time.perf_counter() - t0)
         write_result(run_dir, record)
-        finish_logger(logger, failed=False)
+        finish_logger(logger, failed=False, summary=record["metrics"])
         return record
     except Exception as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.perf_counter() - t0)
         write_result(run_dir, record)
-        finish_logger(logger, failed=True)
+        finish_logger(logger, failed=True, summary=record["metrics"])
         raise

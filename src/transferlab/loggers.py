@@ -1,11 +1,51 @@
-"""Experiment loggers from config: csv (default), wandb (offline unless asked), none."""
+"""Experiment loggers from config: csv (default), wandb (offline unless asked), none.
+
+W&B: one run per job (source pretraining and target training are separate runs, `job_type` source/target), grouped
+by the sweep name, config = the resolved config flattened plus the sweep axes at top level (so a dashboard can
+group by `freeze` and plot against `n_per_class`), summary = the final metrics, finished with a failing exit code
+when the job failed. The mode is passed to each `wandb.init`; `WandbLogger(offline=True)` would set WANDB_MODE for
+the whole process and leak into later multirun jobs.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+AXES = ("n_per_class", "n_train", "freeze", "cut", "trainable_params")
+
+
+def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values (W&B shows them as such)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key, sep))
+        else:
+            out[key] = v
+    return out
+
+
+def wandb_tags(cfg) -> list[str]:
+    """Tags from the preset: transfer preset + strategy, source, target, backbone, then logger.wandb.tags."""
+    t = cfg.transfer
+    tags = [f"transfer:{t.get('name', 'custom')}", f"strategy:{t.get('strategy', 'fixed')}",
+            f"source:{cfg.source.get('name')}", f"target:{cfg.target.get('name')}",
+            f"backbone:{cfg.backbone.get('name')}"]
+    return [*tags, *[str(x) for x in (cfg.logger.wandb.get("tags") or [])]]
+
+
+def wandb_run_name(cfg, job_type: str, axes: dict[str, Any]) -> str:
+    if job_type == "source":
+        return f"source {cfg.source.get('name')} {cfg.backbone.get('name')}"
+    n = axes.get("n_per_class")
+    return (f"{cfg.transfer.get('name', 'custom')} cut={axes.get('cut')} freeze={axes.get('freeze')} "
+            f"n={'all' if n is None else n} seed={cfg.seed}")
 
 
 def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | None = None):
@@ -20,16 +60,17 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
         from lightning.pytorch.loggers import WandbLogger
 
         w = cfg.logger.wandb
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config.update(axes or {})
-        # mode is passed to wandb.init per run; WandbLogger(offline=True) would set WANDB_MODE process-wide.
+        axes = dict(axes or {})
+        config = {**flatten(OmegaConf.to_container(cfg, resolve=True)), **axes, "job_type": job_type}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+
         def build(mode: str) -> WandbLogger:
             import wandb
 
             return WandbLogger(
-                project=w.project, entity=w.get("entity"), group=w.get("group"), job_type=job_type,
-                tags=list(w.get("tags") or []), save_dir=str(run_dir), mode=mode,
-                config=config, reinit="finish_previous",
+                project=w.project, entity=w.get("entity"), group=str(w.get("group") or cfg.get("name", "default")),
+                job_type=job_type, tags=wandb_tags(cfg), name=wandb_run_name(cfg, job_type, axes),
+                save_dir=str(run_dir), mode=mode, config=config, reinit="finish_previous",
                 settings=wandb.Settings(init_timeout=float(w.get("init_timeout", 30))),
             )
 
@@ -49,14 +90,28 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
     raise ValueError(f"logger.kind={kind!r}: one of csv, wandb, none")
 
 
-def finish_logger(logger, failed: bool) -> None:
-    """End the W&B run of this job (failing exit code on failure) so multirun jobs never merge."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return
-    if isinstance(logger, WandbLogger):
+def _scalars(metrics: dict[str, Any] | None) -> dict[str, float]:
+    out = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = v
+    return out
+
+
+def finish_logger(logger, failed: bool, summary: dict[str, Any] | None = None) -> None:
+    """End the W&B run of this job so multirun jobs never merge: final scalar metrics into the run summary
+    (test/acc, best val/acc, epochs, ...), exit code 1 on failure so a failed job never shows as finished."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    # logger=None: the job failed before its target logger existed; a source W&B run may still be open.
+    wandb = sys.modules.get("wandb")
+    if isinstance(logger, WandbLogger) or (logger is None and wandb is not None):
         import wandb
 
-        if wandb.run is not None:
+        run = wandb.run
+        if run is not None:
+            final = _scalars(summary)
+            if final:
+                run.summary.update(final)
+            run.summary["status"] = "failed" if failed else "ok"
             wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,268 @@
+"""The report's figures (PNG, Agg backend: no display, no network). Each function draws one figure and saves it.
+
+Conventions shared by all figures: n is per-class and on a log axis; colour encodes freeze depth (light = few
+frozen blocks, dark = many); scratch is always a black dashed line; bands are 95% t-intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from transferlab.analysis.stats import t_interval  # noqa: E402
+from transferlab.atomic import atomic_path  # noqa: E402
+
+SCRATCH_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "label": "scratch"}
+YOSINSKI_STYLE = {"BnB": ("#1f4e9c", "-", "o"), "BnB+": ("#6fa8dc", "-", "^"),
+                  "AnB": ("#c0392b", "-", "o"), "AnB+": ("#f08080", "-", "^")}
+DPI = 110
+
+
+def _arm_order(arms: pd.DataFrame) -> list[str]:
+    """Transfer arms sorted by freeze depth (then label), scratch excluded."""
+    t = arms[arms["arm"] != "scratch"].drop_duplicates("arm")
+    return list(t.sort_values(["freeze", "arm"], na_position="last")["arm"])
+
+
+def _colors(arms: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("viridis")
+    k = max(len(arms) - 1, 1)
+    return {a: cmap(0.9 * (1 - i / k)) for i, a in enumerate(arms)}
+
+
+def _n_axis(ax, sub: pd.DataFrame) -> None:
+    ticks = sub.drop_duplicates("n_label").sort_values("n")
+    ax.set_xscale("log")
+    ax.set_xticks(list(ticks["n"]))
+    ax.set_xticklabels([lab if lab != "all" else f"all\n(~{n:.0f})" for lab, n in zip(ticks["n_label"], ticks["n"])])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled target examples per class, n (log scale)")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def _line(ax, g: pd.DataFrame, y: str, lo: str, hi: str, **style) -> None:
+    g = g.sort_values("n")
+    ax.plot(g["n"], g[y], **{"marker": "o", **style})
+    band = g[g[lo].notna()]
+    if len(band):
+        ax.fill_between(band["n"], band[lo], band[hi], color=style.get("color"), alpha=0.15, linewidth=0)
+
+
+def _draw_crossover(ax, cx: pd.DataFrame | None) -> None:
+    if cx is None or cx.empty:
+        return
+    for _, r in cx.iterrows():
+        n = r["n_star"]
+        if pd.isna(n) or math.isinf(n):
+            continue
+        lo, hi = r["n_star_lo"], r["n_star_hi"] if not math.isinf(r["n_star_hi"]) else ax.get_xlim()[1]
+        ax.axvspan(lo, hi, color="tab:red", alpha=0.08, linewidth=0)
+        ax.axvline(n, color="tab:red", linestyle=":", linewidth=1.5)
+        text = f"n* <= {n:g}" if n == r["n_min"] else f"n* = {n:.3g}"  # censored: ahead from the first n on
+        ax.annotate(text, xy=(n, 0.02), xycoords=("data", "axes fraction"), color="tab:red",
+                    ha="left", fontsize=9, xytext=(3, 0), textcoords="offset points")
+
+
+def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: str) -> Path:
+    """Test accuracy vs n: one line + CI band per freeze depth, scratch dashed, crossover n* with its interval."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    arms = _arm_order(summary)
+    colors = _colors(arms)
+    for arm in arms:
+        _line(ax, summary[summary["arm"] == arm], "acc_mean", "acc_ci_lo", "acc_ci_hi", color=colors[arm], label=arm)
+    sc = summary[summary["arm"] == "scratch"]
+    if len(sc):
+        _line(ax, sc, "acc_mean", "acc_ci_lo", "acc_ci_hi", **SCRATCH_STYLE)
+    _n_axis(ax, summary)
+    _draw_crossover(ax, cx)
+    ax.set_ylabel("test accuracy (mean over seeds, 95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def heatmap(summary: pd.DataFrame, path: Path, title: str) -> Path:
+    """Mean test accuracy, arm (freeze depth) x n; the best cell of every column is boxed; missing cells hatched."""
+    arms = _arm_order(summary) + (["scratch"] if (summary["arm"] == "scratch").any() else [])
+    cols = list(summary.drop_duplicates("n_label").sort_values("n")["n_label"])
+    grid = summary.pivot_table(index="arm", columns="n_label", values="acc_mean", aggfunc="mean")
+    grid = grid.reindex(index=arms, columns=cols)
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * len(cols)), 1.5 + 0.5 * len(arms)))
+    ax.set_facecolor("#eeeeee")
+    sns.heatmap(grid, annot=True, fmt=".3f", cmap="mako", ax=ax, cbar_kws={"label": "test accuracy"},
+                linewidths=0.5, linecolor="white")
+    for j, c in enumerate(cols):
+        col = grid[c]
+        if col.notna().any():
+            i = arms.index(col.idxmax())
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="tab:red", linewidth=2.5))
+        for i, v in enumerate(col):
+            if pd.isna(v):
+                ax.text(j + 0.5, i + 0.5, "missing", ha="center", va="center", fontsize=7, color="gray")
+    ax.set_xlabel("n per class (red box: best in column)")
+    ax.set_ylabel("")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def gain_vs_n(gain: pd.DataFrame, path: Path, title: str) -> Path:
+    """Transfer minus scratch test accuracy (paired by seed) vs n, one line + CI band per depth."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    arms = _arm_order(gain.assign(freeze=gain["arm"].str.extract(r"freeze=(\d+)")[0].astype(float)))
+    colors = _colors(arms)
+    for arm in arms:
+        _line(ax, gain[gain["arm"] == arm], "gain_mean", "gain_ci_lo", "gain_ci_hi", color=colors[arm], label=arm)
+    ax.axhline(0, color="black", linestyle="--", linewidth=1, label="scratch (0)")
+    _n_axis(ax, gain)
+    ax.set_ylabel("gain over scratch (accuracy points, 95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def crossover_plot(df_ok: pd.DataFrame, cx_row: pd.Series, path: Path, title: str) -> Path:
+    """Fine-tuned minus frozen accuracy vs n (paired by seed, 95% CI), zero line, n* and its bootstrap interval."""
+    ft = df_ok[df_ok["arm"] == cx_row["finetuned_arm"]].groupby(["n", "n_label", "seed"])["test_acc"].mean()
+    fr = df_ok[df_ok["arm"] == cx_row["frozen_arm"]].groupby(["n", "n_label", "seed"])["test_acc"].mean()
+    d = (ft - fr).dropna().rename("diff").reset_index()
+    rows = []
+    for (n, lab), g in d.groupby(["n", "n_label"]):
+        s = t_interval(g["diff"])
+        rows.append({"n": n, "n_label": lab, "mean": s["mean"], "lo": s["ci_lo"], "hi": s["ci_hi"]})
+    tab = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    _line(ax, tab, "mean", "lo", "hi", color="tab:purple",
+          label=f"{cx_row['finetuned_arm']} minus {cx_row['frozen_arm']}")
+    for _, g in d.groupby("seed"):
+        ax.plot(g["n"], g["diff"], color="tab:purple", alpha=0.25, linewidth=0.8)
+    ax.axhline(0, color="black", linewidth=1)
+    _n_axis(ax, tab)
+    _draw_crossover(ax, cx_row.to_frame().T)
+    ax.set_ylabel("accuracy difference (thin: single seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str) -> Path:
+    """Accuracy vs cut for AnB, AnB+, BnB, BnB+ (Yosinski et al. 2014, fig. 2), one panel per n; base = scratch."""
+    labels = list(ytab.drop_duplicates("n_label").sort_values("n")["n_label"])
+    fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4.2), squeeze=False, sharey=True)
+    for ax, lab in zip(axes[0], labels):
+        sub = ytab[ytab["n_label"] == lab]
+        for name, (color, ls, marker) in YOSINSKI_STYLE.items():
+            g = sub[sub["yosinski"] == name].sort_values("cut")
+            if g.empty:
+                continue
+            ax.plot(g["cut"], g["acc_mean"], color=color, linestyle=ls, marker=marker, label=name)
+            band = g[g["acc_ci_lo"].notna()]
+            ax.fill_between(band["cut"], band["acc_ci_lo"], band["acc_ci_hi"], color=color, alpha=0.12, linewidth=0)
+        b = base[base["n_label"] == lab]
+        if len(b):
+            ax.axhline(float(b["acc_mean"].iloc[0]), color="black", linestyle="--", label="base B (scratch)")
+        ax.set_xlabel("layers copied from the source (cut)")
+        ax.set_xticks(sorted(sub["cut"].unique()))
+        ax.set_title(f"n = {lab} per class")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (mean, 95% CI)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, max_panels: int = 4) -> Path:
+    """Validation accuracy per epoch (mean over seeds), transfer arms vs scratch, one panel per n."""
+    rows = []
+    for _, r in df_ok.iterrows():
+        for e, v in enumerate(json.loads(r["val_acc_history"]), start=1):
+            rows.append({"arm": r["arm"], "n": r["n"], "n_label": r["n_label"], "seed": r["seed"], "epoch": e,
+                         "val_acc": v})
+    long = pd.DataFrame(rows)
+    ns = list(long.drop_duplicates("n_label").sort_values("n")["n_label"])
+    if len(ns) > max_panels:  # smallest, largest and evenly spaced ones between
+        idx = np.unique(np.linspace(0, len(ns) - 1, max_panels).round().astype(int))
+        ns = [ns[i] for i in idx]
+    arms = _arm_order(df_ok)
+    colors = _colors(arms)
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 3.8), squeeze=False, sharey=True)
+    for ax, lab in zip(axes[0], ns):
+        sub = long[long["n_label"] == lab]
+        for arm in [*arms, "scratch"]:
+            g = sub[sub["arm"] == arm].groupby("epoch")["val_acc"].mean()
+            if g.empty:
+                continue
+            style = SCRATCH_STYLE if arm == "scratch" else {"color": colors[arm], "label": arm, "marker": "."}
+            ax.plot(g.index, g.values, **{**style, "marker": None})
+        ax.set_title(f"n = {lab} per class")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (mean over seeds)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd.DataFrame, ytab: pd.DataFrame,
+             out_dir: Path) -> list[tuple[str, Path, str]]:
+    """Every figure the data supports, per setting (target x backbone): [(title, path, caption)].
+
+    A figure is skipped, not faked, when its inputs are absent (no scratch -> no gain plot, no freeze=0 and
+    frozen pair -> no crossover, no upper=reinit cut sweep -> no Yosinski figure)."""
+    out: list[tuple[str, Path, str]] = []
+    settings = summary[["target", "backbone"]].drop_duplicates().itertuples(index=False)
+    settings = list(settings)
+    for target, backbone in settings:
+        tag = "" if len(settings) == 1 else f"_{target}_{backbone}"
+        where = f"{target}, {backbone}"
+        sel = lambda d: d[(d["target"] == target) & (d["backbone"] == backbone)] if len(d) else d  # noqa: E731
+        s, g, c, y, o = sel(summary), sel(gain), sel(cx), sel(ytab), sel(ok)
+        # The n-axis figures need a single cut/upper family per line; Yosinski's cut sweep gets its own figure.
+        if len(s):
+            out.append((f"Test accuracy vs n ({where})", acc_vs_n(s, c, out_dir / f"report_acc_vs_n{tag}.png",
+                        f"Target {target}, {backbone}: accuracy vs labelled examples"),
+                        "One line per freeze depth (95% CI band over seeds), scratch dashed; red dotted line and "
+                        "band: crossover n* where fine-tuning overtakes the frozen model, with its bootstrap CI."))
+            out.append((f"Heatmap freeze depth x n ({where})", heatmap(s, out_dir / f"report_heatmap{tag}.png",
+                        f"Mean test accuracy ({target}, {backbone})"),
+                        "Mean test accuracy per arm and n; red box = best arm for that n; grey = missing."))
+        if len(g):
+            out.append((f"Gain over scratch ({where})", gain_vs_n(g, out_dir / f"report_gain_vs_n{tag}.png",
+                        f"Transfer gain over scratch ({target}, {backbone})"),
+                        "Transfer minus scratch test accuracy, paired by seed (same target subset), 95% CI."))
+        for i, (_, r) in enumerate(c.iterrows()):
+            if r["n_seeds"] == 0 or o["n"].nunique() < 2:
+                continue
+            suffix = tag + ("" if len(c) == 1 else f"_{i}")
+            out.append((f"Crossover n* ({where})", crossover_plot(o, r, out_dir / f"report_crossover{suffix}.png",
+                        f"{r['finetuned_arm']} vs {r['frozen_arm']} ({target}, {backbone})"),
+                        "Paired difference fine-tuned minus frozen; above zero fine-tuning wins."))
+        if len(y) and y["cut"].nunique() > 1:
+            base = s[s["arm"] == "scratch"]
+            out.append((f"Yosinski figure ({where})", yosinski(y, base, out_dir / f"report_yosinski{tag}.png",
+                        f"Transferability by layer ({target}, {backbone})"),
+                        "AnB: A's first layers frozen, rest retrained on B; BnB: same with B's own layers "
+                        "(selffer); +: fine-tuned instead of frozen; dashed: base B trained from scratch."))
+        if len(o) and (o["is_scratch"]).any() and o["val_acc_history"].map(len).gt(2).any():
+            out.append((f"Learning curves ({where})", learning_curves(o, out_dir / f"report_learning_curves{tag}.png",
+                        f"Learning curves ({target}, {backbone})"),
+                        "Validation accuracy per epoch, mean over seeds; scratch dashed."))
+    return out

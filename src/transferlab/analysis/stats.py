@@ -1,0 +1,279 @@
+"""Statistics over seeds: t-intervals, gain over scratch, the fine-tune/freeze crossover n*, learning-curve measures.
+
+Seeds are the unit of replication: every interval is over seeds, and comparisons are paired by seed (the same
+seed draws the same target subset for every arm, so pairing removes the subset's luck from the difference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+SETTING = ["target", "backbone"]  # one report panel per setting
+ARM_KEYS = ["arm", "source", "transfer", "strategy", "cut", "upper", "freeze"]
+N_KEYS = ["n_label", "n"]
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample std (ddof=1) and the Student-t confidence interval of the mean; NaN spread for one value."""
+    x = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "n": 0}
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "std": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "n": 1}
+    std = float(x.std(ddof=1))
+    half = float(st.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci_lo": mean - half, "ci_hi": mean + half, "n": n}
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[(df["status"] == "ok") & df["test_acc"].notna()] if not df.empty else df
+
+
+def summarize(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per configuration (setting x arm x n): test accuracy mean/std/CI over seeds, number of seeds."""
+    ok = ok_rows(df)
+    cols = [*SETTING, *ARM_KEYS, *N_KEYS, "acc_mean", "acc_std", "acc_ci_lo", "acc_ci_hi", "n_seeds", "seeds",
+            "val_acc_mean", "trainable_params", "epochs_mean"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in ok.groupby([*SETTING, *ARM_KEYS, *N_KEYS], dropna=False, sort=True):
+        s = t_interval(g["test_acc"], confidence)
+        rows.append({**dict(zip([*SETTING, *ARM_KEYS, *N_KEYS], key)), "acc_mean": s["mean"], "acc_std": s["std"],
+                     "acc_ci_lo": s["ci_lo"], "acc_ci_hi": s["ci_hi"], "n_seeds": s["n"],
+                     "seeds": " ".join(str(int(v)) for v in sorted(g["seed"].dropna().unique())),
+                     "val_acc_mean": float(g["val_acc"].mean()), "trainable_params": g["trainable_params"].iloc[0],
+                     "epochs_mean": float(pd.to_numeric(g["epochs"], errors="coerce").mean())})
+    return pd.DataFrame(rows, columns=cols).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True)
+
+
+def paired_gain(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Transfer minus scratch test accuracy, paired by (setting, n, seed); summarised per arm and n."""
+    ok = ok_rows(df)
+    cols = [*SETTING, "arm", *N_KEYS, "gain_mean", "gain_std", "gain_ci_lo", "gain_ci_hi", "n_pairs"]
+    if ok.empty or not ok["is_scratch"].any():
+        return pd.DataFrame(columns=cols)
+    base = (ok[ok["is_scratch"]].groupby([*SETTING, "n_label", "seed"], dropna=False)["test_acc"].mean()
+            .rename("scratch_acc").reset_index())
+    pairs = ok[~ok["is_scratch"]].merge(base, on=[*SETTING, "n_label", "seed"], how="inner")
+    rows = []
+    for key, g in pairs.groupby([*SETTING, "arm", *N_KEYS], dropna=False, sort=True):
+        s = t_interval(g["test_acc"] - g["scratch_acc"], confidence)
+        rows.append({**dict(zip([*SETTING, "arm", *N_KEYS], key)), "gain_mean": s["mean"], "gain_std": s["std"],
+                     "gain_ci_lo": s["ci_lo"], "gain_ci_hi": s["ci_hi"], "n_pairs": s["n"]})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def best_per_n(summary: pd.DataFrame) -> pd.DataFrame:
+    """The arm with the highest mean test accuracy at every n (Ng's rule read off the data), with the scratch mean."""
+    rows = []
+    for key, g in summary.groupby([*SETTING, *N_KEYS], dropna=False, sort=True):
+        transfer = g[g["arm"] != "scratch"]
+        scratch = g[g["arm"] == "scratch"]
+        if transfer.empty:
+            continue
+        best = transfer.loc[transfer["acc_mean"].idxmax()]
+        ranked = transfer.sort_values("acc_mean", ascending=False)
+        runner = ranked.iloc[1] if len(ranked) > 1 else None
+        rows.append({**dict(zip([*SETTING, *N_KEYS], key)), "best_arm": best["arm"], "best_freeze": best["freeze"],
+                     "acc_mean": best["acc_mean"], "acc_ci_lo": best["acc_ci_lo"], "acc_ci_hi": best["acc_ci_hi"],
+                     "n_seeds": best["n_seeds"],
+                     "runner_up": None if runner is None else runner["arm"],
+                     "margin": math.nan if runner is None else best["acc_mean"] - runner["acc_mean"],
+                     "scratch_mean": scratch["acc_mean"].iloc[0] if len(scratch) else math.nan})
+    return pd.DataFrame(rows).sort_values([*SETTING, "n"]).reset_index(drop=True) if rows else pd.DataFrame(rows)
+
+
+# ---- crossover n* --------------------------------------------------------------------------------------------
+
+def crossover_point(ns: Sequence[float], diffs: Sequence[float]) -> float:
+    """Smallest n from which fine-tuning stays ahead (diff > 0 at that n and every larger one).
+
+    Interpolated linearly in log n between the last point where freezing was at least as good and the first point
+    of the winning run. Returns ns[0] if fine-tuning already wins at the smallest n, +inf if it is not ahead at
+    the largest n, NaN without data.
+    """
+    pts = sorted((float(n), float(d)) for n, d in zip(ns, diffs) if not (pd.isna(n) or pd.isna(d)))
+    if not pts:
+        return math.nan
+    if pts[-1][1] <= 0:
+        return math.inf
+    j = len(pts) - 1
+    while j > 0 and pts[j - 1][1] > 0:
+        j -= 1
+    if j == 0:
+        return pts[0][0]
+    (n0, d0), (n1, d1) = pts[j - 1], pts[j]
+    t = -d0 / (d1 - d0)  # d0 <= 0 < d1
+    return float(math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))))
+
+
+def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95,
+              rng_seed: int = 0) -> dict[str, float]:
+    """n* where fine-tuned overtakes frozen, with a bootstrap-over-seeds interval.
+
+    Both frames have columns n, seed, test_acc. Differences are paired by (n, seed); each bootstrap draw resamples
+    seeds with replacement and recomputes the mean difference curve. `p_cross` is the share of draws in which
+    fine-tuning ends ahead at all (the interval's upper end is +inf when that share is below the confidence).
+    """
+    a = finetuned.groupby(["n", "seed"])["test_acc"].mean()
+    b = frozen.groupby(["n", "seed"])["test_acc"].mean()
+    d = (a - b).dropna().rename("diff").reset_index()
+    out = {"n_star": math.nan, "n_star_lo": math.nan, "n_star_hi": math.nan, "p_cross": math.nan,
+           "n_min": math.nan, "n_max": math.nan, "n_seeds": 0}
+    if d.empty:
+        return out
+    mean = d.groupby("n")["diff"].mean()
+    out.update(n_star=crossover_point(mean.index, mean.values), n_min=float(mean.index.min()),
+               n_max=float(mean.index.max()), n_seeds=int(d["seed"].nunique()))
+    grid = d.pivot_table(index="seed", columns="n", values="diff", aggfunc="mean")  # seeds x n, NaN = missing
+    ns, values = np.asarray(grid.columns, dtype=float), grid.to_numpy(dtype=float)
+    rng = np.random.default_rng(rng_seed)
+    picks = rng.integers(0, len(values), size=(n_boot, len(values)))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an n no drawn seed has: NaN, skipped below
+        curves = np.nanmean(values[picks], axis=1)  # n_boot x n
+    draws = np.array([crossover_point(ns, c) for c in curves], dtype=float)
+    alpha = (1 - confidence) / 2
+    # inverted_cdf picks observed draws (no interpolation), so an infinite upper end stays a clean +inf
+    out.update(n_star_lo=float(np.quantile(draws, alpha, method="inverted_cdf")),
+               n_star_hi=float(np.quantile(draws, 1 - alpha, method="inverted_cdf")),
+               p_cross=float(np.isfinite(draws).mean()))
+    return out
+
+
+def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95) -> pd.DataFrame:
+    """n* for every (setting, source, cut, upper, strategy) that has both freeze=0 and a fully frozen arm."""
+    ok = ok_rows(df)
+    ok = ok[~ok["is_scratch"]] if not ok.empty else ok
+    rows = []
+    if ok.empty:
+        return pd.DataFrame(rows)
+    for key, g in ok.groupby([*SETTING, "source", "cut", "upper", "strategy"], dropna=False, sort=True):
+        ft = g[g["freeze"] == 0]
+        deepest = g["freeze"].max()
+        if ft.empty or pd.isna(deepest) or deepest == 0 or g["n"].nunique() < 1:
+            continue
+        fr = g[g["freeze"] == deepest]
+        res = crossover(ft, fr, n_boot=n_boot, confidence=confidence)
+        rows.append({**dict(zip([*SETTING, "source", "cut", "upper", "strategy"], key)),
+                     "finetuned_arm": ft["arm"].iloc[0], "frozen_arm": fr["arm"].iloc[0], **res})
+    return pd.DataFrame(rows)
+
+
+def format_n_star(r) -> str:
+    """Human text for one crossover row, e.g. "n* = 7.1 (95% CI 4.2-13)" or "fine-tuning never ahead (n <= 50)"."""
+    n, lo, hi = r["n_star"], r["n_star_lo"], r["n_star_hi"]
+    if pd.isna(n):
+        return "n* unknown (no paired data)"
+    if math.isinf(n):
+        return f"fine-tuning not ahead at the largest n ({r['n_max']:g}); n* > {r['n_max']:g}"
+    lead = f"n* <= {n:g} (fine-tuning ahead at the smallest n)" if n == r["n_min"] else f"n* = {n:.3g}"
+    hi_s = f"> {r['n_max']:g}" if math.isinf(hi) else f"{hi:.3g}"
+    return f"{lead} (95% bootstrap CI {lo:.3g} to {hi_s}; fine-tuning ends ahead in {r['p_cross']:.0%} of draws)"
+
+
+# ---- learning curves (Taylor & Stone 2009; Torrey & Shavlik 2009) ---------------------------------------------
+
+def _auc(y: np.ndarray) -> float:
+    """Area under an accuracy-per-epoch curve, normalised by its length (a mean level; 1 point = its value)."""
+    return float(y[0]) if len(y) == 1 else float(np.trapezoid(y) / (len(y) - 1))
+
+
+def epochs_to(y: Sequence[float], threshold: float) -> float:
+    """First epoch (counted from 1) at which the curve reaches `threshold`; NaN if it never does."""
+    hits = np.nonzero(np.asarray(y, dtype=float) >= threshold)[0]
+    return float(hits[0] + 1) if len(hits) else math.nan
+
+
+def curve_measures(transfer: Sequence[float], scratch: Sequence[float], threshold: float,
+                   tail: int = 3) -> dict[str, float]:
+    """Jumpstart (first-epoch gain), transfer ratio (AUC_t - AUC_s) / AUC_s over the common length, epochs to a
+    threshold for both, and asymptotic gain (mean of the last `tail` epochs, transfer minus scratch)."""
+    t, s = np.asarray(transfer, dtype=float), np.asarray(scratch, dtype=float)
+    if len(t) == 0 or len(s) == 0:
+        return {k: math.nan for k in ("jumpstart", "auc_ratio", "epochs_to_thr_transfer", "epochs_to_thr_scratch",
+                                      "asymptotic_gain")}
+    L = min(len(t), len(s))
+    auc_s = _auc(s[:L])
+    k = min(tail, len(t), len(s))
+    return {"jumpstart": float(t[0] - s[0]),
+            "auc_ratio": (_auc(t[:L]) - auc_s) / auc_s if auc_s > 0 else math.nan,
+            "epochs_to_thr_transfer": epochs_to(t, threshold), "epochs_to_thr_scratch": epochs_to(s, threshold),
+            "asymptotic_gain": float(t[-k:].mean() - s[-k:].mean())}
+
+
+def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence: float = 0.95) -> pd.DataFrame:
+    """Per arm and n: the curve measures paired by seed against scratch, averaged with t-intervals.
+
+    The threshold is `threshold_frac` times the mean best validation accuracy scratch reaches at that n, so
+    "epochs to threshold" asks how soon each arm gets near what training from scratch eventually achieves.
+    """
+    ok = ok_rows(df)
+    if ok.empty or not ok["is_scratch"].any():
+        return pd.DataFrame()
+    hist = ok.assign(curve=ok["val_acc_history"].map(json.loads))
+    hist = hist[hist["curve"].map(len) > 0]
+    rows = []
+    for key, g in hist.groupby([*SETTING, "n_label"], dropna=False, sort=True):
+        sc = g[g["is_scratch"]]
+        if sc.empty:
+            continue
+        scratch_by_seed = {s: c for s, c in zip(sc["seed"], sc["curve"])}
+        threshold = threshold_frac * float(np.mean([max(c) for c in sc["curve"]]))
+        for arm, ga in g[~g["is_scratch"]].groupby("arm", sort=True):
+            per_seed = [curve_measures(c, scratch_by_seed[s], threshold)
+                        for s, c in zip(ga["seed"], ga["curve"]) if s in scratch_by_seed]
+            if not per_seed:
+                continue
+            m = pd.DataFrame(per_seed)
+            row = {**dict(zip([*SETTING, "n_label"], key)), "n": float(ga["n"].iloc[0]), "arm": arm,
+                   "threshold": threshold, "n_pairs": len(m)}
+            for col in m.columns:
+                s = t_interval(m[col].dropna(), confidence)
+                row[col] = s["mean"]
+                row[f"{col}_ci"] = (s["ci_hi"] - s["mean"]) if s["n"] > 1 else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+# ---- Yosinski et al. 2014 -------------------------------------------------------------------------------------
+
+def yosinski_label(r) -> str | None:
+    """AnB / AnB+ / BnB / BnB+ for a transfer row: A != B is transfer, B == B the selffer; "+" = fine-tuned
+    (freeze=0), no "+" = every copied block frozen. Other depths are not part of the figure."""
+    if r["is_scratch"] or pd.isna(r["cut"]) or pd.isna(r["freeze"]) or r["cut"] == 0:
+        return None
+    base = "BnB" if r["source"] == r["target"] else "AnB"
+    if r["freeze"] == 0:
+        return base + "+"
+    if r["freeze"] == r["cut"]:
+        return base
+    return None
+
+
+def yosinski_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Mean/CI of test accuracy per (setting, n, Yosinski arm, cut); only rows with upper=reinit count, since the
+    paper re-initialises and retrains the layers above the cut."""
+    ok = ok_rows(df)
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok[(ok["upper"] == "reinit") & ~ok["is_scratch"]]
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.assign(yosinski=ok.apply(yosinski_label, axis=1)).dropna(subset=["yosinski"])
+    rows = []
+    for key, g in ok.groupby([*SETTING, "n_label", "yosinski", "cut"], sort=True):
+        s = t_interval(g["test_acc"], confidence)
+        rows.append({**dict(zip([*SETTING, "n_label", "yosinski", "cut"], key)), "n": float(g["n"].iloc[0]),
+                     "acc_mean": s["mean"], "acc_ci_lo": s["ci_lo"], "acc_ci_hi": s["ci_hi"], "n_seeds": s["n"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,57 @@
+"""Log a finished report to W&B as one `report` run in the sweep's group: tables, figures, crossover n*.
+
+Offline by default (files under <out>/wandb, upload later with `wandb sync`); the mode goes to this one
+`wandb.init`, never to the environment, so nothing else in the process changes mode.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+
+def _table(df: pd.DataFrame):
+    import wandb
+
+    clean = df.copy()
+    for c in clean.columns:  # W&B tables want plain types: nullable ints -> float, objects -> str
+        if str(clean[c].dtype) in ("Int64", "boolean"):
+            clean[c] = clean[c].astype("float64")
+        elif clean[c].dtype == object:
+            clean[c] = clean[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return wandb.Table(dataframe=clean)
+
+
+def push_report(report, *, project: str = "transferlab", entity: str | None = None, mode: str = "offline") -> Path:
+    """One W&B run (job_type=report, group=sweep name) holding the report; returns the run's local folder."""
+    import wandb
+
+    out = Path(report.out_dir)
+    run = wandb.init(project=project, entity=entity, group=report.name, job_type="report", name=f"report {report.name}",
+                     dir=str(out), mode=mode, config={"sweep_name": report.name, "runs": len(report.results)},
+                     tags=["report"], reinit="finish_previous")
+    try:
+        payload = {"report/results": _table(report.results.drop(columns=["val_acc_history"])),
+                   "report/summary": _table(report.summary), "report/best_per_n": _table(report.best)}
+        for key, frame in (("report/gain", report.gain), ("report/crossover", report.crossovers),
+                           ("report/learning_measures", report.measures), ("report/yosinski", report.yosinski),
+                           ("report/failed", report.failed)):
+            if not frame.empty:
+                payload[key] = _table(frame)
+        for title, path, caption in report.figures:
+            payload[f"figures/{Path(path).stem}"] = wandb.Image(str(path), caption=f"{title}: {caption}")
+        run.log(payload)
+        run.summary.update({"runs_ok": int((report.results["status"] == "ok").sum()), "runs_failed": len(report.failed)})
+        for _, c in report.crossovers.iterrows():
+            if not pd.isna(c["n_star"]):
+                key = f"n_star/{c['target']}/{c['backbone']}/cut={c['cut']}"
+                vals = {key: c["n_star"], f"{key}/lo": c["n_star_lo"], f"{key}/hi": c["n_star_hi"]}
+                run.summary.update({k: float(v) for k, v in vals.items() if math.isfinite(v)})
+        local = Path(run.dir).parent
+    except BaseException:
+        wandb.finish(exit_code=1)
+        raise
+    wandb.finish(exit_code=0)
+    return local
