@@ -81,6 +81,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "cut": plan.cut, "upper": plan.upper, "freeze": plan.freeze_depth, "frozen_blocks": list(plan.frozen),
         "trainable_blocks": list(plan.trainable), "trainable_params": None, "total_params": None,
         "n_per_class": cfg.target.get("n_per_class"), "n_train": int(len(target.train_indices)),
+        "n_val": int(len(target.val_y)), "n_test": int(len(target.test_y)),
         "seed": int(cfg.seed), "data_seed": int(cfg.data_seed), "metrics": {}, "source_cache": None,
         "source_ckpt": None, "target_ckpt": None, "train_indices": [int(i) for i in target.train_indices],
         "wall_s": None, "config": OmegaConf.to_container(cfg, resolve=True),
@@ -109,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                    fingerprint=config_fingerprint(cfg))  # resumes a killed run of this config
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),
-                             "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs + 1}
+                             "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs}
         record.update(status="ok", target_ckpt=outcome.best_ckpt, wall_s=time.perf_counter() - t0)
         write_result(run_dir, record)
         finish_logger(logger, failed=False, summary=record["metrics"])
