@@ -192,3 +192,6 @@ def test_image_folder_rejects_class_missing_from_train(tmp_path):
     _write_images(tmp_path / "imgs" / "test", x[30:40], y[30:40] % 3)
     with pytest.raises(ConfigError, match=r"test/ has \['two'\], not in train/"):
         task(tmp_path, "target=image_folder", f"target.root={tmp_path / 'imgs'}")
+    (tmp_path / "imgs" / "train").rename(tmp_path / "imgs" / "training")
+    with pytest.raises(ConfigError, match=r"a train/ folder next to val/ and test/"):
+        task(tmp_path, "target=image_folder", f"target.root={tmp_path / 'imgs'}")

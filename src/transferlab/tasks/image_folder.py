@@ -61,6 +61,9 @@ def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskD
     if not root.is_dir():
         raise ConfigError(problem(f"{key}.root", str(root), "a folder"))
     explicit = (root / "train").is_dir()
+    if not explicit and any((root / s).is_dir() for s in ("val", "test")):
+        raise ConfigError(problem(f"{key}.root", str(root), "a train/ folder next to val/ and test/ (or only class "
+                                  "folders, to split by ratio)"))
     base = root / "train" if explicit else root
     try:
         classes, class_to_idx = find_classes(str(base))
