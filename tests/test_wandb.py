@@ -1,0 +1,127 @@
+"""W&B: a real multirun with logger=wandb (offline), read back from the run files with `wandb leet inspect`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from transferlab.results import read_result
+
+WANDB = str(Path(sys.executable).parent / "wandb")
+
+
+def inspect(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(--summary object, all records) of one offline run folder, as `wandb leet inspect --json` prints them."""
+    def call(*extra: str) -> str:
+        p = subprocess.run([WANDB, "leet", "inspect", "--json", *extra, str(run_dir)], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    summary = json.loads(call("--summary"))
+    records = [json.loads(line) for line in call().splitlines() if line.strip()]
+    return summary, records
+
+
+def run_record(records: list[dict]) -> dict:
+    runs = [r["run"] for r in records if r.get("type") == "run"]
+    assert runs, "no run record"
+    return runs[0]
+
+
+def only_run(folder: Path) -> Path:
+    runs = sorted((folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one W&B run under {folder}, found {runs}"
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def wandb_sweep(tmp_path_factory) -> Path:
+    """Two jobs in one multirun process: job 0 trains fine, job 1 fails (lr=1e30 -> NaN loss)."""
+    root = tmp_path_factory.mktemp("wandb_sweep")
+    sweep = root / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)  # the offline mode must come from the config, not the environment
+        run_cli("-m", "pretrain.max_epochs=2", "train.max_epochs=3", "trainer.enable_progress_bar=false",
+                "target.n_per_class=2", "transfer.freeze=2", "train.lr=0.001,1e30", "logger=wandb",
+                "name=wb_sweep", "logger.wandb.tags=[demo]", f"hydra.sweep.dir={sweep}", cwd=root,
+                env={"OMP_NUM_THREADS": "1"})
+    assert read_result(sweep / "0" / "result.json")["status"] == "ok"
+    assert read_result(sweep / "1" / "result.json")["status"] == "failed"
+    return sweep
+
+
+def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
+    rec = read_result(wandb_sweep / "0" / "result.json")
+    summary, records = inspect(only_run(wandb_sweep / "0"))
+    run = run_record(records)
+    assert run["run_group"] == "wb_sweep" and run["job_type"] == "target"
+    assert {"transfer:finetune", "source:digits_0to4", "target:digits_5to9", "backbone:small_cnn", "demo"} <= set(
+        run["tags"])
+    config = summary["config"]
+    for axis in ("n_per_class", "freeze", "cut", "trainable_params", "n_train"):
+        assert config[axis] == rec[axis], axis
+    assert config["transfer.freeze"] == 2 and config["logger.wandb.mode"] == "offline"  # flattened resolved config
+    assert summary["state"] == "finished" and summary["exit_code"] == 0
+    assert summary["summary"]["test/acc"] == pytest.approx(rec["metrics"]["test/acc"])
+    assert summary["summary"]["val/acc"] == pytest.approx(rec["metrics"]["val/acc"])  # best epoch, not the last
+    vals = [r["history"]["item"]["val/acc"] for r in records
+            if r.get("type") == "history" and "val/acc" in r["history"]["item"]]
+    assert vals == pytest.approx(rec["metrics"]["val/acc_history"])  # one point per epoch
+
+    src_summary, src_records = inspect(only_run(wandb_sweep / "0" / "source"))  # pretraining: its own run
+    src = run_record(src_records)
+    assert src["job_type"] == "source" and src["run_group"] == "wb_sweep" and src["run_id"] != run["run_id"]
+    assert src_summary["exit_code"] == 0 and "test/acc" in src_summary["summary"]
+
+
+def test_failed_job_finishes_its_run_with_exit_code_1(wandb_sweep):
+    rec = read_result(wandb_sweep / "1" / "result.json")
+    summary, records = inspect(only_run(wandb_sweep / "1"))
+    assert summary["exit_code"] == 1 and summary["state"] == "failed"
+    assert summary["summary"]["status"] == "failed" and "NonFinite" in rec["error"]
+    ok_id = run_record(inspect(only_run(wandb_sweep / "0"))[1])["run_id"]
+    assert run_record(records)["run_id"] != ok_id  # the two jobs never share (merge into) one run
+
+
+def test_report_pushes_one_report_run(wandb_sweep, tmp_path):
+    out = tmp_path / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        p = run_cli(str(wandb_sweep), "--out", str(out), "--wandb", "--n-boot", "50", module="transferlab.report",
+                    cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "failed runs (1)" in p.stdout
+    summary, records = inspect(only_run(out))
+    run = run_record(records)
+    assert run["job_type"] == "report" and run["run_group"] == "wb_sweep" and summary["exit_code"] == 0
+    assert summary["summary"]["runs_ok"] == 1 and summary["summary"]["runs_failed"] == 1
+    item = {k: v for r in records if r.get("type") == "history" for k, v in r["history"]["item"].items()}
+    logged = {k[: -len("._type")] for k in item if k.endswith("._type")}  # media values are flattened objects
+    assert {"report/summary", "report/results", "report/failed", "figures/report_acc_vs_n"} <= logged
+    assert item["report/results.nrows"] == 2 and item["report/failed.nrows"] == 1
+    png = only_run(out) / "files" / item["figures/report_acc_vs_n.path"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mode_is_per_run_and_final_metrics_land_in_summary(make_cfg, tmp_path, monkeypatch):
+    from transferlab.loggers import finish_logger, flatten, make_logger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = make_cfg("logger=wandb", "name=unit")
+    logger = make_logger(cfg, tmp_path / "job", "target", axes={"n_per_class": 5, "freeze": 1, "cut": 4})
+    logger.experiment.log({"val/acc": 0.25})
+    assert "WANDB_MODE" not in os.environ  # WandbLogger(offline=True) would have set it for every later job
+    finish_logger(logger, failed=False, summary={"test/acc": 0.75, "val/acc": 0.5, "val/acc_history": [0.25, 0.5],
+                                                 "epochs": 2, "bad": float("nan")})
+    summary, records = inspect(only_run(tmp_path / "job"))
+    s = summary["summary"]
+    assert (s["test/acc"], s["val/acc"], s["epochs"]) == (0.75, 0.5, 2) and "val/acc_history" not in s
+    assert "bad" not in s and summary["exit_code"] == 0
+    assert summary["config"]["freeze"] == 1 and summary["config"]["job_type"] == "target"
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
