@@ -28,9 +28,9 @@ def _digit_files(folder: Path) -> tuple[Path, Path]:
 
 def test_source_npz_to_target_npz_runs_end_to_end(make_cfg, tmp_path):
     src, tgt = _digit_files(tmp_path)
-    cfg = make_cfg("source=npz", f"source.path={src}", "source.name=digits_0to4_npz",
-                   "target=npz", f"target.path={tgt}", "target.name=digits_5to9_npz",
-                   "target.n_per_class=10", "transfer.cut=2", "transfer.freeze=1", run="byod")
+    args = ["source=npz", f"source.path={src}", "source.name=digits_0to4_npz", "target=npz", f"target.path={tgt}",
+            "target.name=digits_5to9_npz", "target.n_per_class=10", "transfer.cut=2", "transfer.freeze=1"]
+    cfg = make_cfg(*args, run="byod")
     rec = run(cfg)
     assert rec["status"] == "ok" and rec["source"] == "digits_0to4_npz" and rec["target"] == "digits_5to9_npz"
     assert rec["source_cache"] == "miss" and rec["source_metrics"]["test/acc"] > 0.5  # source really learned
@@ -38,6 +38,13 @@ def test_source_npz_to_target_npz_runs_end_to_end(make_cfg, tmp_path):
     assert 0.0 <= rec["metrics"]["test/acc"] <= 1.0
     saved = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())
     assert saved["config"]["target"]["path"] == str(tgt)
+    # Same config, edited source file: the cached source model must not be reused.
+    with np.load(src) as f:
+        arrays = dict(f)
+    np.savez(src, **{**arrays, "x_train": arrays["x_train"][::-1].copy(), "y_train": arrays["y_train"][::-1].copy(),
+                     "x_test": 255 - arrays["x_test"]})
+    again = run(make_cfg(*args, run="edited"))  # identical config: only the data differs
+    assert again["source_cache"] == "miss" and again["source_ckpt"] != rec["source_ckpt"]
 
 
 def test_task_keys_set_the_backbone_input_shape(make_cfg):

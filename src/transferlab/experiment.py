@@ -37,7 +37,7 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
                         device=pick_device(cfg.trainer.get("accelerator"))),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
         logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
-        fingerprint=source_cache.source_key(cfg),  # a killed pretraining resumes from its last.ckpt
+        fingerprint=source_cache.source_key(cfg, source.fingerprint()),  # a killed pretraining resumes
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
     meta = {"source": str(cfg.source.name), "backbone": family_of(cfg.backbone), "test/acc": outcome.test["test/acc"],
@@ -55,7 +55,7 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
         L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
         blocks = build_backbone(cfg.backbone, prep.target.input_shape).blocks.state_dict()
         return {BACKBONE_PREFIX + k: v for k, v in blocks.items()}, "none", None, {}
-    key = source_cache.source_key(cfg)
+    key = source_cache.source_key(cfg, prep.source.fingerprint())
     obj, status, path = source_cache.get_or_train(
         cfg.paths.cache_dir, key, lambda: pretrain_source(cfg, prep.source, run_dir / "source"))
     log.info("source model %s (%s): %s", key, status, path)

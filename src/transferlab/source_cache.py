@@ -21,13 +21,16 @@ from transferlab.atomic import torch_save, write_json
 MODEL_FILE = "model.pt"
 
 
-def source_key(cfg) -> str:
-    """Hash of the source-relevant config (resolved, sorted)."""
+def source_key(cfg, data: str | None = None) -> str:
+    """Hash of the source-relevant config (resolved, sorted) and of the source data (`TaskData.fingerprint()`),
+    so an edited or differently-located user file (`source.path=...`) never reuses a stale model."""
     relevant = {
         "source": OmegaConf.to_container(cfg.source, resolve=True),
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
         "pretrain": OmegaConf.to_container(cfg.pretrain, resolve=True),
     }
+    if data is not None:
+        relevant["data"] = data
     # The source's labelled subset is part of the source model; the target's is not.
     blob = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
