@@ -78,6 +78,10 @@ def test_norm_only_glob_and_exact_parameter_names():
     bn_params = {f"{m}.{p}" for m, mod in net.backbone.blocks.named_modules() if isinstance(mod, _BatchNorm)
                  and "downsample" not in m for p in ("weight", "bias")}
     assert names == bn_params  # the glob is over names: downsample.1 (a BN) is not named "bn"
+    net_norm, _ = _net(trainable=["@norm"])  # by layer type: includes the downsample BNs "*bn*" misses
+    all_bn = {f"{m}.{p}" for m, mod in net_norm.backbone.blocks.named_modules() if isinstance(mod, _BatchNorm)
+              for p in ("weight", "bias")}
+    assert _trainable(net_norm) == all_bn and len(all_bn) > len(names)
     net2, plan2 = _net(trainable=["layer4.1.conv2.weight", "stem.bn1"])
     assert _trainable(net2) == {"layer4.1.conv2.weight", "stem.bn1.weight", "stem.bn1.bias"}
     assert plan2.frozen == ("layer1", "layer2", "layer3")

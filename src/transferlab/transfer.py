@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import torch
+from torch import nn
 
 from transferlab.backbones.base import BlockBackbone
 from transferlab.errors import ConfigError, problem
@@ -90,9 +91,19 @@ def _int_at_least(cfg, key: str, default: int, low: int, problems: list[str]) ->
     return v
 
 
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+SELECTORS = {"@norm": "every normalisation layer's parameters (BatchNorm/GroupNorm/LayerNorm, whatever its name)"}
+
+
+def _norm_params(backbone: BlockBackbone) -> list[str]:
+    return [f"{m}.{p}" for m, mod in backbone.blocks.named_modules() if isinstance(mod, NORM_TYPES)
+            for p, _ in mod.named_parameters(recurse=False)]
+
+
 def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, kept: tuple[str, ...],
-                       cut: int, problems: list[str]) -> frozenset[str] | None:
-    """Entries are block names, module/parameter names, or globs over parameter names ("*.bias", "*bn*")."""
+                       cut: int, problems: list[str], norm: list[str] | None = None) -> frozenset[str] | None:
+    """Entries are block names, module/parameter names, globs over parameter names ("*.bias", "*bn*"), or
+    "@norm" (normalisation layers by type, since their names differ between models)."""
     if isinstance(spec, str) or not hasattr(spec, "__iter__"):
         problems.append(problem("transfer.trainable", spec, "null or a list of block names / parameter globs, "
                                                             f"e.g. [{names[-1]}] or ['*.bias']"))
@@ -108,12 +119,16 @@ def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, k
     for e in entries:
         if e == "head":
             continue  # the new head always trains
-        hits = [p for p in params if p == e or p.startswith(e + ".") or fnmatchcase(p, e)]
+        if e == "@norm":
+            hits = list(norm or [])
+        else:
+            hits = [p for p in params if p == e or p.startswith(e + ".") or fnmatchcase(p, e)]
         inside = [p for p in hits if p.split(".", 1)[0] in kept]
         if not hits:
             problems.append(problem("transfer.trainable", e, f"a block name {list(names)}, a module or parameter "
                                                              "name inside one, or a glob over parameter names "
-                                                             "(e.g. '*.bias', '*bn*'); it matches nothing"))
+                                                             "(e.g. '*.bias', '*bn*') or '@norm'; it matches "
+                                                             "nothing"))
         elif not inside:
             problems.append(problem("transfer.trainable", e, f"blocks kept by transfer.cut={cut}: {list(kept)} "
                                                              "(it only matches blocks beyond the cut)"))
@@ -127,8 +142,9 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
     if isinstance(backbone, BlockBackbone):
         names = tuple(backbone.block_names)
         params: list[str] | None = [n for n, _ in backbone.blocks.named_parameters()]
+        norm: list[str] | None = _norm_params(backbone)
     else:
-        names, params = tuple(backbone), None
+        names, params, norm = tuple(backbone), None, None
     problems: list[str] = []
     cut = cfg.get("cut")
     cut = len(names) if cut is None else cut
@@ -159,7 +175,7 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
             problems.append(problem("transfer.trainable", list(spec) if hasattr(spec, "__iter__") else spec,
                                     f"null when transfer.freeze={freeze!r} is set (pick one: freeze=0 with a "
                                     "trainable list, or a freeze depth)"))
-        train_params = _resolve_trainable(spec, names, params, kept, cut, problems)
+        train_params = _resolve_trainable(spec, names, params, kept, cut, problems, norm)
         if train_params is not None:
             blocks = {p.split(".", 1)[0] for p in train_params}
             frozen = tuple(n for n in kept if n not in blocks)
