@@ -53,3 +53,12 @@ def test_task_keys_set_the_backbone_input_shape(make_cfg):
     assert prep.target.input_shape == prep.source.input_shape == (3, 16, 16)
     with pytest.raises(ConfigError, match="source"):
         prepare(make_cfg("target.channels=3", "target.image_size=16"))  # source left at 1 x 8 x 8
+
+
+def test_one_channel_digits_become_resnet_inputs_by_task_keys(make_cfg):
+    """The task, not the backbone, turns 1 x 8 x 8 digits into the 3 x 32 x 32 ImageNet-normalised input."""
+    keys = [f"{side}.{k}" for side in ("source", "target")
+            for k in ("channels=3", "image_size=32", "normalize=imagenet")]
+    prep = prepare(make_cfg("backbone=resnet18", "transfer.cut=3", *keys))
+    assert prep.target.input_shape == prep.source.input_shape == (3, 32, 32)
+    assert prep.target.info["input"]["mean"] == [0.485, 0.456, 0.406]
