@@ -47,19 +47,54 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
 
 
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors/ints (loadable with weights_only=True): dropout etc. continue as if unbroken."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class RunIdentity(L.Callback):
-    """Stores the run's config fingerprint in every checkpoint, so a resume can tell whose checkpoint it is."""
+    """Stores the config fingerprint and the global RNG states in every checkpoint.
+
+    The fingerprint lets a resume tell whose checkpoint it is; the RNG states make a resumed fit continue with
+    the same random stream (dropout, augmentation) as an uninterrupted one. Batch order is the loaders' own
+    state (`data.TensorBatches.state_dict`), which Lightning checkpoints itself.
+    """
 
     def __init__(self, fingerprint: str | None):
         self.fingerprint = fingerprint
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint}
+        return {"fingerprint": self.fingerprint, "rng": _rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("fingerprint")
         if self.fingerprint is not None and saved not in (None, self.fingerprint):
             raise ConfigError(problem("checkpoint", saved, f"fingerprint {self.fingerprint} of this config"))
+        if state_dict.get("rng"):
+            _set_rng_state(state_dict["rng"])
 
 
 class FailOnNonFinite(L.Callback):
@@ -96,6 +131,17 @@ def checkpoint_mismatch(ckpt_dir: Path, fingerprint: str | None) -> str | None:
     return None
 
 
+def _restore_train_order(train, ckpt: dict[str, Any]) -> None:
+    """Give a stateful train loader its saved shuffle state before a resume.
+
+    Lightning restores loader states only when resuming *inside* an epoch; our checkpoints are written at epoch
+    ends, so without this the resumed fit would replay the first epoch's batch order.
+    """
+    states = ((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict", {}).get("combined_loader") or []
+    if states and hasattr(train, "load_state_dict"):
+        train.load_state_dict(states[0])
+
+
 @dataclass
 class FitOutcome:
     test: dict[str, float]
@@ -126,6 +172,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
         if why:
             raise ConfigError(problem("paths.output_dir", str(Path(ckpt_dir).parent), why))
         resume_from = str(last)
+        _restore_train_order(train, load_checkpoint(last))
     trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
     # Copy now: testing from the best checkpoint restores the callback state saved at that (earlier) epoch.
     curves = {k: list(v) for k, v in history.history.items()}
