@@ -139,3 +139,23 @@ def test_gradual_run_resumed_mid_schedule_gets_the_right_set_and_optimizer(tmp_p
     assert not _same(snaps.at["end"]["conv2"], source, "conv2") and _same(snaps.at["end"]["conv1"], source, "conv1")
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert [g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]] == ["head", "fc1", "conv3", "conv2"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["transfer=gradual", "transfer.freeze=1", "train.lr_decay=0.385", "train.scheduler=cosine"],
+    ["transfer=lp_ft", "transfer.lp_epochs=2", "transfer.l2sp=0.01"],
+    ["transfer.trainable=[*.bias]", "transfer.cut=3"],
+])
+def test_strategies_run_end_to_end_from_the_cli_config(make_cfg, overrides):
+    from transferlab.experiment import run
+
+    rec = run(make_cfg(*overrides, "target.n_per_class=5", "train.max_epochs=5", "logger=none"))
+    assert rec["status"] == "ok" and rec["strategy"] == rec["config"]["transfer"]["strategy"]
+    assert len(rec["metrics"]["val/acc_history"]) == 5
+    if "transfer.freeze=1" in overrides:
+        source = torch.load(rec["source_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+        target = torch.load(rec["target_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+        conv1 = [k for k in source if k.startswith(BACKBONE_PREFIX + "conv1.")]
+        assert conv1 and all(torch.equal(source[k], target[k]) for k in conv1)
+    if "transfer.cut=3" in overrides:  # BitFit: small_cnn convs have no bias, so only BN and fc biases train
+        assert rec["trainable_params"] < rec["total_params"] // 10
