@@ -38,6 +38,8 @@ def test_source_npz_to_target_npz_runs_end_to_end(make_cfg, tmp_path):
     assert 0.0 <= rec["metrics"]["test/acc"] <= 1.0
     saved = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())
     assert saved["config"]["target"]["path"] == str(tgt)
+    assert saved["target_data"]["path"] == str(tgt) and saved["target_data"]["naming"] == "medmnist"
+    assert saved["target_data"]["input"]["native_shape"] == [1, 8, 8]
     # Same config, edited source file: the cached source model must not be reused.
     with np.load(src) as f:
         arrays = dict(f)

@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "n_val": int(len(target.val_y)), "n_test": int(len(target.test_y)),
         "seed": int(cfg.seed), "data_seed": int(cfg.data_seed), "metrics": {}, "source_cache": None,
         "source_ckpt": None, "target_ckpt": None, "train_indices": [int(i) for i in target.train_indices],
+        "target_data": target.info,  # files read, input adaptation (channels/size/normalisation stats), split sizes
         "wall_s": None, "config": OmegaConf.to_container(cfg, resolve=True),
     }
     logger = None
