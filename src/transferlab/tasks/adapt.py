@@ -134,7 +134,7 @@ class Adapter:
             std = torch.tensor([float(v) for v in src["std"]])
             n = x.shape[1]
             if len(mean) != n or len(std) != n:
-                shown = "imagenet" if self.norm == "imagenet" else {"mean": list(mean.tolist()), "std": list(std.tolist())}
+                shown = "imagenet" if self.norm == "imagenet" else {"mean": mean.tolist(), "std": std.tolist()}
                 raise ConfigError(problem(f"{self.key}.normalize", shown, f"{len(mean)} channel statistics but "
                                           f"inputs have {n} channels (set {self.key}.channels={len(mean)})"))
             self.mean, self.std = mean.view(shape), std.view(shape)
