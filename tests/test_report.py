@@ -67,7 +67,8 @@ def test_report_cli_on_real_sweep(sweep, tmp_path):
         accs = results[(results["arm"] == s["arm"]) & (results["n_per_class"] == int(s["n_label"]))]["test_acc"]
         half = st.t.ppf(0.975, 1) * accs.std(ddof=1) / math.sqrt(2)
         assert s["acc_mean"] == pytest.approx(accs.mean())
-        assert s["acc_ci_hi"] - s["acc_mean"] == pytest.approx(half, abs=1e-9)
+        assert s["acc_ci_hi"] == pytest.approx(min(accs.mean() + half, 1.0), abs=1e-9)  # clipped to [0, 1]
+        assert s["acc_ci_lo"] == pytest.approx(max(accs.mean() - half, 0.0), abs=1e-9)
 
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from transferlab.results import read_result
 WANDB = str(Path(sys.executable).parent / "wandb")
 
 
+@functools.lru_cache(maxsize=None)  # a finished offline run never changes; each inspect costs a few seconds
 def inspect(run_dir: Path) -> tuple[dict, list[dict]]:
     """(--summary object, all records) of one offline run folder, as `wandb leet inspect --json` prints them."""
     def call(*extra: str) -> str:

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transferlab.analysis.stats import t_interval  # noqa: E402
 from transferlab.atomic import atomic_path  # noqa: E402
@@ -61,7 +62,7 @@ def _line(ax, g: pd.DataFrame, y: str, lo: str, hi: str, **style) -> None:
     ax.plot(g["n"], g[y], **{"marker": "o", **style})
     band = g[g[lo].notna()]
     if len(band):
-        ax.fill_between(band["n"], band[lo], band[hi], color=style.get("color"), alpha=0.15, linewidth=0)
+        ax.fill_between(band["n"], band[lo], band[hi], color=style.get("color"), alpha=0.1, linewidth=0)
 
 
 def _draw_crossover(ax, cx: pd.DataFrame | None) -> None:
@@ -131,7 +132,7 @@ def gain_vs_n(gain: pd.DataFrame, path: Path, title: str) -> Path:
         _line(ax, gain[gain["arm"] == arm], "gain_mean", "gain_ci_lo", "gain_ci_hi", color=colors[arm], label=arm)
     ax.axhline(0, color="black", linestyle="--", linewidth=1, label="scratch (0)")
     _n_axis(ax, gain)
-    ax.set_ylabel("gain over scratch (accuracy points, 95% CI)")
+    ax.set_ylabel("test accuracy minus scratch (95% CI)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -176,9 +177,11 @@ def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str) -> 
             ax.plot(g["cut"], g["acc_mean"], color=color, linestyle=ls, marker=marker, label=name)
             band = g[g["acc_ci_lo"].notna()]
             ax.fill_between(band["cut"], band["acc_ci_lo"], band["acc_ci_hi"], color=color, alpha=0.12, linewidth=0)
-        b = base[base["n_label"] == lab]
-        if len(b):
-            ax.axhline(float(b["acc_mean"].iloc[0]), color="black", linestyle="--", label="base B (scratch)")
+        for name, ls in (("base B", "--"), ("base A", ":")):
+            b = base[(base["n_label"] == lab) & (base.get("base", "base B") == name)]
+            if len(b):
+                ax.axhline(float(b["acc_mean"].iloc[0]), color="black", linestyle=ls,
+                           label=f"{name} (scratch{' on A' if name == 'base A' else ''})")
         ax.set_xlabel("layers copied from the source (cut)")
         ax.set_xticks(sorted(sub["cut"].unique()))
         ax.set_title(f"n = {lab} per class")
@@ -214,6 +217,7 @@ def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, max_panels: int
             ax.plot(g.index, g.values, **{**style, "marker": None})
         ax.set_title(f"n = {lab} per class")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy (mean over seeds)")
     axes[0][-1].legend(fontsize=7)
@@ -236,7 +240,7 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
         sel = lambda d: d[(d["target"] == target) & (d["backbone"] == backbone)] if len(d) else d  # noqa: E731
         s, g, c, y, o = sel(summary), sel(gain), sel(cx), sel(ytab), sel(ok)
         # The n-axis figures need a single cut/upper family per line; Yosinski's cut sweep gets its own figure.
-        if len(s):
+        if (s["arm"] != "scratch").any():  # a base-only setting (e.g. Yosinski's base A) is a reference line
             out.append((f"Test accuracy vs n ({where})", acc_vs_n(s, c, out_dir / f"report_acc_vs_n{tag}.png",
                         f"Target {target}, {backbone}: accuracy vs labelled examples"),
                         "One line per freeze depth (95% CI band over seeds), scratch dashed; red dotted line and "
@@ -256,11 +260,16 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
                         f"{r['finetuned_arm']} vs {r['frozen_arm']} ({target}, {backbone})"),
                         "Paired difference fine-tuned minus frozen; above zero fine-tuning wins."))
         if len(y) and y["cut"].nunique() > 1:
-            base = s[s["arm"] == "scratch"]
-            out.append((f"Yosinski figure ({where})", yosinski(y, base, out_dir / f"report_yosinski{tag}.png",
+            base = s[s["arm"] == "scratch"].assign(base="base B")
+            sources = set(o.loc[~o["is_scratch"] & (o["source"] != target), "source"])  # A of AnB: its own base
+            base_a = summary[(summary["arm"] == "scratch") & summary["target"].isin(sources)
+                             & (summary["backbone"] == backbone)].assign(base="base A")
+            out.append((f"Yosinski figure ({where})", yosinski(y, pd.concat([base, base_a]),
+                                                               out_dir / f"report_yosinski{tag}.png",
                         f"Transferability by layer ({target}, {backbone})"),
                         "AnB: A's first layers frozen, rest retrained on B; BnB: same with B's own layers "
-                        "(selffer); +: fine-tuned instead of frozen; dashed: base B trained from scratch."))
+                        "(selffer); +: fine-tuned instead of frozen; dashed: base B trained from scratch "
+                        "(dotted: base A, scratch on the source task, when the sweep has it)."))
         if len(o) and (o["is_scratch"]).any() and o["val_acc_history"].map(len).gt(2).any():
             out.append((f"Learning curves ({where})", learning_curves(o, out_dir / f"report_learning_curves{tag}.png",
                         f"Learning curves ({target}, {backbone})"),

@@ -48,8 +48,9 @@ def summarize(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     rows = []
     for key, g in ok.groupby([*SETTING, *ARM_KEYS, *N_KEYS], dropna=False, sort=True):
         s = t_interval(g["test_acc"], confidence)
+        lo, hi = np.clip([s["ci_lo"], s["ci_hi"]], 0.0, 1.0)  # an accuracy interval never leaves [0, 1]
         rows.append({**dict(zip([*SETTING, *ARM_KEYS, *N_KEYS], key)), "acc_mean": s["mean"], "acc_std": s["std"],
-                     "acc_ci_lo": s["ci_lo"], "acc_ci_hi": s["ci_hi"], "n_seeds": s["n"],
+                     "acc_ci_lo": lo, "acc_ci_hi": hi, "n_seeds": s["n"],
                      "seeds": " ".join(str(int(v)) for v in sorted(g["seed"].dropna().unique())),
                      "val_acc_mean": float(g["val_acc"].mean()), "trainable_params": g["trainable_params"].iloc[0],
                      "epochs_mean": float(pd.to_numeric(g["epochs"], errors="coerce").mean())})
@@ -161,7 +162,7 @@ def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95) -
     for key, g in ok.groupby([*SETTING, "source", "cut", "upper", "strategy"], dropna=False, sort=True):
         ft = g[g["freeze"] == 0]
         deepest = g["freeze"].max()
-        if ft.empty or pd.isna(deepest) or deepest == 0 or g["n"].nunique() < 1:
+        if ft.empty or pd.isna(deepest) or deepest == 0 or g["n"].nunique() < 2:  # a crossing needs two n
             continue
         fr = g[g["freeze"] == deepest]
         res = crossover(ft, fr, n_boot=n_boot, confidence=confidence)
@@ -242,6 +243,8 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
                 s = t_interval(m[col].dropna(), confidence)
                 row[col] = s["mean"]
                 row[f"{col}_ci"] = (s["ci_hi"] - s["mean"]) if s["n"] > 1 else math.nan
+            for arm_kind in ("transfer", "scratch"):  # epochs-to-threshold averages only the seeds that got there
+                row[f"reached_thr_{arm_kind}"] = float(m[f"epochs_to_thr_{arm_kind}"].notna().mean())
             rows.append(row)
     return pd.DataFrame(rows).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True) if rows else pd.DataFrame()
 
@@ -274,6 +277,7 @@ def yosinski_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     rows = []
     for key, g in ok.groupby([*SETTING, "n_label", "yosinski", "cut"], sort=True):
         s = t_interval(g["test_acc"], confidence)
+        lo, hi = np.clip([s["ci_lo"], s["ci_hi"]], 0.0, 1.0)
         rows.append({**dict(zip([*SETTING, "n_label", "yosinski", "cut"], key)), "n": float(g["n"].iloc[0]),
-                     "acc_mean": s["mean"], "acc_ci_lo": s["ci_lo"], "acc_ci_hi": s["ci_hi"], "n_seeds": s["n"]})
+                     "acc_mean": s["mean"], "acc_ci_lo": lo, "acc_ci_hi": hi, "n_seeds": s["n"]})
     return pd.DataFrame(rows)
