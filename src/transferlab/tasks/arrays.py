@@ -24,7 +24,7 @@ def _select_classes(cfg, key: str, labels: np.ndarray, class_names: Sequence[str
     """Original label ids of the classes this task keeps (in the order given)."""
     wanted = cfg.get("classes")
     if wanted is None:
-        return sorted(int(c) for c in np.unique(labels))
+        return sorted(int(c) for c in np.unique(labels) if c >= 0)  # -1: in no relabel group
     ids = []
     by_name = {str(n): i for i, n in enumerate(class_names)}
     for c in wanted:
@@ -47,6 +47,44 @@ def _keep(y: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     lut[ids] = np.arange(len(ids))
     pos = np.flatnonzero(np.isin(y, ids))
     return pos, lut[y[pos]]
+
+
+def _part(cfg, key: str, x: np.ndarray, y: np.ndarray, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half `a` or `b` of the examples (stratified by the original label, fixed by split_seed)."""
+    part = str(cfg.part)
+    if part not in ("a", "b"):
+        raise ConfigError(problem(f"{key}.part", cfg.part, "null (all examples), a or b (a fixed half)"))
+    a, b = fixed_split(y, 0.5, split_seed + 7)
+    keep = a if part == "a" else b
+    return x[keep], y[keep]
+
+
+def _groups(cfg, key: str, class_names: Sequence[str]) -> dict[str, list[int]]:
+    """relabel: {new_name: [original classes by name or id]} -> {new_name: [original ids]}, each used once."""
+    by_name = {str(n): i for i, n in enumerate(class_names)}
+    groups: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for new, members in dict(cfg.relabel).items():
+        ids = []
+        for c in list(members):
+            cid = by_name.get(str(c), c if isinstance(c, int) and 0 <= c < len(class_names) else None)
+            if cid is None or cid in seen:
+                raise ConfigError(problem(f"{key}.relabel.{new}", list(members),
+                                          f"original classes, each in one group only; valid: {list(class_names)}"))
+            seen.add(cid)
+            ids.append(cid)
+        groups[str(new)] = ids
+    if len(groups) < 2:
+        raise ConfigError(problem(f"{key}.relabel", dict(cfg.relabel), "at least two groups {name: [classes]}"))
+    return groups
+
+
+def _apply_groups(y: np.ndarray, groups: dict[str, list[int]]) -> np.ndarray:
+    """Original labels -> group index; classes in no group become -1 (dropped by class selection)."""
+    lut = np.full(max(int(y.max(initial=0)), *(max(g) for g in groups.values())) + 1, -1, dtype=np.int64)
+    for g, ids in enumerate(groups.values()):
+        lut[ids] = g
+    return lut[y]
 
 
 def _row_hashes(x: np.ndarray) -> np.ndarray:
@@ -93,10 +131,21 @@ def task_from_arrays(
     `class_names`. Missing test/val splits are carved from `x` with the task's `split_seed` (stratified), so
     they are the same for every run seed and every n; the subset is then drawn from what remains (the pool).
     """
+    split_seed = int(cfg.get("split_seed", 0))
+    y, class_names = np.asarray(y), list(class_names)
+    if cfg.get("part") is not None:  # one fixed half of the examples: source and target see different images
+        x, y = _part(cfg, key, x, y, split_seed)
+        if x_test is not None:
+            x_test, y_test = _part(cfg, key, x_test, np.asarray(y_test), split_seed)
+    if cfg.get("relabel") is not None:  # a different label on the same inputs (e.g. parity of a digit)
+        groups = _groups(cfg, key, class_names)
+        y = _apply_groups(y, groups)
+        y_test = None if y_test is None else _apply_groups(np.asarray(y_test), groups)
+        y_val = None if y_val is None else _apply_groups(np.asarray(y_val), groups)
+        class_names = list(groups)
     ids = _select_classes(cfg, key, y, class_names)
     names = [str(class_names[i]) for i in ids]
-    split_seed = int(cfg.get("split_seed", 0))
-    pool_pos, pool_y = _keep(np.asarray(y), ids)
+    pool_pos, pool_y = _keep(y, ids)
     if cfg.get("max_per_class") is not None:  # fixed (split_seed) cap of the dataset's train split per class
         kept = cap_per_class(pool_y, int(cfg.max_per_class), split_seed)
         pool_pos, pool_y = pool_pos[kept], pool_y[kept]
