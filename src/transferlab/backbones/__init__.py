@@ -25,6 +25,14 @@ def family_of(cfg) -> str:
     return str(cfg.get("family", cfg.get("name")))
 
 
+def backbone_label(cfg) -> str:
+    """What a table should call the backbone: 'small_cnn', 'resnet50', 'timm/efficientnet_b0'."""
+    family, name = family_of(cfg), str(cfg.get("name"))
+    if family == "timm":
+        return f"timm/{name}"
+    return name if family == "resnet" else family
+
+
 def build_backbone(cfg, input_shape: tuple[int, ...], load_weights: bool = True) -> BlockBackbone:
     """A fresh backbone: random init from the current torch seed, then `backbone.weights` unless `load_weights`
     is False (the target net: its transferred blocks come from the source model, the rest stay random)."""
@@ -50,4 +58,4 @@ def build_backbone(cfg, input_shape: tuple[int, ...], load_weights: bool = True)
     return load_into(module.build(cfg, shape), state, str(weights))
 
 
-__all__ = ["BlockBackbone", "build_backbone", "FAMILIES", "family_of"]
+__all__ = ["BlockBackbone", "build_backbone", "FAMILIES", "family_of", "backbone_label"]
