@@ -105,7 +105,8 @@ def test_report_pushes_one_report_run(wandb_sweep, tmp_path):
     assert summary["summary"]["runs_ok"] == 1 and summary["summary"]["runs_failed"] == 1
     item = {k: v for r in records if r.get("type") == "history" for k, v in r["history"]["item"].items()}
     logged = {k[: -len("._type")] for k in item if k.endswith("._type")}  # media values are flattened objects
-    assert {"report/summary", "report/results", "report/failed", "figures/report_acc_vs_n"} <= logged
+    assert {"report/summary", "report/results", "report/failed", "figures/report_acc_vs_n",
+            "charts/acc_vs_n/digits_5to9/small_cnn_table"} <= logged
     assert item["report/results.nrows"] == 2 and item["report/failed.nrows"] == 1
     png = only_run(out) / "files" / item["figures/report_acc_vs_n.path"]
     assert png.read_bytes()[:4] == b"\x89PNG"

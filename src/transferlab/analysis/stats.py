@@ -71,7 +71,7 @@ def paired_gain(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         s = t_interval(g["test_acc"] - g["scratch_acc"], confidence)
         rows.append({**dict(zip([*SETTING, "arm", *N_KEYS], key)), "gain_mean": s["mean"], "gain_std": s["std"],
                      "gain_ci_lo": s["ci_lo"], "gain_ci_hi": s["ci_hi"], "n_pairs": s["n"]})
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=cols).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True)
 
 
 def best_per_n(summary: pd.DataFrame) -> pd.DataFrame:

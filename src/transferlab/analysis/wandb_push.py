@@ -40,6 +40,12 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
                            ("report/failed", report.failed)):
             if not frame.empty:
                 payload[key] = _table(frame)
+        for (target, backbone), g in report.summary.groupby(["target", "backbone"]):  # native W&B line chart
+            lines = [(arm, a.sort_values("n")) for arm, a in g.groupby("arm", sort=True)]
+            payload[f"charts/acc_vs_n/{target}/{backbone}"] = wandb.plot.line_series(
+                xs=[a["n"].tolist() for _, a in lines], ys=[a["acc_mean"].tolist() for _, a in lines],
+                keys=[arm for arm, _ in lines], title=f"test accuracy vs n per class ({target}, {backbone})",
+                xname="n per class")
         for title, path, caption in report.figures:
             payload[f"figures/{Path(path).stem}"] = wandb.Image(str(path), caption=f"{title}: {caption}")
         run.log(payload)
