@@ -197,3 +197,18 @@ def test_run_from_local_weights_file_with_cut3_freeze2(make_cfg, tiny_images, tm
                if k.startswith(trained + ".") and v.is_floating_point()), "the trainable block did not move"
     kept = {k.split(".")[3] for k in target if k.startswith(BACKBONE_PREFIX)}
     assert len(kept) == 3, kept  # cut=3 with upper=drop keeps three blocks
+
+
+def test_source_task_trains_further_from_the_weights_file(make_cfg, tiny_images, tmp_path):
+    """backbone.weights + a source task: pretraining starts from the file (here at a negligible lr, so the
+    transferred conv weights are still the file's), then the target run copies the source model."""
+    weights = tmp_path / "weights.pt"
+    source = _weights_file(RESNET, weights)
+    rec = run(make_cfg("source=npz", f"source.path={tiny_images}", "source.name=tiny_src", "target=npz",
+                       f"target.path={tiny_images}", "target.name=tiny", "backbone=resnet18",
+                       f"backbone.weights={weights}", "pretrain.max_epochs=1", "pretrain.lr=1e-9",
+                       "transfer.cut=2", "transfer.freeze=all", "train.max_epochs=1", "logger=none"))
+    assert rec["status"] == "ok" and rec["source_cache"] == "miss"
+    target = torch.load(rec["target_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    for k in ("stem.conv1.weight", "layer1.0.conv1.weight"):
+        assert torch.allclose(target[BACKBONE_PREFIX + k], source[k], atol=1e-6), k
