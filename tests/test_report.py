@@ -218,3 +218,14 @@ def test_summary_and_best_per_n_on_constructed_rows():
     gain = stats.paired_gain(df)
     g = gain[(gain["arm"] == "freeze=0") & (gain["n_label"] == "50")]
     assert g["gain_mean"].tolist() == pytest.approx([0.51]) and g["n_pairs"].tolist() == [3]
+
+
+def test_all_examples_is_placed_by_its_per_class_size():
+    from transferlab.analysis.collect import record_to_row
+
+    rec = {"status": "ok", "transfer": "finetune", "cut": 4, "freeze": 0, "n_per_class": None, "n_train": 495,
+           "config": {"target": {"classes": [5, 6, 7, 8, 9]}}, "metrics": {"test/acc": 0.9, "val/acc_history": [.5]}}
+    row = record_to_row(rec, "7")
+    assert (row["n_label"], row["n"], row["epochs"], row["is_scratch"]) == ("all", 99.0, 1, False)
+    assert record_to_row({**rec, "n_per_class": 5}, "8")[("n_label")] == "5"
+    assert record_to_row({**rec, "transfer": "scratch", "cut": 0}, "9")["is_scratch"]

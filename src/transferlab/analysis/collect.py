@@ -15,9 +15,7 @@ import pandas as pd
 
 from transferlab.results import find_results, read_result
 
-# Columns that identify a configuration; the seed varies within one.
-CONFIG_KEYS = ("source", "target", "backbone", "transfer", "strategy", "cut", "upper", "freeze", "n_label")
-SCRATCH = "scratch"
+SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
 
 
 def _num_classes(record: dict[str, Any]) -> int | None:

@@ -6,7 +6,6 @@ frozen blocks, dark = many); scratch is always a black dashed line; bands are 95
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from transferlab.analysis.collect import curves  # noqa: E402
 from transferlab.analysis.stats import t_interval  # noqa: E402
 from transferlab.atomic import atomic_path  # noqa: E402
 
@@ -194,12 +194,7 @@ def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str) -> 
 
 def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, max_panels: int = 4) -> Path:
     """Validation accuracy per epoch (mean over seeds), transfer arms vs scratch, one panel per n."""
-    rows = []
-    for _, r in df_ok.iterrows():
-        for e, v in enumerate(json.loads(r["val_acc_history"]), start=1):
-            rows.append({"arm": r["arm"], "n": r["n"], "n_label": r["n_label"], "seed": r["seed"], "epoch": e,
-                         "val_acc": v})
-    long = pd.DataFrame(rows)
+    long = curves(df_ok)
     ns = list(long.drop_duplicates("n_label").sort_values("n")["n_label"])
     if len(ns) > max_panels:  # smallest, largest and evenly spaced ones between
         idx = np.unique(np.linspace(0, len(ns) - 1, max_panels).round().astype(int))
