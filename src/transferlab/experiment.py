@@ -112,7 +112,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),
                              "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs}
-        record.update(status="ok", target_ckpt=outcome.best_ckpt, wall_s=time.perf_counter() - t0)
+        record.update(status="ok", target_ckpt=outcome.best_ckpt, wall_s=time.perf_counter() - t0,
+                      resumed_from=outcome.resumed_from)  # last.ckpt of a killed earlier attempt, else None
         write_result(run_dir, record)
         finish_logger(logger, failed=False, summary=record["metrics"])
         return record
