@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
 
@@ -37,8 +36,10 @@ def source_key(cfg, data: str | None = None) -> str:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Load a cached source model; `weights_only=True` so a file can never run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a cached source model; `weights_only=True` so a file can never run code (WeightsError if refused)."""
+    from transferlab.safe_load import load_checkpoint
+
+    return load_checkpoint(path, map_location="cpu")
 
 
 def get_or_train(cache_dir: str | Path, key: str, train: Callable[[], tuple[dict, dict]]) -> tuple[dict, str, Path]:
