@@ -54,6 +54,7 @@ def _trainable(net):
 def test_named_blocks_train_and_the_rest_is_frozen_in_eval_mode():
     net, plan = _net(trainable=["layer3", "layer4"])
     assert plan.frozen == ("stem", "layer1", "layer2") and plan.trainable == ("layer3", "layer4", "head")
+    assert plan.freeze_depth is None and plan.label == "trainable=[layer3,layer4]"  # not a freeze depth
     assert {n.split(".")[0] for n in _trainable(net)} == {"layer3", "layer4"}
     net.train()
     for name in ("stem", "layer1", "layer2"):

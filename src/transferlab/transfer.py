@@ -36,6 +36,7 @@ class TransferPlan:
     unfreeze_every: int = 1       # gradual: epochs between two unfreezings
     lp_epochs: int = 1            # lp_ft: head-only epochs before fine-tuning
     l2sp: float = 0.0             # L2-SP strength toward the source weights of copied blocks
+    spec: tuple[str, ...] | None = None  # transfer.trainable as given (None: the set came from `freeze`)
 
     @property
     def copied(self) -> tuple[str, ...]:
@@ -51,8 +52,16 @@ class TransferPlan:
         return tuple(n for n in self.kept if n not in self.frozen) + ("head",)
 
     @property
-    def freeze_depth(self) -> int:
-        return len(self.frozen)
+    def freeze_depth(self) -> int | None:
+        """f of `transfer.freeze` (first f kept blocks frozen); None for a `transfer.trainable` set, which is not
+        a depth (a surgical set freezes blocks above the one it trains) and must not be plotted as one."""
+        return len(self.frozen) if self.spec is None else None
+
+    @property
+    def label(self) -> str:
+        """Short description of the trainable set for tables: 'freeze=2', 'trainable=[*.bias]', plus strategy."""
+        base = f"freeze={self.freeze_depth}" if self.spec is None else f"trainable=[{','.join(self.spec)}]"
+        return base if self.strategy == "fixed" else f"{base} {self.strategy}"
 
     def trains(self, param: str) -> bool:
         """Does this backbone parameter ('layer1.0.bn1.weight') train at some point of the fit?"""
@@ -202,7 +211,8 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
     if problems:
         raise ConfigError(problems)
     return TransferPlan(block_names=names, cut=cut, upper=upper, frozen=tuple(frozen), train_params=train_params,
-                        bn=bn, strategy=strategy, unfreeze_every=every, lp_epochs=lp_epochs, l2sp=float(l2sp))
+                        bn=bn, strategy=strategy, unfreeze_every=every, lp_epochs=lp_epochs, l2sp=float(l2sp),
+                        spec=None if spec is None else tuple(str(e) for e in spec))
 
 
 def apply_epoch(net: TransferNet, plan: TransferPlan, epoch: int) -> list[str]:
