@@ -171,3 +171,19 @@ def test_l2sp_penalty_pulls_toward_source_and_replaces_weight_decay():
     groups = {g["name"]: g for g in module.param_groups()}
     assert groups["conv2.l2sp"]["weight_decay"] == 0.0 and groups["fc1"]["weight_decay"] == 0.01
     assert "fc1.l2sp" not in groups  # fc1 is re-initialised (above the cut), not transferred
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["transfer.trainable=[conv9]"], "transfer.trainable='conv9': a block name ['conv1', 'conv2', 'conv3', 'fc1']"),
+    (["transfer=gradual", "train.max_epochs=4"], "transfer.unfreeze_every=1: small enough to release all 4"),
+    (["transfer=lp_ft", "transfer.lp_epochs=4", "train.max_epochs=4"], "transfer.lp_epochs=4: fewer than"),
+    (["train.lr_decay=1.5"], "train.lr_decay=1.5"),
+    (["train.scheduler=onecycle"], "train.scheduler='onecycle'"),
+])
+def test_config_level_errors_come_before_any_training(make_cfg, overrides, needle):
+    from transferlab.validate import prepare
+
+    with pytest.raises(ConfigError) as e:
+        prepare(make_cfg(*overrides))
+    assert any(needle in p for p in e.value.problems), e.value.problems
+    assert len(e.value.problems) == 1
