@@ -146,7 +146,8 @@ def decide(cfg, task, net) -> Decision:
     n_pool, n_val, n_test = len(task.train_y), len(task.val_y), len(task.test_y)
     size = 4 * (n_pool + n_val + n_test) * int(torch.tensor(shape).prod())
     if size > MAX_FEATURE_BYTES:
-        reason = f"features after {depth} blocks would take {size / 2**30:.1f} GiB (limit {MAX_FEATURE_BYTES / 2**30:.0f})"
+        reason = (f"features after {depth} blocks would take {size / 2**30:.1f} GiB "
+                  f"(limit {MAX_FEATURE_BYTES / 2**30:.0f} GiB)")
         if mode == "on":
             raise ConfigError(problem("train.feature_cache", "on", reason))
         _log_once(reason)

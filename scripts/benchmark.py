@@ -1,0 +1,311 @@
+"""transferlab against bare PyTorch, measured side by side in one run; prints one table.
+
+    python scripts/benchmark.py                 # the full benchmark (about 15-25 min on 2 CPU cores)
+    python scripts/benchmark.py --quick         # a smoke run of every row (smaller numbers, same table)
+
+Every timing is a whole process (imports, data, model, training, test), started by this script and measured as
+wall time; peak memory is the child's own max RSS (os.wait4). Rows:
+
+1. resnet18 from scratch on 2 000 generated 3x32x32 images (+200 val, 500 test), 5 epochs, batch 128:
+   `transferlab.train` vs a bare PyTorch loop doing the same work (AdamW, val every epoch, test the best epoch).
+2. 50-epoch linear probe (resnet18, freeze=all) on the same data: transferlab with its feature cache (cold: the
+   one trunk pass is included) vs a bare loop that recomputes the frozen trunk every epoch.
+3. the same probe in transferlab, cache on vs off.
+4. the digits `experiment=freeze_vs_n` sweep (shrunk, see --sweep): one Hydra multirun vs one process per point.
+5. the fixed cost of one more job inside a multirun: (T(k+1 jobs) - T(1 job)) / k for tiny jobs.
+6. peak memory of a frozen-prefix run (freeze=all, cached) vs full fine-tuning (freeze=0), resnet18, 3 epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_SHRINK = ["seed=0", "target.n_per_class=2,10,null"]  # 3 n x (5 depths + scratch) = 18 points
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_data(path: Path, n_train=2000, n_val=200, n_test=500, classes=10, seed=0) -> Path:
+    """A learnable 10-class image task: per-class smooth colour templates + noise, uint8 NHWC."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(classes, 4, 4, 3))
+    templates = coarse.repeat(8, axis=1).repeat(8, axis=2)  # 32 x 32 x 3 blocks of colour
+
+    def draw(n):
+        y = np.arange(n) % classes
+        rng.shuffle(y)
+        x = templates[y] * 0.6 + rng.normal(0, 40, size=(n, 32, 32, 3)) + 50
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = draw(n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+# ----------------------------------------------------------------------------- bare PyTorch (child process)
+
+
+def bare(kind: str, data: str, epochs: int, batch_size: int, lr: float = 1e-3, wd: float = 1e-4) -> None:
+    """The same work as transferlab without it: torchvision resnet18, AdamW, val each epoch, test the best."""
+    import copy
+
+    import numpy as np
+    import torch
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+    f = np.load(data)
+    t = {s: (torch.from_numpy(f[f"x_{s}"]).permute(0, 3, 1, 2).float().div(255).contiguous(),
+             torch.from_numpy(f[f"y_{s}"])) for s in ("train", "val", "test")}
+    model = torchvision.models.resnet18(num_classes=10)
+    if kind == "probe":  # frozen trunk (eval mode), trainable new head; the trunk runs every epoch
+        trunk = nn.Sequential(*list(model.children())[:-1]).eval().requires_grad_(False)
+        head = model.fc
+        params = head.parameters()
+
+        def forward(x):
+            with torch.no_grad():
+                feats = torch.flatten(trunk(x), 1)
+            return head(feats)
+        trainable = head
+    else:
+        params = model.parameters()
+        forward = model
+        trainable = model
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+
+    def evaluate(x, y):
+        trainable.eval()
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(y), 512):
+                correct += int((forward(x[i:i + 512]).argmax(1) == y[i:i + 512]).sum())
+        return correct / len(y)
+
+    best, best_state = -1.0, None
+    xt, yt = t["train"]
+    for _ in range(epochs):
+        trainable.train()
+        perm = torch.randperm(len(yt), generator=gen)
+        for i in range(0, len(yt), batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(forward(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+        acc = evaluate(*t["val"])
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(trainable.state_dict())
+    trainable.load_state_dict(best_state)
+    print(json.dumps({"val": best, "test": evaluate(*t["test"])}))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None = None) -> dict:
+    """Run a child; wall seconds and its own peak RSS (MiB). A failure stops the benchmark with its output."""
+    full_env = {**os.environ, "TRANSFERLAB_ROOT": str(cwd), "WANDB_MODE": "offline", **(env or {})}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if log:
+        out.close()
+    if p.returncode != 0:
+        tail = log.read_text()[-3000:] if log else ""
+        raise SystemExit(f"benchmark step failed ({p.returncode}): {' '.join(cmd)}\n{tail}")
+    return {"s": wall, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def tl(args: list[str], work: Path, name: str, cache: Path, multirun: bool = False) -> dict:
+    base = [sys.executable, "-m", "transferlab.train", *(["-m"] if multirun else []),
+            "logger=none", "trainer.enable_progress_bar=false", f"paths.cache_dir={cache}"]
+    where = (f"hydra.sweep.dir={work / name}",) if multirun else (f"hydra.run.dir={work / name}",)
+    return timed([*base, *args, *where], cwd=work, log=work / f"{name}.log")
+
+
+def result(work: Path, name: str) -> dict:
+    return json.loads((work / name / "result.json").read_text())
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    load = os.getloadavg()
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"load average at start {load[0]:.1f}")
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller epochs/sweep: checks every row in ~3 min")
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "benchmark"), help="scratch folder (wiped)")
+    ap.add_argument("--sweep", nargs="*", default=SWEEP_SHRINK,
+                    help="overrides shrinking experiment=freeze_vs_n (default: %(default)s); pass none for all")
+    ap.add_argument("--rows", default="1,2,4,5,6", help="which rows to run (2 includes 3)")
+    ap.add_argument("--bare", choices=["scratch", "probe"], help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.bare:
+        return bare(a.bare, a.data, a.epochs, a.batch_size)
+
+    scratch_ep, probe_ep, mem_ep, extra_jobs = (2, 10, 1, 4) if a.quick else (5, 50, 3, 10)
+    sweep = a.sweep if not a.quick else ["seed=0", "target.n_per_class=5", "transfer.freeze=0,all",
+                                         "train.max_epochs=5"]
+    work = Path(a.work).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = machine()
+    data = make_data(work / "gen32.npz")
+    img = ["target=npz", f"target.path={data}", "target.name=gen32", "backbone=resnet18", "train.batch_size=128"]
+    class Rows(list):
+        """Each row is also printed and saved as soon as it is measured (a long run can be read midway)."""
+
+        def append(self, row):
+            super().append(row)
+            print("| " + " | ".join(row) + " |", file=sys.stderr, flush=True)
+            (work / "rows.json").write_text(json.dumps(self, indent=1))
+
+    rows = Rows()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    want = a.rows.split(",")
+
+    def say(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    # 1. scratch: whole process vs bare loop
+    if "1" in want:
+        say("resnet18 scratch: bare loop")
+        b1 = timed([*me, "--bare", "scratch", "--data", str(data), "--epochs", str(scratch_ep)], work,
+                   log=work / "bare_scratch.log")
+        say("resnet18 scratch: transferlab")
+        t1 = tl([*img, "transfer=scratch", f"train.max_epochs={scratch_ep}"], work, "tl_scratch", work / "cache_s")
+        rows.append((f"resnet18 scratch, {scratch_ep} epochs, whole process", f"{t1['s']:.1f} s",
+                     f"{b1['s']:.1f} s (bare loop)", f"{t1['s'] / b1['s']:.2f}", "<= 1.15"))
+
+    # 2-3. linear probe: cache (cold) vs bare recomputing the trunk; cache on vs off
+    if "2" in want:
+        probe = [*img, "source=none", "transfer=linear_probe", f"train.max_epochs={probe_ep}"]
+        say("linear probe: bare loop")
+        b2 = timed([*me, "--bare", "probe", "--data", str(data), "--epochs", str(probe_ep)], work,
+                   log=work / "bare_probe.log")
+        say("linear probe: transferlab, feature cache on (cold)")
+        t2 = tl([*probe, "train.feature_cache=on"], work, "tl_probe_cache", work / "cache_p")
+        assert result(work, "tl_probe_cache")["feature_cache"]["status"] == "miss"
+        say("linear probe: transferlab, feature cache off")
+        t3 = tl([*probe, "train.feature_cache=off"], work, "tl_probe_nocache", work / "cache_p")
+        rows.append((f"linear probe resnet18, {probe_ep} epochs: transferlab + cache vs bare", f"{t2['s']:.1f} s",
+                     f"{b2['s']:.1f} s (bare loop)", f"{t2['s'] / b2['s']:.2f}", "<= 0.30"))
+        rows.append((f"linear probe resnet18, {probe_ep} epochs: cache on vs off", f"{t2['s']:.1f} s",
+                     f"{t3['s']:.1f} s (cache off)", f"{t2['s'] / t3['s']:.2f}", ""))
+
+    # 4. sweep: one multirun vs one process per point (source model pretrained once beforehand for both)
+    if "4" in want:
+        say("digits sweep: warm the source cache")
+        tl(["transfer.freeze=all", "train.max_epochs=1", "target.n_per_class=1"], work, "warm", work / "cache_w")
+        for c in ("cache_m", "cache_l"):
+            shutil.copytree(work / "cache_w", work / c)
+        conf = Path(os.environ.get("TRANSFERLAB_CONF", ROOT / "conf"))
+        if (conf / "experiment" / "freeze_vs_n.yaml").exists():
+            preset = ["experiment=freeze_vs_n"]
+        else:  # the preset's grid spelled out (no scratch arm)
+            preset = ["target.n_per_class=1,2,5,10,20,50,null", "transfer.freeze=0,1,2,3,all", "seed=0,1,2,3,4"]
+            sweep = [o for o in preset if o.split("=")[0] not in {x.split("=")[0] for x in sweep}] + sweep
+            preset = []
+        say(f"digits sweep: one multirun ({' '.join(preset + sweep)})")
+        t4 = tl([*preset, *sweep], work, "sweep_multirun", work / "cache_m", multirun=True)
+        points = sorted(p.parent for p in (work / "sweep_multirun").rglob("result.json"))
+        say(f"digits sweep: {len(points)} processes, one per point")
+        (work / "sweep_loop").mkdir()
+        t0 = time.perf_counter()
+        for i, p in enumerate(points):
+            import yaml
+
+            overrides = yaml.safe_load((p / ".hydra" / "overrides.yaml").read_text())
+            overrides = [o for o in overrides if not o.startswith(("hydra.", "paths.", "logger=", "trainer."))]
+            tl([*preset, *overrides], work, f"sweep_loop/{i}", work / "cache_l")
+        t5 = time.perf_counter() - t0
+        rows.append((f"digits freeze_vs_n, {len(points)} points ({' '.join(preset + sweep)})",
+                     f"{t4['s']:.1f} s (multirun)", f"{t5:.1f} s ({len(points)} processes)",
+                     f"{t5 / t4['s']:.1f}x faster", ">= 10x"))
+
+    # 5. fixed cost of one more job in a multirun (tiny jobs)
+    if "5" in want:
+        tiny = ["backbone=mlp", "source=none", "transfer.freeze=all", "train.max_epochs=1", "target.n_per_class=1"]
+        say("fixed cost per multirun job")
+        one = tl([*tiny, "seed=0"], work, "jobs_1", work / "cache_w", multirun=True)
+        many = tl([*tiny, f"seed=range(0,{extra_jobs + 1})"], work, "jobs_n", work / "cache_w", multirun=True)
+        per_job = (many["s"] - one["s"]) / extra_jobs
+        walls = sorted(json.loads(r.read_text())["wall_s"] for r in (work / "jobs_n").rglob("result.json"))
+        rows.append((f"one more job in a multirun (tiny jobs, {extra_jobs} extra)", f"{per_job:.2f} s",
+                     f"(inside the run: {walls[len(walls) // 2]:.2f} s median)", "", "<= 0.5 s"))
+
+    # 6. peak memory, frozen prefix (cached) vs full fine-tune
+    if "6" in want:
+        say("peak memory: frozen prefix vs full fine-tune")
+        m1 = tl([*img, "source=none", "transfer=linear_probe", f"train.max_epochs={mem_ep}",
+                 "train.feature_cache=on"], work, "mem_frozen", work / "cache_m1")
+        m2 = tl([*img, "source=none", "transfer=finetune", "transfer.freeze=0", f"train.max_epochs={mem_ep}"],
+                work, "mem_full", work / "cache_m2")
+        rows.append((f"peak RSS, resnet18 {mem_ep} epochs: freeze=all (cached) vs freeze=0",
+                     f"{m1['rss_mb']:.0f} MiB", f"{m2['rss_mb']:.0f} MiB (full fine-tune)",
+                     f"{m1['rss_mb'] / m2['rss_mb']:.2f}", ""))
+
+    acc = ""
+    if {"1", "2"} <= set(want):
+        bare_acc = {k: json.loads((work / f"bare_{k}.log").read_text().splitlines()[-1])["test"]
+                    for k in ("scratch", "probe")}
+        tl_acc = {k: result(work, k)["metrics"]["test/acc"]
+                  for k in ("tl_scratch", "tl_probe_cache", "tl_probe_nocache")}
+        acc = (f"test accuracy (sanity): scratch {tl_acc['tl_scratch']:.3f} vs bare {bare_acc['scratch']:.3f}; probe "
+               f"cache {tl_acc['tl_probe_cache']:.3f} / no cache {tl_acc['tl_probe_nocache']:.3f} / bare "
+               f"{bare_acc['probe']:.3f}")
+    head = ("measurement", "transferlab", "baseline", "ratio", "goal")
+    print(f"\ntransferlab benchmark, {started}{' (--quick)' if a.quick else ''}: {where}\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    done = dt.datetime.now(dt.timezone.utc).strftime("%H:%M UTC")
+    print(f"\n{acc}\nfinished {done}, load average at the end {os.getloadavg()[0]:.1f}; "
+          f"reproduce: python scripts/benchmark.py{' --quick' if a.quick else ''}")
+
+
+if __name__ == "__main__":
+    main()
