@@ -14,7 +14,7 @@ from transferlab.callbacks import _BlockSummary
 from transferlab.errors import ConfigError
 from transferlab.experiment import run
 from transferlab.module import TransferModule
-from transferlab.network import BACKBONE_PREFIX, TransferNet
+from transferlab.network import BACKBONE_PREFIX
 from transferlab.transfer import build_target_net, resolve_plan
 
 RESNET = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None})

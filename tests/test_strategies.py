@@ -13,7 +13,7 @@ from transferlab.backbones import build_backbone
 from transferlab.fit import fit_and_test
 from transferlab.module import TransferModule
 from transferlab.network import BACKBONE_PREFIX
-from transferlab.strategies import PlanSchedule, strategy_callbacks
+from transferlab.strategies import strategy_callbacks
 from transferlab.transfer import build_target_net, resolve_plan
 
 SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 8, 8], "hidden": [16], "dropout": 0.0})
@@ -151,6 +151,8 @@ def test_strategies_run_end_to_end_from_the_cli_config(make_cfg, overrides):
 
     rec = run(make_cfg(*overrides, "target.n_per_class=5", "train.max_epochs=5", "logger=none"))
     assert rec["status"] == "ok" and rec["strategy"] == rec["config"]["transfer"]["strategy"]
+    if rec["strategy"] == "gradual":
+        assert rec["unfreeze_epochs"] == {"conv2": 3, "conv3": 2, "fc1": 1, "head": 0}
     assert len(rec["metrics"]["val/acc_history"]) == 5
     if "transfer.freeze=1" in overrides:
         source = torch.load(rec["source_ckpt"], map_location="cpu", weights_only=True)["state_dict"]

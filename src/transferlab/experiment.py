@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "transfer": str(cfg.transfer.get("name", "custom")), "strategy": str(cfg.transfer.get("strategy", "fixed")),
         "cut": plan.cut, "upper": plan.upper, "freeze": plan.freeze_depth, "frozen_blocks": list(plan.frozen),
         "trainable_set": plan.label, "bn": plan.bn,  # freeze is None for a transfer.trainable set (not a depth)
+        "unfreeze_epochs": {b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
         "trainable_blocks": list(plan.trainable), "trainable_params": None, "total_params": None,
         "n_per_class": cfg.target.get("n_per_class"), "n_train": int(len(target.train_indices)),
         "n_val": int(len(target.val_y)), "n_test": int(len(target.test_y)),
