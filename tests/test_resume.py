@@ -112,6 +112,29 @@ def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
     assert resumed["metrics"]["test/acc"] == whole["metrics"]["test/acc"]
 
 
+def test_crash_during_source_pretraining_resumes_it(make_cfg, monkeypatch, tmp_path):
+    from transferlab import fit
+
+    def crash(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+    args = ["target.n_per_class=5", "pretrain.max_epochs=3", "train.max_epochs=1", "pretrain.batch_size=128"]
+    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
+    assert not list((tmp_path / "cache").rglob("model.pt"))
+    monkeypatch.undo()
+    started: list[int] = []
+    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_start",
+                        lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
+    rec = run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
+    assert rec["status"] == "ok" and rec["source_cache"] == "miss"
+    assert rec["source_metrics"]["epochs"] == 3
+    # Pretraining went on from its last.ckpt (epoch >= 1, not 0) up to epoch 2; then the target fit from 0.
+    assert started[0] >= 1 and started[:-1] == list(range(started[0], 3)) and started[-1] == 0, started
+
+
 def test_rerun_with_another_config_in_the_same_dir_is_refused(make_cfg):
     first = run(make_cfg("transfer=scratch", "target.n_per_class=5", "train.max_epochs=2", run="same"))
     assert first["status"] == "ok"
