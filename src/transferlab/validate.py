@@ -166,6 +166,14 @@ def check_devices(cfg: DictConfig) -> list[str]:
     return []
 
 
+def check_lease(cfg: DictConfig) -> list[str]:
+    """`lease.slots` (concurrent jobs per machine) within the devices there are; raises ConfigError otherwise."""
+    from transferlab.devices import slot_count
+
+    slot_count(cfg)
+    return []
+
+
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
     from transferlab.fit import checkpoint_mismatch
@@ -178,7 +186,8 @@ def check_resume(cfg: DictConfig) -> list[str]:
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
-    check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_resume,
+    check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_lease,
+    check_resume,
 ]
 
 
