@@ -28,6 +28,8 @@ from transferlab.transfer import TransferPlan, resolve_plan
 LOGGERS = ("csv", "wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
+# Where/how a run writes, logs and is placed; changing these never makes a checkpoint belong to another experiment.
+INFRA_KEYS = ("paths", "logger", "name", "hydra", "trainer", "lease")
 
 
 @dataclass
@@ -246,7 +248,7 @@ def config_fingerprint(cfg: DictConfig) -> str:
     from omegaconf import OmegaConf
 
     full = OmegaConf.to_container(cfg, resolve=True)
-    keep = {k: v for k, v in full.items() if k not in ("paths", "logger", "name", "hydra", "trainer", "lease")}
+    keep = {k: v for k, v in full.items() if k not in INFRA_KEYS}
     blob = json.dumps(keep, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
