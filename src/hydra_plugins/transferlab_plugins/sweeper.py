@@ -1,0 +1,120 @@
+"""`hydra/sweeper=transferlab`: Hydra's basic sweeper plus grids, stable point folders, resume and a summary.
+
+The logic lives in `transferlab.sweep`; this class only wires it into Hydra's sweeper protocol.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class TransferlabSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
+                 grids: Optional[dict] = None, resume: bool = True) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=_plain(params))
+        self.grids = _plain(grids)
+        self.resume = bool(resume)
+
+    def _job_config(self, overrides: List[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+
+    @staticmethod
+    def _hash(job_cfg: DictConfig, out_dir: str) -> str:
+        """Config hash of a job as its result.json will record it (resolved, as the task function sees it)."""
+        from transferlab.sweep import config_hash
+
+        with read_write(job_cfg.hydra.runtime), open_dict(job_cfg.hydra.runtime):
+            job_cfg.hydra.runtime.output_dir = out_dir
+        HydraConfig.instance().set_config(job_cfg)
+        task = copy.deepcopy(job_cfg)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        return config_hash(OmegaConf.to_container(task, resolve=True))
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from transferlab import sweep as S
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        points = S.expand(parser.parse_overrides, self.params, self.grids, list(arguments))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        name = str(self.config.get("name", sweep_dir.name))
+        summary = S.Summary(name=name, sweep_dir=str(sweep_dir))
+
+        master = HydraConfig.instance().cfg
+        by_hash: dict[str, S.Point] = {}
+        pending: list[tuple[S.Point, list[str]]] = []
+        try:
+            for p in points:
+                # Pin the folder: a literal sweep dir (a timestamp resolved once) and the point's own subdir.
+                job = [*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}", f"hydra.sweep.subdir={_quote(p.name)}"]
+                p.dir = str(sweep_dir / p.name)
+                p.hash = self._hash(self._job_config(job), p.dir)
+                if p.hash in by_hash:  # same config reached through other overrides: run it once
+                    log.info("point %s has the same config as %s; not run twice", p.name, by_hash[p.hash].name)
+                    continue
+                by_hash[p.hash] = p
+                summary.points.append(p)
+                status, _ = S.point_status(p.dir, p.hash)
+                if self.resume and status == "ok":
+                    p.status = "skipped"
+                    continue
+                S.prepare_point_dir(p.dir, p)
+                pending.append((p, job))
+        finally:
+            HydraConfig.instance().cfg = master
+
+        skipped = summary.count("skipped")
+        log.info("sweep %s: %d points, %d already done (skipped), %d to run", name, len(summary.points), skipped,
+                 len(pending))
+        returns: List[Sequence[JobReturn]] = []
+        batch_size = self.max_batch_size or len(pending) or 1
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            try:
+                results = list(self.launcher.launch([job for _, job in batch], initial_job_idx=start))
+            except Exception as e:  # e.g. a joblib worker was killed: judge every point by what is on disk
+                log.error("launcher failed: %s: %s", type(e).__name__, e)
+                results = [None] * len(batch)
+            returns.append([r for r in results if r is not None])
+            for (p, _), r in zip(batch, results):
+                status, error = S.point_status(p.dir, p.hash)
+                if status == "ok":
+                    p.status = "ok"
+                    continue
+                p.status = "failed"
+                if r is not None and r.status == JobStatus.FAILED and r._return_value is not None:
+                    exc = r._return_value
+                    error = error or f"{type(exc).__name__}: {exc}"
+                p.error = error or "no result.json: the job died before writing one (killed, timed out, out of memory?)"
+        summary.write()
+        print(summary.report(), flush=True)
+        log.info("sweep %s: %s", name, summary.line)
+        if summary.count("failed"):
+            raise SystemExit(1)
+        return returns
+
+
+def _plain(node: Any) -> Any:
+    if node is None:
+        return None
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=False)
+    return dict(node)
