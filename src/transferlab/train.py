@@ -17,6 +17,13 @@ CONF_DIR = os.environ.get("TRANSFERLAB_CONF", str(Path(__file__).resolve().paren
 log = logging.getLogger("transferlab")
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from transferlab.display import print_result
@@ -25,11 +32,16 @@ def main(cfg: DictConfig) -> float | None:
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # Hydra's handlers print and file these
         logging.getLogger(name).handlers.clear()
+    from transferlab.devices import lease_device
+
     try:
-        record = run(cfg)
+        with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
+            record = run(cfg)
     except ConfigError as e:
         lines = "\n".join(f"  - {p}" for p in e.problems)
         print(f"transferlab: invalid configuration (nothing was run):\n{lines}", file=sys.stderr)
+        if _in_sweep():
+            raise  # the sweeper records this point as failed and the other points go on
         raise SystemExit(2) from None
     print_result(record, cfg.paths.output_dir)
     return record["metrics"].get("test/acc")
