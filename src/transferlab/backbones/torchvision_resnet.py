@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -43,10 +44,15 @@ def imagenet_state(cfg) -> dict[str, torch.Tensor]:
     if not path.exists():
         if os.environ.get("TRANSFERLAB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0")) not in ("", "0"):
             raise ConfigError(_missing(cfg, weights.url, path, "offline"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)  # a firewalled network fails in seconds instead of hanging
         try:
             torch.hub.download_url_to_file(weights.url, str(path), progress=False)
         except Exception as e:  # no network, proxy, disk...
             raise ConfigError(_missing(cfg, weights.url, path, f"{type(e).__name__}: {e}")) from e
+        finally:
+            socket.setdefaulttimeout(old)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
