@@ -15,7 +15,8 @@ def print_result(record: dict, run_dir: str | Path) -> None:
     table.add_column("key", style="bold")
     table.add_column("value", justify="right")
     rows = [
-        ("transfer", f"{record['transfer']} (cut={record['cut']}, upper={record['upper']}, freeze={record['freeze']})"),
+        ("transfer", f"{record['transfer']} (cut={record['cut']}, upper={record['upper']}, "
+                     f"{record.get('trainable_set') or 'freeze=' + str(record['freeze'])})"),
         ("trainable blocks", ", ".join(record["trainable_blocks"])),
         ("trainable / total params", f"{record['trainable_params']:,} / {record['total_params']:,}"),
         ("train examples (n_per_class)", f"{record['n_train']} ({record['n_per_class']})"),

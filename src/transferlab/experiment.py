@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab import accel, feature_cache, source_cache
-from transferlab.backbones import build_backbone, family_of
+from transferlab.backbones import backbone_label, build_backbone
 from transferlab.data import loaders, pick_device
 from transferlab.fit import fit_and_test
 from transferlab.loggers import finish_logger, make_logger
@@ -40,7 +40,7 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
         fingerprint=source_cache.source_key(cfg, source.fingerprint()),  # a killed pretraining resumes
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
-    meta = {"source": str(cfg.source.name), "backbone": family_of(cfg.backbone), "test/acc": outcome.test["test/acc"],
+    meta = {"source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
             "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
             "block_names": list(net.backbone.block_names)}
     finish_logger(src_logger, failed=False, summary=meta)
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     plan, target = prep.plan, prep.target
     record: dict[str, Any] = {
         "status": "running", "error": None, "name": str(cfg.get("name", "default")),
-        "source": str(cfg.source.name), "target": str(cfg.target.name), "backbone": family_of(cfg.backbone),
+        "source": str(cfg.source.name), "target": str(cfg.target.name), "backbone": backbone_label(cfg.backbone),
         "transfer": str(cfg.transfer.get("name", "custom")), "strategy": str(cfg.transfer.get("strategy", "fixed")),
         "cut": plan.cut, "upper": plan.upper, "freeze": plan.freeze_depth, "frozen_blocks": list(plan.frozen),
         "trainable_set": plan.label, "bn": plan.bn,  # freeze is None for a transfer.trainable set (not a depth)

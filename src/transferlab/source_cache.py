@@ -30,6 +30,11 @@ def source_key(cfg, data: str | None = None) -> str:
     }
     if data is not None:
         relevant["data"] = data
+    from transferlab.backbones.weights import weights_fingerprint
+
+    weights = weights_fingerprint(cfg.backbone.get("weights"))
+    if weights is not None:  # an overwritten weights file is a different starting point
+        relevant["weights_file"] = weights
     # The source's labelled subset is part of the source model; the target's is not.
     blob = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -44,6 +44,7 @@ def record_to_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
         "name": record.get("name"), "source": record.get("source"), "target": record.get("target"),
         "backbone": record.get("backbone"), "transfer": record.get("transfer"), "strategy": record.get("strategy"),
         "cut": cut, "upper": record.get("upper"), "freeze": record.get("freeze"),
+        "trainable_set": record.get("trainable_set"),
         "trainable_params": record.get("trainable_params"), "total_params": record.get("total_params"),
         "n_per_class": record.get("n_per_class"), "n": n, "n_label": n_label, "n_train": record.get("n_train"),
         "seed": record.get("seed"), "data_seed": record.get("data_seed"),
@@ -81,8 +82,8 @@ def arm_labels(df: pd.DataFrame) -> pd.Series:
     def label(r) -> str:
         if r["is_scratch"]:
             return SCRATCH
-        if pd.isna(r["freeze"]):
-            return str(r.get("transfer"))
+        if pd.isna(r["freeze"]):  # a transfer.trainable set is not a depth: label it by the set itself
+            return str(r.get("trainable_set") or r.get("transfer"))
         f = int(r["freeze"])
         parts = [f"freeze={f}" + (" (all)" if f > 0 and f == r["cut"] else "")]
         if varies["cut"]:
