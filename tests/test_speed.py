@@ -268,3 +268,13 @@ def test_bad_mode_is_one_config_error_before_anything_runs(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"train.feature_cache='sometimes'.*auto"):
         run(cfg)
     assert not (tmp_path / "bad" / "result.json").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("trainer.precision=bf17-mixed", "trainer.precision"),
+    ("train.channels_last=yes", "train.channels_last"),
+    ("train.compile=1", "train.compile"),
+])
+def test_bad_speed_options_fail_in_validation(make_cfg, override, key):
+    with pytest.raises(ConfigError, match=key):
+        prepare(make_cfg(override))

@@ -17,3 +17,26 @@ def prepare(module, train_cfg):
         # Compile the LightningModule, not the inner net: parameter names (net.backbone.blocks.*) stay unchanged.
         return torch.compile(module)
     return module
+
+
+PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+
+
+def check_options(cfg) -> list[str]:
+    """Problems with the speed options, one line each, before anything runs (Lightning would only complain when
+    the Trainer is built, after the source model was pretrained)."""
+    from transferlab import feature_cache
+    from transferlab.errors import ConfigError, problem
+
+    out = []
+    try:
+        feature_cache.check_config(cfg, task=None)
+    except ConfigError as e:
+        out += e.problems
+    for key in ("channels_last", "compile"):
+        if not isinstance(cfg.train.get(key, False), bool):
+            out.append(problem(f"train.{key}", cfg.train.get(key), "true or false"))
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        out.append(problem("trainer.precision", cfg.trainer.get("precision"), f"one of {list(PRECISIONS)}"))
+    return out

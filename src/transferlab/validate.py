@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from transferlab import accel
 from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, family_of
 from transferlab.errors import ConfigError, problem
 from transferlab.module import OPTIMIZERS
@@ -189,7 +190,7 @@ def check_resume(cfg: DictConfig) -> list[str]:
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_lease,
-    check_resume,
+    check_resume, accel.check_options,
 ]
 
 
