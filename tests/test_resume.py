@@ -16,7 +16,7 @@ import torch
 from transferlab import source_cache
 from transferlab.errors import ConfigError
 from transferlab.experiment import run
-from transferlab.fit import NonFiniteLossError
+from transferlab.fit import NonFiniteLossError, SafeCheckpointIO
 from transferlab.safe_load import WeightsError, load_checkpoint
 
 # Small enough to be quick, long enough (8 epochs x 25 steps) to be killed in the middle.
@@ -158,6 +158,8 @@ def test_malicious_pickles_are_refused_everywhere_we_load(make_cfg, tmp_path):
         load_checkpoint(evil)
     with pytest.raises(WeightsError, match="refused"):
         source_cache.load_state(evil)
+    with pytest.raises(WeightsError, match="refused"):  # what Lightning calls for trainer.fit/test(ckpt_path=...)
+        SafeCheckpointIO().load_checkpoint(evil)
     # A planted last.ckpt in the run dir: refused at validation, before anything runs or is written.
     cfg = make_cfg("transfer=scratch", "target.n_per_class=5", run="planted")
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
@@ -199,8 +201,19 @@ def test_wandb_online_without_network_falls_back_offline(make_cfg, tmp_path):
     assert list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
 
 
-def test_checkpoints_are_written_atomically(make_cfg, tmp_path):
+def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, monkeypatch):
+    from transferlab import fit
+
+    loaded: list[str] = []
+
+    def spy(path, *args, **kwargs):
+        loaded.append(str(path))
+        return load_checkpoint(path, *args, **kwargs)
+
+    monkeypatch.setattr(fit, "load_checkpoint", spy)
     rec = run(make_cfg("transfer=scratch", "target.n_per_class=3", "train.max_epochs=2", run="atomic"))
+    # Lightning's own loading (trainer.test from the best checkpoint) went through SafeCheckpointIO.
+    assert rec["target_ckpt"] in loaded
     ckpts = tmp_path / "atomic" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files left over
     assert rec["target_ckpt"] == str(ckpts / "best.ckpt")
