@@ -75,10 +75,15 @@ def nbytes(*tensors: torch.Tensor) -> int:
     return sum(t.element_size() * t.nelement() for t in tensors)
 
 
-def pick_device(accelerator: str | None = "auto") -> torch.device:
-    """The device Lightning will train on for a single-device run (cpu unless a GPU is asked for and present)."""
+def pick_device(accelerator: str | None = "auto", devices=None) -> torch.device:
+    """The device Lightning will train on for a single-device run (cpu unless a GPU is asked for and present);
+    `devices=[k]` (a leased GPU) means cuda:k, so the data lands on the job's own GPU, never on GPU 0."""
     acc = str(accelerator or "auto")
     if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+            ids = list(devices)
+            if len(ids) == 1:
+                return torch.device("cuda", int(ids[0]))
         return torch.device("cuda", torch.cuda.current_device())
     if acc in ("auto", "gpu", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")

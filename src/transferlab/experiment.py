@@ -34,7 +34,7 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
     t0 = time.perf_counter()
     outcome = fit_and_test(
         module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
-                        device=pick_device(cfg.trainer.get("accelerator"))),
+                        device=pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
         logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
         fingerprint=source_cache.source_key(cfg, source.fingerprint()),  # a killed pretraining resumes

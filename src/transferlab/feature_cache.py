@@ -332,7 +332,7 @@ def target_loaders(cfg, task, net):
     (then train inside `training_on(net, decision)`), else the task's inputs."""
     from transferlab.data import arrays_loaders, loaders, pick_device
 
-    device = pick_device(cfg.trainer.get("accelerator"))
+    device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
     opts = {"device": device, "channels_last": bool(cfg.train.get("channels_last", False))}
     bs, seed = int(cfg.train.batch_size), int(cfg.seed)
     decision = decide(cfg, task, net)
