@@ -1,7 +1,7 @@
 """transferlab against bare PyTorch, measured side by side in one run; prints one table.
 
-    python scripts/benchmark.py                 # the full benchmark (about 15-25 min on 2 CPU cores)
-    python scripts/benchmark.py --quick         # a smoke run of every row (smaller numbers, same table)
+    python scripts/benchmark.py                 # the full benchmark (20-40 min on 2 CPU cores)
+    python scripts/benchmark.py --quick         # a smoke run of every row (fewer epochs and points)
 
 Every timing is a whole process (imports, data, model, training, test), started by this script and measured as
 wall time; peak memory is the child's own max RSS (os.wait4). Rows:
@@ -171,7 +171,7 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller epochs/sweep: checks every row in ~3 min")
+    ap.add_argument("--quick", action="store_true", help="fewer epochs/points: a smoke run of every row")
     ap.add_argument("--work", default=str(ROOT / "outputs" / "benchmark"), help="scratch folder (wiped)")
     ap.add_argument("--sweep", nargs="*", default=SWEEP_SHRINK,
                     help="overrides shrinking experiment=freeze_vs_n (default: %(default)s); pass none for all")
