@@ -150,6 +150,17 @@ def test_rerun_with_another_config_in_the_same_dir_is_refused(make_cfg):
     assert again["metrics"]["epochs"] == 2
 
 
+def test_stale_pretraining_checkpoint_of_another_source_config_is_refused(make_cfg):
+    cfg = make_cfg("target.n_per_class=5", run="stale")
+    stale = Path(cfg.paths.output_dir) / "source" / "checkpoints"
+    stale.mkdir(parents=True)
+    torch.save({"epoch": 1, "callbacks": {"RunIdentity": {"fingerprint": "0123456789abcdef"}}}, stale / "last.ckpt")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert err.value.problems[0].startswith("paths.output_dir=") and "0123456789abcdef" in err.value.problems[0]
+    assert not (Path(cfg.paths.output_dir) / "result.json").exists()
+
+
 def test_malicious_pickles_are_refused_everywhere_we_load(make_cfg, tmp_path):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.ckpt"

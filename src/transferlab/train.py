@@ -29,6 +29,8 @@ def main(cfg: DictConfig) -> float | None:
     from transferlab.display import print_result
     from transferlab.errors import ConfigError
     from transferlab.experiment import run
+    from transferlab.fit import NonFiniteLossError
+    from transferlab.safe_load import WeightsError
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # Hydra's handlers print and file these
         logging.getLogger(name).handlers.clear()
@@ -43,6 +45,12 @@ def main(cfg: DictConfig) -> float | None:
         if _in_sweep():
             raise  # the sweeper records this point as failed and the other points go on
         raise SystemExit(2) from None
+    except (NonFiniteLossError, WeightsError) as e:  # expected failures: one line, the record says the rest
+        print(f"transferlab: run failed: {type(e).__name__}: {e}\n  status 'failed' recorded in "
+              f"{Path(cfg.paths.output_dir) / 'result.json'}", file=sys.stderr)
+        if _in_sweep():
+            raise
+        raise SystemExit(1) from None
     print_result(record, cfg.paths.output_dir)
     return record["metrics"].get("test/acc")
 

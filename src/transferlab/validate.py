@@ -180,12 +180,17 @@ def check_lease(cfg: DictConfig) -> list[str]:
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
     from transferlab.fit import checkpoint_mismatch
+    from transferlab.source_cache import source_key
 
     out_dir = cfg.paths.get("output_dir")
     if not out_dir:
         return []
-    why = checkpoint_mismatch(Path(str(out_dir)) / "checkpoints", config_fingerprint(cfg))
-    return [problem("paths.output_dir", str(out_dir), why)] if why else []
+    # The target fit's checkpoints, and those of a source pretraining killed in this run dir.
+    for sub, fingerprint in (("checkpoints", config_fingerprint(cfg)), ("source/checkpoints", source_key(cfg))):
+        why = checkpoint_mismatch(Path(str(out_dir)) / sub, fingerprint)
+        if why:
+            return [problem("paths.output_dir", str(out_dir), why)]
+    return []
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
