@@ -55,6 +55,10 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _seed_ok(v) -> bool:
+    return _is_int(v) and 0 <= v <= SEED_MAX
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -63,10 +67,15 @@ def _is_num(v) -> bool:
 
 
 def check_seeds(cfg: DictConfig) -> list[str]:
+    from omegaconf import OmegaConf
+
     out = []
-    for key, v in (("seed", cfg.get("seed")), ("data_seed", cfg.get("data_seed")),
-                   ("pretrain.seed", cfg.pretrain.get("seed"))):
-        if not _is_int(v) or not 0 <= v <= SEED_MAX:
+    seeds = (("seed", cfg, "seed"), ("data_seed", cfg, "data_seed"), ("pretrain.seed", cfg.pretrain, "seed"))
+    for key, node, name in seeds:
+        if key != "seed" and OmegaConf.is_interpolation(node, name):
+            continue  # `${seed}`: already reported as seed
+        v = node.get(name)
+        if not _seed_ok(v):
             out.append(problem(key, v, f"an integer in 0..{SEED_MAX} (0 is a valid seed)"))
     return out
 
@@ -281,11 +290,11 @@ def prepare(cfg: DictConfig) -> Prepared:
     has_source = cfg.source.get("kind") != "none"
 
     def load_source() -> None:
-        if not any(p.startswith(("source.", "pretrain.seed=")) for p in problems):
+        if _seed_ok(cfg.pretrain.get("seed")) and not any(p.startswith("source.") for p in problems):
             ctx.source = _collect(problems, build_task, cfg.source, key="source", data_seed=int(cfg.pretrain.seed),
                                   data_dir=data_dir)
 
-    if not any(p.startswith(("target.", "data_seed=")) for p in problems):
+    if _seed_ok(cfg.get("data_seed")) and not any(p.startswith("target.") for p in problems):
         ctx.target = _collect(problems, build_task, cfg.target, key="target", data_seed=int(cfg.data_seed),
                               data_dir=data_dir)
     if ctx.target is None and has_source:
