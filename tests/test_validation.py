@@ -66,6 +66,7 @@ CASES = [
     ("shapes-differ", ["target.image_size=16"], "source"),
     ("missing-npz", ["target=npz", "target.path={missing}"], "target.path"),
     ("missing-image-folder", ["target=image_folder", "target.root={dir}/no_such_folder"], "target.root"),
+    ("dataset-files-missing-offline", ["target=mnist", "target.download=false", "transfer=scratch"], "target.dataset"),
     ("target-kind-unknown", ["target.kind=imagenet_xxl"], "target.kind"),
     ("source-kind-unknown", ["source.kind=nope"], "source.kind"),
     ("lr-zero", ["train.lr=0"], "train.lr"),
