@@ -55,6 +55,12 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
+        prior = Path(run_dir) / "logs" / job_type / "metrics.csv"
+        if prior.exists():  # a resumed run: Lightning deletes an existing metrics.csv, so keep it as the earlier part
+            k = 1
+            while prior.with_name(f"metrics.part{k}.csv").exists():
+                k += 1
+            prior.replace(prior.with_name(f"metrics.part{k}.csv"))
         return CSVLogger(save_dir=str(run_dir), name="logs", version=job_type)
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
