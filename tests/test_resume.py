@@ -104,6 +104,10 @@ def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
                         lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
     resumed = run(make_cfg(*RESUMABLE, "train.max_epochs=5", run="crashed"))
     assert resumed["resumed_from"].endswith("last.ckpt") and started[0] >= 2 and started[-1] == 4, started
+    logs = Path(cfg.paths.output_dir) / "logs" / "target"
+    before = [ln.split(",")[0] for ln in (logs / "metrics.part1.csv").read_text().splitlines()[1:]]
+    after = [ln.split(",")[0] for ln in (logs / "metrics.csv").read_text().splitlines()[1:]]
+    assert before[0] == "0" and "4" in after  # the first attempt's CSV rows survive the resume
     whole = run(make_cfg(*RESUMABLE, "train.max_epochs=5", run="whole"))
     assert resumed["status"] == "ok" and resumed["metrics"]["epochs"] == whole["metrics"]["epochs"] == 5
     assert (resumed["n_train"], resumed["n_val"], resumed["n_test"]) == (whole["n_train"], whole["n_val"],
