@@ -189,17 +189,12 @@ def check_lease(cfg: DictConfig) -> list[str]:
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
     from transferlab.fit import checkpoint_mismatch
-    from transferlab.source_cache import source_key
 
     out_dir = cfg.paths.get("output_dir")
     if not out_dir:
         return []
-    # The target fit's checkpoints, and those of a source pretraining killed in this run dir.
-    for sub, fingerprint in (("checkpoints", config_fingerprint(cfg)), ("source/checkpoints", source_key(cfg))):
-        why = checkpoint_mismatch(Path(str(out_dir)) / sub, fingerprint)
-        if why:
-            return [problem("paths.output_dir", str(out_dir), why)]
-    return []
+    why = checkpoint_mismatch(Path(str(out_dir)) / "checkpoints", config_fingerprint(cfg))
+    return [problem("paths.output_dir", str(out_dir), why)] if why else []
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
@@ -246,9 +241,23 @@ def check_strategy(cfg: DictConfig, ctx: Context) -> list[str]:
     return out
 
 
+def check_source_resume(cfg: DictConfig, ctx: Context) -> list[str]:
+    """Same for a source pretraining killed in this run dir (its key includes the source data's fingerprint)."""
+    from transferlab.fit import checkpoint_mismatch
+    from transferlab.source_cache import source_key
+
+    out_dir = cfg.paths.get("output_dir")
+    if not out_dir or ctx.source is None:
+        return []
+    why = checkpoint_mismatch(Path(str(out_dir)) / "source" / "checkpoints",
+                              source_key(cfg, ctx.source.fingerprint()))
+    return [problem("paths.output_dir", str(out_dir), why)] if why else []
+
+
 PLAN_CHECKS: list[Callable[[DictConfig, Context], list[str]]] = [
     check_input_shapes,
     check_strategy,
+    check_source_resume,
 ]
 
 
