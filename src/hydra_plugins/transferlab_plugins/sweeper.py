@@ -5,7 +5,6 @@ The logic lives in `transferlab.sweep`; this class only wires it into Hydra's sw
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -31,61 +30,45 @@ class TransferlabSweeper(BasicSweeper):
         self.grids = _plain(grids)
         self.resume = bool(resume)
         self.dry_run = bool(dry_run)
-        self._composed: dict | None = None
+        self._parser: Any = None
+        self._bases: dict = {}
 
-    def _job_config(self, overrides: List[str]) -> DictConfig:
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        if self._composed is not None:  # the in-process launcher composes it again: hand it this one
-            self._composed[tuple(overrides)] = copy.deepcopy(cfg)
-        return cfg
+    def _point_hash(self, overrides: List[str], out_dir: str) -> str:
+        """Config hash of a job as its result.json will record it (resolved, as the task function sees it).
 
-    @contextlib.contextmanager
-    def _compose_once(self):
-        """With the in-process launcher, each job's config is composed once, not twice (sweeper + launcher):
-        a compose costs ~0.2-0.8 s, most of the fixed cost of one more job. Other launchers compose in workers."""
-        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+        A Hydra compose costs ~0.2-0.8 s here, too slow for hundreds of points (the launcher composes each job
+        anyway). So each distinct set of config-group choices is composed once, and a point's value overrides are
+        applied to a copy the way Hydra itself applies them after composition (_apply_overrides_to_config).
+        """
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        loader = self.hydra_context.config_loader
-        if type(self.launcher) is not BasicLauncher or "load_sweep_config" in vars(loader):
-            yield
-            return
-        self._composed = {}
-        compose = loader.load_sweep_config
-
-        def load_sweep_config(master_config, sweep_overrides):
-            done = self._composed.pop(tuple(sweep_overrides), None)
-            return done if done is not None else compose(master_config, sweep_overrides)
-
-        loader.load_sweep_config = load_sweep_config
-        try:
-            yield
-        finally:
-            del loader.load_sweep_config
-            self._composed = None
-
-    @staticmethod
-    def _hash(job_cfg: DictConfig, out_dir: str) -> str:
-        """Config hash of a job as its result.json will record it (resolved, as the task function sees it)."""
         from transferlab.sweep import config_hash
 
-        with read_write(job_cfg.hydra.runtime), open_dict(job_cfg.hydra.runtime):
-            job_cfg.hydra.runtime.output_dir = out_dir
-        HydraConfig.instance().set_config(job_cfg)
-        task = copy.deepcopy(job_cfg)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        return config_hash(OmegaConf.to_container(task, resolve=True))
+        loader = self.hydra_context.config_loader
+        parsed = self._parser.parse_overrides(overrides)
+        is_group = [o.is_hydra_override() or loader.repository.group_exists(o.key_or_group) for o in parsed]
+        groups = tuple(o.input_line for o, g in zip(parsed, is_group) if g)
+        if groups not in self._bases:
+            full = loader.load_sweep_config(self.config, list(groups))
+            task = copy.deepcopy(full)
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            self._bases[groups] = (full, task)
+        full, task = self._bases[groups]
+        HydraConfig.instance().set_config(full)  # for ${hydra:...} interpolations in the task config
+        cfg = copy.deepcopy(task)
+        with read_write(cfg), open_dict(cfg):
+            ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
+            if "paths" in cfg:
+                cfg.paths.output_dir = out_dir
+        return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
     def sweep(self, arguments: List[str]) -> Any:
-        with self._compose_once():
-            return self._sweep(arguments)
-
-    def _sweep(self, arguments: List[str]) -> Any:
         from transferlab import sweep as S
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        points = S.expand(parser.parse_overrides, self.params, self.grids, list(arguments))
+        self._parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        points = S.expand(self._parser.parse_overrides, self.params, self.grids, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -97,10 +80,8 @@ class TransferlabSweeper(BasicSweeper):
         pending: list[tuple[S.Point, list[str]]] = []
         try:
             for p in points:
-                # Pin the folder: a literal sweep dir (a timestamp resolved once) and the point's own subdir.
-                job = [*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}", f"hydra.sweep.subdir={_quote(p.name)}"]
                 p.dir = str(sweep_dir / p.name)
-                p.hash = self._hash(self._job_config(job), p.dir)
+                p.hash = self._point_hash(list(p.overrides), p.dir)
                 if p.hash in by_hash:  # same config reached through other overrides: run it once
                     log.info("point %s has the same config as %s; not run twice", p.name, by_hash[p.hash].name)
                     continue
@@ -110,10 +91,12 @@ class TransferlabSweeper(BasicSweeper):
                 if self.resume and status == "ok":
                     p.status = "skipped"
                     continue
-                S.prepare_point_dir(p.dir, p)
-                pending.append((p, job))
+                # Pin the folder: a literal sweep dir (a timestamp resolved once) and the point's own subdir.
+                pending.append((p, [*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}",
+                                    f"hydra.sweep.subdir={_quote(p.name)}"]))
         finally:
             HydraConfig.instance().cfg = master
+            self._bases.clear()
 
         skipped = summary.count("skipped")
         log.info("sweep %s: %d points, %d already done (skipped), %d to run", name, len(summary.points), skipped,
@@ -123,6 +106,8 @@ class TransferlabSweeper(BasicSweeper):
                 print(f"{'skip' if p.status == 'skipped' else 'run '} {p.name}")
             print(f"sweep {name}: {len(pending)} to run, {skipped} done (dry run: nothing launched)", flush=True)
             return []
+        for p, _ in pending:
+            S.prepare_point_dir(p.dir, p)
         returns: List[Sequence[JobReturn]] = []
         batch_size = self.max_batch_size or len(pending) or 1
         for start in range(0, len(pending), batch_size):
@@ -142,6 +127,8 @@ class TransferlabSweeper(BasicSweeper):
                 if r is not None and r.status == JobStatus.FAILED and r._return_value is not None:
                     exc = r._return_value
                     error = error or f"{type(exc).__name__}: {exc}"
+                if status == "stale" and not error:
+                    error = "result.json was written by another config (did the config files change mid-sweep?)"
                 p.error = error or "no result.json: the job died before writing one (killed, timed out, out of memory?)"
         summary.write()
         print(summary.report(), flush=True)
