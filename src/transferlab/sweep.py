@@ -122,7 +122,8 @@ def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[
             if ident in seen:
                 continue
             seen.add(ident)
-            points.append(Point(overrides=overrides, name=point_name(s for k, s in combo if k in named), grid=grid))
+            swept = [s for k, s in combo if k in named]  # a sweep of one point (nothing swept): name it by all
+            points.append(Point(overrides=overrides, name=point_name(swept or overrides), grid=grid))
     names = [p.name for p in points]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
