@@ -229,6 +229,23 @@ def test_device_lease_is_released_when_its_holder_is_killed(tmp_path):
     lock.release()
 
 
+def test_local_parallel_turns_the_lease_on_and_slurm_asks_one_gpu_per_task():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        par = compose("config", overrides=["hydra/launcher=local_parallel"], return_hydra_config=True)
+        slurm = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                        return_hydra_config=True)
+        plain = compose("config", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert par.lease.slots == "auto" and par.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert plain.get("lease") is None  # sequential runs never lease
+    assert slurm.hydra.launcher.gpus_per_task == 1 and slurm.hydra.launcher.partition == "gpu"
+    assert slurm.hydra.launcher._target_.endswith("TolerantSlurmLauncher") and slurm.get("lease") is None
+
+
 def test_bad_lease_slots_is_one_config_error():
     from transferlab.devices import slot_count
     from transferlab.errors import ConfigError
