@@ -7,6 +7,7 @@ import math
 from torch import nn
 
 from transferlab.backbones.base import BlockBackbone
+from transferlab.backbones.mlp import dense_blocks
 
 
 def build(cfg, input_shape: tuple[int, ...]) -> BlockBackbone:
@@ -21,12 +22,5 @@ def build(cfg, input_shape: tuple[int, ...]) -> BlockBackbone:
             h, w = math.floor(h / 2), math.floor(w / 2)
         blocks.append((f"conv{i}", nn.Sequential(*layers)))
         c = int(width)
-    features = c * h * w
-    for j, width in enumerate(cfg.hidden, start=1):
-        layers = [nn.Flatten()] if j == 1 else []
-        layers += [nn.Linear(features, int(width)), nn.ReLU(inplace=True)]
-        if float(cfg.get("dropout", 0.0)) > 0:
-            layers.append(nn.Dropout(float(cfg.dropout)))
-        blocks.append((f"fc{j}", nn.Sequential(*layers)))
-        features = int(width)
+    blocks += dense_blocks(c * h * w, cfg.hidden, float(cfg.get("dropout", 0.0)))
     return BlockBackbone(blocks, input_shape, pool="flatten")
