@@ -159,7 +159,8 @@ def check_devices(cfg: DictConfig) -> list[str]:
         return [problem("trainer.accelerator", acc, f"one of {list(kinds)}")]
     if acc in ("gpu", "cuda") and gpus == 0:
         return [problem("trainer.accelerator", acc, "no GPU is visible here; use auto or cpu")]
-    have = gpus if acc in ("gpu", "cuda") or (acc == "auto" and gpus) else (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    have = gpus if acc in ("gpu", "cuda") or (acc == "auto" and gpus) else cores  # cores this job may use
     what = "GPU(s)" if have == gpus and gpus else "CPU core(s)"
     if devices in ("auto", -1, "-1"):
         return []
