@@ -56,7 +56,11 @@ def test_slurm_sweep_runs_one_array_task_per_point(tmp_path, slurm_env):
     assert sorted(r["freeze"] for r in records) == [0, 4] and all(r["status"] == "ok" for r in records)
     task_ids = {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name}
     assert len(task_ids) == 2  # <array>_0, <array>_1
-    assert set(_sacct(task_ids, slurm_env).values()) == {"COMPLETED"}
+    deadline = time.time() + 60  # submitit returns once the result file exists; SLURM's state may lag a moment
+    while (states := set(_sacct(task_ids, slurm_env).values())) & {"RUNNING", "COMPLETING", "PENDING"}:
+        assert time.time() < deadline, states
+        time.sleep(1)
+    assert states == {"COMPLETED"}
 
 
 def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
