@@ -43,7 +43,7 @@ def only_run(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wandb_sweep(tmp_path_factory) -> Path:
+def wandb_sweep(tmp_path_factory) -> dict[str, Path]:
     """Two jobs in one multirun process: job 0 trains fine, job 1 fails (lr=1e30 -> NaN loss)."""
     root = tmp_path_factory.mktemp("wandb_sweep")
     sweep = root / "sweep"
@@ -53,14 +53,17 @@ def wandb_sweep(tmp_path_factory) -> Path:
                 "target.n_per_class=2", "transfer.freeze=2", "train.lr=0.001,1e30", "logger=wandb",
                 "name=wb_sweep", "logger.wandb.tags=[demo]", f"hydra.sweep.dir={sweep}", cwd=root,
                 env={"OMP_NUM_THREADS": "1"})
-    assert read_result(sweep / "0" / "result.json")["status"] == "ok"
-    assert read_result(sweep / "1" / "result.json")["status"] == "failed"
-    return sweep
+    # The sweeper names each point's folder by its overrides; find the two jobs by their learning rate.
+    by_lr = {read_result(p)["config"]["train"]["lr"]: p.parent for p in sweep.rglob("result.json")}
+    jobs = {"0": by_lr[0.001], "1": by_lr[1e30]}
+    assert read_result(jobs["0"] / "result.json")["status"] == "ok"
+    assert read_result(jobs["1"] / "result.json")["status"] == "failed"
+    return jobs
 
 
 def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
-    rec = read_result(wandb_sweep / "0" / "result.json")
-    summary, records = inspect(only_run(wandb_sweep / "0"))
+    rec = read_result(wandb_sweep["0"] / "result.json")
+    summary, records = inspect(only_run(wandb_sweep["0"]))
     run = run_record(records)
     assert run["run_group"] == "wb_sweep" and run["job_type"] == "target"
     assert {"transfer:finetune", "source:digits_0to4", "target:digits_5to9", "backbone:small_cnn", "demo"} <= set(
@@ -76,18 +79,18 @@ def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
             if r.get("type") == "history" and "val/acc" in r["history"]["item"]]
     assert vals == pytest.approx(rec["metrics"]["val/acc_history"])  # one point per epoch
 
-    src_summary, src_records = inspect(only_run(wandb_sweep / "0" / "source"))  # pretraining: its own run
+    src_summary, src_records = inspect(only_run(wandb_sweep["0"] / "source"))  # pretraining: its own run
     src = run_record(src_records)
     assert src["job_type"] == "source" and src["run_group"] == "wb_sweep" and src["run_id"] != run["run_id"]
     assert src_summary["exit_code"] == 0 and "test/acc" in src_summary["summary"]
 
 
 def test_failed_job_finishes_its_run_with_exit_code_1(wandb_sweep):
-    rec = read_result(wandb_sweep / "1" / "result.json")
-    summary, records = inspect(only_run(wandb_sweep / "1"))
+    rec = read_result(wandb_sweep["1"] / "result.json")
+    summary, records = inspect(only_run(wandb_sweep["1"]))
     assert summary["exit_code"] == 1 and summary["state"] == "failed"
     assert summary["summary"]["status"] == "failed" and "NonFinite" in rec["error"]
-    ok_id = run_record(inspect(only_run(wandb_sweep / "0"))[1])["run_id"]
+    ok_id = run_record(inspect(only_run(wandb_sweep["0"]))[1])["run_id"]
     assert run_record(records)["run_id"] != ok_id  # the two jobs never share (merge into) one run
 
 
@@ -95,7 +98,7 @@ def test_report_pushes_one_report_run(wandb_sweep, tmp_path):
     out = tmp_path / "report"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)
-        p = run_cli(str(wandb_sweep), "--out", str(out), "--wandb", "--n-boot", "50", module="transferlab.report",
+        p = run_cli(str(wandb_sweep["0"].parent), "--out", str(out), "--wandb", "--n-boot", "50", module="transferlab.report",
                     cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "failed runs (1)" in p.stdout
