@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: install demo test test-slow test-slurm sweep-demo report-demo benchmark clean help
 
 help:
-	@echo "make install | demo | test | test-slow | test-slurm | sweep-demo | benchmark | clean"
+	@echo "make install | demo | test | test-slow | test-slurm | sweep-demo | report-demo | benchmark | clean"
 
 install: $(STAMP)
 
@@ -27,6 +27,18 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/python -m transferlab.train
+
+# A small freeze-vs-n sweep (3 seeds x 4 n x 5 depths + scratch, ~80 runs, a few minutes on 2 cores) and its report.
+sweep-demo: install
+	$(BIN)/python -m transferlab.train -m experiment=freeze_vs_n name=freeze_vs_n_demo seed=0,1,2 \
+		target.n_per_class=2,5,20,null trainer.enable_progress_bar=false
+	$(MAKE) report-demo
+
+report-demo: install
+	$(BIN)/python -m transferlab.report outputs/sweeps/freeze_vs_n_demo
+
+benchmark: install
+	$(BIN)/python scripts/benchmark.py
 
 test: install
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
