@@ -81,7 +81,7 @@ CASES = [
     ("wandb-mode-unknown", ["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode"),
     ("devices-beyond-machine", ["trainer.devices=64"], "trainer.devices"),
     ("gpu-asked-none-present", ["trainer.accelerator=gpu"], "trainer.accelerator"),
-    ("lease-slots-negative", ["lease.slots=-3"], "lease.slots"),
+    ("lease-slots-negative", ["hydra/launcher=local_parallel", "lease.slots=-3"], "lease.slots"),
     ("weights-missing", ["source=none", "backbone.weights={missing}"], "backbone.weights"),
     ("weights-corrupt", ["source=none", "backbone.weights={corrupt}"], "backbone.weights"),
     ("weights-not-a-state-dict", ["source=none", "backbone.weights={list}"], "backbone.weights"),
