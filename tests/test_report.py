@@ -229,3 +229,13 @@ def test_all_examples_is_placed_by_its_per_class_size():
     assert (row["n_label"], row["n"], row["epochs"], row["is_scratch"]) == ("all", 99.0, 1, False)
     assert record_to_row({**rec, "n_per_class": 5}, "8")[("n_label")] == "5"
     assert record_to_row({**rec, "transfer": "scratch", "cut": 0}, "9")["is_scratch"]
+
+
+def test_all_pool_n_uses_the_recorded_class_count():
+    """A relabelled task has no class list in its config: n for 'all' must come from the run's own class count."""
+    from transferlab.analysis.collect import record_to_row
+
+    record = {"n_per_class": None, "n_train": 540, "num_classes": 2, "cut": 4, "transfer": "finetune",
+              "config": {"target": {"classes": None, "relabel": {"even": [0], "odd": [1]}}}, "metrics": {}}
+    row = record_to_row(record, "run")
+    assert row["n"] == 270 and row["n_label"] == "all"

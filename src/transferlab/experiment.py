@@ -83,6 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "unfreeze_epochs": {b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
         "trainable_blocks": list(plan.trainable), "trainable_params": None, "total_params": None,
         "n_per_class": cfg.target.get("n_per_class"), "n_train": int(len(target.train_indices)),
+        "num_classes": target.num_classes,
         "n_val": int(len(target.val_y)), "n_test": int(len(target.test_y)),
         "seed": int(cfg.seed), "data_seed": int(cfg.data_seed), "metrics": {}, "source_cache": None,
         "source_ckpt": None, "target_ckpt": None, "train_indices": [int(i) for i in target.train_indices],

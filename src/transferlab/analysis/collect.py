@@ -19,6 +19,8 @@ SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0
 
 
 def _num_classes(record: dict[str, Any]) -> int | None:
+    if record.get("num_classes"):  # recorded by the run (relabelled or all-class tasks have no class list)
+        return int(record["num_classes"])
     classes = ((record.get("config") or {}).get("target") or {}).get("classes")
     return len(classes) if isinstance(classes, list) and classes else None
 
