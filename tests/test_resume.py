@@ -21,7 +21,7 @@ from transferlab.safe_load import WeightsError, load_checkpoint
 
 # Small enough to be quick, long enough (8 epochs x 25 steps) to be killed in the middle.
 RESUMABLE = ["transfer=scratch", "target.n_per_class=40", "train.batch_size=8", "train.max_epochs=8",
-             "trainer.enable_progress_bar=false"]
+             "trainer.enable_progress_bar=false", "checkpoint.every_s=0"]  # last.ckpt after every epoch
 
 
 class _Exploit:
@@ -123,7 +123,8 @@ def test_crash_during_source_pretraining_resumes_it(make_cfg, monkeypatch, tmp_p
         if trainer.current_epoch == 1:
             raise RuntimeError("simulated crash")
 
-    args = ["target.n_per_class=5", "pretrain.max_epochs=3", "train.max_epochs=1", "pretrain.batch_size=128"]
+    args = ["target.n_per_class=5", "pretrain.max_epochs=3", "train.max_epochs=1", "pretrain.batch_size=128",
+            "checkpoint.every_s=0"]
     monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
@@ -233,3 +234,23 @@ def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, 
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files left over
     assert rec["target_ckpt"] == str(ckpts / "best.ckpt")
     assert load_checkpoint(ckpts / "last.ckpt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("every_s, writes", [(0, 4), (3600, 1)])
+def test_last_ckpt_is_written_every_interval_and_after_the_last_epoch(make_cfg, tmp_path, monkeypatch, every_s, writes):
+    from transferlab import fit
+
+    saved: list[tuple[str, int]] = []
+    real = fit.SafeCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint, path, storage_options=None):
+        saved.append((Path(path).name, int(checkpoint["epoch"])))
+        return real(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(fit.SafeCheckpointIO, "save_checkpoint", spy)
+    rec = run(make_cfg("transfer=scratch", "target.n_per_class=3", f"checkpoint.every_s={every_s}", run="every"))
+    last = [epoch for name, epoch in saved if name == "last.ckpt"]
+    assert len(last) == writes and last[-1] == 3  # FAST: 4 epochs; the last write is the fit's end
+    best = load_checkpoint(Path(rec["target_ckpt"]))
+    assert "optimizer_states" not in best and best["state_dict"]  # best.ckpt: the weights the result is tested on
+    assert "optimizer_states" in load_checkpoint(tmp_path / "every" / "checkpoints" / "last.ckpt")

@@ -72,6 +72,7 @@ CASES = [
     ("lr-zero", ["train.lr=0"], "train.lr"),
     ("lr-negative-pretrain", ["pretrain.lr=-0.1"], "pretrain.lr"),
     ("max-epochs-zero", ["train.max_epochs=0"], "train.max_epochs"),
+    ("checkpoint-interval-negative", ["checkpoint.every_s=-1"], "checkpoint.every_s"),
     ("batch-size-zero", ["train.batch_size=0"], "train.batch_size"),
     ("optimizer-unknown", ["train.optimizer=rmsprop"], "train.optimizer"),
     ("weight-decay-negative", ["train.weight_decay=-1"], "train.weight_decay"),

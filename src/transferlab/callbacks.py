@@ -17,7 +17,8 @@ class MetricHistory(L.Callback):
         self.keys = keys
         self.history: dict[str, list[float]] = {k: [] for k in keys}
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the epoch-end hooks: the module logs its epoch metrics in its own on_validation_epoch_end
         if trainer.sanity_checking:
             return
         for k in self.keys:

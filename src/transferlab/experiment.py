@@ -26,6 +26,10 @@ from transferlab.validate import Prepared, config_fingerprint, prepare
 log = logging.getLogger(__name__)
 
 
+def resume_every_s(cfg: DictConfig) -> float:
+    return float((cfg.get("checkpoint") or {}).get("every_s", 0))
+
+
 def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[dict, dict]:
     """Train backbone + source head on the whole source task; return (state_dict, meta)."""
     L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
@@ -38,6 +42,7 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
         logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
         fingerprint=source_cache.source_key(cfg, source.fingerprint()),  # a killed pretraining resumes
+        resume_every_s=resume_every_s(cfg),
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
     meta = {"source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
@@ -111,7 +116,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                    max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
                                    ckpt_dir=run_dir / "checkpoints", logger=logger,
                                    callbacks=strategy_callbacks(plan),  # what trains per epoch, BN policy
-                                   fingerprint=config_fingerprint(cfg))  # resumes a killed run of this config
+                                   fingerprint=config_fingerprint(cfg),  # resumes a killed run of this config
+                                   resume_every_s=resume_every_s(cfg))
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),
                              "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs}

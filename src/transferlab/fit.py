@@ -2,7 +2,9 @@
 
 Reliability lives here because every training run goes through it:
 - resume: if `ckpt_dir/last.ckpt` exists (a killed run), `trainer.fit(ckpt_path=...)` continues from it; the
-  checkpoint carries a fingerprint of the config, and a different config is refused, never silently resumed;
+  checkpoint carries a fingerprint of the config, and a different config is refused, never silently resumed.
+  `last.ckpt` is written at most every `checkpoint.every_s` seconds (and after the last epoch): a full save of
+  weights + optimizer costs more than a small sweep point's epoch;
 - checkpoints are written atomically (temp file + rename) and read with `weights_only=True` only;
 - a NaN/inf training loss stops the run with `NonFiniteLossError` (the caller records status `failed`).
 """
@@ -10,6 +12,7 @@ Reliability lives here because every training run goes through it:
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
@@ -108,6 +111,33 @@ class FailOnNonFinite(L.Callback):
                 f"lower the learning rate or check the inputs for NaN/inf")
 
 
+class ResumePoint(Checkpoint):
+    """Writes `last.ckpt` (full state: weights, optimizer, loops, callbacks) at epoch ends, at most every
+    `every_s` seconds of the fit, and always after the last epoch, so a finished fit's `last.ckpt` is its end.
+
+    `every_s=0` writes after every epoch (a killed run loses at most one epoch). Being a `Checkpoint`, Lightning
+    runs it after the other callbacks, so the best-model tracker's state it saves is this epoch's.
+    """
+
+    def __init__(self, dirpath: Path, every_s: float = 0.0):
+        self.path = Path(dirpath) / LAST
+        self.every_s = float(every_s)
+        self._since = 0.0
+        self.writes = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._since = time.monotonic()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if final or time.monotonic() - self._since >= self.every_s:
+            trainer.save_checkpoint(self.path)
+            self.writes += 1
+            self._since = time.monotonic()
+
+
 def saved_fingerprint(ckpt: dict[str, Any]) -> str | None:
     for key, state in (ckpt.get("callbacks") or {}).items():
         if str(key).startswith(RunIdentity.__name__) and isinstance(state, dict):
@@ -153,18 +183,23 @@ class FitOutcome:
 
 
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
-                 logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True) -> FitOutcome:
-    """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the best model on val/acc, test it once."""
+                 logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True,
+                 resume_every_s: float = 0.0) -> FitOutcome:
+    """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the best model on val/acc, test it once.
+
+    `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
+    """
     train, val, test = loaders
     history = MetricHistory()
     ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
-                           save_last=True, enable_version_counter=False)
+                           save_weights_only=True, enable_version_counter=False)
     kwargs = OmegaConf.to_container(trainer_cfg, resolve=True) if not isinstance(trainer_cfg, dict) else trainer_cfg
     kwargs = dict(kwargs)
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
-                        callbacks=[ckpt, history, BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(),
-                                   *callbacks], plugins=plugins, **kwargs)
+                        callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s), history, BlockModelSummary(),
+                                   RunIdentity(fingerprint), FailOnNonFinite(), *callbacks],
+                        plugins=plugins, **kwargs)
     last = Path(ckpt_dir) / LAST
     resume_from = None
     if resume and last.exists():

@@ -30,7 +30,7 @@ LOGGERS = ("csv", "wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
 # Where/how a run writes, logs and is placed; changing these never makes a checkpoint belong to another experiment.
-INFRA_KEYS = ("paths", "logger", "name", "hydra", "trainer", "lease")
+INFRA_KEYS = ("paths", "logger", "name", "hydra", "trainer", "lease", "checkpoint")
 
 
 @dataclass
@@ -187,6 +187,13 @@ def check_lease(cfg: DictConfig) -> list[str]:
     return []
 
 
+def check_checkpoint(cfg: DictConfig) -> list[str]:
+    every = (cfg.get("checkpoint") or {}).get("every_s", 0)
+    if not _is_num(every) or every < 0:
+        return [problem("checkpoint.every_s", every, "a number of seconds >= 0 (0 = after every epoch)")]
+    return []
+
+
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
     from transferlab.fit import checkpoint_mismatch
@@ -200,7 +207,7 @@ def check_resume(cfg: DictConfig) -> list[str]:
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_lease,
-    check_resume, accel.check_options,
+    check_checkpoint, check_resume, accel.check_options,
 ]
 
 
