@@ -55,5 +55,40 @@ def main(cfg: DictConfig) -> float | None:
     return record["metrics"].get("test/acc")
 
 
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None or isinstance(e.code, int):
+        return int(e.code or 0)
+    print(e.code, file=sys.stderr)  # sys.exit("message"): Python prints it and exits 1
+    return 1
+
+
+def cli() -> None:
+    """`python -m transferlab.train` / `transferlab-train`: Hydra's main, then a fast exit.
+
+    With torch, Lightning and torchmetrics loaded, Python's interpreter teardown (module clean-up, C++ static
+    destructors of the CUDA build) takes ~2 s here after the work is done: a sizeable share of a small run and of
+    every process in a one-process-per-point loop. Results are on disk by then (written atomically, W&B runs
+    finished), so the process runs the atexit handlers, flushes logging and stdio, and leaves with os._exit.
+    `TRANSFERLAB_FAST_EXIT=0` keeps the normal teardown.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = _exit_code(e)
+    if os.environ.get("TRANSFERLAB_FAST_EXIT", "1") == "0":
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()  # W&B, joblib/loky and logging's own handlers run as on a normal exit
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to flush
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
