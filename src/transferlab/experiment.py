@@ -21,7 +21,8 @@ from transferlab.results import write_result
 from transferlab.tasks import TaskData
 from transferlab.strategies import strategy_callbacks
 from transferlab.transfer import build_target_net
-from transferlab.validate import Prepared, config_fingerprint, prepare
+from transferlab.identity import config_fingerprint
+from transferlab.validate import Prepared, prepare
 
 log = logging.getLogger(__name__)
 

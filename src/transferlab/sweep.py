@@ -38,11 +38,11 @@ MAX_NAME = 150
 
 # ---------------------------------------------------------------- identity
 def config_hash(config: Mapping[str, Any]) -> str:
-    """The run's config fingerprint (validate.config_fingerprint: what shapes training, not paths/logging/devices)
+    """The run's config fingerprint (identity.config_fingerprint: what shapes training, not paths/logging/devices)
     of a resolved config, e.g. result.json's "config". The same identity fit.py uses to accept a resume."""
     from omegaconf import OmegaConf
 
-    from transferlab.validate import config_fingerprint
+    from transferlab.identity import config_fingerprint
 
     return config_fingerprint(OmegaConf.create({k: v for k, v in config.items() if k != "lease"}))
 

@@ -68,7 +68,8 @@ def cli() -> None:
     With torch, Lightning and torchmetrics loaded, Python's interpreter teardown (module clean-up, C++ static
     destructors of the CUDA build) takes ~2 s here after the work is done: a sizeable share of a small run and of
     every process in a one-process-per-point loop. Results are on disk by then (written atomically, W&B runs
-    finished), so the process runs the atexit handlers, flushes logging and stdio, and leaves with os._exit.
+    finished), so the process runs the exit hooks a normal exit runs (threading's, then atexit), flushes logging and
+    stdio, and leaves with os._exit.
     `TRANSFERLAB_FAST_EXIT=0` keeps the normal teardown.
     """
     try:
@@ -79,8 +80,12 @@ def cli() -> None:
     if os.environ.get("TRANSFERLAB_FAST_EXIT", "1") == "0":
         sys.exit(code)
     import atexit
+    import threading
 
-    atexit._run_exitfuncs()  # W&B, joblib/loky and logging's own handlers run as on a normal exit
+    # The interpreter's own shutdown order, minus the teardown: threading's exit hooks and joins (loky stops its
+    # workers there; multiprocessing's atexit below would otherwise wait out their idle timeout), then atexit.
+    getattr(threading, "_shutdown", lambda: None)()
+    atexit._run_exitfuncs()  # W&B, multiprocessing and logging handlers run as on a normal exit
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

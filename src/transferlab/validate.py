@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from transferlab import accel
 from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, family_of
 from transferlab.errors import ConfigError, problem
+from transferlab.identity import config_fingerprint
 from transferlab.module import OPTIMIZERS
 from transferlab.tasks import KINDS, TaskData, build_task
 from transferlab.transfer import TransferPlan, resolve_plan
@@ -29,8 +30,6 @@ from transferlab.transfer import TransferPlan, resolve_plan
 LOGGERS = ("csv", "wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
-# Where/how a run writes, logs and is placed; changing these never makes a checkpoint belong to another experiment.
-INFRA_KEYS = ("paths", "logger", "name", "hydra", "trainer", "lease", "checkpoint")
 
 
 @dataclass
@@ -270,19 +269,6 @@ PLAN_CHECKS: list[Callable[[DictConfig, Context], list[str]]] = [
 
 
 # ---------------------------------------------------------------- driver
-
-
-def config_fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that shapes a run's training (not where it writes or how it logs): resume key."""
-    import hashlib
-    import json
-
-    from omegaconf import OmegaConf
-
-    full = OmegaConf.to_container(cfg, resolve=True)
-    keep = {k: v for k, v in full.items() if k not in INFRA_KEYS}
-    blob = json.dumps(keep, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _collect(problems: list[str], fn: Callable[..., Any], *args, **kwargs) -> Any:
