@@ -135,6 +135,24 @@ def test_failing_point_is_isolated_then_rerun_skips_finished(tmp_path):
     assert "Trainer.fit" not in again.stdout + again.stderr
 
 
+def test_second_copy_of_a_running_sweep_is_refused_before_it_writes(tmp_path):
+    from filelock import FileLock
+
+    from transferlab.sweep import LOCK_FILE
+
+    args = ["-m", "experiment=tiny", _tiny_conf(tmp_path), *TINY]
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "tiny"
+    sweep_dir.mkdir(parents=True)
+    with FileLock(str(sweep_dir / LOCK_FILE)):  # what the first copy holds while it runs
+        busy = run_cli(*args, cwd=tmp_path)
+        assert busy.returncode == 1
+        assert f"another sweep is running in {sweep_dir}" in busy.stderr and "hydra.sweep.dir" in busy.stderr
+        assert [p.name for p in sweep_dir.iterdir()] == [LOCK_FILE]  # no point folder, no multirun.yaml
+        dry = run_cli(*args, "hydra.sweeper.dry_run=true", cwd=tmp_path)  # looking is always allowed
+        assert dry.returncode == 0 and "dry run: nothing launched" in dry.stdout
+    assert not list(sweep_dir.rglob("result.json"))
+
+
 @pytest.mark.slow  # two CLI sweeps (~30 s here); .ci/run runs it
 def test_changed_config_reruns_point_in_same_folder(tmp_path):
     searchpath = _tiny_conf(tmp_path)

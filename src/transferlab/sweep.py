@@ -31,6 +31,7 @@ from transferlab.results import RESULT_FILE, read_result
 
 POINT_FILE = "point.json"      # written by the sweeper before a point runs: its overrides and config hash
 SUMMARY_FILE = "sweep.json"    # written at the end of a sweep: every point and its status
+LOCK_FILE = ".sweep.lock"      # held by the process running the sweep: a second copy is refused
 STALE_RESULT = "result.stale.json"
 _SAFE = re.compile(r"[^A-Za-z0-9_.,=+\-]")
 MAX_NAME = 150
@@ -45,6 +46,24 @@ def config_hash(config: Mapping[str, Any]) -> str:
     from transferlab.identity import config_fingerprint
 
     return config_fingerprint(OmegaConf.create({k: v for k, v in config.items() if k != "lease"}))
+
+
+class SweepBusy(SystemExit):
+    """Another process is running a sweep into the same folder: two copies would train the same points twice and
+    race on their files. One line, exit code 1, nothing launched."""
+
+
+def sweep_lock(sweep_dir: Path):
+    """Hold `sweep_dir/.sweep.lock` for the sweep (released by the OS if the process dies); SweepBusy if taken."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(Path(sweep_dir) / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SweepBusy(f"transferlab: another sweep is running in {sweep_dir} (it holds {lock.lock_file}); "
+                        f"wait for it to finish, or choose another hydra.sweep.dir") from None
+    return lock
 
 
 def point_name(overrides: Iterable[str]) -> str:

@@ -71,6 +71,18 @@ class TransferlabSweeper(BasicSweeper):
         points = S.expand(self._parser.parse_overrides, self.params, self.grids, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        # A second copy of a running sweep stops here, before writing anything (a dry run only reads).
+        lock = None if self.dry_run else S.sweep_lock(sweep_dir)
+        try:
+            return self._sweep(points, sweep_dir)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _sweep(self, points: list, sweep_dir: Path) -> Any:
+        from transferlab import sweep as S
+
+        assert self.config is not None and self.launcher is not None
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         name = str(self.config.get("name", sweep_dir.name))
         summary = S.Summary(name=name, sweep_dir=str(sweep_dir))
