@@ -33,6 +33,9 @@ install() {
 }
 
 write_configs() {
+  # A test cluster starts empty: jobs of an earlier instance (stopped while one was still completing) would
+  # otherwise be recovered, and slurmd keeps the node busy until their steps time out.
+  rm -rf "$STATE"/spool/ctld "$STATE"/spool/d
   mkdir -p "$STATE"/{etc,log,run,spool/ctld,spool/d,munge,mysql/data}
   chown munge:munge "$STATE/munge"
   # munged on its default socket: sacctmgr/sacct (slurmdbd connections) ignore slurm.conf's AuthInfo.
