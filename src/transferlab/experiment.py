@@ -14,6 +14,7 @@ from transferlab import accel, feature_cache, source_cache
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.data import loaders, pick_device
 from transferlab.fit import fit_and_test
+from transferlab.identity import config_fingerprint
 from transferlab.loggers import finish_logger, make_logger
 from transferlab.module import TransferModule
 from transferlab.network import BACKBONE_PREFIX, TransferNet
@@ -21,7 +22,6 @@ from transferlab.results import write_result
 from transferlab.tasks import TaskData
 from transferlab.strategies import strategy_callbacks
 from transferlab.transfer import build_target_net
-from transferlab.identity import config_fingerprint
 from transferlab.validate import Prepared, prepare
 
 log = logging.getLogger(__name__)

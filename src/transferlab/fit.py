@@ -123,7 +123,6 @@ class ResumePoint(Checkpoint):
         self.path = Path(dirpath) / LAST
         self.every_s = float(every_s)
         self._since = 0.0
-        self.writes = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._since = time.monotonic()
@@ -134,7 +133,6 @@ class ResumePoint(Checkpoint):
         final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if final or time.monotonic() - self._since >= self.every_s:
             trainer.save_checkpoint(self.path)
-            self.writes += 1
             self._since = time.monotonic()
 
 
