@@ -14,7 +14,7 @@ from transferlab import accel, feature_cache, source_cache
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.data import loaders, pick_device
 from transferlab.fit import fit_and_test
-from transferlab.identity import config_fingerprint
+from transferlab import identity
 from transferlab.loggers import finish_logger, make_logger
 from transferlab.module import TransferModule
 from transferlab.network import BACKBONE_PREFIX, TransferNet
@@ -76,6 +76,8 @@ def _count(net: TransferNet) -> tuple[int, int]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment and write result.json atomically; config errors raise before anything is written."""
     t0 = time.perf_counter()
+    inputs = identity.inputs(cfg)  # content of every file the run reads, hashed before anything else
+    fingerprint = identity.fingerprint(cfg, inputs)
     prep = prepare(cfg)  # raises ConfigError: nothing written yet
     feature_cache.check_config(cfg, prep.target)  # bad train.feature_cache: ConfigError, nothing written
     run_dir = Path(cfg.paths.output_dir)
@@ -95,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "source_ckpt": None, "target_ckpt": None, "train_indices": [int(i) for i in target.train_indices],
         "target_data": target.info,  # files read, input adaptation (channels/size/normalisation stats), split sizes
         "wall_s": None, "config": OmegaConf.to_container(cfg, resolve=True),
+        "fingerprint": fingerprint, "inputs": inputs, "environment": identity.environment(),
     }
     logger = None
     try:
@@ -117,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                    max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
                                    ckpt_dir=run_dir / "checkpoints", logger=logger,
                                    callbacks=strategy_callbacks(plan),  # what trains per epoch, BN policy
-                                   fingerprint=config_fingerprint(cfg),  # resumes a killed run of this config
+                                   fingerprint=fingerprint,  # resumes a killed run of this run identity
                                    resume_every_s=resume_every_s(cfg))
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
                              "val/acc_history": outcome.history.get("val/acc", []),

@@ -182,11 +182,13 @@ def _precision(cfg) -> str:
 
 
 def feature_key(cfg, task, net, depth: int) -> str:
-    """Content hash: prefix weights+buffers, block names, input tensors, precision, format version."""
+    """Content hash of what the prefix outputs depend on: prefix weights+buffers, block names, input tensors, and
+    the settings of the forward pass (precision, memory format, deterministic kernels), format version."""
     h = hashlib.sha256()
     names = list(net.backbone.block_names[:depth])
     h.update(json.dumps({"v": FORMAT_VERSION, "blocks": names, "precision": _precision(cfg),
-                         "channels_last": bool(cfg.train.get("channels_last", False))}, sort_keys=True).encode())
+                         "channels_last": bool(cfg.train.get("channels_last", False)),
+                         "deterministic": cfg.trainer.get("deterministic")}, sort_keys=True, default=str).encode())
     prefix = {f"{n}.{k}": v for n in names for k, v in net.backbone.blocks[n].state_dict().items()}
     _hash_tensors(h, prefix)
     _hash_tensors(h, {"pool_x": task.train_x, "val_x": task.val_x, "test_x": task.test_x})

@@ -1,23 +1,295 @@
-"""A run's identity: the hash of everything that shapes its training, not where it writes, logs or runs.
+"""When are two runs the same? The one definition, used by every skip, resume, cache and report grouping.
 
-Light on purpose (no torch): the sweeper hashes every point before launching, and with a parallel launcher its
-process should not pay for the training stack its workers import anyway.
+A run's identity is *everything that can change its result*:
+- the whole resolved config, except the short list of keys in `NEUTRAL` (where files go, what is logged, how
+  often the resume state is saved, which device slot a job takes, ...). Each neutral key is backed by a test that
+  shows equal results when it changes (tests/test_identity.py). Every other key, every `trainer.*` key included
+  and keys added with `+key=value`, is identity by default;
+- the *content* of every input file the run reads (data files and folders, a weights file; see `inputs`), by
+  sha256 of the bytes (`transferlab.content`), so new data at the same path is a new run, and the same bytes
+  moved to another path are the same run (input locations are neutral because their content is in the identity).
+
+A run that copies no block (`transfer.cut=0`, the scratch baseline) reads no source task and no source model, so
+its identity leaves out `source` and `pretrain`: the baseline of two sweeps that differ only in their source is
+one run.
+
+`fingerprint` is the identity's hash: it names a run in result.json, decides whether a sweep point is done,
+whether a checkpoint may be resumed, and (minus the seeds, `group_key`) which runs the report pools as seeds of
+one arm. The source-model cache key is the same idea restricted to what shapes the source model
+(`source_fingerprint`).
+
+Light on purpose (no torch): the sweeper fingerprints every point before launching, and with a parallel launcher
+its process should not pay for the training stack its workers import anyway.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
+from importlib import util as import_util
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from transferlab import content
 
-# Where/how a run writes, logs and is placed; changing these never makes a checkpoint belong to another experiment.
-INFRA_KEYS = ("paths", "logger", "name", "hydra", "trainer", "lease", "checkpoint")
+# key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
+# gives the same fingerprint and the same numbers). Nothing else may be added without such a test.
+NEUTRAL: dict[str, str] = {
+    "name": "the sweep's folder and W&B group name",
+    "hydra": "Hydra's own settings (launcher, sweeper, output folders)",
+    "paths": "where outputs, caches and dataset files live; what is read is fingerprinted by its bytes",
+    "logger": "where metrics are logged (csv, W&B or none)",
+    "checkpoint": "how often the resume state (last.ckpt) is written",
+    "lease": "which device slot of this machine a parallel job takes",
+    "train.feature_cache": "frozen-prefix outputs computed once instead of every epoch (equal within float "
+                           "tolerance, tests/test_speed.py)",
+    "trainer.enable_progress_bar": "terminal output only",
+    "trainer.log_every_n_steps": "how often Lightning writes logs; metrics are aggregated per epoch",
+    "trainer.accelerator": "which kind of device runs the job (placement, like which GPU)",
+    # Input locations: the bytes they point to are part of the identity (see `inputs`).
+    "target.path": "the location of the target file; its bytes are fingerprinted",
+    "target.root": "the location of the target folder; its images are fingerprinted",
+    "source.path": "the location of the source file; its bytes are fingerprinted",
+    "source.root": "the location of the source folder; its images are fingerprinted",
+}
+# trainer.devices is placement too (which GPU), but the *number* of devices changes the effective batch (DDP):
+# the identity keeps the count only. Lists [k] and the int 1 are one device.
+DEVICES = "trainer.devices"
+# Seeds of replication: runs that differ only here are seeds of one arm (pretrain.seed is ${seed} by default).
+REPLICATES = ("seed", "data_seed", "pretrain.seed")
+# Sample size: the report's x axis.
+SAMPLE_SIZE = ("target.n_per_class", "target.n_train")
+# What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains.
+ARM_GROUPS = ("transfer", "source", "pretrain")
+
+# Files each task kind reads (torch-free). torchvision: the folders/files its dataset classes read under
+# paths.data_dir (tests/test_identity.py checks them against torchvision).
+TORCHVISION_FILES = {
+    "mnist": ("MNIST/raw",), "fashion_mnist": ("FashionMNIST/raw",), "kmnist": ("KMNIST/raw",),
+    "cifar10": ("cifar-10-batches-py",), "cifar100": ("cifar-100-python",),
+    "svhn": ("train_32x32.mat", "test_32x32.mat"),
+}
+SKLEARN_FILES = {"digits": "digits.csv.gz", "iris": "iris.csv"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that shapes a run's training (not where it writes or how it logs): resume key."""
-    full = OmegaConf.to_container(cfg, resolve=True)
-    keep = {k: v for k, v in full.items() if k not in INFRA_KEYS}
-    blob = json.dumps(keep, sort_keys=True, default=str)
+# ---------------------------------------------------------------- dotted keys on plain dicts
+def _plain(config: Any) -> dict:
+    """A resolved plain dict of a DictConfig or mapping (a deep copy either way)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return copy.deepcopy(dict(config))
+
+
+def get(d: Mapping, dotted: str, default: Any = None) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def drop(d: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = d
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _device_count(devices: Any) -> Any:
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if devices in (-1, "-1", None):
+        return "auto"
+    return devices
+
+
+def copies_nothing(config: Mapping) -> bool:
+    """transfer.cut=0: nothing is copied (the scratch baseline), so no source is read."""
+    cut = get(config, "transfer.cut")
+    return isinstance(cut, int) and not isinstance(cut, bool) and cut == 0
+
+
+# ---------------------------------------------------------------- the identity
+def identity_config(config: Any) -> dict:
+    """The resolved config as far as it can change a result: neutral keys out, devices as a count, no source for
+    a run that copies nothing."""
+    c = _plain(config)
+    for key in NEUTRAL:
+        drop(c, key)
+    if isinstance(c.get("trainer"), dict) and DEVICES.split(".")[1] in c["trainer"]:
+        c["trainer"]["devices"] = _device_count(c["trainer"]["devices"])
+    if copies_nothing(c):
+        for group in ("source", "pretrain"):
+            c.pop(group, None)
+    weights = get(c, "backbone.weights")
+    if weights is not None and str(weights) != "imagenet":
+        c["backbone"]["weights"] = "file"  # its bytes are in the inputs; the path is where they live
+    return c
+
+
+def _sklearn_file(name: str) -> Path | None:
+    spec = import_util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+
+
+def task_files(task: Mapping, data_dir: str | None) -> list[Path] | None:
+    """The files and folders a task of this config reads (None: nothing outside the config)."""
+    kind = str(task.get("kind"))
+    if kind in SKLEARN_FILES:
+        f = _sklearn_file(SKLEARN_FILES[kind])
+        return [f] if f is not None else None
+    if kind == "npz" and task.get("path"):
+        return [Path(os.path.expanduser(str(task["path"])))]
+    if kind == "image_folder" and task.get("root"):
+        return [Path(os.path.expanduser(str(task["root"])))]
+    if kind == "torchvision" and task.get("dataset") in TORCHVISION_FILES and data_dir:
+        root = Path(os.path.expanduser(str(data_dir)))
+        return [root / rel for rel in TORCHVISION_FILES[str(task["dataset"])]]
+    return None
+
+
+def _task_digest(files: list[Path], kind: str) -> str:
+    if kind == "image_folder":
+        return content.tree_digest(files[0], IMAGE_SUFFIXES)
+    if len(files) == 1:
+        return content.tree_digest(files[0])
+    return content.paths_digest(files)
+
+
+def _weights_input(backbone: Mapping) -> dict[str, str] | None:
+    weights = backbone.get("weights")
+    if weights is None:
+        return None
+    if str(weights) == "imagenet":
+        # The library version fixes which file "imagenet" resolves to (torchvision's DEFAULT, timm's hub tag).
+        lib = "timm" if str(backbone.get("family")) == "timm" else "torchvision"
+        return {"files": f"imagenet ({lib} {library_version(lib)})", "sha256": f"{lib}=={library_version(lib)}"}
+    return {"files": str(weights), "sha256": content.file_digest(str(weights))}
+
+
+def inputs(config: Any) -> dict[str, dict[str, str]]:
+    """{role: {"files": where, "sha256": content}} of every file the run reads: target (and source unless it copies
+    nothing) data, and a backbone weights file. Missing files get "missing" (the run then fails at setup)."""
+    c = _plain(config)
+    data_dir = get(c, "paths.data_dir")
+    out: dict[str, dict[str, str]] = {}
+    roles = ["target"] if copies_nothing(c) else ["target", "source"]
+    for role in roles:
+        task = c.get(role) or {}
+        files = task_files(task, data_dir)
+        if files:
+            out[role] = {"files": ", ".join(str(f) for f in files), "sha256": _task_digest(files, str(task.get("kind")))}
+    weights = _weights_input(c.get("backbone") or {})
+    if weights is not None:
+        out["backbone.weights"] = weights
+    return out
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _input_digests(ins: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    return {role: str(v.get("sha256")) for role, v in ins.items()}
+
+
+def fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The run's identity hash (16 hex): identity config + input contents. Pass `ins` when already computed."""
+    c = _plain(config)
+    ins = inputs(c) if ins is None else ins
+    return _digest({"config": identity_config(c), "inputs": _input_digests(ins)})
+
+
+def group_key(config: Any, ins: Mapping[str, Mapping[str, str]], without: Iterable[str] = REPLICATES) -> str:
+    """The identity hash with some keys left out, e.g. the seeds (runs pooled as seeds of one arm), or the seeds,
+    the sample size and the arm keys (runs drawn in one panel of the report)."""
+    c = identity_config(config)
+    for key in without:
+        drop(c, key)
+    ins = {role: v for role, v in ins.items() if role not in without}  # e.g. the source's files with `source`
+    return _digest({"config": c, "inputs": _input_digests(ins)})
+
+
+def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """What shapes the source model: source task, backbone, pretraining, trainer settings, their input files."""
+    c = identity_config(config)
+    ins = inputs(config) if ins is None else ins
+    part = {k: c.get(k) for k in ("source", "backbone", "pretrain", "trainer")}
+    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights")}
+    return _digest({"config": part, "inputs": files})
+
+
+def differing_keys(configs: Iterable[Mapping]) -> list[str]:
+    """Dotted leaf keys whose value differs between these identity configs (for labels like `train.lr=0.01`)."""
+    flats = [_flatten(c) for c in configs]
+    keys = sorted(set().union(*flats)) if flats else []
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------- what made the result (recorded, not identity)
+def library_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "scikit-learn", "hydra-core",
+             "omegaconf", "pandas", "scipy")
+_environment: dict[str, Any] | None = None
+
+
+def environment() -> dict[str, Any]:
+    """Versions of Python, the libraries that compute a result, and transferlab (version, git commit, dirty),
+    recorded in every result.json. Not identity: a library upgrade does not void finished runs, but the report
+    says when one arm mixes versions."""
+    global _environment
+    if _environment is None:
+        import platform
+        import subprocess
+
+        env: dict[str, Any] = {"python": platform.python_version(), "transferlab": library_version("transferlab")}
+        env.update({lib: library_version(lib) for lib in LIBRARIES})
+        src = Path(__file__).resolve().parent
+        try:
+            commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10)
+            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--",
+                                    str(src)], capture_output=True, text=True, timeout=10)
+            env["commit"] = (commit.stdout.strip() or None) if commit.returncode == 0 else None
+            env["dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            env["commit"], env["dirty"] = None, None
+        _environment = env
+    return dict(_environment)

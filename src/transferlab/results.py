@@ -15,6 +15,7 @@ RECORD_KEYS = (
     "status", "error", "name", "source", "target", "backbone", "transfer", "strategy", "cut", "upper", "freeze",
     "frozen_blocks", "trainable_blocks", "trainable_params", "total_params", "n_per_class", "n_train", "seed",
     "data_seed", "metrics", "source_cache", "source_ckpt", "target_ckpt", "train_indices", "wall_s", "config",
+    "fingerprint", "inputs", "environment",
 )
 
 

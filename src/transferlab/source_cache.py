@@ -1,8 +1,8 @@
 """Content-addressed, file-locked cache of source models: a sweep of a hundred target runs pretrains once.
 
-The key hashes only what shapes the source model (source task, backbone, pretrain settings incl. its seed), so
-changing target or transfer settings never retrains it. Parallel jobs needing the same source take a file lock;
-the first trains and writes atomically, the others wait and load.
+The key hashes only what shapes the source model (source task and its files, backbone, pretraining and trainer
+settings incl. the pretraining seed), so changing target or transfer settings never retrains it. Parallel jobs
+needing the same source take a file lock; the first trains and writes atomically, the others wait and load.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
-from omegaconf import OmegaConf
 
 from transferlab.atomic import torch_save, write_json
 
@@ -21,21 +20,12 @@ MODEL_FILE = "model.pt"
 
 
 def source_key(cfg, data: str | None = None) -> str:
-    """Hash of the source-relevant config (resolved, sorted) and of the source data (`TaskData.fingerprint()`),
-    so an edited or differently-located user file (`source.path=...`) never reuses a stale model."""
-    relevant = {
-        "source": OmegaConf.to_container(cfg.source, resolve=True),
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
-        "pretrain": OmegaConf.to_container(cfg.pretrain, resolve=True),
-    }
-    if data is not None:
-        relevant["data"] = data
-    from transferlab.backbones.weights import weights_fingerprint
+    """What shapes the source model (`identity.source_fingerprint`: source task and its files, backbone and its
+    weights file, pretraining and trainer settings incl. the pretraining seed) plus the source data as loaded
+    (`TaskData.fingerprint()`), so an edited or differently-located user file never reuses a stale model."""
+    from transferlab.identity import source_fingerprint
 
-    weights = weights_fingerprint(cfg.backbone.get("weights"))
-    if weights is not None:  # an overwritten weights file is a different starting point
-        relevant["weights_file"] = weights
-    # The source's labelled subset is part of the source model; the target's is not.
+    relevant = {"identity": source_fingerprint(cfg), "data": data}
     blob = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -38,14 +38,12 @@ MAX_NAME = 150
 
 
 # ---------------------------------------------------------------- identity
-def config_hash(config: Mapping[str, Any]) -> str:
-    """The run's config fingerprint (identity.config_fingerprint: what shapes training, not paths/logging/devices)
-    of a resolved config, e.g. result.json's "config". The same identity fit.py uses to accept a resume."""
-    from omegaconf import OmegaConf
-
-    from transferlab.identity import config_fingerprint
-
-    return config_fingerprint(OmegaConf.create({k: v for k, v in config.items() if k != "lease"}))
+def recorded_fingerprint(record: Mapping[str, Any]) -> str | None:
+    """The run identity a result.json was made under (`identity.fingerprint`); None for records written before
+    identity covered input contents and trainer settings: those are never taken as done (nothing proves what
+    data and settings made them)."""
+    fp = record.get("fingerprint")
+    return str(fp) if fp else None
 
 
 class SweepBusy(SystemExit):
@@ -160,7 +158,7 @@ def point_status(run_dir: str | Path, expected_hash: str) -> tuple[str, str | No
         record = read_result(path)
     except (OSError, ValueError) as e:
         return "failed", f"unreadable {RESULT_FILE}: {e}"
-    if config_hash(record.get("config") or {}) != expected_hash:
+    if recorded_fingerprint(record) != expected_hash:
         return "stale", None
     if record.get("status") == "ok":
         return "ok", None

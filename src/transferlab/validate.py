@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from transferlab import accel
 from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, family_of
 from transferlab.errors import ConfigError, problem
-from transferlab.identity import config_fingerprint
+from transferlab import identity
 from transferlab.module import OPTIMIZERS
 from transferlab.tasks import KINDS, TaskData, build_task
 from transferlab.transfer import TransferPlan, resolve_plan
@@ -200,7 +200,7 @@ def check_resume(cfg: DictConfig) -> list[str]:
     out_dir = cfg.paths.get("output_dir")
     if not out_dir:
         return []
-    why = checkpoint_mismatch(Path(str(out_dir)) / "checkpoints", config_fingerprint(cfg))
+    why = checkpoint_mismatch(Path(str(out_dir)) / "checkpoints", identity.fingerprint(cfg))
     return [problem("paths.output_dir", str(out_dir), why)] if why else []
 
 

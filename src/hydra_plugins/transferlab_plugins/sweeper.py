@@ -42,7 +42,7 @@ class TransferlabSweeper(BasicSweeper):
         """
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        from transferlab.sweep import config_hash
+        from transferlab.identity import fingerprint
 
         loader = self.hydra_context.config_loader
         parsed = self._parser.parse_overrides(overrides)
@@ -61,7 +61,7 @@ class TransferlabSweeper(BasicSweeper):
             ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
             if "paths" in cfg:
                 cfg.paths.output_dir = out_dir
-        return config_hash(OmegaConf.to_container(cfg, resolve=True))
+        return fingerprint(OmegaConf.to_container(cfg, resolve=True))
 
     def sweep(self, arguments: List[str]) -> Any:
         from transferlab import sweep as S
