@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -271,3 +272,210 @@ def test_bad_lease_slots_is_one_config_error():
     with pytest.raises(ConfigError, match=r"lease.slots='many'"):
         slot_count(OmegaConf.create({"lease": {"slots": "many"}, "trainer": {"accelerator": "cpu"}}))
     assert slot_count(OmegaConf.create({"lease": {"slots": None}, "trainer": {}})) == (0, "")
+
+
+# ---------------------------------------------------------------- trust: identity, folders, baselines, resume
+def test_transfer_overrides_from_the_cli_never_reach_the_scratch_grid():
+    points, _ = _expand("freeze_vs_n", sweep_cli=("seed=0", "target.n_per_class=5", "transfer.cut=2",
+                                                  "transfer.bn=train", "transfer=lp_ft"))
+    scratch = [p for p in points if p.grid == "scratch"]
+    arms = [p for p in points if p.grid == "transfer"]
+    assert len(scratch) == 1 and len(arms) == 5
+    assert [o for o in scratch[0].overrides if o.startswith("transfer")] == ["transfer=scratch"]
+    assert all({"transfer=lp_ft", "transfer.cut=2", "transfer.bn=train"} <= set(p.overrides) for p in arms)
+
+
+def test_point_folders_do_not_depend_on_argument_order():
+    a, _ = _expand("freeze_vs_n", sweep_cli=("seed=0,1", "transfer.freeze=0,2", "target.n_per_class=5"))
+    b, _ = _expand("freeze_vs_n", sweep_cli=("transfer.freeze=0,2", "target.n_per_class=5", "seed=0,1"))
+    assert sorted(p.name for p in a) == sorted(p.name for p in b)
+    assert "seed=0,target.n_per_class=5,transfer=finetune,transfer.freeze=2" in {p.name for p in a}
+
+
+def test_a_point_whose_config_changed_loses_every_checkpoint_and_keeps_its_old_results(tmp_path):
+    from transferlab.sweep import POINT_FILE, Point, prepare_point_dir
+
+    point = tmp_path / "p"
+    for rel in ("checkpoints", "source/checkpoints"):
+        (point / rel).mkdir(parents=True)
+        (point / rel / "last.ckpt").write_bytes(b"old run")
+    (point / POINT_FILE).write_text(json.dumps({"hash": "old"}))
+    (point / "result.json").write_text(json.dumps({"status": "ok", "fingerprint": "old"}))
+    (point / "result.stale.json").write_text("{}")  # an older set-aside result is kept too
+    prepare_point_dir(point, Point(overrides=["seed=0"], name="p", hash="new"))
+    assert not (point / "checkpoints").exists() and not (point / "source" / "checkpoints").exists()
+    assert json.loads((point / "result.stale.2.json").read_text())["fingerprint"] == "old"
+    assert (point / "result.stale.json").read_text() == "{}" and not (point / "result.json").exists()
+    # Same fingerprint: a killed point keeps its checkpoints (it resumes) ...
+    (point / "checkpoints").mkdir()
+    (point / "checkpoints" / "last.ckpt").write_bytes(b"same run")
+    prepare_point_dir(point, Point(overrides=["seed=0"], name="p", hash="new"))
+    assert (point / "checkpoints" / "last.ckpt").exists()
+    # ... unless resume=false: then it trains from zero.
+    prepare_point_dir(point, Point(overrides=["seed=0"], name="p", hash="new"), fresh=True)
+    assert not (point / "checkpoints").exists()
+
+
+def test_unknown_key_fails_before_any_point_folder_with_hydras_message(tmp_path):
+    out = run_cli("-m", "experiment=tiny", _tiny_conf(tmp_path), "transfer.frezee=1,2", *TINY, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Could not override 'transfer.frezee'" in out.stderr
+    assert not (tmp_path / "outputs" / "sweeps" / "tiny").exists()
+
+
+def _records(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: read_result(p) for p in find_results(sweep_dir)}
+
+
+def test_reordered_arguments_skip_finished_points_and_trainer_changes_rerun(tmp_path):
+    args = ["-m", "experiment=tiny", _tiny_conf(tmp_path), "hydra.sweeper.grids.broken=null", *TINY]
+    first = run_cli(*args, "seed=0,1", "target.n_per_class=2,3", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "tiny"
+    before = _records(sweep_dir)
+    assert len(before) == 4
+    again = run_cli(*args, "target.n_per_class=2,3", "seed=0,1", cwd=tmp_path)
+    assert _summary(again.stdout) == "0 ok, 0 failed, 4 skipped"
+    # A trainer setting is part of a run: the same points run again (in their folders), nothing is reported done.
+    clipped = run_cli(*args, "target.n_per_class=2,3", "seed=0,1", "+trainer.gradient_clip_val=0.5", cwd=tmp_path)
+    assert _summary(clipped.stdout) == "4 ok, 0 failed, 0 skipped", clipped.stderr[-2000:]
+    after = _records(sweep_dir)
+    assert set(after) == set(before)
+    assert all(after[k]["fingerprint"] != before[k]["fingerprint"] for k in after)
+    assert all((sweep_dir / k / "result.stale.json").exists() for k in after)
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(record["launches"]) == 3 and record["launches"][1]["skipped"] == 4
+    assert {p["dir"] for p in record["points"]} == set(before)  # relative folders
+
+
+def test_new_data_at_the_same_path_reruns_and_resume_false_retrains(tmp_path):
+    data = tmp_path / "t.npz"
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    np.savez(data, x_train=rng.random((60, 8, 8)).astype(np.float32), y_train=y)
+    args = ["-m", "hydra.sweep.dir=" + str(tmp_path / "sw"), "transfer=scratch", "target=npz", f"target.path={data}",
+            "seed=0", *TINY]
+    assert _summary(run_cli(*args, cwd=tmp_path).stdout) == "1 ok, 0 failed, 0 skipped"
+    (point,) = [p for p in (tmp_path / "sw").iterdir() if p.is_dir()]
+    first = read_result(point / "result.json")
+    np.savez(data, x_train=rng.random((60, 8, 8)).astype(np.float32), y_train=y)  # new data, same path
+    second = run_cli(*args, cwd=tmp_path)
+    assert _summary(second.stdout) == "1 ok, 0 failed, 0 skipped"
+    rec = read_result(point / "result.json")
+    assert rec["inputs"]["target"]["sha256"] != first["inputs"]["target"]["sha256"]
+    assert rec["resumed_from"] is None  # trained on the new data, not a re-test of the old model
+    fresh = run_cli(*args, "hydra.sweeper.resume=false", cwd=tmp_path)
+    assert _summary(fresh.stdout) == "1 ok, 0 failed, 0 skipped"
+    again = read_result(point / "result.json")
+    assert again["resumed_from"] is None and again["metrics"]["epochs"] == 1
+    assert len(list(point.glob("result.stale*.json"))) == 2  # both earlier results kept aside
+
+
+def test_a_folder_named_in_argument_order_becomes_its_points_canonical_folder(tmp_path):
+    from transferlab.sweep import POINT_FILE, Point, adopt_renamed_folders
+
+    old = tmp_path / "transfer.freeze=2,seed=0"
+    old.mkdir()
+    (old / POINT_FILE).write_text(json.dumps({"overrides": ["transfer.freeze=2", "seed=0"], "hash": "x"}))
+    point = Point(overrides=["seed=0", "transfer.freeze=2"], name="seed=0,transfer.freeze=2",
+                  dir=str(tmp_path / "seed=0,transfer.freeze=2"))
+    assert adopt_renamed_folders(tmp_path, [point]) == [(old, Path(point.dir))]
+    assert (Path(point.dir) / POINT_FILE).exists() and not old.exists()
+
+
+def _tiny_but(*overrides: str) -> list[str]:
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [*(t for t in TINY if t.split("=", 1)[0] not in keys), *overrides]
+
+
+def _wait_for(predicate, timeout_s: float = 240.0, poll_s: float = 0.05):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(poll_s)
+    raise AssertionError("timed out")
+
+
+def _started(sweep_dir: Path) -> list[dict]:
+    from transferlab.sweep import STARTED_FILE
+
+    out = []
+    for f in sweep_dir.glob(f"*/{STARTED_FILE}"):
+        try:
+            out.append({**json.loads(f.read_text()), "point": f.parent.name})
+        except ValueError:
+            pass  # being written
+    return out
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # loky workers import torch (~60 s on 2 cores); .ci/run runs it
+def test_a_killed_worker_fails_only_its_own_point_and_the_rest_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "transferlab.train", "-m", f"hydra.sweep.dir={sweep_dir}", "transfer=scratch",
+           "target.n_per_class=2", "seed=0,1,2,3", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+           f"lease.dir={tmp_path / 'leases'}", *_tiny_but("train.max_epochs=30")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TRANSFERLAB_ROOT": str(tmp_path)})
+    victim = _wait_for(lambda: _started(sweep_dir))[0]
+    os.kill(victim["pid"], signal.SIGKILL)  # as the OOM killer would
+    # Its batch is lost; the victim runs again on its own and is killed again (a job that always dies), while the
+    # point that shared the batch runs again and finishes.
+    again = _wait_for(lambda: [s for s in _started(sweep_dir) if s["point"] == victim["point"]
+                               and s["pid"] != victim["pid"]])[0]
+    os.kill(again["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]
+    assert _summary(out) == "3 ok, 1 failed, 0 skipped", out[-3000:]
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    failed = [p for p in record["points"] if p["status"] == "failed"]
+    assert [p["name"] for p in failed] == [victim["point"]] and "died" in failed[0]["error"]
+
+
+@pytest.mark.slow
+def test_local_workers_exit_when_the_sweep_process_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sweep_dir = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "transferlab.train", "-m", f"hydra.sweep.dir={sweep_dir}", "transfer=scratch",
+           "target.n_per_class=20", "seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+           f"lease.dir={tmp_path / 'leases'}", *_tiny_but("train.max_epochs=100000")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TRANSFERLAB_ROOT": str(tmp_path)}, start_new_session=True)
+    workers = []
+    try:
+        workers = [s["pid"] for s in _wait_for(lambda: (lambda s: s if len(s) == 2 else None)(_started(sweep_dir)))]
+        assert proc.pid not in workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), timeout_s=30, poll_s=0.2)
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab.errors import ConfigError, problem
+from transferlab.identity import device_count
 
 log = logging.getLogger(__name__)
 LOG_FILE = "leases.jsonl"  # one line per finished lease: slot, pid, start, end (an audit trail)
@@ -74,7 +75,8 @@ def acquire(folder: Path, n: int, poll_s: float = 0.2, timeout_s: float | None =
 
 def _log_lease(folder: Path, entry: dict) -> None:
     line = (json.dumps(entry) + "\n").encode()
-    fd = os.open(folder / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # 0666 minus the umask, as open(..., "a") would: under umask 002 colleagues sharing the lease dir can append
+    fd = os.open(folder / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         os.write(fd, line)  # one small O_APPEND write: lines from concurrent jobs never interleave
     finally:
@@ -88,6 +90,11 @@ def lease_device(cfg: DictConfig) -> Iterator[int | None]:
     if n == 0:
         yield None
         return
+    devices = cfg.trainer.get("devices", 1)
+    if device_count(OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices) != 1:
+        # The lease gives a job one device; another count would also be another run (identity keeps the count).
+        raise ConfigError(problem("trainer.devices", devices, "1 with a device lease (hydra/launcher=local_parallel "
+                                                              "runs one device per job)"))
     import torch
 
     spec = cfg.lease

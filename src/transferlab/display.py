@@ -10,7 +10,8 @@ from rich.table import Table
 
 def print_result(record: dict, run_dir: str | Path) -> None:
     m = record["metrics"]
-    table = Table(title=f"transferlab: {record['source']} -> {record['target']} ({record['backbone']})",
+    source = record["source"] or "nothing transferred"
+    table = Table(title=f"transferlab: {source} -> {record['target']} ({record['backbone']})",
                   show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", justify="right")

@@ -84,7 +84,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     plan, target = prep.plan, prep.target
     record: dict[str, Any] = {
         "status": "running", "error": None, "name": str(cfg.get("name", "default")),
-        "source": str(cfg.source.name), "target": str(cfg.target.name), "backbone": backbone_label(cfg.backbone),
+        "source": str(cfg.source.name) if plan.cut else None,  # a baseline that copies nothing has no source
+        "target": str(cfg.target.name), "backbone": backbone_label(cfg.backbone),
         "transfer": str(cfg.transfer.get("name", "custom")), "strategy": str(cfg.transfer.get("strategy", "fixed")),
         "cut": plan.cut, "upper": plan.upper, "freeze": plan.freeze_depth, "frozen_blocks": list(plan.frozen),
         "trainable_set": plan.label, "bn": plan.bn,  # freeze is None for a transfer.trainable set (not a depth)

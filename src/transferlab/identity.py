@@ -108,7 +108,8 @@ def drop(d: dict, dotted: str) -> None:
         node.pop(last, None)
 
 
-def _device_count(devices: Any) -> Any:
+def device_count(devices: Any) -> Any:
+    """The number of devices a `trainer.devices` value asks for ("auto" when only the machine can tell)."""
     if isinstance(devices, (list, tuple)):
         return len(devices)
     if isinstance(devices, str) and devices.strip().isdigit():
@@ -132,7 +133,7 @@ def identity_config(config: Any) -> dict:
     for key in NEUTRAL:
         drop(c, key)
     if isinstance(c.get("trainer"), dict) and DEVICES.split(".")[1] in c["trainer"]:
-        c["trainer"]["devices"] = _device_count(c["trainer"]["devices"])
+        c["trainer"]["devices"] = device_count(c["trainer"]["devices"])
     if copies_nothing(c):
         for group in ("source", "pretrain"):
             c.pop(group, None)

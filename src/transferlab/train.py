@@ -36,6 +36,12 @@ def main(cfg: DictConfig) -> float | None:
         logging.getLogger(name).handlers.clear()
     from transferlab.devices import lease_device
 
+    if _in_sweep():
+        from transferlab import orphan, sweep
+
+        orphan.watch_parent(sweep.SWEEP_PID_ENV)  # a local worker leaves when its sweep process dies
+        sweep.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
+
     try:
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
             record = run(cfg)

@@ -22,6 +22,9 @@ from transferlab.network import BN_POLICIES, TransferNet, block_state
 
 UPPER_CHOICES = ("drop", "reinit")
 STRATEGIES = ("fixed", "gradual", "lp_ft")
+# transfer=scratch is the baseline: nothing copied, every block trained from random weights. Its own values, which
+# an override may not change (else "scratch" would label transferred or frozen weights).
+SCRATCH = {"cut": 0, "upper": "reinit", "freeze": 0, "trainable": None, "strategy": "fixed", "l2sp": 0.0}
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,19 @@ def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, k
     return frozenset(chosen)
 
 
+def _check_scratch(cfg) -> list[str]:
+    """transfer=scratch keeps its own cut, freeze, ...: an override that would copy or freeze blocks is an error."""
+    if str(cfg.get("name")) != "scratch":
+        return []
+    out = []
+    for key, own in SCRATCH.items():
+        v = cfg.get(key, own)
+        if v != own and not (key == "freeze" and v is None) and not (key == "l2sp" and v in (0, None)):
+            out.append(problem(f"transfer.{key}", v, f"{own!r} with transfer=scratch (the baseline copies and "
+                                                     "freezes nothing); to transfer blocks use transfer=finetune"))
+    return out
+
+
 def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> TransferPlan:
     """Validate the `transfer` config against the backbone's blocks (and parameter names, when a backbone is
     given); collect every problem before raising one ConfigError."""
@@ -154,7 +170,7 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
         norm: list[str] | None = _norm_params(backbone)
     else:
         names, params, norm = tuple(backbone), None, None
-    problems: list[str] = []
+    problems: list[str] = _check_scratch(cfg)
     cut = cfg.get("cut")
     cut = len(names) if cut is None else cut
     if isinstance(cut, bool) or not isinstance(cut, int) or not 0 <= cut <= len(names):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
@@ -34,11 +37,13 @@ class TransferlabSweeper(BasicSweeper):
         self._bases: dict = {}
 
     def _point_hash(self, overrides: List[str], out_dir: str) -> str:
-        """Config hash of a job as its result.json will record it (resolved, as the task function sees it).
+        """Fingerprint of a job as its result.json will record it (`transferlab.identity.fingerprint` of the
+        resolved config as the task function sees it, input file contents included).
 
         A Hydra compose costs ~0.2-0.8 s here, too slow for hundreds of points (the launcher composes each job
         anyway). So each distinct set of config-group choices is composed once, and a point's value overrides are
-        applied to a copy the way Hydra itself applies them after composition (_apply_overrides_to_config).
+        applied to a copy the way Hydra itself applies them after composition (_apply_overrides_to_config), with
+        the config in struct mode so an unknown key fails here with Hydra's own message, before anything runs.
         """
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
@@ -57,10 +62,11 @@ class TransferlabSweeper(BasicSweeper):
         full, task = self._bases[groups]
         HydraConfig.instance().set_config(full)  # for ${hydra:...} interpolations in the task config
         cfg = copy.deepcopy(task)
-        with read_write(cfg), open_dict(cfg):
+        with read_write(cfg):
             ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
-            if "paths" in cfg:
-                cfg.paths.output_dir = out_dir
+            with open_dict(cfg):
+                if "paths" in cfg:
+                    cfg.paths.output_dir = out_dir
         return fingerprint(OmegaConf.to_container(cfg, resolve=True))
 
     def sweep(self, arguments: List[str]) -> Any:
@@ -70,26 +76,22 @@ class TransferlabSweeper(BasicSweeper):
         self._parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         points = S.expand(self._parser.parse_overrides, self.params, self.grids, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        # Every point is composed and fingerprinted first: an unknown key or a missing config fails here, with
+        # Hydra's own message, before any folder exists.
+        points = self._fingerprint(points, sweep_dir)
+        if self.dry_run:
+            return self._dry_run(points, sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        # A second copy of a running sweep stops here, before writing anything (a dry run only reads).
-        lock = None if self.dry_run else S.sweep_lock(sweep_dir)
+        lock = S.sweep_lock(sweep_dir)  # a second copy of a running sweep stops here, before writing anything
         try:
             return self._sweep(points, sweep_dir)
         finally:
-            if lock is not None:
-                lock.release()
+            lock.release()
 
-    def _sweep(self, points: list, sweep_dir: Path) -> Any:
-        from transferlab import sweep as S
-
-        assert self.config is not None and self.launcher is not None
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        name = str(self.config.get("name", sweep_dir.name))
-        summary = S.Summary(name=name, sweep_dir=str(sweep_dir))
-
+    def _fingerprint(self, points: list, sweep_dir: Path) -> list:
+        """Each point's fingerprint and folder; a point whose config equals an earlier one's is run once."""
         master = HydraConfig.instance().cfg
-        by_hash: dict[str, S.Point] = {}
-        pending: list[tuple[S.Point, list[str]]] = []
+        by_hash: dict[str, Any] = {}
         try:
             for p in points:
                 p.dir = str(sweep_dir / p.name)
@@ -98,56 +100,148 @@ class TransferlabSweeper(BasicSweeper):
                     log.info("point %s has the same config as %s; not run twice", p.name, by_hash[p.hash].name)
                     continue
                 by_hash[p.hash] = p
-                summary.points.append(p)
-                status, _ = S.point_status(p.dir, p.hash)
-                if self.resume and status == "ok":
-                    p.status = "skipped"
-                    continue
-                # Pin the folder: a literal sweep dir (a timestamp resolved once) and the point's own subdir.
-                pending.append((p, [*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}",
-                                    f"hydra.sweep.subdir={_quote(p.name)}"]))
         finally:
             HydraConfig.instance().cfg = master
             self._bases.clear()
+        return list(by_hash.values())
 
-        skipped = summary.count("skipped")
-        log.info("sweep %s: %d points, %d already done (skipped), %d to run", name, len(summary.points), skipped,
-                 len(pending))
-        if self.dry_run:
-            for p in summary.points:
-                print(f"{'skip' if p.status == 'skipped' else 'run '} {p.name}")
-            print(f"sweep {name}: {len(pending)} to run, {skipped} done (dry run: nothing launched)", flush=True)
-            return []
-        for p, _ in pending:
-            S.prepare_point_dir(p.dir, p)
-        returns: List[Sequence[JobReturn]] = []
-        batch_size = self.max_batch_size or len(pending) or 1
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            try:
-                results = list(self.launcher.launch([job for _, job in batch], initial_job_idx=start))
-            except Exception as e:  # e.g. a joblib worker was killed: judge every point by what is on disk
-                log.error("launcher failed: %s: %s", type(e).__name__, e)
-                results = [None] * len(batch)
-            returns.append([r for r in results if r is not None])
-            for (p, _), r in zip(batch, results):
-                status, error = S.point_status(p.dir, p.hash)
-                if status == "ok":
-                    p.status = "ok"
-                    continue
-                p.status = "failed"
-                if r is not None and r.status == JobStatus.FAILED and r._return_value is not None:
-                    exc = r._return_value
-                    error = error or f"{type(exc).__name__}: {exc}"
-                if status == "stale" and not error:
-                    error = "result.json was written by another config (did the config files change mid-sweep?)"
-                p.error = error or "no result.json: the job died before writing one (killed, timed out, out of memory?)"
+    def _done(self, points: list, sweep_dir: Path) -> None:
+        """Mark points whose fingerprint has an ok result in the sweep folder as skipped (resume=true only)."""
+        from transferlab import sweep as S
+
+        if not self.resume:
+            return
+        finished = S.finished_runs(sweep_dir)
+        for p in points:
+            if p.hash in finished:
+                p.status = "skipped"
+                own = Path(p.dir)
+                p.dir = str(own if finished[p.hash] == own else finished[p.hash])
+
+    def _dry_run(self, points: list, sweep_dir: Path) -> list:
+        self._done(points, sweep_dir)
+        name = str(self.config.get("name", sweep_dir.name))
+        for p in points:
+            where = "" if Path(p.dir).name == p.name else f"  (done in {Path(p.dir).name})"
+            print(f"{'skip' if p.status == 'skipped' else 'run '} {p.name}{where}")
+        todo = sum(p.status != "skipped" for p in points)
+        print(f"sweep {name}: {todo} to run, {len(points) - todo} done (dry run: nothing launched)", flush=True)
+        return []
+
+    def _sweep(self, points: list, sweep_dir: Path) -> Any:
+        from transferlab import sweep as S
+
+        assert self.config is not None and self.launcher is not None
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        name = str(self.config.get("name", sweep_dir.name))
+        summary = S.Summary(name=name, sweep_dir=str(sweep_dir), points=points, argv=list(sys.argv[1:]))
+        for old, new in S.adopt_renamed_folders(sweep_dir, points):
+            log.info("point folder %s renamed to %s (canonical order of its overrides)", old.name, new.name)
+        self._done(points, sweep_dir)
+        pending = [p for p in points if p.status != "skipped"]
+        log.info("sweep %s: %d points, %d already done (skipped), %d to run", name, len(points),
+                 len(points) - len(pending), len(pending))
+        summary.write()  # the declared points, before anything runs: a killed sweep still says what it was
+        for p in pending:
+            S.prepare_point_dir(p.dir, p, fresh=not self.resume)
+        os.environ[S.SWEEP_PID_ENV] = str(os.getpid())  # local workers exit when this process dies
+        returns = self._launch(pending, sweep_dir)
+        summary.end = time.time()
         summary.write()
         print(summary.report(), flush=True)
         log.info("sweep %s: %s", name, summary.line)
         if summary.count("failed"):
             raise SystemExit(1)
         return returns
+
+    def _launch(self, pending: list, sweep_dir: Path) -> List[Sequence[JobReturn]]:
+        """Launch the pending points in batches and judge each by what it left on disk.
+
+        A parallel launcher can lose a whole batch to one dead worker: when a worker is killed (e.g. by the OOM
+        killer), joblib kills the others and raises for every job. Then a point that never started (no
+        started.json) is launched again with the others, and a point that had started is run again on its own:
+        if it dies alone, it was the one that died and only it fails; if it finishes, it was collateral damage.
+        """
+        self._returns: List[Sequence[JobReturn]] = []
+        self._job_idx = 0
+        queue = list(pending)
+        for _ in range(3):
+            lost, suspects = [], []
+            batch_size = self.max_batch_size or len(queue) or 1
+            for start in range(0, len(queue), batch_size):
+                batch = queue[start:start + batch_size]
+                for p, r, error in self._launch_batch(batch, sweep_dir):
+                    if r is None and self._left_nothing(p):
+                        (suspects if self._started(p) else lost).append((p, error))
+                    else:
+                        self._judge(p, r)
+            for p, _ in suspects:
+                log.warning("point %s was running when its batch was lost; running it again on its own", p.name)
+                ((p, r, error),) = self._launch_batch([p], sweep_dir)
+                if r is None and self._left_nothing(p):
+                    if self._started(p):
+                        p.status = "failed"
+                        p.error = f"no result.json: its job died, also when run on its own ({error})"
+                    else:
+                        lost.append((p, error))
+                else:
+                    self._judge(p, r)
+            if not lost:
+                break
+            if len(lost) == len(queue) and not suspects:  # nothing started at all: the launcher itself fails
+                break
+            queue = [p for p, _ in lost]
+            log.warning("%d points never started (the launcher lost their batch); launching them again", len(queue))
+        for p, why in lost:
+            p.status, p.error = "failed", f"never started: the launcher failed ({why})"
+        return self._returns
+
+    def _launch_batch(self, batch: list, sweep_dir: Path) -> list:
+        """[(point, JobReturn or None, launcher error)]: None for every point when the launcher raised."""
+        from transferlab import sweep as S
+
+        for p in batch:
+            (Path(p.dir) / S.STARTED_FILE).unlink(missing_ok=True)
+        jobs = [[*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}", f"hydra.sweep.subdir={_quote(p.name)}"]
+                for p in batch]
+        error = None
+        try:
+            results = list(self.launcher.launch(jobs, initial_job_idx=self._job_idx))
+        except Exception as e:  # e.g. a joblib worker was killed: judge every point by what is on disk
+            error = f"{type(e).__name__}: {e}".splitlines()[0]
+            log.error("launcher failed: %s", error)
+            results = [None] * len(batch)
+        self._job_idx += len(batch)
+        self._returns.append([r for r in results if r is not None])
+        return [(p, r, error) for p, r in zip(batch, results)]
+
+    @staticmethod
+    def _started(p: Any) -> bool:
+        from transferlab import sweep as S
+
+        return S.was_started(p.dir)
+
+    @staticmethod
+    def _left_nothing(p: Any) -> bool:
+        from transferlab import sweep as S
+
+        return S.point_status(p.dir, p.hash)[0] == "missing"
+
+    @staticmethod
+    def _judge(p: Any, r: Optional[JobReturn]) -> None:
+        from transferlab import sweep as S
+
+        status, error = S.point_status(p.dir, p.hash)
+        if status == "ok":
+            p.status, p.error = "ok", None
+            return
+        p.status = "failed"
+        if r is not None and r.status == JobStatus.FAILED and r._return_value is not None:
+            exc = r._return_value
+            error = error or f"{type(exc).__name__}: {exc}"
+        if status == "stale" and not error:
+            error = "result.json was written under another fingerprint (did the config or data change mid-sweep?)"
+        p.error = error or "no result.json: the job died before writing one (killed, timed out, out of memory?)"
 
 
 def _plain(node: Any) -> Any:
