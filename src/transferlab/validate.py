@@ -204,9 +204,38 @@ def check_resume(cfg: DictConfig) -> list[str]:
     return [problem("paths.output_dir", str(out_dir), why)] if why else []
 
 
+def check_cache_dir(cfg: DictConfig) -> list[str]:
+    """`paths.cache_dir` is a folder this process can create files in, or can be created (its nearest existing
+    parent is such a folder); else the source cache fails after validation, with a traceback and a failed record.
+
+    Tested by creating an unnamed temp file there (O_TMPFILE where the file system has it, else created and removed
+    at once): permission bits and os.access say yes to root, while a read-only or root-squashed share, an immutable
+    folder or a path under a regular file only say no when tried. Nothing is left behind.
+    """
+    import tempfile
+
+    value = cfg.paths.get("cache_dir")
+    if not value:
+        return [problem("paths.cache_dir", value, "a folder path (for the source and feature caches)")]
+    path = Path(str(value))  # as the caches use it (relative to the working directory)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "it is a file" if probe == path else f"{probe} is a file, so no folder can be made under it"
+        return [problem("paths.cache_dir", str(value), f"a folder (or a path where one can be created); {where}")]
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        return [problem("paths.cache_dir", str(value), f"a folder this user can write; creating a file in {probe} "
+                        f"failed ({e.strerror or e}); pick another folder or fix its permissions")]
+    return []
+
+
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_lease,
-    check_checkpoint, check_resume, accel.check_options,
+    check_checkpoint, check_resume, accel.check_options, check_cache_dir,
 ]
 
 

@@ -4,6 +4,12 @@ A backbone states what it needs (e.g. 3-channel 32x32 for a CIFAR ResNet); the t
 get there, so `target.channels=3 target.image_size=32` always produces N x 3 x 32 x 32 tensors. Nothing here is
 implicit: a value of null keeps the native property. Normalisation statistics come from the train pool only
 (never val/test), so they are fixed across seeds and n.
+
+`normalize` values: `none` (inputs as read), `pool` (train-pool mean/std per channel or feature), `imagenet`,
+`{mean: [...], std: [...]}`; all of them expect images in [0, 1], which `arrays.check_inputs` enforces.
+`prenormalized` is for inputs the user already standardised (any range): they are used exactly as given and
+the [0, 1] check is skipped. It is a name of its own, not a silent default, so 0..255 floats stored by mistake
+still fail with the fix instead of training on inputs 255 times too large.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 from transferlab.errors import ConfigError, problem
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-NORMALIZE = ("none", "pool", "imagenet")
+NORMALIZE = ("none", "pool", "imagenet", "prenormalized")
 _CHUNK = 4096  # examples per resize call: bounds peak memory on 50k-image pools
 
 
@@ -26,7 +32,7 @@ def _is_int(v) -> bool:
 
 
 def _norm_kind(v) -> str | None:
-    """'none' | 'pool' | 'imagenet' | 'explicit', or None if invalid."""
+    """'none' | 'pool' | 'imagenet' | 'prenormalized' | 'explicit', or None if invalid."""
     if v is None or v is False or v == "none":
         return "none"
     if isinstance(v, str):
@@ -88,6 +94,8 @@ class Adapter:
     """Maps arrays in the task's native form (N x C x H x W in [0, 1], or N x D features) to backbone inputs.
 
     `fit_transform` on the train pool (normalisation statistics), then applied unchanged to val and test.
+    `normalize=prenormalized`: images the user standardised already (outside [0, 1]) pass unchanged, with no range
+    check (`range_checked` is False); every other value expects images in [0, 1].
     """
 
     def __init__(self, cfg, key: str):
@@ -99,6 +107,17 @@ class Adapter:
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.native_shape: tuple[int, ...] | None = None
+
+    @property
+    def range_checked(self) -> bool:
+        """Whether images must be in [0, 1] (all normalize values but prenormalized)."""
+        return self.norm != "prenormalized"
+
+    def shown_norm(self):
+        """The normalize value as the user wrote it, for error lines."""
+        if self.norm == "explicit":
+            return {"mean": [float(v) for v in self.norm_cfg["mean"]], "std": [float(v) for v in self.norm_cfg["std"]]}
+        return self.norm
 
     def _shape_only(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:

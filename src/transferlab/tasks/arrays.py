@@ -105,6 +105,96 @@ def _split(y: np.ndarray, size, split_seed: int, key: str, what: str) -> tuple[n
         raise ConfigError(problem(f"{key}.{what}", size, f"a held-out split this data can give: {e}")) from None
 
 
+_SCAN_VALUES = 1 << 22  # values per chunk when scanning inputs: bounds the temporary masks on big float arrays
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _scan(a: np.ndarray, want_range: bool) -> tuple[np.ndarray, int, float, float]:
+    """(rows holding a non-finite value, how many such values, min, max of the finite values) of one input array.
+
+    "Non-finite" includes values beyond float32's range in wider float arrays: `as_float` turns them into inf.
+    Chunked by rows so a large float file never needs a full-size mask; integer arrays are finite by type and
+    are only read when their range matters.
+    """
+    lo, hi = np.inf, -np.inf
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64), 0, lo, hi
+    if not np.issubdtype(a.dtype, np.floating):
+        if want_range:
+            lo, hi = float(a.min()), float(a.max())
+        return np.zeros(0, dtype=np.int64), 0, lo, hi
+    flat = a.reshape(len(a), -1)
+    step = max(1, _SCAN_VALUES // max(1, flat.shape[1]))
+    rows, count = [], 0
+    wide = np.finfo(a.dtype).max > _F32_MAX
+    for i in range(0, len(flat), step):
+        c = flat[i:i + step]
+        ok = np.isfinite(c)
+        if wide:
+            ok &= np.abs(c, where=ok, out=np.zeros_like(c)) <= _F32_MAX
+        if not ok.all():
+            rows.append(i + np.flatnonzero(~ok.all(1)))
+            count += int(ok.size - np.count_nonzero(ok))
+        if want_range and ok.any():
+            lo = min(lo, float(np.min(c, where=ok, initial=np.inf)))
+            hi = max(hi, float(np.max(c, where=ok, initial=-np.inf)))
+    return (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)), count, lo, hi
+
+
+def check_inputs(key: str, arrays: dict[str, np.ndarray | None], names: dict[str, str] | None,
+                 range_checked: bool) -> None:
+    """The arrays as given, before any split is carved: every value finite; images (N x C x H x W) in [0, 1].
+
+    A NaN/inf input trains to a NaN loss, tests to a NaN metric, or (in val) silently steers model selection,
+    so it is an error at setup, counted per array with its first rows so the user can repair the file. Images
+    other than uint8 (which is scaled by 255) must already be in [0, 1]: 0..255 floats would otherwise train on
+    inputs 255 times too large without a word. `range_checked=False` (normalize=prenormalized) takes the
+    inputs as they are; feature vectors (N x D) have no expected range. One ConfigError, one line per kind.
+    """
+    names = names or {}
+    bad, out_of_range = [], []
+    for split, a in arrays.items():
+        if a is None:
+            continue
+        image_range = range_checked and a.ndim == 4 and a.dtype != np.uint8 and a.dtype != np.bool_
+        rows, count, lo, hi = _scan(a, image_range)
+        label = names.get(split, f"{split} inputs")
+        if count:
+            shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            what = "NaN/inf" if np.finfo(a.dtype).max <= _F32_MAX else "NaN/inf or values beyond float32 (+-3.4e38)"
+            bad.append(f"{label}: {len(rows)} of {len(a)} examples hold {what} "
+                       f"({count} value{'s' * (count > 1)}; rows {shown})")
+        if image_range and lo <= hi and (lo < 0.0 or hi > 1.0):
+            out_of_range.append(f"{label}: {a.dtype} images in [{lo:.4g}, {hi:.4g}]")
+    problems = []
+    if bad:
+        problems.append(problem(key, "; ".join(bad), "finite inputs in every split (NaN/inf gives NaN losses and "
+                                "metrics, and in val steers model selection); repair or drop those examples"))
+    if out_of_range:
+        problems.append(problem(key, "; ".join(out_of_range),
+                                "image pixels as uint8 0..255 or float in [0, 1]: store uint8, divide by 255 "
+                                "(or clip), or, for inputs you standardised yourself, set "
+                                f"{key}.normalize=prenormalized to use them as they are"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _check_adapted(key: str, adapter: Adapter, tensors: dict[str, torch.Tensor]) -> None:
+    """Finite inputs can still overflow float32 when normalised (e.g. a tiny explicit std): check the result.
+
+    Only normalisation can do that (resizing and channel mixing are convex combinations), so without it the
+    scan of the raw arrays already proved the tensors finite and this costs nothing.
+    """
+    if adapter.mean is None:
+        return
+    counts = {s: int(t.numel() - torch.isfinite(t).sum()) for s, t in tensors.items()}
+    bad = ", ".join(f"{s} {n}" for s, n in counts.items() if n)
+    if bad:
+        raise ConfigError(problem(f"{key}.normalize", adapter.shown_norm(),
+                                  f"statistics that keep the inputs finite; after normalisation these values are "
+                                  f"NaN/inf (float32 overflow: a std that small, or inputs that large): {bad}"))
+
+
 def as_float(a: np.ndarray) -> torch.Tensor:
     """uint8 images -> float in [0, 1]; anything else -> float32 as is."""
     t = torch.as_tensor(np.ascontiguousarray(a))
@@ -124,13 +214,18 @@ def task_from_arrays(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     info: dict | None = None,
+    array_names: dict[str, str] | None = None,
 ) -> TaskData:
     """Build the task's fixed splits and this run's labelled subset.
 
     `x` arrays are N x C x H x W images (uint8, or float in [0, 1]) or N x D features; labels are ints indexing
     `class_names`. Missing test/val splits are carved from `x` with the task's `split_seed` (stratified), so
     they are the same for every run seed and every n; the subset is then drawn from what remains (the pool).
+    Inputs are checked first (`check_inputs`: finite, images in [0, 1]); `array_names` ({"test": "x_test"})
+    lets errors name the arrays as the user's file does.
     """
+    adapter = Adapter(cfg, key)
+    check_inputs(key, {"train": x, "val": x_val, "test": x_test}, array_names, adapter.range_checked)
     split_seed = int(cfg.get("split_seed", 0))
     y, class_names = np.asarray(y), list(class_names)
     if cfg.get("part") is not None:  # one fixed half of the examples: source and target see different images
@@ -192,13 +287,14 @@ def task_from_arrays(
         n_policy=str(cfg.get("n_policy", "error")),
         key=key,
     )
-    adapter = Adapter(cfg, key)
     as_l = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
     train_x = adapter.fit_transform(as_float(take["train"]))
+    val_x, test_x = adapter(as_float(take["val"])), adapter(as_float(take["test"]))
+    _check_adapted(key, adapter, {"train": train_x, "val": val_x, "test": test_x})
     return TaskData(
         name=str(cfg.name), class_names=names,
-        train_x=train_x, train_y=as_l(pool_y), val_x=adapter(as_float(take["val"])), val_y=as_l(val_y),
-        test_x=adapter(as_float(take["test"])), test_y=as_l(test_y), train_indices=indices, origins=origins,
+        train_x=train_x, train_y=as_l(pool_y), val_x=val_x, val_y=as_l(val_y),
+        test_x=test_x, test_y=as_l(test_y), train_indices=indices, origins=origins,
         info={**(info or {}), "input": adapter.describe(), "duplicates_of_train": dups,
               "sizes": {"pool": len(pool_y), "val": len(val_y), "test": len(test_y), "train": len(indices)}},
     )

@@ -114,4 +114,5 @@ def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskD
     val, test = d["val"] or (None, None), d["test"] or (None, None)
     return task_from_arrays(cfg, key=key, data_seed=data_seed, x=d["train"][0], y=d["train"][1],
                             x_val=val[0], y_val=val[1], x_test=test[0], y_test=test[1], class_names=names,
-                            info={"kind": "npz", "path": str(path), "naming": d["naming"]})
+                            info={"kind": "npz", "path": str(path), "naming": d["naming"]},
+                            array_names={s: f"{kx} ({s} split)" for s, (kx, _) in NAMINGS[d["naming"]].items()})
