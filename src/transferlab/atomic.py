@@ -51,6 +51,14 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def shared_lock(path: str | os.PathLike):
+    """A `filelock.FileLock` whose lock file gets the umask's mode like every other file here (older filelock
+    releases force 0644, which locks colleagues out of a shared cache under umask 002)."""
+    from filelock import FileLock
+
+    return FileLock(str(path), mode=file_mode())
+
+
 def _create_temp(path: Path) -> Path:
     """A new empty `.<name>.<random>.tmp` beside `path`, created like `open(..., "w")` would (0666 & ~umask)."""
     for _ in range(100):

@@ -23,6 +23,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferlab.atomic import shared_lock
 from transferlab.errors import ConfigError, problem
 from transferlab.identity import device_count
 
@@ -59,7 +60,7 @@ def slot_count(cfg: DictConfig) -> tuple[int, str]:
 def acquire(folder: Path, n: int, poll_s: float = 0.2, timeout_s: float | None = None) -> tuple[int, FileLock]:
     """Block until one of n slots is free; return (slot index, held lock). Lowest free index first."""
     folder.mkdir(parents=True, exist_ok=True)
-    locks = [FileLock(str(folder / f"slot{k}.lock")) for k in range(n)]
+    locks = [shared_lock(folder / f"slot{k}.lock") for k in range(n)]
     t0 = time.monotonic()
     while True:
         for k, lock in enumerate(locks):

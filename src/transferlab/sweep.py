@@ -35,7 +35,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from transferlab.atomic import write_json
+from transferlab.atomic import shared_lock, write_json
 from transferlab.results import RESULT_FILE, read_result
 
 POINT_FILE = "point.json"      # written by the sweeper before a point runs: its overrides and fingerprint
@@ -66,9 +66,9 @@ class SweepBusy(SystemExit):
 
 def sweep_lock(sweep_dir: Path):
     """Hold `sweep_dir/.sweep.lock` for the sweep (released by the OS if the process dies); SweepBusy if taken."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
-    lock = FileLock(str(Path(sweep_dir) / LOCK_FILE))
+    lock = shared_lock(Path(sweep_dir) / LOCK_FILE)
     try:
         lock.acquire(timeout=0)
     except Timeout:

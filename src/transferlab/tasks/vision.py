@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from omegaconf import OmegaConf
 
+from transferlab.atomic import shared_lock
 from transferlab.errors import ConfigError, problem
 from transferlab.tasks import cifar100_meta as c100
 from transferlab.tasks.arrays import _select_classes, task_from_arrays
@@ -109,7 +109,7 @@ def open_splits(spec: Spec, name: str, root: Path, *, key: str, download: bool):
     root.mkdir(parents=True, exist_ok=True)
     old = socket.getdefaulttimeout()
     try:
-        with FileLock(str(root / f".{spec.cls}.download.lock")):
+        with shared_lock(root / f".{spec.cls}.download.lock"):
             socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
             log.info("%s: %s %s into %s", key, "unpacking" if have_archives else "downloading", name, root)
             return _open(spec, root, True, True), _open(spec, root, False, True)
