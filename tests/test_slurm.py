@@ -74,7 +74,7 @@ def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
     while victim is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
         # Kill task 0 once it is training (its Lightning logs exist), like an OOM killer or a node failure would.
-        point = sweep_dir / "transfer=finetune,transfer.freeze=0,target.n_per_class=2,seed=0"
+        point = sweep_dir / "seed=0,target.n_per_class=2,transfer=finetune,transfer.freeze=0"
         if (point / "checkpoints").exists() or (point / "train.log").exists():
             q = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, env=env).stdout
             running = [line.split()[0] for line in q.splitlines() if line.endswith("RUNNING") and "_0" in line]
@@ -85,7 +85,7 @@ def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode != 0, "a sweep with a killed point must exit non-zero"
     assert _summary(stdout) == "1 ok, 1 failed, 0 skipped", stderr[-3000:]
-    assert "failed transfer=finetune,transfer.freeze=0," in stdout
+    assert "failed seed=0,target.n_per_class=2,transfer=finetune,transfer.freeze=0:" in stdout
 
     again = run_cli(*slow_first, cwd=tmp_path, env=slurm_env)
     assert again.returncode == 0, again.stderr[-3000:]
