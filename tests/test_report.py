@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as st
 
 from conftest import run_cli
+from transferlab import identity
 from transferlab.analysis import plots, stats
 from transferlab.report import build_report
 from transferlab.results import read_result, write_result
@@ -93,15 +94,20 @@ def test_partial_sweep_lists_failed_and_missing(sweep, tmp_path):
     lost_rec = read_result(lost)
     lost.unlink()
     broken = next(rec for rec in records.values() if rec["transfer"] == "scratch")
-    broken.update(status="failed", error="RuntimeError: out of memory", metrics={})
+    # A failed job of another seed: a copy of a finished run's own record would be that run again (a duplicate).
+    broken["config"].update(seed=7, data_seed=7)
+    broken.update(status="failed", error="RuntimeError: out of memory", metrics={}, seed=7, data_seed=7,
+                  fingerprint=identity.fingerprint(broken["config"], broken["inputs"]))
     write_result(part / "failed_job", broken)
 
     r = build_report(part, n_boot=50)
     assert len(r.results) == 12 and len(r.failed) == 1
     assert r.failed.loc[0, "error"] == "RuntimeError: out of memory"
     lost_arm = "freeze=0" if lost_rec["freeze"] == 0 else "freeze=4 (all)"
-    assert r.missing[["arm", "n_label", "seed"]].values.tolist() == [[lost_arm, str(lost_rec["n_per_class"]),
-                                                                      lost_rec["seed"]]]
+    # The sweep recorded its points (sweep.json): the lost one is listed by its folder, not inferred.
+    assert r.missing[["run_dir", "reason"]].values.tolist() == [[lost.parent.name,
+                                                                 "no result.json (not run yet, or lost)"]]
+    assert "12 points declared: 11 ok, 0 failed, 1 missing" in (part / "report.html").read_text()
     one = r.summary[(r.summary["arm"] == lost_arm) & (r.summary["n_label"] == str(lost_rec["n_per_class"]))]
     assert one["n_seeds"].tolist() == [1] and one["acc_ci_lo"].isna().all()  # one seed: no interval, not a fake one
     for _, path, _ in r.figures:
@@ -176,6 +182,16 @@ def _row(**kw):
     return {**base, **kw}
 
 
+def _with_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """The grouping columns `collect` makes from the run identity, for hand-built rows: one setting, one line per
+    (source, cut, freeze), scratch the baseline of every transfer line, data seed = seed."""
+    line = df["source"].astype(str) + "|" + df["cut"].astype(str) + "|" + df["freeze"].astype(str)
+    scratch = line[df["is_scratch"]].iloc[0]
+    return df.assign(setting="B / cnn", setting_key="s", context_key="c", line_key=line,
+                     arm_key=line + "|" + df["n_label"], baseline_key=line.where(df["is_scratch"], scratch),
+                     variant="", data_seed=df["seed"])
+
+
 def test_yosinski_arms_and_figure(tmp_path):
     rows = [_row(is_scratch=True, source="B", cut=0, freeze=0, transfer="scratch", test_acc=0.6, seed=s)
             for s in (0, 1)]
@@ -186,7 +202,7 @@ def test_yosinski_arms_and_figure(tmp_path):
                      _row(source="B", cut=cut, freeze=cut, test_acc=0.6 - 0.02 * (cut == 2), seed=seed),
                      _row(source="B", cut=cut, freeze=0, test_acc=0.61, seed=seed),
                      _row(source="A", cut=cut, freeze=1 if cut > 1 else None, seed=seed)]  # other depth: left out
-    df = pd.DataFrame(rows)
+    df = _with_keys(pd.DataFrame(rows))
     labels = df.apply(stats.yosinski_label, axis=1)
     assert labels[df["is_scratch"]].isna().all()
     assert set(labels.dropna()) == {"AnB", "AnB+", "BnB", "BnB+"}
@@ -209,7 +225,7 @@ def test_summary_and_best_per_n_on_constructed_rows():
             rows.append(_row(is_scratch=True, source="A", cut=0, freeze=0, transfer="scratch", n=float(n),
                              n_label=str(n), seed=seed, test_acc=0.4, arm="scratch", val_acc=0.4,
                              trainable_params=10, epochs=3, val_acc_history=json.dumps([0.4])))
-    df = pd.DataFrame(rows)
+    df = _with_keys(pd.DataFrame(rows))
     summ = stats.summarize(df)
     assert len(summ) == 6 and set(summ["n_seeds"]) == {3}
     best = stats.best_per_n(summ)

@@ -219,14 +219,22 @@ def fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None)
     return _digest({"config": identity_config(c), "inputs": _input_digests(ins)})
 
 
-def group_key(config: Any, ins: Mapping[str, Mapping[str, str]], without: Iterable[str] = REPLICATES) -> str:
-    """The identity hash with some keys left out, e.g. the seeds (runs pooled as seeds of one arm), or the seeds,
-    the sample size and the arm keys (runs drawn in one panel of the report)."""
+def group_config(config: Any, ins: Mapping[str, Mapping[str, str]],
+                 without: Iterable[str] = REPLICATES) -> tuple[dict, dict[str, str]]:
+    """(identity config, input digests) with some keys left out; an input role named in `without` (e.g. `source`)
+    goes with its config group. What `group_key` hashes, as data (the report labels groups by what differs)."""
+    without = tuple(without)
     c = identity_config(config)
     for key in without:
         drop(c, key)
-    ins = {role: v for role, v in ins.items() if role not in without}  # e.g. the source's files with `source`
-    return _digest({"config": c, "inputs": _input_digests(ins)})
+    return c, {role: d for role, d in _input_digests(ins).items() if role not in without}
+
+
+def group_key(config: Any, ins: Mapping[str, Mapping[str, str]], without: Iterable[str] = REPLICATES) -> str:
+    """The identity hash with some keys left out, e.g. the seeds (runs pooled as seeds of one arm), or the seeds,
+    the sample size and the arm keys (runs drawn in one panel of the report)."""
+    c, digests = group_config(config, ins, without)
+    return _digest({"config": c, "inputs": digests})
 
 
 def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None) -> str:

@@ -2,14 +2,17 @@
 
     python -m transferlab.report outputs/sweeps/freeze_vs_n/2026-01-01_12-00-00 [--out DIR] [--wandb]
 
-Works on partial sweeps (missing points are shown as missing, failed runs listed) and never needs a network;
-`--wandb` logs the tables and figures as one `report` run in the sweep's W&B group (offline unless asked).
+Works on partial sweeps and never needs a network. Runs are grouped by their identity (`analysis.collect`): only
+runs that differ in nothing but their seeds are pooled, settings that differ in anything but the arm are separate
+panels, and copies of one run count once. With the sweeper's record (sweep.json) the counts are the sweep's own:
+declared points, failures that left no result.json, missing and stale points; without it (a plain folder of runs)
+missing points are inferred from the results that exist. `--wandb` logs the tables and figures as one `report` run
+in the sweep's W&B group (offline unless asked).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,9 @@ class Report:
     yosinski: pd.DataFrame
     missing: pd.DataFrame
     failed: pd.DataFrame
+    duplicates: pd.DataFrame | None = None  # copies of a run counted once (run_dir, fingerprint, kept)
+    points: pd.DataFrame | None = None  # the sweep's declared points and their state (None: no sweep.json)
+    grouping_notes: list[str] = field(default_factory=list)  # what collect says about the grouping
     figures: list[tuple[str, Path, str]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     name: str = "sweep"
@@ -48,18 +54,37 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def missing_points(df: pd.DataFrame) -> pd.DataFrame:
-    """(arm, n, seed) combinations of the sweep's own axes with no result.json at all (not yet run or lost)."""
+MISSING_COLUMNS = ["run_dir", "overrides", "reason", "setting", "arm", "n_label", "seed"]
+FAILED_COLUMNS = ["run_dir", "setting", "arm", "n_label", "seed", "error"]
+REASONS = {"missing": "no result.json (not run yet, or lost)",
+           "stale": "its result.json is another config's (stale)"}
+
+
+def missing_points(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
+    """Points with no result: the sweep's declared points that have none (or only a stale one) when it recorded
+    them in sweep.json; else (a plain folder of runs) the (arm, n, seed) combinations of each setting's own axes
+    with no result.json at all, inferred from the results that exist."""
     import pandas as pd
 
-    rows = []
-    for (target, backbone), g in df.dropna(subset=["arm"]).groupby(["target", "backbone"]):
-        seen = set(zip(g["arm"], g["n_label"], g["seed"]))
-        ns = g.drop_duplicates("n_label").sort_values("n")["n_label"]
-        for arm, n, seed in itertools.product(sorted(g["arm"].unique()), ns, sorted(g["seed"].dropna().unique())):
-            if (arm, n, seed) not in seen:
-                rows.append({"target": target, "backbone": backbone, "arm": arm, "n_label": n, "seed": int(seed)})
-    return pd.DataFrame(rows, columns=["target", "backbone", "arm", "n_label", "seed"])
+    from transferlab.analysis import collect
+
+    if points is not None:
+        lost = points[points["state"].isin(list(REASONS))]
+        out = lost.assign(reason=lost["state"].map(REASONS))
+    else:
+        out = collect.inferred_missing(df) if not df.empty else pd.DataFrame()
+    return out.reindex(columns=MISSING_COLUMNS).reset_index(drop=True)
+
+
+def failed_runs(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
+    """Failed results, then the points the sweeper recorded as failed that left no result.json (config errors)."""
+    import pandas as pd
+
+    rows = df[df["status"] != "ok"].reindex(columns=FAILED_COLUMNS)
+    if points is not None:
+        no_result = points[points["state"] == "failed_no_result"].reindex(columns=FAILED_COLUMNS)
+        rows = pd.concat([rows, no_result]) if len(no_result) else rows
+    return rows.reset_index(drop=True)
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, confidence: float = 0.95,
@@ -74,7 +99,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
     from transferlab.analysis import collect, html, plots, stats
 
-    df = collect.collect(sweep)
+    found = collect.collect_sweep(sweep)
+    df = found.runs
     if df.empty:
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
     out = Path(out_dir) if out_dir else sweep
@@ -82,22 +108,23 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     summary = stats.summarize(df, confidence)
     gain = stats.paired_gain(df, confidence)
     cx = stats.crossovers(df, n_boot=n_boot, confidence=confidence)
+    name = (found.sweep or {}).get("name") or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any()
+                                              else sweep.name)
     report = Report(
         out_dir=out, results=df, summary=summary, gain=gain, best=stats.best_per_n(summary), crossovers=cx,
         measures=stats.learning_measures(df, threshold_frac, confidence), yosinski=stats.yosinski_table(df, confidence),
-        missing=missing_points(df),
-        failed=df[df["status"] != "ok"][["run_dir", "arm", "n_label", "seed", "error"]].reset_index(drop=True),
-        name=str(df["name"].dropna().iloc[0]) if df["name"].notna().any() else sweep.name,
+        missing=missing_points(df, found.points), failed=failed_runs(df, found.points),
+        duplicates=found.duplicates, points=found.points, grouping_notes=found.notes, name=str(name),
     )
     report.files = {
         "results.csv": _write_csv(df.drop(columns=["val_acc_history"]), out / "results.csv"),
         "summary.csv": _write_csv(summary, out / "summary.csv"),
         "curves.csv": _write_csv(collect.curves(df), out / "curves.csv"),
     }
-    for name, frame in (("gain.csv", gain), ("crossover.csv", cx), ("learning_measures.csv", report.measures),
-                        ("yosinski.csv", report.yosinski)):
+    for fname, frame in (("gain.csv", gain), ("crossover.csv", cx), ("learning_measures.csv", report.measures),
+                         ("yosinski.csv", report.yosinski), ("duplicates.csv", report.duplicates)):
         if not frame.empty:
-            report.files[name] = _write_csv(frame, out / name)
+            report.files[fname] = _write_csv(frame, out / fname)
     report.figures = plots.draw_all(ok, summary, gain, cx, report.yosinski, out) if not ok.empty else []
     for _, p, _ in report.figures:
         report.files[p.name] = p
@@ -106,20 +133,40 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
         [("Best arm per n (Ng's rule read off the data)", report.best), ("Crossover n*", cx),
          ("Summary over seeds", summary), ("Gain over scratch", gain),
          ("Learning-curve measures (Taylor & Stone)", report.measures), ("Yosinski arms", report.yosinski),
-         ("Missing points", report.missing)],
+         ("Missing points", report.missing), ("Duplicate runs (ignored)", report.duplicates)],
         report.failed)
     return report
+
+
+def counts_line(r: Report) -> str | None:
+    """What the sweep declared and what became of it, from sweep.json (None without one)."""
+    if r.points is None:
+        return None
+    state = r.points["state"]
+    no_result = int((state == "failed_no_result").sum())
+    failed = int(state.isin(["failed", "failed_no_result"]).sum())
+    return (f"{len(r.points)} point{'s' * (len(r.points) != 1)} declared: {int((state == 'ok').sum())} ok, "
+            f"{failed} failed"
+            + (f" ({no_result} without a result)" if no_result else "")
+            + f", {int(state.isin(list(REASONS)).sum())} missing")
 
 
 def notes(r: Report) -> list[str]:
     from transferlab.analysis import stats
 
     n_ok = int((r.results["status"] == "ok").sum())
-    lines = [f"{len(r.results)} runs found: {n_ok} ok, {len(r.failed)} failed, {len(r.missing)} (arm, n, seed) "
-             f"points of the grid missing."]
+    n_failed = int((r.results["status"] != "ok").sum())
+    if r.points is None:
+        lines = [f"{len(r.results)} runs found: {n_ok} ok, {n_failed} failed, {len(r.missing)} (arm, n, seed) "
+                 f"points of the grid missing (inferred: no sweep.json)."]
+    else:
+        lines = [f"{len(r.results)} runs found: {n_ok} ok, {n_failed} failed.", counts_line(r)]
+    lines += r.grouping_notes
+    if r.results["setting_key"].nunique() > 1:
+        lines.append(f"{r.results['setting_key'].nunique()} settings (runs that differ in more than their arm, n "
+                     "and seed are never pooled): " + "; ".join(sorted(r.results["setting"].dropna().unique())))
     for _, c in r.crossovers.iterrows():
-        lines.append(f"{c['target']}/{c['backbone']}: {c['finetuned_arm']} vs {c['frozen_arm']}: "
-                     f"{stats.format_n_star(c)}")
+        lines.append(f"{c['setting']}: {c['finetuned_arm']} vs {c['frozen_arm']}: {stats.format_n_star(c)}")
     return lines
 
 
@@ -133,26 +180,27 @@ def print_summary(r: Report, console: Console | None = None) -> None:
     """Rich table of the best arm per n (one per setting), then the crossover lines, failed runs, written files."""
     import pandas as pd
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=max(Console().width, 110))
-    for (target, backbone), best in r.best.groupby(["target", "backbone"], sort=True):
-        table = Table(title=f"{r.name}: {target} / {backbone} — best freeze depth per n (test accuracy %)")
+    for setting, best in (r.best.groupby("setting", sort=True) if not r.best.empty else []):
+        table = Table(title=escape(f"{r.name}: {setting} — best freeze depth per n (test accuracy %)"))
         for col in ("n", "best arm", "acc [95% CI]", "seeds", "lead over runner-up", "scratch", "gain"):
             table.add_column(col, justify="left" if col in ("best arm", "lead over runner-up") else "right")
         for _, b in best.iterrows():
             ci = "" if pd.isna(b["acc_ci_lo"]) else f" [{_pct(b['acc_ci_lo'])}, {_pct(b['acc_ci_hi'])}]"
             runner = "–" if b["runner_up"] is None else f"+{_pct(b['margin'])} ({b['runner_up']})"
             gain = "–" if pd.isna(b["scratch_mean"]) else f"{100 * (b['acc_mean'] - b['scratch_mean']):+.1f}"
-            table.add_row(str(b["n_label"]), str(b["best_arm"]), _pct(b["acc_mean"]) + ci, str(b["n_seeds"]), runner,
-                          _pct(b["scratch_mean"]), gain)
+            table.add_row(*map(escape, (str(b["n_label"]), str(b["best_arm"]), _pct(b["acc_mean"]) + ci,
+                                        str(b["n_seeds"]), runner, _pct(b["scratch_mean"]), gain)))
         console.print(table)
     for line in notes(r):
-        console.print(line)
+        console.print(line, markup=False)
     if len(r.failed):
         console.print(f"[red]failed runs ({len(r.failed)}):[/red]")
         for _, f in r.failed.iterrows():
-            console.print(f"  {f['run_dir']}: {f['error']}")
+            console.print(f"  {f['run_dir']}: {f['error']}", markup=False)
     console.print(f"wrote {len(r.files)} files to {r.out_dir}: " + ", ".join(sorted(r.files)))
 
 

@@ -1,21 +1,49 @@
-"""Every result.json under a sweep folder -> tidy pandas rows (one per run) and learning curves (one per epoch).
+"""Every result.json under a sweep folder -> tidy pandas rows (one per distinct run), grouped by run identity; the
+sweep's own record of its points (sweep.json) -> what was declared, failed and is missing; learning curves.
 
 Reads only through `transferlab.results`, so the record schema has one owner. Failed runs are kept (status column)
 so the report can list them; statistics use the `ok` rows only.
+
+Which runs are "the same" is decided once, by `transferlab.identity`; this module turns that decision into the
+report's groups, and every table, figure and count groups by the key columns made here (never by labels or by a
+hand-picked list of fields, which is how runs that differed in `train.lr`, in their data files or in
+`transfer.l2sp` used to be pooled as seeds of one arm):
+
+- `fingerprint`: one run. Two result.json with the same fingerprint (a copied folder, or an older sweep's folder
+  named by another argument order) are one run, not two seeds: one is kept, the others are listed as duplicates.
+- `arm_key`: the identity without the seeds (`identity.REPLICATES`): runs pooled as seeds of one arm at one n.
+- `line_key`: ... and without the sample size (`identity.SAMPLE_SIZE`): one arm across n, a line of a figure.
+- `setting_key`: ... and without the arm keys (`identity.ARM_GROUPS`): runs drawn in one panel, compared with each
+  other and with their scratch baseline.
+- `baseline_key`: the `line_key` of the scratch line of the same setting a transfer row is paired with.
+- `context_key`: the setting without its target task, to find Yosinski's base A (scratch on the source task).
+
+Labels (`setting`, `arm`) are for people: made of what differs between the keys, and asserted one-to-one with them.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from transferlab import identity
 from transferlab.results import find_results, read_result
 
 SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
+SWEEP_RECORD = "sweep.json"  # written by the transferlab sweeper (transferlab.sweep.SUMMARY_FILE)
+KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "baseline_key")
+# What the readable arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "gradual", a trainable
+# set): these arm keys are not repeated after it. `transfer.name` is what the preset was called (finetune,
+# linear_probe, frozen); the label says what it does.
+LABELLED = ("transfer.name", "transfer.freeze", "transfer.trainable", "transfer.cut", "transfer.upper",
+            "transfer.strategy")
+ROLE_LABELS = {"target": "data", "source": "source data", "backbone.weights": "weights"}
 
 
 def _num_classes(record: dict[str, Any]) -> int | None:
@@ -26,13 +54,16 @@ def _num_classes(record: dict[str, Any]) -> int | None:
 
 
 def _effective_n(record: dict[str, Any]) -> tuple[float, str]:
-    """(numeric n per class for a log axis, label). n_per_class=null means the whole pool: "all"."""
+    """(numeric n per class for a log axis, label). n_per_class=null means the whole pool ("all") unless the
+    config asked for a stratified total (`target.n_train`, labelled "N=<total>": two totals are two sample sizes)."""
     n = record.get("n_per_class")
     if n is not None:
         return float(n), str(int(n))
     k = _num_classes(record)
     n_train = record.get("n_train") or np.nan
-    return (float(n_train) / k if k else float(n_train)), "all"
+    total = identity.get((record.get("config") or {}), "target.n_train")
+    label = "all" if total is None else f"N={int(total)}"
+    return (float(n_train) / k if k else float(n_train)), label
 
 
 def record_to_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -40,7 +71,8 @@ def record_to_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
     hist = list(m.get("val/acc_history") or [])
     n, n_label = _effective_n(record)
     cut = record.get("cut")
-    is_scratch = record.get("transfer") == SCRATCH or cut == 0
+    # copies nothing (identity.copies_nothing): the baseline, whatever the preset was called
+    is_scratch = cut == 0 if cut is not None else record.get("transfer") == SCRATCH
     return {
         "run_dir": run_dir, "status": record.get("status"), "error": record.get("error"),
         "name": record.get("name"), "source": record.get("source"), "target": record.get("target"),
@@ -57,56 +89,406 @@ def record_to_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
     }
 
 
-def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per result.json (ok and failed), sorted by run folder; empty frame if there are none."""
-    root = Path(sweep_dir)
+# ---------------------------------------------------------------- identity of one record
+@dataclass
+class _Identity:
+    """A record's keys, and the reduced identity configs its labels are made from."""
+    keys: dict[str, str]
+    recorded: bool                  # the record carries its own fingerprint (else derived from its config)
+    setting: tuple[dict, dict]      # (identity config, input digests) without seeds, sample size, arm keys
+    line: tuple[dict, dict]         # the arm-key part of the identity (transfer, source, pretrain) and its inputs
+
+
+def _identity(record: Mapping) -> _Identity | None:
+    """Keys of a record with a config. Records written before run identity lack `fingerprint` and `inputs`: their
+    keys come from the config alone (inputs unknown), so they group with each other, never with recorded runs."""
+    config = record.get("config")
+    if not isinstance(config, Mapping):
+        return None
+    ins = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
+    recorded = bool(record.get("fingerprint")) and isinstance(record.get("inputs"), Mapping)
+    rep, size, arms = identity.REPLICATES, identity.SAMPLE_SIZE, identity.ARM_GROUPS
+    keys = {
+        "fingerprint": str(record["fingerprint"]) if recorded else identity.fingerprint(config, ins),
+        "arm_key": identity.group_key(config, ins, without=rep),
+        "line_key": identity.group_key(config, ins, without=rep + size),
+        "setting_key": identity.group_key(config, ins, without=rep + size + arms),
+        "context_key": identity.group_key(config, ins, without=rep + size + arms + ("target",)),
+    }
+    line_cfg, line_ins = identity.group_config(config, ins, rep + size)
+    return _Identity(keys=keys, recorded=recorded, setting=identity.group_config(config, ins, rep + size + arms),
+                     line=({k: line_cfg[k] for k in arms if k in line_cfg},
+                           {r: d for r, d in line_ins.items() if r in arms}))
+
+
+# ---------------------------------------------------------------- labels
+def _fmt(v: Any) -> str:
+    """A value as on the command line: null, true, 0.01, [5,6,7]."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"), sort_keys=True, default=str)
+    return str(v)
+
+
+def _digest_label(sha: str | None) -> str:
+    return "unrecorded" if sha is None else sha[:8]
+
+
+def _differences(items: Mapping[str, tuple[dict, dict]], skip: Iterable[str] = ()) -> dict[str, list[str]]:
+    """{key: ["k=v", ...]}: the config keys and input contents (by role) whose values differ between these items,
+    except those in `skip`."""
+    skip = set(skip)
+    keys = [k for k in identity.differing_keys([c for c, _ in items.values()]) if k not in skip]
+    roles = sorted({r for _, ins in items.values() for r in ins} - skip)
+    roles = [r for r in roles if len({ins.get(r) for _, ins in items.values()}) > 1]
+    return {key: [f"{k}={_fmt(identity.get(c, k))}" for k in keys]
+            + [f"{ROLE_LABELS.get(r, r)}={_digest_label(ins.get(r))}" for r in roles]
+            for key, (c, ins) in items.items()}
+
+
+def _unique(labels: dict[str, str]) -> dict[str, str]:
+    """Labels made unique per key: a short hash of the key appended where two keys still share one (values that
+    print alike, e.g. 1 and "1"). Asserted: a label names exactly one key."""
+    seen: dict[str, list[str]] = defaultdict(list)
+    for key, label in labels.items():
+        seen[label].append(key)
+    out = {key: (f"{label} #{key[:6]}" if len(seen[label]) > 1 else label) for key, label in labels.items()}
+    assert len(set(out.values())) == len(out), f"labels are not unique per key: {out}"
+    return out
+
+
+def setting_labels(settings: Mapping[str, tuple[str, tuple[dict, dict]]], shown: Iterable[str]) -> dict[str, str]:
+    """{setting_key: "target / backbone"}, followed by the keys that differ between settings sharing that target
+    and backbone (`digits_5to9 / small_cnn / train.lr=0.01`), or by the data's content hash when only the files
+    differ (`xray / small_cnn / data=3f2a9c1b`).
+
+    The settings `shown` (those with an ok run: the panels) are labelled by what differs among them, so a failed
+    run of another config does not rename every panel and figure; the others by what differs among all."""
+    shown = set(shown)
+    labels = {}
+    for group in ({k: v for k, v in settings.items() if k in shown}, settings):
+        by_base: dict[str, dict[str, tuple[dict, dict]]] = defaultdict(dict)
+        for key, (base, reduced) in group.items():
+            by_base[base][key] = reduced
+        for base, items in by_base.items():
+            diffs = _differences(items) if len(items) > 1 else {key: [] for key in items}
+            labels.update({key: " / ".join([base, " ".join(parts)]) if parts else base
+                           for key, parts in diffs.items() if key not in labels})
+    return _unique(labels)
+
+
+def _readable(r: Mapping, varies: Mapping[str, bool]) -> str:
+    """The short readable arm label: "scratch" or "freeze=f", plus the fields that vary within the setting."""
+    if r["is_scratch"]:
+        return SCRATCH
+    if pd.isna(r["freeze"]):  # a transfer.trainable set is not a depth: label it by the set itself
+        return str(r.get("trainable_set") or r.get("transfer"))
+    f = int(r["freeze"])
+    parts = [f"freeze={f}" + (" (all)" if f > 0 and f == r["cut"] else "")]
+    if varies["cut"]:
+        parts.append(f"cut={r['cut']}")
+    if varies["upper"]:
+        parts.append(f"upper={r['upper']}")
+    if varies["strategy"] and r["strategy"] != "fixed":
+        parts.append(str(r["strategy"]))
+    if varies["source"]:
+        parts.append(f"from {r['source']}")
+    return " ".join(parts)
+
+
+@dataclass
+class _Lines:
+    label: dict[str, str] = field(default_factory=dict)      # line_key -> arm label
+    variant: dict[str, str] = field(default_factory=dict)    # line_key -> the part after the readable label
+    baseline: dict[str, str | None] = field(default_factory=dict)  # transfer line_key -> scratch line_key
+    notes: list[str] = field(default_factory=list)
+
+
+def arm_lines(rows: pd.DataFrame, line_ids: Mapping[str, tuple[dict, dict]], setting: str) -> _Lines:
+    """Labels and baselines of the lines (arms across n) of one setting.
+
+    A line's label is the readable one, then the arm keys (transfer, source, pretrain) that differ between the
+    setting's transfer lines and that it does not already say (`freeze=0 transfer.l2sp=0.01`); lines whose labels
+    still coincide get the keys that differ among them; a short hash is the last resort. Each transfer line is
+    paired with the scratch line of its setting; with several scratch lines (they differ in some transfer key,
+    e.g. a sweep over `transfer.l2sp` that included scratch), with the one that agrees on those keys.
+    """
+    out = _Lines()
+    transfer = rows[~rows["is_scratch"]]
+    varies = {k: transfer[k].nunique(dropna=False) > 1 for k in ("source", "cut", "upper", "strategy")}
+    first = rows.drop_duplicates("line_key").set_index("line_key")
+    readable = {lk: _readable(r, varies) for lk, r in first.iterrows()}
+    scratch = [lk for lk in first.index if first.loc[lk, "is_scratch"]]
+    others = [lk for lk in first.index if lk not in scratch]
+    extra: dict[str, list[str]] = {lk: [] for lk in first.index}
+    for group in (others, scratch):
+        if len(group) < 2:
+            continue
+        items = {lk: line_ids[lk] for lk in group}
+        said: set[str] = set()
+        if group is others:
+            said = set(LABELLED)
+            differ = identity.differing_keys([c for c, _ in items.values()])
+            if "source.name" in differ:  # "from <source>" says it, and what comes with another source preset
+                said |= {k for k in differ if k.startswith("source.")} | {"source"}
+        extra.update(_differences(items, skip=said))
+    label = lambda lk: " ".join([readable[lk], *extra[lk]])  # noqa: E731
+    clashes: dict[str, list[str]] = defaultdict(list)
+    for lk in first.index:
+        clashes[label(lk)].append(lk)
+    for group in clashes.values():
+        if len(group) > 1:  # e.g. linear_probe vs finetune with freeze=all: only keys the label "says" differ
+            for lk, parts in _differences({lk: line_ids[lk] for lk in group}).items():
+                extra[lk] += [p for p in parts if p not in extra[lk]]
+    out.label = _unique({lk: label(lk) for lk in first.index})
+    out.variant = {lk: out.label[lk][len(readable[lk]):].strip() for lk in out.label}
+    for lk in others:
+        out.baseline[lk] = _baseline(lk, scratch, line_ids)
+    lost = [out.label[lk] for lk in others if out.baseline[lk] is None and scratch]
+    if lost:
+        out.notes.append(f"{setting}: no single scratch baseline for {', '.join(lost)} (its scratch arms "
+                         f"{', '.join(out.label[s] for s in scratch)} differ in keys it does not decide); "
+                         "no gain over scratch for it")
+    return out
+
+
+def _baseline(line: str, scratch: list[str], line_ids: Mapping[str, tuple[dict, dict]]) -> str | None:
+    """The scratch line a transfer line is paired with: the only one, or the one that agrees with it on every key
+    the scratch lines differ in; None when that is not exactly one."""
+    if len(scratch) <= 1:
+        return scratch[0] if scratch else None
+    differ = identity.differing_keys([line_ids[s][0] for s in scratch])
+    value = lambda lk, k: json.dumps(identity.get(line_ids[lk][0], k), sort_keys=True, default=str)  # noqa: E731
+    match = [s for s in scratch if all(value(s, k) == value(line, k) for k in differ)]
+    return match[0] if len(match) == 1 else None
+
+
+# ---------------------------------------------------------------- the sweep record
+def read_sweep_record(sweep_dir: str | Path) -> tuple[dict | None, str | None]:
+    """(sweep.json as the sweeper wrote it, or None; a note if it exists but cannot be read)."""
+    path = Path(sweep_dir) / SWEEP_RECORD
+    if not path.exists():
+        return None, None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("points"), list):
+            raise ValueError("no list of points")
+    except (OSError, ValueError) as e:
+        return None, f"{SWEEP_RECORD} unreadable ({e}): counts inferred from the results found"
+    return record, None
+
+
+def _point_dir(point: Mapping, record: Mapping, root: Path) -> str:
+    """A point's folder relative to the sweep folder (older sweep.json files hold absolute paths)."""
+    d = PurePath(str(point.get("dir") or point.get("name")))
+    if d.is_absolute():
+        for base in (record.get("sweep_dir"), root.resolve()):
+            try:
+                return d.relative_to(str(base)).as_posix()
+            except (TypeError, ValueError):
+                continue
+    return d.as_posix()
+
+
+STATES = ("ok", "failed", "failed_no_result", "stale", "missing")  # best first
+
+
+def point_states(record: Mapping, root: Path, found: Mapping[str, tuple[str | None, str | None]]) -> pd.DataFrame:
+    """One row per distinct point the sweep declared: its folder, overrides, hash, the sweeper's status and error,
+    the folder holding its result, and its state judged by what is on disk now: ok / failed (its result.json says
+    so) / failed_no_result (the sweeper recorded a failure and no result.json exists, e.g. a config error) / stale
+    (the folder's result.json is another config's) / missing (no result.json: not run yet, or lost). `found` maps
+    run folder -> (fingerprint, status) of every result.json.
+
+    As for the sweeper, a point is done when any folder holds an ok result of its fingerprint (one named by an
+    older rule, or by a launch that swept other keys). Points with the same hash (one config reached by two folder
+    names) are one point, counted once, in the best state any of its folders is in; `also` names the others."""
+    ok_by_fp = {}
+    for run_dir, (fp, status) in sorted(found.items()):
+        if fp and status == "ok":
+            ok_by_fp.setdefault(fp, run_dir)
     rows = []
+    for p in record.get("points") or []:
+        run_dir, h = _point_dir(p, record, root), p.get("hash")
+        fp, status = found.get(run_dir, (None, None))
+        own = run_dir in found and fp in (h, None)  # fingerprint None: unreadable, judged failed as the sweeper does
+        result_dir = run_dir if own and status == "ok" else ok_by_fp.get(h) or (run_dir if own else None)
+        if result_dir is not None:
+            state = "ok" if found[result_dir][1] == "ok" else "failed"
+        elif run_dir in found:
+            state = "stale"
+        else:
+            state = "failed_no_result" if p.get("status") == "failed" else "missing"
+        rows.append({"run_dir": run_dir, "overrides": " ".join(p.get("overrides") or []), "hash": h,
+                     "declared": p.get("status"), "state": state, "result_dir": result_dir, "error": p.get("error")})
+    cols = ["run_dir", "overrides", "hash", "declared", "state", "result_dir", "error", "also"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows).assign(rank=lambda d: d["state"].map(STATES.index), order=range(len(rows)))
+    df["point"] = df["hash"].where(df["hash"].notna(), df["run_dir"])
+    out = []
+    for _, g in df.sort_values(["rank", "order"]).groupby("point", sort=False):
+        out.append({**g.iloc[0].to_dict(), "also": ", ".join(g["run_dir"].iloc[1:])})
+    return pd.DataFrame(out).sort_values("order").reindex(columns=cols).reset_index(drop=True)
+
+
+def inferred_missing(df: pd.DataFrame) -> pd.DataFrame:
+    """Without a sweep record: (arm, n, seed) combinations of each setting's own axes with no result.json at all."""
+    rows = []
+    cols = ["setting", "arm", "n_label", "seed"]
+    for _, g in df.dropna(subset=["arm"]).groupby("setting_key", sort=False):
+        seen = set(zip(g["arm"], g["n_label"], g["seed"]))
+        ns = g.drop_duplicates("n_label").sort_values("n")["n_label"]
+        for arm in sorted(g["arm"].unique()):
+            for n in ns:
+                for seed in sorted(g["seed"].dropna().unique()):
+                    if (arm, n, seed) not in seen:
+                        rows.append({"setting": g["setting"].iloc[0], "arm": arm, "n_label": n, "seed": int(seed)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------- the whole folder
+@dataclass
+class Collection:
+    runs: pd.DataFrame                   # one row per distinct run (ok and failed), grouping keys and labels
+    duplicates: pd.DataFrame             # run_dir, fingerprint, kept: copies of a run that is counted once
+    sweep: dict | None                   # sweep.json, when the folder has one
+    points: pd.DataFrame | None          # point_states() of sweep.json, else None
+    notes: list[str] = field(default_factory=list)  # what the reader must know about the grouping
+
+
+def _keeper(rows: list[dict], named: set[str]) -> dict:
+    """Of several copies of one run: an ok one (as for the sweeper, a run is done when any folder holds its ok
+    result), then the folder the sweep record names, then the newest."""
+    return max(rows, key=lambda r: (r["status"] == "ok", r["run_dir"] in named, r["_mtime"], r["run_dir"]))
+
+
+def _env_warning(df: pd.DataFrame, envs: Mapping[str, Mapping]) -> str | None:
+    """One line when the seeds of an arm were made by different library versions or transferlab commits."""
+    mixed = []
+    for _, g in df[df["status"] == "ok"].dropna(subset=["arm_key"]).groupby("arm_key", sort=False):
+        recs = [envs[d] for d in g["run_dir"] if envs.get(d)]
+        keys = sorted({k for e in recs for k in e if k != "dirty"})
+        differ = {k: sorted({str(e.get(k)) for e in recs}) for k in keys}
+        differ = {k: v for k, v in differ.items() if len(v) > 1}
+        if differ:
+            r = g.iloc[0]
+            mixed.append(f"{r['setting']}: {r['arm']} n={r['n_label']} ("
+                         + "; ".join(f"{k} {', '.join(v[:3])}" for k, v in differ.items()) + ")")
+    if not mixed:
+        return None
+    more = f"; and {len(mixed) - 1} more" if len(mixed) > 1 else ""
+    return (f"mixed library versions or transferlab commits within {len(mixed)} arm{'s' * (len(mixed) > 1)}: "
+            f"{mixed[0]}{more}")
+
+
+def collect_sweep(sweep_dir: str | Path) -> Collection:
+    """Read every result.json and sweep.json; drop duplicate runs; add the grouping keys and labels."""
+    root = Path(sweep_dir)
+    sweep, sweep_note = read_sweep_record(root)
+    named = {_point_dir(p, sweep, root) for p in sweep["points"]} if sweep else set()
+    rows, idents, envs = [], {}, {}
     for path in find_results(root):
+        run_dir = path.parent.relative_to(root).as_posix()
         try:
             record = read_result(path)
         except (OSError, json.JSONDecodeError) as e:  # unreadable file: listed as failed, never fatal
             record = {"status": "failed", "error": f"unreadable result.json: {e}"}
-        rows.append(record_to_row(record, str(path.parent.relative_to(root))))
-    df = pd.DataFrame(rows)
+        row = record_to_row(record, run_dir)
+        ident = _identity(record)
+        row.update({k: None for k in KEYS} if ident is None else ident.keys)
+        row["fingerprint_recorded"] = bool(ident and ident.recorded)
+        try:
+            row["_mtime"] = path.stat().st_mtime_ns
+        except OSError:  # removed meanwhile: the oldest copy
+            row["_mtime"] = 0
+        rows.append(row)
+        idents[run_dir] = ident
+        envs[run_dir] = record.get("environment") if isinstance(record.get("environment"), dict) else None
+    found = {r["run_dir"]: (r["fingerprint"], r["status"]) for r in rows}
+
+    by_fp: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["fingerprint"]:
+            by_fp[r["fingerprint"]].append(r)
+    dropped = []
+    for fp, copies in by_fp.items():
+        if len(copies) > 1:
+            keep = _keeper(copies, named)
+            dropped += [{"run_dir": r["run_dir"], "fingerprint": fp, "kept": keep["run_dir"]}
+                        for r in copies if r is not keep]
+    gone = {d["run_dir"] for d in dropped}
+    duplicates = pd.DataFrame(dropped, columns=["run_dir", "fingerprint", "kept"]).sort_values("run_dir")
+    df = pd.DataFrame([r for r in rows if r["run_dir"] not in gone]).drop(columns=["_mtime"], errors="ignore")
+    points = point_states(sweep, root, found) if sweep else None
+    notes = [sweep_note] if sweep_note else []
     if df.empty:
-        return df
+        return Collection(df, duplicates.reset_index(drop=True), sweep, points, notes)
     for col in ("cut", "freeze", "seed", "data_seed", "trainable_params", "total_params", "n_train"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    df["arm"] = arm_labels(df)
-    return df.sort_values(["run_dir"]).reset_index(drop=True)
+    notes += _label(df, idents)
+    df = df.sort_values(["run_dir"]).reset_index(drop=True)
+
+    if len(duplicates):
+        n, shown = len(duplicates), 10
+        pairs = [f"{d} (= {k})" for d, k in zip(duplicates["run_dir"], duplicates["kept"])]
+        notes.append(f"{n} duplicate run{'s' * (n > 1)} of the same config ignored: " + ", ".join(pairs[:shown])
+                     + (f", and {n - shown} more" if n > shown else ""))
+    unrecorded = int((df["fingerprint"].notna() & ~df["fingerprint_recorded"]).sum())
+    if unrecorded:
+        notes.append(f"{unrecorded} run{'s' * (unrecorded > 1)} written before run identity (no fingerprint, no "
+                     "input hashes): grouped by config alone, never with recorded runs")
+    if sweep is not None:
+        outside = sorted(set(df["run_dir"]) - named)
+        if outside:
+            notes.append(f"{len(outside)} run{'s' * (len(outside) > 1)} in folders {SWEEP_RECORD} does not declare "
+                         f"(included): " + ", ".join(outside[:5]) + (", ..." if len(outside) > 5 else ""))
+    warning = _env_warning(df, envs)
+    if warning:
+        notes.append(warning)
+    return Collection(df, duplicates.reset_index(drop=True), sweep, points, notes)
 
 
-def arm_labels(df: pd.DataFrame) -> pd.Series:
-    """A short line label per row: "scratch" or "freeze=f", plus only the fields that vary within the sweep."""
-    transfer = df[~df["is_scratch"]]
-    varies = {k: transfer[k].nunique(dropna=False) > 1 for k in ("source", "cut", "upper", "strategy")}
+def _label(df: pd.DataFrame, idents: Mapping[str, _Identity | None]) -> list[str]:
+    """Add `setting`, `arm`, `variant` and `baseline_key` to the rows (in place); return notes."""
+    df["setting"], df["arm"], df["variant"], df["baseline_key"] = None, None, None, None
+    has = df["setting_key"].notna()
+    if not has.any():
+        return []
+    settings = {}
+    for _, r in df[has].drop_duplicates("setting_key").iterrows():
+        settings[r["setting_key"]] = (f"{r['target']} / {r['backbone']}", idents[r["run_dir"]].setting)
+    names = setting_labels(settings, shown=df.loc[has & (df["status"] == "ok"), "setting_key"])
+    df.loc[has, "setting"] = df.loc[has, "setting_key"].map(names)
+    notes = []
+    for key, g in df[has].groupby("setting_key", sort=False):
+        line_ids = {r["line_key"]: idents[r["run_dir"]].line for _, r in g.drop_duplicates("line_key").iterrows()}
+        lines = arm_lines(g, line_ids, names[key])
+        df.loc[g.index, "arm"] = g["line_key"].map(lines.label)
+        df.loc[g.index, "variant"] = g["line_key"].map(lines.variant)
+        df.loc[g.index, "baseline_key"] = g["line_key"].map(lambda lk: lk if lk not in lines.baseline
+                                                           else lines.baseline[lk])
+        notes += lines.notes
+    # What figures and tables show as one point (setting, arm label, n) is one arm at one n: never two pooled.
+    shown = df[has].groupby(["setting_key", "arm", "n_label"])["arm_key"].nunique()
+    assert (shown == 1).all(), f"one label for several arms: {list(shown[shown > 1].index)}"
+    return notes
 
-    def label(r) -> str:
-        if r["is_scratch"]:
-            return SCRATCH
-        if pd.isna(r["freeze"]):  # a transfer.trainable set is not a depth: label it by the set itself
-            return str(r.get("trainable_set") or r.get("transfer"))
-        f = int(r["freeze"])
-        parts = [f"freeze={f}" + (" (all)" if f > 0 and f == r["cut"] else "")]
-        if varies["cut"]:
-            parts.append(f"cut={r['cut']}")
-        if varies["upper"]:
-            parts.append(f"upper={r['upper']}")
-        if varies["strategy"] and r["strategy"] != "fixed":
-            parts.append(str(r["strategy"]))
-        if varies["source"]:
-            parts.append(f"from {r['source']}")
-        return " ".join(parts)
 
-    return df.apply(label, axis=1)
+def collect(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per distinct run (ok and failed), sorted by run folder; empty frame if there are none."""
+    return collect_sweep(sweep_dir).runs
 
 
 def curves(df: pd.DataFrame) -> pd.DataFrame:
     """Long table of validation accuracy per epoch (epoch counted from 1) for every ok run."""
+    cols = ["run_dir", "setting", "setting_key", "line_key", "arm", "is_scratch", "target", "backbone", "n",
+            "n_label", "seed", "epoch", "val_acc"]
     rows = []
     for _, r in df[df["status"] == "ok"].iterrows():
         for epoch, acc in enumerate(json.loads(r["val_acc_history"]), start=1):
-            rows.append({"run_dir": r["run_dir"], "arm": r["arm"], "target": r["target"], "backbone": r["backbone"],
-                         "n": r["n"], "n_label": r["n_label"], "seed": r["seed"], "epoch": epoch, "val_acc": acc})
-    return pd.DataFrame(rows, columns=["run_dir", "arm", "target", "backbone", "n", "n_label", "seed", "epoch",
-                                       "val_acc"])
+            rows.append({**{c: r.get(c) for c in cols[:-2]}, "epoch": epoch, "val_acc": acc})
+    return pd.DataFrame(rows, columns=cols)

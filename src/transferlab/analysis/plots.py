@@ -1,12 +1,15 @@
 """The report's figures (PNG, Agg backend: no display, no network). Each function draws one figure and saves it.
 
 Conventions shared by all figures: n is per-class and on a log axis; colour encodes freeze depth (light = few
-frozen blocks, dark = many); scratch is always a black dashed line; bands are 95% t-intervals over seeds.
+frozen blocks, dark = many); scratch is always a black dashed line; bands are 95% t-intervals over seeds. Every
+figure shows one setting (`collect`'s setting_key): runs that differ in anything but their arm are never drawn
+in one panel, and scratch is found by the `is_scratch` column, never by its label.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +22,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transferlab.analysis.collect import curves  # noqa: E402
-from transferlab.analysis.stats import t_interval  # noqa: E402
+from transferlab.analysis.stats import PAIR, t_interval  # noqa: E402
 from transferlab.atomic import atomic_path  # noqa: E402
 
 SCRATCH_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "label": "scratch"}
@@ -28,10 +31,23 @@ YOSINSKI_STYLE = {"BnB": ("#1f4e9c", "-", "o"), "BnB+": ("#6fa8dc", "-", "^"),
 DPI = 110
 
 
+def _scratch(d: pd.DataFrame) -> pd.Series:
+    return d["is_scratch"].astype(bool) if "is_scratch" in d else pd.Series(False, index=d.index)
+
+
 def _arm_order(arms: pd.DataFrame) -> list[str]:
     """Transfer arms sorted by freeze depth (then label), scratch excluded."""
-    t = arms[arms["arm"] != "scratch"].drop_duplicates("arm")
+    t = arms[~_scratch(arms)].drop_duplicates("arm")
     return list(t.sort_values(["freeze", "arm"], na_position="last")["arm"])
+
+
+def _scratch_arms(d: pd.DataFrame) -> list[str]:
+    """The scratch lines of one setting: one, unless they differ in a key (each its own line, never pooled)."""
+    return sorted(d.loc[_scratch(d), "arm"].unique())
+
+
+def _scratch_style(arm: str, i: int) -> dict:
+    return {**SCRATCH_STYLE, "label": arm, "linestyle": ["--", ":", "-."][i % 3]}
 
 
 def _colors(arms: list[str]) -> dict[str, tuple]:
@@ -87,9 +103,8 @@ def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: 
     colors = _colors(arms)
     for arm in arms:
         _line(ax, summary[summary["arm"] == arm], "acc_mean", "acc_ci_lo", "acc_ci_hi", color=colors[arm], label=arm)
-    sc = summary[summary["arm"] == "scratch"]
-    if len(sc):
-        _line(ax, sc, "acc_mean", "acc_ci_lo", "acc_ci_hi", **SCRATCH_STYLE)
+    for i, arm in enumerate(_scratch_arms(summary)):
+        _line(ax, summary[summary["arm"] == arm], "acc_mean", "acc_ci_lo", "acc_ci_hi", **_scratch_style(arm, i))
     _n_axis(ax, summary)
     _draw_crossover(ax, cx)
     ax.set_ylabel("test accuracy (mean over seeds, 95% CI)")
@@ -101,7 +116,7 @@ def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: 
 
 def heatmap(summary: pd.DataFrame, path: Path, title: str) -> Path:
     """Mean test accuracy, arm (freeze depth) x n; the best cell of every column is boxed; missing cells hatched."""
-    arms = _arm_order(summary) + (["scratch"] if (summary["arm"] == "scratch").any() else [])
+    arms = _arm_order(summary) + _scratch_arms(summary)
     cols = list(summary.drop_duplicates("n_label").sort_values("n")["n_label"])
     grid = summary.pivot_table(index="arm", columns="n_label", values="acc_mean", aggfunc="mean")
     grid = grid.reindex(index=arms, columns=cols)
@@ -126,7 +141,7 @@ def heatmap(summary: pd.DataFrame, path: Path, title: str) -> Path:
 def gain_vs_n(gain: pd.DataFrame, path: Path, title: str) -> Path:
     """Transfer minus scratch test accuracy (paired by seed) vs n, one line + CI band per depth."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    arms = _arm_order(gain.assign(freeze=gain["arm"].str.extract(r"freeze=(\d+)")[0].astype(float)))
+    arms = _arm_order(gain)
     colors = _colors(arms)
     for arm in arms:
         _line(ax, gain[gain["arm"] == arm], "gain_mean", "gain_ci_lo", "gain_ci_hi", color=colors[arm], label=arm)
@@ -141,8 +156,8 @@ def gain_vs_n(gain: pd.DataFrame, path: Path, title: str) -> Path:
 
 def crossover_plot(df_ok: pd.DataFrame, cx_row: pd.Series, path: Path, title: str) -> Path:
     """Fine-tuned minus frozen accuracy vs n (paired by seed, 95% CI), zero line, n* and its bootstrap interval."""
-    ft = df_ok[df_ok["arm"] == cx_row["finetuned_arm"]].groupby(["n", "n_label", "seed"])["test_acc"].mean()
-    fr = df_ok[df_ok["arm"] == cx_row["frozen_arm"]].groupby(["n", "n_label", "seed"])["test_acc"].mean()
+    ft = df_ok[df_ok["arm"] == cx_row["finetuned_arm"]].groupby(["n", "n_label", *PAIR])["test_acc"].mean()
+    fr = df_ok[df_ok["arm"] == cx_row["frozen_arm"]].groupby(["n", "n_label", *PAIR])["test_acc"].mean()
     d = (ft - fr).dropna().rename("diff").reset_index()
     rows = []
     for (n, lab), g in d.groupby(["n", "n_label"]):
@@ -152,7 +167,7 @@ def crossover_plot(df_ok: pd.DataFrame, cx_row: pd.Series, path: Path, title: st
     fig, ax = plt.subplots(figsize=(7, 4.2))
     _line(ax, tab, "mean", "lo", "hi", color="tab:purple",
           label=f"{cx_row['finetuned_arm']} minus {cx_row['frozen_arm']}")
-    for _, g in d.groupby("seed"):
+    for _, g in d.groupby(PAIR):
         ax.plot(g["n"], g["diff"], color="tab:purple", alpha=0.25, linewidth=0.8)
     ax.axhline(0, color="black", linewidth=1)
     _n_axis(ax, tab)
@@ -170,13 +185,14 @@ def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str) -> 
     fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4.2), squeeze=False, sharey=True)
     for ax, lab in zip(axes[0], labels):
         sub = ytab[ytab["n_label"] == lab]
+        lines = sub.get("line", sub["yosinski"])
         for name, (color, ls, marker) in YOSINSKI_STYLE.items():
-            g = sub[sub["yosinski"] == name].sort_values("cut")
-            if g.empty:
-                continue
-            ax.plot(g["cut"], g["acc_mean"], color=color, linestyle=ls, marker=marker, label=name)
-            band = g[g["acc_ci_lo"].notna()]
-            ax.fill_between(band["cut"], band["acc_ci_lo"], band["acc_ci_hi"], color=color, alpha=0.12, linewidth=0)
+            for line in sorted(set(lines[sub["yosinski"] == name])):  # one curve per arm family, never pooled
+                g = sub[lines == line].sort_values("cut")
+                ax.plot(g["cut"], g["acc_mean"], color=color, linestyle=ls, marker=marker, label=line)
+                band = g[g["acc_ci_lo"].notna()]
+                ax.fill_between(band["cut"], band["acc_ci_lo"], band["acc_ci_hi"], color=color, alpha=0.12,
+                                linewidth=0)
         for name, ls in (("base B", "--"), ("base A", ":")):
             b = base[(base["n_label"] == lab) & (base.get("base", "base B") == name)]
             if len(b):
@@ -200,15 +216,17 @@ def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, max_panels: int
         idx = np.unique(np.linspace(0, len(ns) - 1, max_panels).round().astype(int))
         ns = [ns[i] for i in idx]
     arms = _arm_order(df_ok)
+    scratch = _scratch_arms(df_ok)
     colors = _colors(arms)
     fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 3.8), squeeze=False, sharey=True)
     for ax, lab in zip(axes[0], ns):
         sub = long[long["n_label"] == lab]
-        for arm in [*arms, "scratch"]:
+        for arm in [*arms, *scratch]:
             g = sub[sub["arm"] == arm].groupby("epoch")["val_acc"].mean()
             if g.empty:
                 continue
-            style = SCRATCH_STYLE if arm == "scratch" else {"color": colors[arm], "label": arm, "marker": "."}
+            style = (_scratch_style(arm, scratch.index(arm)) if arm in scratch
+                     else {"color": colors[arm], "label": arm, "marker": "."})
             ax.plot(g.index, g.values, **{**style, "marker": None})
         ax.set_title(f"n = {lab} per class")
         ax.set_xlabel("epoch")
@@ -220,53 +238,68 @@ def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, max_panels: int
     return _save(fig, path)
 
 
+def _tags(labels: list[str]) -> dict[str, str]:
+    """File-name suffix per setting label ("" when there is one setting), unique and file-system safe."""
+    if len(labels) == 1:
+        return {labels[0]: ""}
+    out: dict[str, str] = {}
+    for label in labels:
+        tag = "_" + re.sub(r"[^A-Za-z0-9_.=+-]+", "_", label).strip("_")
+        out[label] = tag if tag not in out.values() else f"{tag}_{len(out)}"
+    return out
+
+
 def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd.DataFrame, ytab: pd.DataFrame,
              out_dir: Path) -> list[tuple[str, Path, str]]:
-    """Every figure the data supports, per setting (target x backbone): [(title, path, caption)].
+    """Every figure the data supports, per setting (`setting_key`): [(title, path, caption)].
 
     A figure is skipped, not faked, when its inputs are absent (no scratch -> no gain plot, no freeze=0 and
     frozen pair -> no crossover, no upper=reinit cut sweep -> no Yosinski figure)."""
     out: list[tuple[str, Path, str]] = []
-    settings = summary[["target", "backbone"]].drop_duplicates().itertuples(index=False)
-    settings = list(settings)
-    for target, backbone in settings:
-        tag = "" if len(settings) == 1 else f"_{target}_{backbone}"
-        where = f"{target}, {backbone}"
-        sel = lambda d: d[(d["target"] == target) & (d["backbone"] == backbone)] if len(d) else d  # noqa: E731
+    settings = summary.drop_duplicates("setting_key").sort_values("setting")
+    tags = _tags(list(settings["setting"]))
+    for _, setting in settings.iterrows():
+        key, where, target = setting["setting_key"], setting["setting"], setting["target"]
+        tag = tags[where]
+        sel = lambda d: d[d["setting_key"] == key] if len(d) else d  # noqa: E731
         s, g, c, y, o = sel(summary), sel(gain), sel(cx), sel(ytab), sel(ok)
         # The n-axis figures need a single cut/upper family per line; Yosinski's cut sweep gets its own figure.
-        if (s["arm"] != "scratch").any():  # a base-only setting (e.g. Yosinski's base A) is a reference line
+        if (~_scratch(s)).any():  # a base-only setting (e.g. Yosinski's base A) is a reference line
             out.append((f"Test accuracy vs n ({where})", acc_vs_n(s, c, out_dir / f"report_acc_vs_n{tag}.png",
-                        f"Target {target}, {backbone}: accuracy vs labelled examples"),
+                        f"{where}: accuracy vs labelled examples"),
                         "One line per freeze depth (95% CI band over seeds), scratch dashed; red dotted line and "
                         "band: crossover n* where fine-tuning overtakes the frozen model, with its bootstrap CI."))
             out.append((f"Heatmap freeze depth x n ({where})", heatmap(s, out_dir / f"report_heatmap{tag}.png",
-                        f"Mean test accuracy ({target}, {backbone})"),
+                        f"Mean test accuracy ({where})"),
                         "Mean test accuracy per arm and n; red box = best arm for that n; grey = missing."))
         if len(g):
             out.append((f"Gain over scratch ({where})", gain_vs_n(g, out_dir / f"report_gain_vs_n{tag}.png",
-                        f"Transfer gain over scratch ({target}, {backbone})"),
+                        f"Transfer gain over scratch ({where})"),
                         "Transfer minus scratch test accuracy, paired by seed (same target subset), 95% CI."))
         for i, (_, r) in enumerate(c.iterrows()):
             if r["n_seeds"] == 0 or o["n"].nunique() < 2:
                 continue
             suffix = tag + ("" if len(c) == 1 else f"_{i}")
             out.append((f"Crossover n* ({where})", crossover_plot(o, r, out_dir / f"report_crossover{suffix}.png",
-                        f"{r['finetuned_arm']} vs {r['frozen_arm']} ({target}, {backbone})"),
+                        f"{r['finetuned_arm']} vs {r['frozen_arm']} ({where})"),
                         "Paired difference fine-tuned minus frozen; above zero fine-tuning wins."))
         if len(y) and y["cut"].nunique() > 1:
-            base = s[s["arm"] == "scratch"].assign(base="base B")
+            scratch_b = _scratch_arms(s)
+            base = s[s["arm"] == scratch_b[0]].assign(base="base B") if len(scratch_b) == 1 else s.iloc[:0]
             sources = set(o.loc[~o["is_scratch"] & (o["source"] != target), "source"])  # A of AnB: its own base
-            base_a = summary[(summary["arm"] == "scratch") & summary["target"].isin(sources)
-                             & (summary["backbone"] == backbone)].assign(base="base A")
+            # base A: scratch on the source task in this setting's context (all else equal but the target)
+            base_a = summary[_scratch(summary) & summary["target"].isin(sources)
+                             & (summary["context_key"] == setting["context_key"])]
+            one_a = base_a["line_key"].nunique() == 1  # several candidate lines: none drawn rather than pooled
+            base_a = base_a.assign(base="base A") if one_a else base_a.iloc[:0]
             out.append((f"Yosinski figure ({where})", yosinski(y, pd.concat([base, base_a]),
                                                                out_dir / f"report_yosinski{tag}.png",
-                        f"Transferability by layer ({target}, {backbone})"),
+                        f"Transferability by layer ({where})"),
                         "AnB: A's first layers frozen, rest retrained on B; BnB: same with B's own layers "
                         "(selffer); +: fine-tuned instead of frozen; dashed: base B trained from scratch "
                         "(dotted: base A, scratch on the source task, when the sweep has it)."))
         if len(o) and (o["is_scratch"]).any() and o["val_acc_history"].map(len).gt(2).any():
             out.append((f"Learning curves ({where})", learning_curves(o, out_dir / f"report_learning_curves{tag}.png",
-                        f"Learning curves ({target}, {backbone})"),
+                        f"Learning curves ({where})"),
                         "Validation accuracy per epoch, mean over seeds; scratch dashed."))
     return out

@@ -1,7 +1,10 @@
 """Statistics over seeds: t-intervals, gain over scratch, the fine-tune/freeze crossover n*, learning-curve measures.
 
-Seeds are the unit of replication: every interval is over seeds, and comparisons are paired by seed (the same
-seed draws the same target subset for every arm, so pairing removes the subset's luck from the difference).
+Seeds are the unit of replication: every interval is over seeds, and comparisons are paired by seed and data seed
+(the same seeds draw the same target subset for every arm, so pairing removes the subset's luck from the
+difference). Which runs are seeds of one arm (`arm_key`), which arms are drawn and compared together
+(`setting_key`) and which scratch line a transfer arm is paired with (`baseline_key`) is `collect`'s decision, from
+the run identity: runs are pooled here only within one arm_key, never by a label or a hand-picked list of fields.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-SETTING = ["target", "backbone"]  # one report panel per setting
-ARM_KEYS = ["arm", "source", "transfer", "strategy", "cut", "upper", "freeze"]
+# Every group is made by key columns from `collect` (one decision in one place); labels ride along for people.
+SETTING = ["setting", "target", "backbone"]  # one report panel per setting (functions of setting_key)
+ARM = ["arm", "is_scratch", "variant", "source", "transfer", "strategy", "cut", "upper", "freeze"]
 N_KEYS = ["n_label", "n"]
+KEYS = ["setting_key", "context_key", "line_key", "arm_key", "baseline_key"]
+PAIR = ["seed", "data_seed"]  # the same seed and data seed draw the same target subset: runs paired by these
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -38,60 +44,81 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["status"] == "ok") & df["test_acc"].notna()] if not df.empty else df
 
 
+def _first(g: pd.DataFrame, cols: Sequence[str]) -> dict:
+    """The descriptive columns of a group made by a key: equal on every row of it, so the first row's."""
+    r = g.iloc[0]
+    return {c: r[c] for c in cols}
+
+
 def summarize(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per configuration (setting x arm x n): test accuracy mean/std/CI over seeds, number of seeds."""
+    """One row per arm at one n (arm_key: the runs that differ only in their seeds): test accuracy mean/std/CI over
+    seeds, number of seeds."""
     ok = ok_rows(df)
-    cols = [*SETTING, *ARM_KEYS, *N_KEYS, "acc_mean", "acc_std", "acc_ci_lo", "acc_ci_hi", "n_seeds", "seeds",
-            "val_acc_mean", "trainable_params", "epochs_mean"]
+    cols = [*SETTING, *ARM, *N_KEYS, "acc_mean", "acc_std", "acc_ci_lo", "acc_ci_hi", "n_seeds", "seeds",
+            "val_acc_mean", "trainable_params", "epochs_mean", *KEYS]
     if ok.empty:
         return pd.DataFrame(columns=cols)
     rows = []
-    for key, g in ok.groupby([*SETTING, *ARM_KEYS, *N_KEYS], dropna=False, sort=True):
+    for _, g in ok.groupby(["setting_key", "arm_key"], sort=False):
         s = t_interval(g["test_acc"], confidence)
         lo, hi = np.clip([s["ci_lo"], s["ci_hi"]], 0.0, 1.0)  # an accuracy interval never leaves [0, 1]
-        rows.append({**dict(zip([*SETTING, *ARM_KEYS, *N_KEYS], key)), "acc_mean": s["mean"], "acc_std": s["std"],
+        rows.append({**_first(g, [*SETTING, *ARM, *N_KEYS, *KEYS]), "acc_mean": s["mean"], "acc_std": s["std"],
                      "acc_ci_lo": lo, "acc_ci_hi": hi, "n_seeds": s["n"],
                      "seeds": " ".join(str(int(v)) for v in sorted(g["seed"].dropna().unique())),
                      "val_acc_mean": float(g["val_acc"].mean()), "trainable_params": g["trainable_params"].iloc[0],
                      "epochs_mean": float(pd.to_numeric(g["epochs"], errors="coerce").mean())})
-    return pd.DataFrame(rows, columns=cols).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True)
+    return pd.DataFrame(rows, columns=cols).sort_values(["setting", "n", "arm"]).reset_index(drop=True)
+
+
+def _with_scratch(ok: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    """Transfer rows joined with their own scratch runs (same setting: the baseline line `collect` chose; same n;
+    same seed and data seed), scratch's columns suffixed `_scratch`."""
+    base = ok[ok["is_scratch"]][["line_key", "n_label", *PAIR, *cols]].rename(columns={"line_key": "baseline_key"})
+    return ok[~ok["is_scratch"]].merge(base, on=["baseline_key", "n_label", *PAIR], how="inner",
+                                       suffixes=("", "_scratch"))
 
 
 def paired_gain(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Transfer minus scratch test accuracy, paired by (setting, n, seed); summarised per arm and n."""
+    """Transfer minus scratch test accuracy, paired by (setting, n, seed, data seed) with the scratch line of the
+    transfer arm's own setting (`baseline_key`); summarised per arm and n."""
     ok = ok_rows(df)
-    cols = [*SETTING, "arm", *N_KEYS, "gain_mean", "gain_std", "gain_ci_lo", "gain_ci_hi", "n_pairs"]
+    cols = [*SETTING, "arm", "freeze", "baseline", *N_KEYS, "gain_mean", "gain_std", "gain_ci_lo", "gain_ci_hi",
+            "n_pairs", "setting_key", "line_key", "arm_key", "baseline_key"]
     if ok.empty or not ok["is_scratch"].any():
         return pd.DataFrame(columns=cols)
-    base = (ok[ok["is_scratch"]].groupby([*SETTING, "n_label", "seed"], dropna=False)["test_acc"].mean()
-            .rename("scratch_acc").reset_index())
-    pairs = ok[~ok["is_scratch"]].merge(base, on=[*SETTING, "n_label", "seed"], how="inner")
+    pairs = _with_scratch(ok, ["test_acc", "arm"])
     rows = []
-    for key, g in pairs.groupby([*SETTING, "arm", *N_KEYS], dropna=False, sort=True):
-        s = t_interval(g["test_acc"] - g["scratch_acc"], confidence)
-        rows.append({**dict(zip([*SETTING, "arm", *N_KEYS], key)), "gain_mean": s["mean"], "gain_std": s["std"],
-                     "gain_ci_lo": s["ci_lo"], "gain_ci_hi": s["ci_hi"], "n_pairs": s["n"]})
-    return pd.DataFrame(rows, columns=cols).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True)
+    for _, g in pairs.groupby(["setting_key", "arm_key"], sort=False):
+        s = t_interval(g["test_acc"] - g["test_acc_scratch"], confidence)
+        rows.append({**_first(g, [*SETTING, "arm", "freeze", *N_KEYS, "setting_key", "line_key", "arm_key",
+                                  "baseline_key"]), "baseline": g["arm_scratch"].iloc[0],
+                     "gain_mean": s["mean"], "gain_std": s["std"], "gain_ci_lo": s["ci_lo"], "gain_ci_hi": s["ci_hi"],
+                     "n_pairs": s["n"]})
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(rows, columns=cols).sort_values(["setting", "n", "arm"]).reset_index(drop=True)
 
 
 def best_per_n(summary: pd.DataFrame) -> pd.DataFrame:
-    """The arm with the highest mean test accuracy at every n (Ng's rule read off the data), with the scratch mean."""
+    """The arm with the highest mean test accuracy at every n (Ng's rule read off the data), with the mean of the
+    scratch line it is compared with."""
     rows = []
-    for key, g in summary.groupby([*SETTING, *N_KEYS], dropna=False, sort=True):
-        transfer = g[g["arm"] != "scratch"]
-        scratch = g[g["arm"] == "scratch"]
+    for _, g in summary.groupby(["setting_key", "n_label"], dropna=False, sort=False):
+        transfer = g[~g["is_scratch"].astype(bool)]
         if transfer.empty:
             continue
-        best = transfer.loc[transfer["acc_mean"].idxmax()]
-        ranked = transfer.sort_values("acc_mean", ascending=False)
+        ranked = transfer.sort_values("acc_mean", ascending=False, kind="stable")
+        best = ranked.iloc[0]
         runner = ranked.iloc[1] if len(ranked) > 1 else None
-        rows.append({**dict(zip([*SETTING, *N_KEYS], key)), "best_arm": best["arm"], "best_freeze": best["freeze"],
+        scratch = g[g["is_scratch"].astype(bool) & (g["line_key"] == best["baseline_key"])]
+        rows.append({**_first(g, [*SETTING, *N_KEYS, "setting_key"]), "best_arm": best["arm"],
+                     "best_freeze": best["freeze"],
                      "acc_mean": best["acc_mean"], "acc_ci_lo": best["acc_ci_lo"], "acc_ci_hi": best["acc_ci_hi"],
                      "n_seeds": best["n_seeds"],
                      "runner_up": None if runner is None else runner["arm"],
                      "margin": math.nan if runner is None else best["acc_mean"] - runner["acc_mean"],
                      "scratch_mean": scratch["acc_mean"].iloc[0] if len(scratch) else math.nan})
-    return pd.DataFrame(rows).sort_values([*SETTING, "n"]).reset_index(drop=True) if rows else pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["setting", "n"]).reset_index(drop=True) if rows else pd.DataFrame(rows)
 
 
 # ---- crossover n* --------------------------------------------------------------------------------------------
@@ -119,15 +146,17 @@ def crossover_point(ns: Sequence[float], diffs: Sequence[float]) -> float:
 
 
 def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95,
-              rng_seed: int = 0) -> dict[str, float]:
+              rng_seed: int = 0, by: Sequence[str] = ("seed",)) -> dict[str, float]:
     """n* where fine-tuned overtakes frozen, with a bootstrap-over-seeds interval.
 
-    Both frames have columns n, seed, test_acc. Differences are paired by (n, seed); each bootstrap draw resamples
-    seeds with replacement and recomputes the mean difference curve. `p_cross` is the share of draws in which
-    fine-tuning ends ahead at all (the interval's upper end is +inf when that share is below the confidence).
+    Both frames have columns n, test_acc and the pairing columns `by` (seed; the report adds data_seed).
+    Differences are paired by (n, *by); each bootstrap draw resamples seeds with replacement and recomputes the
+    mean difference curve. `p_cross` is the share of draws in which fine-tuning ends ahead at all (the interval's
+    upper end is +inf when that share is below the confidence).
     """
-    a = finetuned.groupby(["n", "seed"])["test_acc"].mean()
-    b = frozen.groupby(["n", "seed"])["test_acc"].mean()
+    by = list(by)
+    a = finetuned.groupby(["n", *by])["test_acc"].mean()
+    b = frozen.groupby(["n", *by])["test_acc"].mean()
     d = (a - b).dropna().rename("diff").reset_index()
     out = {"n_star": math.nan, "n_star_lo": math.nan, "n_star_hi": math.nan, "p_cross": math.nan,
            "n_min": math.nan, "n_max": math.nan, "n_seeds": 0}
@@ -135,8 +164,8 @@ def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000,
         return out
     mean = d.groupby("n")["diff"].mean()
     out.update(n_star=crossover_point(mean.index, mean.values), n_min=float(mean.index.min()),
-               n_max=float(mean.index.max()), n_seeds=int(d["seed"].nunique()))
-    grid = d.pivot_table(index="seed", columns="n", values="diff", aggfunc="mean")  # seeds x n, NaN = missing
+               n_max=float(mean.index.max()), n_seeds=len(d.drop_duplicates(by)))
+    grid = d.pivot_table(index=by, columns="n", values="diff", aggfunc="mean")  # seeds x n, NaN = missing
     ns, values = np.asarray(grid.columns, dtype=float), grid.to_numpy(dtype=float)
     rng = np.random.default_rng(rng_seed)
     picks = rng.integers(0, len(values), size=(n_boot, len(values)))
@@ -152,23 +181,30 @@ def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000,
     return out
 
 
+FAMILY = ["setting_key", "source", "cut", "upper", "strategy", "variant"]  # arms that differ in their depth only
+
+
 def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95) -> pd.DataFrame:
-    """n* for every (setting, source, cut, upper, strategy) that has both freeze=0 and a fully frozen arm."""
+    """n* for every family of arms differing only in freeze depth (same setting, source, cut, upper, strategy and
+    arm keys beyond the label: `variant`) that has both freeze=0 and a fully frozen arm, each a single line."""
     ok = ok_rows(df)
     ok = ok[~ok["is_scratch"]] if not ok.empty else ok
     rows = []
     if ok.empty:
         return pd.DataFrame(rows)
-    for key, g in ok.groupby([*SETTING, "source", "cut", "upper", "strategy"], dropna=False, sort=True):
+    for _, g in ok.groupby(FAMILY, dropna=False, sort=False):
         ft = g[g["freeze"] == 0]
         deepest = g["freeze"].max()
         if ft.empty or pd.isna(deepest) or deepest == 0 or g["n"].nunique() < 2:  # a crossing needs two n
             continue
         fr = g[g["freeze"] == deepest]
-        res = crossover(ft, fr, n_boot=n_boot, confidence=confidence)
-        rows.append({**dict(zip([*SETTING, "source", "cut", "upper", "strategy"], key)),
+        if ft["line_key"].nunique() > 1 or fr["line_key"].nunique() > 1:  # never pool two arms into one side
+            continue
+        res = crossover(ft, fr, n_boot=n_boot, confidence=confidence, by=PAIR)
+        rows.append({**_first(g, [*SETTING, "source", "cut", "upper", "strategy", "variant", "setting_key"]),
                      "finetuned_arm": ft["arm"].iloc[0], "frozen_arm": fr["arm"].iloc[0], **res})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["setting", "finetuned_arm"]).reset_index(drop=True) if rows \
+        else pd.DataFrame(rows)
 
 
 def format_n_star(r) -> str:
@@ -225,19 +261,20 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
     hist = ok.assign(curve=ok["val_acc_history"].map(json.loads))
     hist = hist[hist["curve"].map(len) > 0]
     rows = []
-    for key, g in hist.groupby([*SETTING, "n_label"], dropna=False, sort=True):
+    for _, g in hist.groupby(["setting_key", "n_label"], sort=False):
         sc = g[g["is_scratch"]]
-        if sc.empty:
-            continue
-        scratch_by_seed = {s: c for s, c in zip(sc["seed"], sc["curve"])}
-        threshold = threshold_frac * float(np.mean([max(c) for c in sc["curve"]]))
-        for arm, ga in g[~g["is_scratch"]].groupby("arm", sort=True):
-            per_seed = [curve_measures(c, scratch_by_seed[s], threshold)
-                        for s, c in zip(ga["seed"], ga["curve"]) if s in scratch_by_seed]
+        for _, ga in g[~g["is_scratch"]].groupby("arm_key", sort=False):
+            base = sc[sc["line_key"] == ga["baseline_key"].iloc[0]]  # the arm's own scratch line
+            if base.empty:
+                continue
+            scratch_by_pair = {pair: c for pair, c in zip(zip(*(base[p] for p in PAIR)), base["curve"])}
+            threshold = threshold_frac * float(np.mean([max(c) for c in base["curve"]]))
+            per_seed = [curve_measures(c, scratch_by_pair[pair], threshold)
+                        for pair, c in zip(zip(*(ga[p] for p in PAIR)), ga["curve"]) if pair in scratch_by_pair]
             if not per_seed:
                 continue
             m = pd.DataFrame(per_seed)
-            row = {**dict(zip([*SETTING, "n_label"], key)), "n": float(ga["n"].iloc[0]), "arm": arm,
+            row = {**_first(ga, [*SETTING, "n_label", "n", "arm", "setting_key", "arm_key"]),
                    "threshold": threshold, "n_pairs": len(m)}
             for col in m.columns:
                 s = t_interval(m[col].dropna(), confidence)
@@ -246,7 +283,7 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
             for arm_kind in ("transfer", "scratch"):  # epochs-to-threshold averages only the seeds that got there
                 row[f"reached_thr_{arm_kind}"] = float(m[f"epochs_to_thr_{arm_kind}"].notna().mean())
             rows.append(row)
-    return pd.DataFrame(rows).sort_values([*SETTING, "n", "arm"]).reset_index(drop=True) if rows else pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["setting", "n", "arm"]).reset_index(drop=True) if rows else pd.DataFrame()
 
 
 # ---- Yosinski et al. 2014 -------------------------------------------------------------------------------------
@@ -264,8 +301,19 @@ def yosinski_label(r) -> str | None:
     return None
 
 
+def _yosinski_line(ok: pd.DataFrame) -> pd.Series:
+    """The curve a row belongs to: its Yosinski name, plus what else sets its arm apart (a non-fixed strategy, the
+    source when one name has several, the arm keys beyond the label), so two arms are never one point of a curve."""
+    sources = ok.groupby(["setting_key", "yosinski"])["source"].transform("nunique")
+    parts = [ok["yosinski"],
+             ok["strategy"].where(ok["strategy"].fillna("fixed") != "fixed", ""),
+             ("from " + ok["source"].astype(str)).where(sources > 1, ""),
+             ok["variant"].fillna("")]
+    return pd.Series([" ".join(p for p in ps if p) for ps in zip(*parts)], index=ok.index)
+
+
 def yosinski_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Mean/CI of test accuracy per (setting, n, Yosinski arm, cut); only rows with upper=reinit count, since the
+    """Mean/CI of test accuracy per (setting, n, Yosinski curve, cut); only rows with upper=reinit count, since the
     paper re-initialises and retrains the layers above the cut."""
     ok = ok_rows(df)
     if ok.empty:
@@ -274,10 +322,14 @@ def yosinski_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     ok = ok.assign(yosinski=ok.apply(yosinski_label, axis=1)).dropna(subset=["yosinski"])
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.assign(line=_yosinski_line(ok))
     rows = []
-    for key, g in ok.groupby([*SETTING, "n_label", "yosinski", "cut"], sort=True):
+    for _, g in ok.groupby(["setting_key", "n_label", "line", "cut", "arm_key"], sort=True):
         s = t_interval(g["test_acc"], confidence)
         lo, hi = np.clip([s["ci_lo"], s["ci_hi"]], 0.0, 1.0)
-        rows.append({**dict(zip([*SETTING, "n_label", "yosinski", "cut"], key)), "n": float(g["n"].iloc[0]),
-                     "acc_mean": s["mean"], "acc_ci_lo": lo, "acc_ci_hi": hi, "n_seeds": s["n"]})
+        rows.append({**_first(g, [*SETTING, "n_label", "yosinski", "line", "cut", "setting_key"]),
+                     "n": float(g["n"].iloc[0]), "acc_mean": s["mean"], "acc_ci_lo": lo, "acc_ci_hi": hi,
+                     "n_seeds": s["n"]})
     return pd.DataFrame(rows)

@@ -24,6 +24,11 @@ def _table(df: pd.DataFrame):
     return wandb.Table(dataframe=clean)
 
 
+def _key(setting: str) -> str:
+    """A setting label as a W&B key path: `digits_5to9 / small_cnn / train.lr=0.01` -> `digits_5to9/small_cnn/...`."""
+    return str(setting).replace(" / ", "/")
+
+
 def push_report(report, *, project: str = "transferlab", entity: str | None = None, mode: str = "offline") -> Path:
     """One W&B run (job_type=report, group=sweep name) holding the report; returns the run's local folder."""
     import wandb
@@ -37,14 +42,14 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
                    "report/summary": _table(report.summary), "report/best_per_n": _table(report.best)}
         for key, frame in (("report/gain", report.gain), ("report/crossover", report.crossovers),
                            ("report/learning_measures", report.measures), ("report/yosinski", report.yosinski),
-                           ("report/failed", report.failed)):
+                           ("report/failed", report.failed), ("report/missing", report.missing)):
             if not frame.empty:
                 payload[key] = _table(frame)
-        for (target, backbone), g in report.summary.groupby(["target", "backbone"]):  # native W&B line chart
+        for setting, g in report.summary.groupby("setting"):  # native W&B line chart, one per setting
             lines = [(arm, a.sort_values("n")) for arm, a in g.groupby("arm", sort=True)]
-            payload[f"charts/acc_vs_n/{target}/{backbone}"] = wandb.plot.line_series(
+            payload[f"charts/acc_vs_n/{_key(setting)}"] = wandb.plot.line_series(
                 xs=[a["n"].tolist() for _, a in lines], ys=[a["acc_mean"].tolist() for _, a in lines],
-                keys=[arm for arm, _ in lines], title=f"test accuracy vs n per class ({target}, {backbone})",
+                keys=[arm for arm, _ in lines], title=f"test accuracy vs n per class ({setting})",
                 xname="n per class")
         for title, path, caption in report.figures:
             payload[f"figures/{Path(path).stem}"] = wandb.Image(str(path), caption=f"{title}: {caption}")
@@ -52,7 +57,7 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
         run.summary.update({"runs_ok": int((report.results["status"] == "ok").sum()), "runs_failed": len(report.failed)})
         for _, c in report.crossovers.iterrows():
             if not pd.isna(c["n_star"]):
-                key = f"n_star/{c['target']}/{c['backbone']}/cut={c['cut']}"
+                key = f"n_star/{_key(c['setting'])}/cut={c['cut']}" + (f" {c['variant']}" if c["variant"] else "")
                 vals = {key: c["n_star"], f"{key}/lo": c["n_star_lo"], f"{key}/hi": c["n_star_hi"]}
                 run.summary.update({k: float(v) for k, v in vals.items() if math.isfinite(v)})
         local = Path(run.dir).parent
