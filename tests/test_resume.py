@@ -218,20 +218,24 @@ def test_wandb_online_without_network_falls_back_offline(make_cfg, tmp_path):
 
 
 def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, monkeypatch):
-    from transferlab import fit
+    from transferlab import fit, verified
 
     loaded: list[str] = []
+    real_load = verified.load
 
     def spy(path, *args, **kwargs):
         loaded.append(str(path))
-        return load_checkpoint(path, *args, **kwargs)
+        return real_load(path, *args, **kwargs)
 
-    monkeypatch.setattr(fit, "load_checkpoint", spy)
+    monkeypatch.setattr(fit.verified, "load", spy)
     rec = run(make_cfg("transfer=scratch", "target.n_per_class=3", "train.max_epochs=2", run="atomic"))
-    # Lightning's own loading (trainer.test from the best checkpoint) went through SafeCheckpointIO.
+    # Lightning's own loading (trainer.test from the best checkpoint) went through SafeCheckpointIO (verified).
     assert rec["target_ckpt"] in loaded
     ckpts = tmp_path / "atomic" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temp files left over
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "best.ckpt.sha256", "last.ckpt",
+                                                        "last.ckpt.sha256"]  # no temp files left over
+    for name in ("best.ckpt", "last.ckpt"):
+        assert verified.problem(ckpts / name) is None
     assert rec["target_ckpt"] == str(ckpts / "best.ckpt")
     assert load_checkpoint(ckpts / "last.ckpt")["epoch"] == 1
 

@@ -7,7 +7,8 @@ outputs under `paths.cache_dir/features/<key>/`, and train the suffix (blocks f.
 
 The key hashes the prefix's actual weights and buffers, the block names, the input tensors (pool/val/test) and the
 precision, so every seed's and every n's subset of one pool shares one feature pass, and anything that changes the
-prefix's outputs changes the key. Writes are atomic and file-locked (parallel sweep jobs compute a key once).
+prefix's outputs changes the key. Writes are atomic and file-locked (parallel sweep jobs compute a key once); each
+entry carries a checksum verified on every read, and a damaged one is set aside and recomputed (`verified`).
 
 `train.feature_cache=auto|on|off`. Only blocks that cannot change are cached: the leading blocks with no parameter
 that trains at any epoch and every submodule in eval mode. Under every BN policy and strategy of transfer.py such
@@ -32,7 +33,6 @@ from typing import Any, Iterator
 
 import torch
 
-from transferlab.atomic import torch_save, write_json
 from transferlab.errors import ConfigError, problem
 
 log = logging.getLogger(__name__)
@@ -239,35 +239,26 @@ def _remember(key: str, feats: dict[str, torch.Tensor]) -> None:
 
 def get_or_compute(cfg, task, net, decision: Decision, *, device: torch.device) -> dict[str, torch.Tensor]:
     """{'train','val','test'} prefix features over the whole pool, val and test: from this process, the disk
-    cache, or computed now (under a file lock, written atomically). Updates `decision` with status/key/path."""
-    from filelock import FileLock
-
-    from transferlab.source_cache import load_state
+    cache (verified against its checksum; a damaged entry is set aside and recomputed), or computed now (under a
+    file lock, written atomically). Updates `decision` with status/key/path."""
+    from transferlab import verified
 
     key = feature_key(cfg, task, net, decision.depth)
-    folder = Path(cfg.paths.cache_dir) / "features" / key
-    path = folder / FEATURES_FILE
+    path = Path(cfg.paths.cache_dir) / "features" / key / FEATURES_FILE
     decision.key, decision.path = key, str(path)
-    if key in _memory:
+    if key in _memory:  # computed or verified by this process: no disk read to check
         decision.status = "memory"
         _memory.move_to_end(key)
         return _memory[key]
-    if path.exists():
-        feats, decision.status = load_state(path), "hit"
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder / ".lock")):
-            if path.exists():
-                feats, decision.status = load_state(path), "hit"
-            else:
-                feats = compute(net, decision.depth, {"train": task.train_x, "val": task.val_x, "test": task.test_x},
-                                device=device, cfg=cfg)
-                torch_save(path, feats)
-                write_json(folder / "meta.json", {
-                    "blocks": list(net.backbone.block_names[:decision.depth]), "task": str(task.name),
-                    "shape": list(feats["train"].shape[1:]), "n": {k: len(v) for k, v in feats.items()},
-                    "precision": _precision(cfg)})
-                decision.status = "miss"
+
+    def make() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        feats = compute(net, decision.depth, {"train": task.train_x, "val": task.val_x, "test": task.test_x},
+                        device=device, cfg=cfg)
+        return feats, {"blocks": list(net.backbone.block_names[:decision.depth]), "task": str(task.name),
+                       "shape": list(feats["train"].shape[1:]), "n": {k: len(v) for k, v in feats.items()},
+                       "precision": _precision(cfg)}
+
+    feats, decision.status = verified.get_or_make(path, make)
     _remember(key, feats)
     return feats
 

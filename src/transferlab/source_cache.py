@@ -3,6 +3,8 @@
 The key hashes only what shapes the source model (source task and its files, backbone, pretraining and trainer
 settings incl. the pretraining seed), so changing target or transfer settings never retrains it. Parallel jobs
 needing the same source take a file lock; the first trains and writes atomically, the others wait and load.
+Entries carry a checksum and are verified on every read (`transferlab.verified`): a damaged one is set aside and
+retrained, never used.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from filelock import FileLock
-
-from transferlab.atomic import torch_save, write_json
+from transferlab import verified
 
 MODEL_FILE = "model.pt"
 
@@ -31,24 +31,19 @@ def source_key(cfg, data: str | None = None) -> str:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Load a cached source model; `weights_only=True` so a file can never run code (WeightsError if refused)."""
-    from transferlab.safe_load import load_checkpoint
-
-    return load_checkpoint(path, map_location="cpu")
+    """Load a cached source model or a checkpoint we wrote: checked against its checksum, `weights_only=True` so
+    a file can never run code (UnsafeFileError if refused, CorruptFileError if damaged)."""
+    return verified.load(path, map_location="cpu")
 
 
 def get_or_train(cache_dir: str | Path, key: str, train: Callable[[], tuple[dict, dict]]) -> tuple[dict, str, Path]:
-    """Return (cached object with 'state_dict' and 'meta', 'hit'|'miss', path), training under a lock on a miss."""
-    folder = Path(cache_dir) / "source" / key
-    path = folder / MODEL_FILE
-    if path.exists():
-        return load_state(path), "hit", path
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
-        if path.exists():  # another job trained it while we waited
-            return load_state(path), "hit", path
+    """Return (cached object with 'state_dict' and 'meta', 'hit'|'miss', path), training under a lock on a miss
+    (a damaged entry counts as a miss: set aside with a warning, then retrained)."""
+    path = Path(cache_dir) / "source" / key / MODEL_FILE
+
+    def make() -> tuple[dict, dict]:
         state_dict, meta = train()
-        obj = {"state_dict": state_dict, "meta": meta}
-        torch_save(path, obj)
-        write_json(folder / "meta.json", meta)
-    return obj, "miss", path
+        return {"state_dict": state_dict, "meta": meta}, meta
+
+    obj, status = verified.get_or_make(path, make)
+    return obj, status, path

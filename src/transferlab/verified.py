@@ -1,0 +1,188 @@
+"""Derived files that are verified when read and recomputed when they fail: a wrong byte never becomes a result.
+
+Every payload we derive and later read back (cached source `model.pt`, cached `features.pt`, `last.ckpt` and
+`best.ckpt`) is written with a sha256 of its bytes in a sidecar `<file>.sha256`, in `sha256sum` format, so
+`sha256sum -c model.pt.sha256` checks it from the shell too. Why a sidecar and not the entry's meta.json:
+- one mechanism covers cache entries and Lightning checkpoints alike (checkpoints have no meta.json);
+- meta.json stays what it is, a description for people, written by the cache that knows what to describe; the
+  file that decides whether bytes are trusted holds nothing else.
+
+Writing: the payload goes to a temp file, is hashed from that file in chunks (the bytes just written), renamed
+into place, and then the sidecar is written atomically. A crash between the two renames leaves a payload with no
+(or a stale) checksum: it reads as failed and is recomputed, never trusted.
+
+Reading (`load`): the file is opened once, hashed, and unpickled from the same open file, so the bytes checked
+are the bytes used even if another process renames a new file into place meanwhile. Unpickling comes first, with
+`weights_only=True` (which never runs code), so a planted file is reported as refused even without a checksum.
+
+A cache entry that fails (`get_or_make`) is moved aside, never deleted (`<file>.corrupt-<UTC time>`, its sidecar
+with it), logged once, and recomputed under the entry's file lock, so parallel jobs still compute it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from transferlab.atomic import atomic_path, shared_lock, write_json
+from transferlab.safe_load import CorruptFileError, WeightsError, load_open
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".sha256"
+LOCK = ".lock"
+META = "meta.json"
+_HEX = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SUFFIX)
+
+
+def _sha256(f: BinaryIO) -> str:
+    """sha256 of an open file from its current position, read in chunks (never the whole file at once)."""
+    h, buf = hashlib.sha256(), bytearray(_CHUNK)
+    view = memoryview(buf)
+    while n := f.readinto(buf):
+        h.update(view[:n])
+    return h.hexdigest()
+
+
+def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a temp file beside `path`; it is hashed, renamed to `path`, then sealed by its sidecar."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            digest = _sha256(f)
+    with atomic_path(sidecar(path)) as tmp:
+        tmp.write_text(f"{digest}  {path.name}\n")
+
+
+def save(path: str | os.PathLike, obj: Any) -> None:
+    """`torch.save` with a checksum (see `write_with`)."""
+    import torch
+
+    write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _expected(path: Path) -> tuple[str | None, str]:
+    """(digest recorded in the sidecar, or None with why not)."""
+    side = sidecar(path)
+    try:
+        text = side.read_text().split()
+    except FileNotFoundError:
+        return None, f"no checksum file {side.name} (written before checksums existed, or the writer stopped " \
+                     f"between the file and its checksum)"
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable checksum file {side.name} ({e})"
+    if not text or not _HEX.fullmatch(text[0]):
+        return None, f"checksum file {side.name} holds no sha256"
+    return text[0], ""
+
+
+def problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be trusted (missing, unreadable, no checksum, checksum mismatch), or None. Hashes only."""
+    path = Path(path)
+    expected, why = _expected(path)
+    try:
+        with open(path, "rb") as f:
+            actual = _sha256(f)
+    except FileNotFoundError:
+        return f"{path}: no such file"
+    except OSError as e:
+        return f"{path}: unreadable ({e})"
+    if expected is None:
+        return f"{path}: {why}"
+    if actual != expected:
+        return _mismatch(path, actual, expected)
+    return None
+
+
+def _mismatch(path: Path, actual: str, expected: str) -> str:
+    return f"{path}: checksum mismatch (its bytes hash to sha256 {actual[:12]}…, {sidecar(path).name} says " \
+           f"{expected[:12]}…)"
+
+
+def load_and_check(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Any, str | None]:
+    """(object, why its bytes fail their checksum or None): for callers that look inside before deciding, e.g.
+    a last.ckpt of another configuration is refused as such even when it predates checksums. Raises
+    `UnsafeFileError` (pickled code), `CorruptFileError` (unreadable, truncated) or WeightsError (no such file)."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CorruptFileError(f"{path}: unreadable ({e})") from e
+    with f:
+        try:
+            actual = _sha256(f)
+            f.seek(0)
+        except OSError as e:
+            raise CorruptFileError(f"{path}: unreadable ({e})") from e
+        obj = load_open(f, path, map_location)
+    expected, why = _expected(path)
+    if expected is None:
+        return obj, f"{path}: {why}"
+    if actual != expected:
+        return obj, _mismatch(path, actual, expected)
+    return obj, None
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """A torch file we wrote, checked against its sidecar. Raises `UnsafeFileError` (pickled code), or
+    `CorruptFileError` (unreadable, truncated, no checksum, checksum mismatch), or WeightsError (no such file)."""
+    obj, bad = load_and_check(path, map_location)
+    if bad:
+        raise CorruptFileError(bad)
+    return obj
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename `path` (and its sidecar) to `<name>.corrupt-<UTC time>`: kept for inspection, never read again."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+    os.replace(path, aside)
+    if sidecar(path).exists():
+        os.replace(sidecar(path), sidecar(aside))
+    return aside
+
+
+def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | None]]) -> tuple[Any, str]:
+    """(object, 'hit'|'miss'): the verified file at `path`, or `make()` -> (object, meta) saved there with its
+    checksum (and `meta` as meta.json beside it), under a file lock on the entry's folder.
+
+    A read that fails outside the lock is only retried under it (a writer may be between its payload and its
+    checksum); one that fails under the lock is a damaged entry: set aside with one warning, then recomputed."""
+    path = Path(path)
+    if path.exists():
+        try:
+            return load(path), "hit"
+        except WeightsError:
+            pass  # decided under the lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with shared_lock(path.parent / LOCK):  # the lock file gets the umask's mode (shared caches)
+        if path.exists():
+            try:
+                return load(path), "hit"
+            except WeightsError as e:
+                if path.exists():
+                    aside = set_aside(path)
+                    log.warning("cache entry failed verification: %s; moved aside to %s (kept, not deleted), "
+                                "recomputing it", e, aside.name)
+        obj, meta = make()
+        save(path, obj)
+        if meta is not None:
+            write_json(path.parent / META, meta)
+    return obj, "miss"

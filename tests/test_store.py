@@ -1,0 +1,313 @@
+"""Trust in what is stored: a damaged or moved file never yields a silent wrong `status: ok` number.
+
+Every derived file (cached source model, cached features, last.ckpt, best.ckpt) is verified when read and
+recomputed when it fails; a copied run dir re-tests its own best.ckpt. Each test damages one file the way a disk,
+a kill or a copy would, and compares the outcome with a clean run's exact numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferlab import feature_cache, fit, verified
+from transferlab.experiment import run
+from transferlab.safe_load import CorruptFileError, load_checkpoint
+
+SOURCE = ("target.n_per_class=5", "transfer.freeze=all", "pretrain.max_epochs=1", "pretrain.batch_size=128",
+          "train.max_epochs=2")
+FEATURES = ("source=none", "transfer=linear_probe", "train.feature_cache=on", "target.n_per_class=5",
+            "train.max_epochs=2")
+SCRATCH = ("transfer=scratch", "target.n_per_class=5", "train.max_epochs=3", "checkpoint.every_s=0")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory():
+    feature_cache.clear_memory()
+    yield
+    feature_cache.clear_memory()
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _flip(path: Path) -> bytes:
+    """Flip one byte in the middle of the file (inside tensor data: torch.load still succeeds)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def _truncate(path: Path) -> bytes:
+    data = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(data)
+    return data
+
+
+def _seal(path: Path) -> None:
+    """Write a valid checksum for whatever `path` holds now (a planted file that passes verification)."""
+    verified.sidecar(path).write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("transferlab")]
+
+
+def _aside(path: Path) -> list[Path]:
+    return sorted(p for p in path.parent.glob(f"{path.name}.corrupt-*") if not p.name.endswith(verified.SUFFIX))
+
+
+def _count_epochs(monkeypatch) -> list[int]:
+    started: list[int] = []
+    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_start",
+                        lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
+    return started
+
+
+def _same_numbers(a: dict, b: dict) -> None:
+    for key in ("test/acc", "test/loss", "val/acc", "val/acc_history", "val/loss_history"):
+        assert a["metrics"][key] == b["metrics"][key], key
+
+
+# ------------------------------------------------------------------ verified cache entries (no training)
+
+
+def _make(calls: list[int]):
+    def make():
+        calls.append(1)
+        return {"w": torch.arange(4096, dtype=torch.float32)}, {"calls": len(calls)}
+    return make
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("flip", "checksum mismatch"),
+    ("truncate", "corrupt or not a torch file"),
+    ("no checksum", "no checksum file x.pt.sha256"),
+    ("garbage checksum", "holds no sha256"),
+    ("refused", "refused"),
+])
+def test_a_damaged_cache_entry_is_set_aside_recomputed_once_then_hit(tmp_path, caplog, damage, reason):
+    path, calls = tmp_path / "entry" / "x.pt", []
+    assert verified.get_or_make(path, _make(calls))[1] == "miss"
+    assert verified.problem(path) is None and (path.parent / "meta.json").exists()
+    marker = tmp_path / "PWNED"
+    if damage == "flip":
+        bad = _flip(path)
+    elif damage == "truncate":
+        bad = _truncate(path)
+    elif damage == "no checksum":
+        verified.sidecar(path).unlink()
+        bad = path.read_bytes()
+    elif damage == "garbage checksum":
+        verified.sidecar(path).write_text("not a checksum\n")
+        bad = path.read_bytes()
+    else:  # a planted pickle with code, even with a checksum that matches: never unpickled as code, set aside
+        torch.save({"w": _Exploit(marker)}, path)
+        _seal(path)
+        bad = path.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        obj, status = verified.get_or_make(path, _make(calls))
+    assert status == "miss" and len(calls) == 2 and torch.equal(obj["w"], torch.arange(4096, dtype=torch.float32))
+    (message,) = _warnings(caplog)
+    assert str(path) in message and reason in message and "recomputing" in message
+    (aside,) = _aside(path)
+    assert aside.read_bytes() == bad, "the damaged file is kept aside as it was"
+    assert not marker.exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again, status = verified.get_or_make(path, _make(calls))
+    assert status == "hit" and len(calls) == 2 and torch.equal(again["w"], obj["w"]) and not _warnings(caplog)
+
+
+def test_a_reader_waits_for_a_writer_between_its_file_and_its_checksum(tmp_path, caplog):
+    """Outside the lock a payload without checksum may be a write in progress: decided under the lock only."""
+    from filelock import FileLock
+
+    path, calls = tmp_path / "entry" / "x.pt", []
+    path.parent.mkdir()
+    writer = FileLock(str(path.parent / verified.LOCK))
+    writer.acquire()
+    torch.save({"w": torch.ones(3)}, path)  # the writer's payload is in place, its checksum not yet
+    out: dict = {}
+    reader = threading.Thread(target=lambda: out.update(got=verified.get_or_make(path, _make(calls))))
+    with caplog.at_level(logging.WARNING):
+        reader.start()
+        time.sleep(0.5)
+        assert reader.is_alive(), "the reader must wait for the lock, not judge the entry"
+        _seal(path)
+        writer.release()
+        reader.join(30)
+    assert out["got"][1] == "hit" and torch.equal(out["got"][0]["w"], torch.ones(3))
+    assert not calls and not _aside(path) and not _warnings(caplog)
+
+
+# ------------------------------------------------------------------ cache entries in real runs
+
+
+def test_flipped_bytes_in_a_cached_source_model_are_caught_and_it_is_retrained(make_cfg, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    clean = run(make_cfg(*SOURCE, run="clean", cache=cache))
+    model = Path(clean["source_ckpt"])
+    assert clean["source_cache"] == "miss" and model.name == "model.pt"
+    original = load_checkpoint(model)["state_dict"]
+    bad = _flip(model)
+    with caplog.at_level(logging.WARNING):
+        rec = run(make_cfg(*SOURCE, run="after", cache=cache))
+    assert rec["source_cache"] == "miss" and rec["source_ckpt"] == str(model)
+    (message,) = _warnings(caplog)
+    assert str(model) in message and "checksum mismatch" in message
+    (aside,) = _aside(model)
+    assert aside.read_bytes() == bad
+    retrained = load_checkpoint(model)["state_dict"]
+    assert all(torch.equal(retrained[k], v) for k, v in original.items())
+    _same_numbers(rec, clean)
+    assert run(make_cfg(*SOURCE, run="next", cache=cache))["source_cache"] == "hit"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_features_file_is_recomputed_and_the_next_run_hits(make_cfg, tmp_path, caplog, damage):
+    cache = tmp_path / "cache"
+    clean = run(make_cfg(*FEATURES, run="clean", cache=cache))
+    path = Path(clean["feature_cache"]["path"])
+    assert clean["feature_cache"]["status"] == "miss" and path.name == "features.pt"
+    original = load_checkpoint(path)
+    bad = _flip(path) if damage == "flip" else _truncate(path)
+    feature_cache.clear_memory()  # a later process: the disk entry is read
+    with caplog.at_level(logging.WARNING):
+        rec = run(make_cfg(*FEATURES, run="after", cache=cache))
+    assert rec["feature_cache"]["status"] == "miss" and rec["feature_cache"]["path"] == str(path)
+    (message,) = _warnings(caplog)
+    assert str(path) in message and ("checksum mismatch" if damage == "flip" else "corrupt") in message
+    (aside,) = _aside(path)
+    assert aside.read_bytes() == bad
+    recomputed = load_checkpoint(path)
+    assert all(torch.equal(recomputed[k], v) for k, v in original.items())
+    _same_numbers(rec, clean)
+    feature_cache.clear_memory()
+    assert run(make_cfg(*FEATURES, run="next", cache=cache))["feature_cache"]["status"] == "hit"
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_saved_best_model_state_names_files_inside_its_own_folder_only(tmp_path):
+    here = tmp_path / "copy" / "checkpoints"
+    cb = fit.RunLocalCheckpoint(dirpath=str(here), filename="best", monitor="val/acc", mode="max")
+    legacy = {"best_model_path": "/elsewhere/run/checkpoints/best.ckpt", "best_model_score": torch.tensor(0.75),
+              "dirpath": "/elsewhere/run/checkpoints", "kth_best_model_path": "../../x/best.ckpt",
+              "kth_value": torch.tensor(0.75), "best_k_models": {"/elsewhere/run/checkpoints/best.ckpt":
+                                                                  torch.tensor(0.75)}, "last_model_path": ""}
+    cb.load_state_dict(legacy)
+    inside = str(Path(cb.dirpath) / "best.ckpt")
+    assert cb.best_model_path == cb.kth_best_model_path == inside and list(cb.best_k_models) == [inside]
+    assert float(cb.best_model_score) == 0.75 and cb.last_model_path == ""
+    state = cb.state_dict()
+    assert state["best_model_path"] == "best.ckpt" and list(state["best_k_models"]) == ["best.ckpt"]
+    assert state["dirpath"] == "."
+
+
+@pytest.mark.parametrize("original", ["deleted", "holds other weights"])
+def test_a_copied_run_dir_re_tests_its_own_best_checkpoint(make_cfg, tmp_path, monkeypatch, original):
+    first = run(make_cfg(*SCRATCH, run="orig"))
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    if original == "deleted":
+        shutil.rmtree(tmp_path / "orig")
+    else:  # another model at the original path, with a valid checksum: only its location could make it used
+        best = tmp_path / "orig" / "checkpoints" / "best.ckpt"
+        ckpt = load_checkpoint(best)
+        ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
+        verified.save(best, ckpt)
+    started = _count_epochs(monkeypatch)
+    again = run(make_cfg(*SCRATCH, run="copy"))
+    ckpts = tmp_path / "copy" / "checkpoints"
+    assert started == [], "a finished run: nothing retrains, its best model is re-tested"
+    assert again["status"] == "ok" and again["target_ckpt"] == str(ckpts / "best.ckpt")
+    assert again["resumed_from"] == str(ckpts / "last.ckpt")
+    _same_numbers(again, first)
+
+
+@pytest.mark.parametrize("file, damage, reason", [
+    ("last.ckpt", "truncate", "corrupt or not a torch file"),
+    ("last.ckpt", "flip", "checksum mismatch"),
+    ("last.ckpt", "no checksum", "no checksum file last.ckpt.sha256"),
+    ("best.ckpt", "flip", "checksum mismatch"),
+])
+def test_a_damaged_checkpoint_starts_the_fit_over_with_one_warning(make_cfg, tmp_path, monkeypatch, caplog,
+                                                                   file, damage, reason):
+    first = run(make_cfg(*SCRATCH, run="r"))
+    ckpts = tmp_path / "r" / "checkpoints"
+    path = ckpts / file
+    if damage == "no checksum":
+        verified.sidecar(path).unlink()
+        bad = path.read_bytes()
+    else:
+        bad = _flip(path) if damage == "flip" else _truncate(path)
+    started = _count_epochs(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        again = run(make_cfg(*SCRATCH, run="r"))  # validation does not refuse it: not a config problem
+    assert started == [0, 1, 2] and again["resumed_from"] is None and again["status"] == "ok"
+    (message,) = _warnings(caplog)
+    assert str(path) in message and reason in message and "starts over from epoch 0" in message
+    (aside,) = _aside(path)
+    assert aside.read_bytes() == bad
+    if file == "best.ckpt":  # last.ckpt resumes toward that best model: set aside with it
+        assert len(_aside(ckpts / "last.ckpt")) == 1
+    assert verified.problem(ckpts / "last.ckpt") is None and verified.problem(ckpts / "best.ckpt") is None
+    _same_numbers(again, first)
+
+
+def test_a_damaged_source_pretraining_checkpoint_restarts_pretraining(make_cfg, tmp_path, monkeypatch, caplog):
+    args = ("target.n_per_class=5", "transfer.freeze=all", "pretrain.max_epochs=2", "pretrain.batch_size=128",
+            "train.max_epochs=2", "checkpoint.every_s=0")
+    clean = run(make_cfg(*args, run="clean", cache=tmp_path / "c1"))
+    # A pretraining killed in this run dir whose last.ckpt was then cut short (disk full, a copy interrupted).
+    planted = tmp_path / "damaged" / "source" / "checkpoints"
+    planted.mkdir(parents=True)
+    for name in ("last.ckpt", "last.ckpt.sha256"):
+        shutil.copy(tmp_path / "clean" / "source" / "checkpoints" / name, planted / name)
+    _truncate(planted / "last.ckpt")
+    started = _count_epochs(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        rec = run(make_cfg(*args, run="damaged", cache=tmp_path / "c2"))
+    assert rec["source_cache"] == "miss" and started == [0, 1, 0, 1], "pretraining from epoch 0, then the target"
+    (message,) = _warnings(caplog)
+    assert str(planted / "last.ckpt") in message and "corrupt" in message
+    assert rec["source_metrics"]["test/acc"] == clean["source_metrics"]["test/acc"]
+    _same_numbers(rec, clean)
+
+
+def test_a_best_checkpoint_damaged_during_the_run_fails_it_loudly_and_the_next_attempt_starts_over(
+        make_cfg, tmp_path, monkeypatch):
+    clean = run(make_cfg(*SCRATCH, run="clean"))
+    real = fit.SafeCheckpointIO.save_checkpoint
+
+    def save_then_damage(self, checkpoint, path, storage_options=None):
+        real(self, checkpoint, path, storage_options)
+        if Path(path).name == "best.ckpt":
+            _flip(Path(path))
+
+    monkeypatch.setattr(fit.SafeCheckpointIO, "save_checkpoint", save_then_damage)
+    cfg = make_cfg(*SCRATCH, run="r")
+    with pytest.raises(CorruptFileError, match="best.ckpt: checksum mismatch"):
+        run(cfg)
+    failed = (Path(cfg.paths.output_dir) / "result.json").read_text()
+    assert '"status": "failed"' in failed and "checksum mismatch" in failed
+    monkeypatch.undo()
+    started = _count_epochs(monkeypatch)
+    again = run(make_cfg(*SCRATCH, run="r"))
+    assert started == [0, 1, 2] and again["status"] == "ok"
+    _same_numbers(again, clean)
