@@ -35,6 +35,7 @@ def tiny_images(tmp_path_factory):
         x[y == c, c % 3] += 0.8
         r, q = divmod(c, 2)
         x[y == c, :, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 1.0
+    x = (x - x.min()) / (x.max() - x.min())  # images are float in [0, 1] (checked at setup)
     path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
     np.savez(path, x_train=x, y_train=y)
     return path
