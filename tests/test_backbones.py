@@ -10,12 +10,12 @@ import torchvision
 from omegaconf import OmegaConf
 
 from transferlab.backbones import build_backbone
-from transferlab.callbacks import _BlockSummary
 from transferlab.errors import ConfigError
-from transferlab.experiment import run
-from transferlab.module import TransferModule
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.transfer import build_target_net, resolve_plan
+from transferlab.run.experiment import run
+from transferlab.training.callbacks import _BlockSummary
+from transferlab.training.module import TransferModule
+from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import build_target_net, resolve_plan
 
 RESNET = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None})
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.experiment import run
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.results import RECORD_KEYS
-from transferlab.validate import prepare
+from transferlab.run.experiment import run
+from transferlab.run.record import RECORD_KEYS
+from transferlab.run.setup import prepare
+from transferlab.transfer.network import BACKBONE_PREFIX
 
 
 def _load(path):

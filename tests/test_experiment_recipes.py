@@ -13,10 +13,10 @@ from sklearn.datasets import load_iris
 
 from conftest import CONF
 from transferlab.backbones import build_backbone
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.sweep import expand
-from transferlab.transfer import build_target_net
-from transferlab.validate import prepare
+from transferlab.run.setup import prepare
+from transferlab.sweep.points import expand
+from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import build_target_net
 
 
 def _points(name: str):

@@ -12,9 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from transferlab import identity
 from transferlab.errors import ConfigError
-from transferlab.experiment import run
+from transferlab.run import identity
+from transferlab.run.experiment import run
 
 # A small, fast run (npz target so that a file path and its content take part).
 BASE = ["transfer.freeze=1", "target.n_per_class=5", "train.max_epochs=3", "pretrain.max_epochs=2"]
@@ -59,14 +59,14 @@ def test_the_neutral_list_is_exactly_what_the_tests_cover():
 
 
 def test_neutral_keys_change_neither_fingerprint_nor_numbers(tmp_path):
-    from transferlab.devices import lease_device
+    from transferlab.run.lease import lease_device
 
     data = _npz(tmp_path / "t.npz")
     common = [*BASE, "source=digits_all", "target=npz", f"target.path={data}", "source.channels=1",
               "target.image_size=8"]
     a_cfg = compose_cfg([*common, "train.feature_cache=on"], tmp_path / "a", tmp_path / "cache_a")
     b_cfg = compose_cfg([*common, *_neutral_overrides(tmp_path, data)], tmp_path / "b", tmp_path / "cache_b")
-    lease = [f"+lease.slots=1", f"+lease.dir={tmp_path / 'leases'}"]
+    lease = ["+lease.slots=1", f"+lease.dir={tmp_path / 'leases'}"]
     c_cfg = compose_cfg([*common, *lease], tmp_path / "c", tmp_path / "cache_c")
     assert _fp(a_cfg) == _fp(b_cfg) == _fp(c_cfg)
     a, b = run(a_cfg), run(b_cfg)
@@ -147,7 +147,7 @@ def test_every_other_key_is_identity(tmp_path, choices):
 @pytest.mark.parametrize("override", ["trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=0.5",
                                       "+trainer.accumulate_grad_batches=4", "trainer.deterministic=true"])
 def test_trainer_settings_are_identity_for_runs_and_the_source_cache(tmp_path, override):
-    from transferlab.source_cache import source_key
+    from transferlab.store.source_cache import source_key
 
     a, b = compose_cfg([], tmp_path / "r"), compose_cfg([override], tmp_path / "r")
     assert _fp(a) != _fp(b)
@@ -270,7 +270,7 @@ def test_a_finished_run_rerun_with_other_trainer_settings_is_refused_not_reteste
 
 
 def test_content_digest_memo_sees_an_edit_that_keeps_size_and_mtime(tmp_path):
-    from transferlab import content
+    from transferlab.store import content
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"a" * 100)

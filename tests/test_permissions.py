@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from transferlab.atomic import atomic_path, current_umask, file_mode, torch_save, write_json
-from transferlab.devices import LOG_FILE, _log_lease, acquire
-from transferlab.experiment import run
+from transferlab.run.experiment import run
+from transferlab.run.lease import LOG_FILE, _log_lease, acquire
+from transferlab.store.atomic import atomic_path, current_umask, file_mode, torch_save, write_json
 
 UMASKS = [0o022, 0o002]
 

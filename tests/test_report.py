@@ -13,10 +13,10 @@ import pytest
 from scipy import stats as st
 
 from conftest import run_cli
-from transferlab import identity
 from transferlab.analysis import plots, stats
 from transferlab.report import build_report
-from transferlab.results import read_result, write_result
+from transferlab.run import identity
+from transferlab.run.record import read_result, write_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["pretrain.max_epochs=2", "train.max_epochs=3", "trainer.enable_progress_bar=false", "pretrain.seed=0",
@@ -24,8 +24,8 @@ TINY = ["pretrain.max_epochs=2", "train.max_epochs=3", "trainer.enable_progress_
 
 
 def assert_png(path: Path) -> None:
-    from PIL import Image
     import matplotlib.image as mpimg
+    from PIL import Image
 
     assert path.read_bytes()[:8] == PNG_MAGIC, path
     with Image.open(path) as im:

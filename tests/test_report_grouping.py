@@ -1,6 +1,6 @@
 """The report never pools runs that differ, and its counts are right.
 
-Runs are seeds of one arm only when their identity (`transferlab.identity`) differs in nothing but the seeds; a
+Runs are seeds of one arm only when their identity (`transferlab.run.identity`) differs in nothing but the seeds; a
 panel (setting) holds the runs that differ only in arm, n and seed; copies of one run count once; with the
 sweeper's record (sweep.json) failures without a result and lost points are counted from it. Every record here is
 written by hand from the real composed config, so fingerprints and inputs are what a run would record.
@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 from scipy import stats as st
 
 from conftest import compose_cfg
-from transferlab import identity
 from transferlab.analysis import collect, stats
 from transferlab.report import build_report
-from transferlab.results import write_result
+from transferlab.run import identity
+from transferlab.run.record import write_result
 
 ENV = {"python": "3.11.9", "transferlab": "0.1.0", "torch": "2.3.0", "numpy": "1.26.4", "commit": "a" * 40,
        "dirty": False}

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab import source_cache
 from transferlab.errors import ConfigError
-from transferlab.experiment import run
-from transferlab.fit import NonFiniteLossError, SafeCheckpointIO
-from transferlab.safe_load import WeightsError, load_checkpoint
+from transferlab.run.experiment import run
+from transferlab.store import source_cache
+from transferlab.store.safe_load import WeightsError, load_checkpoint
+from transferlab.training.fit import NonFiniteLossError, SafeCheckpointIO
 
 # Small enough to be quick, long enough (8 epochs x 25 steps) to be killed in the middle.
 RESUMABLE = ["transfer=scratch", "target.n_per_class=40", "train.batch_size=8", "train.max_epochs=8",
@@ -86,7 +86,7 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(tmp_path,
 
 def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
     """In-process twin of the SIGKILL test (fast suite): a crash after epoch 2, then the same config again."""
-    from transferlab import fit
+    from transferlab.training import fit
 
     def crash(self, trainer, pl_module):
         if trainer.current_epoch == 2:
@@ -117,7 +117,7 @@ def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
 
 
 def test_crash_during_source_pretraining_resumes_it(make_cfg, monkeypatch, tmp_path):
-    from transferlab import fit
+    from transferlab.training import fit
 
     def crash(self, trainer, pl_module):
         if trainer.current_epoch == 1:
@@ -218,7 +218,8 @@ def test_wandb_online_without_network_falls_back_offline(make_cfg, tmp_path):
 
 
 def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, monkeypatch):
-    from transferlab import fit, verified
+    from transferlab.store import verified
+    from transferlab.training import fit
 
     loaded: list[str] = []
     real_load = verified.load
@@ -242,7 +243,7 @@ def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, 
 
 @pytest.mark.parametrize("every_s, writes", [(0, 4), (3600, 1)])
 def test_last_ckpt_is_written_every_interval_and_after_the_last_epoch(make_cfg, tmp_path, monkeypatch, every_s, writes):
-    from transferlab import fit
+    from transferlab.training import fit
 
     saved: list[tuple[str, int]] = []
     real = fit.SafeCheckpointIO.save_checkpoint

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_sweeps import TINY, _summary
 
 from conftest import ROOT, run_cli
-from transferlab.results import find_results, read_result
-from test_sweeps import TINY, _summary
+from transferlab.run.record import find_results, read_result
 
 pytestmark = pytest.mark.slurm
 

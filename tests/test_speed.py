@@ -11,14 +11,14 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from transferlab import feature_cache
 from transferlab.backbones import build_backbone
-from transferlab.data import TensorBatches, arrays_loaders, loaders
 from transferlab.errors import ConfigError
-from transferlab.experiment import run
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.transfer import build_target_net
-from transferlab.validate import prepare
+from transferlab.run.experiment import run
+from transferlab.run.setup import prepare
+from transferlab.store import feature_cache
+from transferlab.training.batches import TensorBatches, arrays_loaders, loaders
+from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import build_target_net
 
 QUICK = ("train.max_epochs=3", "target.n_per_class=10")
 
@@ -207,7 +207,7 @@ def _with(cfg, **keys):
 def test_auto_turns_the_cache_off_under_augmentation_and_says_why_once(make_cfg, caplog, keys, reason):
     cfg = _with(make_cfg("transfer.freeze=2", "train.feature_cache=auto"), **keys)
     task, net = _net(cfg)
-    with caplog.at_level(logging.INFO, logger="transferlab.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="transferlab.store.feature_cache"):
         first = feature_cache.decide(cfg, task, net)
         second = feature_cache.decide(cfg, task, net)
     assert not first.use and reason in first.reason and first.reason == second.reason

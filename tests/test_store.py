@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab import feature_cache, fit, verified
-from transferlab.experiment import run
-from transferlab.safe_load import CorruptFileError, load_checkpoint
+from transferlab.run.experiment import run
+from transferlab.store import feature_cache, verified
+from transferlab.store.safe_load import CorruptFileError, load_checkpoint
+from transferlab.training import fit
 
 SOURCE = ("target.n_per_class=5", "transfer.freeze=all", "pretrain.max_epochs=1", "pretrain.batch_size=128",
           "train.max_epochs=2")

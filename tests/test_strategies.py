@@ -10,11 +10,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferlab.backbones import build_backbone
-from transferlab.fit import fit_and_test
-from transferlab.module import TransferModule
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.strategies import strategy_callbacks
-from transferlab.transfer import build_target_net, resolve_plan
+from transferlab.training.fit import fit_and_test
+from transferlab.training.module import TransferModule
+from transferlab.training.schedule import strategy_callbacks
+from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import build_target_net, resolve_plan
 
 SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 8, 8], "hidden": [16], "dropout": 0.0})
 SHAPE = (3, 8, 8)
@@ -147,7 +147,7 @@ def test_gradual_run_resumed_mid_schedule_gets_the_right_set_and_optimizer(tmp_p
     ["transfer.trainable=[*.bias]", "transfer.cut=3"],
 ])
 def test_strategies_run_end_to_end_from_the_cli_config(make_cfg, overrides):
-    from transferlab.experiment import run
+    from transferlab.run.experiment import run
 
     rec = run(make_cfg(*overrides, "target.n_per_class=5", "train.max_epochs=5", "logger=none"))
     assert rec["status"] == "ok" and rec["strategy"] == rec["config"]["transfer"]["strategy"]

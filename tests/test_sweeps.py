@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, run_cli
-from transferlab.results import find_results, read_result
+from transferlab.run.record import find_results, read_result
 
 TINY = ["pretrain.max_epochs=1", "train.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none"]
 
@@ -62,7 +62,7 @@ def _preset(name: str, *cli: str):
 def _expand(name: str, *cli: str, sweep_cli: tuple[str, ...] = ()):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from transferlab.sweep import expand
+    from transferlab.sweep.points import expand
 
     sweeper, sweep_name = _preset(name, *cli)
     assert sweeper["_target_"].endswith("TransferlabSweeper")
@@ -139,7 +139,7 @@ def test_failing_point_is_isolated_then_rerun_skips_finished(tmp_path):
 def test_second_copy_of_a_running_sweep_is_refused_before_it_writes(tmp_path):
     from filelock import FileLock
 
-    from transferlab.sweep import LOCK_FILE
+    from transferlab.sweep.state import LOCK_FILE
 
     args = ["-m", "experiment=tiny", _tiny_conf(tmp_path), *TINY]
     sweep_dir = tmp_path / "outputs" / "sweeps" / "tiny"
@@ -203,7 +203,7 @@ def _assert_exclusive(folder: Path, n_slots: int, n_jobs: int, min_concurrency: 
 
 
 def _hold_a_lease(folder: str, hold_s: float) -> None:
-    from transferlab.devices import lease_device
+    from transferlab.run.lease import lease_device
 
     cfg = OmegaConf.create({"lease": {"slots": 2, "dir": folder, "poll_s": 0.05}, "trainer": {"accelerator": "cpu"}})
     with lease_device(cfg) as k:
@@ -233,7 +233,7 @@ def test_device_lease_is_released_when_its_holder_is_killed(tmp_path):
     ctx = mp.get_context("fork")
     holder = ctx.Process(target=_hold_a_lease, args=(str(tmp_path), 60.0))
     holder.start()
-    from transferlab.devices import acquire
+    from transferlab.run.lease import acquire
 
     deadline = time.time() + 30
     while not (tmp_path / "slot0.lock").exists() and time.time() < deadline:
@@ -266,8 +266,8 @@ def test_local_parallel_turns_the_lease_on_and_slurm_asks_one_gpu_per_task():
 
 
 def test_bad_lease_slots_is_one_config_error():
-    from transferlab.devices import slot_count
     from transferlab.errors import ConfigError
+    from transferlab.run.lease import slot_count
 
     with pytest.raises(ConfigError, match=r"lease.slots='many'"):
         slot_count(OmegaConf.create({"lease": {"slots": "many"}, "trainer": {"accelerator": "cpu"}}))
@@ -293,7 +293,8 @@ def test_point_folders_do_not_depend_on_argument_order():
 
 
 def test_a_point_whose_config_changed_loses_every_checkpoint_and_keeps_its_old_results(tmp_path):
-    from transferlab.sweep import POINT_FILE, Point, prepare_point_dir
+    from transferlab.sweep.points import Point
+    from transferlab.sweep.state import POINT_FILE, prepare_point_dir
 
     point = tmp_path / "p"
     for rel in ("checkpoints", "source/checkpoints"):
@@ -372,7 +373,8 @@ def test_new_data_at_the_same_path_reruns_and_resume_false_retrains(tmp_path):
 
 
 def test_a_folder_named_in_argument_order_becomes_its_points_canonical_folder(tmp_path):
-    from transferlab.sweep import POINT_FILE, Point, adopt_renamed_folders
+    from transferlab.sweep.points import Point
+    from transferlab.sweep.state import POINT_FILE, adopt_renamed_folders
 
     old = tmp_path / "transfer.freeze=2,seed=0"
     old.mkdir()
@@ -399,7 +401,7 @@ def _wait_for(predicate, timeout_s: float = 240.0, poll_s: float = 0.05):
 
 
 def _started(sweep_dir: Path) -> list[dict]:
-    from transferlab.sweep import STARTED_FILE
+    from transferlab.sweep.state import STARTED_FILE
 
     out = []
     for f in sweep_dir.glob(f"*/{STARTED_FILE}"):

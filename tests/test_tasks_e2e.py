@@ -8,8 +8,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from transferlab.errors import ConfigError
-from transferlab.experiment import run
-from transferlab.validate import prepare
+from transferlab.run.experiment import run
+from transferlab.run.setup import prepare
 
 
 def _digit_files(folder: Path) -> tuple[Path, Path]:

@@ -5,7 +5,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from transferlab.errors import ConfigError
-from transferlab.validate import prepare
+from transferlab.run.setup import prepare
 
 
 def _rows(*tensors):

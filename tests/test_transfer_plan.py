@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from transferlab.backbones import build_backbone
 from transferlab.errors import ConfigError
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.transfer import build_target_net, resolve_plan
+from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import build_target_net, resolve_plan
 
 SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 16, 16], "hidden": [32], "dropout": 0.0})
 MLP = OmegaConf.create({"name": "mlp", "hidden": [50, 25], "dropout": 0.0})

@@ -13,9 +13,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferlab.backbones import build_backbone
 from transferlab.errors import ConfigError
-from transferlab.module import TransferModule
-from transferlab.network import BACKBONE_PREFIX
-from transferlab.transfer import build_target_net, resolve_plan
+from transferlab.training.module import TransferModule
+from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import build_target_net, resolve_plan
 
 RESNET = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None})
 SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 16, 16], "hidden": [32], "dropout": 0.0})
@@ -181,7 +181,7 @@ def test_l2sp_penalty_pulls_toward_source_and_replaces_weight_decay():
     (["train.scheduler=onecycle"], "train.scheduler='onecycle'"),
 ])
 def test_config_level_errors_come_before_any_training(make_cfg, overrides, needle):
-    from transferlab.validate import prepare
+    from transferlab.run.setup import prepare
 
     with pytest.raises(ConfigError) as e:
         prepare(make_cfg(*overrides))

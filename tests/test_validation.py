@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli
 
+from conftest import compose_cfg, run_cli
 from transferlab.errors import ConfigError
-from transferlab.experiment import run
+from transferlab.run.experiment import run
 
 
 class _Exploit:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from transferlab.results import read_result
+from transferlab.run.record import read_result
 
 WANDB = str(Path(sys.executable).parent / "wandb")
 
@@ -116,7 +116,7 @@ def test_report_pushes_one_report_run(wandb_sweep, tmp_path):
 
 
 def test_mode_is_per_run_and_final_metrics_land_in_summary(make_cfg, tmp_path, monkeypatch):
-    from transferlab.loggers import finish_logger, flatten, make_logger
+    from transferlab.training.loggers import finish_logger, flatten, make_logger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = make_cfg("logger=wandb", "name=unit")

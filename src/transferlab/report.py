@@ -16,7 +16,6 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from transferlab.errors import ConfigError, problem
@@ -47,7 +46,7 @@ class Report:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    from transferlab.atomic import atomic_path
+    from transferlab.store.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -93,7 +92,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise ConfigError(problem("sweep_dir", str(sweep), "an existing folder holding result.json files"))
-    from transferlab.results import find_results
+    from transferlab.run.record import find_results
 
     if next(find_results(sweep), None) is None:
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))

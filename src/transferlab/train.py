@@ -26,21 +26,21 @@ def _in_sweep() -> bool:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from transferlab.display import print_result
     from transferlab.errors import ConfigError
-    from transferlab.experiment import run
-    from transferlab.fit import NonFiniteLossError
-    from transferlab.safe_load import WeightsError
+    from transferlab.run.console import print_result
+    from transferlab.run.experiment import run
+    from transferlab.store.safe_load import WeightsError
+    from transferlab.training.fit import NonFiniteLossError
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # Hydra's handlers print and file these
         logging.getLogger(name).handlers.clear()
-    from transferlab.devices import lease_device
+    from transferlab.run.lease import lease_device
 
     if _in_sweep():
-        from transferlab import orphan, sweep
+        from transferlab.sweep import orphan, state
 
-        orphan.watch_parent(sweep.SWEEP_PID_ENV)  # a local worker leaves when its sweep process dies
-        sweep.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
+        orphan.watch_parent(state.SWEEP_PID_ENV)  # a local worker leaves when its sweep process dies
+        state.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
 
     try:
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core

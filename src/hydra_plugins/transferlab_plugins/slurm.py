@@ -11,6 +11,7 @@ from typing import Sequence
 from unittest import mock
 
 from hydra.core.utils import JobReturn, JobStatus
+
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
 

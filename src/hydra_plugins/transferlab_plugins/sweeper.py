@@ -1,6 +1,6 @@
 """`hydra/sweeper=transferlab`: Hydra's basic sweeper plus grids, stable point folders, resume and a summary.
 
-The logic lives in `transferlab.sweep`; this class only wires it into Hydra's sweeper protocol.
+The logic lives in `transferlab.sweep.state`; this class only wires it into Hydra's sweeper protocol.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TransferlabSweeper(BasicSweeper):
         self._bases: dict = {}
 
     def _point_hash(self, overrides: List[str], out_dir: str) -> str:
-        """Fingerprint of a job as its result.json will record it (`transferlab.identity.fingerprint` of the
+        """Fingerprint of a job as its result.json will record it (`transferlab.run.identity.fingerprint` of the
         resolved config as the task function sees it, input file contents included).
 
         A Hydra compose costs ~0.2-0.8 s here, too slow for hundreds of points (the launcher composes each job
@@ -47,7 +47,7 @@ class TransferlabSweeper(BasicSweeper):
         """
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        from transferlab.identity import fingerprint
+        from transferlab.run.identity import fingerprint
 
         loader = self.hydra_context.config_loader
         parsed = self._parser.parse_overrides(overrides)
@@ -70,11 +70,12 @@ class TransferlabSweeper(BasicSweeper):
         return fingerprint(OmegaConf.to_container(cfg, resolve=True))
 
     def sweep(self, arguments: List[str]) -> Any:
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
+        from transferlab.sweep.points import expand
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         self._parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        points = S.expand(self._parser.parse_overrides, self.params, self.grids, list(arguments))
+        points = expand(self._parser.parse_overrides, self.params, self.grids, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         # Every point is composed and fingerprinted first: an unknown key or a missing config fails here, with
         # Hydra's own message, before any folder exists.
@@ -107,7 +108,7 @@ class TransferlabSweeper(BasicSweeper):
 
     def _done(self, points: list, sweep_dir: Path) -> None:
         """Mark points whose fingerprint has an ok result in the sweep folder as skipped (resume=true only)."""
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
 
         if not self.resume:
             return
@@ -129,7 +130,7 @@ class TransferlabSweeper(BasicSweeper):
         return []
 
     def _sweep(self, points: list, sweep_dir: Path) -> Any:
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
 
         assert self.config is not None and self.launcher is not None
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -198,7 +199,7 @@ class TransferlabSweeper(BasicSweeper):
 
     def _launch_batch(self, batch: list, sweep_dir: Path) -> list:
         """[(point, JobReturn or None, launcher error)]: None for every point when the launcher raised."""
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
 
         for p in batch:
             (Path(p.dir) / S.STARTED_FILE).unlink(missing_ok=True)
@@ -217,19 +218,19 @@ class TransferlabSweeper(BasicSweeper):
 
     @staticmethod
     def _started(p: Any) -> bool:
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
 
         return S.was_started(p.dir)
 
     @staticmethod
     def _left_nothing(p: Any) -> bool:
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
 
         return S.point_status(p.dir, p.hash)[0] == "missing"
 
     @staticmethod
     def _judge(p: Any, r: Optional[JobReturn]) -> None:
-        from transferlab import sweep as S
+        from transferlab.sweep import state as S
 
         status, error = S.point_status(p.dir, p.hash)
         if status == "ok":

@@ -1,10 +1,10 @@
 """Every result.json under a sweep folder -> tidy pandas rows (one per distinct run), grouped by run identity; the
 sweep's own record of its points (sweep.json) -> what was declared, failed and is missing; learning curves.
 
-Reads only through `transferlab.results`, so the record schema has one owner. Failed runs are kept (status column)
+Reads only through `transferlab.run.record`, so the record schema has one owner. Failed runs are kept (status column)
 so the report can list them; statistics use the `ok` rows only.
 
-Which runs are "the same" is decided once, by `transferlab.identity`; this module turns that decision into the
+Which runs are "the same" is decided once, by `transferlab.run.identity`; this module turns that decision into the
 report's groups, and every table, figure and count groups by the key columns made here (never by labels or by a
 hand-picked list of fields, which is how runs that differed in `train.lr`, in their data files or in
 `transfer.l2sp` used to be pooled as seeds of one arm):
@@ -32,11 +32,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from transferlab import identity
-from transferlab.results import find_results, read_result
+from transferlab.run import identity
+from transferlab.run.record import find_results, read_result
 
 SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
-SWEEP_RECORD = "sweep.json"  # written by the transferlab sweeper (transferlab.sweep.SUMMARY_FILE)
+SWEEP_RECORD = "sweep.json"  # written by the transferlab sweeper (transferlab.sweep.state.SUMMARY_FILE)
 KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "baseline_key")
 # What the readable arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "gradual", a trainable
 # set): these arm keys are not repeated after it. `transfer.name` is what the preset was called (finetune,

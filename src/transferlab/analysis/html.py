@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transferlab.atomic import atomic_path
+from transferlab.store.atomic import atomic_path
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2em}

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transferlab.analysis.collect import curves  # noqa: E402
 from transferlab.analysis.stats import PAIR, t_interval  # noqa: E402
-from transferlab.atomic import atomic_path  # noqa: E402
+from transferlab.store.atomic import atomic_path  # noqa: E402
 
 SCRATCH_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "label": "scratch"}
 YOSINSKI_STYLE = {"BnB": ("#1f4e9c", "-", "o"), "BnB+": ("#6fa8dc", "-", "^"),

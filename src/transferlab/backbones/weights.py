@@ -24,7 +24,7 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise ConfigError(problem("backbone.weights", str(path),
                                   "null (random), imagenet, or the path of an existing weights file"))
-    from transferlab.safe_load import WeightsError, load_checkpoint
+    from transferlab.store.safe_load import WeightsError, load_checkpoint
 
     try:
         obj = load_checkpoint(p)  # weights_only=True / safetensors; a pickle with code is refused

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from transferlab.atomic import shared_lock
 from transferlab.errors import ConfigError, problem
+from transferlab.store.atomic import shared_lock
 from transferlab.tasks import cifar100_meta as c100
 from transferlab.tasks.arrays import _select_classes, task_from_arrays
 from transferlab.tasks.base import TaskData

@@ -26,7 +26,7 @@ class UnsafeFileError(WeightsError):
 
 
 class CorruptFileError(WeightsError):
-    """Unreadable, truncated, not a torch file, or (`transferlab.verified`) bytes that fail their checksum: a
+    """Unreadable, truncated, not a torch file, or (`transferlab.store.verified`) bytes that fail their checksum: a
     derived file in this state is recomputed, never used."""
 
 

@@ -241,7 +241,7 @@ def get_or_compute(cfg, task, net, decision: Decision, *, device: torch.device) 
     """{'train','val','test'} prefix features over the whole pool, val and test: from this process, the disk
     cache (verified against its checksum; a damaged entry is set aside and recomputed), or computed now (under a
     file lock, written atomically). Updates `decision` with status/key/path."""
-    from transferlab import verified
+    from transferlab.store import verified
 
     key = feature_key(cfg, task, net, decision.depth)
     path = Path(cfg.paths.cache_dir) / "features" / key / FEATURES_FILE
@@ -323,7 +323,7 @@ def check_config(cfg, task) -> None:
 def target_loaders(cfg, task, net):
     """(train, val, test) batches for target training and the Decision: cached prefix features when that is exact
     (then train inside `training_on(net, decision)`), else the task's inputs."""
-    from transferlab.data import arrays_loaders, loaders, pick_device
+    from transferlab.training.batches import arrays_loaders, loaders, pick_device
 
     device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
     opts = {"device": device, "channels_last": bool(cfg.train.get("channels_last", False))}

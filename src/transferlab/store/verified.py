@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from transferlab.atomic import atomic_path, shared_lock, write_json
-from transferlab.safe_load import CorruptFileError, WeightsError, load_open
+from transferlab.store.atomic import atomic_path, shared_lock, write_json
+from transferlab.store.safe_load import CorruptFileError, WeightsError, load_open
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from transferlab.backbones.base import BlockBackbone
 from transferlab.errors import ConfigError, problem
-from transferlab.network import BN_POLICIES, TransferNet, block_state
+from transferlab.transfer.network import BN_POLICIES, TransferNet, block_state
 
 UPPER_CHOICES = ("drop", "reinit")
 STRATEGIES = ("fixed", "gradual", "lp_ft")

@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from transferlab import accel
 from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, family_of
 from transferlab.errors import ConfigError, problem
-from transferlab import identity
-from transferlab.module import OPTIMIZERS
+from transferlab.run import identity
 from transferlab.tasks import KINDS, TaskData, build_task
-from transferlab.transfer import TransferPlan, resolve_plan
+from transferlab.training import options as accel
+from transferlab.training.module import OPTIMIZERS
+from transferlab.transfer.plan import TransferPlan, resolve_plan
 
 LOGGERS = ("csv", "wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -180,7 +180,7 @@ def check_devices(cfg: DictConfig) -> list[str]:
 
 def check_lease(cfg: DictConfig) -> list[str]:
     """`lease.slots` (concurrent jobs per machine) within the devices there are; raises ConfigError otherwise."""
-    from transferlab.devices import slot_count
+    from transferlab.run.lease import slot_count
 
     slot_count(cfg)
     return []
@@ -195,7 +195,7 @@ def check_checkpoint(cfg: DictConfig) -> list[str]:
 
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
-    from transferlab.fit import checkpoint_mismatch
+    from transferlab.training.fit import checkpoint_mismatch
 
     out_dir = cfg.paths.get("output_dir")
     if not out_dir:
@@ -252,7 +252,7 @@ def check_input_shapes(cfg: DictConfig, ctx: Context) -> list[str]:
 
 def check_strategy(cfg: DictConfig, ctx: Context) -> list[str]:
     """Schedules that fit in train.max_epochs; discriminative LR and scheduler values."""
-    from transferlab.module import SCHEDULERS
+    from transferlab.training.module import SCHEDULERS
 
     out = []
     epochs = cfg.train.get("max_epochs")
@@ -279,8 +279,8 @@ def check_strategy(cfg: DictConfig, ctx: Context) -> list[str]:
 
 def check_source_resume(cfg: DictConfig, ctx: Context) -> list[str]:
     """Same for a source pretraining killed in this run dir (its key includes the source data's fingerprint)."""
-    from transferlab.fit import checkpoint_mismatch
-    from transferlab.source_cache import source_key
+    from transferlab.store.source_cache import source_key
+    from transferlab.training.fit import checkpoint_mismatch
 
     out_dir = cfg.paths.get("output_dir")
     if not out_dir or ctx.source is None:

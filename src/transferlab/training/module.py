@@ -10,8 +10,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from transferlab.network import TransferNet
-from transferlab.transfer import TransferPlan
+from transferlab.transfer.network import TransferNet
+from transferlab.transfer.plan import TransferPlan
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "cosine", "plateau")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from transferlab.atomic import write_json
+from transferlab.store.atomic import write_json
 
 RESULT_FILE = "result.json"
 

@@ -6,7 +6,7 @@ Reliability lives here because every training run goes through it:
   `last.ckpt` is written at most every `checkpoint.every_s` seconds (and after the last epoch): a full save of
   weights + optimizer costs more than a small sweep point's epoch;
 - checkpoints are written atomically (temp file + rename) with a checksum sidecar, and read with
-  `weights_only=True` only, checked against it (`transferlab.verified`). A damaged `last.ckpt` (or the best.ckpt
+  `weights_only=True` only, checked against it (`transferlab.store.verified`). A damaged `last.ckpt` (or the best.ckpt
   it would re-test) is moved aside and the fit starts over from epoch 0 with one warning: a point is never stuck
   on a broken file. One holding pickled code is refused (someone put it there);
 - files are found by name inside the run's own checkpoint folder (`RunLocalCheckpoint`), so a copied or moved
@@ -30,10 +30,10 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
-from transferlab import verified
-from transferlab.callbacks import BlockModelSummary, MetricHistory
 from transferlab.errors import ConfigError, problem
-from transferlab.safe_load import UnsafeFileError, WeightsError
+from transferlab.store import verified
+from transferlab.store.safe_load import UnsafeFileError, WeightsError
+from transferlab.training.callbacks import BlockModelSummary, MetricHistory
 
 # Frozen blocks are in eval mode on purpose (BN statistics and dropout frozen with the weights).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")

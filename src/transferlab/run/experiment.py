@@ -10,19 +10,20 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from transferlab import accel, feature_cache, source_cache
 from transferlab.backbones import backbone_label, build_backbone
-from transferlab.data import loaders, pick_device
-from transferlab.fit import fit_and_test
-from transferlab import identity
-from transferlab.loggers import finish_logger, make_logger
-from transferlab.module import TransferModule
-from transferlab.network import BACKBONE_PREFIX, TransferNet
-from transferlab.results import write_result
+from transferlab.run import identity
+from transferlab.run.record import write_result
+from transferlab.run.setup import Prepared, prepare
+from transferlab.store import feature_cache, source_cache
 from transferlab.tasks import TaskData
-from transferlab.strategies import strategy_callbacks
-from transferlab.transfer import build_target_net
-from transferlab.validate import Prepared, prepare
+from transferlab.training import options as accel
+from transferlab.training.batches import loaders, pick_device
+from transferlab.training.fit import fit_and_test
+from transferlab.training.loggers import finish_logger, make_logger
+from transferlab.training.module import TransferModule
+from transferlab.training.schedule import strategy_callbacks
+from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
+from transferlab.transfer.plan import build_target_net
 
 log = logging.getLogger(__name__)
 

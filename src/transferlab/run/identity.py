@@ -6,7 +6,7 @@ A run's identity is *everything that can change its result*:
   shows equal results when it changes (tests/test_identity.py). Every other key, every `trainer.*` key included
   and keys added with `+key=value`, is identity by default;
 - the *content* of every input file the run reads (data files and folders, a weights file; see `inputs`), by
-  sha256 of the bytes (`transferlab.content`), so new data at the same path is a new run, and the same bytes
+  sha256 of the bytes (`transferlab.store.content`), so new data at the same path is a new run, and the same bytes
   moved to another path are the same run (input locations are neutral because their content is in the identity).
 
 A run that copies no block (`transfer.cut=0`, the scratch baseline) reads no source task and no source model, so
@@ -32,7 +32,7 @@ from importlib import util as import_util
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from transferlab import content
+from transferlab.store import content
 
 # key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
 # gives the same fingerprint and the same numbers). Nothing else may be added without such a test.

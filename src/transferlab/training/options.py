@@ -25,8 +25,8 @@ PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-tr
 def check_options(cfg) -> list[str]:
     """Problems with the speed options, one line each, before anything runs (Lightning would only complain when
     the Trainer is built, after the source model was pretrained)."""
-    from transferlab import feature_cache
     from transferlab.errors import ConfigError, problem
+    from transferlab.store import feature_cache
 
     out = []
     try:

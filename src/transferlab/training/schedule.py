@@ -18,7 +18,7 @@ import logging
 
 import lightning as L
 
-from transferlab.transfer import TransferPlan, apply_epoch
+from transferlab.transfer.plan import TransferPlan, apply_epoch
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The key hashes only what shapes the source model (source task and its files, backbone, pretraining and trainer
 settings incl. the pretraining seed), so changing target or transfer settings never retrains it. Parallel jobs
 needing the same source take a file lock; the first trains and writes atomically, the others wait and load.
-Entries carry a checksum and are verified on every read (`transferlab.verified`): a damaged one is set aside and
+Entries carry a checksum and are verified on every read (`transferlab.store.verified`): a damaged one is set aside and
 retrained, never used.
 """
 
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from transferlab import verified
+from transferlab.store import verified
 
 MODEL_FILE = "model.pt"
 
@@ -23,7 +23,7 @@ def source_key(cfg, data: str | None = None) -> str:
     """What shapes the source model (`identity.source_fingerprint`: source task and its files, backbone and its
     weights file, pretraining and trainer settings incl. the pretraining seed) plus the source data as loaded
     (`TaskData.fingerprint()`), so an edited or differently-located user file never reuses a stale model."""
-    from transferlab.identity import source_fingerprint
+    from transferlab.run.identity import source_fingerprint
 
     relevant = {"identity": source_fingerprint(cfg), "data": data}
     blob = json.dumps(relevant, sort_keys=True, default=str)

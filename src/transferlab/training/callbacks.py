@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities.model_summary.model_summary import ModelSummary as Summary
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
-from transferlab.network import BACKBONE_PREFIX
+from transferlab.transfer.network import BACKBONE_PREFIX
 
 
 class MetricHistory(L.Callback):

@@ -23,9 +23,9 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab.atomic import shared_lock
 from transferlab.errors import ConfigError, problem
-from transferlab.identity import device_count
+from transferlab.run.identity import device_count
+from transferlab.store.atomic import shared_lock
 
 log = logging.getLogger(__name__)
 LOG_FILE = "leases.jsonl"  # one line per finished lease: slot, pid, start, end (an audit trail)
