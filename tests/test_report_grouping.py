@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from conftest import compose_cfg
 from transferlab.analysis import collect, stats
-from transferlab.report import build_report
+from transferlab.analysis.report import build_report
 from transferlab.run import identity
 from transferlab.run.record import write_result
 
@@ -164,7 +164,7 @@ def test_lr_sweep_report_draws_one_panel_per_setting(lr_sweep, tmp_path):
 
 
 def notes_of(r) -> list[str]:
-    from transferlab.report import notes
+    from transferlab.analysis.report import notes
 
     return notes(r)
 

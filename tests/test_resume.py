@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab.errors import ConfigError
+from transferlab.errors import ConfigError, NonFiniteLossError
 from transferlab.run.experiment import run
 from transferlab.store import source_cache
 from transferlab.store.safe_load import WeightsError, load_checkpoint
-from transferlab.training.fit import NonFiniteLossError, SafeCheckpointIO
+from transferlab.training.checkpoints import SafeCheckpointIO
 
 # Small enough to be quick, long enough (8 epochs x 25 steps) to be killed in the middle.
 RESUMABLE = ["transfer=scratch", "target.n_per_class=40", "train.batch_size=8", "train.max_epochs=8",
@@ -86,13 +86,13 @@ def test_sigkill_then_same_command_resumes_to_the_uninterrupted_result(tmp_path,
 
 def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
     """In-process twin of the SIGKILL test (fast suite): a crash after epoch 2, then the same config again."""
-    from transferlab.training import fit
+    from transferlab.training import callbacks
 
     def crash(self, trainer, pl_module):
         if trainer.current_epoch == 2:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
     cfg = make_cfg(*RESUMABLE, "train.max_epochs=5", run="crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg)
@@ -100,7 +100,7 @@ def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
     assert failed["status"] == "failed" and "simulated crash" in failed["error"]
     monkeypatch.undo()
     started: list[int] = []
-    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_start",
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_start",
                         lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
     resumed = run(make_cfg(*RESUMABLE, "train.max_epochs=5", run="crashed"))
     assert resumed["resumed_from"].endswith("last.ckpt") and started[0] >= 2 and started[-1] == 4, started
@@ -117,7 +117,7 @@ def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
 
 
 def test_crash_during_source_pretraining_resumes_it(make_cfg, monkeypatch, tmp_path):
-    from transferlab.training import fit
+    from transferlab.training import callbacks
 
     def crash(self, trainer, pl_module):
         if trainer.current_epoch == 1:
@@ -125,13 +125,13 @@ def test_crash_during_source_pretraining_resumes_it(make_cfg, monkeypatch, tmp_p
 
     args = ["target.n_per_class=5", "pretrain.max_epochs=3", "train.max_epochs=1", "pretrain.batch_size=128",
             "checkpoint.every_s=0"]
-    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
     assert not list((tmp_path / "cache").rglob("model.pt"))
     monkeypatch.undo()
     started: list[int] = []
-    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_start",
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_start",
                         lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
     rec = run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
     assert rec["status"] == "ok" and rec["source_cache"] == "miss"
@@ -219,7 +219,7 @@ def test_wandb_online_without_network_falls_back_offline(make_cfg, tmp_path):
 
 def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, monkeypatch):
     from transferlab.store import verified
-    from transferlab.training import fit
+    from transferlab.training import checkpoints
 
     loaded: list[str] = []
     real_load = verified.load
@@ -228,7 +228,7 @@ def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, 
         loaded.append(str(path))
         return real_load(path, *args, **kwargs)
 
-    monkeypatch.setattr(fit.verified, "load", spy)
+    monkeypatch.setattr(checkpoints.verified, "load", spy)
     rec = run(make_cfg("transfer=scratch", "target.n_per_class=3", "train.max_epochs=2", run="atomic"))
     # Lightning's own loading (trainer.test from the best checkpoint) went through SafeCheckpointIO (verified).
     assert rec["target_ckpt"] in loaded
@@ -243,16 +243,16 @@ def test_checkpoints_are_written_atomically_and_read_safely(make_cfg, tmp_path, 
 
 @pytest.mark.parametrize("every_s, writes", [(0, 4), (3600, 1)])
 def test_last_ckpt_is_written_every_interval_and_after_the_last_epoch(make_cfg, tmp_path, monkeypatch, every_s, writes):
-    from transferlab.training import fit
+    from transferlab.training import checkpoints
 
     saved: list[tuple[str, int]] = []
-    real = fit.SafeCheckpointIO.save_checkpoint
+    real = checkpoints.SafeCheckpointIO.save_checkpoint
 
     def spy(self, checkpoint, path, storage_options=None):
         saved.append((Path(path).name, int(checkpoint["epoch"])))
         return real(self, checkpoint, path, storage_options)
 
-    monkeypatch.setattr(fit.SafeCheckpointIO, "save_checkpoint", spy)
+    monkeypatch.setattr(checkpoints.SafeCheckpointIO, "save_checkpoint", spy)
     rec = run(make_cfg("transfer=scratch", "target.n_per_class=3", f"checkpoint.every_s={every_s}", run="every"))
     last = [epoch for name, epoch in saved if name == "last.ckpt"]
     assert len(last) == writes and last[-1] == 3  # FAST: 4 epochs; the last write is the fit's end

@@ -21,7 +21,7 @@ import torch
 from transferlab.run.experiment import run
 from transferlab.store import feature_cache, verified
 from transferlab.store.safe_load import CorruptFileError, load_checkpoint
-from transferlab.training import fit
+from transferlab.training import callbacks, checkpoints
 
 SOURCE = ("target.n_per_class=5", "transfer.freeze=all", "pretrain.max_epochs=1", "pretrain.batch_size=128",
           "train.max_epochs=2")
@@ -74,7 +74,7 @@ def _aside(path: Path) -> list[Path]:
 
 def _count_epochs(monkeypatch) -> list[int]:
     started: list[int] = []
-    monkeypatch.setattr(fit.FailOnNonFinite, "on_train_epoch_start",
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_start",
                         lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
     return started
 
@@ -207,7 +207,7 @@ def test_a_damaged_features_file_is_recomputed_and_the_next_run_hits(make_cfg, t
 
 def test_saved_best_model_state_names_files_inside_its_own_folder_only(tmp_path):
     here = tmp_path / "copy" / "checkpoints"
-    cb = fit.RunLocalCheckpoint(dirpath=str(here), filename="best", monitor="val/acc", mode="max")
+    cb = callbacks.RunLocalCheckpoint(dirpath=str(here), filename="best", monitor="val/acc", mode="max")
     legacy = {"best_model_path": "/elsewhere/run/checkpoints/best.ckpt", "best_model_score": torch.tensor(0.75),
               "dirpath": "/elsewhere/run/checkpoints", "kth_best_model_path": "../../x/best.ckpt",
               "kth_value": torch.tensor(0.75), "best_k_models": {"/elsewhere/run/checkpoints/best.ckpt":
@@ -294,14 +294,14 @@ def test_a_damaged_source_pretraining_checkpoint_restarts_pretraining(make_cfg, 
 def test_a_best_checkpoint_damaged_during_the_run_fails_it_loudly_and_the_next_attempt_starts_over(
         make_cfg, tmp_path, monkeypatch):
     clean = run(make_cfg(*SCRATCH, run="clean"))
-    real = fit.SafeCheckpointIO.save_checkpoint
+    real = checkpoints.SafeCheckpointIO.save_checkpoint
 
     def save_then_damage(self, checkpoint, path, storage_options=None):
         real(self, checkpoint, path, storage_options)
         if Path(path).name == "best.ckpt":
             _flip(Path(path))
 
-    monkeypatch.setattr(fit.SafeCheckpointIO, "save_checkpoint", save_then_damage)
+    monkeypatch.setattr(checkpoints.SafeCheckpointIO, "save_checkpoint", save_then_damage)
     cfg = make_cfg(*SCRATCH, run="r")
     with pytest.raises(CorruptFileError, match="best.ckpt: checksum mismatch"):
         run(cfg)

@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferlab.backbones import build_backbone
+from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
 from transferlab.training.module import TransferModule
-from transferlab.training.schedule import strategy_callbacks
 from transferlab.transfer.network import BACKBONE_PREFIX
 from transferlab.transfer.plan import build_target_net, resolve_plan
 
@@ -77,7 +77,7 @@ def _fit(tmp_path, transfer: dict, optim: dict | None = None, epochs: int = EPOC
     module = TransferModule(net, 3, {"lr": 0.02, "weight_decay": 0.01, "optimizer": "adamw",
                                      "max_epochs": epochs, **(optim or {})}, plan=plan)
     snaps = BlockSnapshots()
-    callbacks = [*strategy_callbacks(plan), snaps]
+    callbacks = [PlanSchedule(plan), snaps]
     outcome = fit_and_test(module, _loaders(), max_epochs=epochs, trainer_cfg=TRAINER, ckpt_dir=tmp_path / ckpt,
                            callbacks=callbacks, fingerprint="test", resume=resume)
     return plan, source, snaps, callbacks[0], outcome

@@ -12,3 +12,7 @@ class ConfigError(ValueError):
 def problem(key: str, value, allowed: str) -> str:
     """Format one problem line: which key, what value, what is allowed."""
     return f"{key}={value!r}: {allowed}"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf: the run cannot recover, so it fails with the reason."""

@@ -1,206 +1,17 @@
-"""Entry point: a sweep folder -> results.csv, summary.csv, PNG figures, report.html and a terminal summary.
+"""Entry point: a sweep folder -> results.csv, summary.csv, figures, report.html and a terminal summary.
 
-    python -m transferlab.report outputs/sweeps/freeze_vs_n/2026-01-01_12-00-00 [--out DIR] [--wandb]
+    python -m transferlab.report outputs/sweeps/freeze_vs_n [--out DIR] [--wandb]
 
-Works on partial sweeps and never needs a network. Runs are grouped by their identity (`analysis.collect`): only
-runs that differ in nothing but their seeds are pooled, settings that differ in anything but the arm are separate
-panels, and copies of one run count once. With the sweeper's record (sweep.json) the counts are the sweep's own:
-declared points, failures that left no result.json, missing and stale points; without it (a plain folder of runs)
-missing points are inferred from the results that exist. `--wandb` logs the tables and figures as one `report` run
-in the sweep's W&B group (offline unless asked).
+Works on partial sweeps and never needs a network (`transferlab.analysis.report` builds it); `--wandb` logs the
+tables and figures as one `report` run in the sweep's W&B group (offline unless asked).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from transferlab.errors import ConfigError, problem
-
-if TYPE_CHECKING:  # the heavy imports (pandas, matplotlib, seaborn) wait until the arguments are checked
-    import pandas as pd
-    from rich.console import Console
-
-
-@dataclass
-class Report:
-    out_dir: Path
-    results: pd.DataFrame
-    summary: pd.DataFrame
-    gain: pd.DataFrame
-    best: pd.DataFrame
-    crossovers: pd.DataFrame
-    measures: pd.DataFrame
-    yosinski: pd.DataFrame
-    missing: pd.DataFrame
-    failed: pd.DataFrame
-    duplicates: pd.DataFrame | None = None  # copies of a run counted once (run_dir, fingerprint, kept)
-    points: pd.DataFrame | None = None  # the sweep's declared points and their state (None: no sweep.json)
-    grouping_notes: list[str] = field(default_factory=list)  # what collect says about the grouping
-    figures: list[tuple[str, Path, str]] = field(default_factory=list)
-    files: dict[str, Path] = field(default_factory=dict)
-    name: str = "sweep"
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    from transferlab.store.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-    return path
-
-
-MISSING_COLUMNS = ["run_dir", "overrides", "reason", "setting", "arm", "n_label", "seed"]
-FAILED_COLUMNS = ["run_dir", "setting", "arm", "n_label", "seed", "error"]
-REASONS = {"missing": "no result.json (not run yet, or lost)",
-           "stale": "its result.json is another config's (stale)"}
-
-
-def missing_points(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
-    """Points with no result: the sweep's declared points that have none (or only a stale one) when it recorded
-    them in sweep.json; else (a plain folder of runs) the (arm, n, seed) combinations of each setting's own axes
-    with no result.json at all, inferred from the results that exist."""
-    import pandas as pd
-
-    from transferlab.analysis import collect
-
-    if points is not None:
-        lost = points[points["state"].isin(list(REASONS))]
-        out = lost.assign(reason=lost["state"].map(REASONS))
-    else:
-        out = collect.inferred_missing(df) if not df.empty else pd.DataFrame()
-    return out.reindex(columns=MISSING_COLUMNS).reset_index(drop=True)
-
-
-def failed_runs(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
-    """Failed results, then the points the sweeper recorded as failed that left no result.json (config errors)."""
-    import pandas as pd
-
-    rows = df[df["status"] != "ok"].reindex(columns=FAILED_COLUMNS)
-    if points is not None:
-        no_result = points[points["state"] == "failed_no_result"].reindex(columns=FAILED_COLUMNS)
-        rows = pd.concat([rows, no_result]) if len(no_result) else rows
-    return rows.reset_index(drop=True)
-
-
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, confidence: float = 0.95,
-                 n_boot: int = 2000, threshold_frac: float = 0.9) -> Report:
-    """Collect, compute, draw and write everything; raises ConfigError if there is nothing to report."""
-    sweep = Path(sweep_dir)
-    if not sweep.is_dir():
-        raise ConfigError(problem("sweep_dir", str(sweep), "an existing folder holding result.json files"))
-    from transferlab.run.record import find_results
-
-    if next(find_results(sweep), None) is None:
-        raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
-    from transferlab.analysis import collect, html, plots, stats
-
-    found = collect.collect_sweep(sweep)
-    df = found.runs
-    if df.empty:
-        raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
-    out = Path(out_dir) if out_dir else sweep
-    ok = stats.ok_rows(df)
-    summary = stats.summarize(df, confidence)
-    gain = stats.paired_gain(df, confidence)
-    cx = stats.crossovers(df, n_boot=n_boot, confidence=confidence)
-    name = (found.sweep or {}).get("name") or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any()
-                                              else sweep.name)
-    report = Report(
-        out_dir=out, results=df, summary=summary, gain=gain, best=stats.best_per_n(summary), crossovers=cx,
-        measures=stats.learning_measures(df, threshold_frac, confidence), yosinski=stats.yosinski_table(df, confidence),
-        missing=missing_points(df, found.points), failed=failed_runs(df, found.points),
-        duplicates=found.duplicates, points=found.points, grouping_notes=found.notes, name=str(name),
-    )
-    report.files = {
-        "results.csv": _write_csv(df.drop(columns=["val_acc_history"]), out / "results.csv"),
-        "summary.csv": _write_csv(summary, out / "summary.csv"),
-        "curves.csv": _write_csv(collect.curves(df), out / "curves.csv"),
-    }
-    for fname, frame in (("gain.csv", gain), ("crossover.csv", cx), ("learning_measures.csv", report.measures),
-                         ("yosinski.csv", report.yosinski), ("duplicates.csv", report.duplicates)):
-        if not frame.empty:
-            report.files[fname] = _write_csv(frame, out / fname)
-    report.figures = plots.draw_all(ok, summary, gain, cx, report.yosinski, out) if not ok.empty else []
-    for _, p, _ in report.figures:
-        report.files[p.name] = p
-    report.files["report.html"] = html.write_html(
-        out / "report.html", f"transferlab report: {report.name}", notes(report), report.figures,
-        [("Best arm per n (Ng's rule read off the data)", report.best), ("Crossover n*", cx),
-         ("Summary over seeds", summary), ("Gain over scratch", gain),
-         ("Learning-curve measures (Taylor & Stone)", report.measures), ("Yosinski arms", report.yosinski),
-         ("Missing points", report.missing), ("Duplicate runs (ignored)", report.duplicates)],
-        report.failed)
-    return report
-
-
-def counts_line(r: Report) -> str | None:
-    """What the sweep declared and what became of it, from sweep.json (None without one)."""
-    if r.points is None:
-        return None
-    state = r.points["state"]
-    no_result = int((state == "failed_no_result").sum())
-    failed = int(state.isin(["failed", "failed_no_result"]).sum())
-    return (f"{len(r.points)} point{'s' * (len(r.points) != 1)} declared: {int((state == 'ok').sum())} ok, "
-            f"{failed} failed"
-            + (f" ({no_result} without a result)" if no_result else "")
-            + f", {int(state.isin(list(REASONS)).sum())} missing")
-
-
-def notes(r: Report) -> list[str]:
-    from transferlab.analysis import stats
-
-    n_ok = int((r.results["status"] == "ok").sum())
-    n_failed = int((r.results["status"] != "ok").sum())
-    if r.points is None:
-        lines = [f"{len(r.results)} runs found: {n_ok} ok, {n_failed} failed, {len(r.missing)} (arm, n, seed) "
-                 f"points of the grid missing (inferred: no sweep.json)."]
-    else:
-        lines = [f"{len(r.results)} runs found: {n_ok} ok, {n_failed} failed.", counts_line(r)]
-    lines += r.grouping_notes
-    if r.results["setting_key"].nunique() > 1:
-        lines.append(f"{r.results['setting_key'].nunique()} settings (runs that differ in more than their arm, n "
-                     "and seed are never pooled): " + "; ".join(sorted(r.results["setting"].dropna().unique())))
-    for _, c in r.crossovers.iterrows():
-        lines.append(f"{c['setting']}: {c['finetuned_arm']} vs {c['frozen_arm']}: {stats.format_n_star(c)}")
-    return lines
-
-
-def _pct(v) -> str:
-    import pandas as pd
-
-    return "–" if v is None or pd.isna(v) else f"{100 * v:.1f}"
-
-
-def print_summary(r: Report, console: Console | None = None) -> None:
-    """Rich table of the best arm per n (one per setting), then the crossover lines, failed runs, written files."""
-    import pandas as pd
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = console or Console(width=max(Console().width, 110))
-    for setting, best in (r.best.groupby("setting", sort=True) if not r.best.empty else []):
-        table = Table(title=escape(f"{r.name}: {setting} — best freeze depth per n (test accuracy %)"))
-        for col in ("n", "best arm", "acc [95% CI]", "seeds", "lead over runner-up", "scratch", "gain"):
-            table.add_column(col, justify="left" if col in ("best arm", "lead over runner-up") else "right")
-        for _, b in best.iterrows():
-            ci = "" if pd.isna(b["acc_ci_lo"]) else f" [{_pct(b['acc_ci_lo'])}, {_pct(b['acc_ci_hi'])}]"
-            runner = "–" if b["runner_up"] is None else f"+{_pct(b['margin'])} ({b['runner_up']})"
-            gain = "–" if pd.isna(b["scratch_mean"]) else f"{100 * (b['acc_mean'] - b['scratch_mean']):+.1f}"
-            table.add_row(*map(escape, (str(b["n_label"]), str(b["best_arm"]), _pct(b["acc_mean"]) + ci,
-                                        str(b["n_seeds"]), runner, _pct(b["scratch_mean"]), gain)))
-        console.print(table)
-    for line in notes(r):
-        console.print(line, markup=False)
-    if len(r.failed):
-        console.print(f"[red]failed runs ({len(r.failed)}):[/red]")
-        for _, f in r.failed.iterrows():
-            console.print(f"  {f['run_dir']}: {f['error']}", markup=False)
-    console.print(f"wrote {len(r.files)} files to {r.out_dir}: " + ", ".join(sorted(r.files)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -227,11 +38,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(problem("--threshold", args.threshold, "a fraction in (0, 1]"))
         if args.n_boot < 1:
             raise ConfigError(problem("--n-boot", args.n_boot, "an integer >= 1"))
+        from transferlab.analysis.report import build_report  # pandas, matplotlib: after the arguments are checked
+
         report = build_report(args.sweep_dir, args.out, confidence=args.confidence, n_boot=args.n_boot,
                               threshold_frac=args.threshold)
     except ConfigError as e:
         print("transferlab-report: " + "\n".join(e.problems), file=sys.stderr)
         return 2
+    from transferlab.analysis.report import print_summary
+
     print_summary(report)
     if args.wandb:
         from transferlab.analysis.wandb_push import push_report

@@ -26,11 +26,10 @@ def _in_sweep() -> bool:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from transferlab.errors import ConfigError
+    from transferlab.errors import ConfigError, NonFiniteLossError
     from transferlab.run.console import print_result
     from transferlab.run.experiment import run
     from transferlab.store.safe_load import WeightsError
-    from transferlab.training.fit import NonFiniteLossError
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # Hydra's handlers print and file these
         logging.getLogger(name).handlers.clear()

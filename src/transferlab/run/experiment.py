@@ -16,12 +16,12 @@ from transferlab.run.record import write_result
 from transferlab.run.setup import Prepared, prepare
 from transferlab.store import feature_cache, source_cache
 from transferlab.tasks import TaskData
-from transferlab.training import options as accel
+from transferlab.training import options
 from transferlab.training.batches import loaders, pick_device
+from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
 from transferlab.training.loggers import finish_logger, make_logger
 from transferlab.training.module import TransferModule
-from transferlab.training.schedule import strategy_callbacks
 from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
 from transferlab.transfer.plan import build_target_net
 
@@ -118,10 +118,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         batches, cache = feature_cache.target_loaders(cfg, target, net)
         record["feature_cache"] = cache.record()
         with feature_cache.training_on(net, cache):
-            outcome = fit_and_test(accel.prepare(module, cfg.train), batches,
+            outcome = fit_and_test(options.apply(module, cfg.train), batches,
                                    max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
                                    ckpt_dir=run_dir / "checkpoints", logger=logger,
-                                   callbacks=strategy_callbacks(plan),  # what trains per epoch, BN policy
+                                   callbacks=[PlanSchedule(plan)],  # what trains per epoch, BN policy
                                    fingerprint=fingerprint,  # resumes a killed run of this run identity
                                    resume_every_s=resume_every_s(cfg))
         record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,

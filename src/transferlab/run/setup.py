@@ -23,7 +23,7 @@ from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, famil
 from transferlab.errors import ConfigError, problem
 from transferlab.run import identity
 from transferlab.tasks import KINDS, TaskData, build_task
-from transferlab.training import options as accel
+from transferlab.training import options
 from transferlab.training.module import OPTIMIZERS
 from transferlab.transfer.plan import TransferPlan, resolve_plan
 
@@ -195,7 +195,7 @@ def check_checkpoint(cfg: DictConfig) -> list[str]:
 
 def check_resume(cfg: DictConfig) -> list[str]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
-    from transferlab.training.fit import checkpoint_mismatch
+    from transferlab.training.checkpoints import checkpoint_mismatch
 
     out_dir = cfg.paths.get("output_dir")
     if not out_dir:
@@ -235,7 +235,7 @@ def check_cache_dir(cfg: DictConfig) -> list[str]:
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[str]]] = [
     check_seeds, check_optim, check_task_sizes, check_kinds, check_logger, check_devices, check_lease,
-    check_checkpoint, check_resume, accel.check_options, check_cache_dir,
+    check_checkpoint, check_resume, options.check, check_cache_dir,
 ]
 
 
@@ -280,7 +280,7 @@ def check_strategy(cfg: DictConfig, ctx: Context) -> list[str]:
 def check_source_resume(cfg: DictConfig, ctx: Context) -> list[str]:
     """Same for a source pretraining killed in this run dir (its key includes the source data's fingerprint)."""
     from transferlab.store.source_cache import source_key
-    from transferlab.training.fit import checkpoint_mismatch
+    from transferlab.training.checkpoints import checkpoint_mismatch
 
     out_dir = cfg.paths.get("output_dir")
     if not out_dir or ctx.source is None:

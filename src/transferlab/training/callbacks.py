@@ -1,13 +1,182 @@
-"""Small Lightning hook objects: per-epoch metric history and a per-block model summary."""
+"""Every Lightning callback a fit uses, in one place; `fit.fit_and_test` puts them together.
+
+- `PlanSchedule`: applies the plan's trainable set at every epoch start (the schedule itself lives in the plan).
+  Why not Lightning's BaseFinetuning: its `freeze` puts BatchNorm in a mode of its own (track_running_stats off,
+  Lightning #15062), and `unfreeze_and_add_param_group` adds optimizer groups mid-fit, which breaks schedulers
+  (#12141) and resuming (#6891). Here every parameter that will ever train sits in the optimizer from the start
+  (grad None until released, so the optimizer skips it), and the epoch -> set map is a pure function of the
+  epoch, so a run resumed at epoch e gets exactly the set of epoch e.
+- `RunLocalCheckpoint` (best model on val/acc, files named inside the run's folder), `ResumePoint` (last.ckpt at
+  most every `checkpoint.every_s`), `RunIdentity` (the run fingerprint and RNG states in every checkpoint);
+- `FailOnNonFinite` (a NaN/inf loss stops the fit), `MetricHistory` (per-epoch curves for result.json),
+  `BlockModelSummary` (trainable and frozen parameters per block).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
 import lightning as L
-from lightning.pytorch.callbacks import ModelSummary
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities.model_summary.model_summary import ModelSummary as Summary
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
+from transferlab.errors import ConfigError, NonFiniteLossError, problem
 from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.plan import TransferPlan, apply_epoch
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+class PlanSchedule(L.Callback):
+    """Applies the plan's trainable set for the current epoch; logs which blocks train."""
+
+    def __init__(self, plan: TransferPlan):
+        self.plan = plan
+        self.history: list[tuple[int, tuple[str, ...]]] = []  # (epoch, training blocks) whenever the set changes
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = int(trainer.current_epoch)
+        training = tuple(apply_epoch(pl_module.net, self.plan, epoch))
+        if not self.history or self.history[-1][1] != training:
+            self.history.append((epoch, training))
+            log.info("epoch %d (%s): training blocks %s + head", epoch, self.plan.strategy, list(training))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a resume, current_epoch is already the restored one.
+        apply_epoch(pl_module.net, self.plan, int(trainer.current_epoch))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning restores module modes after validation; re-assert the policy so nothing drifts.
+        if pl_module.training:
+            pl_module.net.train(True)
+
+
+class FailOnNonFinite(L.Callback):
+    """Raises before backward when the training loss is NaN/inf (no anomaly detection needed, one check/step)."""
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"train/loss is {value} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                f"lower the learning rate or check the inputs for NaN/inf")
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors/ints (loadable with weights_only=True): dropout etc. continue as if unbroken."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunIdentity(L.Callback):
+    """Stores the config fingerprint and the global RNG states in every checkpoint.
+
+    The fingerprint lets a resume tell whose checkpoint it is; the RNG states make a resumed fit continue with
+    the same random stream (dropout, augmentation) as an uninterrupted one. Batch order is the loaders' own
+    state (`data.TensorBatches.state_dict`), which Lightning checkpoints itself.
+    """
+
+    def __init__(self, fingerprint: str | None):
+        self.fingerprint = fingerprint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("fingerprint")
+        if self.fingerprint is not None and saved not in (None, self.fingerprint):
+            raise ConfigError(problem("checkpoint", saved, f"fingerprint {self.fingerprint} of this config"))
+        if state_dict.get("rng"):
+            _set_rng_state(state_dict["rng"])
+
+
+class RunLocalCheckpoint(ModelCheckpoint):
+    """The best-model tracker, with its saved state naming files relative to its own folder.
+
+    Lightning's ModelCheckpoint saves absolute paths (best_model_path, ...) in last.ckpt and restores them as they
+    are; a run dir copied or moved elsewhere would then re-test the *original* folder's best.ckpt (another run's
+    weights, or a deleted file), and since the folder differs Lightning also drops the best score (val/acc NaN).
+    Here the state holds file names only, and loading resolves each inside this tracker's own dirpath (any folder
+    part, absolute or `..`, is dropped) and restores the scores, so re-testing a finished run gives its numbers.
+    """
+
+    def _here(self, name: str | None) -> str:
+        return str(Path(self.dirpath) / Path(name).name) if name else ""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        name = lambda p: Path(p).name if p else ""  # noqa: E731
+        state.update(dirpath=".", best_model_path=name(self.best_model_path),
+                     kth_best_model_path=name(self.kth_best_model_path), last_model_path=name(self.last_model_path),
+                     best_k_models={name(k): v for k, v in self.best_k_models.items()})
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_model_score = state_dict.get("best_model_score")
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+        self.best_k_models = {self._here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
+        self.kth_best_model_path = self._here(state_dict.get("kth_best_model_path"))
+        self.last_model_path = self._here(state_dict.get("last_model_path"))
+        self.best_model_path = self._here(state_dict.get("best_model_path"))
+
+
+class ResumePoint(Checkpoint):
+    """Writes `last.ckpt` (full state: weights, optimizer, loops, callbacks) at epoch ends, at most every
+    `every_s` seconds of the fit, and always after the last epoch, so a finished fit's `last.ckpt` is its end.
+
+    `every_s=0` writes after every epoch (a killed run loses at most one epoch). Being a `Checkpoint`, Lightning
+    runs it after the other callbacks and after the best-model tracker listed before it (which saves at validation
+    end too, see `fit_and_test`), so the tracker state it saves is this epoch's.
+    """
+
+    def __init__(self, dirpath: Path, every_s: float = 0.0):
+        self.path = Path(dirpath) / LAST
+        self.every_s = float(every_s)
+        self._since = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._since = time.monotonic()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if final or time.monotonic() - self._since >= self.every_s:
+            trainer.save_checkpoint(self.path)
+            self._since = time.monotonic()
 
 
 class MetricHistory(L.Callback):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 
-def prepare(module, train_cfg):
+def apply(module, train_cfg):
     """Return the module to hand to the Trainer (compiled when asked; channels_last applied in place)."""
     if bool(train_cfg.get("channels_last", False)):
         module.to(memory_format=torch.channels_last)
@@ -22,7 +22,7 @@ def prepare(module, train_cfg):
 PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 
 
-def check_options(cfg) -> list[str]:
+def check(cfg) -> list[str]:
     """Problems with the speed options, one line each, before anything runs (Lightning would only complain when
     the Trainer is built, after the source model was pretrained)."""
     from transferlab.errors import ConfigError, problem
