@@ -1,13 +1,14 @@
 """The spine end to end on digits: source pretrain (cached) -> cut + freeze -> fine-tune -> result.json."""
 
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
 from transferlab.run.experiment import run
-from transferlab.run.record import RECORD_KEYS
+from transferlab.run.record import SCHEMA, Metrics, RunRecord
 from transferlab.run.setup import prepare
 from transferlab.transfer.network import BACKBONE_PREFIX
 
@@ -79,8 +80,14 @@ def test_seed_zero_is_a_real_seed(make_cfg):
 
 def test_result_record_is_complete(make_cfg, tmp_path):
     rec = run(make_cfg("target.n_per_class=4", "seed=3"))
-    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert set(RECORD_KEYS) <= set(on_disk) and on_disk["status"] == "ok"
+    path = tmp_path / "run" / "result.json"
+    on_disk = json.loads(path.read_text())
+    # The RunRecord is the schema: every key a run writes is a field, every field is written, in field order.
+    assert list(on_disk) == [f.name for f in fields(RunRecord)] and on_disk["schema"] == SCHEMA
+    assert list(on_disk["metrics"]) == [f.metadata["key"] for f in fields(Metrics)]
+    # run -> result.json -> read: the same record, and what run() returned is what was written.
+    assert RunRecord.read(path).to_dict() == on_disk == json.loads(json.dumps(rec, default=str))
+    assert on_disk["status"] == "ok"
     assert on_disk["n_train"] == 20 == len(on_disk["train_indices"]) and on_disk["seed"] == 3
     assert len(on_disk["metrics"]["val/acc_history"]) == on_disk["config"]["train"]["max_epochs"]
     assert max(on_disk["metrics"]["val/acc_history"]) == pytest.approx(on_disk["metrics"]["val/acc"])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from conftest import run_cli
 from transferlab.analysis import plots, stats
 from transferlab.analysis.report import build_report
 from transferlab.run import identity
-from transferlab.run.record import read_result, write_result
+from transferlab.run.record import Metrics, RunRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["pretrain.max_epochs=2", "train.max_epochs=3", "trainer.enable_progress_bar=false", "pretrain.seed=0",
@@ -58,9 +58,9 @@ def test_report_cli_on_real_sweep(sweep, tmp_path):
     assert set(results["arm"]) == {"freeze=0", "freeze=4 (all)", "scratch"}
     assert sorted(results["n_per_class"].unique()) == [2, 5]
     for _, r in results.iterrows():  # every row is its own result.json, not a copy of another
-        rec = read_result(sweep / r["run_dir"] / "result.json")
-        assert r["test_acc"] == pytest.approx(rec["metrics"]["test/acc"]) and r["freeze"] == rec["freeze"]
-        assert r["epochs"] == len(rec["metrics"]["val/acc_history"])
+        rec = RunRecord.read(sweep / r["run_dir"] / "result.json")
+        assert r["test_acc"] == pytest.approx(rec.metrics.test_acc) and r["freeze"] == rec.freeze
+        assert r["epochs"] == len(rec.metrics.val_acc_history) == rec.metrics.epochs
 
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 6 and set(summary["n_seeds"]) == {2}
@@ -89,26 +89,25 @@ def test_report_cli_on_real_sweep(sweep, tmp_path):
 def test_partial_sweep_lists_failed_and_missing(sweep, tmp_path):
     part = tmp_path / "partial"
     shutil.copytree(sweep, part, ignore=shutil.ignore_patterns("*.ckpt"))
-    records = {path: read_result(path) for path in sorted(part.glob("*/result.json"))}
-    lost = next(path for path, rec in records.items() if rec["transfer"] == "finetune")
-    lost_rec = read_result(lost)
+    records = {path: RunRecord.read(path) for path in sorted(part.glob("*/result.json"))}
+    lost = next(path for path, rec in records.items() if rec.transfer == "finetune")
+    lost_rec = records[lost]
     lost.unlink()
-    broken = next(rec for rec in records.values() if rec["transfer"] == "scratch")
+    scratch = next(rec for rec in records.values() if rec.transfer == "scratch")
     # A failed job of another seed: a copy of a finished run's own record would be that run again (a duplicate).
-    broken["config"].update(seed=7, data_seed=7)
-    broken.update(status="failed", error="RuntimeError: out of memory", metrics={}, seed=7, data_seed=7,
-                  fingerprint=identity.fingerprint(broken["config"], broken["inputs"]))
-    write_result(part / "failed_job", broken)
+    config = {**scratch.config, "seed": 7, "data_seed": 7}
+    replace(scratch, status="failed", error="RuntimeError: out of memory", metrics=Metrics(), seed=7, data_seed=7,
+            config=config, fingerprint=identity.fingerprint(config, scratch.inputs)).write(part / "failed_job")
 
     r = build_report(part, n_boot=50)
     assert len(r.results) == 12 and len(r.failed) == 1
     assert r.failed.loc[0, "error"] == "RuntimeError: out of memory"
-    lost_arm = "freeze=0" if lost_rec["freeze"] == 0 else "freeze=4 (all)"
+    lost_arm = "freeze=0" if lost_rec.freeze == 0 else "freeze=4 (all)"
     # The sweep recorded its points (sweep.json): the lost one is listed by its folder, not inferred.
     assert r.missing[["run_dir", "reason"]].values.tolist() == [[lost.parent.name,
                                                                  "no result.json (not run yet, or lost)"]]
     assert "12 points declared: 11 ok, 0 failed, 1 missing" in (part / "report.html").read_text()
-    one = r.summary[(r.summary["arm"] == lost_arm) & (r.summary["n_label"] == str(lost_rec["n_per_class"]))]
+    one = r.summary[(r.summary["arm"] == lost_arm) & (r.summary["n_label"] == str(lost_rec.n_per_class))]
     assert one["n_seeds"].tolist() == [1] and one["acc_ci_lo"].isna().all()  # one seed: no interval, not a fake one
     for _, path, _ in r.figures:
         assert_png(path)
@@ -221,10 +220,10 @@ def test_summary_and_best_per_n_on_constructed_rows():
             for f, a in accs.items():
                 rows.append(_row(source="A", cut=4, freeze=f, upper="drop", transfer="finetune", n=float(n),
                                  n_label=str(n), seed=seed, test_acc=a + 0.01 * seed, arm=f"freeze={f}",
-                                 val_acc=a, trainable_params=10, epochs=3, val_acc_history=json.dumps([a])))
+                                 val_acc=a, trainable_params=10, epochs=3, val_acc_history=[a]))
             rows.append(_row(is_scratch=True, source="A", cut=0, freeze=0, transfer="scratch", n=float(n),
                              n_label=str(n), seed=seed, test_acc=0.4, arm="scratch", val_acc=0.4,
-                             trainable_params=10, epochs=3, val_acc_history=json.dumps([0.4])))
+                             trainable_params=10, epochs=3, val_acc_history=[0.4]))
     df = _with_keys(pd.DataFrame(rows))
     summ = stats.summarize(df)
     assert len(summ) == 6 and set(summ["n_seeds"]) == {3}
@@ -239,19 +238,20 @@ def test_summary_and_best_per_n_on_constructed_rows():
 def test_all_examples_is_placed_by_its_per_class_size():
     from transferlab.analysis.collect import record_to_row
 
-    rec = {"status": "ok", "transfer": "finetune", "cut": 4, "freeze": 0, "n_per_class": None, "n_train": 495,
-           "config": {"target": {"classes": [5, 6, 7, 8, 9]}}, "metrics": {"test/acc": 0.9, "val/acc_history": [.5]}}
+    rec = RunRecord(status="ok", transfer="finetune", cut=4, freeze=0, n_per_class=None, n_train=495,
+                    config={"target": {"classes": [5, 6, 7, 8, 9]}},
+                    metrics=Metrics(test_acc=0.9, val_acc_history=[.5]))
     row = record_to_row(rec, "7")
     assert (row["n_label"], row["n"], row["epochs"], row["is_scratch"]) == ("all", 99.0, 1, False)
-    assert record_to_row({**rec, "n_per_class": 5}, "8")[("n_label")] == "5"
-    assert record_to_row({**rec, "transfer": "scratch", "cut": 0}, "9")["is_scratch"]
+    assert record_to_row(replace(rec, n_per_class=5), "8")[("n_label")] == "5"
+    assert record_to_row(replace(rec, transfer="scratch", cut=0), "9")["is_scratch"]
 
 
 def test_all_pool_n_uses_the_recorded_class_count():
     """A relabelled task has no class list in its config: n for 'all' must come from the run's own class count."""
     from transferlab.analysis.collect import record_to_row
 
-    record = {"n_per_class": None, "n_train": 540, "num_classes": 2, "cut": 4, "transfer": "finetune",
-              "config": {"target": {"classes": None, "relabel": {"even": [0], "odd": [1]}}}, "metrics": {}}
+    record = RunRecord(n_per_class=None, n_train=540, num_classes=2, cut=4, transfer="finetune",
+                       config={"target": {"classes": None, "relabel": {"even": [0], "odd": [1]}}})
     row = record_to_row(record, "run")
     assert row["n"] == 270 and row["n_label"] == "all"

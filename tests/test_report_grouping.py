@@ -24,7 +24,7 @@ from conftest import compose_cfg
 from transferlab.analysis import collect, stats
 from transferlab.analysis.report import build_report
 from transferlab.run import identity
-from transferlab.run.record import write_result
+from transferlab.run.record import SCHEMA, RunRecord
 
 ENV = {"python": "3.11.9", "transferlab": "0.1.0", "torch": "2.3.0", "numpy": "1.26.4", "commit": "a" * 40,
        "dirty": False}
@@ -52,6 +52,7 @@ def record(cfg: dict, acc: float, *, status: str = "ok", env: dict | None = None
     ins = identity.inputs(cfg)
     n = cfg["target"]["n_per_class"]
     return {
+        "schema": SCHEMA,
         "status": status, "error": None if status == "ok" else "RuntimeError: boom", "name": cfg["name"],
         "source": cfg["source"]["name"], "target": cfg["target"]["name"], "backbone": "small_cnn",
         "transfer": t["name"], "strategy": t["strategy"], "cut": cut, "upper": t["upper"], "freeze": freeze,
@@ -66,7 +67,7 @@ def record(cfg: dict, acc: float, *, status: str = "ok", env: dict | None = None
 
 
 def put(root: Path, folder: str, rec: dict) -> dict:
-    write_result(root / folder, rec)
+    RunRecord.from_dict(rec).write(root / folder)
     return rec
 
 
@@ -105,15 +106,16 @@ def half_width(values) -> float:
 
 # ---- a learning-rate sweep is three settings, not three seeds ------------------------------------------------
 
-# lr: (finetune accuracies, scratch accuracies) for seeds 0, 1
+# lr: (finetune accuracies, scratch accuracies) for seeds 0, 1. train.lr is a float (the schema), so the
+# config, and the labels made from it, say 1000.0 however the override spells it.
 LRS = {"0.001": ([0.80, 0.84], [0.60, 0.62]), "0.01": ([0.70, 0.74], [0.50, 0.56]),
-       "1000": ([0.20, 0.20], [0.10, 0.30])}
+       "1000.0": ([0.20, 0.20], [0.10, 0.30])}
 BASE = "digits_5to9 / small_cnn"
 
 
 @pytest.fixture(scope="module")
 def lr_sweep(tmp_path_factory) -> Path:
-    """train.lr=0.001,0.01,1000 x transfer=finetune,scratch x seed=0,1 at n=5, as the sweeper lays it out."""
+    """train.lr=0.001,0.01,1000.0 x transfer=finetune,scratch x seed=0,1 at n=5, as the sweeper lays it out."""
     root = tmp_path_factory.mktemp("lr_sweep")
     points = []
     for lr, (ft, sc) in LRS.items():
@@ -129,7 +131,7 @@ def lr_sweep(tmp_path_factory) -> Path:
 def test_lr_sweep_is_three_settings_not_three_seeds(lr_sweep):
     df = collect.collect(lr_sweep)
     assert len(df) == 12 and df["fingerprint"].nunique() == 12
-    assert sorted(df["setting"].unique()) == [f"{BASE} / train.lr={lr}" for lr in ("0.001", "0.01", "1000")]
+    assert sorted(df["setting"].unique()) == [f"{BASE} / train.lr={lr}" for lr in ("0.001", "0.01", "1000.0")]
     assert df.groupby("setting")["arm"].apply(lambda a: sorted(set(a))).tolist() == [["freeze=0", "scratch"]] * 3
     assert (df.groupby("setting_key")["setting"].nunique() == 1).all()  # a label names exactly one key
     summary = stats.summarize(df)
@@ -148,7 +150,7 @@ def test_gain_pairs_each_arm_with_the_scratch_of_its_own_setting(lr_sweep):
     expected = {lr: np.mean(np.subtract(ft, sc)) for lr, (ft, sc) in LRS.items()}  # by seed, same lr
     for lr, g in expected.items():
         assert one(gain, setting=f"{BASE} / train.lr={lr}")["gain_mean"] == pytest.approx(g)
-    assert expected == pytest.approx({"0.001": 0.21, "0.01": 0.19, "1000": 0.0})
+    assert expected == pytest.approx({"0.001": 0.21, "0.01": 0.19, "1000.0": 0.0})
     best = stats.best_per_n(stats.summarize(collect.collect(lr_sweep)))
     assert one(best, setting=f"{BASE} / train.lr=0.01")["scratch_mean"] == pytest.approx(0.53)
 
@@ -156,7 +158,7 @@ def test_gain_pairs_each_arm_with_the_scratch_of_its_own_setting(lr_sweep):
 def test_lr_sweep_report_draws_one_panel_per_setting(lr_sweep, tmp_path):
     r = build_report(lr_sweep, tmp_path / "out", n_boot=20)
     accs = sorted(p.name for _, p, _ in r.figures if p.name.startswith("report_acc_vs_n"))
-    assert accs == [f"report_acc_vs_n_digits_5to9_small_cnn_train.lr={lr}.png" for lr in ("0.001", "0.01", "1000")]
+    assert accs == [f"report_acc_vs_n_digits_5to9_small_cnn_train.lr={lr}.png" for lr in ("0.001", "0.01", "1000.0")]
     lines = notes_of(r)
     assert "12 runs found: 12 ok, 0 failed." in lines and "12 points declared: 12 ok, 0 failed, 0 missing" in lines
     assert any(line.startswith("3 settings") for line in lines)
@@ -173,10 +175,10 @@ def test_without_a_sweep_record_missing_points_are_inferred_per_setting(lr_sweep
     plain = tmp_path / "plain"
     shutil.copytree(lr_sweep, plain)
     (plain / "sweep.json").unlink()
-    (plain / "train.lr=1000,transfer=scratch,seed=1" / "result.json").unlink()
+    (plain / "train.lr=1000.0,transfer=scratch,seed=1" / "result.json").unlink()
     r = build_report(plain, n_boot=20)
     assert r.missing[["setting", "arm", "n_label", "seed"]].values.tolist() == [
-        [f"{BASE} / train.lr=1000", "scratch", "5", 1]]
+        [f"{BASE} / train.lr=1000.0", "scratch", "5", 1]]
     assert notes_of(r)[0] == ("11 runs found: 11 ok, 0 failed, 1 (arm, n, seed) points of the grid missing "
                               "(inferred: no sweep.json).")
 
@@ -393,7 +395,7 @@ def test_records_without_identity_are_grouped_by_their_config(tmp_path):
     root = tmp_path / "sweep"
     for seed, acc in enumerate([0.6, 0.7]):
         rec = record(config(f"seed={seed}"), acc)
-        for key in ("fingerprint", "inputs", "environment"):
+        for key in ("schema", "fingerprint", "inputs", "environment"):  # version 0, as such runs wrote it
             del rec[key]
         (root / f"old{seed}").mkdir(parents=True)
         (root / f"old{seed}" / "result.json").write_text(json.dumps(rec))

@@ -17,7 +17,7 @@ import pytest
 from test_sweeps import TINY, _summary
 
 from conftest import ROOT, run_cli
-from transferlab.run.record import find_results, read_result
+from transferlab.run.record import RunRecord, find_results
 
 pytestmark = pytest.mark.slurm
 
@@ -52,8 +52,8 @@ def test_slurm_sweep_runs_one_array_task_per_point(tmp_path, slurm_env):
     assert out.returncode == 0, out.stderr[-3000:]
     assert _summary(out.stdout) == "2 ok, 0 failed, 0 skipped"
     sweep_dir = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
-    records = [read_result(p) for p in find_results(sweep_dir)]
-    assert sorted(r["freeze"] for r in records) == [0, 4] and all(r["status"] == "ok" for r in records)
+    records = [RunRecord.read(p) for p in find_results(sweep_dir)]
+    assert sorted(r.freeze for r in records) == [0, 4] and all(r.status == "ok" for r in records)
     task_ids = {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name}
     assert len(task_ids) == 2  # <array>_0, <array>_1
     deadline = time.time() + 60  # submitit returns once the result file exists; SLURM's state may lag a moment
@@ -90,4 +90,4 @@ def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
     again = run_cli(*slow_first, cwd=tmp_path, env=slurm_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _summary(again.stdout) == "1 ok, 0 failed, 1 skipped"
-    assert all(read_result(p)["status"] == "ok" for p in find_results(sweep_dir))
+    assert all(RunRecord.read(p).status == "ok" for p in find_results(sweep_dir))

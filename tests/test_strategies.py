@@ -138,7 +138,8 @@ def test_gradual_run_resumed_mid_schedule_gets_the_right_set_and_optimizer(tmp_p
     assert _same(snaps.at[2]["conv2"], source, "conv2") and _same(snaps.at[3]["conv2"], source, "conv2")
     assert not _same(snaps.at["end"]["conv2"], source, "conv2") and _same(snaps.at["end"]["conv1"], source, "conv1")
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert [g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]] == ["head", "fc1", "conv3", "conv2"]
+    assert [g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]] == [
+        f"{b}{kind}" for b in ("head", "fc1", "conv3", "conv2") for kind in ("", ".no_decay")]
 
 
 @pytest.mark.parametrize("overrides", [

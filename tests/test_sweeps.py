@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, run_cli
-from transferlab.run.record import find_results, read_result
+from transferlab.run.record import RunRecord, find_results
 
 TINY = ["pretrain.max_epochs=1", "train.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none"]
 
@@ -118,15 +118,15 @@ def test_failing_point_is_isolated_then_rerun_skips_finished(tmp_path):
     assert first.returncode != 0, "a sweep with a failed point must exit non-zero"
     assert _summary(first.stdout) == "2 ok, 1 failed, 0 skipped"
     sweep_dir = tmp_path / "outputs" / "sweeps" / "tiny"
-    records = {p.parent.name: read_result(p) for p in find_results(sweep_dir)}
+    records = {p.parent.name: RunRecord.read(p) for p in find_results(sweep_dir)}
     assert len(records) == 3
-    failed = [r for r in records.values() if r["status"] == "failed"]
-    assert len(failed) == 1 and "nan" in failed[0]["error"].lower() and failed[0]["train_indices"]
+    failed = [r for r in records.values() if r.status == "failed"]
+    assert len(failed) == 1 and "nan" in failed[0].error.lower() and failed[0].train_indices
     summary = json.loads((sweep_dir / "sweep.json").read_text())
     assert (summary["ok"], summary["failed"], summary["skipped"]) == (2, 1, 0)
     assert "train.lr=1e+30" in [p for p in summary["points"] if p["status"] == "failed"][0]["name"]
 
-    ok_files = [sweep_dir / name / "result.json" for name, r in records.items() if r["status"] == "ok"]
+    ok_files = [sweep_dir / name / "result.json" for name, r in records.items() if r.status == "ok"]
     stamps = {f: f.stat().st_mtime_ns for f in ok_files}
     # Re-run the finished part of the sweep (the broken arm dropped): nothing is retrained, exit 0.
     again = run_cli(*args, "hydra.sweeper.grids.broken=null", cwd=tmp_path)
@@ -164,7 +164,7 @@ def test_changed_config_reruns_point_in_same_folder(tmp_path):
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert _summary(changed.stdout) == "1 ok, 0 failed, 0 skipped"
     (point,) = [p for p in (tmp_path / "outputs" / "sweeps" / "tiny").iterdir() if p.is_dir()]
-    assert read_result(point / "result.json")["metrics"]["epochs"] == 2
+    assert RunRecord.read(point / "result.json").metrics.epochs == 2
     assert (point / "result.stale.json").exists()
 
 
@@ -177,11 +177,11 @@ def test_parallel_jobs_share_one_source_pretrain_and_never_share_a_slot(tmp_path
                   *TINY, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _summary(out.stdout) == "4 ok, 0 failed, 0 skipped"
-    records = [read_result(p) for p in find_results(tmp_path / "outputs" / "sweeps" / "freeze_vs_n")]
-    assert sorted(r["seed"] for r in records) == [0, 1, 2, 3]
-    assert sorted(r["source_cache"] for r in records) == ["hit", "hit", "hit", "miss"]  # exactly one pretrain
+    records = [RunRecord.read(p) for p in find_results(tmp_path / "outputs" / "sweeps" / "freeze_vs_n")]
+    assert sorted(r.seed for r in records) == [0, 1, 2, 3]
+    assert sorted(r.source_cache for r in records) == ["hit", "hit", "hit", "miss"]  # exactly one pretrain
     assert len(list((tmp_path / "outputs" / "cache" / "source").glob("*/model.pt"))) == 1
-    assert len({r["source_ckpt"] for r in records}) == 1
+    assert len({r.source_ckpt for r in records}) == 1
     _assert_exclusive(leases, n_slots=2, n_jobs=4)
 
 
@@ -324,8 +324,8 @@ def test_unknown_key_fails_before_any_point_folder_with_hydras_message(tmp_path)
     assert not (tmp_path / "outputs" / "sweeps" / "tiny").exists()
 
 
-def _records(sweep_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: read_result(p) for p in find_results(sweep_dir)}
+def _records(sweep_dir: Path) -> dict[str, RunRecord]:
+    return {p.parent.name: RunRecord.read(p) for p in find_results(sweep_dir)}
 
 
 def test_reordered_arguments_skip_finished_points_and_trainer_changes_rerun(tmp_path):
@@ -342,7 +342,7 @@ def test_reordered_arguments_skip_finished_points_and_trainer_changes_rerun(tmp_
     assert _summary(clipped.stdout) == "4 ok, 0 failed, 0 skipped", clipped.stderr[-2000:]
     after = _records(sweep_dir)
     assert set(after) == set(before)
-    assert all(after[k]["fingerprint"] != before[k]["fingerprint"] for k in after)
+    assert all(after[k].fingerprint != before[k].fingerprint for k in after)
     assert all((sweep_dir / k / "result.stale.json").exists() for k in after)
     record = json.loads((sweep_dir / "sweep.json").read_text())
     assert len(record["launches"]) == 3 and record["launches"][1]["skipped"] == 4
@@ -358,17 +358,17 @@ def test_new_data_at_the_same_path_reruns_and_resume_false_retrains(tmp_path):
             "seed=0", *TINY]
     assert _summary(run_cli(*args, cwd=tmp_path).stdout) == "1 ok, 0 failed, 0 skipped"
     (point,) = [p for p in (tmp_path / "sw").iterdir() if p.is_dir()]
-    first = read_result(point / "result.json")
+    first = RunRecord.read(point / "result.json")
     np.savez(data, x_train=rng.random((60, 8, 8)).astype(np.float32), y_train=y)  # new data, same path
     second = run_cli(*args, cwd=tmp_path)
     assert _summary(second.stdout) == "1 ok, 0 failed, 0 skipped"
-    rec = read_result(point / "result.json")
-    assert rec["inputs"]["target"]["sha256"] != first["inputs"]["target"]["sha256"]
-    assert rec["resumed_from"] is None  # trained on the new data, not a re-test of the old model
+    rec = RunRecord.read(point / "result.json")
+    assert rec.inputs["target"]["sha256"] != first.inputs["target"]["sha256"]
+    assert rec.resumed_from is None  # trained on the new data, not a re-test of the old model
     fresh = run_cli(*args, "hydra.sweeper.resume=false", cwd=tmp_path)
     assert _summary(fresh.stdout) == "1 ok, 0 failed, 0 skipped"
-    again = read_result(point / "result.json")
-    assert again["resumed_from"] is None and again["metrics"]["epochs"] == 1
+    again = RunRecord.read(point / "result.json")
+    assert again.resumed_from is None and again.metrics.epochs == 1
     assert len(list(point.glob("result.stale*.json"))) == 2  # both earlier results kept aside
 
 

@@ -139,13 +139,44 @@ def test_param_groups_hold_only_trainable_params_with_discriminative_rates():
     net, plan = _net(freeze=2, cut=4)
     module = TransferModule(net, 3, {**OPTIM, "lr_decay": 0.5}, plan=plan)
     groups = {g["name"]: g for g in module.param_groups()}
-    assert list(groups) == ["head", "layer3", "layer2"]
+    # each block's 1-D parameters (BN weights and biases, the head's bias) in a no-decay group at the block's rate
+    assert list(groups) == ["head", "head.no_decay", "layer3", "layer3.no_decay", "layer2", "layer2.no_decay"]
     assert groups["head"]["lr"] == 0.1 and groups["layer3"]["lr"] == 0.05 and groups["layer2"]["lr"] == 0.025
+    assert all(groups[f"{b}.no_decay"]["lr"] == groups[b]["lr"] for b in ("head", "layer3", "layer2"))
     in_opt = {id(p) for g in groups.values() for p in g["params"]}
     for n, p in net.backbone_parameters():
         assert (id(p) in in_opt) == (n.split(".")[0] in ("layer2", "layer3")), n
     opt = module.configure_optimizers()
-    assert len(opt.param_groups) == 3 and [g["lr"] for g in opt.param_groups] == [0.1, 0.05, 0.025]
+    assert len(opt.param_groups) == 6
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+
+
+def _params_with_weight_decay(module, zero: bool) -> set[str]:
+    names = {id(p): f"head.{n}" for n, p in module.net.head.named_parameters()}
+    names.update({id(p): n for n, p in module.net.backbone_parameters()})
+    return {names[id(p)] for g in module.param_groups() for p in g["params"] if (g["weight_decay"] == 0.0) == zero}
+
+
+@pytest.mark.parametrize("bb, n_decay, n_no_decay", [
+    ("small_cnn", 5, 8),   # 3 conv weights (no conv bias), fc1 and head weights | 3 BN x (weight, bias), 2 biases
+    ("resnet", 21, 41),    # 20 conv weights + head weight | 20 BN x (weight, bias) + head bias
+])
+def test_no_weight_decay_on_one_dimensional_parameters_unless_asked(bb, n_decay, n_no_decay):
+    net, plan = _net(bb=SMALL_CNN if bb == "small_cnn" else RESNET)
+    module = TransferModule(net, 3, OPTIM, plan=plan)
+    no_decay, decay = _params_with_weight_decay(module, True), _params_with_weight_decay(module, False)
+    assert (len(decay), len(no_decay)) == (n_decay, n_no_decay)
+    params = {**{f"head.{n}": p for n, p in net.head.named_parameters()}, **dict(net.backbone_parameters())}
+    assert no_decay == {n for n, p in params.items() if p.ndim == 1} and decay == set(params) - no_decay
+    assert all(g["weight_decay"] == 0.01 for g in module.param_groups() if not g["name"].endswith(".no_decay"))
+    # train.decay_norm_and_bias=true: today's groups, one per block, every parameter decayed
+    old = TransferModule(net, 3, {**OPTIM, "decay_norm_and_bias": True}, plan=plan)
+    assert [g["name"] for g in old.param_groups()] == ["head", *reversed(net.backbone.block_names)]
+    assert _params_with_weight_decay(old, True) == set() and _params_with_weight_decay(old, False) == set(params)
+    # BitFit: every backbone parameter that trains is a bias, so nothing but the head's weight is decayed
+    bitfit, plan = _net(bb=SMALL_CNN if bb == "small_cnn" else RESNET, trainable=["*.bias"])
+    decayed = _params_with_weight_decay(TransferModule(bitfit, 3, OPTIM, plan=plan), False)
+    assert decayed == {f"head.{n}" for n, p in bitfit.head.named_parameters() if n.endswith("weight")}
 
 
 def test_gradual_plan_keeps_every_eventual_param_in_the_optimizer_from_the_start():
@@ -153,7 +184,8 @@ def test_gradual_plan_keeps_every_eventual_param_in_the_optimizer_from_the_start
     assert plan.unfreeze_order == ("layer2", "layer1", "stem")
     assert [plan.unfreeze_epoch(b) for b in ("head", "layer2", "layer1", "stem")] == [0, 2, 4, 6]
     module = TransferModule(net, 3, OPTIM, plan=plan)
-    assert [g["name"] for g in module.param_groups()] == ["head", "layer2", "layer1", "stem"]
+    assert [g["name"] for g in module.param_groups()] == [f"{b}{kind}" for b in ("head", "layer2", "layer1", "stem")
+                                                          for kind in ("", ".no_decay")]
 
 
 def test_l2sp_penalty_pulls_toward_source_and_replaces_weight_decay():
@@ -171,6 +203,8 @@ def test_l2sp_penalty_pulls_toward_source_and_replaces_weight_decay():
     groups = {g["name"]: g for g in module.param_groups()}
     assert groups["conv2.l2sp"]["weight_decay"] == 0.0 and groups["fc1"]["weight_decay"] == 0.01
     assert "fc1.l2sp" not in groups  # fc1 is re-initialised (above the cut), not transferred
+    assert "conv2" not in groups and "conv2.no_decay" not in groups  # transferred: all under the penalty
+    assert groups["fc1.no_decay"]["weight_decay"] == 0.0 and len(groups["fc1.no_decay"]["params"]) == 1  # bias
 
 
 @pytest.mark.parametrize("overrides,needle", [

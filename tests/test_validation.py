@@ -1,8 +1,10 @@
 """Every bad input fails before any work: one clear line naming the key, and nothing written anywhere.
 
-Each case runs the real experiment entry (`experiment.run`) on a config composed from the real files; the run
-dir, the source cache and the data dir all live under one empty folder, which must still be empty afterwards
-(no result.json, no checkpoint, no cache entry, no W&B run, no log).
+Each case composes the real files and runs the real experiment entry (`experiment.run`), as the CLI does: a wrong
+type or a value outside a closed choice is refused by the schema while composing (OmegaConf, before any check of
+ours), everything else by the checks; either way one ConfigError line `key=value: allowed`. The run dir, the source
+cache and the data dir all live under one empty folder, which must still be empty afterwards (no result.json, no
+checkpoint, no cache entry, no W&B run, no log).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 
 from conftest import compose_cfg, run_cli
 from transferlab.errors import ConfigError
@@ -69,6 +72,10 @@ CASES = [
     ("dataset-files-missing-offline", ["target=mnist", "target.download=false", "transfer=scratch"], "target.dataset"),
     ("target-kind-unknown", ["target.kind=imagenet_xxl"], "target.kind"),
     ("source-kind-unknown", ["source.kind=nope"], "source.kind"),
+    ("lr-not-a-number", ["train.lr=abc"], "train.lr"),
+    ("max-epochs-not-an-int", ["train.max_epochs=1.5"], "train.max_epochs"),
+    ("cut-not-an-int", ["transfer.cut=abc"], "transfer.cut"),
+    ("feature-cache-unknown", ["train.feature_cache=sometimes"], "train.feature_cache"),
     ("lr-zero", ["train.lr=0"], "train.lr"),
     ("lr-negative-pretrain", ["pretrain.lr=-0.1"], "pretrain.lr"),
     ("max-epochs-zero", ["train.max_epochs=0"], "train.max_epochs"),
@@ -91,14 +98,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("overrides,key", [pytest.param(o, k, id=i) for i, o, k in CASES])
-def test_bad_input_fails_before_any_work(overrides, key, files, tmp_path):
+# The cases the schema refuses while composing (types and closed choices); the rest are range and cross checks.
+REFUSED_BY_SCHEMA = {"upper-unknown", "strategy-unknown", "n-policy-unknown", "target-kind-unknown",
+                     "source-kind-unknown", "lr-not-a-number", "max-epochs-not-an-int", "cut-not-an-int",
+                     "feature-cache-unknown", "optimizer-unknown", "logger-kind-unknown", "wandb-mode-unknown"}
+
+
+@pytest.mark.parametrize("overrides,key,where", [
+    pytest.param(o, k, "schema" if i in REFUSED_BY_SCHEMA else "checks", id=i) for i, o, k in CASES])
+def test_bad_input_fails_before_any_work(overrides, key, where, files, tmp_path):
     if key == "trainer.accelerator" and torch.cuda.is_available():
         pytest.skip("a GPU is present here")
     overrides = [o.format(**files) for o in overrides]
-    cfg = compose_cfg([*overrides, f"paths.data_dir={tmp_path / 'data'}"], tmp_path / "run", tmp_path / "cache")
-    with pytest.raises(ConfigError) as err:
-        run(cfg)
+    with pytest.raises(ConfigError) as err:  # composing as the CLI does: a refused value is a ConfigError too
+        run(compose_cfg([*overrides, f"paths.data_dir={tmp_path / 'data'}"], tmp_path / "run", tmp_path / "cache"))
+    refused_by_schema = isinstance(err.value.__cause__, ConfigCompositionException)
+    assert refused_by_schema == (where == "schema"), where  # types and choices: OmegaConf, before any check
+    assert [p.key for p in err.value.items] == [key], err.value.items
     lines = err.value.problems
     assert len(lines) == 1 and lines[0].startswith(f"{key}="), lines  # one problem, one line, naming the key
     assert all("\n" not in line and ": " in line for line in lines), lines  # one line each: key=value: allowed
@@ -114,7 +130,7 @@ def test_every_problem_is_listed_at_once(make_cfg):
                    "trainer.devices=64")
     with pytest.raises(ConfigError) as err:
         run(cfg)
-    keys = {line.split("=", 1)[0] for line in err.value.problems}
+    keys = {p.key for p in err.value.items}
     assert keys == {"train.lr", "pretrain.batch_size", "transfer.freeze", "target.n_per_class", "trainer.devices"}, \
         err.value.problems
 
@@ -127,6 +143,16 @@ def test_cli_exits_2_with_one_line_per_problem(tmp_path):
     assert "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.ckpt"))
     assert not (tmp_path / "outputs" / "cache").exists()
+
+
+def test_cli_refuses_a_wrong_type_like_any_bad_value(tmp_path):
+    """A value the schema refuses while Hydra composes: the same one line and exit code 2, not Hydra's report."""
+    out = run_cli("train.max_epochs=1.5", cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("  - ")]
+    assert lines == ["  - train.max_epochs=1.5: an integer"], out.stderr
+    assert "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr
+    assert not list(tmp_path.rglob("*"))  # not even Hydra's run folder
 
 
 def test_cli_unknown_backbone_named_by_hydra(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from transferlab.run.record import read_result
+from transferlab.run.record import RunRecord
 
 WANDB = str(Path(sys.executable).parent / "wandb")
 
@@ -54,15 +54,15 @@ def wandb_sweep(tmp_path_factory) -> dict[str, Path]:
                 "name=wb_sweep", "logger.wandb.tags=[demo]", f"hydra.sweep.dir={sweep}", cwd=root,
                 env={"OMP_NUM_THREADS": "1"})
     # The sweeper names each point's folder by its overrides; find the two jobs by their learning rate.
-    by_lr = {read_result(p)["config"]["train"]["lr"]: p.parent for p in sweep.rglob("result.json")}
+    by_lr = {RunRecord.read(p).config["train"]["lr"]: p.parent for p in sweep.rglob("result.json")}
     jobs = {"0": by_lr[0.001], "1": by_lr[1e30]}
-    assert read_result(jobs["0"] / "result.json")["status"] == "ok"
-    assert read_result(jobs["1"] / "result.json")["status"] == "failed"
+    assert RunRecord.read(jobs["0"] / "result.json").status == "ok"
+    assert RunRecord.read(jobs["1"] / "result.json").status == "failed"
     return jobs
 
 
 def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
-    rec = read_result(wandb_sweep["0"] / "result.json")
+    rec = RunRecord.read(wandb_sweep["0"] / "result.json")
     summary, records = inspect(only_run(wandb_sweep["0"]))
     run = run_record(records)
     assert run["run_group"] == "wb_sweep" and run["job_type"] == "target"
@@ -70,14 +70,14 @@ def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
         run["tags"])
     config = summary["config"]
     for axis in ("n_per_class", "freeze", "cut", "trainable_params", "n_train"):
-        assert config[axis] == rec[axis], axis
+        assert config[axis] == getattr(rec, axis), axis
     assert config["transfer.freeze"] == 2 and config["logger.wandb.mode"] == "offline"  # flattened resolved config
     assert summary["state"] == "finished" and summary["exit_code"] == 0
-    assert summary["summary"]["test/acc"] == pytest.approx(rec["metrics"]["test/acc"])
-    assert summary["summary"]["val/acc"] == pytest.approx(rec["metrics"]["val/acc"])  # best epoch, not the last
+    assert summary["summary"]["test/acc"] == pytest.approx(rec.metrics.test_acc)
+    assert summary["summary"]["val/acc"] == pytest.approx(rec.metrics.val_acc)  # best epoch, not the last
     vals = [r["history"]["item"]["val/acc"] for r in records
             if r.get("type") == "history" and "val/acc" in r["history"]["item"]]
-    assert vals == pytest.approx(rec["metrics"]["val/acc_history"])  # one point per epoch
+    assert vals == pytest.approx(rec.metrics.val_acc_history)  # one point per epoch
 
     src_summary, src_records = inspect(only_run(wandb_sweep["0"] / "source"))  # pretraining: its own run
     src = run_record(src_records)
@@ -86,10 +86,10 @@ def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
 
 
 def test_failed_job_finishes_its_run_with_exit_code_1(wandb_sweep):
-    rec = read_result(wandb_sweep["1"] / "result.json")
+    rec = RunRecord.read(wandb_sweep["1"] / "result.json")
     summary, records = inspect(only_run(wandb_sweep["1"]))
     assert summary["exit_code"] == 1 and summary["state"] == "failed"
-    assert summary["summary"]["status"] == "failed" and "NonFinite" in rec["error"]
+    assert summary["summary"]["status"] == "failed" and "NonFinite" in rec.error
     ok_id = run_record(inspect(only_run(wandb_sweep["0"]))[1])["run_id"]
     assert run_record(records)["run_id"] != ok_id  # the two jobs never share (merge into) one run
 

@@ -1,17 +1,51 @@
 """Errors that the entry points turn into one clear message and a non-zero exit, before any training."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem as data: which key, what value, what is allowed. Code steers on `key`; `str()` is
+    the line users read (`transfer.freeze=4: an int in 0..cut=3 or 'all'`)."""
+
+    key: str
+    value: Any
+    allowed: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, Enum):  # a config choice: shown as its value, 'drop', not <Upper.drop: 'drop'>
+            object.__setattr__(self, "value", self.value.value)
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value!r}: {self.allowed}"
+
+    def about(self, prefix: str) -> bool:
+        """Is this a problem with `prefix` or a key under it (`about("source")`: source, source.classes, ...)?"""
+        return self.key == prefix or self.key.startswith(prefix + ".")
+
 
 class ConfigError(ValueError):
-    """One or more configuration problems; each line names the key, the value and what is allowed."""
+    """One or more configuration problems. `items` are the Problems; `problems` their lines, one each."""
 
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+    def __init__(self, items: Problem | Iterable[Problem]):
+        self.items: list[Problem] = [items] if isinstance(items, Problem) else list(items)
+        bad = [p for p in self.items if not isinstance(p, Problem)]
+        if bad:
+            raise TypeError(f"ConfigError takes Problems (errors.problem(key, value, allowed)), not {bad[0]!r}")
         super().__init__("\n".join(self.problems))
 
+    @property
+    def problems(self) -> list[str]:
+        return [str(p) for p in self.items]
 
-def problem(key: str, value, allowed: str) -> str:
-    """Format one problem line: which key, what value, what is allowed."""
-    return f"{key}={value!r}: {allowed}"
+
+def problem(key: str, value: Any, allowed: str) -> Problem:
+    """One problem: which key, what value, what is allowed."""
+    return Problem(key, value, allowed)
 
 
 class NonFiniteLossError(RuntimeError):

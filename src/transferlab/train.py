@@ -13,8 +13,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import transferlab.config  # noqa: F401 - the schemas conf/ is composed with (Hydra's plugin scan imports it too)
+
 CONF_DIR = os.environ.get("TRANSFERLAB_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
 log = logging.getLogger("transferlab")
+# While Hydra composes, `cli` sets this so that a value the schema refuses reaches it as an exception (else Hydra
+# prints it and exits 1); `main` clears it first thing, so everything after composition reports as before.
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_full_error_ours = False
 
 
 def _in_sweep() -> bool:
@@ -24,8 +30,15 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _report_config_error(e) -> None:
+    lines = "\n".join(f"  - {p}" for p in e.problems)
+    print(f"transferlab: invalid configuration (nothing was run):\n{lines}", file=sys.stderr)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    if _full_error_ours:
+        os.environ.pop(FULL_ERROR, None)  # composed: Hydra reports the rest as it always does
     from transferlab.errors import ConfigError, NonFiniteLossError
     from transferlab.run.console import print_result
     from transferlab.run.experiment import run
@@ -45,8 +58,7 @@ def main(cfg: DictConfig) -> float | None:
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
             record = run(cfg)
     except ConfigError as e:
-        lines = "\n".join(f"  - {p}" for p in e.problems)
-        print(f"transferlab: invalid configuration (nothing was run):\n{lines}", file=sys.stderr)
+        _report_config_error(e)
         if _in_sweep():
             raise  # the sweeper records this point as failed and the other points go on
         raise SystemExit(2) from None
@@ -67,6 +79,31 @@ def _exit_code(e: SystemExit) -> int:
     return 1
 
 
+def _composition_failed(e: Exception) -> int:
+    """Exit code for an exception out of Hydra's main before the task function ran (or in a sweep's process):
+    a value the schema refused is an invalid configuration like any other (its line, exit 2); anything else is
+    reported by Hydra's own reporter, as without transferlab (exit 1)."""
+    from hydra._internal.utils import run_and_report
+
+    from transferlab.config import config_error
+
+    error = config_error(e)
+    if error is not None:
+        _report_config_error(error)
+        return 2
+    if _full_error_ours:
+        os.environ.pop(FULL_ERROR, None)
+
+    def again():
+        raise e
+
+    try:
+        run_and_report(again)
+    except SystemExit as exit_:
+        return _exit_code(exit_)
+    return 1  # pragma: no cover - run_and_report always exits or raises
+
+
 def cli() -> None:
     """`python -m transferlab.train` / `transferlab-train`: Hydra's main, then a fast exit.
 
@@ -77,11 +114,19 @@ def cli() -> None:
     stdio, and leaves with os._exit.
     `TRANSFERLAB_FAST_EXIT=0` keeps the normal teardown.
     """
+    global _full_error_ours
+    _full_error_ours = FULL_ERROR not in os.environ
+    os.environ.setdefault(FULL_ERROR, "1")
     try:
         main()
         code = 0
     except SystemExit as e:
         code = _exit_code(e)
+    except Exception as e:  # noqa: BLE001 - only what Hydra would have reported itself (see FULL_ERROR)
+        code = _composition_failed(e)
+    finally:
+        if _full_error_ours:
+            os.environ.pop(FULL_ERROR, None)
     if os.environ.get("TRANSFERLAB_FAST_EXIT", "1") == "0":
         sys.exit(code)
     import atexit

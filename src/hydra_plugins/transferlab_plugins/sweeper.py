@@ -67,7 +67,7 @@ class TransferlabSweeper(BasicSweeper):
             with open_dict(cfg):
                 if "paths" in cfg:
                     cfg.paths.output_dir = out_dir
-        return fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        return fingerprint(cfg)  # resolved as the run resolves it (transferlab.config.plain)
 
     def sweep(self, arguments: List[str]) -> Any:
         from transferlab.sweep import state as S

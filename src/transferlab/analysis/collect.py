@@ -1,8 +1,10 @@
 """Every result.json under a sweep folder -> tidy pandas rows (one per distinct run), grouped by run identity; the
 sweep's own record of its points (sweep.json) -> what was declared, failed and is missing; learning curves.
 
-Reads only through `transferlab.run.record`, so the record schema has one owner. Failed runs are kept (status column)
-so the report can list them; statistics use the `ok` rows only.
+Reads only through `transferlab.run.record.RunRecord`, so the record schema has one owner: a row is made of a
+record's fields, and a field a record lacks is missing in the row (NaN, None), never a default chosen here. The
+validation curve stays a list per row (`val_acc_history`). Failed runs are kept (status column) so the report can
+list them; statistics use the `ok` rows only.
 
 Which runs are "the same" is decided once, by `transferlab.run.identity`; this module turns that decision into the
 report's groups, and every table, figure and count groups by the key columns made here (never by labels or by a
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from transferlab.run import identity
-from transferlab.run.record import find_results, read_result
+from transferlab.run.record import RunRecord, find_results
 
 SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
 SWEEP_RECORD = "sweep.json"  # written by the transferlab sweeper (transferlab.sweep.state.SUMMARY_FILE)
@@ -46,46 +48,50 @@ LABELLED = ("transfer.name", "transfer.freeze", "transfer.trainable", "transfer.
 ROLE_LABELS = {"target": "data", "source": "source data", "backbone.weights": "weights"}
 
 
-def _num_classes(record: dict[str, Any]) -> int | None:
-    if record.get("num_classes"):  # recorded by the run (relabelled or all-class tasks have no class list)
-        return int(record["num_classes"])
-    classes = ((record.get("config") or {}).get("target") or {}).get("classes")
+def _num_classes(record: RunRecord) -> int | None:
+    if record.num_classes:  # recorded by the run (relabelled or all-class tasks have no class list)
+        return int(record.num_classes)
+    classes = identity.get(record.config or {}, "target.classes")
     return len(classes) if isinstance(classes, list) and classes else None
 
 
-def _effective_n(record: dict[str, Any]) -> tuple[float, str]:
+def _effective_n(record: RunRecord) -> tuple[float, str]:
     """(numeric n per class for a log axis, label). n_per_class=null means the whole pool ("all") unless the
     config asked for a stratified total (`target.n_train`, labelled "N=<total>": two totals are two sample sizes)."""
-    n = record.get("n_per_class")
-    if n is not None:
-        return float(n), str(int(n))
+    if record.n_per_class is not None:
+        return float(record.n_per_class), str(int(record.n_per_class))
     k = _num_classes(record)
-    n_train = record.get("n_train") or np.nan
-    total = identity.get((record.get("config") or {}), "target.n_train")
+    n_train = _number(record.n_train)
+    total = identity.get(record.config or {}, "target.n_train")
     label = "all" if total is None else f"N={int(total)}"
-    return (float(n_train) / k if k else float(n_train)), label
+    return (n_train / k if k else n_train), label
 
 
-def record_to_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    m = record.get("metrics") or {}
-    hist = list(m.get("val/acc_history") or [])
+def _number(v: float | int | None) -> float:
+    """A recorded number as a float column value: NaN where the record has none (pandas' missing number)."""
+    return np.nan if v is None else float(v)
+
+
+def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
+    """The report's row of one record. `val_acc_history` stays a list (one per row); `epochs` is the length of
+    that curve, or the recorded count for a run without one."""
+    m = record.metrics
+    hist = list(m.val_acc_history or [])
     n, n_label = _effective_n(record)
-    cut = record.get("cut")
     # copies nothing (identity.copies_nothing): the baseline, whatever the preset was called
-    is_scratch = cut == 0 if cut is not None else record.get("transfer") == SCRATCH
+    is_scratch = record.cut == 0 if record.cut is not None else record.transfer == SCRATCH
     return {
-        "run_dir": run_dir, "status": record.get("status"), "error": record.get("error"),
-        "name": record.get("name"), "source": record.get("source"), "target": record.get("target"),
-        "backbone": record.get("backbone"), "transfer": record.get("transfer"), "strategy": record.get("strategy"),
-        "cut": cut, "upper": record.get("upper"), "freeze": record.get("freeze"),
-        "trainable_set": record.get("trainable_set"),
-        "trainable_params": record.get("trainable_params"), "total_params": record.get("total_params"),
-        "n_per_class": record.get("n_per_class"), "n": n, "n_label": n_label, "n_train": record.get("n_train"),
-        "seed": record.get("seed"), "data_seed": record.get("data_seed"),
-        "test_acc": m.get("test/acc", np.nan), "test_loss": m.get("test/loss", np.nan),
-        "val_acc": m.get("val/acc", np.nan), "epochs": len(hist) if hist else m.get("epochs"),
-        "wall_s": record.get("wall_s"), "source_cache": record.get("source_cache"),
-        "is_scratch": bool(is_scratch), "val_acc_history": json.dumps(hist),
+        "run_dir": run_dir, "status": record.status, "error": record.error,
+        "name": record.name, "source": record.source, "target": record.target,
+        "backbone": record.backbone, "transfer": record.transfer, "strategy": record.strategy,
+        "cut": record.cut, "upper": record.upper, "freeze": record.freeze, "trainable_set": record.trainable_set,
+        "trainable_params": record.trainable_params, "total_params": record.total_params,
+        "n_per_class": record.n_per_class, "n": n, "n_label": n_label, "n_train": record.n_train,
+        "seed": record.seed, "data_seed": record.data_seed,
+        "test_acc": _number(m.test_acc), "test_loss": _number(m.test_loss), "val_acc": _number(m.val_acc),
+        "epochs": len(hist) if hist else m.epochs,
+        "wall_s": record.wall_s, "source_cache": record.source_cache,
+        "is_scratch": bool(is_scratch), "val_acc_history": hist,
     }
 
 
@@ -99,17 +105,17 @@ class _Identity:
     line: tuple[dict, dict]         # the arm-key part of the identity (transfer, source, pretrain) and its inputs
 
 
-def _identity(record: Mapping) -> _Identity | None:
+def _identity(record: RunRecord) -> _Identity | None:
     """Keys of a record with a config. Records written before run identity lack `fingerprint` and `inputs`: their
     keys come from the config alone (inputs unknown), so they group with each other, never with recorded runs."""
-    config = record.get("config")
+    config = record.config
     if not isinstance(config, Mapping):
         return None
-    ins = record.get("inputs") if isinstance(record.get("inputs"), Mapping) else {}
-    recorded = bool(record.get("fingerprint")) and isinstance(record.get("inputs"), Mapping)
+    ins = record.inputs if isinstance(record.inputs, Mapping) else {}
+    recorded = bool(record.fingerprint) and isinstance(record.inputs, Mapping)
     rep, size, arms = identity.REPLICATES, identity.SAMPLE_SIZE, identity.ARM_GROUPS
     keys = {
-        "fingerprint": str(record["fingerprint"]) if recorded else identity.fingerprint(config, ins),
+        "fingerprint": str(record.fingerprint) if recorded else identity.fingerprint(config, ins),
         "arm_key": identity.group_key(config, ins, without=rep),
         "line_key": identity.group_key(config, ins, without=rep + size),
         "setting_key": identity.group_key(config, ins, without=rep + size + arms),
@@ -394,9 +400,9 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     for path in find_results(root):
         run_dir = path.parent.relative_to(root).as_posix()
         try:
-            record = read_result(path)
-        except (OSError, json.JSONDecodeError) as e:  # unreadable file: listed as failed, never fatal
-            record = {"status": "failed", "error": f"unreadable result.json: {e}"}
+            record = RunRecord.read(path)
+        except (OSError, ValueError) as e:  # unreadable file (or not a record): listed as failed, never fatal
+            record = RunRecord(status="failed", error=f"unreadable result.json: {e}")
         row = record_to_row(record, run_dir)
         ident = _identity(record)
         row.update({k: None for k in KEYS} if ident is None else ident.keys)
@@ -407,7 +413,7 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
             row["_mtime"] = 0
         rows.append(row)
         idents[run_dir] = ident
-        envs[run_dir] = record.get("environment") if isinstance(record.get("environment"), dict) else None
+        envs[run_dir] = record.environment if isinstance(record.environment, dict) else None
     found = {r["run_dir"]: (r["fingerprint"], r["status"]) for r in rows}
 
     by_fp: dict[str, list[dict]] = defaultdict(list)
@@ -489,6 +495,6 @@ def curves(df: pd.DataFrame) -> pd.DataFrame:
             "n_label", "seed", "epoch", "val_acc"]
     rows = []
     for _, r in df[df["status"] == "ok"].iterrows():
-        for epoch, acc in enumerate(json.loads(r["val_acc_history"]), start=1):
+        for epoch, acc in enumerate(r["val_acc_history"], start=1):
             rows.append({**{c: r.get(c) for c in cols[:-2]}, "epoch": epoch, "val_acc": acc})
     return pd.DataFrame(rows, columns=cols)

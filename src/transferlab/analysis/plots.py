@@ -298,7 +298,7 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
                         "AnB: A's first layers frozen, rest retrained on B; BnB: same with B's own layers "
                         "(selffer); +: fine-tuned instead of frozen; dashed: base B trained from scratch "
                         "(dotted: base A, scratch on the source task, when the sweep has it)."))
-        if len(o) and (o["is_scratch"]).any() and o["val_acc_history"].map(len).gt(2).any():
+        if len(o) and (o["is_scratch"]).any() and o["val_acc_history"].map(len).ge(2).any():  # a curve, not a dot
             out.append((f"Learning curves ({where})", learning_curves(o, out_dir / f"report_learning_curves{tag}.png",
                         f"Learning curves ({where})"),
                         "Validation accuracy per epoch, mean over seeds; scratch dashed."))

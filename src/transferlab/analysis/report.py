@@ -108,7 +108,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
         missing=missing_points(df, found.points), failed=failed_runs(df, found.points),
         duplicates=found.duplicates, points=found.points, grouping_notes=found.notes, name=str(name),
     )
-    report.files = {
+    report.files = {  # the per-epoch curves go to curves.csv (long form), not into a results.csv cell
         "results.csv": _write_csv(df.drop(columns=["val_acc_history"]), out / "results.csv"),
         "summary.csv": _write_csv(summary, out / "summary.csv"),
         "curves.csv": _write_csv(collect.curves(df), out / "curves.csv"),

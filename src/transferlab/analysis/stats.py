@@ -9,7 +9,6 @@ the run identity: runs are pooled here only within one arm_key, never by a label
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from typing import Sequence
@@ -258,7 +257,7 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
     ok = ok_rows(df)
     if ok.empty or not ok["is_scratch"].any():
         return pd.DataFrame()
-    hist = ok.assign(curve=ok["val_acc_history"].map(json.loads))
+    hist = ok.assign(curve=ok["val_acc_history"])
     hist = hist[hist["curve"].map(len) > 0]
     rows = []
     for _, g in hist.groupby(["setting_key", "n_label"], sort=False):

@@ -38,10 +38,10 @@ class BlockBackbone(nn.Module):
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def forward(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
-        for i, block in enumerate(self.blocks.values()):
-            if upto is not None and i >= upto:
-                break
+    def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Blocks [start, stop) in order: `x` is the output of block start-1 (the input when start=0). Running a
+        range is what lets training resume from cached outputs of a frozen prefix without another forward."""
+        for block in list(self.blocks.values())[start:stop]:
             x = block(x)
         return x
 

@@ -23,5 +23,5 @@ def dense_blocks(features: int, hidden, dropout: float) -> list[tuple[str, nn.Mo
 
 
 def build(cfg, input_shape: tuple[int, ...]) -> BlockBackbone:
-    blocks = dense_blocks(math.prod(input_shape), cfg.hidden, float(cfg.get("dropout", 0.0)))
+    blocks = dense_blocks(math.prod(input_shape), cfg.hidden, float(cfg.dropout))
     return BlockBackbone(blocks, input_shape, pool="flatten")

@@ -22,5 +22,5 @@ def build(cfg, input_shape: tuple[int, ...]) -> BlockBackbone:
             h, w = math.floor(h / 2), math.floor(w / 2)
         blocks.append((f"conv{i}", nn.Sequential(*layers)))
         c = int(width)
-    blocks += dense_blocks(c * h * w, cfg.hidden, float(cfg.get("dropout", 0.0)))
+    blocks += dense_blocks(c * h * w, cfg.hidden, float(cfg.dropout))
     return BlockBackbone(blocks, input_shape, pool="flatten")

@@ -14,7 +14,7 @@ import timm
 import torch
 
 from transferlab.backbones.base import BlockBackbone, split_sequential
-from transferlab.errors import ConfigError, problem
+from transferlab.errors import ConfigError, Problem, problem
 
 
 def build(cfg, input_shape: tuple[int, ...], pretrained: bool = False) -> BlockBackbone:
@@ -23,7 +23,7 @@ def build(cfg, input_shape: tuple[int, ...], pretrained: bool = False) -> BlockB
         raise ConfigError(problem("backbone.name", name, "a timm model name (see timm.list_models())"))
     if len(input_shape) != 3:
         raise ValueError(f"timm model {name} needs C x H x W inputs, got {input_shape}")
-    kwargs = dict(in_chans=int(input_shape[0]), **dict(cfg.get("kwargs") or {}))
+    kwargs = dict(in_chans=int(input_shape[0]), **dict(cfg.kwargs))
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as e:
@@ -68,7 +68,7 @@ def _check_against_timm(model, backbone: BlockBackbone, name: str) -> None:
                                                         "forward does more between stages, e.g. a ViT)"))
 
 
-def _missing(name: str, e: Exception) -> str:
+def _missing(name: str, e: Exception) -> Problem:
     cfg = timm.models.get_pretrained_cfg(name)
     hub = getattr(cfg, "hf_hub_id", None) or name
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")

@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from transferlab.backbones.base import BlockBackbone, split_sequential
-from transferlab.errors import ConfigError, problem
+from transferlab.errors import ConfigError, Problem, problem
 
 BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
@@ -56,7 +56,7 @@ def imagenet_state(cfg) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _missing(cfg, url: str, path: Path, why: str) -> str:
+def _missing(cfg, url: str, path: Path, why: str) -> Problem:
     return problem("backbone.weights", "imagenet",
                    f"{cfg.name} ImageNet weights are not cached and cannot be downloaded ({why}); download {url} "
                    f"to {path} (the cache is $TORCH_HOME/hub/checkpoints; set TORCH_HOME to move it), "

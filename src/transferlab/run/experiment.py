@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from transferlab.backbones import backbone_label, build_backbone
+from transferlab.config import plain
 from transferlab.run import identity
-from transferlab.run.record import write_result
+from transferlab.run.record import Metrics, RunRecord
 from transferlab.run.setup import Prepared, prepare
 from transferlab.store import feature_cache, source_cache
 from transferlab.tasks import TaskData
@@ -23,20 +24,20 @@ from transferlab.training.fit import fit_and_test
 from transferlab.training.loggers import finish_logger, make_logger
 from transferlab.training.module import TransferModule
 from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
-from transferlab.transfer.plan import build_target_net
+from transferlab.transfer.plan import TransferPlan, build_target_net
 
 log = logging.getLogger(__name__)
 
 
 def resume_every_s(cfg: DictConfig) -> float:
-    return float((cfg.get("checkpoint") or {}).get("every_s", 0))
+    return float(cfg.checkpoint.every_s)
 
 
 def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[dict, dict]:
     """Train backbone + source head on the whole source task; return (state_dict, meta)."""
     L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
     net = TransferNet(build_backbone(cfg.backbone, source.input_shape), source.num_classes)
-    module = TransferModule(net, source.num_classes, optim=OmegaConf.to_container(cfg.pretrain, resolve=True))
+    module = TransferModule(net, source.num_classes, optim=plain(cfg.pretrain))
     t0 = time.perf_counter()
     outcome = fit_and_test(
         module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
@@ -69,71 +70,71 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
     return obj["state_dict"], status, str(path), obj["meta"]
 
 
-def _count(net: TransferNet) -> tuple[int, int]:
-    params = list(net.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+def _count(net: TransferNet, plan: TransferPlan) -> tuple[int, int]:
+    """(trainable, total) parameters: trainable = the new head plus what the plan trains at some point."""
+    head = sum(p.numel() for p in net.head.parameters())
+    backbone = [(plan.trains(n), p.numel()) for n, p in net.backbone_parameters()]
+    return head + sum(k for t, k in backbone if t), head + sum(k for _, k in backbone)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment and write result.json atomically; config errors raise before anything is written."""
+    """Run one experiment and write result.json atomically; config errors raise before anything is written.
+
+    Returns the record as written (`RunRecord.to_dict`): what a caller reads is what result.json holds."""
     t0 = time.perf_counter()
     inputs = identity.inputs(cfg)  # content of every file the run reads, hashed before anything else
     fingerprint = identity.fingerprint(cfg, inputs)
     prep = prepare(cfg)  # raises ConfigError: nothing written yet
-    feature_cache.check_config(cfg, prep.target)  # bad train.feature_cache: ConfigError, nothing written
     run_dir = Path(cfg.paths.output_dir)
     plan, target = prep.plan, prep.target
-    record: dict[str, Any] = {
-        "status": "running", "error": None, "name": str(cfg.get("name", "default")),
-        "source": str(cfg.source.name) if plan.cut else None,  # a baseline that copies nothing has no source
-        "target": str(cfg.target.name), "backbone": backbone_label(cfg.backbone),
-        "transfer": str(cfg.transfer.get("name", "custom")), "strategy": str(cfg.transfer.get("strategy", "fixed")),
-        "cut": plan.cut, "upper": plan.upper, "freeze": plan.freeze_depth, "frozen_blocks": list(plan.frozen),
-        "trainable_set": plan.label, "bn": plan.bn,  # freeze is None for a transfer.trainable set (not a depth)
-        "unfreeze_epochs": {b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
-        "trainable_blocks": list(plan.trainable), "trainable_params": None, "total_params": None,
-        "n_per_class": cfg.target.get("n_per_class"), "n_train": int(len(target.train_indices)),
-        "num_classes": target.num_classes,
-        "n_val": int(len(target.val_y)), "n_test": int(len(target.test_y)),
-        "seed": int(cfg.seed), "data_seed": int(cfg.data_seed), "metrics": {}, "source_cache": None,
-        "source_ckpt": None, "target_ckpt": None, "train_indices": [int(i) for i in target.train_indices],
-        "target_data": target.info,  # files read, input adaptation (channels/size/normalisation stats), split sizes
-        "wall_s": None, "config": OmegaConf.to_container(cfg, resolve=True),
-        "fingerprint": fingerprint, "inputs": inputs, "environment": identity.environment(),
-    }
+    record = RunRecord(
+        status="running", name=str(cfg.name),
+        source=str(cfg.source.name) if plan.cut else None,  # a baseline that copies nothing has no source
+        target=str(cfg.target.name), backbone=backbone_label(cfg.backbone),
+        transfer=str(cfg.transfer.name), strategy=plan.strategy,
+        cut=plan.cut, upper=plan.upper, freeze=plan.freeze_depth, frozen_blocks=list(plan.frozen),
+        trainable_set=plan.label, bn=plan.bn,  # freeze is None for a transfer.trainable set (not a depth)
+        unfreeze_epochs={b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
+        trainable_blocks=list(plan.trainable),
+        n_per_class=cfg.target.get("n_per_class"), n_train=int(len(target.train_indices)),
+        num_classes=target.num_classes, n_val=int(len(target.val_y)), n_test=int(len(target.test_y)),
+        seed=int(cfg.seed), data_seed=int(cfg.data_seed), train_indices=[int(i) for i in target.train_indices],
+        target_data=target.info, config=plain(cfg),
+        fingerprint=fingerprint, inputs=inputs, environment=identity.environment(),
+    )
     logger = None
     try:
-        state, status, source_ckpt, source_meta = source_weights(cfg, prep, run_dir)
-        record.update(source_cache=status, source_ckpt=source_ckpt, source_metrics=source_meta)
+        state, record.source_cache, record.source_ckpt, record.source_metrics = source_weights(cfg, prep, run_dir)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         # No backbone.weights here: copied blocks come from the source model, the rest stay random (reinit/scratch).
         net = build_target_net(build_backbone(cfg.backbone, target.input_shape, load_weights=False), plan, state,
                                target.num_classes)
-        record["trainable_params"], record["total_params"] = _count(net)
-        module = TransferModule(net, target.num_classes, optim=OmegaConf.to_container(cfg.train, resolve=True),
-                                plan=plan)  # param groups of plan.trains, lr_decay, L2-SP toward the source
-        axes = {k: record[k] for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
+        record.trainable_params, record.total_params = _count(net, plan)
+        # Frozen prefix computed once (cached features) when the plan allows it; batches then enter the net at
+        # block cache.start, and the net and its checkpoint stay whole.
+        batches, cache = feature_cache.target_loaders(cfg, plan, target, net)
+        record.feature_cache = cache.record()
+        module = TransferModule(net, target.num_classes, optim=plain(cfg.train),
+                                plan=plan, input_block=cache.start)  # groups of plan.trains, lr_decay, L2-SP
+        axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         logger = make_logger(cfg, run_dir, "target", axes=axes)
-        # Frozen prefix computed once (cached features) when exact; the net and its checkpoint stay whole.
-        batches, cache = feature_cache.target_loaders(cfg, target, net)
-        record["feature_cache"] = cache.record()
-        with feature_cache.training_on(net, cache):
-            outcome = fit_and_test(options.apply(module, cfg.train), batches,
-                                   max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
-                                   ckpt_dir=run_dir / "checkpoints", logger=logger,
-                                   callbacks=[PlanSchedule(plan)],  # what trains per epoch, BN policy
-                                   fingerprint=fingerprint,  # resumes a killed run of this run identity
-                                   resume_every_s=resume_every_s(cfg))
-        record["metrics"] = {**outcome.test, "val/acc": outcome.best_val_acc,
-                             "val/acc_history": outcome.history.get("val/acc", []),
-                             "val/loss_history": outcome.history.get("val/loss", []), "epochs": outcome.epochs}
-        record.update(status="ok", target_ckpt=outcome.best_ckpt, wall_s=time.perf_counter() - t0,
-                      resumed_from=outcome.resumed_from)  # last.ckpt of a killed earlier attempt, else None
-        write_result(run_dir, record)
-        finish_logger(logger, failed=False, summary=record["metrics"])
-        return record
+        outcome = fit_and_test(options.apply(module, cfg.train), batches,
+                               max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
+                               ckpt_dir=run_dir / "checkpoints", logger=logger,
+                               callbacks=[PlanSchedule(plan)],  # what trains per epoch, BN policy
+                               fingerprint=fingerprint,  # resumes a killed run of this run identity
+                               resume_every_s=resume_every_s(cfg))
+        record.metrics = Metrics(test_acc=outcome.test.get("test/acc"), test_loss=outcome.test.get("test/loss"),
+                                 val_acc=outcome.best_val_acc, val_acc_history=outcome.history.get("val/acc", []),
+                                 val_loss_history=outcome.history.get("val/loss", []), epochs=outcome.epochs)
+        record.status, record.target_ckpt, record.wall_s = "ok", outcome.best_ckpt, time.perf_counter() - t0
+        record.resumed_from = outcome.resumed_from  # last.ckpt of a killed earlier attempt, else None
+        record.write(run_dir)
+        finish_logger(logger, failed=False, summary=record.metrics.to_dict())
+        return record.to_dict()
     except Exception as e:
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.perf_counter() - t0)
-        write_result(run_dir, record)
-        finish_logger(logger, failed=True, summary=record["metrics"])
+        record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+        record.wall_s = time.perf_counter() - t0
+        record.write(run_dir)
+        finish_logger(logger, failed=True, summary=record.metrics.to_dict())
         raise

@@ -24,7 +24,6 @@ its process should not pay for the training stack its workers import anyway.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -77,15 +76,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 # ---------------------------------------------------------------- dotted keys on plain dicts
 def _plain(config: Any) -> dict:
-    """A resolved plain dict of a DictConfig or mapping (a deep copy either way)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    """A resolved plain dict of a DictConfig or mapping (a deep copy either way, choices as plain strings)."""
+    from transferlab.config import plain
 
-        if isinstance(config, DictConfig):
-            return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return copy.deepcopy(dict(config))
+    return plain(config)
 
 
 def get(d: Mapping, dotted: str, default: Any = None) -> Any:

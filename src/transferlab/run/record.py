@@ -1,36 +1,132 @@
-"""The result record of one run: the only module that writes or reads result.json."""
+"""The result record of one run, `RunRecord`: the schema of result.json, and the only code that writes or reads it.
+
+The run builds a RunRecord, the sweeper and the report read one, so a field is added, renamed or documented in one
+place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
+logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
+
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (1). Records written before the field
+existed are version 0: same field names, read by the same rule as every record. A field missing from the file
+takes its default (None, or an empty list: "not recorded"), a key the schema does not know is ignored, values are
+taken as stored. An old record therefore always reads, and what it did not record (e.g. `num_classes`,
+`fingerprint`) is None to its readers. A change that renames a field or changes its meaning or units bumps `SCHEMA`
+and converts the older versions in `RunRecord.from_dict`.
+
+Torch-free: the sweeper imports it to judge which points are done.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from transferlab.store.atomic import write_json
 
 RESULT_FILE = "result.json"
-
-# Keys every record has (status "ok" or "failed"); report code relies on them.
-RECORD_KEYS = (
-    "status", "error", "name", "source", "target", "backbone", "transfer", "strategy", "cut", "upper", "freeze",
-    "frozen_blocks", "trainable_blocks", "trainable_params", "total_params", "n_per_class", "n_train", "seed",
-    "data_seed", "metrics", "source_cache", "source_ckpt", "target_ckpt", "train_indices", "wall_s", "config",
-    "fingerprint", "inputs", "environment",
-)
+SCHEMA = 1  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
-def write_result(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    missing = [k for k in RECORD_KEYS if k not in record]
-    if missing:
-        raise KeyError(f"result record lacks {missing}")
-    path = Path(run_dir) / RESULT_FILE
-    write_json(path, record)
-    return path
+def _metric(key: str) -> Any:
+    return field(default=None, metadata={"key": key})
 
 
-def read_result(path: str | Path) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
+@dataclass
+class Metrics:
+    """The target fit's numbers, stored under their logged names. None is "not measured": a failed run has none,
+    and its `metrics` is stored as `{}`."""
+
+    test_acc: float | None = _metric("test/acc")  # accuracy of the best-val/acc checkpoint on the test split, 0-1
+    test_loss: float | None = _metric("test/loss")  # mean cross-entropy of that checkpoint on the test split, nats
+    val_acc: float | None = _metric("val/acc")  # best validation accuracy over the epochs (the tested model's), 0-1
+    val_acc_history: list[float] | None = _metric("val/acc_history")  # validation accuracy per epoch, epoch 1 first
+    val_loss_history: list[float] | None = _metric("val/loss_history")  # validation loss per epoch, nats
+    epochs: int | None = _metric("epochs")  # epochs trained, those of a resumed earlier attempt included
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.metadata["key"]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, stored: Any) -> Metrics:
+        """Metrics from their stored object; anything but an object (a hand-edited `null`) reads as none measured."""
+        if not isinstance(stored, Mapping):
+            return cls()
+        return cls(**{f.name: stored[f.metadata["key"]] for f in fields(cls) if f.metadata["key"] in stored})
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """One run's result.json. Defaults are what a record that lacks the field reads as."""
+
+    schema: int = SCHEMA  # layout version of this record (0: written before the field existed)
+    status: str | None = None  # "running" while the run is in progress (never on disk), then "ok" or "failed"
+    error: str | None = None  # "<ExceptionType>: <message>" of a failed run; None when ok
+    name: str | None = None  # the config's `name`: the experiment or sweep name
+    source: str | None = None  # source task name; None when nothing is copied (cut=0: the scratch baseline)
+    target: str | None = None  # target task name
+    backbone: str | None = None  # backbone label (architecture and its initial weights)
+    transfer: str | None = None  # transfer preset name (`transfer.name`: finetune, linear_probe, scratch, custom)
+    strategy: str | None = None  # when copied blocks start training: fixed, gradual or lp_ft
+    cut: int | None = None  # number of leading backbone blocks copied from the source model
+    upper: str | None = None  # blocks above the cut: drop (removed) or reinit (kept, random weights)
+    freeze: int | None = None  # number of leading kept blocks frozen; None for a `transfer.trainable` set
+    frozen_blocks: list[str] = field(default_factory=list)  # blocks frozen for the whole fit
+    trainable_set: str | None = None  # label of what trains ("freeze=2", "trainable=[*.bias]", plus strategy)
+    bn: str | None = None  # BatchNorm policy inside training blocks: frozen or train
+    unfreeze_epochs: dict[str, int | None] | None = None  # block -> first epoch it trains (0-based; None: never)
+    trainable_blocks: list[str] = field(default_factory=list)  # blocks with a parameter that trains, then "head"
+    trainable_params: int | None = None  # parameters that train at some point of the fit (count)
+    total_params: int | None = None  # parameters of the target network (count)
+    n_per_class: int | None = None  # labelled target examples per class asked for; None: the whole train pool
+    n_train: int | None = None  # labelled target examples trained on (count)
+    num_classes: int | None = None  # classes of the target task (count)
+    n_val: int | None = None  # target validation examples (count)
+    n_test: int | None = None  # target test examples (count)
+    seed: int | None = None  # training seed (initialisation, batch order)
+    data_seed: int | None = None  # seed that drew the labelled subset from the train pool
+    metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
+    source_cache: str | None = None  # source model: hit / miss (cache), none (backbone's initial weights), unused
+    source_ckpt: str | None = None  # path of the cached source model whose blocks were copied
+    source_metrics: dict[str, Any] | None = None  # the source model's pretraining numbers (test/acc, epochs, ...)
+    target_ckpt: str | None = None  # path of the best-val/acc target checkpoint (the one tested)
+    train_indices: list[int] = field(default_factory=list)  # indices into the target train pool that were trained on
+    target_data: dict[str, Any] | None = None  # files read, input adaptation (channels, size, normalisation), splits
+    feature_cache: dict[str, Any] | None = None  # frozen-prefix feature cache: status, depth, reason, key, path
+    resumed_from: str | None = None  # last.ckpt of a killed earlier attempt this fit continued; None: from zero
+    wall_s: float | None = None  # wall-clock time of the whole run, source pretraining included, seconds
+    config: dict[str, Any] | None = None  # the resolved config
+    fingerprint: str | None = None  # run identity (`identity.fingerprint`): config and input contents, hashed
+    inputs: dict[str, Any] | None = None  # role -> files read and their sha256 (`identity.inputs`)
+    environment: dict[str, Any] | None = None  # Python, library and transferlab versions, git commit (`identity`)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored in result.json."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["metrics"] = self.metrics.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> RunRecord:
+        """A record from a stored object of any version (the rule is in the module docstring)."""
+        values = {f.name: stored[f.name] for f in fields(cls) if f.name in stored}
+        values["schema"] = stored.get("schema", 0)
+        values["metrics"] = Metrics.from_dict(stored.get("metrics"))
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunRecord:
+        """The record in a result.json; OSError if unreadable, ValueError if it is not a JSON object."""
+        with open(path) as f:
+            stored = json.load(f)
+        if not isinstance(stored, Mapping):
+            raise ValueError(f"{path} holds a JSON {type(stored).__name__}, not a result record")
+        return cls.from_dict(stored)
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Write `run_dir/result.json` atomically (a reader never sees half a record)."""
+        path = Path(run_dir) / RESULT_FILE
+        write_json(path, self.to_dict())
+        return path
 
 
 def find_results(root: str | Path) -> Iterator[Path]:

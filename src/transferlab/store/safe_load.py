@@ -62,16 +62,3 @@ def load_open(source: str | Path | BinaryIO, path: str | Path, map_location: Any
         first = (str(e).splitlines()[0] if str(e) else type(e).__name__).split(". ")[0]
         raise CorruptFileError(f"{path}: corrupt or not a torch file ({first})") from e
 
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model state dict from a weights file or a Lightning checkpoint (its 'state_dict' entry)."""
-    obj = load_checkpoint(path)
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict (name -> tensor)")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise WeightsError(f"{path}: not a state dict: {len(bad)} entries are not name -> tensor "
-                           f"(e.g. {bad[0]!r})")
-    return obj

@@ -22,9 +22,9 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
-from transferlab.run.record import RESULT_FILE, read_result
+from transferlab.run.record import RESULT_FILE, RunRecord
 from transferlab.store.atomic import shared_lock, write_json
 from transferlab.sweep.points import Point
 
@@ -38,12 +38,11 @@ SWEEP_PID_ENV = "TRANSFERLAB_SWEEP_PID"  # set by the sweeper for its local work
 
 
 # ---------------------------------------------------------------- identity
-def recorded_fingerprint(record: Mapping[str, Any]) -> str | None:
+def recorded_fingerprint(record: RunRecord) -> str | None:
     """The run identity a result.json was made under (`identity.fingerprint`); None for records written before
     identity covered input contents and trainer settings: those are never taken as done (nothing proves what
     data and settings made them)."""
-    fp = record.get("fingerprint")
-    return str(fp) if fp else None
+    return str(record.fingerprint) if record.fingerprint else None
 
 
 class SweepBusy(SystemExit):
@@ -71,14 +70,14 @@ def point_status(run_dir: str | Path, expected_hash: str) -> tuple[str, str | No
     if not path.exists():
         return "missing", None
     try:
-        record = read_result(path)
+        record = RunRecord.read(path)
     except (OSError, ValueError) as e:
         return "failed", f"unreadable {RESULT_FILE}: {e}"
     if recorded_fingerprint(record) != expected_hash:
         return "stale", None
-    if record.get("status") == "ok":
+    if record.status == "ok":
         return "ok", None
-    return "failed", record.get("error") or f"status={record.get('status')!r}"
+    return "failed", record.error or f"status={record.status!r}"
 
 
 def finished_runs(sweep_dir: str | Path) -> dict[str, Path]:
@@ -87,11 +86,11 @@ def finished_runs(sweep_dir: str | Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}")):
         try:
-            record = read_result(path)
+            record = RunRecord.read(path)
         except (OSError, ValueError):
             continue
         fp = recorded_fingerprint(record)
-        if fp and record.get("status") == "ok":
+        if fp and record.status == "ok":
             found.setdefault(fp, path.parent)
     return found
 

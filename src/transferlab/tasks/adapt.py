@@ -16,19 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferlab.errors import ConfigError, problem
+from transferlab.errors import ConfigError, Problem, problem
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 NORMALIZE = ("none", "pool", "imagenet", "prenormalized")
 _CHUNK = 4096  # examples per resize call: bounds peak memory on 50k-image pools
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _norm_kind(v) -> str | None:
@@ -42,31 +37,28 @@ def _norm_kind(v) -> str | None:
     return None
 
 
-def check_task_keys(cfg, key: str) -> list[str]:
-    """Problems with the keys every task kind shares (one line each), before any data is read."""
+def check_task_keys(cfg, key: str) -> list[Problem]:
+    """Problems with the keys every task kind shares (one line each), before any data is read: ranges, and
+    `normalize`, a name or {mean, std} (the schema holds the types)."""
     out = []
-    ch = cfg.get("channels")
+    ch = cfg.channels
     if ch is not None and ch not in (1, 3):
         out.append(problem(f"{key}.channels", ch, "null (native), 1 or 3"))
-    size = cfg.get("image_size")
-    if size is not None and (not _is_int(size) or size < 1):
+    size = cfg.image_size
+    if size is not None and size < 1:
         out.append(problem(f"{key}.image_size", size, "null (native) or an integer >= 1 (square side in pixels)"))
-    norm = cfg.get("normalize", "none")
+    norm = cfg.normalize
     kind = _norm_kind(norm)
     if kind is None:
         out.append(problem(f"{key}.normalize", norm, f"one of {list(NORMALIZE)} or {{mean: [...], std: [...]}}"))
     elif kind == "explicit" and any(float(s) <= 0 for s in norm.get("std")):
         out.append(problem(f"{key}.normalize.std", list(norm.get("std")), "every std > 0"))
     for frac in ("val_fraction", "test_fraction"):
-        v = cfg.get(frac)
-        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
-            out.append(problem(f"{key}.{frac}", v, "a fraction strictly between 0 and 1"))
+        if not 0 < cfg[frac] < 1:
+            out.append(problem(f"{key}.{frac}", cfg[frac], "a fraction strictly between 0 and 1"))
     for count in ("val_size", "max_per_class"):
-        v = cfg.get(count)
-        if v is not None and (not _is_int(v) or v < 1):
-            out.append(problem(f"{key}.{count}", v, "null or an integer >= 1"))
-    if not _is_int(cfg.get("split_seed", 0)):
-        out.append(problem(f"{key}.split_seed", cfg.get("split_seed"), "an integer"))
+        if cfg[count] is not None and cfg[count] < 1:
+            out.append(problem(f"{key}.{count}", cfg[count], "null or an integer >= 1"))
     return out
 
 
@@ -100,9 +92,9 @@ class Adapter:
 
     def __init__(self, cfg, key: str):
         self.key = key
-        self.channels = cfg.get("channels")
-        self.image_size = cfg.get("image_size")
-        self.norm_cfg = cfg.get("normalize", "none")
+        self.channels = cfg.channels
+        self.image_size = cfg.image_size
+        self.norm_cfg = cfg.normalize
         self.norm = _norm_kind(self.norm_cfg)
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None

@@ -51,11 +51,8 @@ def _keep(y: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 def _part(cfg, key: str, x: np.ndarray, y: np.ndarray, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Half `a` or `b` of the examples (stratified by the original label, fixed by split_seed)."""
-    part = str(cfg.part)
-    if part not in ("a", "b"):
-        raise ConfigError(problem(f"{key}.part", cfg.part, "null (all examples), a or b (a fixed half)"))
     a, b = fixed_split(y, 0.5, split_seed + 7)
-    keep = a if part == "a" else b
+    keep = a if str(cfg.part) == "a" else b
     return x[keep], y[keep]
 
 
@@ -226,7 +223,7 @@ def task_from_arrays(
     """
     adapter = Adapter(cfg, key)
     check_inputs(key, {"train": x, "val": x_val, "test": x_test}, array_names, adapter.range_checked)
-    split_seed = int(cfg.get("split_seed", 0))
+    split_seed = int(cfg.split_seed)
     y, class_names = np.asarray(y), list(class_names)
     if cfg.get("part") is not None:  # one fixed half of the examples: source and target see different images
         x, y = _part(cfg, key, x, y, split_seed)
@@ -247,7 +244,7 @@ def task_from_arrays(
     origins: dict[str, tuple[str, np.ndarray]] = {}
 
     if x_test is None:
-        rest, test = _split(pool_y, float(cfg.get("test_fraction", 0.25)), split_seed, key, "test_fraction")
+        rest, test = _split(pool_y, float(cfg.test_fraction), split_seed, key, "test_fraction")
         origins["test"] = ("train", pool_pos[test])
         test_y = pool_y[test]
         pool_pos, pool_y = pool_pos[rest], pool_y[rest]
@@ -255,8 +252,8 @@ def task_from_arrays(
         pos, test_y = _keep(np.asarray(y_test), ids)
         origins["test"] = ("test", pos)
     if x_val is None:
-        size = cfg.get("val_size") or float(cfg.get("val_fraction", 0.2))
-        rest, val = _split(pool_y, size, split_seed + 1, key, "val_size" if cfg.get("val_size") else "val_fraction")
+        size = cfg.val_size or float(cfg.val_fraction)
+        rest, val = _split(pool_y, size, split_seed + 1, key, "val_size" if cfg.val_size else "val_fraction")
         origins["val"] = ("train", pool_pos[val])
         val_y = pool_y[val]
         pool_pos, pool_y = pool_pos[rest], pool_y[rest]
@@ -284,7 +281,7 @@ def task_from_arrays(
         n_per_class=cfg.get("n_per_class"),
         n_train=cfg.get("n_train"),
         data_seed=data_seed,
-        n_policy=str(cfg.get("n_policy", "error")),
+        n_policy=str(cfg.n_policy),
         key=key,
     )
     as_l = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731

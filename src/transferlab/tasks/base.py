@@ -44,10 +44,6 @@ class TaskData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
-    @property
-    def pool_class_counts(self) -> np.ndarray:
-        return np.bincount(self.train_y.numpy(), minlength=self.num_classes)
-
     def subset(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(self.train_indices, dtype=torch.long)
         return self.train_x[idx], self.train_y[idx]

@@ -20,7 +20,6 @@ NAMINGS = {
     "x_/y_": {s: (f"x_{s}", f"y_{s}") for s in ("train", "val", "test")},
     "medmnist": {s: (f"{s}_images", f"{s}_labels") for s in ("train", "val", "test")},
 }
-LAYOUTS = ("auto", "nchw", "nhwc")
 
 
 def resolve_path(value, key: str, what: str = "path") -> Path:
@@ -98,11 +97,8 @@ def read_npz(path: Path, key: str, layout: str = "auto") -> dict[str, tuple[np.n
 
 
 def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskData:
-    path = resolve_path(cfg.get("path"), key)
-    layout = str(cfg.get("layout", "auto"))
-    if layout not in LAYOUTS:
-        raise ConfigError(problem(f"{key}.layout", layout, f"one of {list(LAYOUTS)}"))
-    d = read_npz(path, key, layout)
+    path = resolve_path(cfg.path, key)
+    d = read_npz(path, key, str(cfg.layout))  # auto | nchw | nhwc: the schema's choice
     labels = np.concatenate([d[s][1] for s in ("train", "val", "test") if d[s] is not None])
     n_classes = int(labels.max()) + 1
     names = cfg.get("class_names")

@@ -141,15 +141,12 @@ def _cifar100_coarse(ds, root: Path, train: bool, fine: np.ndarray) -> np.ndarra
 
 def _class_setup(cfg, key: str, name: str) -> tuple[object, list[str], bool]:
     """(cfg with `superclasses` expanded into `classes`, label names, use coarse labels?)."""
-    label = cfg.get("label", "fine")
-    supers = cfg.get("superclasses")
+    label, supers = str(cfg.label), cfg.superclasses  # fine | coarse: the schema's choice
     if name != "cifar100":
         if supers is not None or label != "fine":
-            raise ConfigError(problem(f"{key}.superclasses/label", [supers, label],
+            raise ConfigError(problem(f"{key}.superclasses/label", [None if supers is None else list(supers), label],
                                       "null / fine unless dataset=cifar100"))
         return cfg, DATASETS[name].classes, False
-    if label not in ("fine", "coarse"):
-        raise ConfigError(problem(f"{key}.label", label, "fine (100 classes) or coarse (20 superclasses)"))
     if supers is None:
         return cfg, (c100.COARSE_NAMES if label == "coarse" else c100.FINE_NAMES), label == "coarse"
     bad = [s for s in supers if s not in c100.SUPERCLASSES]
@@ -161,7 +158,7 @@ def _class_setup(cfg, key: str, name: str) -> tuple[object, list[str], bool]:
 
 
 def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskData:
-    name = str(cfg.get("dataset"))
+    name = str(cfg.dataset)
     if name not in DATASETS:
         raise ConfigError(problem(f"{key}.dataset", name, f"one of {sorted(DATASETS)}"))
     spec = DATASETS[name]
@@ -171,7 +168,7 @@ def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskD
     if not data_dir:
         raise ConfigError(problem("paths.data_dir", data_dir, "a folder for dataset files"))
     root = Path(os.path.expanduser(str(data_dir))).resolve()
-    train, test = open_splits(spec, name, root, key=key, download=bool(cfg.get("download", True)))
+    train, test = open_splits(spec, name, root, key=key, download=bool(cfg.download))
     x, y = _arrays(spec, train)
     x_test, y_test = _arrays(spec, test)
     if name == "cifar100" and list(train.classes) != c100.FINE_NAMES:

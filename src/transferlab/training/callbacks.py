@@ -202,18 +202,31 @@ class MetricHistory(L.Callback):
 
 
 class _BlockSummary(Summary):
-    """Lightning's summary, one row per backbone block and the head, with trainable and frozen counts."""
+    """Lightning's summary, one row per backbone block and the head, with trainable and frozen counts: trainable
+    means trains at some point of the fit, as the module's plan says (the head always trains)."""
 
     def summarize(self):
         full = super().summarize()
         return {k: v for k, v in full.items()
                 if k == "net.head" or (k.startswith(BACKBONE_PREFIX) and "." not in k[len(BACKBONE_PREFIX):])}
 
+    def _counts(self) -> list[tuple[int, int]]:
+        """(trainable, frozen) parameter counts per row."""
+        out = []
+        for row, layer in self._layer_summary.items():
+            block = row[len(BACKBONE_PREFIX):] if row.startswith(BACKBONE_PREFIX) else None
+            sizes = [(block is None or self._model.trains(f"{block}.{n}"), p.numel())
+                     for n, p in layer._module.named_parameters()]
+            out.append((sum(k for t, k in sizes if t), sum(k for t, k in sizes if not t)))
+        return out
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(t for t, _ in self._counts())
+
     def _get_summary_data(self):
         arrays = super()._get_summary_data()
-        modules = [layer._module for layer in self._layer_summary.values()]
-        trainable = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in modules]
-        frozen = [sum(p.numel() for p in m.parameters() if not p.requires_grad) for m in modules]
+        trainable, frozen = zip(*self._counts()) if self._layer_summary else ((), ())
         arrays = [a for a in arrays if a[0] != "FLOPs"]
         arrays.insert(4, ("Trainable", [get_human_readable_count(n) for n in trainable]))
         arrays.insert(5, ("Frozen", [get_human_readable_count(n) for n in frozen]))

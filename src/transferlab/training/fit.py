@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-from omegaconf import OmegaConf
 
+from transferlab.config import plain
 from transferlab.training.callbacks import (
     LAST,
     BlockModelSummary,
@@ -53,8 +53,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     # runs before ResumePoint, and the tracker state in last.ckpt is this epoch's, agreeing with best.ckpt.
     ckpt = RunLocalCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
                               save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=False)
-    kwargs = OmegaConf.to_container(trainer_cfg, resolve=True) if not isinstance(trainer_cfg, dict) else trainer_cfg
-    kwargs = dict(kwargs)
+    kwargs = dict(plain(trainer_cfg))  # Lightning gets "cpu", not Accelerator.cpu
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
                         callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s), history, BlockModelSummary(),

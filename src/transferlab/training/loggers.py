@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from transferlab.config import plain
 
 AXES = ("n_per_class", "n_train", "freeze", "cut", "trainable_params")
 
@@ -34,17 +34,17 @@ def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, An
 def wandb_tags(cfg) -> list[str]:
     """Tags from the preset: transfer preset + strategy, source, target, backbone, then logger.wandb.tags."""
     t = cfg.transfer
-    tags = [f"transfer:{t.get('name', 'custom')}", f"strategy:{t.get('strategy', 'fixed')}",
+    tags = [f"transfer:{t.name}", f"strategy:{t.strategy}",
             f"source:{cfg.source.get('name')}", f"target:{cfg.target.get('name')}",
             f"backbone:{cfg.backbone.get('name')}"]
-    return [*tags, *[str(x) for x in (cfg.logger.wandb.get("tags") or [])]]
+    return [*tags, *[str(x) for x in cfg.logger.wandb.tags]]
 
 
 def wandb_run_name(cfg, job_type: str, axes: dict[str, Any]) -> str:
     if job_type == "source":
         return f"source {cfg.source.get('name')} {cfg.backbone.get('name')}"
     n = axes.get("n_per_class")
-    return (f"{cfg.transfer.get('name', 'custom')} cut={axes.get('cut')} freeze={axes.get('freeze')} "
+    return (f"{cfg.transfer.name} cut={axes.get('cut')} freeze={axes.get('freeze')} "
             f"n={'all' if n is None else n} seed={cfg.seed}")
 
 
@@ -67,20 +67,20 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
 
         w = cfg.logger.wandb
         axes = dict(axes or {})
-        config = {**flatten(OmegaConf.to_container(cfg, resolve=True)), **axes, "job_type": job_type}
+        config = {**flatten(plain(cfg)), **axes, "job_type": job_type}
         Path(run_dir).mkdir(parents=True, exist_ok=True)
 
         def build(mode: str) -> WandbLogger:
             import wandb
 
             return WandbLogger(
-                project=w.project, entity=w.get("entity"), group=str(w.get("group") or cfg.get("name", "default")),
+                project=w.project, entity=w.entity, group=str(w.group or cfg.name),
                 job_type=job_type, tags=wandb_tags(cfg), name=wandb_run_name(cfg, job_type, axes),
                 save_dir=str(run_dir), mode=mode, config=config, reinit="finish_previous",
-                settings=wandb.Settings(init_timeout=float(w.get("init_timeout", 30))),
+                settings=wandb.Settings(init_timeout=float(w.init_timeout)),
             )
 
-        mode = str(w.get("mode", "offline"))
+        mode = str(w.mode)
         logger = build(mode)
         if mode == "online":  # init now, bounded by init_timeout: no key / no network never hangs a run
             try:

@@ -1,4 +1,8 @@
-"""The LightningModule: a TransferNet, cross-entropy, torchmetrics accuracy, an optimizer over trainable params only."""
+"""The LightningModule: a TransferNet, cross-entropy, torchmetrics accuracy, an optimizer over trainable params only.
+
+What trains comes from the plan (`trains`), never from `requires_grad`; without a plan (source pretraining) every
+parameter trains.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,25 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from transferlab.config import Optimizer, Scheduler
 from transferlab.transfer.network import TransferNet
 from transferlab.transfer.plan import TransferPlan
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("none", "cosine", "plateau")
+OPTIMIZERS = tuple(Optimizer.values())  # the schema's choices (transferlab.config)
+SCHEDULERS = tuple(Scheduler.values())
 STAGES = ("train", "val", "test")
 
 
 class TransferModule(L.LightningModule):
-    def __init__(self, net: TransferNet, num_classes: int, optim: dict[str, Any], plan: TransferPlan | None = None):
+    def __init__(self, net: TransferNet, num_classes: int, optim: dict[str, Any], plan: TransferPlan | None = None,
+                 input_block: int = 0):
+        """`input_block`: where the batches enter the net, 0 for the task's inputs, d for cached outputs of the
+        frozen blocks [0, d) (`store.feature_cache`); the net and its checkpoints stay whole either way."""
         super().__init__()
         self.net = net
         self.optim = dict(optim)
         self.plan = plan
+        self.input_block = int(input_block)
         # L2-SP anchor: the source values of transferred parameters that train (taken now, right after the copy;
         # a plain dict so it is neither a parameter nor part of checkpoints).
         alpha = plan.l2sp if plan is not None else 0.0
@@ -40,8 +49,12 @@ class TransferModule(L.LightningModule):
             setattr(self, f"{stage}_mean_loss", MeanMetric())
         self.train_l2sp = MeanMetric() if self._anchor else None
 
+    def trains(self, name: str) -> bool:
+        """Does this backbone parameter (block-relative, 'layer1.0.bn1.weight') train at some point of the fit?"""
+        return self.plan is None or self.plan.trains(name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x, start=self.input_block)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
@@ -70,12 +83,12 @@ class TransferModule(L.LightningModule):
         return loss
 
     def l2sp_penalty(self) -> torch.Tensor:
-        """alpha/2 * ||w - w_source||^2 over transferred parameters training now (Li et al. 2018)."""
+        """alpha/2 * ||w - w_source||^2 over transferred parameters training in this epoch (Li et al. 2018)."""
         params = dict(self.net.backbone_parameters())
         total = torch.zeros((), device=self.device)
         for name, w0 in self._anchor.items():
-            w = params[name]
-            if w.requires_grad:
+            if self.plan.trainable_at(name, self.current_epoch):
+                w = params[name]
                 total = total + (w - w0.to(w.device)).pow(2).sum()
         return 0.5 * self.l2sp * total
 
@@ -97,38 +110,38 @@ class TransferModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for g in self.param_groups() for p in g["params"]]
-
     def param_groups(self) -> list[dict[str, Any]]:
-        """One optimizer group per block that trains at some point of the fit (plus the head), built once.
+        """Optimizer groups per block that trains at some point of the fit (plus the head), built once.
 
         Parameters a strategy keeps frozen for now are in their group from the start: their grad stays None, so
         the optimizer (and weight decay) skips them until they unfreeze, and the group count never changes; LR
-        schedulers and resumed optimizer states stay valid (Lightning #12141, #6891). `train.lr_decay`=gamma
-        gives the block at depth d from the top lr * gamma**d (ULMFiT's 1/2.6, timm's layer decay); the head is
-        depth 0. With L2-SP, transferred parameters get no weight decay: the penalty replaces it (Li et al.).
+        schedulers and resumed optimizer states stay valid (Lightning #12141, #6891). `lr_decay`=gamma gives the
+        block at depth d from the top lr * gamma**d (ULMFiT's 1/2.6, timm's layer decay); the head is depth 0.
+        Each block's parameters split by weight decay, all at the block's rate: `<block>` gets `weight_decay`;
+        `<block>.no_decay` holds its 1-D parameters (biases, norm weights), which get none unless
+        `decay_norm_and_bias` (as timm: under BitFit or `@norm` they are all that trains, and decay would only
+        pull them toward zero); `<block>.l2sp` holds transferred parameters under L2-SP, whose penalty replaces
+        weight decay (Li et al.).
         """
         lr, wd = float(self.optim["lr"]), float(self.optim.get("weight_decay", 0.0))
         gamma = self.optim.get("lr_decay")
         gamma = 1.0 if gamma is None else float(gamma)
-        trains = self.plan.trains if self.plan is not None else None
-        by_block: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        decay_1d = bool(self.optim.get("decay_norm_and_bias", False))
+        by_block = {"head": [(f"head.{n}", p) for n, p in self.net.head.named_parameters()]}  # it always trains
         for name, p in self.net.backbone_parameters():
-            if (trains(name) if trains is not None else p.requires_grad):
+            if self.trains(name):
                 by_block.setdefault(name.split(".", 1)[0], []).append((name, p))
-        groups = [{"name": "head", "params": [p for p in self.net.head.parameters() if p.requires_grad],
-                   "lr": lr, "weight_decay": wd}]
-        for depth, block in enumerate(reversed(self.net.backbone.block_names), start=1):
-            named = by_block.get(block, [])
-            free = [p for n, p in named if n not in self._anchor]
-            anchored = [p for n, p in named if n in self._anchor]
-            if free:
-                groups.append({"name": block, "params": free, "lr": lr * gamma ** depth, "weight_decay": wd})
-            if anchored:
-                groups.append({"name": f"{block}.l2sp", "params": anchored, "lr": lr * gamma ** depth,
-                               "weight_decay": 0.0})
-        return [g for g in groups if g["params"]]
+        groups = []
+        for depth, block in enumerate(["head", *reversed(self.net.backbone.block_names)]):
+            split: dict[str, list[nn.Parameter]] = {block: [], f"{block}.no_decay": [], f"{block}.l2sp": []}
+            for name, p in by_block.get(block, []):
+                kind = ".l2sp" if name in self._anchor else ".no_decay" if p.ndim <= 1 and not decay_1d else ""
+                split[block + kind].append(p)
+            for group, params in split.items():
+                if params:
+                    groups.append({"name": group, "params": params, "lr": lr * gamma ** depth,
+                                   "weight_decay": wd if group == block else 0.0})
+        return groups
 
     def configure_optimizers(self):
         name = self.optim.get("optimizer", "adamw")
@@ -139,7 +152,7 @@ class TransferModule(L.LightningModule):
         elif name == "adam":
             opt = torch.optim.Adam(groups, lr=lr)
         elif name == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=float(self.optim.get("momentum", 0.9)))
+            opt = torch.optim.SGD(groups, lr=lr, momentum=float(self.optim["momentum"]))
         else:
             raise ValueError(f"unknown optimizer {name!r}; one of {OPTIMIZERS}")
         scheduler = str(self.optim.get("scheduler") or "none")

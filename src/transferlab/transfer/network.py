@@ -1,11 +1,16 @@
 """The network every run trains: transferred backbone blocks + a new head.
 
-Trainability is per parameter (`requires_grad`); `transfer.py` decides it, this module only enforces the modes
-that go with it. Blocks with no trainable parameter stay in eval mode whatever Lightning does (`train()` is
-overridden, and strategies re-apply it every epoch), so BatchNorm statistics and dropout are frozen with the
-weights: frozen means byte-identical. The BN policy decides BatchNorm layers inside blocks that do train:
-`frozen` (default) keeps a BN layer whose own affine parameters are frozen in eval mode (e.g. `trainable=
-["*conv*"]`); `train` lets every BN layer in a training block re-estimate its statistics.
+Trainability is per parameter and decided by the plan (`transfer/plan.py`); the net only receives it, as a
+predicate over parameter names (`set_trainable`), and never reads it back from `requires_grad`, which it sets
+because autograd needs it. From that set it enforces the modes that go with it: blocks with no parameter training
+now stay in eval mode whatever Lightning does (`train()` is overridden, and strategies re-apply it every epoch),
+so BatchNorm statistics and dropout are frozen with the weights: frozen means byte-identical. The BN policy
+decides BatchNorm layers inside blocks that do train: `frozen` (default) keeps a BN layer whose own affine
+parameters are frozen in eval mode (e.g. `trainable=["*conv*"]`); `train` lets every BN layer in a training block
+re-estimate its statistics.
+
+`forward(x, start)` runs blocks [start, N) and the head, so a fit on cached outputs of a frozen prefix enters at
+block `start` while the net (and its state dict) stays whole.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferlab.backbones.base import BlockBackbone
+from transferlab.config import BNPolicy
 
 # Source and target checkpoints (LightningModule state dicts) both store the backbone under this prefix.
 BACKBONE_PREFIX = "net.backbone.blocks."
-BN_POLICIES = ("frozen", "train")
+BN_POLICIES = tuple(BNPolicy.values())  # the schema's choices (transferlab.config)
 
 
 def make_head(in_shape: tuple[int, ...], pool: str, num_classes: int) -> nn.Sequential:
@@ -32,39 +38,33 @@ def make_head(in_shape: tuple[int, ...], pool: str, num_classes: int) -> nn.Sequ
 
 
 class TransferNet(nn.Module):
-    def __init__(self, backbone: BlockBackbone, num_classes: int, frozen: Iterable[str] = (), bn: str = "frozen"):
+    def __init__(self, backbone: BlockBackbone, num_classes: int, bn: str = "frozen"):
         super().__init__()
         if bn not in BN_POLICIES:
             raise ValueError(f"bn={bn!r}: one of {BN_POLICIES}")
         self.backbone = backbone
         self.head = make_head(backbone.output_shape(len(backbone)), backbone.pool, num_classes)
         self.bn = bn
-        self.freeze(frozen)
+        self._training: frozenset[str] = frozenset()
+        self.set_trainable(lambda name: True)  # until told otherwise (source pretraining): everything trains
 
     @property
     def frozen(self) -> tuple[str, ...]:
-        """Blocks with no trainable parameter (they run in eval mode)."""
-        return tuple(n for n, b in self.backbone.blocks.items() if not any(p.requires_grad for p in b.parameters()))
+        """Blocks none of whose parameters train now, by the last `set_trainable` (they run in eval mode)."""
+        return tuple(n for n, b in self.backbone.blocks.items()
+                     if self._training.isdisjoint(p for p, _ in b.named_parameters(prefix=n)))
 
     def backbone_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
         """(block-relative name such as 'layer1.0.bn1.weight', parameter)."""
         return self.backbone.blocks.named_parameters()
 
     def set_trainable(self, trains: Callable[[str], bool]) -> None:
-        """Set `requires_grad` of every backbone parameter from a predicate over its name; re-apply modes."""
+        """Which backbone parameters train now: a predicate over block-relative names (the plan's, for the current
+        epoch). Kept as the set of names it accepts, which decides the modes; `requires_grad` is set from it for
+        autograd only. The head always trains."""
+        self._training = frozenset(name for name, _ in self.backbone_parameters() if trains(name))
         for name, p in self.backbone_parameters():
-            p.requires_grad_(bool(trains(name)))
-        self.train(self.training)
-
-    def freeze(self, names: Iterable[str]) -> None:
-        """Freeze whole blocks: no gradients, eval mode from now on (re-applied by `train`)."""
-        for name in names:
-            self.backbone.blocks[name].requires_grad_(False)
-        self.train(self.training)
-
-    def unfreeze(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.backbone.blocks[name].requires_grad_(True)
+            p.requires_grad_(name in self._training)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "TransferNet":
@@ -76,14 +76,15 @@ class TransferNet(nn.Module):
             if name in frozen:
                 block.eval()
             elif self.bn == "frozen":
-                for m in block.modules():
-                    params = list(m.parameters(recurse=False))
-                    if isinstance(m, _BatchNorm) and params and not any(p.requires_grad for p in params):
+                for path, m in block.named_modules(prefix=name):
+                    own = [p for p, _ in m.named_parameters(prefix=path, recurse=False)]
+                    if isinstance(m, _BatchNorm) and own and self._training.isdisjoint(own):
                         m.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Blocks [start, N) then the head; `x` is the input (start=0) or the output of block start-1."""
+        return self.head(self.backbone(x, start))
 
 
 def block_state(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

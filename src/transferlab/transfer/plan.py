@@ -4,8 +4,10 @@
 parameter names: which blocks are copied (`cut`), what happens above the cut (`upper`), which parameters train
 (`freeze` = first f blocks frozen, or `trainable` = block names / parameter globs such as "*.bias" for BitFit),
 the BN policy, and the strategy that schedules the set over epochs (`fixed`, `gradual` ULMFiT unfreezing, `lp_ft`
-linear probe then fine-tune). Everything else asks the plan: `build_target_net` applies it, the optimizer takes
-groups of `plan.trains` parameters, strategy callbacks call `apply_epoch` at every epoch start.
+linear probe then fine-tune). Everything else asks the plan (`trains`, `trainable_at`, `frozen`, ...), never
+`requires_grad`, which is only set from it for autograd: `build_target_net` and `apply_epoch` hand the net the
+plan's predicate, the optimizer groups and the L2-SP penalty, the model summary, the recorded counts and the
+feature cache's frozen prefix all read the plan.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ import torch
 from torch import nn
 
 from transferlab.backbones.base import BlockBackbone
-from transferlab.errors import ConfigError, problem
-from transferlab.transfer.network import BN_POLICIES, TransferNet, block_state
+from transferlab.config import TransferConfig, typed
+from transferlab.errors import ConfigError, Problem, problem
+from transferlab.transfer.network import TransferNet, block_state
 
-UPPER_CHOICES = ("drop", "reinit")
-STRATEGIES = ("fixed", "gradual", "lp_ft")
 # transfer=scratch is the baseline: nothing copied, every block trained from random weights. Its own values, which
 # an override may not change (else "scratch" would label transferred or frozen weights).
 SCRATCH = {"cut": 0, "upper": "reinit", "freeze": 0, "trainable": None, "strategy": "fixed", "l2sp": 0.0}
@@ -29,16 +30,19 @@ SCRATCH = {"cut": 0, "upper": "reinit", "freeze": 0, "trainable": None, "strateg
 
 @dataclass(frozen=True)
 class TransferPlan:
+    """Built by `resolve_plan` only: no field has a default here, the transfer config's defaults are the schema's
+    (transferlab.config.TransferConfig)."""
+
     block_names: tuple[str, ...]  # every block the backbone has
     cut: int                      # blocks [0, cut) are copied from the source
     upper: str                    # drop | reinit
     frozen: tuple[str, ...]       # blocks frozen for the whole fit
-    train_params: frozenset[str] | None = None  # backbone params that train (block-relative names); None = all
-    bn: str = "frozen"            # BN policy inside training blocks (see network.py)
-    strategy: str = "fixed"       # fixed | gradual | lp_ft
-    unfreeze_every: int = 1       # gradual: epochs between two unfreezings
-    lp_epochs: int = 1            # lp_ft: head-only epochs before fine-tuning
-    l2sp: float = 0.0             # L2-SP strength toward the source weights of copied blocks
+    train_params: frozenset[str] | None  # backbone params that train (block-relative names); None = all
+    bn: str                       # BN policy inside training blocks (see network.py)
+    strategy: str                 # fixed | gradual | lp_ft
+    unfreeze_every: int           # gradual: epochs between two unfreezings
+    lp_epochs: int                # lp_ft: head-only epochs before fine-tuning
+    l2sp: float                   # L2-SP strength toward the source weights of copied blocks
     spec: tuple[str, ...] | None = None  # transfer.trainable as given (None: the set came from `freeze`)
 
     @property
@@ -93,13 +97,15 @@ class TransferPlan:
         start = self.unfreeze_epoch(param.split(".", 1)[0])
         return self.trains(param) and start is not None and epoch >= start
 
+    def training_blocks(self, epoch: int) -> tuple[str, ...]:
+        """Backbone blocks with a parameter that trains in `epoch`, in block order (the head always trains)."""
+        return tuple(b for b in self.trainable[:-1] if self.unfreeze_epoch(b) <= epoch)
 
-def _int_at_least(cfg, key: str, default: int, low: int, problems: list[str]) -> int:
-    v = cfg.get(key, default)
-    v = default if v is None else v
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+
+def _int_at_least(cfg, key: str, low: int, problems: list[Problem]) -> int:
+    v = cfg[key]
+    if v < low:
         problems.append(problem(f"transfer.{key}", v, f"an integer >= {low}"))
-        return default
     return v
 
 
@@ -113,7 +119,7 @@ def _norm_params(backbone: BlockBackbone) -> list[str]:
 
 
 def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, kept: tuple[str, ...],
-                       cut: int, problems: list[str], norm: list[str] | None = None) -> frozenset[str] | None:
+                       cut: int, problems: list[Problem], norm: list[str] | None = None) -> frozenset[str] | None:
     """Entries are block names, module/parameter names, globs over parameter names ("*.bias", "*bn*"), or
     "@norm" (normalisation layers by type, since their names differ between models)."""
     if isinstance(spec, str) or not hasattr(spec, "__iter__"):
@@ -148,13 +154,13 @@ def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, k
     return frozenset(chosen)
 
 
-def _check_scratch(cfg) -> list[str]:
+def _check_scratch(cfg) -> list[Problem]:
     """transfer=scratch keeps its own cut, freeze, ...: an override that would copy or freeze blocks is an error."""
     if str(cfg.get("name")) != "scratch":
         return []
     out = []
     for key, own in SCRATCH.items():
-        v = cfg.get(key, own)
+        v = cfg[key]
         if v != own and not (key == "freeze" and v is None) and not (key == "l2sp" and v in (0, None)):
             out.append(problem(f"transfer.{key}", v, f"{own!r} with transfer=scratch (the baseline copies and "
                                                      "freezes nothing); to transfer blocks use transfer=finetune"))
@@ -163,25 +169,24 @@ def _check_scratch(cfg) -> list[str]:
 
 def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> TransferPlan:
     """Validate the `transfer` config against the backbone's blocks (and parameter names, when a backbone is
-    given); collect every problem before raising one ConfigError."""
+    given); collect every problem before raising one ConfigError. A partial config (tests, scripts) is completed
+    with the schema's defaults (`transferlab.config.TransferConfig`), which also holds the types and choices."""
+    cfg = typed(TransferConfig, cfg, key="transfer")
     if isinstance(backbone, BlockBackbone):
         names = tuple(backbone.block_names)
         params: list[str] | None = [n for n, _ in backbone.blocks.named_parameters()]
         norm: list[str] | None = _norm_params(backbone)
     else:
         names, params, norm = tuple(backbone), None, None
-    problems: list[str] = _check_scratch(cfg)
-    cut = cfg.get("cut")
+    problems: list[Problem] = _check_scratch(cfg)
+    cut = cfg.cut
     cut = len(names) if cut is None else cut
     if isinstance(cut, bool) or not isinstance(cut, int) or not 0 <= cut <= len(names):
         problems.append(problem("transfer.cut", cut, f"an int in 0..{len(names)} (blocks: {list(names)}) or null"))
         cut = len(names)
-    upper = str(cfg.get("upper", "drop"))
-    if upper not in UPPER_CHOICES:
-        problems.append(problem("transfer.upper", upper, f"one of {list(UPPER_CHOICES)}"))
+    upper = str(cfg.upper)
     kept = names[:cut] if upper == "drop" else names
-    freeze = cfg.get("freeze", 0)
-    freeze = 0 if freeze is None else freeze
+    freeze = 0 if cfg.freeze is None else cfg.freeze
     if freeze == "all":
         n_frozen = cut
     elif isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= cut:
@@ -194,7 +199,7 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
                                                   "(transfer=scratch uses cut=0 with upper=reinit)"))
     frozen = names[:n_frozen]
     train_params = None
-    spec = cfg.get("trainable")
+    spec = cfg.trainable
     if spec is not None:
         if n_frozen:
             problems.append(problem("transfer.trainable", list(spec) if hasattr(spec, "__iter__") else spec,
@@ -206,17 +211,11 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
             frozen = tuple(n for n in kept if n not in blocks)
             if params is None:  # names only: the entries chose whole blocks
                 train_params = None
-    bn = str(cfg.get("bn", "frozen"))
-    if bn not in BN_POLICIES:
-        problems.append(problem("transfer.bn", bn, f"one of {list(BN_POLICIES)}"))
-    strategy = str(cfg.get("strategy", "fixed") or "fixed")
-    if strategy not in STRATEGIES:
-        problems.append(problem("transfer.strategy", strategy, f"one of {list(STRATEGIES)}"))
-    every = _int_at_least(cfg, "unfreeze_every", 1, 1, problems)
-    lp_epochs = _int_at_least(cfg, "lp_epochs", 1, 1, problems)
-    l2sp = cfg.get("l2sp", 0.0)
-    l2sp = 0.0 if l2sp is None else l2sp
-    if isinstance(l2sp, bool) or not isinstance(l2sp, (int, float)) or l2sp < 0:
+    bn, strategy = str(cfg.bn), str(cfg.strategy)
+    every = _int_at_least(cfg, "unfreeze_every", 1, problems)
+    lp_epochs = _int_at_least(cfg, "lp_epochs", 1, problems)
+    l2sp = cfg.l2sp
+    if l2sp < 0:
         problems.append(problem("transfer.l2sp", l2sp, "a number >= 0 (0 = off)"))
         l2sp = 0.0
     elif l2sp > 0 and cut == 0:
@@ -234,7 +233,7 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
 def apply_epoch(net: TransferNet, plan: TransferPlan, epoch: int) -> list[str]:
     """Set what trains in `epoch` (idempotent, so resuming at any epoch is right); return the training blocks."""
     net.set_trainable(lambda p: plan.trainable_at(p, epoch))
-    return [b for b in net.backbone.block_names if b not in net.frozen]
+    return list(plan.training_blocks(epoch))
 
 
 def build_target_net(

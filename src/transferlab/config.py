@@ -1,0 +1,473 @@
+"""The configuration's schema: every key's type and default, written once (torch-free).
+
+Hydra composes `conf/`; each group file starts its defaults list with its schema from here
+(`/schema/<group>@_here_`, registered in Hydra's ConfigStore on import), so OmegaConf types every value while
+composing: `train.lr=abc` or `train.max_epochs=1.5` fails with the key named before any check of ours runs, and a
+default lives here only. The YAML files keep what a user reads there: what each key means, and the values that
+make a file what it is (a task's dataset and classes, a preset's freeze depth), never a restated default
+(tests/test_config.py holds them to that).
+
+What the schema does not do, and `run/setup.py` does: ranges (`lr > 0`), and checks across keys or against the
+machine and the data (`freeze <= cut`, devices present, classes in the dataset). Keys whose value is a closed
+choice *or* something else stay `Any` and are checked there: `transfer.freeze` (int or "all"),
+`<task>.normalize` (a name or {mean, std}), `trainer.devices`, `lease.slots`.
+
+Closed choices are `Choice` enums: a str subclass whose members compare, hash, print and JSON-encode as their
+value, so code reading `cfg.train.optimizer` sees "adamw". Everything that leaves the config as data (identity,
+result.json, W&B, the sweeper's fingerprint) goes through `plain`, which turns them into plain strings.
+
+The root keys (`seed`, `data_seed`, `name`) have no schema: a structured root would have to declare every
+top-level key, and `lease`, which only `hydra/launcher=local_parallel` adds (Hydra merges launcher configs before
+the primary config), cannot be declared there without existing in every config or being overwritten.
+`run/setup.py` checks the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Mapping, Optional
+
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+from transferlab.errors import ConfigError, Problem
+
+
+class Choice(str, Enum):
+    """A closed choice whose members behave as their value ("adamw"), in comparisons, str(), f-strings and JSON."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+
+class Optimizer(Choice):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Scheduler(Choice):
+    none = "none"
+    cosine = "cosine"
+    plateau = "plateau"
+
+
+class FeatureCache(Choice):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Upper(Choice):
+    drop = "drop"
+    reinit = "reinit"
+
+
+class Strategy(Choice):
+    fixed = "fixed"
+    gradual = "gradual"
+    lp_ft = "lp_ft"
+
+
+class BNPolicy(Choice):
+    frozen = "frozen"
+    train = "train"
+
+
+class TaskKind(Choice):
+    digits = "digits"
+    iris = "iris"
+    torchvision = "torchvision"
+    npz = "npz"
+    image_folder = "image_folder"
+    none = "none"  # source=none only: no source task (setup.py refuses it as a target)
+
+
+class NPolicy(Choice):
+    error = "error"
+    cap = "cap"
+
+
+class Part(Choice):
+    a = "a"
+    b = "b"
+
+
+class TorchvisionDataset(Choice):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    kmnist = "kmnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    svhn = "svhn"
+
+
+class Cifar100Label(Choice):
+    fine = "fine"
+    coarse = "coarse"
+
+
+class NpzLayout(Choice):
+    auto = "auto"
+    nchw = "nchw"
+    nhwc = "nhwc"
+
+
+class BackboneFamily(Choice):
+    small_cnn = "small_cnn"
+    mlp = "mlp"
+    resnet = "resnet"
+    timm = "timm"
+
+
+class LoggerKind(Choice):
+    csv = "csv"
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Accelerator(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+# ---------------------------------------------------------------- optimisation: pretrain (source), train (target)
+@dataclass
+class OptimConfig:
+    """What both trainings share; each group sets its own epochs and batch size."""
+
+    max_epochs: int = MISSING
+    lr: float = 1e-3
+    batch_size: int = MISSING
+    weight_decay: float = 1e-4
+    optimizer: Optimizer = Optimizer.adamw
+    momentum: float = 0.9  # sgd only
+    decay_norm_and_bias: bool = False
+
+
+@dataclass
+class PretrainConfig(OptimConfig):
+    max_epochs: int = 30
+    batch_size: int = 64
+    seed: int = II("seed")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    max_epochs: int = 40
+    batch_size: int = 32
+    feature_cache: FeatureCache = FeatureCache.auto
+    channels_last: bool = False
+    compile: bool = False
+    lr_decay: float = 1.0
+    scheduler: Scheduler = Scheduler.none
+
+
+# ---------------------------------------------------------------- what is transferred
+@dataclass
+class TransferConfig:
+    name: str = "custom"  # every preset names itself; "custom": a transfer config built by hand (scripts)
+    cut: Optional[int] = None
+    upper: Upper = Upper.drop
+    freeze: Any = 0  # an int f or "all"; checked against cut by the plan
+    trainable: Optional[List[str]] = None
+    bn: BNPolicy = BNPolicy.frozen
+    strategy: Strategy = Strategy.fixed
+    unfreeze_every: int = 1
+    lp_epochs: int = 5
+    l2sp: float = 0.0
+
+
+# ---------------------------------------------------------------- tasks (used as `source` and `target`)
+@dataclass
+class TaskConfig:
+    """The keys every task kind shares; kinds with keys of their own subclass it (digits and iris have none).
+
+    One dataclass per kind, not one with every kind's keys: a task's config holds what its loader reads, and
+    `+target.foo=1` still adds a key, as it did before there was a schema."""
+
+    kind: TaskKind = MISSING
+    name: str = MISSING
+    classes: Optional[List[Any]] = None  # names or label ids
+    part: Optional[Part] = None
+    relabel: Optional[Dict[str, List[Any]]] = None
+    n_per_class: Optional[int] = None
+    n_train: Optional[int] = None
+    n_policy: NPolicy = NPolicy.error
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    val_size: Optional[int] = None
+    test_fraction: float = 0.25
+    max_per_class: Optional[int] = None
+    channels: Optional[int] = None
+    image_size: Optional[int] = None
+    normalize: Any = "none"  # a name or {mean: [...], std: [...]}
+
+
+@dataclass
+class TorchvisionTask(TaskConfig):
+    """`label`/`superclasses` are CIFAR-100's, but the loader reads them for every dataset of this kind (and
+    refuses them elsewhere), so they are this kind's keys."""
+
+    dataset: Optional[TorchvisionDataset] = None
+    download: bool = True
+    val_fraction: float = 0.1  # datasets with tens of thousands of examples: a smaller share is enough
+    label: Cifar100Label = Cifar100Label.fine
+    superclasses: Optional[List[str]] = None
+
+
+@dataclass
+class NpzTask(TaskConfig):
+    path: Optional[str] = None
+    layout: NpzLayout = NpzLayout.auto
+    class_names: Optional[List[str]] = None
+
+
+@dataclass
+class ImageFolderTask(TaskConfig):
+    root: Optional[str] = None
+
+
+@dataclass
+class NoSource:
+    """source=none: no task, the backbone's own weights are the source."""
+
+    kind: TaskKind = MISSING
+    name: str = MISSING
+
+
+# ---------------------------------------------------------------- backbones (one dataclass per family)
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+    weights: Optional[str] = None  # null = random init | imagenet (resnet, timm) | path to a state dict
+
+
+@dataclass
+class SmallCNNBackbone(BackboneConfig):
+    channels: List[int] = field(default_factory=lambda: [32, 64, 64])
+    hidden: List[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.2
+
+
+@dataclass
+class MLPBackbone(BackboneConfig):
+    hidden: List[int] = field(default_factory=lambda: [50, 25])
+    dropout: float = 0.0
+
+
+@dataclass
+class ResNetBackbone(BackboneConfig):
+    family: BackboneFamily = BackboneFamily.resnet
+
+
+@dataclass
+class TimmBackbone(BackboneConfig):
+    family: BackboneFamily = BackboneFamily.timm
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- Lightning, checkpoints, logging, paths, lease
+@dataclass
+class TrainerConfig:
+    """Passed to lightning.Trainer; keys Lightning takes that are not here are added with `+trainer.<key>=...`."""
+
+    accelerator: Accelerator = Accelerator.auto
+    devices: Any = 1  # an int, a list of device ids, auto or -1
+    deterministic: Any = False  # Lightning also takes "warn"
+    enable_progress_bar: bool = True
+    log_every_n_steps: int = 1
+    num_sanity_val_steps: int = 0
+    precision: str = "32-true"  # values such as bf16-mixed are no identifiers, so no enum: training/options.py
+
+
+@dataclass
+class DDPTrainerConfig(TrainerConfig):
+    strategy: str = "ddp"
+    sync_batchnorm: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_s: float = 60.0
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = MISSING  # every logger file names itself
+
+
+@dataclass
+class WandbConfig:
+    project: str = "transferlab"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.offline
+    group: Optional[str] = II("name")  # null: the sweep name as well
+    tags: List[str] = field(default_factory=list)
+    init_timeout: float = 30.0
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "${oc.env:TRANSFERLAB_ROOT,.}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+    cache_dir: str = "${paths.root_dir}/outputs/cache"
+    data_dir: str = "${paths.root_dir}/data"
+
+
+@dataclass
+class LeaseConfig:
+    slots: Any = "auto"  # null (off), auto or an int
+    dir: str = "${oc.env:TMPDIR,/tmp}/transferlab-leases"
+    poll_s: float = 0.2
+
+
+# ConfigStore name under `schema/` -> dataclass. The group files in conf/ start from these.
+SCHEMAS: dict[str, type] = {
+    "pretrain": PretrainConfig,
+    "train": TrainConfig,
+    "transfer": TransferConfig,
+    "task/base": TaskConfig,
+    "task/torchvision": TorchvisionTask,
+    "task/npz": NpzTask,
+    "task/image_folder": ImageFolderTask,
+    "task/none": NoSource,
+    "backbone/small_cnn": SmallCNNBackbone,
+    "backbone/mlp": MLPBackbone,
+    "backbone/resnet": ResNetBackbone,
+    "backbone/timm": TimmBackbone,
+    "trainer/default": TrainerConfig,
+    "trainer/ddp": DDPTrainerConfig,
+    "checkpoint": CheckpointConfig,
+    "logger/base": LoggerConfig,
+    "logger/wandb": WandbLoggerConfig,
+    "paths": PathsConfig,
+    "lease": LeaseConfig,
+}
+
+
+def register() -> None:
+    """Store every schema in Hydra's ConfigStore as `schema/<name>` (idempotent). Runs on import of this module,
+    which `hydra_plugins.transferlab_plugins` imports: Hydra imports that package whenever it starts (CLI, compose
+    API, sweep workers), so every composition of conf/ finds the schemas."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        group, _, option = f"schema/{name}".rpartition("/")
+        cs.store(group=group, name=option, node=node, provider="transferlab")
+
+
+register()
+
+
+# ---------------------------------------------------------------- config -> data
+def _strings(obj: Any) -> Any:
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, Mapping):
+        return {k: _strings(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strings(v) for v in obj]
+    return obj  # containers are rebuilt above: the result shares no dict or list with the input
+
+
+def plain(config: Any) -> Any:
+    """The resolved config as plain data (dicts, lists, str/int/float/bool/None): the one conversion used for
+    identity, result.json, W&B and the sweeper's fingerprint, so they all see "adamw", never Optimizer.adamw."""
+    if OmegaConf.is_config(config):
+        return OmegaConf.to_container(config, resolve=True, enum_to_str=True)
+    return _strings(config)
+
+
+def typed(schema: type, config: Any, key: str) -> DictConfig:
+    """`config` (a mapping, possibly partial: tests, scripts) completed with `schema`'s defaults and typed by it.
+    A value the schema refuses is a ConfigError naming `key.<field>`. A config composed by Hydra is already typed
+    and is returned as is."""
+    if isinstance(config, DictConfig) and issubclass(OmegaConf.get_type(config) or object, schema):
+        return config
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), config)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:  # a refused value becomes a ConfigError; an unknown key propagates
+        error = config_error(e, prefix=key)
+        if error is None:
+            raise
+        raise error from None
+
+
+# ---------------------------------------------------------------- OmegaConf's refusals as problems
+def _optional_of(tp: Any) -> Any:
+    """X for Optional[X], else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
+def _describe(tp: Any) -> str:
+    """What a schema type allows, in the words of the problem lines."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _optional_of(tp) is not None:
+        return "null or " + _describe(_optional_of(tp))
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        return f"one of {tp.values()}"
+    if origin in (list, List):
+        return "a list" + (f" of {_describe(args[0]).split(' ', 1)[-1]}s" if args and args[0] in (int, str) else "")
+    if origin in (dict, Dict):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {tp.__name__} keys"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, "a valid value")
+
+
+def _field_type(object_type: Any, key: Any) -> Any:
+    if not (isinstance(object_type, type) and dataclasses.is_dataclass(object_type)):
+        return None
+    try:
+        return typing.get_type_hints(object_type).get(str(key))
+    except (NameError, TypeError):  # pragma: no cover - every schema type is importable here
+        return None
+
+
+def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
+    """The ConfigError for a value the schema refused (a wrong type, a value outside an enum), found in `exc` or
+    its causes (Hydra wraps OmegaConf's error while composing); None for anything else: an unknown key or a
+    missing config file keeps Hydra's own message. `prefix` is prepended to the key (a group typed on its own)."""
+    from omegaconf.errors import ValidationError
+
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, ValidationError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    full_key = str(getattr(seen, "full_key", "") or getattr(seen, "key", "") or "")
+    key = ".".join(k for k in (prefix, full_key) if k)
+    tp = _field_type(getattr(seen, "object_type", None), getattr(seen, "key", None))
+    value = getattr(seen, "value", None)
+    allowed = _describe(tp) if tp is not None else str(getattr(seen, "msg", seen)).splitlines()[0]
+    choice = _optional_of(tp) or tp
+    if isinstance(value, bool) and isinstance(choice, type) and issubclass(choice, Choice):
+        allowed += " (true/false, and on/off/yes/no unquoted in YAML, are booleans: quote them)"
+    return ConfigError(Problem(key or "config", value, allowed))

@@ -1,0 +1,157 @@
+"""The schema (transferlab.config) is the one source of types and defaults: every group file is typed by it, no
+YAML file restates a default, choices leave the config as plain strings, and the code's own lists of choices are
+the schema's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import CONF
+from transferlab.config import SCHEMAS, BackboneFamily, Choice, TaskKind, TorchvisionDataset, config_error, plain
+
+# Groups whose files start from a schema; source/target only include task files, experiment and hydra are not ours.
+TYPED_GROUPS = ("task", "backbone", "transfer", "pretrain", "train", "trainer", "checkpoint", "logger", "paths")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def composed():
+    """compose(overrides) with one Hydra initialisation for the whole module."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield lambda *o: compose("config", overrides=["paths.output_dir=/tmp/unused", *o])
+    GlobalHydra.instance().clear()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _effective(path: Path) -> tuple[dict, dict]:
+    """(what the file inherits, what it sets itself): its defaults list (schemas and files of its own group, in
+    order, before `_self_`) resolved from the raw YAML, then the file's own keys."""
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    inherited: dict = {}
+    for entry in raw.pop("defaults", []):
+        name = str(entry).split("@", 1)[0]
+        if name == "_self_":
+            continue
+        if name.startswith("/schema/"):
+            node = OmegaConf.to_container(OmegaConf.structured(SCHEMAS[name[len("/schema/"):]]), enum_to_str=True)
+        else:
+            assert not name.startswith("/"), f"{path}: unexpected default {entry}"
+            base, own = _effective(path.parent / f"{name}.yaml")
+            node = {**base, **own}
+        inherited.update(_flatten(node))
+    return inherited, _flatten(raw)
+
+
+@pytest.mark.parametrize("group", TYPED_GROUPS)
+def test_no_yaml_file_restates_a_default(group):
+    """A key a file sets must change what the file gets without it (its parents' value, else the schema's
+    default): defaults are written once, in the schema; a file holds only what makes it what it is."""
+    for path in sorted((CONF / group).glob("*.yaml")):
+        inherited, own = _effective(path)
+        assert any(str(k).startswith("/schema/") for k in _schema_chain(path)), f"{path} has no schema"
+        restated = {k: v for k, v in own.items() if k in inherited and inherited[k] == v}
+        assert not restated, f"{path.relative_to(CONF)} restates what it inherits: {restated}"
+
+
+def _schema_chain(path: Path) -> list[str]:
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    out = []
+    for entry in raw.get("defaults", []):
+        name = str(entry).split("@", 1)[0]
+        out += [name] if name.startswith("/") else [] if name == "_self_" else _schema_chain(path.parent / f"{name}.yaml")
+    return out
+
+
+def test_every_group_option_is_typed_by_its_schema(composed):
+    schemas = tuple(SCHEMAS.values())
+    for group in ("target", "backbone", "transfer", "trainer", "logger"):  # source=<task>: the same task files
+        for option in _options(group):
+            assert OmegaConf.get_type(composed(f"{group}={option}")[group]) in schemas, f"{group}={option} is untyped"
+    assert OmegaConf.get_type(composed("source=none").source) is SCHEMAS["task/none"]
+    cfg = composed("hydra/launcher=local_parallel")
+    assert OmegaConf.get_type(cfg.lease) is SCHEMAS["lease"] and "lease" not in composed()
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.lr=abc", "train.lr"), ("pretrain.max_epochs=1.5", "pretrain.max_epochs"),
+    ("transfer.strategy=yolo", "transfer.strategy"), ("target.n_per_class=many", "target.n_per_class"),
+    ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar"), ("checkpoint.every_s=soon", "checkpoint.every_s"),
+])
+def test_a_wrong_type_is_refused_while_composing_naming_key_and_value(composed, override, key):
+    with pytest.raises(ConfigCompositionException) as e:
+        composed(override)
+    error = config_error(e.value)
+    assert error is not None and [p.key for p in error.items] == [key]
+    value = override.split("=", 1)[1]
+    assert error.problems[0].startswith(f"{key}=") and value in error.problems[0], error.problems
+
+
+def test_keys_are_added_with_plus_only_as_before(composed):
+    assert composed("+target.foo=1").target.foo == 1
+    assert composed("+trainer.gradient_clip_val=0.5").trainer.gradient_clip_val == 0.5
+    with pytest.raises(ConfigCompositionException) as e:
+        composed("target.foo=1")
+    assert config_error(e.value) is None  # not a bad value: Hydra's own message ("use +target.foo=1")
+
+
+def test_choices_leave_the_config_as_plain_strings(composed):
+    cfg = composed("logger=wandb", "target=npz", "transfer=lp_ft")
+    assert isinstance(cfg.train.optimizer, Enum) and cfg.train.optimizer == "adamw" and f"{cfg.transfer.upper}" == "drop"
+
+    def enums(obj):
+        if isinstance(obj, dict):
+            return [e for v in obj.values() for e in enums(v)]
+        if isinstance(obj, list):
+            return [e for v in obj for e in enums(v)]
+        return [obj] if isinstance(obj, Enum) else []
+
+    data = plain(cfg)
+    assert not enums(data) and data["transfer"]["strategy"] == "lp_ft" and data["logger"]["wandb"]["mode"] == "offline"
+    assert not enums(plain(OmegaConf.to_container(cfg, resolve=True)))  # a mapping holding choices too
+    json.dumps(data)
+
+
+def test_the_codes_lists_of_choices_are_the_schemas():
+    from transferlab.backbones import FAMILIES
+    from transferlab.tasks import KINDS
+    from transferlab.tasks.vision import DATASETS
+
+    assert set(KINDS) == set(TaskKind.values()) - {"none"}
+    assert set(FAMILIES) == set(BackboneFamily.values())
+    assert set(DATASETS) == set(TorchvisionDataset.values())
+    assert all(issubclass(c, Choice) for c in Choice.__subclasses__())
+
+
+def test_hydra_finds_the_schemas_without_importing_transferlab(tmp_path):
+    """Hydra imports hydra_plugins.transferlab_plugins at start-up: any composition of conf/ (the compose API in a
+    notebook, a sweep worker) gets the schemas, and nothing heavy is imported for it."""
+    code = (f"import sys\nfrom hydra import compose, initialize_config_dir\n"
+            f"with initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'):\n"
+            f"    cfg = compose('config', overrides=['paths.output_dir=/x'])\n"
+            f"print(type(cfg.train.optimizer).__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["Optimizer", "False"], out.stderr[-2000:]
