@@ -147,11 +147,9 @@ def test_every_other_key_is_identity(tmp_path, choices):
 @pytest.mark.parametrize("override", ["trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=0.5",
                                       "+trainer.accumulate_grad_batches=4", "trainer.deterministic=true"])
 def test_trainer_settings_are_identity_for_runs_and_the_source_cache(tmp_path, override):
-    from transferlab.store.source_cache import source_key
-
     a, b = compose_cfg([], tmp_path / "r"), compose_cfg([override], tmp_path / "r")
     assert _fp(a) != _fp(b)
-    assert source_key(a, "data") != source_key(b, "data")  # no fp32 source model for a bf16 run
+    assert identity.source_fingerprint(a, data="d") != identity.source_fingerprint(b, data="d")  # no fp32 source model for a bf16 run
 
 
 def test_device_placement_is_neutral_but_the_device_count_is_not(tmp_path):

@@ -165,7 +165,7 @@ def test_one_feature_pass_serves_every_seed_and_n_of_a_pool(make_cfg, tmp_path):
 def test_cached_features_are_the_prefix_outputs_and_the_key_follows_what_changes_them(make_cfg):
     cfg = make_cfg("transfer.freeze=2", "target.n_per_class=5")
     task, plan, net = _net(cfg)
-    depth, _ = feature_cache.eligible(plan)
+    depth, _ = plan.fixed_prefix()
     assert depth == 2
     feats = feature_cache.compute(net, depth, {"val": task.val_x}, device=torch.device("cpu"), cfg=cfg)
     assert net.training and not net.backbone.blocks["conv1"].training, "compute leaves the net's own modes"
@@ -231,7 +231,7 @@ def test_every_block_the_plan_lets_the_cache_cover_is_fixed_in_every_epoch(make_
     the blocks it covers have no parameter training and no submodule in training mode (BN statistics, dropout)."""
     cfg = make_cfg(*overrides, f"transfer.bn={bn}", "train.max_epochs=6", "target.n_per_class=5")
     task, plan, net = _net(cfg)
-    depth, _ = feature_cache.eligible(plan)
+    depth, _ = plan.fixed_prefix()
     assert depth == 2 and plan.frozen[:2] == ("conv1", "conv2")
     for epoch in range(6):
         apply_epoch(net, plan, epoch)

@@ -191,14 +191,14 @@ def test_gradual_plan_keeps_every_eventual_param_in_the_optimizer_from_the_start
 def test_l2sp_penalty_pulls_toward_source_and_replaces_weight_decay():
     net, plan = _net(bb=SMALL_CNN, shape=(3, 8, 8), cut=3, upper="reinit", freeze=1, l2sp=0.5)
     module = TransferModule(net, 3, OPTIM, plan=plan)
-    assert set(module._anchor) == {n for n, _ in net.backbone_parameters() if n.split(".")[0] in ("conv2", "conv3")}
-    assert module.l2sp_penalty().item() == 0.0
+    assert set(module.l2sp.anchor) == {n for n, _ in net.backbone_parameters() if n.split(".")[0] in ("conv2", "conv3")}
+    assert module.l2sp.penalty(net.backbone_parameters(), 0).item() == 0.0
     w = net.backbone.blocks["conv2"][0].weight
     with torch.no_grad():
         w.add_(1.0)
     expected = 0.5 * 0.5 * w.numel()
-    assert module.l2sp_penalty().item() == pytest.approx(expected, rel=1e-5)
-    module.l2sp_penalty().backward()
+    assert module.l2sp.penalty(net.backbone_parameters(), 0).item() == pytest.approx(expected, rel=1e-5)
+    module.l2sp.penalty(net.backbone_parameters(), 0).backward()
     assert torch.allclose(w.grad, torch.full_like(w, 0.5))  # alpha * (w - w0): back toward the source
     groups = {g["name"]: g for g in module.param_groups()}
     assert groups["conv2.l2sp"]["weight_decay"] == 0.0 and groups["fc1"]["weight_decay"] == 0.01

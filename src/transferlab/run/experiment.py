@@ -18,7 +18,7 @@ from transferlab.run.setup import Prepared, prepare
 from transferlab.store import feature_cache, source_cache
 from transferlab.tasks import TaskData
 from transferlab.training import options
-from transferlab.training.batches import loaders, pick_device
+from transferlab.training.batches import arrays_loaders, loaders, pick_device
 from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
 from transferlab.training.loggers import finish_logger, make_logger
@@ -44,7 +44,7 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
                         device=pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
         logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
-        fingerprint=source_cache.source_key(cfg, source.fingerprint()),  # a killed pretraining resumes
+        fingerprint=identity.source_fingerprint(cfg, data=source.fingerprint()),  # a killed pretraining resumes
         resume_every_s=resume_every_s(cfg),
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
@@ -63,11 +63,25 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
         L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
         blocks = build_backbone(cfg.backbone, prep.target.input_shape).blocks.state_dict()
         return {BACKBONE_PREFIX + k: v for k, v in blocks.items()}, "none", None, {}
-    key = source_cache.source_key(cfg, prep.source.fingerprint())
+    key = identity.source_fingerprint(cfg, data=prep.source.fingerprint())
     obj, status, path = source_cache.get_or_train(
         cfg.paths.cache_dir, key, lambda: pretrain_source(cfg, prep.source, run_dir / "source"))
     log.info("source model %s (%s): %s", key, status, path)
     return obj["state_dict"], status, str(path), obj["meta"]
+
+
+def target_batches(cfg, plan: TransferPlan, task, net):
+    """(train, val, test) batches for target training and the Decision: cached prefix features when `decide`
+    says so (they enter the net at block `decision.start`), else the task's inputs."""
+    device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
+    opts = {"device": device, "channels_last": bool(cfg.train.channels_last)}
+    bs, seed = int(cfg.train.batch_size), int(cfg.seed)
+    decision = feature_cache.decide(cfg, plan, task, net)
+    if not decision.use:
+        return loaders(task, bs, seed, **opts), decision
+    feats = feature_cache.get_or_compute(cfg, task, net, decision, device=device)
+    log.info("feature cache %s: %d frozen blocks, key %s", decision.status, decision.depth, decision.key)
+    return arrays_loaders(feature_cache.feature_arrays(task, feats), bs, seed, **opts), decision
 
 
 def _count(net: TransferNet, plan: TransferPlan) -> tuple[int, int]:
@@ -112,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record.trainable_params, record.total_params = _count(net, plan)
         # Frozen prefix computed once (cached features) when the plan allows it; batches then enter the net at
         # block cache.start, and the net and its checkpoint stay whole.
-        batches, cache = feature_cache.target_loaders(cfg, plan, target, net)
+        batches, cache = target_batches(cfg, plan, target, net)
         record.feature_cache = cache.record()
         module = TransferModule(net, target.num_classes, optim=plain(cfg.train),
                                 plan=plan, input_block=cache.start)  # groups of plan.trains, lr_decay, L2-SP

@@ -231,13 +231,16 @@ def group_key(config: Any, ins: Mapping[str, Mapping[str, str]], without: Iterab
     return _digest({"config": c, "inputs": digests})
 
 
-def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None) -> str:
-    """What shapes the source model: source task, backbone, pretraining, trainer settings, their input files."""
+def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None, data: str | None = None) -> str:
+    """The source-model cache key: what shapes the source model (source task and its files, backbone and its
+    weights file, pretraining and trainer settings incl. the pretraining seed), plus the source data as loaded
+    (`TaskData.fingerprint()`, when given), so an edited or differently-located user file never reuses a stale
+    model and changing target or transfer settings never retrains it."""
     c = identity_config(config)
     ins = inputs(config) if ins is None else ins
     part = {k: c.get(k) for k in ("source", "backbone", "pretrain", "trainer")}
     files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights")}
-    return _digest({"config": part, "inputs": files})
+    return _digest({"config": part, "inputs": files, "data": data})
 
 
 def differing_keys(configs: Iterable[Mapping]) -> list[str]:

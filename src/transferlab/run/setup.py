@@ -257,14 +257,13 @@ def check_strategy(cfg: DictConfig, ctx: Context) -> list[Problem]:
 
 def check_source_resume(cfg: DictConfig, ctx: Context) -> list[Problem]:
     """Same for a source pretraining killed in this run dir (its key includes the source data's fingerprint)."""
-    from transferlab.store.source_cache import source_key
     from transferlab.training.checkpoints import checkpoint_mismatch
 
     out_dir = cfg.paths.output_dir
     if not out_dir or ctx.source is None:
         return []
     why = checkpoint_mismatch(Path(str(out_dir)) / "source" / "checkpoints",
-                              source_key(cfg, ctx.source.fingerprint()))
+                              identity.source_fingerprint(cfg, data=ctx.source.fingerprint()))
     return [problem("paths.output_dir", str(out_dir), why)] if why else []
 
 

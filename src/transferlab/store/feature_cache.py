@@ -29,12 +29,14 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from transferlab.errors import ConfigError, problem
-from transferlab.transfer.plan import TransferPlan
+
+if TYPE_CHECKING:  # the plan is read, never built here
+    from transferlab.transfer.plan import TransferPlan
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +76,14 @@ def _log_once(reason: str) -> None:
         log.info("feature cache off: %s", reason)
 
 
-def eligible(plan: TransferPlan) -> tuple[int, str]:
-    """(depth, why it stops there): the leading kept blocks the plan keeps frozen for the whole fit.
-
-    The one eligibility rule. No parameter of such a block trains in any epoch, so the net keeps it in eval mode
-    under every BN policy (bn=train acts only on training blocks) and no strategy releases it (gradual/lp_ft only
-    release blocks the plan trains): on fixed input tensors its outputs are the same in every epoch."""
-    for depth, name in enumerate(plan.kept):
-        if name not in plan.frozen:
-            return depth, (f"transfer.strategy={plan.strategy} trains block {name} during the fit"
-                           if plan.strategy != "fixed" else
-                           f"block {name} has trainable parameters (transfer.freeze / transfer.trainable)")
-    return len(plan.kept), "every backbone block is frozen"
-
-
 def decide(cfg, plan: TransferPlan, task, net) -> Decision:
-    """Whether this run trains on cached prefix features, and why (or why not): the prefix the plan allows
-    (`eligible`), then the mode, the memory limit and, for `auto`, whether one pass over the pool pays off."""
+    """Whether this run trains on cached prefix features, and why (or why not): the prefix the plan keeps fixed
+    (`TransferPlan.fixed_prefix`), then the mode, the memory limit and, for `auto`, whether one pass over the pool
+    pays off."""
     mode = mode_of(cfg.train)
     if mode == "off":
         return Decision(False, 0, "train.feature_cache=off")
-    depth, why = eligible(plan)
+    depth, why = plan.fixed_prefix()
     if depth == 0:
         reason = f"no frozen leading block: {why}"
         _log_once(reason)
@@ -229,19 +218,3 @@ def feature_arrays(task, feats: dict[str, torch.Tensor]):
 def clear_memory() -> None:
     """Forget features held in this process (tests; a multirun keeps them between jobs)."""
     _memory.clear()
-
-
-def target_loaders(cfg, plan: TransferPlan, task, net):
-    """(train, val, test) batches for target training and the Decision: cached prefix features when `decide`
-    says so (they enter the net at block `decision.start`), else the task's inputs."""
-    from transferlab.training.batches import arrays_loaders, loaders, pick_device
-
-    device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
-    opts = {"device": device, "channels_last": bool(cfg.train.channels_last)}
-    bs, seed = int(cfg.train.batch_size), int(cfg.seed)
-    decision = decide(cfg, plan, task, net)
-    if not decision.use:
-        return loaders(task, bs, seed, **opts), decision
-    feats = get_or_compute(cfg, task, net, decision, device=device)
-    log.info("feature cache %s: %d frozen blocks, key %s", decision.status, decision.depth, decision.key)
-    return arrays_loaders(feature_arrays(task, feats), bs, seed, **opts), decision

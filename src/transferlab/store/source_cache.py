@@ -1,33 +1,19 @@
 """Content-addressed, file-locked cache of source models: a sweep of a hundred target runs pretrains once.
 
-The key hashes only what shapes the source model (source task and its files, backbone, pretraining and trainer
-settings incl. the pretraining seed), so changing target or transfer settings never retrains it. Parallel jobs
-needing the same source take a file lock; the first trains and writes atomically, the others wait and load.
-Entries carry a checksum and are verified on every read (`transferlab.store.verified`): a damaged one is set aside and
-retrained, never used.
+The key is the caller's (`run.identity.source_fingerprint`: only what shapes the source model, so changing target
+or transfer settings never retrains it). Parallel jobs needing the same source take a file lock; the first trains
+and writes atomically, the others wait and load. Entries carry a checksum and are verified on every read
+(`transferlab.store.verified`): a damaged one is set aside and retrained, never used.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from transferlab.store import verified
 
 MODEL_FILE = "model.pt"
-
-
-def source_key(cfg, data: str | None = None) -> str:
-    """What shapes the source model (`identity.source_fingerprint`: source task and its files, backbone and its
-    weights file, pretraining and trainer settings incl. the pretraining seed) plus the source data as loaded
-    (`TaskData.fingerprint()`), so an edited or differently-located user file never reuses a stale model."""
-    from transferlab.run.identity import source_fingerprint
-
-    relevant = {"identity": source_fingerprint(cfg), "data": data}
-    blob = json.dumps(relevant, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from transferlab.config import Optimizer, Scheduler
+from transferlab.transfer.l2sp import L2SP
 from transferlab.transfer.network import TransferNet
 from transferlab.transfer.plan import TransferPlan
 
@@ -33,21 +34,15 @@ class TransferModule(L.LightningModule):
         self.optim = dict(optim)
         self.plan = plan
         self.input_block = int(input_block)
-        # L2-SP anchor: the source values of transferred parameters that train (taken now, right after the copy;
-        # a plain dict so it is neither a parameter nor part of checkpoints).
-        alpha = plan.l2sp if plan is not None else 0.0
-        self.l2sp = float(alpha)
-        self._anchor: dict[str, torch.Tensor] = {} if not alpha else {
-            n: p.detach().clone() for n, p in net.backbone_parameters()
-            if n.split(".", 1)[0] in plan.copied and plan.trains(n)}
+        self.l2sp = L2SP(plan, net.backbone_parameters()) if plan is not None else None  # transfer/l2sp.py
         self.loss = nn.CrossEntropyLoss()
         # Per stage: accuracy and mean loss accumulate over the epoch (`update`, not `forward`) and are logged once
-        # at its end. Per batch, `self.log` (Lightning's result collection) and metric `forward` were most of a
-        # small sweep point's training time (a cached digits probe: 6.9 s -> 3.4 s).
+        # at its end: per batch, `self.log` (Lightning's result collection) and metric `forward` cost more than a
+        # small sweep point's training steps (docs/speed.md).
         for stage in STAGES:  # train_acc, train_mean_loss, val_acc, ...
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=num_classes, average="micro"))
             setattr(self, f"{stage}_mean_loss", MeanMetric())
-        self.train_l2sp = MeanMetric() if self._anchor else None
+        self.train_l2sp = MeanMetric() if self.l2sp else None
 
     def trains(self, name: str) -> bool:
         """Does this backbone parameter (block-relative, 'layer1.0.bn1.weight') train at some point of the fit?"""
@@ -76,21 +71,11 @@ class TransferModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
-        if self._anchor:
-            penalty = self.l2sp_penalty()
+        if self.l2sp:
+            penalty = self.l2sp.penalty(self.net.backbone_parameters(), self.current_epoch).to(loss.device)
             self.train_l2sp.update(penalty.detach())
             loss = loss + penalty
         return loss
-
-    def l2sp_penalty(self) -> torch.Tensor:
-        """alpha/2 * ||w - w_source||^2 over transferred parameters training in this epoch (Li et al. 2018)."""
-        params = dict(self.net.backbone_parameters())
-        total = torch.zeros((), device=self.device)
-        for name, w0 in self._anchor.items():
-            if self.plan.trainable_at(name, self.current_epoch):
-                w = params[name]
-                total = total + (w - w0.to(w.device)).pow(2).sum()
-        return 0.5 * self.l2sp * total
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -135,7 +120,10 @@ class TransferModule(L.LightningModule):
         for depth, block in enumerate(["head", *reversed(self.net.backbone.block_names)]):
             split: dict[str, list[nn.Parameter]] = {block: [], f"{block}.no_decay": [], f"{block}.l2sp": []}
             for name, p in by_block.get(block, []):
-                kind = ".l2sp" if name in self._anchor else ".no_decay" if p.ndim <= 1 and not decay_1d else ""
+                if self.l2sp and self.l2sp.anchored(name):
+                    kind = ".l2sp"
+                else:
+                    kind = ".no_decay" if p.ndim <= 1 and not decay_1d else ""
                 split[block + kind].append(p)
             for group, params in split.items():
                 if params:

@@ -70,6 +70,20 @@ class TransferPlan:
         base = f"freeze={self.freeze_depth}" if self.spec is None else f"trainable=[{','.join(self.spec)}]"
         return base if self.strategy == "fixed" else f"{base} {self.strategy}"
 
+    def fixed_prefix(self) -> tuple[int, str]:
+        """(depth, why it stops there): the leading kept blocks frozen for the whole fit.
+
+        No parameter of such a block trains in any epoch, so the net keeps it in eval mode under every BN policy
+        (bn=train acts only on training blocks) and no strategy releases it (gradual/lp_ft only release blocks the
+        plan trains): on fixed inputs its outputs are the same in every epoch, which is what lets the feature
+        cache compute them once (`store.feature_cache`)."""
+        for depth, name in enumerate(self.kept):
+            if name not in self.frozen:
+                return depth, (f"transfer.strategy={self.strategy} trains block {name} during the fit"
+                               if self.strategy != "fixed" else
+                               f"block {name} has trainable parameters (transfer.freeze / transfer.trainable)")
+        return len(self.kept), "every backbone block is frozen"
+
     def trains(self, param: str) -> bool:
         """Does this backbone parameter ('layer1.0.bn1.weight') train at some point of the fit?"""
         block = param.split(".", 1)[0]
