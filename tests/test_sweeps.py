@@ -481,3 +481,57 @@ def test_local_workers_exit_when_the_sweep_process_is_killed(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# ---------------------------------------------------------------- operating a sweep: status, only=
+def test_status_and_only_on_a_sweep_with_done_failed_missing_and_stale_points(tmp_path):
+    from transferlab.sweep.status import sweep_status
+
+    searchpath = _tiny_conf(tmp_path)
+    base = ["-m", "experiment=tiny", searchpath, *TINY]
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "tiny"
+    assert _summary(run_cli(*base, cwd=tmp_path).stdout) == "2 ok, 1 failed, 0 skipped"
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in find_results(sweep_dir)}
+    # only=failed runs exactly the failed point; the new n=3,4 points (both grids set n) are declared, not run.
+    again = run_cli(*base, "target.n_per_class=2,3,4", "hydra.sweeper.only=failed", cwd=tmp_path)
+    assert _summary(again.stdout) == "0 ok, 1 failed, 2 skipped", again.stdout[-2000:]
+    assert "0 ok, 1 failed, 2 skipped, 3 not selected" in again.stdout
+    changed = {p.parent.name for p in find_results(sweep_dir) if stamps.get(p.parent.name) != p.stat().st_mtime_ns}
+    assert changed == {name for name in stamps if "train.lr" in name}
+    # Another config for the n=3 point, not run (only=missing selects nothing of it): it is stale.
+    run_cli(*base, "hydra.sweeper.grids.broken=null", "target.n_per_class=3", "train.max_epochs=2",
+            "hydra.sweeper.only=missing", cwd=tmp_path)
+    status = sweep_status(sweep_dir)
+    by = {p.name: p for p in status.points}
+    assert status.totals == {"failed": 1, "running": 0, "queued": 0, "stale": 1, "missing": 3, "done": 1}
+    (failed,) = [p for p in status.points if p.state == "failed"]
+    assert "train.lr" in failed.name and "nan" in failed.reason.lower()
+    assert by["target.n_per_class=3,transfer=finetune"].state == "stale"
+    assert by["target.n_per_class=4,transfer=finetune"].state == "missing"
+    assert by["target.n_per_class=2,transfer=finetune"].state == "done" and by[
+        "target.n_per_class=2,transfer=finetune"].wall_s > 0
+    compute, wall = status.time_left_s()
+    assert compute == pytest.approx(5 * by["target.n_per_class=2,transfer=finetune"].wall_s)  # median of one
+    cli = run_cli(str(sweep_dir), "--json", module="transferlab.status", cwd=tmp_path)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["totals"]["stale"] == 1
+    table = run_cli(str(sweep_dir), module="transferlab.status", cwd=tmp_path).stdout
+    assert "1 failed, 0 running, 0 queued, 1 stale, 3 missing, 1 done" in table and "nan" in table.lower()
+
+
+def test_status_reads_ten_thousand_points_in_seconds(tmp_path):
+    from transferlab.sweep.status import sweep_status
+
+    n = 10_000
+    points = []
+    for i in range(n):
+        folder = tmp_path / f"seed={i}"
+        folder.mkdir()
+        if i % 2 == 0:
+            (folder / "result.json").write_text(json.dumps({"status": "ok", "fingerprint": f"h{i}", "wall_s": 2.0}))
+        points.append({"name": f"seed={i}", "dir": f"seed={i}", "hash": f"h{i}", "status": "pending"})
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "big", "points": points, "launches": []}))
+    t0 = time.perf_counter()
+    status = sweep_status(tmp_path)
+    took = time.perf_counter() - t0
+    assert status.totals["done"] == n // 2 and status.totals["missing"] == n // 2
+    assert took < 10, took

@@ -28,11 +28,17 @@ def _quote(value: str) -> str:
 
 class TransferlabSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
-                 grids: Optional[dict] = None, resume: bool = True, dry_run: bool = False) -> None:
+                 grids: Optional[dict] = None, resume: bool = True, dry_run: bool = False,
+                 only: Optional[str] = None) -> None:
+        from transferlab.sweep.status import SELECTABLE
+
         super().__init__(max_batch_size=max_batch_size, params=_plain(params))
         self.grids = _plain(grids)
         self.resume = bool(resume)
         self.dry_run = bool(dry_run)
+        if only is not None and str(only) not in SELECTABLE:
+            raise ValueError(f"hydra.sweeper.only={only!r}: null (every point not done) or one of {list(SELECTABLE)}")
+        self.only = None if only is None else str(only)
         self._parser: Any = None
         self._bases: dict = {}
 
@@ -106,27 +112,39 @@ class TransferlabSweeper(BasicSweeper):
             self._bases.clear()
         return list(by_hash.values())
 
-    def _done(self, points: list, sweep_dir: Path) -> None:
-        """Mark points whose fingerprint has an ok result in the sweep folder as skipped (resume=true only)."""
+    def _select(self, points: list, sweep_dir: Path) -> None:
+        """Mark what this launch does not run: points done (an ok result of their fingerprint in the sweep
+        folder; resume=true only), points another launch's job still runs or SLURM still holds (never two jobs in
+        one folder), and with `only=failed|missing|stale` the points in another state."""
         from transferlab.sweep import state as S
+        from transferlab.sweep.status import states_of
 
-        if not self.resume:
-            return
-        finished = S.finished_runs(sweep_dir)
+        finished = S.finished_runs(sweep_dir) if self.resume else {}
         for p in points:
             if p.hash in finished:
                 p.status = "skipped"
                 own = Path(p.dir)
                 p.dir = str(own if finished[p.hash] == own else finished[p.hash])
+        todo = [p for p in points if p.status != "skipped"]
+        states = states_of(sweep_dir, todo) if todo else {}
+        for p in todo:
+            state = states[p.name]
+            if state.state in ("running", "queued"):
+                p.status, p.error = "busy", f"{state.state} ({state.job}; {state.reason})"
+            elif self.only is not None and state.state != self.only:
+                p.status = "unselected"
 
     def _dry_run(self, points: list, sweep_dir: Path) -> list:
-        self._done(points, sweep_dir)
+        self._select(points, sweep_dir)
         name = str(self.config.get("name", sweep_dir.name))
+        word = {"skipped": "skip", "busy": "busy", "unselected": "----"}
         for p in points:
-            where = "" if Path(p.dir).name == p.name else f"  (done in {Path(p.dir).name})"
-            print(f"{'skip' if p.status == 'skipped' else 'run '} {p.name}{where}")
-        todo = sum(p.status != "skipped" for p in points)
-        print(f"sweep {name}: {todo} to run, {len(points) - todo} done (dry run: nothing launched)", flush=True)
+            where = f"  (done in {Path(p.dir).name})" if p.status == "skipped" and Path(p.dir).name != p.name else ""
+            where = f"  ({p.error})" if p.status == "busy" else where
+            print(f"{word.get(p.status, 'run '):4} {p.name}{where}")
+        todo = sum(p.status == "pending" for p in points)
+        done = sum(p.status == "skipped" for p in points)
+        print(f"sweep {name}: {todo} to run, {done} done (dry run: nothing launched)", flush=True)
         return []
 
     def _sweep(self, points: list, sweep_dir: Path) -> Any:
@@ -138,10 +156,13 @@ class TransferlabSweeper(BasicSweeper):
         summary = S.Summary(name=name, sweep_dir=str(sweep_dir), points=points, argv=list(sys.argv[1:]))
         for old, new in S.adopt_renamed_folders(sweep_dir, points):
             log.info("point folder %s renamed to %s (canonical order of its overrides)", old.name, new.name)
-        self._done(points, sweep_dir)
-        pending = [p for p in points if p.status != "skipped"]
-        log.info("sweep %s: %d points, %d already done (skipped), %d to run", name, len(points),
-                 len(points) - len(pending), len(pending))
+        self._select(points, sweep_dir)
+        pending = [p for p in points if p.status == "pending"]
+        log.info("sweep %s: %d points, %d already done (skipped), %d to run%s", name, len(points),
+                 summary.count("skipped"), len(pending), f" (only {self.only})" if self.only else "")
+        for p in points:
+            if p.status == "busy":
+                log.warning("point %s not launched: another launch's job is %s", p.name, p.error)
         summary.write()  # the declared points, before anything runs: a killed sweep still says what it was
         for p in pending:
             S.prepare_point_dir(p.dir, p, fresh=not self.resume)

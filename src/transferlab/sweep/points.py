@@ -39,7 +39,8 @@ class Point:
     grid: str | None = None
     hash: str | None = None
     dir: str | None = None
-    status: str = "pending"       # pending | skipped | ok | failed
+    status: str = "pending"       # pending | skipped (done) | ok | failed | busy | unselected | submitted
+    job: str | None = None        # the SLURM job a detached launch submitted it as
     error: str | None = None
 
 

@@ -163,7 +163,15 @@ def mark_started(run_dir: str | Path) -> None:
     """Called by the job as it starts: lets the sweeper tell a point that never started (re-launch it) from one
     that died (failed), when a parallel launcher loses a whole batch to one dead worker."""
     write_json(Path(run_dir) / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
-                                              "start": time.time()})
+                                              "start": time.time(), "slurm_job": slurm_job_id()})
+
+
+def slurm_job_id() -> str | None:
+    """This process's SLURM job as `squeue -r` names it (`<array>_<task>` for an array task), or None."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def was_started(run_dir: str | Path) -> bool:
@@ -189,7 +197,12 @@ class Summary:
 
     @property
     def line(self) -> str:
-        return f"{self.count('ok')} ok, {self.count('failed')} failed, {self.count('skipped')} skipped"
+        """"N ok, M failed, K skipped", then what this launch left alone: points another launch still runs
+        (busy), points `only` did not select, and SLURM points submitted without waiting (detach)."""
+        extra = [f"{self.count(s)} {word}" for s, word in (("busy", "busy elsewhere"), ("unselected", "not selected"),
+                                                         ("submitted", "submitted")) if self.count(s)]
+        return ", ".join([f"{self.count('ok')} ok, {self.count('failed')} failed, {self.count('skipped')} skipped",
+                          *extra])
 
     def _point_entry(self, p: Point) -> dict[str, Any]:
         entry = asdict(p)
@@ -204,7 +217,10 @@ class Summary:
         except (OSError, ValueError):
             old = {}
         points = {e.get("name"): e for e in old.get("points", []) if isinstance(e, dict)}
-        points.update({p.name: self._point_entry(p) for p in self.points})
+        # A point this launch left alone keeps what an earlier launch of the same config recorded (its failure,
+        # its job); under another config it is declared anew.
+        points.update({p.name: self._point_entry(p) for p in self.points
+                       if p.status not in ("busy", "unselected") or (points.get(p.name) or {}).get("hash") != p.hash})
         launches = [x for x in old.get("launches", []) if isinstance(x, dict) and x.get("start") != self.start]
         launches.append({"argv": self.argv, "start": self.start, "end": self.end, "host": socket.gethostname(),
                          "user": os.environ.get("USER"), "points": len(self.points), "ok": self.count("ok"),

@@ -1,0 +1,80 @@
+"""Entry point: what a sweep is doing, from what is on disk (reads only).
+
+    python -m transferlab.status outputs/sweeps/freeze_vs_n [--json] [--all]
+
+One table of the declared points (failed with their reason, running with their job and time, queued, stale,
+missing; done ones with `--all`), the totals, the compute time used and an estimate of the time left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def print_status(status, show_done: bool) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 120))
+    totals = status.totals
+    table = Table(title=f"sweep {status.name}: {len(status.points)} points ({status.sweep_dir})")
+    for col in ("point", "state", "job", "time", "reason"):
+        table.add_column(col, overflow="fold")
+    shown = [p for p in status.points if show_done or p.state != "done"]
+    for p in shown:
+        time_ = _duration(p.elapsed_s if p.state == "running" else p.wall_s)
+        table.add_row(escape(p.name), p.state, escape(p.job or ""), time_, escape(p.reason or ""))
+    if shown:
+        console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in totals.items()) + (
+        "" if show_done or not totals["done"] else "  (done points hidden: --all shows them)"))
+    compute, wall = status.time_left_s()
+    left = "no point finished yet" if compute is None else (
+        f"about {_duration(compute)} of compute left" + (f", {_duration(wall)} at the {totals['running']} running at "
+                                                           "once" if totals["running"] > 1 else ""))
+    console.print(f"compute used {_duration(status.compute_used_s)}; {left}")
+    for launch in status.launches[-3:]:
+        import time as _t
+
+        when = _t.strftime("%Y-%m-%d %H:%M", _t.localtime(launch.get("start") or 0))
+        end = "running or killed" if not launch.get("end") else _duration(launch["end"] - launch["start"])
+        console.print(f"launch {when} on {launch.get('host')} ({end}): "
+                      f"{' '.join(str(a) for a in launch.get('argv') or [])}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="transferlab-status", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", help="a sweep folder (holds sweep.json)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (for scripts)")
+    p.add_argument("--all", action="store_true", help="also list the points that are done")
+    args = p.parse_args(argv)
+    from transferlab.sweep.status import sweep_status
+
+    try:
+        status = sweep_status(args.sweep_dir)
+    except FileNotFoundError as e:
+        print(f"transferlab-status: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2, default=str))
+    else:
+        print_status(status, args.all)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
