@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".sha256"
 LOCK = ".lock"
 META = "meta.json"
+LAST_USE = ".last_use"  # its mtime is when a run last read or wrote the entry (`transferlab-cache ls`)
 _HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
@@ -168,14 +169,18 @@ def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | No
     path = Path(path)
     if path.exists():
         try:
-            return load(path), "hit"
+            obj = load(path)
+            mark_used(path.parent)
+            return obj, "hit"
         except WeightsError:
             pass  # decided under the lock
     path.parent.mkdir(parents=True, exist_ok=True)
     with shared_lock(path.parent / LOCK):  # the lock file gets the umask's mode (shared caches)
         if path.exists():
             try:
-                return load(path), "hit"
+                obj = load(path)
+                mark_used(path.parent)
+                return obj, "hit"
             except WeightsError as e:
                 if path.exists():
                     aside = set_aside(path)
@@ -185,4 +190,14 @@ def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | No
         save(path, obj)
         if meta is not None:
             write_json(path.parent / META, meta)
+        mark_used(path.parent)
     return obj, "miss"
+
+
+def mark_used(folder: Path) -> None:
+    """Record that a run used this entry now (the mtime of `.last_use`), for pruning by last use: access times
+    are not kept on most file systems (noatime/relatime). A failure to record is not a failure to use."""
+    try:
+        (Path(folder) / LAST_USE).touch()
+    except OSError:
+        pass
