@@ -47,6 +47,11 @@ SlurmUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it may start again (default 120): short on a test cluster.
+AuthInfo=cred_expire=10
+# Job ids of a restarted test cluster must not repeat earlier ones still in the accounting database (sacct would
+# answer with the old job's state).
+FirstJobId=$(( $(date +%s) % 60000000 + 1 ))
 StateSaveLocation=$STATE/spool/ctld
 SlurmdSpoolDir=$STATE/spool/d
 SlurmctldPidFile=$STATE/run/slurmctld.pid

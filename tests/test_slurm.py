@@ -6,6 +6,7 @@ re-running the sweep runs only that point again.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -91,3 +92,95 @@ def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
     assert again.returncode == 0, again.stderr[-3000:]
     assert _summary(again.stdout) == "1 ok, 0 failed, 1 skipped"
     assert all(RunRecord.read(p).status == "ok" for p in find_results(sweep_dir))
+
+
+def test_detach_returns_at_once_and_status_follows_the_points(tmp_path, slurm_env):
+    from transferlab.sweep.status import sweep_status
+
+    t0 = time.time()
+    out = run_cli(*SWEEP, "hydra.launcher.detach=true", cwd=tmp_path, env=slurm_env)
+    took = time.time() - t0
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "0 ok, 0 failed, 0 skipped, 2 submitted" in out.stdout and "python -m transferlab.status" in out.stdout
+    assert took < 60, took  # a process start and one sbatch, not the points' training
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
+    jobs = [p["job"] for p in json.loads((sweep_dir / "sweep.json").read_text())["points"]]
+    assert len(jobs) == 2 and all(j and "_" in j for j in jobs)
+    # Launching again while they are queued or running submits nothing twice.
+    again = run_cli(*SWEEP, "hydra.launcher.detach=true", cwd=tmp_path, env=slurm_env)
+    assert again.returncode == 0 and "0 submitted" not in again.stdout
+    assert "0 ok, 0 failed" in again.stdout and ("busy elsewhere" in again.stdout or "2 skipped" in again.stdout)
+    deadline = time.time() + 300
+    while (status := sweep_status(sweep_dir)).totals["done"] < 2 and time.time() < deadline:
+        assert status.totals["failed"] == 0, [p for p in status.points if p.state == "failed"]
+        time.sleep(2)
+    assert status.totals["done"] == 2, status.totals
+    assert all(RunRecord.read(p).status == "ok" for p in find_results(sweep_dir))
+
+
+def _last_epoch(point: Path) -> int:
+    import torch
+
+    try:
+        return int(torch.load(point / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        return -1
+
+
+def test_a_warned_point_requeues_itself_and_resumes_to_the_uninterrupted_result(tmp_path, slurm_env, make_cfg):
+    """SLURM warns a task before its time limit or a pre-emption with SIGUSR2 (`signal_delay_s`); the task then
+    requeues itself through submitit's checkpoint hook and, started again, continues from its last.ckpt. The
+    warning is sent here with scancel, once the point has trained a few epochs (time limits are minutes long)."""
+    import torch
+
+    from transferlab.run.experiment import run
+
+    point = ["transfer=scratch", "target.n_per_class=40", "train.batch_size=8", "train.max_epochs=100",
+             "checkpoint.every_s=0", "trainer.enable_progress_bar=false", "logger=none"]
+    sweep_dir = tmp_path / "sw"
+    env = {**os.environ, "TRANSFERLAB_ROOT": str(tmp_path), **slurm_env}
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))  # job ids restart with the cluster
+    proc = subprocess.Popen([sys.executable, "-m", "transferlab.train", "-m", f"hydra.sweep.dir={sweep_dir}", "seed=0",
+                             *point, *LOCAL, "hydra.launcher.max_requeue=2",
+                             "hydra.launcher.setup=['export OMP_NUM_THREADS=1']"],  # one thread, as the reference
+                            cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, warned = time.time() + 300, None
+    while warned is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        folders = [p for p in sweep_dir.glob("*seed=0*") if p.is_dir()]
+        if folders and 2 <= _last_epoch(folders[0]) < 80:
+            started = json.loads((folders[0] / "started.json").read_text())
+            warned = started["slurm_job"]
+            subprocess.run(["scancel", "--signal=USR2", warned], env=env, check=True)
+    if warned is None:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the point was never seen training (between epochs 2 and 80): {(out + err)[-3000:]}")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (stdout + stderr)[-4000:]
+    assert _summary(stdout) == "1 ok, 0 failed, 0 skipped"
+    (result,) = list(find_results(sweep_dir))
+    requeued = RunRecord.read(result).to_dict()
+    assert requeued["resumed_from"], "the point was not resumed after its requeue"
+    # SLURM's own account of the task: it ran once, was requeued, then completed (the log files are the last run's).
+    history = ""
+    for _ in range(30):
+        history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-S", since, "-j", warned],
+                                 env=env, capture_output=True, text=True).stdout.split()
+        if history[-1:] == ["COMPLETED"]:
+            break
+        time.sleep(1)
+    assert history == ["REQUEUED", "COMPLETED"], history
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the one-core SLURM task
+    try:
+        whole = run(make_cfg(*point, run="reference"))
+    finally:
+        torch.set_num_threads(threads)
+    assert requeued["metrics"]["epochs"] == whole["metrics"]["epochs"] == 100
+    # Same weights, batch order and random stream after the requeue; float sums may differ in the last bits
+    # between processes (as for a SIGKILL resume, tests/test_resume.py).
+    assert requeued["metrics"]["val/loss_history"] == pytest.approx(whole["metrics"]["val/loss_history"], abs=1e-6)
+    assert requeued["metrics"]["val/acc_history"] == whole["metrics"]["val/acc_history"]
+    assert requeued["metrics"]["test/acc"] == pytest.approx(whole["metrics"]["test/acc"], abs=1e-6)

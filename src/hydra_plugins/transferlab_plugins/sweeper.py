@@ -172,6 +172,10 @@ class TransferlabSweeper(BasicSweeper):
         summary.write()
         print(summary.report(), flush=True)
         log.info("sweep %s: %s", name, summary.line)
+        if summary.count("submitted"):
+            arrays = sorted({str(p.job).split("_")[0] for p in points if p.status == "submitted" and p.job})
+            print(f"submitted {summary.count('submitted')} points as SLURM job {', '.join(arrays)}; follow them with:\n"
+                  f"  python -m transferlab.status {sweep_dir}", flush=True)
         if summary.count("failed"):
             raise SystemExit(1)
         return returns
@@ -186,6 +190,8 @@ class TransferlabSweeper(BasicSweeper):
         """
         self._returns: List[Sequence[JobReturn]] = []
         self._job_idx = 0
+        if getattr(self.launcher, "detach", False):
+            return self._submit(pending, sweep_dir)
         queue = list(pending)
         for _ in range(3):
             lost, suspects = [], []
@@ -216,6 +222,17 @@ class TransferlabSweeper(BasicSweeper):
             log.warning("%d points never started (the launcher lost their batch); launching them again", len(queue))
         for p, why in lost:
             p.status, p.error = "failed", f"never started: the launcher failed ({why})"
+        return self._returns
+
+    def _submit(self, pending: list, sweep_dir: Path) -> List[Sequence[JobReturn]]:
+        """Detached SLURM launch: submit every pending point and return; each point is recorded as submitted with
+        its job id (sweep.json), and later `transferlab-status` / `transferlab-report` calls read what finished."""
+        if not pending:
+            return self._returns
+        self._launch_batch(pending, sweep_dir)
+        jobs = list(getattr(self.launcher, "submitted", []))
+        for i, p in enumerate(pending):
+            p.status, p.job = "submitted", jobs[i] if i < len(jobs) else None
         return self._returns
 
     def _launch_batch(self, batch: list, sweep_dir: Path) -> list:
