@@ -1,4 +1,7 @@
-"""Shared test helpers: compose the real configs (shrunk for speed), run the real CLI."""
+"""Shared test helpers: compose the real configs (shrunk for speed), run the real CLI, read what a run wrote.
+
+Each helper is defined here once; test modules import them (`from conftest import ...`). torch and transferlab are
+imported inside the helpers, so modules that need neither do not pay for them."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -17,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # Shrinks every run: few epochs, no progress bar. Tests add their own overrides after these.
 FAST = ["pretrain.max_epochs=4", "train.max_epochs=4", "trainer.enable_progress_bar=false"]
+# A tiny small_cnn (three conv blocks, one dense block) for tests that build nets directly, without the conf files.
+SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 16, 16], "hidden": [32], "dropout": 0.0},
+                             flags={"readonly": True})  # shared by every module: none may change it
+RESNET18 = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None}, flags={"readonly": True})
 
 
 def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path | None = None):
@@ -61,3 +69,118 @@ def run_cli(*args: str, cwd: Path, module: str = "transferlab.train", timeout: i
     full_env = {**os.environ, "TRANSFERLAB_ROOT": str(cwd), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def cli_problems(stderr: str) -> list[str]:
+    """The problem lines the CLI printed for a ConfigError (`  - key=value: allowed`), without their bullet."""
+    return [ln[4:] for ln in stderr.splitlines() if ln.startswith("  - ")]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict of dotted keys to leaves (an empty dict is a leaf)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+class Exploit:
+    """A pickle that runs a command when unpickled (what a malicious 'weights' file does): touches `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ------------------------------------------------------------------ state dicts and checkpoints
+
+
+def ckpt_state(path):
+    """The LightningModule state dict of a checkpoint a run wrote (read weights-only, on the CPU)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def source_state(backbone) -> dict:
+    """A backbone's block tensors under the keys a checkpoint holds them by (`BACKBONE_PREFIX` + block-relative
+    name): source weights as `build_target_net` takes them. One block's back: `transfer.network.block_state`."""
+    from transferlab.transfer.network import BACKBONE_PREFIX
+
+    return {BACKBONE_PREFIX + k: v for k, v in backbone.blocks.state_dict().items()}
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    """Same keys, and every tensor equal bit for bit."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def random_source_net(cfg, seed: int = 0):
+    """(prepared run, target net, source backbone) as a run would build them, with a seeded random backbone as the
+    source model (no pretraining)."""
+    import torch
+
+    from transferlab.backbones import build_backbone
+    from transferlab.run.setup import prepare
+    from transferlab.transfer.plan import build_target_net
+
+    prep = prepare(cfg)
+    torch.manual_seed(seed)
+    source = build_backbone(cfg.backbone, prep.target.input_shape)
+    net = build_target_net(build_backbone(cfg.backbone, prep.target.input_shape), prep.plan, source_state(source),
+                           prep.target.num_classes)
+    return prep, net, source
+
+
+def recomputed_test_acc(cfg, ckpt) -> float:
+    """Accuracy on the target's test split of the model in `ckpt`, computed here rather than by the run: the net
+    rebuilt from `cfg`, every tensor of the checkpoint loaded, one argmax over all test inputs (under bf16 autocast
+    when the run used bf16-mixed). A run's `test/acc` must be this number for its `target_ckpt`."""
+    import torch
+
+    from transferlab.backbones import build_backbone
+    from transferlab.run.setup import prepare
+    from transferlab.transfer.plan import build_target_net
+
+    state, prep = ckpt_state(ckpt), prepare(cfg)
+    task = prep.target
+    net = build_target_net(build_backbone(cfg.backbone, task.input_shape, load_weights=False), prep.plan, state,
+                           task.num_classes)
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})  # strict
+    net.eval()
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        predicted = net(task.test_x).argmax(dim=1)
+    return float((predicted == task.test_y).float().mean())
+
+
+# ------------------------------------------------------------------ runs in this process
+
+
+def count_epochs(monkeypatch) -> list[int]:
+    """The epochs whose training starts from now on (source pretraining and target fits alike), in order."""
+    from transferlab.training import callbacks
+
+    started: list[int] = []
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_start",
+                        lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
+    return started
+
+
+@pytest.fixture
+def fresh_feature_memory():
+    """The feature cache's in-process store, empty before and after the test (a module opts in with
+    `pytestmark = pytest.mark.usefixtures("fresh_feature_memory")`)."""
+    from transferlab.store import feature_cache
+
+    feature_cache.clear_memory()
+    yield
+    feature_cache.clear_memory()

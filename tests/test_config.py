@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF
+from conftest import CONF, flatten
 from transferlab.config import SCHEMAS, BackboneFamily, Choice, TaskKind, TorchvisionDataset, config_error, plain
 
 # Groups whose files start from a schema; source/target only include task files, experiment and hydra are not ours.
@@ -36,17 +36,6 @@ def composed():
     GlobalHydra.instance().clear()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def _effective(path: Path) -> tuple[dict, dict]:
     """(what the file inherits, what it sets itself): its defaults list (schemas and files of its own group, in
     order, before `_self_`) resolved from the raw YAML, then the file's own keys."""
@@ -62,8 +51,8 @@ def _effective(path: Path) -> tuple[dict, dict]:
             assert not name.startswith("/"), f"{path}: unexpected default {entry}"
             base, own = _effective(path.parent / f"{name}.yaml")
             node = {**base, **own}
-        inherited.update(_flatten(node))
-    return inherited, _flatten(raw)
+        inherited.update(flatten(node))
+    return inherited, flatten(raw)
 
 
 @pytest.mark.parametrize("group", TYPED_GROUPS)

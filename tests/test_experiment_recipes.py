@@ -11,12 +11,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from sklearn.datasets import load_iris
 
-from conftest import CONF
-from transferlab.backbones import build_backbone
+from conftest import CONF, random_source_net, same_tensors
 from transferlab.run.setup import prepare
 from transferlab.sweep.points import expand
-from transferlab.transfer.network import BACKBONE_PREFIX
-from transferlab.transfer.plan import build_target_net
 
 
 def _points(name: str):
@@ -86,15 +83,10 @@ def test_iris_halves_are_disjoint_and_the_heaton_targets_are_labelled_right(make
 def test_heaton_frozen_50_25_trains_only_the_new_softmax_head(make_cfg):
     cfg = make_cfg("backbone=mlp", "source=iris_a_2species", "target=iris_b", "transfer=linear_probe",
                    "target.n_per_class=2")
-    prep = prepare(cfg)
-    torch.manual_seed(0)
-    src = build_backbone(cfg.backbone, prep.target.input_shape).blocks.state_dict()
-    net = build_target_net(build_backbone(cfg.backbone, prep.target.input_shape), prep.plan,
-                           {BACKBONE_PREFIX + k: v for k, v in src.items()}, prep.target.num_classes)
+    _, net, source = random_source_net(cfg)
     total = sum(p.numel() for p in net.parameters())
     trainable = {n: p.numel() for n, p in net.named_parameters() if p.requires_grad}
     assert total == (4 * 50 + 50) + (50 * 25 + 25) + (25 * 3 + 3) == 1603
     assert sum(trainable.values()) == 78 and all(n.startswith("head") for n in trainable)
     for name in ("fc1", "fc2"):                                # both hidden layers copied from the source
-        for k, v in net.backbone.blocks[name].state_dict().items():
-            assert torch.equal(v, src[f"{name}.{k}"])
+        assert same_tensors(net.backbone.blocks[name].state_dict(), source.blocks[name].state_dict()), name

@@ -13,7 +13,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits, load_iris
 
-from conftest import compose_cfg, run_cli
+from conftest import cli_problems, compose_cfg, run_cli
 from transferlab.errors import ConfigError
 from transferlab.tasks import build_task
 from transferlab.tasks.arrays import task_from_arrays
@@ -52,7 +52,7 @@ def test_nan_in_x_test_fails_the_cli_with_exit_2_one_line_and_nothing_written(tm
     out = run_cli("target=npz", f"target.path={p}", "target.name=nan_test", "target.n_per_class=5",
                   "pretrain.max_epochs=1", "train.max_epochs=1", cwd=tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
-    lines = [ln[4:] for ln in out.stderr.splitlines() if ln.startswith("  - ")]
+    lines = cli_problems(out.stderr)
     assert len(lines) == 1, out.stderr[-3000:]
     assert lines[0].startswith("target=") and "x_test (test split)" in lines[0], lines
     assert f"3 of {len(x_test)} examples hold NaN/inf" in lines[0] and "rows 3, 10, 42" in lines[0], lines

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_problems, run_cli
 from transferlab.run.experiment import run
 from transferlab.run.lease import LOG_FILE, _log_lease, acquire
 from transferlab.store.atomic import atomic_path, current_umask, file_mode, torch_save, write_json
@@ -119,7 +119,7 @@ def _cli_rejects_cache_dir(tmp_path: Path, cache_dir: Path, why: str) -> None:
     out = run_cli(f"paths.cache_dir={cache_dir}", "pretrain.max_epochs=1", "train.max_epochs=1",
                   cwd=tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
-    lines = [ln[4:] for ln in out.stderr.splitlines() if ln.startswith("  - ")]
+    lines = cli_problems(out.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"paths.cache_dir='{cache_dir}': "), out.stderr[-3000:]
     assert why in lines[0], lines
     assert "Traceback" not in out.stderr

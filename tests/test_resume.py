@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import Exploit, count_epochs
 from transferlab.errors import ConfigError, NonFiniteLossError
 from transferlab.run.experiment import run
 from transferlab.store import source_cache
@@ -22,14 +23,6 @@ from transferlab.training.checkpoints import SafeCheckpointIO
 # Small enough to be quick, long enough (8 epochs x 25 steps) to be killed in the middle.
 RESUMABLE = ["transfer=scratch", "target.n_per_class=40", "train.batch_size=8", "train.max_epochs=8",
              "trainer.enable_progress_bar=false", "checkpoint.every_s=0"]  # last.ckpt after every epoch
-
-
-class _Exploit:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _train_cmd(run_dir: Path) -> list[str]:
@@ -99,9 +92,7 @@ def test_crash_mid_training_then_rerun_resumes(make_cfg, monkeypatch):
     failed = json.loads((Path(cfg.paths.output_dir) / "result.json").read_text())
     assert failed["status"] == "failed" and "simulated crash" in failed["error"]
     monkeypatch.undo()
-    started: list[int] = []
-    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_start",
-                        lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
+    started = count_epochs(monkeypatch)
     resumed = run(make_cfg(*RESUMABLE, "train.max_epochs=5", run="crashed"))
     assert resumed["resumed_from"].endswith("last.ckpt") and started[0] >= 2 and started[-1] == 4, started
     logs = Path(cfg.paths.output_dir) / "logs" / "target"
@@ -130,9 +121,7 @@ def test_crash_during_source_pretraining_resumes_it(make_cfg, monkeypatch, tmp_p
         run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
     assert not list((tmp_path / "cache").rglob("model.pt"))
     monkeypatch.undo()
-    started: list[int] = []
-    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_start",
-                        lambda self, trainer, pl_module: started.append(trainer.current_epoch), raising=False)
+    started = count_epochs(monkeypatch)
     rec = run(make_cfg(*args, run="pre", cache=tmp_path / "cache"))
     assert rec["status"] == "ok" and rec["source_cache"] == "miss"
     assert rec["source_metrics"]["epochs"] == 3
@@ -169,7 +158,7 @@ def test_stale_pretraining_checkpoint_of_another_source_config_is_refused(make_c
 def test_malicious_pickles_are_refused_everywhere_we_load(make_cfg, tmp_path):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": _Exploit(marker)}, evil)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": Exploit(marker)}, evil)
     with pytest.raises(WeightsError, match="refused"):
         load_checkpoint(evil)
     with pytest.raises(WeightsError, match="refused"):

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweeps import TINY, _summary
 
 from conftest import ROOT, run_cli
+from test_sweeps import TINY, _summary
 from transferlab.run.record import RunRecord, find_results
 
 pytestmark = pytest.mark.slurm

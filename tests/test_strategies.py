@@ -9,14 +9,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import SMALL_CNN, ckpt_state, same_tensors, source_state
 from transferlab.backbones import build_backbone
 from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
 from transferlab.training.module import TransferModule
-from transferlab.transfer.network import BACKBONE_PREFIX
+from transferlab.transfer.network import block_state
 from transferlab.transfer.plan import build_target_net, resolve_plan
 
-SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 8, 8], "hidden": [16], "dropout": 0.0})
 SHAPE = (3, 8, 8)
 TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "num_sanity_val_steps": 0,
            "log_every_n_steps": 1, "enable_model_summary": False}
@@ -32,7 +32,7 @@ def _source_state():
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
             m.num_batches_tracked.fill_(100)
-    return {BACKBONE_PREFIX + k: v.clone() for k, v in bb.blocks.state_dict().items()}
+    return source_state(bb)
 
 
 def _loaders():
@@ -60,10 +60,9 @@ class BlockSnapshots(L.Callback):
         self._snap("end", pl_module)
 
 
-def _same(block_state, source, block):
-    src = {k[len(f"{BACKBONE_PREFIX}{block}."):]: v for k, v in source.items()
-           if k.startswith(f"{BACKBONE_PREFIX}{block}.")}
-    return src.keys() == block_state.keys() and all(torch.equal(block_state[k], v) for k, v in src.items())
+def _same(snapshot, source, block):
+    """A block's snapshot is the source's block, bit for bit (weights and BN buffers)."""
+    return same_tensors(snapshot, block_state(source, block))
 
 
 def _fit(tmp_path, transfer: dict, optim: dict | None = None, epochs: int = EPOCHS, ckpt="ckpt", resume=True):
@@ -113,7 +112,7 @@ def test_bn_train_policy_reestimates_statistics_of_bn_with_frozen_affine(tmp_pat
         plan, source, snaps, _, _ = _fit(tmp_path / bn, {"freeze": 0, "trainable": ["*.0.weight", "fc1.*"],
                                                           "bn": bn}, epochs=2)
         outs[bn] = snaps.at["end"]["conv2"]
-        src = {k[len(BACKBONE_PREFIX + "conv2."):]: v for k, v in source.items() if k.startswith(BACKBONE_PREFIX + "conv2.")}
+        src = block_state(source, "conv2")
         assert torch.equal(outs[bn]["1.weight"], src["1.weight"])  # BN affine frozen under both policies
         stats_same = torch.equal(outs[bn]["1.running_mean"], src["1.running_mean"])
         assert stats_same == (bn == "frozen"), bn
@@ -156,9 +155,7 @@ def test_strategies_run_end_to_end_from_the_cli_config(make_cfg, overrides):
         assert rec["unfreeze_epochs"] == {"conv2": 3, "conv3": 2, "fc1": 1, "head": 0}
     assert len(rec["metrics"]["val/acc_history"]) == 5
     if "transfer.freeze=1" in overrides:
-        source = torch.load(rec["source_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
-        target = torch.load(rec["target_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
-        conv1 = [k for k in source if k.startswith(BACKBONE_PREFIX + "conv1.")]
-        assert conv1 and all(torch.equal(source[k], target[k]) for k in conv1)
+        conv1 = block_state(ckpt_state(rec["source_ckpt"]), "conv1")
+        assert conv1 and same_tensors(conv1, block_state(ckpt_state(rec["target_ckpt"]), "conv1"))
     if "transfer.cut=3" in overrides:  # BitFit: small_cnn convs have no bias, so only BN and fc biases train
         assert rec["trainable_params"] < rec["total_params"] // 10

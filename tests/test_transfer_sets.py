@@ -11,14 +11,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from conftest import RESNET18, SMALL_CNN, source_state
 from transferlab.backbones import build_backbone
 from transferlab.errors import ConfigError
 from transferlab.training.module import TransferModule
-from transferlab.transfer.network import BACKBONE_PREFIX
 from transferlab.transfer.plan import build_target_net, resolve_plan
 
-RESNET = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None})
-SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 16, 16], "hidden": [32], "dropout": 0.0})
 SHAPE = (3, 16, 16)
 OPTIM = {"lr": 0.1, "weight_decay": 0.01, "optimizer": "adamw", "max_epochs": 2}
 
@@ -32,19 +30,17 @@ def _transfer(**kw):
 def _built(key: str, seed: int):
     """Building resnet18 costs ~0.5 s on a busy CPU: build each (backbone, seed) once, hand out copies."""
     torch.manual_seed(seed)
-    return build_backbone(RESNET if key == "resnet" else SMALL_CNN, SHAPE if key == "resnet" else (3, 8, 8))
+    return build_backbone(RESNET18 if key == "resnet" else SMALL_CNN, SHAPE if key == "resnet" else (3, 8, 8))
 
 
 def _fresh(bb, seed):
-    return copy.deepcopy(_built("resnet" if bb is RESNET else "small_cnn", seed))
+    return copy.deepcopy(_built("resnet" if bb is RESNET18 else "small_cnn", seed))
 
 
-def _net(bb=RESNET, shape=SHAPE, **kw):
-    source = _fresh(bb, 0)
-    state = {BACKBONE_PREFIX + k: v for k, v in source.blocks.state_dict().items()}
+def _net(bb=RESNET18, shape=SHAPE, **kw):
     backbone = _fresh(bb, 1)
     plan = resolve_plan(_transfer(**kw), backbone)
-    return build_target_net(backbone, plan, state, num_classes=3), plan
+    return build_target_net(backbone, plan, source_state(_fresh(bb, 0)), num_classes=3), plan
 
 
 def _trainable(net):
@@ -162,7 +158,7 @@ def _params_with_weight_decay(module, zero: bool) -> set[str]:
     ("resnet", 21, 41),    # 20 conv weights + head weight | 20 BN x (weight, bias) + head bias
 ])
 def test_no_weight_decay_on_one_dimensional_parameters_unless_asked(bb, n_decay, n_no_decay):
-    net, plan = _net(bb=SMALL_CNN if bb == "small_cnn" else RESNET)
+    net, plan = _net(bb=SMALL_CNN if bb == "small_cnn" else RESNET18)
     module = TransferModule(net, 3, OPTIM, plan=plan)
     no_decay, decay = _params_with_weight_decay(module, True), _params_with_weight_decay(module, False)
     assert (len(decay), len(no_decay)) == (n_decay, n_no_decay)
@@ -174,7 +170,7 @@ def test_no_weight_decay_on_one_dimensional_parameters_unless_asked(bb, n_decay,
     assert [g["name"] for g in old.param_groups()] == ["head", *reversed(net.backbone.block_names)]
     assert _params_with_weight_decay(old, True) == set() and _params_with_weight_decay(old, False) == set(params)
     # BitFit: every backbone parameter that trains is a bias, so nothing but the head's weight is decayed
-    bitfit, plan = _net(bb=SMALL_CNN if bb == "small_cnn" else RESNET, trainable=["*.bias"])
+    bitfit, plan = _net(bb=SMALL_CNN if bb == "small_cnn" else RESNET18, trainable=["*.bias"])
     decayed = _params_with_weight_decay(TransferModule(bitfit, 3, OPTIM, plan=plan), False)
     assert decayed == {f"head.{n}" for n, p in bitfit.head.named_parameters() if n.endswith("weight")}
 

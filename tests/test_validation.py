@@ -9,26 +9,15 @@ checkpoint, no cache entry, no W&B run, no log).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from conftest import compose_cfg, run_cli
+from conftest import Exploit, cli_problems, compose_cfg, run_cli
 from transferlab.errors import ConfigError
 from transferlab.run.experiment import run
-
-
-class _Exploit:
-    """A pickle that runs a command when unpickled (what a malicious 'weights' file does)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     wrong_keys = d / "wrong_keys.pt"
     torch.save({"encoder.weight": torch.zeros(4, 4)}, wrong_keys)
     evil = d / "evil.pt"
-    torch.save({"state_dict": _Exploit(d / "PWNED")}, evil)
+    torch.save({"state_dict": Exploit(d / "PWNED")}, evil)
     return {"corrupt": corrupt, "list": not_a_state_dict, "wrong_keys": wrong_keys, "evil": evil,
             "missing": d / "no_such_file.pt", "marker": d / "PWNED", "dir": d}
 
@@ -138,8 +127,8 @@ def test_every_problem_is_listed_at_once(make_cfg):
 def test_cli_exits_2_with_one_line_per_problem(tmp_path):
     out = run_cli("train.lr=-1", "trainer.devices=64", "target.n_per_class=0", cwd=tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("  - ")]
-    assert [ln.split("=", 1)[0][4:] for ln in lines] == ["train.lr", "target.n_per_class", "trainer.devices"]
+    lines = cli_problems(out.stderr)
+    assert [ln.split("=", 1)[0] for ln in lines] == ["train.lr", "target.n_per_class", "trainer.devices"]
     assert "Traceback" not in out.stderr
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.ckpt"))
     assert not (tmp_path / "outputs" / "cache").exists()
@@ -149,8 +138,7 @@ def test_cli_refuses_a_wrong_type_like_any_bad_value(tmp_path):
     """A value the schema refuses while Hydra composes: the same one line and exit code 2, not Hydra's report."""
     out = run_cli("train.max_epochs=1.5", cwd=tmp_path, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("  - ")]
-    assert lines == ["  - train.max_epochs=1.5: an integer"], out.stderr
+    assert cli_problems(out.stderr) == ["train.max_epochs=1.5: an integer"], out.stderr
     assert "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr
     assert not list(tmp_path.rglob("*"))  # not even Hydra's run folder
 
