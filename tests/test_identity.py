@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from conftest import compose_cfg, flatten
 from transferlab.errors import ConfigError
 from transferlab.run import identity
 from transferlab.run.experiment import run
@@ -42,13 +42,13 @@ def _neutral_overrides(tmp_path: Path, data: Path) -> list[str]:
         f"paths.cache_dir={tmp_path / 'other_cache'}", f"paths.data_dir={tmp_path / 'data2'}",
         "logger=none", "checkpoint.every_s=3600",
         "train.feature_cache=off", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=50",
-        "trainer.accelerator=cpu", f"target.path={moved}",
+        "trainer.accelerator=cpu", f"target.path={moved}", "transfer.scores=[]",
     ]
 
 
 NEUTRAL_COVERED = {"name", "paths", "logger", "checkpoint", "lease", "train.feature_cache",
                    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.accelerator",
-                   "target.path", "hydra", "target.root", "source.path", "source.root"}
+                   "target.path", "hydra", "target.root", "source.path", "source.root", "transfer.scores"}
 
 
 def test_the_neutral_list_is_exactly_what_the_tests_cover():
@@ -72,6 +72,9 @@ def test_neutral_keys_change_neither_fingerprint_nor_numbers(tmp_path):
     a, b = run(a_cfg), run(b_cfg)
     assert a["fingerprint"] == b["fingerprint"] == _fp(a_cfg)
     assert a["feature_cache"]["status"] == "miss" and b["feature_cache"]["status"] == "off"
+    # a scored the copied features before training (from the feature cache's prefix outputs), b did not
+    assert b["scores"] is None and a["scores"]["methods"]["logme"]["value"] is not None
+    assert a["scores"]["inputs"]["features"]["from"].startswith("feature cache")
     assert a["source_cache"] == b["source_cache"] == "miss"  # two caches, one source model each, same bytes
     # Bit for bit but for the feature cache, which agrees within float tolerance (tests/test_speed.py).
     assert b["metrics"]["val/acc_history"] == a["metrics"]["val/acc_history"]
@@ -88,15 +91,6 @@ def test_neutral_keys_change_neither_fingerprint_nor_numbers(tmp_path):
     replicate = np.abs(np.subtract(other_seed["metrics"]["val/loss_history"],
                                    a["metrics"]["val/loss_history"])).max()
     assert c["fingerprint"] == a["fingerprint"] and placement < 0.1 * replicate, (placement, replicate)
-
-
-def _leaves(d, prefix=""):
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            yield from _leaves(v, key)
-        else:
-            yield key, v
 
 
 def _perturb(v):
@@ -125,7 +119,7 @@ def test_every_other_key_is_identity(tmp_path, choices):
     plain = OmegaConf.to_container(cfg, resolve=True)
     base = identity.fingerprint(plain, ins={})
     checked = 0
-    for key, value in _leaves(plain):
+    for key, value in flatten(plain).items():
         changed = OmegaConf.create(plain)
         OmegaConf.update(changed, key, _perturb(value), force_add=True)
         neutral = any(key == n or key.startswith(n + ".") for n in identity.NEUTRAL)

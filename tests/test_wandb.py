@@ -85,6 +85,24 @@ def test_one_run_per_job_with_group_job_type_axes_and_summary(wandb_sweep):
     assert src_summary["exit_code"] == 0 and "test/acc" in src_summary["summary"]
 
 
+def test_every_target_run_names_its_arm_and_its_source_model_on_a_miss_and_a_hit(wandb_sweep):
+    """The two jobs share one source model: the first trains it (miss, with its own W&B run), the second loads it
+    from the cache (hit, no source run of its own); both name that run and its accuracy."""
+    recs = {job: RunRecord.read(folder / "result.json") for job, folder in wandb_sweep.items()}
+    assert sorted(r.source_cache for r in recs.values()) == ["hit", "miss"]
+    miss = next(job for job, r in recs.items() if r.source_cache == "miss")
+    hit = next(job for job in recs if job != miss)
+    assert not (wandb_sweep[hit] / "source").exists()  # nothing pretrained on a hit
+    src = run_record(inspect(only_run(wandb_sweep[miss] / "source"))[1])
+    for job, rec in recs.items():
+        config = inspect(only_run(wandb_sweep[job]))[0]["config"]
+        assert config["arm"] == "freeze=2"  # TransferPlan.arm: scratch and freeze=0 differ here
+        assert config["source_model.cache"] == rec.source_cache
+        assert config["source_model.wandb_id"] == src["run_id"] == rec.source_metrics["wandb_run"]["id"]
+        assert config["source_model.wandb_group"] == "wb_sweep"
+        assert config["source_model.test_acc"] == pytest.approx(recs[miss].source_metrics["test/acc"])
+
+
 def test_failed_job_finishes_its_run_with_exit_code_1(wandb_sweep):
     rec = RunRecord.read(wandb_sweep["1"] / "result.json")
     summary, records = inspect(only_run(wandb_sweep["1"]))

@@ -80,6 +80,15 @@ class BNPolicy(Choice):
     train = "train"
 
 
+class Score(Choice):
+    """Transferability scores a run can record (`transferlab.scores.METHODS`; tests/test_scores.py holds them equal)."""
+
+    logme = "logme"
+    hscore = "hscore"
+    nce = "nce"
+    leep = "leep"
+
+
 class TaskKind(Choice):
     digits = "digits"
     iris = "iris"
@@ -191,6 +200,8 @@ class TransferConfig:
     unfreeze_every: int = 1
     lp_epochs: int = 5
     l2sp: float = 0.0
+    # transferability scores of the copied features, measured before training (neutral: run/identity.py)
+    scores: List[Score] = field(default_factory=lambda: [Score.logme, Score.hscore, Score.nce, Score.leep])
 
 
 # ---------------------------------------------------------------- tasks (used as `source` and `target`)

@@ -19,9 +19,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("sweep_dir", help="folder with result.json files below it (a Hydra multirun dir)")
     p.add_argument("--out", default=None, help="where to write the report (default: the sweep folder)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of every interval")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws for the crossover interval")
+    p.add_argument("--n-boot", type=int, default=2000,
+                   help="bootstrap draws of every bootstrap interval (n*, effective data, transferability)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="epochs-to-threshold: this fraction of scratch's best validation accuracy")
+    p.add_argument("--metric", default="acc", help="the test metric the report leads with: acc (default), "
+                   "balanced_acc, macro_f1 or auroc (binary tasks)")
+    p.add_argument("--crossover", nargs=2, action="append", default=[], metavar=("ARM_A", "ARM_B"),
+                   help="also report n* where arm ARM_A overtakes ARM_B (arm labels, e.g. freeze=0 freeze=3); "
+                   "repeatable")
     p.add_argument("--wandb", action="store_true", help="also log tables + figures as a W&B `report` run")
     p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"], help="W&B mode for --wandb")
     p.add_argument("--wandb-project", default="transferlab")
@@ -38,10 +44,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(problem("--threshold", args.threshold, "a fraction in (0, 1]"))
         if args.n_boot < 1:
             raise ConfigError(problem("--n-boot", args.n_boot, "an integer >= 1"))
+        metrics = ("acc", "balanced_acc", "macro_f1", "auroc")  # lead_metric.COLUMNS, without importing pandas
+        if args.metric not in metrics:
+            raise ConfigError(problem("--metric", args.metric, "one of " + ", ".join(metrics)))
+        for a, b in args.crossover:
+            if a == b:
+                raise ConfigError(problem("--crossover", f"{a} {b}", "two different arm labels"))
         from transferlab.analysis.report import build_report  # pandas, matplotlib: after the arguments are checked
 
         report = build_report(args.sweep_dir, args.out, confidence=args.confidence, n_boot=args.n_boot,
-                              threshold_frac=args.threshold)
+                              threshold_frac=args.threshold, metric=args.metric,
+                              crossover_pairs=[tuple(pair) for pair in args.crossover])
     except ConfigError as e:
         print("transferlab-report: " + "\n".join(e.problems), file=sys.stderr)
         return 2

@@ -72,6 +72,18 @@ def _number(v: float | int | None) -> float:
     return np.nan if v is None else float(v)
 
 
+SCORE_PREFIX = "score_"  # one column per transferability score a run recorded (`RunRecord.scores`)
+
+
+def score_columns(record: RunRecord) -> dict[str, float]:
+    """`score_<method>`: the transferability scores the run recorded; NaN where one was skipped or undefined."""
+    methods = record.scores.get("methods") if isinstance(record.scores, Mapping) else None
+    if not isinstance(methods, Mapping):
+        return {}
+    return {SCORE_PREFIX + str(name): _number(v.get("value") if isinstance(v, Mapping) else None)
+            for name, v in methods.items()}
+
+
 def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
     """The report's row of one record. `val_acc_history` stays a list (one per row); `epochs` is the length of
     that curve, or the recorded count for a run without one."""
@@ -89,9 +101,14 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "n_per_class": record.n_per_class, "n": n, "n_label": n_label, "n_train": record.n_train,
         "seed": record.seed, "data_seed": record.data_seed,
         "test_acc": _number(m.test_acc), "test_loss": _number(m.test_loss), "val_acc": _number(m.val_acc),
+        # class-balance-aware test metrics, and the floor they are read against (NaN/None: not recorded)
+        "test_balanced_acc": _number(m.test_balanced_acc), "test_macro_f1": _number(m.test_macro_f1),
+        "test_auroc": _number(m.test_auroc), "majority_acc": _number(m.majority_acc),
+        "single_class": record.single_class_prediction,
         "epochs": len(hist) if hist else m.epochs,
         "wall_s": record.wall_s, "source_cache": record.source_cache,
         "is_scratch": bool(is_scratch), "val_acc_history": hist,
+        **score_columns(record),
     }
 
 

@@ -91,7 +91,7 @@ def _draw_crossover(ax, cx: pd.DataFrame | None) -> None:
         lo, hi = r["n_star_lo"], r["n_star_hi"] if not math.isinf(r["n_star_hi"]) else ax.get_xlim()[1]
         ax.axvspan(lo, hi, color="tab:red", alpha=0.08, linewidth=0)
         ax.axvline(n, color="tab:red", linestyle=":", linewidth=1.5)
-        text = f"n* <= {n:g}" if n == r["n_min"] else f"n* = {n:.3g}"  # censored: ahead from the first n on
+        text = f"n* ≤ {n:g}" if n == r["n_min"] else f"n* = {n:.3g}"  # censored: ahead from the first n on
         ax.annotate(text, xy=(n, 0.02), xycoords=("data", "axes fraction"), color="tab:red",
                     ha="left", fontsize=9, xytext=(3, 0), textcoords="offset points")
 
@@ -302,4 +302,88 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
             out.append((f"Learning curves ({where})", learning_curves(o, out_dir / f"report_learning_curves{tag}.png",
                         f"Learning curves ({where})"),
                         "Validation accuracy per epoch, mean over seeds; scratch dashed."))
+    return out
+
+
+# ---- learning-curve fits and effective data transferred (analysis.fits, analysis.effective_data) -------------
+
+def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str) -> Path:
+    """Mean test accuracy per n (dots) and each arm's fitted learning curve (line, the form chosen by held-out
+    error, drawn over the n range it was fitted on), scratch black."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    arms = _arm_order(summary)
+    colors = _colors(arms)
+    scratch = _scratch_arms(summary)
+    for arm in [*arms, *scratch]:
+        g = summary[summary["arm"] == arm].sort_values("n")
+        color = "black" if arm in scratch else colors[arm]
+        fit = fits.get(g["line_key"].iloc[0])
+        label = arm if fit is None or fit.form is None else f"{arm} ({fit.form})"
+        ax.plot(g["n"], g["acc_mean"], "o", color=color, label=label)
+        if fit is not None and fit.form is not None:
+            grid = np.geomspace(fit.n_min, fit.n_max, 100)
+            ax.plot(grid, fit.predict(grid), color=color, linestyle="--" if arm in scratch else "-")
+    _n_axis(ax, summary)
+    ax.set_ylabel("test accuracy (mean over seeds) and fitted curve")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def effective_data(dt: pd.DataFrame, path: Path, title: str) -> Path:
+    """Effective data transferred D_T (examples per class) vs n per transfer arm, bootstrap interval as error
+    bars; a censored value is drawn at its bound as an open triangle pointing the way the truth lies (up: more
+    than this, down: less), never as a point."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    arms = _arm_order(dt.assign(is_scratch=False))
+    colors = _colors(arms)
+    for arm in arms:
+        g = dt[dt["arm"] == arm].sort_values("n")
+        val = g[g["censored"] == ""]
+        if len(val):
+            lo = (val["d_t"] - val["d_t_lo"].clip(lower=-1e12)).clip(lower=0)
+            hi = (val["d_t_hi"].clip(upper=1e12) - val["d_t"]).clip(lower=0)
+            ax.errorbar(val["n"], val["d_t"], yerr=[lo.where(np.isfinite(val["d_t_lo"]), 0),
+                                                    hi.where(np.isfinite(val["d_t_hi"]), 0)],
+                        color=colors[arm], marker="o", capsize=3, label=arm)
+        for flag, marker in (("above", "^"), ("above_asymptote", "^"), ("below", "v")):
+            c = g[g["censored"] == flag]
+            if len(c):
+                ax.plot(c["n"], c["d_t_bound"], linestyle="none", marker=marker, markerfacecolor="none",
+                        color=colors[arm], markersize=9, label=None if len(val) else arm)
+    if (dt["censored"].isin(["above", "above_asymptote", "below"])).any():
+        ax.plot([], [], linestyle="none", marker="^", markerfacecolor="none", color="gray",
+                label="censored: beyond the bound (up: more, down: less)")
+    ax.axhline(0, color="black", linestyle="--", linewidth=1, label="no transfer (D_T = 0)")
+    _n_axis(ax, dt)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylabel("effective data transferred D_T (examples per class)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def draw_fields(summary: pd.DataFrame, fits: dict, dt: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path, str]]:
+    """The fitted learning curves and the effective-data figure of every setting that has them."""
+    out: list[tuple[str, Path, str]] = []
+    settings = summary.drop_duplicates("setting_key").sort_values("setting")
+    tags = _tags(list(settings["setting"]))
+    for _, setting in settings.iterrows():
+        key, where = setting["setting_key"], setting["setting"]
+        s = summary[summary["setting_key"] == key]
+        if any(fits.get(lk) is not None and fits[lk].form for lk in s["line_key"].unique()):
+            out.append((f"Learning-curve fits ({where})",
+                        fitted_curves(s, fits, out_dir / f"report_fits{tags[where]}.png", f"Fitted curves ({where})"),
+                        "Dots: mean test accuracy over seeds; lines: each arm's fitted curve (form in the legend, "
+                        "chosen by the error predicting the largest n; fits.csv), drawn over the n range it saw."))
+        d = dt[dt["setting_key"] == key] if len(dt) else dt
+        if len(d) and d["censored"].isin(["", "above", "above_asymptote", "below"]).any():
+            out.append((f"Effective data transferred ({where})",
+                        effective_data(d, out_dir / f"report_effective_data{tags[where]}.png",
+                                       f"Effective data transferred ({where})"),
+                        "D_T: extra labelled examples per class training from scratch would need to match the arm "
+                        "(Hernandez et al. 2021), bootstrap CI over seeds; open triangles: censored, the truth "
+                        "lies beyond the bound in the direction shown (effective_data.csv)."))
     return out

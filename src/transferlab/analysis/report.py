@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
@@ -38,6 +38,12 @@ class Report:
     figures: list[tuple[str, Path, str]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     name: str = "sweep"
+    metric: str = "acc"  # the metric every statistic is computed from (`--metric`; lead_metric.COLUMNS)
+    tests: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired tests vs scratch and vs best, Holm (paired)
+    fits: pd.DataFrame = field(default_factory=pd.DataFrame)  # one learning-curve fit per arm (fits.fit_lines)
+    effective: pd.DataFrame = field(default_factory=pd.DataFrame)  # effective data transferred (effective_data)
+    stat_notes: list[str] = field(default_factory=list)  # metric, imbalance, few-seed and censoring notes
+    transferability: pd.DataFrame = field(default_factory=pd.DataFrame)  # scores vs measured accuracy, per n
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -80,8 +86,10 @@ def failed_runs(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, confidence: float = 0.95,
-                 n_boot: int = 2000, threshold_frac: float = 0.9) -> Report:
-    """Collect, compute, draw and write everything; raises ConfigError if there is nothing to report."""
+                 n_boot: int = 2000, threshold_frac: float = 0.9, metric: str = "acc",
+                 crossover_pairs: Sequence[tuple[str, str]] = ()) -> Report:
+    """Collect, compute, draw and write everything; raises ConfigError if there is nothing to report, if the
+    runs did not record `metric`, or if no setting has both arms of a requested crossover pair."""
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise ConfigError(problem("sweep_dir", str(sweep), "an existing folder holding result.json files"))
@@ -89,45 +97,80 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
 
     if next(find_results(sweep), None) is None:
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
-    from transferlab.analysis import collect, html, plots, stats
+    from transferlab.analysis import collect, html, lead_metric, paired, plots, stats
+    from transferlab.analysis import effective_data as dt_mod
+    from transferlab.analysis import fits as fits_mod
 
     found = collect.collect_sweep(sweep)
-    df = found.runs
-    if df.empty:
+    runs = found.runs
+    if runs.empty:
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
+    df, stat_notes = lead_metric.lead(runs, metric)  # every statistic reads `test_acc`: the chosen metric
+    unknown = stats.unknown_pairs(df, crossover_pairs)
+    if unknown:
+        arms = ", ".join(sorted(stats.ok_rows(df)["arm"].dropna().unique()))
+        raise ConfigError(problem("--crossover", "; ".join(unknown), f"two arm labels of one setting ({arms})"))
     out = Path(out_dir) if out_dir else sweep
     ok = stats.ok_rows(df)
-    summary = stats.summarize(df, confidence)
-    gain = stats.paired_gain(df, confidence)
-    cx = stats.crossovers(df, n_boot=n_boot, confidence=confidence)
+    tests = paired.comparisons(df, confidence)
+    summary = paired.mark_ties(stats.summarize(df, confidence), tests)
+    gain = paired.with_tests(stats.paired_gain(df, confidence), tests)
+    cx = stats.crossovers(df, n_boot=n_boot, confidence=confidence, pairs=crossover_pairs)
+    fit_table, fits = fits_mod.fit_lines(summary)
+    effective = dt_mod.effective_data(df, summary, fits, n_boot=n_boot, confidence=confidence)
+    stat_notes += lead_metric.imbalance_notes(df, metric) + _seed_notes(cx, effective)
     name = (found.sweep or {}).get("name") or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any()
                                               else sweep.name)
     report = Report(
-        out_dir=out, results=df, summary=summary, gain=gain, best=stats.best_per_n(summary), crossovers=cx,
+        out_dir=out, results=runs, summary=summary, gain=gain, best=stats.best_per_n(summary, tests), crossovers=cx,
         measures=stats.learning_measures(df, threshold_frac, confidence), yosinski=stats.yosinski_table(df, confidence),
-        missing=missing_points(df, found.points), failed=failed_runs(df, found.points),
+        missing=missing_points(runs, found.points), failed=failed_runs(runs, found.points),
         duplicates=found.duplicates, points=found.points, grouping_notes=found.notes, name=str(name),
+        metric=metric, tests=tests, fits=fit_table, effective=effective, stat_notes=stat_notes,
     )
     report.files = {  # the per-epoch curves go to curves.csv (long form), not into a results.csv cell
-        "results.csv": _write_csv(df.drop(columns=["val_acc_history"]), out / "results.csv"),
+        "results.csv": _write_csv(runs.drop(columns=["val_acc_history"]), out / "results.csv"),
         "summary.csv": _write_csv(summary, out / "summary.csv"),
         "curves.csv": _write_csv(collect.curves(df), out / "curves.csv"),
     }
     for fname, frame in (("gain.csv", gain), ("crossover.csv", cx), ("learning_measures.csv", report.measures),
-                         ("yosinski.csv", report.yosinski), ("duplicates.csv", report.duplicates)):
+                         ("yosinski.csv", report.yosinski), ("duplicates.csv", report.duplicates),
+                         ("best.csv", report.best), ("paired_tests.csv", tests), ("fits.csv", fit_table),
+                         ("effective_data.csv", effective)):
         if not frame.empty:
             report.files[fname] = _write_csv(frame, out / fname)
     report.figures = plots.draw_all(ok, summary, gain, cx, report.yosinski, out) if not ok.empty else []
+    report.figures += plots.draw_fields(summary, fits, effective, out) if not ok.empty else []
+    from transferlab.analysis import transferability  # the runs' transferability scores, graded
+
+    report.transferability, score_arms = transferability.grade(df, confidence, n_boot)
+    if len(report.transferability):
+        report.files["transferability.csv"] = _write_csv(report.transferability, out / "transferability.csv")
+        report.figures += transferability.figures(report.transferability, score_arms, out)
     for _, p, _ in report.figures:
         report.files[p.name] = p
     report.files["report.html"] = html.write_html(
         out / "report.html", f"transferlab report: {report.name}", notes(report), report.figures,
         [("Best arm per n (Ng's rule read off the data)", report.best), ("Crossover n*", cx),
          ("Summary over seeds", summary), ("Gain over scratch", gain),
+         ("Paired tests vs scratch and vs the best arm (Holm per setting and n)", tests),
+         ("Learning-curve fits", fit_table), ("Effective data transferred (per class)", effective),
          ("Learning-curve measures (Taylor & Stone)", report.measures), ("Yosinski arms", report.yosinski),
+         ("Transferability scores vs measured accuracy (Kendall tau-b, weighted tau, Spearman, regret)",
+          report.transferability),
          ("Missing points", report.missing), ("Duplicate runs (ignored)", report.duplicates)],
         report.failed)
     return report
+
+
+def _seed_notes(cx: pd.DataFrame, effective: pd.DataFrame) -> list[str]:
+    """One line when the bootstrap intervals (n*, effective data) rest on too few seeds to mean much."""
+    from transferlab.analysis.bootstrap import few_seeds_note
+
+    ks = [int(k) for frame in (cx, effective) if len(frame) and "n_seeds" in frame
+          for k in frame["n_seeds"].dropna() if k > 0]
+    note = few_seeds_note(min(ks), "n* and effective-data intervals") if ks else None
+    return [note] if note else []
 
 
 def counts_line(r: Report) -> str | None:
@@ -154,12 +197,30 @@ def notes(r: Report) -> list[str]:
     else:
         lines = [f"{len(r.results)} runs found: {n_ok} ok, {n_failed} failed.", counts_line(r)]
     lines += r.grouping_notes
+    lines += r.stat_notes
     if r.results["setting_key"].nunique() > 1:
         lines.append(f"{r.results['setting_key'].nunique()} settings (runs that differ in more than their arm, n "
                      "and seed are never pooled): " + "; ".join(sorted(r.results["setting"].dropna().unique())))
     for _, c in r.crossovers.iterrows():
         lines.append(f"{c['setting']}: {c['finetuned_arm']} vs {c['frozen_arm']}: {stats.format_n_star(c)}")
+    if len(r.tests):
+        lines.append("differences are paired by seed (t-intervals over pairs); tests: paired t-test (Wilcoxon "
+                     "signed-rank beside it), Holm-corrected over the tests at each setting and n (paired_tests.csv); "
+                     "an arm is tied with the best when its paired interval against it includes 0")
+    for _, e in r.effective.groupby("setting_key", sort=False) if len(r.effective) else []:
+        first = e[e["n"] == e["n"].min()].sort_values("acc", ascending=False).iloc[0]
+        lines.append(f"{first['setting']}: effective data transferred at n={first['n_label']} per class, "
+                     f"{first['arm']} (the best transfer arm there): D_T {first['d_t_text']} examples per class")
+    from transferlab.analysis.transferability import summary_lines
+
+    lines += summary_lines(r.transferability) if len(r.transferability) else []
     return lines
+
+
+def _diff(mean, lo, hi) -> str:
+    """A paired difference in percentage points with its interval: "+21.4 [-9.9, +52.8]" (no interval: one pair)."""
+    ci = "" if pd.isna(lo) or pd.isna(hi) else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{100 * mean:+.1f}{ci}"
 
 
 def _pct(v) -> str:
@@ -173,16 +234,33 @@ def print_summary(r: Report, console: Console | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from transferlab.analysis.lead_metric import NAMES
+
     console = console or Console(width=max(Console().width, 110))
     for setting, best in (r.best.groupby("setting", sort=True) if not r.best.empty else []):
-        table = Table(title=escape(f"{r.name}: {setting} — best freeze depth per n (test accuracy %)"))
-        for col in ("n", "best arm", "acc [95% CI]", "seeds", "lead over runner-up", "scratch", "gain"):
-            table.add_column(col, justify="left" if col in ("best arm", "lead over runner-up") else "right")
+        metric = NAMES.get(r.metric, r.metric)
+        table = Table(title=escape(f"{r.name}: {setting} — best freeze depth per n (test {metric} %; differences "
+                                   "paired by seed, [95% CI])"))
+        for col in ("n", "best arm (tied)", "mean [95% CI]", "seeds", "lead over runner-up", "scratch",
+                    "gain over scratch"):
+            table.add_column(col, justify="left" if col in ("best arm (tied)", "lead over runner-up") else "right")
         for _, b in best.iterrows():
             ci = "" if pd.isna(b["acc_ci_lo"]) else f" [{_pct(b['acc_ci_lo'])}, {_pct(b['acc_ci_hi'])}]"
-            runner = "–" if b["runner_up"] is None else f"+{_pct(b['margin'])} ({b['runner_up']})"
-            gain = "–" if pd.isna(b["scratch_mean"]) else f"{100 * (b['acc_mean'] - b['scratch_mean']):+.1f}"
-            table.add_row(*map(escape, (str(b["n_label"]), str(b["best_arm"]), _pct(b["acc_mean"]) + ci,
+            tied = b.get("tied_with_best")
+            arm = str(b["best_arm"]) + (f" (tied: {tied})" if isinstance(tied, str) and tied else "")
+            if b["runner_up"] is None:
+                runner = "–"
+            elif pd.isna(b.get("margin_paired", float("nan"))):
+                runner = f"+{_pct(b['margin'])} ({b['runner_up']})"
+            else:
+                runner = f"{_diff(b['margin_paired'], b['margin_ci_lo'], b['margin_ci_hi'])} ({b['runner_up']})"
+            if b.get("best_is_scratch"):
+                gain = "– (best is scratch)"
+            elif not pd.isna(b.get("gain", float("nan"))):
+                gain = _diff(b["gain"], b["gain_ci_lo"], b["gain_ci_hi"])
+            else:
+                gain = "–" if pd.isna(b["scratch_mean"]) else f"{100 * (b['acc_mean'] - b['scratch_mean']):+.1f}"
+            table.add_row(*map(escape, (str(b["n_label"]), arm, _pct(b["acc_mean"]) + ci,
                                         str(b["n_seeds"]), runner, _pct(b["scratch_mean"]), gain)))
         console.print(table)
     for line in notes(r):

@@ -98,25 +98,51 @@ def paired_gain(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values(["setting", "n", "arm"]).reset_index(drop=True)
 
 
-def best_per_n(summary: pd.DataFrame) -> pd.DataFrame:
-    """The arm with the highest mean test accuracy at every n (Ng's rule read off the data), with the mean of the
-    scratch line it is compared with."""
+def best_per_n(summary: pd.DataFrame, tests: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The arm with the highest mean test accuracy at every n (Ng's rule read off the data), over every arm of the
+    setting, scratch included (`best_is_scratch`: no transfer arm beats training from scratch there), with the mean
+    of the scratch line it is compared with; settings without a transfer arm at that n are left out.
+
+    With `tests` (`paired.comparisons`) every difference is paired over seeds: `gain` (best minus its scratch
+    baseline, NaN when the best is scratch) and `margin_paired` (best minus runner-up) with their t-intervals and
+    Holm-adjusted p-values, and `tied_with_best`: the arms whose paired interval against the best includes 0
+    (`tie_unknown`: arms with fewer than 2 paired seeds, for which no tie can be told). `margin` stays the
+    difference of the two means."""
     rows = []
+    by = {} if tests is None or tests.empty else {(t["arm_key"], t["reference_kind"]): t for _, t in tests.iterrows()}
     for _, g in summary.groupby(["setting_key", "n_label"], dropna=False, sort=False):
-        transfer = g[~g["is_scratch"].astype(bool)]
-        if transfer.empty:
+        if g["is_scratch"].astype(bool).all():
             continue
-        ranked = transfer.sort_values("acc_mean", ascending=False, kind="stable")
+        ranked = g.sort_values(["acc_mean", "arm"], ascending=[False, True], kind="stable")
         best = ranked.iloc[0]
         runner = ranked.iloc[1] if len(ranked) > 1 else None
         scratch = g[g["is_scratch"].astype(bool) & (g["line_key"] == best["baseline_key"])]
-        rows.append({**_first(g, [*SETTING, *N_KEYS, "setting_key"]), "best_arm": best["arm"],
-                     "best_freeze": best["freeze"],
-                     "acc_mean": best["acc_mean"], "acc_ci_lo": best["acc_ci_lo"], "acc_ci_hi": best["acc_ci_hi"],
-                     "n_seeds": best["n_seeds"],
-                     "runner_up": None if runner is None else runner["arm"],
-                     "margin": math.nan if runner is None else best["acc_mean"] - runner["acc_mean"],
-                     "scratch_mean": scratch["acc_mean"].iloc[0] if len(scratch) else math.nan})
+        row = {**_first(g, [*SETTING, *N_KEYS, "setting_key"]), "best_arm": best["arm"],
+               "best_freeze": best["freeze"], "best_is_scratch": bool(best["is_scratch"]),
+               "acc_mean": best["acc_mean"], "acc_ci_lo": best["acc_ci_lo"], "acc_ci_hi": best["acc_ci_hi"],
+               "n_seeds": best["n_seeds"],
+               "runner_up": None if runner is None else runner["arm"],
+               "margin": math.nan if runner is None else best["acc_mean"] - runner["acc_mean"],
+               "scratch_mean": scratch["acc_mean"].iloc[0] if len(scratch) else math.nan}
+        if by:
+            gain = by.get((best["arm_key"], "scratch"))
+            vs = by.get((runner["arm_key"], "best")) if runner is not None else None  # runner-up minus best
+            ties = [(r["arm"], by.get((r["arm_key"], "best"))) for _, r in ranked.iloc[1:].iterrows()]
+            tied = [a for a, t in ties
+                    if t is not None and t["n_pairs"] >= 2 and t["diff_ci_lo"] <= 0 <= t["diff_ci_hi"]]
+            unknown = [a for a, t in ties if t is None or t["n_pairs"] < 2]
+            row.update({
+                "gain": math.nan if gain is None else gain["diff_mean"],
+                "gain_ci_lo": math.nan if gain is None else gain["diff_ci_lo"],
+                "gain_ci_hi": math.nan if gain is None else gain["diff_ci_hi"],
+                "gain_p_holm": math.nan if gain is None else gain["p_t_holm"],
+                "margin_paired": math.nan if vs is None else -vs["diff_mean"],
+                "margin_ci_lo": math.nan if vs is None else -vs["diff_ci_hi"],
+                "margin_ci_hi": math.nan if vs is None else -vs["diff_ci_lo"],
+                "margin_p_holm": math.nan if vs is None else vs["p_t_holm"],
+                "n_pairs": None if vs is None else vs["n_pairs"],
+                "tied_with_best": ", ".join(tied), "n_tied": len(tied), "tie_unknown": ", ".join(unknown)})
+        rows.append(row)
     return pd.DataFrame(rows).sort_values(["setting", "n"]).reset_index(drop=True) if rows else pd.DataFrame(rows)
 
 
@@ -151,14 +177,15 @@ def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000,
     Both frames have columns n, test_acc and the pairing columns `by` (seed; the report adds data_seed).
     Differences are paired by (n, *by); each bootstrap draw resamples seeds with replacement and recomputes the
     mean difference curve. `p_cross` is the share of draws in which fine-tuning ends ahead at all (the interval's
-    upper end is +inf when that share is below the confidence).
+    upper end is +inf when that share is below the confidence); `p_at_min` the share in which it is ahead from the
+    smallest n on (n* censored at n_min: the interval's lower end is then n_min, a bound, not a value).
     """
     by = list(by)
     a = finetuned.groupby(["n", *by])["test_acc"].mean()
     b = frozen.groupby(["n", *by])["test_acc"].mean()
     d = (a - b).dropna().rename("diff").reset_index()
     out = {"n_star": math.nan, "n_star_lo": math.nan, "n_star_hi": math.nan, "p_cross": math.nan,
-           "n_min": math.nan, "n_max": math.nan, "n_seeds": 0}
+           "p_at_min": math.nan, "n_min": math.nan, "n_max": math.nan, "n_seeds": 0, "confidence": confidence}
     if d.empty:
         return out
     mean = d.groupby("n")["diff"].mean()
@@ -176,22 +203,27 @@ def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000,
     # inverted_cdf picks observed draws (no interpolation), so an infinite upper end stays a clean +inf
     out.update(n_star_lo=float(np.quantile(draws, alpha, method="inverted_cdf")),
                n_star_hi=float(np.quantile(draws, 1 - alpha, method="inverted_cdf")),
-               p_cross=float(np.isfinite(draws).mean()))
+               p_cross=float(np.isfinite(draws).mean()), p_at_min=float((draws == ns.min()).mean()))
     return out
 
 
 FAMILY = ["setting_key", "source", "cut", "upper", "strategy", "variant"]  # arms that differ in their depth only
 
 
-def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95) -> pd.DataFrame:
+def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95,
+               pairs: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
     """n* for every family of arms differing only in freeze depth (same setting, source, cut, upper, strategy and
-    arm keys beyond the label: `variant`) that has both freeze=0 and a fully frozen arm, each a single line."""
+    arm keys beyond the label: `variant`) that has both freeze=0 and a fully frozen arm, each a single line.
+
+    `pairs` asks for more: (A, B) arm labels (`--crossover freeze=0 freeze=3`), n* where A overtakes B in every
+    setting that has both (an arm label names one line within a setting); A is then in `finetuned_arm` and B in
+    `frozen_arm`, and `requested` is True. A requested pair equal to a default one is not repeated."""
     ok = ok_rows(df)
-    ok = ok[~ok["is_scratch"]] if not ok.empty else ok
     rows = []
     if ok.empty:
         return pd.DataFrame(rows)
-    for _, g in ok.groupby(FAMILY, dropna=False, sort=False):
+    transfer = ok[~ok["is_scratch"]]
+    for _, g in transfer.groupby(FAMILY, dropna=False, sort=False):
         ft = g[g["freeze"] == 0]
         deepest = g["freeze"].max()
         if ft.empty or pd.isna(deepest) or deepest == 0 or g["n"].nunique() < 2:  # a crossing needs two n
@@ -201,21 +233,57 @@ def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95) -
             continue
         res = crossover(ft, fr, n_boot=n_boot, confidence=confidence, by=PAIR)
         rows.append({**_first(g, [*SETTING, "source", "cut", "upper", "strategy", "variant", "setting_key"]),
-                     "finetuned_arm": ft["arm"].iloc[0], "frozen_arm": fr["arm"].iloc[0], **res})
-    return pd.DataFrame(rows).sort_values(["setting", "finetuned_arm"]).reset_index(drop=True) if rows \
+                     "finetuned_arm": ft["arm"].iloc[0], "frozen_arm": fr["arm"].iloc[0], "requested": False, **res})
+    done = {(r["setting_key"], r["finetuned_arm"], r["frozen_arm"]) for r in rows}
+    for a_label, b_label in pairs:
+        for key, g in ok.groupby("setting_key", sort=False):
+            a, b = g[g["arm"] == a_label], g[g["arm"] == b_label]
+            if a.empty or b.empty or (key, a_label, b_label) in done or g["n"].nunique() < 2:
+                continue
+            done.add((key, a_label, b_label))
+            res = crossover(a, b, n_boot=n_boot, confidence=confidence, by=PAIR)
+            rows.append({**_first(a, [*SETTING, "source", "cut", "upper", "strategy", "variant", "setting_key"]),
+                         "finetuned_arm": a_label, "frozen_arm": b_label, "requested": True, **res})
+    return pd.DataFrame(rows).sort_values(["setting", "requested", "finetuned_arm"]).reset_index(drop=True) if rows \
         else pd.DataFrame(rows)
 
 
+def unknown_pairs(df: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The requested crossover pairs no setting has both arms of (a typo should not pass silently)."""
+    ok = ok_rows(df)
+    arms = ok.groupby("setting_key")["arm"].agg(set) if not ok.empty else pd.Series(dtype=object)
+    return [f"{a} vs {b}" for a, b in pairs if not any(a in s and b in s for s in arms)]
+
+
 def format_n_star(r) -> str:
-    """Human text for one crossover row, e.g. "n* = 7.1 (95% CI 4.2-13)" or "fine-tuning never ahead (n <= 50)"."""
+    """Human text for one crossover row, e.g. "n* = 7.1 (95% bootstrap interval [4.2, 13]; ...)".
+
+    Censored values are printed as bounds, never as numbers: `n* ≤ 2` when the first arm is already ahead at the
+    smallest n (2), `n* > 100` when it is not ahead at the largest (100); an interval end at such a bound is the
+    bound (`[≤ 2, 7.3]`), and an interval whose both ends are one bound is not printed as an interval ("1 to 1")
+    but as the share of bootstrap draws beyond it."""
+    get = r.get if hasattr(r, "get") else (lambda k, d=None: d)
     n, lo, hi = r["n_star"], r["n_star_lo"], r["n_star_hi"]
+    arm = get("finetuned_arm") or "fine-tuning"
+    pct = f"{get('confidence', 0.95) or 0.95:.0%}"
     if pd.isna(n):
         return "n* unknown (no paired data)"
+    n_min, n_max, p_cross = r["n_min"], r["n_max"], r["p_cross"]
     if math.isinf(n):
-        return f"fine-tuning not ahead at the largest n ({r['n_max']:g}); n* > {r['n_max']:g}"
-    lead = f"n* <= {n:g} (fine-tuning ahead at the smallest n)" if n == r["n_min"] else f"n* = {n:.3g}"
-    hi_s = f"> {r['n_max']:g}" if math.isinf(hi) else f"{hi:.3g}"
-    return f"{lead} (95% bootstrap CI {lo:.3g} to {hi_s}; fine-tuning ends ahead in {r['p_cross']:.0%} of draws)"
+        return (f"n* > {n_max:g} ({arm} not ahead at the largest n, {n_max:g}; ends ahead in {p_cross:.0%} of "
+                f"bootstrap draws)")
+    lead = f"n* ≤ {n_min:g} ({arm} ahead from the smallest n on)" if n <= n_min else f"n* = {n:.3g}"
+    if get("n_seeds", 2) < 2:  # one seed: every bootstrap draw is that seed, an interval would be fake
+        return f"{lead} (one seed: no interval)"
+    bound = lambda v: f"> {n_max:g}" if math.isinf(v) else (f"≤ {n_min:g}" if v <= n_min else f"{v:.3g}")  # noqa: E731
+    lo_s, hi_s = bound(lo), bound(hi)
+    if lo_s == hi_s and lo_s[0] in "≤>":  # both ends at one censoring bound: say how many draws are beyond it
+        share = get("p_at_min") if lo_s.startswith("≤") else 1 - p_cross
+        beyond = "" if share is None or pd.isna(share) else f" in {share:.0%} of draws"
+        return f"{lead} (bootstrap: n* {lo_s}{beyond}; {arm} ends ahead in {p_cross:.0%} of draws)"
+    if lo_s == hi_s:
+        return f"{lead} ({pct} bootstrap interval: {lo_s} at both ends; {arm} ends ahead in {p_cross:.0%} of draws)"
+    return f"{lead} ({pct} bootstrap interval [{lo_s}, {hi_s}]; {arm} ends ahead in {p_cross:.0%} of draws)"
 
 
 # ---- learning curves (Taylor & Stone 2009; Torrey & Shavlik 2009) ---------------------------------------------
@@ -229,6 +297,22 @@ def epochs_to(y: Sequence[float], threshold: float) -> float:
     """First epoch (counted from 1) at which the curve reaches `threshold`; NaN if it never does."""
     hits = np.nonzero(np.asarray(y, dtype=float) >= threshold)[0]
     return float(hits[0] + 1) if len(hits) else math.nan
+
+
+def censored_median(epochs: Sequence[float]) -> tuple[float, int, int]:
+    """(median, seeds that reached, seeds) of epochs-to-threshold where NaN means "not reached".
+
+    A seed that never reached the threshold is right-censored: its time is longer than its run, not absent, so it
+    is counted as +inf rather than dropped (dropping it, as a mean of the seeds that made it does, reports the
+    lucky seeds only; Torrey & Shavlik 2009, "Transfer learning", Handbook of Research on Machine Learning
+    Applications, list time-to-threshold among the measures of transfer). The median over all seeds is then finite
+    exactly when more than half reached the threshold; otherwise it is NaN ("not reached")."""
+    t = np.asarray(epochs, dtype=float)
+    reached = int(np.isfinite(t).sum())
+    if len(t) == 0:
+        return math.nan, 0, 0
+    med = float(np.median(np.where(np.isfinite(t), t, math.inf)))
+    return (med if math.isfinite(med) else math.nan), reached, len(t)
 
 
 def curve_measures(transfer: Sequence[float], scratch: Sequence[float], threshold: float,
@@ -252,7 +336,9 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
     """Per arm and n: the curve measures paired by seed against scratch, averaged with t-intervals.
 
     The threshold is `threshold_frac` times the mean best validation accuracy scratch reaches at that n, so
-    "epochs to threshold" asks how soon each arm gets near what training from scratch eventually achieves.
+    "epochs to threshold" asks how soon each arm gets near what training from scratch eventually achieves. It is
+    the censored median over all paired seeds (`censored_median`: NaN, "not reached", unless more than half got
+    there), with `reached_thr_*` the number of seeds that did and `epochs_to_thr_*_text` both in words.
     """
     ok = ok_rows(df)
     if ok.empty or not ok["is_scratch"].any():
@@ -276,11 +362,16 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
             row = {**_first(ga, [*SETTING, "n_label", "n", "arm", "setting_key", "arm_key"]),
                    "threshold": threshold, "n_pairs": len(m)}
             for col in m.columns:
+                if col.startswith("epochs_to_thr_"):  # censored: a median over all seeds, never a mean of some
+                    med, reached, total = censored_median(m[col])
+                    row[col] = med
+                    row[f"reached_thr_{col.rsplit('_', 1)[1]}"] = reached
+                    row[f"{col}_text"] = (f"{med:g} ({reached} of {total} reached)" if not pd.isna(med)
+                                          else f"not reached ({reached} of {total} reached)")
+                    continue
                 s = t_interval(m[col].dropna(), confidence)
                 row[col] = s["mean"]
                 row[f"{col}_ci"] = (s["ci_hi"] - s["mean"]) if s["n"] > 1 else math.nan
-            for arm_kind in ("transfer", "scratch"):  # epochs-to-threshold averages only the seeds that got there
-                row[f"reached_thr_{arm_kind}"] = float(m[f"epochs_to_thr_{arm_kind}"].notna().mean())
             rows.append(row)
     return pd.DataFrame(rows).sort_values(["setting", "n", "arm"]).reset_index(drop=True) if rows else pd.DataFrame()
 

@@ -42,7 +42,9 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
                    "report/summary": _table(report.summary), "report/best_per_n": _table(report.best)}
         for key, frame in (("report/gain", report.gain), ("report/crossover", report.crossovers),
                            ("report/learning_measures", report.measures), ("report/yosinski", report.yosinski),
-                           ("report/failed", report.failed), ("report/missing", report.missing)):
+                           ("report/failed", report.failed), ("report/missing", report.missing),
+                           ("report/paired_tests", report.tests), ("report/fits", report.fits),
+                           ("report/effective_data", report.effective)):
             if not frame.empty:
                 payload[key] = _table(frame)
         for setting, g in report.summary.groupby("setting"):  # native W&B line chart, one per setting

@@ -27,6 +27,10 @@ def print_result(record: dict, run_dir: str | Path) -> None:
         ("test/acc", f"{m.get('test/acc', float('nan')):.4f}"),
         ("wall time", f"{record['wall_s']:.1f} s"),
     ]
+    scores = (record.get("scores") or {}).get("methods") or {}
+    if scores:  # before training, on the training subset (run/scoring.py)
+        rows.insert(-3, ("transferability scores", ", ".join(
+            f"{name} {'–' if s['value'] is None else format(s['value'], '.3f')}" for name, s in scores.items())))
     for k, v in rows:
         table.add_row(k, v)
     console = Console()

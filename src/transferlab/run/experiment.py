@@ -14,6 +14,7 @@ from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain
 from transferlab.run import identity
 from transferlab.run.record import Metrics, RunRecord
+from transferlab.run.scoring import score_run
 from transferlab.run.setup import Prepared, prepare
 from transferlab.store import feature_cache, source_cache
 from transferlab.tasks import TaskData
@@ -21,7 +22,7 @@ from transferlab.training import options
 from transferlab.training.batches import arrays_loaders, loaders, pick_device
 from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
-from transferlab.training.loggers import finish_logger, make_logger
+from transferlab.training.loggers import finish_logger, make_logger, source_config, wandb_run_ref
 from transferlab.training.module import TransferModule
 from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
 from transferlab.transfer.plan import TransferPlan, build_target_net
@@ -50,7 +51,8 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
     meta = {"source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
             "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
-            "block_names": list(net.backbone.block_names)}
+            "block_names": list(net.backbone.block_names),
+            "wandb_run": wandb_run_ref(src_logger)}  # named by every target run that loads this model
     finish_logger(src_logger, failed=False, summary=meta)
     return {k: v for k, v in state.items() if k.startswith("net.")}, meta
 
@@ -91,6 +93,14 @@ def _count(net: TransferNet, plan: TransferPlan) -> tuple[int, int]:
     return head + sum(k for t, k in backbone if t), head + sum(k for _, k in backbone)
 
 
+def warn_single_class(m: Metrics) -> None:
+    """One warning line for a run whose tested model predicted one class on all of test: its accuracy is then the
+    majority-class baseline at best, which a plain accuracy table does not show."""
+    k = next(i for i, c in enumerate(m.test_pred_counts) if c)
+    log.warning("the tested model predicted class %d for every test example: test/acc %.4f, majority-class "
+                "baseline %.4f, balanced accuracy %.4f", k, m.test_acc, m.majority_acc, m.test_balanced_acc)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment and write result.json atomically; config errors raise before anything is written.
 
@@ -128,19 +138,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # block cache.start, and the net and its checkpoint stay whole.
         batches, cache = target_batches(cfg, plan, target, net)
         record.feature_cache = cache.record()
+        # Transferability scores of the copied blocks as built, before any training (no effect on the fit).
+        record.scores = score_run(cfg, prep, net, cache, state)
         module = TransferModule(net, target.num_classes, optim=plain(cfg.train),
                                 plan=plan, input_block=cache.start)  # groups of plan.trains, lr_decay, L2-SP
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
-        logger = make_logger(cfg, run_dir, "target", axes=axes)
+        axes["arm"] = plan.arm  # scratch and freeze=0 both have freeze=0
+        logger = make_logger(cfg, run_dir, "target",
+                             axes={**axes, **source_config(record.source_cache, record.source_metrics)})
         outcome = fit_and_test(options.apply(module, cfg.train), batches,
                                max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
                                ckpt_dir=run_dir / "checkpoints", logger=logger,
                                callbacks=[PlanSchedule(plan)],  # what trains per epoch, BN policy
                                fingerprint=fingerprint,  # resumes a killed run of this run identity
                                resume_every_s=resume_every_s(cfg))
+        counts = module.test_counts  # per class, of the test split and of the tested model's predictions
         record.metrics = Metrics(test_acc=outcome.test.get("test/acc"), test_loss=outcome.test.get("test/loss"),
+                                 test_balanced_acc=outcome.test.get("test/balanced_acc"),
+                                 test_macro_f1=outcome.test.get("test/macro_f1"),
+                                 test_auroc=outcome.test.get("test/auroc"),
+                                 test_class_counts=counts.get("test/class_counts"),
+                                 test_pred_counts=counts.get("test/pred_counts"),
                                  val_acc=outcome.best_val_acc, val_acc_history=outcome.history.get("val/acc", []),
                                  val_loss_history=outcome.history.get("val/loss", []), epochs=outcome.epochs)
+        record.single_class_prediction = record.metrics.single_class
+        if record.single_class_prediction:
+            warn_single_class(record.metrics)
         record.status, record.target_ckpt, record.wall_s = "ok", outcome.best_ckpt, time.perf_counter() - t0
         record.resumed_from = outcome.resumed_from  # last.ckpt of a killed earlier attempt, else None
         record.write(run_dir)

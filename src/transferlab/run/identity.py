@@ -44,6 +44,8 @@ NEUTRAL: dict[str, str] = {
     "lease": "which device slot of this machine a parallel job takes",
     "train.feature_cache": "frozen-prefix outputs computed once instead of every epoch (equal within float "
                            "tolerance, tests/test_speed.py)",
+    "transfer.scores": "transferability scores measured on the copied features before training (no gradient, "
+                       "eval mode, the random state restored): the trained model is the same",
     "trainer.enable_progress_bar": "terminal output only",
     "trainer.log_every_n_steps": "how often Lightning writes logs; metrics are aggregated per epoch",
     "trainer.accelerator": "which kind of device runs the job (placement, like which GPU)",

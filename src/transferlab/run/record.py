@@ -4,12 +4,14 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (1). Records written before the field
-existed are version 0: same field names, read by the same rule as every record. A field missing from the file
-takes its default (None, or an empty list: "not recorded"), a key the schema does not know is ignored, values are
-taken as stored. An old record therefore always reads, and what it did not record (e.g. `num_classes`,
-`fingerprint`) is None to its readers. A change that renames a field or changes its meaning or units bumps `SCHEMA`
-and converts the older versions in `RunRecord.from_dict`.
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (2). Records written before the field
+existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
+beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
+`single_class_prediction`: they read as None. A field missing from the file takes its default (None, or an empty
+list: "not recorded"), a key the schema does not know is ignored, values are taken as stored. An old record
+therefore always reads, and what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A
+change that renames a field or changes its meaning or units bumps `SCHEMA` and converts the older versions in
+`RunRecord.from_dict`.
 
 Torch-free: the sweeper imports it to judge which points are done.
 """
@@ -24,7 +26,7 @@ from typing import Any, Iterator, Mapping
 from transferlab.store.atomic import write_json
 
 RESULT_FILE = "result.json"
-SCHEMA = 1  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SCHEMA = 2  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
 def _metric(key: str) -> Any:
@@ -38,10 +40,29 @@ class Metrics:
 
     test_acc: float | None = _metric("test/acc")  # accuracy of the best-val/acc checkpoint on the test split, 0-1
     test_loss: float | None = _metric("test/loss")  # mean cross-entropy of that checkpoint on the test split, nats
+    test_balanced_acc: float | None = _metric("test/balanced_acc")  # mean recall over the test split's classes, 0-1
+    test_macro_f1: float | None = _metric("test/macro_f1")  # unweighted mean of the per-class F1 scores, 0-1
+    test_auroc: float | None = _metric("test/auroc")  # binary: ROC AUC of P(class 1); else one-vs-rest macro mean
+    test_class_counts: list[int] | None = _metric("test/class_counts")  # test examples per class (index = class)
+    test_pred_counts: list[int] | None = _metric("test/pred_counts")  # test predictions per class (index = class)
     val_acc: float | None = _metric("val/acc")  # best validation accuracy over the epochs (the tested model's), 0-1
     val_acc_history: list[float] | None = _metric("val/acc_history")  # validation accuracy per epoch, epoch 1 first
     val_loss_history: list[float] | None = _metric("val/loss_history")  # validation loss per epoch, nats
     epochs: int | None = _metric("epochs")  # epochs trained, those of a resumed earlier attempt included
+
+    @property
+    def majority_acc(self) -> float | None:
+        """Test accuracy of always predicting the test split's largest class: the floor a model must beat, and
+        what one that collapsed to that class scores. None without recorded class counts."""
+        counts = self.test_class_counts
+        return max(counts) / sum(counts) if counts and sum(counts) else None
+
+    @property
+    def single_class(self) -> bool | None:
+        """Did the tested model predict one class for every test example (a collapse that accuracy alone hides
+        on an imbalanced task)? None without recorded prediction counts."""
+        counts = self.test_pred_counts
+        return sum(1 for c in counts if c) == 1 if counts else None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.metadata["key"]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -85,13 +106,17 @@ class RunRecord:
     seed: int | None = None  # training seed (initialisation, batch order)
     data_seed: int | None = None  # seed that drew the labelled subset from the train pool
     metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
+    single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)
     source_cache: str | None = None  # source model: hit / miss (cache), none (backbone's initial weights), unused
     source_ckpt: str | None = None  # path of the cached source model whose blocks were copied
-    source_metrics: dict[str, Any] | None = None  # the source model's pretraining numbers (test/acc, epochs, ...)
+    source_metrics: dict[str, Any] | None = None  # source model's pretraining numbers (test/acc, ...), its W&B run
     target_ckpt: str | None = None  # path of the best-val/acc target checkpoint (the one tested)
     train_indices: list[int] = field(default_factory=list)  # indices into the target train pool that were trained on
     target_data: dict[str, Any] | None = None  # files read, input adaptation (channels, size, normalisation), splits
     feature_cache: dict[str, Any] | None = None  # frozen-prefix feature cache: status, depth, reason, key, path
+    # transferability scores (`transfer.scores`) of the copied features on the training subset, before training:
+    # {"methods": {name: {"value", "time_s", "reason"}}, "inputs": {...}, "time_s"} (run/scoring.py); None: off
+    scores: dict[str, Any] | None = None
     resumed_from: str | None = None  # last.ckpt of a killed earlier attempt this fit continued; None: from zero
     wall_s: float | None = None  # wall-clock time of the whole run, source pretraining included, seconds
     config: dict[str, Any] | None = None  # the resolved config

@@ -209,6 +209,32 @@ def get_or_compute(cfg, task, net, decision: Decision, *, device: torch.device) 
     return feats
 
 
+def remembered(key: str | None) -> dict[str, torch.Tensor] | None:
+    """The features this process computed or verified under `key` (a Decision's), or None (not held, evicted)."""
+    return _memory.get(key) if key else None
+
+
+def stored(cfg, task, net, depth: int) -> dict[str, torch.Tensor] | None:
+    """{'train','val','test'} outputs of the first `depth` blocks of `net` if this process holds them or the disk
+    cache has a sound entry for them; None otherwise (nothing is computed, written or set aside)."""
+    from transferlab.store import verified
+
+    key = feature_key(cfg, task, net, depth)
+    if key in _memory:
+        return _memory[key]
+    path = Path(cfg.paths.cache_dir) / "features" / key / FEATURES_FILE
+    if not path.exists():
+        return None
+    try:
+        feats, why = verified.load_and_check(path)
+    except Exception:  # noqa: BLE001 - unreadable or unsafe: not ours to judge here; get_or_compute sets it aside
+        return None
+    if why is not None or not isinstance(feats, dict):
+        return None
+    _remember(key, feats)
+    return feats
+
+
 def feature_arrays(task, feats: dict[str, torch.Tensor]):
     """(train_x, train_y, val_x, val_y, test_x, test_y) with features in place of inputs; train is the subset."""
     idx = torch.as_tensor(task.train_indices, dtype=torch.long)

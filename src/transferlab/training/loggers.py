@@ -2,9 +2,11 @@
 
 W&B: one run per job (source pretraining and target training are separate runs, `job_type` source/target), grouped
 by the sweep name, config = the resolved config flattened plus the sweep axes at top level (so a dashboard can
-group by `freeze` and plot against `n_per_class`), summary = the final metrics, finished with a failing exit code
-when the job failed. The mode is passed to each `wandb.init`; `WandbLogger(offline=True)` would set WANDB_MODE for
-the whole process and leak into later multirun jobs.
+group by `freeze` or `arm` and plot against `n_per_class`) and, for a target run, the source model it used
+(`source_model.*`, on a cache hit too: the run that trained it may be in another group, or this group may have
+none), summary = the final metrics, finished with a failing exit code when the job failed. The mode is passed to
+each `wandb.init`; `WandbLogger(offline=True)` would set WANDB_MODE for the whole process and leak into later
+multirun jobs.
 """
 
 from __future__ import annotations
@@ -44,8 +46,31 @@ def wandb_run_name(cfg, job_type: str, axes: dict[str, Any]) -> str:
     if job_type == "source":
         return f"source {cfg.source.get('name')} {cfg.backbone.get('name')}"
     n = axes.get("n_per_class")
-    return (f"{cfg.transfer.name} cut={axes.get('cut')} freeze={axes.get('freeze')} "
-            f"n={'all' if n is None else n} seed={cfg.seed}")
+    arm = axes.get("arm") or f"{cfg.transfer.name} cut={axes.get('cut')} freeze={axes.get('freeze')}"
+    return f"{arm} n={'all' if n is None else n} seed={cfg.seed}"
+
+
+def wandb_run_ref(logger) -> dict[str, Any] | None:
+    """Where this job's W&B run is (id, name, project, entity, group), or None when it logs no W&B run. Kept in
+    the source cache entry's meta, so every target run that loads that source model can name the run that
+    trained it (`source_config`)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return None
+    run = logger.experiment
+    return {"id": run.id, "name": run.name, "project": run.project, "entity": run.entity or None,
+            "group": run.group or None}
+
+
+def source_config(status: str | None, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """A target run's reference to its source model, as flat W&B config keys: `source_model.cache` (hit, miss,
+    none, unused), its test accuracy and its W&B run (`source_model.wandb_id`, `_name`, `_project`, `_group`;
+    None when it was trained without W&B, or before its cache entry recorded the run)."""
+    meta = meta or {}
+    ref = meta.get("wandb_run") or {}
+    return {"source_model.cache": status, "source_model.test_acc": meta.get("test/acc"),
+            **{f"source_model.wandb_{k}": ref.get(k) for k in ("id", "name", "project", "group")}}
 
 
 def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | None = None):

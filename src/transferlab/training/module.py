@@ -1,7 +1,8 @@
 """The LightningModule: a TransferNet, cross-entropy, torchmetrics accuracy, an optimizer over trainable params only.
 
 What trains comes from the plan (`trains`), never from `requires_grad`; without a plan (source pretraining) every
-parameter trains.
+parameter trains. The test split, measured once on the tested model, also gets the metrics that see class
+imbalance (balanced accuracy, macro-F1, AUROC) and the class counts of the truth and of the predictions.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAUROC,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+    MulticlassStatScores,
+)
 
 from transferlab.config import Optimizer, Scheduler
 from transferlab.transfer.l2sp import L2SP
@@ -43,6 +50,12 @@ class TransferModule(L.LightningModule):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=num_classes, average="micro"))
             setattr(self, f"{stage}_mean_loss", MeanMetric())
         self.train_l2sp = MeanMetric() if self.l2sp else None
+        # Test only (once per run, so no cost per training step): F1 and the per-class counts share one state
+        # (a compute group); AUROC keeps every test score (exact, thresholds=None).
+        self.test_classes = MetricCollection({"macro_f1": MulticlassF1Score(num_classes, average="macro"),
+                                              "stats": MulticlassStatScores(num_classes, average=None)})
+        self.test_auroc = BinaryAUROC() if num_classes == 2 else MulticlassAUROC(num_classes, average="macro")
+        self.test_counts: dict[str, list[int]] = {}  # "test/class_counts", "test/pred_counts" after testing
 
     def trains(self, name: str) -> bool:
         """Does this backbone parameter (block-relative, 'layer1.0.bn1.weight') train at some point of the fit?"""
@@ -51,13 +64,14 @@ class TransferModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, start=self.input_block)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of a batch; its accuracy and loss accumulate into the stage's epoch metrics."""
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
         getattr(self, f"{stage}_acc").update(logits.detach(), y)
         getattr(self, f"{stage}_mean_loss").update(loss.detach(), weight=len(y))
-        return loss
+        return loss, logits
 
     def _log_epoch(self, stage: str) -> None:
         """`<stage>/loss` (example-weighted mean) and `<stage>/acc` over the epoch, then reset for the next one."""
@@ -70,7 +84,7 @@ class TransferModule(L.LightningModule):
         loss.reset()
 
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         if self.l2sp:
             penalty = self.l2sp.penalty(self.net.backbone_parameters(), self.current_epoch).to(loss.device)
             self.train_l2sp.update(penalty.detach())
@@ -81,7 +95,11 @@ class TransferModule(L.LightningModule):
         self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        _, logits = self._step(batch, "test")
+        logits, y = logits.detach(), batch[1]
+        probs = logits.float().softmax(-1)
+        self.test_classes.update(logits, y)
+        self.test_auroc.update(probs[:, 1] if isinstance(self.test_auroc, BinaryAUROC) else probs, y)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -94,6 +112,26 @@ class TransferModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        self._log_test_classes()
+
+    def _log_test_classes(self) -> None:
+        """`test/balanced_acc`, `test/macro_f1`, `test/auroc` and `test_counts`, then reset.
+
+        Balanced accuracy is the mean recall over the classes present in the test split (sklearn's
+        `balanced_accuracy_score`): torchmetrics' macro recall would also average in, as 0, a class that is only
+        predicted. AUROC is left out when a class is absent from the test split, where it is undefined."""
+        if not self.test_auroc.update_called:
+            return
+        out = self.test_classes.compute()
+        tp, fp, support = out["stats"][:, 0], out["stats"][:, 1], out["stats"][:, 4]  # tp, fp, tn, fn, support
+        present = support > 0
+        self.log("test/balanced_acc", (tp[present].float() / support[present]).mean())
+        self.log("test/macro_f1", out["macro_f1"])
+        if bool(present.all()):
+            self.log("test/auroc", self.test_auroc.compute())
+        self.test_counts = {"test/class_counts": support.tolist(), "test/pred_counts": (tp + fp).tolist()}
+        self.test_classes.reset()
+        self.test_auroc.reset()
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups per block that trains at some point of the fit (plus the head), built once.

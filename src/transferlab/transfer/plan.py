@@ -70,6 +70,30 @@ class TransferPlan:
         base = f"freeze={self.freeze_depth}" if self.spec is None else f"trainable=[{','.join(self.spec)}]"
         return base if self.strategy == "fixed" else f"{base} {self.strategy}"
 
+    @property
+    def arm(self) -> str:
+        """The run's arm as one readable label, from the plan alone (W&B's `arm`, so scratch and `freeze=0` never
+        look alike there): "scratch" when nothing is copied; else the trainable set ("freeze=f", with " (all)"
+        when every copied block is frozen as the report writes it, or "trainable=[...]"), then `cut=k` when the
+        cut keeps fewer than all blocks, `upper=reinit`, `l2sp=a` when on, and the strategy when not fixed.
+
+        The report's arm labels are made across a sweep (only what differs between its arms); this one is fixed
+        per run, so it can be known while the run is logged."""
+        if self.cut == 0:
+            return "scratch"
+        f = self.freeze_depth
+        parts = [f"trainable=[{','.join(self.spec)}]" if f is None else
+                 f"freeze={f}" + (" (all)" if 0 < f == self.cut else "")]
+        if self.cut < len(self.block_names):
+            parts.append(f"cut={self.cut}")
+        if self.upper != "drop":
+            parts.append(f"upper={self.upper}")
+        if self.l2sp:
+            parts.append(f"l2sp={self.l2sp:g}")
+        if self.strategy != "fixed":
+            parts.append(self.strategy)
+        return " ".join(parts)
+
     def fixed_prefix(self) -> tuple[int, str]:
         """(depth, why it stops there): the leading kept blocks frozen for the whole fit.
 
