@@ -28,6 +28,18 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 record() { echo "$1 $2" >>"$PIDS"; }
 
+# A recorded PID is ours only while it is alive *and* still runs the program we started: a pids file left by a
+# machine snapshot or a reboot names PIDs the system may have given to unrelated processes since.
+ours() {  # ours NAME PID
+  [[ -r "/proc/$2/comm" ]] && [[ "$(cat "/proc/$2/comm" 2>/dev/null)" == "${1:0:15}" ]]
+}
+
+any_ours() {
+  [[ -f "$PIDS" ]] || return 1
+  while read -r name pid; do ours "$name" "$pid" && return 0; done <"$PIDS"
+  return 1
+}
+
 install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge slurmdbd mariadb-server >/dev/null
 }
@@ -99,7 +111,8 @@ EOF
 }
 
 start() {
-  if [[ -s "$PIDS" ]]; then log "already started (see $PIDS); run stop first"; return 1; fi
+  if any_ours; then log "already started (see $PIDS); run stop first"; return 1; fi
+  if [[ -e "$PIDS" ]]; then log "none of the daemons in $PIDS runs any more (a stale record): starting afresh"; fi
   command -v slurmctld >/dev/null || install
   write_configs
   : >"$PIDS"
@@ -143,12 +156,12 @@ start() {
 
 stop() {
   [[ -f "$PIDS" ]] || { log "not started"; return 0; }
-  # In reverse start order, by PID only: never by process name.
+  # In reverse start order, by recorded PID (checked against its program, see ours): never by process name alone.
   tac "$PIDS" | while read -r name pid; do
-    if kill -0 "$pid" 2>/dev/null; then
+    if ours "$name" "$pid"; then
       kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      if kill -0 "$pid" 2>/dev/null; then log "$name ($pid) still running: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
+      for _ in $(seq 1 50); do ours "$name" "$pid" || break; sleep 0.2; done
+      if ours "$name" "$pid"; then log "$name ($pid) still running: SIGKILL"; kill -9 "$pid" 2>/dev/null || true; fi
     fi
   done || true
   rm -f "$PIDS"
@@ -159,7 +172,7 @@ status() {
   [[ -f "$PIDS" ]] || { echo "not started"; return 1; }
   local ok=0
   while read -r name pid; do
-    if kill -0 "$pid" 2>/dev/null; then echo "$name $pid running"; else echo "$name $pid DEAD"; ok=1; fi
+    if ours "$name" "$pid"; then echo "$name $pid running"; else echo "$name $pid DEAD"; ok=1; fi
   done <"$PIDS"
   sinfo 2>/dev/null || ok=1
   return $ok
