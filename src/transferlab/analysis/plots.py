@@ -1,16 +1,32 @@
-"""The report's figures (PNG, Agg backend: no display, no network). Each function draws one figure and saves it.
+"""The report's figures, each saved twice under `<out>/figures/`: PNG for the page, PDF (vector) for a paper.
 
-Conventions shared by all figures: n is per-class and on a log axis; colour encodes freeze depth (light = few
-frozen blocks, dark = many); scratch is always a black dashed line; bands are 95% t-intervals over seeds. Every
-figure shows one setting (`collect`'s setting_key): runs that differ in anything but their arm are never drawn
-in one panel, and scratch is found by the `is_scratch` column, never by its label.
+Agg backend: no display, no network (matplotlib's PDF writer needs no backend either), so the report draws on a
+headless machine.
+
+Conventions shared by all figures, chosen so that a reader can tell the arms apart on paper, in greyscale and with
+a colour-vision deficiency (the first version stacked one 10%-alpha band per arm on one axis, which blended into
+one wash, and its lightest colour was invisible on white):
+
+- n is per class on a log axis, and every n the data has is a tick; no panel is dropped (learning curves wrap
+  into rows instead);
+- one colour *and* one marker per arm, the Okabe-Ito palette (Okabe & Ito 2008, "Color universal design") without
+  its yellow and black (yellow vanishes on white, black is scratch's), then Tol's darker colours beyond six arms;
+  colours follow the arms sorted by freeze depth and are the same arm in every figure of a setting;
+- scratch is black squares on a dashed line; the majority-class baseline (what always predicting the test
+  split's largest class scores on the lead metric) is a grey dotted line;
+- arms sit side by side around each n (dodged), each with its seeds as small dots and its mean with the t-interval
+  over seeds as an error bar: with three seeds that interval can span most of the axis, and the dots show why;
+- gains are small multiples, one panel per arm against the zero line, so no interval hides another.
+
+Every figure shows one setting (`collect`'s setting_key): runs that differ in anything but their arm are never
+drawn in one panel, and scratch is found by the `is_scratch` column, never by its label.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 
@@ -19,16 +35,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transferlab.analysis.collect import curves  # noqa: E402
+from transferlab.analysis.naming import setting_tags  # noqa: E402
+from transferlab.analysis.paired import paired_differences  # noqa: E402
 from transferlab.analysis.stats import PAIR, t_interval  # noqa: E402
 from transferlab.store.atomic import atomic_path  # noqa: E402
 
-SCRATCH_STYLE = {"color": "black", "linestyle": "--", "marker": "s", "label": "scratch"}
-YOSINSKI_STYLE = {"BnB": ("#1f4e9c", "-", "o"), "BnB+": ("#6fa8dc", "-", "^"),
-                  "AnB": ("#c0392b", "-", "o"), "AnB+": ("#f08080", "-", "^")}
+# Okabe-Ito without yellow (#F0E442) and black, then Paul Tol's darker "muted" colours: all readable on white.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+           "#882255", "#117733", "#332288", "#AA4499", "#999933", "#661100")
+MARKERS = ("o", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d")
+SCRATCH_COLOR = "black"
+SCRATCH_STYLE = {"color": SCRATCH_COLOR, "linestyle": "--", "marker": "s", "label": "scratch"}
+MAJORITY_STYLE = {"color": "#666666", "linestyle": ":", "linewidth": 1.8}
+MAJORITY_LABEL = "majority class (always predicts the largest test class)"
+HIGHLIGHT = "#D55E00"  # the heatmap's best and tie boxes, the crossover line of its own figure
+CROSS_COLOR = "#444444"  # crossover lines on the accuracy figure (not an arm's colour)
+# long dashes: neither the majority line (dotted) nor scratch (short dashes)
+CROSS_STYLES = ((0, (8, 3)), (0, (8, 3, 2, 3)), (0, (8, 3, 2, 3, 2, 3)), (0, (14, 4)))
+YOSINSKI_STYLE = {"BnB": ("#0072B2", "-", "o"), "BnB+": ("#56B4E9", "--", "^"),
+                  "AnB": ("#D55E00", "-", "o"), "AnB+": ("#E69F00", "--", "^")}
 DPI = 110
+Style = tuple[str, str]  # (colour, marker)
 
 
 def _scratch(d: pd.DataFrame) -> pd.Series:
@@ -50,10 +81,27 @@ def _scratch_style(arm: str, i: int) -> dict:
     return {**SCRATCH_STYLE, "label": arm, "linestyle": ["--", ":", "-."][i % 3]}
 
 
-def _colors(arms: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("viridis")
-    k = max(len(arms) - 1, 1)
-    return {a: cmap(0.9 * (1 - i / k)) for i, a in enumerate(arms)}
+def arm_styles(arms: list[str]) -> dict[str, Style]:
+    """(colour, marker) per transfer arm, in the order given (freeze depth): one fixed style per arm, so the
+    same arm looks the same in every figure of its setting."""
+    return {a: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, a in enumerate(arms)}
+
+
+def _style_of(arm: str, styles: dict[str, Style], scratch: list[str]) -> tuple[str, str, object]:
+    """(colour, marker, line style) of a line: scratch black squares, dashed; transfer arms solid."""
+    if arm in scratch:
+        return SCRATCH_COLOR, "s", ["--", ":", "-."][scratch.index(arm) % 3]
+    color, marker = styles.get(arm, (PALETTE[0], MARKERS[0]))
+    return color, marker, "-"
+
+
+def _dodge(ns: Iterable[float], k: int) -> tuple[list[float], float]:
+    """Multiplicative x offsets placing k series side by side around each n on a log axis, and one step (in
+    decades): together they span at most 60% of the smallest gap between two n, so neighbours never mix."""
+    logs = np.log10(sorted({float(n) for n in ns if not pd.isna(n) and n > 0}))
+    gap = float(np.min(np.diff(logs))) if len(logs) > 1 else 1.0
+    step = min(0.6 * gap, 0.4) / max(k, 1)
+    return [10 ** ((i - (k - 1) / 2) * step) for i in range(k)], step
 
 
 def _n_axis(ax, sub: pd.DataFrame) -> None:
@@ -62,137 +110,284 @@ def _n_axis(ax, sub: pd.DataFrame) -> None:
     ax.set_xticks(list(ticks["n"]))
     ax.set_xticklabels([lab if lab != "all" else f"all\n(~{n:.0f})" for lab, n in zip(ticks["n_label"], ticks["n"])])
     ax.minorticks_off()
+    ax.margins(x=0.08)
     ax.set_xlabel("labelled target examples per class, n (log scale)")
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
+def save_figure(fig, path: Path) -> Path:
+    """Write `path` (PNG) and the same figure as PDF beside it; returns the PNG path. Both atomically, so a
+    reader never sees half a figure; the folder is made if needed. The PDF embeds TrueType (Type 42) fonts, not
+    matplotlib's default Type 3, which many publishers' checks reject."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, fmt in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+        with atomic_path(target) as tmp, plt.rc_context({"pdf.fonttype": 42}):
+            fig.savefig(tmp, dpi=DPI, format=fmt, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def _line(ax, g: pd.DataFrame, y: str, lo: str, hi: str, **style) -> None:
-    g = g.sort_values("n")
-    ax.plot(g["n"], g[y], **{"marker": "o", **style})
-    band = g[g[lo].notna()]
-    if len(band):
-        ax.fill_between(band["n"], band[lo], band[hi], color=style.get("color"), alpha=0.1, linewidth=0)
+_save = save_figure
 
 
-def _draw_crossover(ax, cx: pd.DataFrame | None) -> None:
+def _bars(ax, x, mean, lo, hi, *, color: str, marker: str, ls: object = "-", label: str | None = None,
+          filled: Iterable[bool] | None = None, zorder: float = 3) -> None:
+    """Means joined by a line, each with its interval as an error bar; `filled` False draws an open marker."""
+    x, mean = np.asarray(x, float), np.asarray(mean, float)
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)]).clip(min=0)
+    ax.plot(x, mean, color=color, linestyle=ls, linewidth=1.3, alpha=0.85, zorder=zorder - 1)
+    fill = np.ones(len(x), bool) if filled is None else np.asarray(list(filled), bool)
+    for sel, face in ((fill, color), (~fill, "white")):
+        if sel.any():
+            ax.errorbar(x[sel], mean[sel], yerr=err[:, sel], fmt=marker, color=color, markerfacecolor=face,
+                        markersize=6, capsize=3, elinewidth=1.3, zorder=zorder)
+    if label is not None:
+        ax.plot([], [], color=color, linestyle=ls, marker=marker, label=label)
+
+
+def _dots(ax, x: float, values: Iterable[float], step: float, *, color: str, marker: str) -> None:
+    """The seeds of one arm at one n as small dots just right of its error bar (so the mean's marker does not
+    hide them), spread a little so equal values stay countable."""
+    v = np.asarray([a for a in values if not pd.isna(a)], float)
+    if not len(v):
+        return
+    offsets = 0.42 * step + (np.arange(len(v)) - (len(v) - 1) / 2) * (0.2 * step / max(len(v) - 1, 1))
+    ax.plot(x * 10 ** offsets, v, linestyle="none", marker=marker, markersize=3.6, color=color, alpha=0.7,
+            markeredgewidth=0, zorder=4)
+
+
+def _majority(ax, frame: pd.DataFrame) -> None:
+    """The majority-class baseline of the lead metric (`majority_baseline`, per n) as a grey dotted line."""
+    if "majority_baseline" not in frame or frame["majority_baseline"].isna().all():
+        return
+    m = frame.dropna(subset=["majority_baseline"]).groupby("n")["majority_baseline"].mean().sort_index()
+    if m.nunique() == 1 or len(m) == 1:
+        ax.axhline(float(m.iloc[0]), **MAJORITY_STYLE, label=MAJORITY_LABEL, zorder=0)
+    else:
+        ax.plot(m.index, m.values, **MAJORITY_STYLE, label=MAJORITY_LABEL, zorder=0)
+
+
+def n_star_short(r) -> str:
+    """n* and its bootstrap interval in a few characters, censored ends as bounds: "≤ 2 (CI ≤ 2 to 7.3)"."""
+    n, lo, hi, n_min, n_max = (float(r[k]) for k in ("n_star", "n_star_lo", "n_star_hi", "n_min", "n_max"))
+    if math.isnan(n):
+        return "unknown"
+
+    def bound(v: float) -> str:
+        return f"> {n_max:.3g}" if math.isinf(v) else (f"≤ {n_min:.3g}" if v <= n_min else f"{v:.3g}")
+
+    head = bound(n) if bound(n)[0] in "≤>" else f"= {n:.3g}"
+    if math.isnan(lo) or math.isnan(hi) or r.get("n_seeds", 2) < 2 or bound(lo) == bound(hi):
+        return head
+    return f"{head} (CI {bound(lo)} to {bound(hi)})"
+
+
+def _draw_crossovers(ax, cx: pd.DataFrame | None, color: str = CROSS_COLOR) -> None:
+    """One vertical line per crossover at its n*, each named in the legend with its pair of arms and bootstrap
+    interval, requested pairs included. A censored n* (ahead from the smallest n on, or not ahead at the largest)
+    crosses nowhere in the data: it gets its legend entry ("≤ 2", "> 100") and no line."""
     if cx is None or cx.empty:
         return
-    for _, r in cx.iterrows():
+    for i, (_, r) in enumerate(cx.iterrows()):
         n = r["n_star"]
-        if pd.isna(n) or math.isinf(n):
+        if pd.isna(n):
             continue
-        lo, hi = r["n_star_lo"], r["n_star_hi"] if not math.isinf(r["n_star_hi"]) else ax.get_xlim()[1]
-        ax.axvspan(lo, hi, color="tab:red", alpha=0.08, linewidth=0)
-        ax.axvline(n, color="tab:red", linestyle=":", linewidth=1.5)
-        text = f"n* ≤ {n:g}" if n == r["n_min"] else f"n* = {n:.3g}"  # censored: ahead from the first n on
-        ax.annotate(text, xy=(n, 0.02), xycoords=("data", "axes fraction"), color="tab:red",
-                    ha="left", fontsize=9, xytext=(3, 0), textcoords="offset points")
+        ls = CROSS_STYLES[i % len(CROSS_STYLES)]
+        label = f"n*: {r['finetuned_arm']} overtakes {r['frozen_arm']}, {n_star_short(r)}"
+        if r["n_min"] < n < r["n_max"]:
+            ax.axvline(n, color=color, linestyle=ls, linewidth=1.6, zorder=0)
+        ax.plot([], [], color=color, linestyle=ls, linewidth=1.6, label=label)
 
 
-def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: str) -> Path:
-    """Test accuracy vs n: one line + CI band per freeze depth, scratch dashed, crossover n* with its interval."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    arms = _arm_order(summary)
-    colors = _colors(arms)
-    for arm in arms:
-        _line(ax, summary[summary["arm"] == arm], "acc_mean", "acc_ci_lo", "acc_ci_hi", color=colors[arm], label=arm)
-    for i, arm in enumerate(_scratch_arms(summary)):
-        _line(ax, summary[summary["arm"] == arm], "acc_mean", "acc_ci_lo", "acc_ci_hi", **_scratch_style(arm, i))
+def _legend_right(ax, **kw) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, handlelength=3.2, **kw)
+
+
+def _seeds_of(ok: pd.DataFrame | None, arm_key: str) -> pd.Series:
+    if ok is None or ok.empty:
+        return pd.Series(dtype=float)
+    return ok.loc[ok["arm_key"] == arm_key].sort_values(PAIR)["test_acc"]
+
+
+def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: str, ok: pd.DataFrame | None = None,
+             styles: dict[str, Style] | None = None, metric: str = "accuracy", confidence: float = 0.95) -> Path:
+    """Test metric vs n: per arm, side by side at each n, its seeds (dots) and mean with t-interval (error bar);
+    scratch black, the majority-class baseline grey dotted, every crossover n* a labelled vertical line."""
+    fig, ax = plt.subplots(figsize=(9.6, 5.0))
+    arms, scratch = _arm_order(summary), _scratch_arms(summary)
+    styles = styles or arm_styles(arms)
+    order = [*arms, *scratch]
+    factors, step = _dodge(summary["n"], len(order))
+    for i, arm in enumerate(order):
+        g = summary[summary["arm"] == arm].sort_values("n")
+        color, marker, ls = _style_of(arm, styles, scratch)
+        x = g["n"].to_numpy(float) * factors[i]
+        for xi, key in zip(x, g["arm_key"]):
+            _dots(ax, xi, _seeds_of(ok, key), step, color=color, marker=marker)
+        _bars(ax, x, g["acc_mean"], g["acc_ci_lo"], g["acc_ci_hi"], color=color, marker=marker, ls=ls, label=arm)
+    _majority(ax, summary)
     _n_axis(ax, summary)
-    _draw_crossover(ax, cx)
-    ax.set_ylabel("test accuracy (mean over seeds, 95% CI)")
+    _draw_crossovers(ax, cx)
+    ax.set_ylabel(f"test {metric}\n(dots: seeds; bars: mean, {confidence:.0%} CI)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_right(ax)
     return _save(fig, path)
 
 
-def heatmap(summary: pd.DataFrame, path: Path, title: str) -> Path:
-    """Mean test accuracy, arm (freeze depth) x n; the best cell of every column is boxed; missing cells hatched."""
+def heatmap(summary: pd.DataFrame, path: Path, title: str, metric: str = "accuracy",
+            confidence: float = 0.95) -> Path:
+    """Mean test metric, arm (freeze depth) x n. Solid box: the best arm of the column (`is_best`, the arm
+    best.csv names); dashed box and a dagger: arms tied with it (`tied_with_best`: their paired interval against
+    it includes 0), so a box won by a lead the seeds cannot resolve reads as a tie; missing cells say so."""
     arms = _arm_order(summary) + _scratch_arms(summary)
     cols = list(summary.drop_duplicates("n_label").sort_values("n")["n_label"])
-    grid = summary.pivot_table(index="arm", columns="n_label", values="acc_mean", aggfunc="mean")
-    grid = grid.reindex(index=arms, columns=cols)
-    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 0.9 * len(cols)), 1.5 + 0.5 * len(arms)))
+
+    def grid_of(col: str, fill=np.nan) -> pd.DataFrame:
+        if col not in summary:
+            return pd.DataFrame(fill, index=arms, columns=cols)
+        v = summary.assign(_v=summary[col].astype("float64"))
+        return v.pivot_table(index="arm", columns="n_label", values="_v", aggfunc="max").reindex(index=arms,
+                                                                                                 columns=cols)
+
+    grid = grid_of("acc_mean")
+    best = grid_of("is_best")
+    if "is_best" not in summary:  # a summary without ties marked: the highest mean of the column
+        best = grid.eq(grid.max()) & grid.notna()
+    tied = grid_of("tied_with_best")
+    text = np.array([[("" if pd.isna(v) else f"{v:.3f}" + ("†" if tied.iloc[i, j] == 1 else ""))
+                      for j, v in enumerate(row)] for i, row in enumerate(grid.to_numpy())], dtype=object)
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.8 + 1.0 * len(cols)), 2.0 + 0.5 * len(arms)))
     ax.set_facecolor("#eeeeee")
-    sns.heatmap(grid, annot=True, fmt=".3f", cmap="mako", ax=ax, cbar_kws={"label": "test accuracy"},
+    sns.heatmap(grid, annot=text, fmt="", cmap="mako", ax=ax, cbar_kws={"label": f"test {metric} (mean)"},
                 linewidths=0.5, linecolor="white")
-    for j, c in enumerate(cols):
-        col = grid[c]
-        if col.notna().any():
-            i = arms.index(col.idxmax())
-            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="tab:red", linewidth=2.5))
-        for i, v in enumerate(col):
-            if pd.isna(v):
+    for j in range(len(cols)):
+        for i in range(len(arms)):
+            if pd.isna(grid.iloc[i, j]):
                 ax.text(j + 0.5, i + 0.5, "missing", ha="center", va="center", fontsize=7, color="gray")
-    ax.set_xlabel("n per class (red box: best in column)")
+            elif best.iloc[i, j] == 1:
+                ax.add_patch(plt.Rectangle((j + 0.03, i + 0.03), 0.94, 0.94, fill=False, edgecolor=HIGHLIGHT,
+                                           linewidth=3))
+            elif tied.iloc[i, j] == 1:
+                ax.add_patch(plt.Rectangle((j + 0.08, i + 0.08), 0.84, 0.84, fill=False, edgecolor=HIGHLIGHT,
+                                           linewidth=1.4, linestyle="--"))
+    ax.set_xlabel(f"n per class\nsolid box: best mean in the column; dashed box and †: tied with it (paired "
+                  f"{confidence:.0%} CI of the difference includes 0)", fontsize=9)
     ax.set_ylabel("")
     ax.set_title(title)
     return _save(fig, path)
 
 
-def gain_vs_n(gain: pd.DataFrame, path: Path, title: str) -> Path:
-    """Transfer minus scratch test accuracy (paired by seed) vs n, one line + CI band per depth."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+def _panel_grid(k: int, ncols: int, w: float, h: float, **kw):
+    """k panels in rows of at most `ncols`; unused cells hidden, and the panel above a hidden one shows the
+    x tick labels the hidden one would have."""
+    ncols = max(1, min(k, ncols))
+    nrows = -(-k // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(w * ncols + 1.0, h * nrows + 0.9), squeeze=False, **kw)
+    axes = list(grid.flat)
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    for idx in range(k):
+        below = idx + ncols
+        if below >= k:
+            axes[idx].xaxis.set_tick_params(labelbottom=True)
+    return fig, grid, axes[:k]
+
+
+def gain_vs_n(gain: pd.DataFrame, path: Path, title: str, ok: pd.DataFrame | None = None,
+              styles: dict[str, Style] | None = None, metric: str = "accuracy", confidence: float = 0.95) -> Path:
+    """Transfer minus scratch (paired by seed, in percentage points) vs n, one panel per transfer arm: the seed
+    pairs' differences (dots), their mean and t-interval (error bar; filled when the Holm-adjusted paired t-test
+    against scratch is significant, open when not) and the zero line, which is scratch. Each panel has its own y
+    scale: a shared one lets the worst arm flatten every other panel to a line at zero."""
     arms = _arm_order(gain)
-    colors = _colors(arms)
-    for arm in arms:
-        _line(ax, gain[gain["arm"] == arm], "gain_mean", "gain_ci_lo", "gain_ci_hi", color=colors[arm], label=arm)
-    ax.axhline(0, color="black", linestyle="--", linewidth=1, label="scratch (0)")
-    _n_axis(ax, gain)
-    ax.set_ylabel("test accuracy minus scratch (95% CI)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    styles = styles or arm_styles(arms)
+    fig, grid, axes = _panel_grid(len(arms), 3, 3.6, 2.8, sharex=True)
+    _, step = _dodge(gain["n"], 1)
+    for ax, arm in zip(axes, arms):
+        g = gain[gain["arm"] == arm].sort_values("n")
+        color, marker = styles.get(arm, (PALETTE[0], MARKERS[0]))
+        ax.axhline(0, color=SCRATCH_COLOR, linestyle="--", linewidth=1)
+        if ok is not None and not ok.empty:
+            for _, r in g.iterrows():
+                a = ok[ok["arm_key"] == r["arm_key"]]
+                b = ok[(ok["line_key"] == r["baseline_key"]) & (ok["n_label"] == r["n_label"])]
+                _dots(ax, float(r["n"]), 100 * paired_differences(a, b), step, color=color, marker=marker)
+        sig = g["significant"].fillna(False).astype(bool) if "significant" in g else None
+        _bars(ax, g["n"], 100 * g["gain_mean"], 100 * g["gain_ci_lo"], 100 * g["gain_ci_hi"], color=color,
+              marker=marker, filled=sig)
+        _n_axis(ax, g)
+        ax.set_xlabel("")
+        ax.set_title(arm, fontsize=10, color=color)
+        ax.grid(alpha=0.3)
+    for row in grid:
+        row[0].set_ylabel(f"{metric} minus scratch\n(percentage points)")
+    fig.supxlabel("labelled target examples per class, n (log scale)", fontsize=10)
+    handles = [Line2D([], [], color="gray", marker="o", linestyle="none", markersize=3.2, alpha=0.6,
+                      label="one seed pair (same labelled subset)"),
+               Line2D([], [], color="gray", marker="o", markersize=6, linestyle="-",
+                      label=f"mean, {confidence:.0%} CI: Holm-adjusted p ≤ {1 - confidence:.2g} vs scratch"),
+               Line2D([], [], color="gray", marker="o", markerfacecolor="white", markersize=6, linestyle="-",
+                      label="mean, not significant"),
+               Line2D([], [], color=SCRATCH_COLOR, linestyle="--", label="scratch (0)")]
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
     return _save(fig, path)
 
 
-def crossover_plot(df_ok: pd.DataFrame, cx_row: pd.Series, path: Path, title: str) -> Path:
-    """Fine-tuned minus frozen accuracy vs n (paired by seed, 95% CI), zero line, n* and its bootstrap interval."""
+def crossover_plot(df_ok: pd.DataFrame, cx_row: pd.Series, path: Path, title: str, metric: str = "accuracy",
+                   confidence: float = 0.95) -> Path:
+    """Arm A minus arm B (paired by seed) vs n: single seeds thin, mean with its t-interval, zero line, and n*
+    where A overtakes B with its bootstrap interval as a shaded span."""
     ft = df_ok[df_ok["arm"] == cx_row["finetuned_arm"]].groupby(["n", "n_label", *PAIR])["test_acc"].mean()
     fr = df_ok[df_ok["arm"] == cx_row["frozen_arm"]].groupby(["n", "n_label", *PAIR])["test_acc"].mean()
     d = (ft - fr).dropna().rename("diff").reset_index()
     rows = []
     for (n, lab), g in d.groupby(["n", "n_label"]):
-        s = t_interval(g["diff"])
+        s = t_interval(g["diff"], confidence)
         rows.append({"n": n, "n_label": lab, "mean": s["mean"], "lo": s["ci_lo"], "hi": s["ci_hi"]})
-    tab = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _line(ax, tab, "mean", "lo", "hi", color="tab:purple",
-          label=f"{cx_row['finetuned_arm']} minus {cx_row['frozen_arm']}")
+    tab = pd.DataFrame(rows).sort_values("n")
+    fig, ax = plt.subplots(figsize=(8.6, 4.4))
     for _, g in d.groupby(PAIR):
-        ax.plot(g["n"], g["diff"], color="tab:purple", alpha=0.25, linewidth=0.8)
+        g = g.sort_values("n")
+        ax.plot(g["n"], g["diff"], color=PALETTE[0], alpha=0.35, linewidth=0.8)
+    ax.plot([], [], color=PALETTE[0], alpha=0.35, linewidth=0.8, label="single seeds")
+    _bars(ax, tab["n"], tab["mean"], tab["lo"], tab["hi"], color=PALETTE[0], marker="o",
+          label=f"{cx_row['finetuned_arm']} minus {cx_row['frozen_arm']}: mean, {confidence:.0%} CI")
     ax.axhline(0, color="black", linewidth=1)
     _n_axis(ax, tab)
-    _draw_crossover(ax, cx_row.to_frame().T)
-    ax.set_ylabel("accuracy difference (thin: single seeds)")
+    n, lo, hi = cx_row["n_star"], cx_row["n_star_lo"], cx_row["n_star_hi"]
+    if not pd.isna(lo) and not pd.isna(n) and not math.isinf(n):
+        right = hi if not math.isinf(hi) else float(tab["n"].max()) * 1.5
+        if right > lo:
+            ax.axvspan(lo, right, color=HIGHLIGHT, alpha=0.08, linewidth=0, label="n* bootstrap interval")
+    _draw_crossovers(ax, cx_row.to_frame().T, color=HIGHLIGHT)
+    ax.set_ylabel(f"difference in test {metric}\n(above 0: {cx_row['finetuned_arm']} ahead)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_right(ax)
     return _save(fig, path)
 
 
-def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str) -> Path:
-    """Accuracy vs cut for AnB, AnB+, BnB, BnB+ (Yosinski et al. 2014, fig. 2), one panel per n; base = scratch."""
+def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str, metric: str = "accuracy",
+             confidence: float = 0.95) -> Path:
+    """Accuracy vs cut for AnB, AnB+, BnB, BnB+ (Yosinski et al. 2014, fig. 2), one panel per n, curves side by
+    side at each cut with their t-intervals; base B (scratch on B) dashed, base A (scratch on A) dotted."""
     labels = list(ytab.drop_duplicates("n_label").sort_values("n")["n_label"])
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4.2), squeeze=False, sharey=True)
-    for ax, lab in zip(axes[0], labels):
+    fig, grid, axes = _panel_grid(len(labels), 3, 5.0, 4.0, sharey=True)
+    for ax, lab in zip(axes, labels):
         sub = ytab[ytab["n_label"] == lab]
         lines = sub.get("line", sub["yosinski"])
-        for name, (color, ls, marker) in YOSINSKI_STYLE.items():
-            for line in sorted(set(lines[sub["yosinski"] == name])):  # one curve per arm family, never pooled
-                g = sub[lines == line].sort_values("cut")
-                ax.plot(g["cut"], g["acc_mean"], color=color, linestyle=ls, marker=marker, label=line)
-                band = g[g["acc_ci_lo"].notna()]
-                ax.fill_between(band["cut"], band["acc_ci_lo"], band["acc_ci_hi"], color=color, alpha=0.12,
-                                linewidth=0)
+        curves_here = [(name, line) for name in YOSINSKI_STYLE
+                       for line in sorted(set(lines[sub["yosinski"] == name]))]  # one per arm family, never pooled
+        for i, (name, line) in enumerate(curves_here):
+            color, ls, marker = YOSINSKI_STYLE[name]
+            g = sub[lines == line].sort_values("cut")
+            x = g["cut"].to_numpy(float) + (i - (len(curves_here) - 1) / 2) * 0.07
+            _bars(ax, x, g["acc_mean"], g["acc_ci_lo"], g["acc_ci_hi"], color=color, marker=marker, ls=ls,
+                  label=line)
         for name, ls in (("base B", "--"), ("base A", ":")):
             b = base[(base["n_label"] == lab) & (base.get("base", "base B") == name)]
             if len(b):
@@ -202,87 +397,162 @@ def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str) -> 
         ax.set_xticks(sorted(sub["cut"].unique()))
         ax.set_title(f"n = {lab} per class")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (mean, 95% CI)")
-    axes[0][-1].legend(fontsize=8)
+    for row in grid:
+        row[0].set_ylabel(f"test {metric} (mean, {confidence:.0%} CI)")
+    _legend_right(axes[-1])
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, max_panels: int = 4) -> Path:
-    """Validation accuracy per epoch (mean over seeds), transfer arms vs scratch, one panel per n."""
+def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, ncols: int = 4,
+                    styles: dict[str, Style] | None = None) -> Path:
+    """Validation accuracy per epoch (mean over seeds), transfer arms vs scratch, one panel per n: every n, in
+    rows of `ncols` panels (none left out)."""
     long = curves(df_ok)
     ns = list(long.drop_duplicates("n_label").sort_values("n")["n_label"])
-    if len(ns) > max_panels:  # smallest, largest and evenly spaced ones between
-        idx = np.unique(np.linspace(0, len(ns) - 1, max_panels).round().astype(int))
-        ns = [ns[i] for i in idx]
     arms = _arm_order(df_ok)
     scratch = _scratch_arms(df_ok)
-    colors = _colors(arms)
-    fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 3.8), squeeze=False, sharey=True)
-    for ax, lab in zip(axes[0], ns):
+    styles = styles or arm_styles(arms)
+    fig, grid, axes = _panel_grid(len(ns), ncols, 3.6, 3.0, sharey=True)
+    for ax, lab in zip(axes, ns):
         sub = long[long["n_label"] == lab]
         for arm in [*arms, *scratch]:
             g = sub[sub["arm"] == arm].groupby("epoch")["val_acc"].mean()
             if g.empty:
                 continue
-            style = (_scratch_style(arm, scratch.index(arm)) if arm in scratch
-                     else {"color": colors[arm], "label": arm, "marker": "."})
-            ax.plot(g.index, g.values, **{**style, "marker": None})
+            color, marker, ls = _style_of(arm, styles, scratch)
+            ax.plot(g.index, g.values, color=color, linestyle=ls, linewidth=1.4, label=arm,
+                    marker=marker, markevery=max(1, len(g) // 6), markersize=4)
         ax.set_title(f"n = {lab} per class")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation accuracy (mean over seeds)")
-    axes[0][-1].legend(fontsize=7)
+    for row in grid:
+        row[0].set_ylabel("validation accuracy\n(mean over seeds)")
+    _legend_right(axes[-1])
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def _tags(labels: list[str]) -> dict[str, str]:
-    """File-name suffix per setting label ("" when there is one setting), unique and file-system safe."""
-    if len(labels) == 1:
-        return {labels[0]: ""}
-    out: dict[str, str] = {}
-    for label in labels:
-        tag = "_" + re.sub(r"[^A-Za-z0-9_.=+-]+", "_", label).strip("_")
-        out[label] = tag if tag not in out.values() else f"{tag}_{len(out)}"
-    return out
+# ---- learning-curve fits and effective data transferred (analysis.fits, analysis.effective_data) -------------
+
+def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str,
+                  styles: dict[str, Style] | None = None, metric: str = "accuracy") -> Path:
+    """Mean test metric per n (markers) and each arm's fitted learning curve (line, the form chosen by held-out
+    error, drawn over the n range it was fitted on), scratch black."""
+    fig, ax = plt.subplots(figsize=(9.6, 5.0))
+    arms, scratch = _arm_order(summary), _scratch_arms(summary)
+    styles = styles or arm_styles(arms)
+    for arm in [*arms, *scratch]:
+        g = summary[summary["arm"] == arm].sort_values("n")
+        color, marker, ls = _style_of(arm, styles, scratch)
+        fit = fits.get(g["line_key"].iloc[0])
+        label = arm if fit is None or fit.form is None else f"{arm} ({fit.form})"
+        ax.plot(g["n"], g["acc_mean"], linestyle="none", marker=marker, color=color, label=label)
+        if fit is not None and fit.form is not None:
+            grid = np.geomspace(fit.n_min, fit.n_max, 100)
+            ax.plot(grid, fit.predict(grid), color=color, linestyle=ls, linewidth=1.3)
+    _majority(ax, summary)
+    _n_axis(ax, summary)
+    ax.set_ylabel(f"test {metric} (mean over seeds)\nand fitted curve")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend_right(ax)
+    return _save(fig, path)
+
+
+def effective_data(dt: pd.DataFrame, path: Path, title: str, styles: dict[str, Style] | None = None) -> Path:
+    """Effective data transferred D_T (examples per class) vs n per transfer arm, side by side at each n, bootstrap
+    interval as error bars; a censored value is drawn at its bound as an open triangle pointing the way the truth
+    lies (up: more than this, down: less), never as a point."""
+    fig, ax = plt.subplots(figsize=(9.6, 4.8))
+    arms = _arm_order(dt.assign(is_scratch=False))
+    styles = styles or arm_styles(arms)
+    factors, _ = _dodge(dt["n"], len(arms))
+    for i, arm in enumerate(arms):
+        g = dt[dt["arm"] == arm].sort_values("n")
+        color, marker = styles.get(arm, (PALETTE[0], MARKERS[0]))
+        val = g[g["censored"].fillna("") == ""]
+        if len(val):
+            lo = (val["d_t"] - val["d_t_lo"].clip(lower=-1e12)).clip(lower=0)
+            hi = (val["d_t_hi"].clip(upper=1e12) - val["d_t"]).clip(lower=0)
+            ax.errorbar(val["n"] * factors[i], val["d_t"], yerr=[lo.where(np.isfinite(val["d_t_lo"]), 0),
+                                                                 hi.where(np.isfinite(val["d_t_hi"]), 0)],
+                        color=color, marker=marker, capsize=3, linestyle="-", linewidth=1.2)
+        for flag, tri in (("above", "^"), ("above_asymptote", "^"), ("below", "v")):
+            c = g[g["censored"] == flag]
+            if len(c):
+                ax.plot(c["n"] * factors[i], c["d_t_bound"], linestyle="none", marker=tri, markerfacecolor="none",
+                        markeredgewidth=1.5, color=color, markersize=9)
+        ax.plot([], [], color=color, marker=marker, label=arm)
+    if (dt["censored"].isin(["above", "above_asymptote", "below"])).any():
+        ax.plot([], [], linestyle="none", marker="^", markerfacecolor="none", color="gray",
+                label="censored: beyond the bound\n(up: more, down: less)")
+    ax.axhline(0, color="black", linestyle="--", linewidth=1, label="no transfer (D_T = 0)")
+    _n_axis(ax, dt)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylabel("effective data transferred D_T\n(examples per class)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend_right(ax)
+    return _save(fig, path)
+
+
+_tags = setting_tags
 
 
 def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd.DataFrame, ytab: pd.DataFrame,
-             out_dir: Path) -> list[tuple[str, Path, str]]:
-    """Every figure the data supports, per setting (`setting_key`): [(title, path, caption)].
+             out_dir: Path, metric: str = "accuracy", confidence: float = 0.95) -> list[tuple[str, Path, str]]:
+    """Every figure the data supports, per setting (`setting_key`): [(title, png path, caption)], each also as PDF.
 
     A figure is skipped, not faked, when its inputs are absent (no scratch -> no gain plot, no freeze=0 and
     frozen pair -> no crossover, no upper=reinit cut sweep -> no Yosinski figure)."""
     out: list[tuple[str, Path, str]] = []
     settings = summary.drop_duplicates("setting_key").sort_values("setting")
-    tags = _tags(list(settings["setting"]))
+    tags = setting_tags(list(settings["setting"]))
+    pct = f"{confidence:.0%}"
     for _, setting in settings.iterrows():
         key, where, target = setting["setting_key"], setting["setting"], setting["target"]
         tag = tags[where]
         sel = lambda d: d[d["setting_key"] == key] if len(d) else d  # noqa: E731
         s, g, c, y, o = sel(summary), sel(gain), sel(cx), sel(ytab), sel(ok)
+        styles = arm_styles(_arm_order(s))
         # The n-axis figures need a single cut/upper family per line; Yosinski's cut sweep gets its own figure.
         if (~_scratch(s)).any():  # a base-only setting (e.g. Yosinski's base A) is a reference line
-            out.append((f"Test accuracy vs n ({where})", acc_vs_n(s, c, out_dir / f"report_acc_vs_n{tag}.png",
-                        f"{where}: accuracy vs labelled examples"),
-                        "One line per freeze depth (95% CI band over seeds), scratch dashed; red dotted line and "
-                        "band: crossover n* where fine-tuning overtakes the frozen model, with its bootstrap CI."))
-            out.append((f"Heatmap freeze depth x n ({where})", heatmap(s, out_dir / f"report_heatmap{tag}.png",
-                        f"Mean test accuracy ({where})"),
-                        "Mean test accuracy per arm and n; red box = best arm for that n; grey = missing."))
+            has_majority = "majority_baseline" in s and s["majority_baseline"].notna().any()
+            out.append((f"Test {metric} vs n ({where})",
+                        acc_vs_n(s, c, out_dir / f"report_acc_vs_n{tag}.png", f"{where}: {metric} vs labelled "
+                                 "examples", ok=o, styles=styles, metric=metric, confidence=confidence),
+                        f"Each arm side by side at every n: small dots are single seeds, the larger marker the mean "
+                        f"with its {pct} t-interval over seeds. Scratch: black squares, dashed."
+                        + (" Grey dotted: the majority-class baseline." if has_majority else "")
+                        + (" Vertical lines: crossover n* of each pair (legend), where the first arm overtakes the "
+                           "second for good." if len(c) else "")))
+            out.append((f"Heatmap arm x n ({where})",
+                        heatmap(s, out_dir / f"report_heatmap{tag}.png", f"Mean test {metric} ({where})",
+                                metric=metric, confidence=confidence),
+                        f"Mean test {metric} per arm and n. Solid box: the best arm of the column (best.csv); "
+                        f"dashed box and †: tied with it (paired {pct} interval of the difference includes 0); "
+                        "grey: missing."))
         if len(g):
-            out.append((f"Gain over scratch ({where})", gain_vs_n(g, out_dir / f"report_gain_vs_n{tag}.png",
-                        f"Transfer gain over scratch ({where})"),
-                        "Transfer minus scratch test accuracy, paired by seed (same target subset), 95% CI."))
+            out.append((f"Gain over scratch ({where})",
+                        gain_vs_n(g, out_dir / f"report_gain_vs_n{tag}.png", f"Transfer gain over scratch ({where})",
+                                  ok=o, styles=styles, metric=metric, confidence=confidence),
+                        f"One panel per transfer arm: its {metric} minus scratch's, paired by seed (same labelled "
+                        f"subset), in percentage points; each panel has its own y scale. Dots: seed pairs; marker "
+                        f"and bar: mean and {pct} t-interval, filled when the Holm-adjusted paired t-test against "
+                        "scratch is significant. Dashed zero line: scratch."))
         for i, (_, r) in enumerate(c.iterrows()):
             if r["n_seeds"] == 0 or o["n"].nunique() < 2:
                 continue
             suffix = tag + ("" if len(c) == 1 else f"_{i}")
-            out.append((f"Crossover n* ({where})", crossover_plot(o, r, out_dir / f"report_crossover{suffix}.png",
-                        f"{r['finetuned_arm']} vs {r['frozen_arm']} ({where})"),
-                        "Paired difference fine-tuned minus frozen; above zero fine-tuning wins."))
+            out.append((f"Crossover n*: {r['finetuned_arm']} vs {r['frozen_arm']} ({where})",
+                        crossover_plot(o, r, out_dir / f"report_crossover{suffix}.png",
+                                       f"{r['finetuned_arm']} vs {r['frozen_arm']} ({where})", metric=metric,
+                                       confidence=confidence),
+                        f"Paired difference {r['finetuned_arm']} minus {r['frozen_arm']} (above zero the first "
+                        "is ahead); thin lines: single seeds; n* with its bootstrap interval"
+                        + (" (requested with --crossover)." if r.get("requested") else ".")))
         if len(y) and y["cut"].nunique() > 1:
             scratch_b = _scratch_arms(s)
             base = s[s["arm"] == scratch_b[0]].assign(base="base B") if len(scratch_b) == 1 else s.iloc[:0]
@@ -294,95 +564,43 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
             base_a = base_a.assign(base="base A") if one_a else base_a.iloc[:0]
             out.append((f"Yosinski figure ({where})", yosinski(y, pd.concat([base, base_a]),
                                                                out_dir / f"report_yosinski{tag}.png",
-                        f"Transferability by layer ({where})"),
+                                                               f"Transferability by layer ({where})",
+                                                               metric=metric, confidence=confidence),
                         "AnB: A's first layers frozen, rest retrained on B; BnB: same with B's own layers "
                         "(selffer); +: fine-tuned instead of frozen; dashed: base B trained from scratch "
                         "(dotted: base A, scratch on the source task, when the sweep has it)."))
         if len(o) and (o["is_scratch"]).any() and o["val_acc_history"].map(len).ge(2).any():  # a curve, not a dot
-            out.append((f"Learning curves ({where})", learning_curves(o, out_dir / f"report_learning_curves{tag}.png",
-                        f"Learning curves ({where})"),
-                        "Validation accuracy per epoch, mean over seeds; scratch dashed."))
+            n_panels = o["n_label"].nunique()
+            out.append((f"Learning curves ({where})",
+                        learning_curves(o, out_dir / f"report_learning_curves{tag}.png", f"Learning curves ({where})",
+                                        styles=styles),
+                        f"Validation accuracy per epoch, mean over seeds, one panel per n (all {n_panels}); "
+                        "scratch dashed."))
     return out
 
 
-# ---- learning-curve fits and effective data transferred (analysis.fits, analysis.effective_data) -------------
-
-def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str) -> Path:
-    """Mean test accuracy per n (dots) and each arm's fitted learning curve (line, the form chosen by held-out
-    error, drawn over the n range it was fitted on), scratch black."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    arms = _arm_order(summary)
-    colors = _colors(arms)
-    scratch = _scratch_arms(summary)
-    for arm in [*arms, *scratch]:
-        g = summary[summary["arm"] == arm].sort_values("n")
-        color = "black" if arm in scratch else colors[arm]
-        fit = fits.get(g["line_key"].iloc[0])
-        label = arm if fit is None or fit.form is None else f"{arm} ({fit.form})"
-        ax.plot(g["n"], g["acc_mean"], "o", color=color, label=label)
-        if fit is not None and fit.form is not None:
-            grid = np.geomspace(fit.n_min, fit.n_max, 100)
-            ax.plot(grid, fit.predict(grid), color=color, linestyle="--" if arm in scratch else "-")
-    _n_axis(ax, summary)
-    ax.set_ylabel("test accuracy (mean over seeds) and fitted curve")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
-
-
-def effective_data(dt: pd.DataFrame, path: Path, title: str) -> Path:
-    """Effective data transferred D_T (examples per class) vs n per transfer arm, bootstrap interval as error
-    bars; a censored value is drawn at its bound as an open triangle pointing the way the truth lies (up: more
-    than this, down: less), never as a point."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    arms = _arm_order(dt.assign(is_scratch=False))
-    colors = _colors(arms)
-    for arm in arms:
-        g = dt[dt["arm"] == arm].sort_values("n")
-        val = g[g["censored"] == ""]
-        if len(val):
-            lo = (val["d_t"] - val["d_t_lo"].clip(lower=-1e12)).clip(lower=0)
-            hi = (val["d_t_hi"].clip(upper=1e12) - val["d_t"]).clip(lower=0)
-            ax.errorbar(val["n"], val["d_t"], yerr=[lo.where(np.isfinite(val["d_t_lo"]), 0),
-                                                    hi.where(np.isfinite(val["d_t_hi"]), 0)],
-                        color=colors[arm], marker="o", capsize=3, label=arm)
-        for flag, marker in (("above", "^"), ("above_asymptote", "^"), ("below", "v")):
-            c = g[g["censored"] == flag]
-            if len(c):
-                ax.plot(c["n"], c["d_t_bound"], linestyle="none", marker=marker, markerfacecolor="none",
-                        color=colors[arm], markersize=9, label=None if len(val) else arm)
-    if (dt["censored"].isin(["above", "above_asymptote", "below"])).any():
-        ax.plot([], [], linestyle="none", marker="^", markerfacecolor="none", color="gray",
-                label="censored: beyond the bound (up: more, down: less)")
-    ax.axhline(0, color="black", linestyle="--", linewidth=1, label="no transfer (D_T = 0)")
-    _n_axis(ax, dt)
-    ax.set_yscale("symlog", linthresh=1)
-    ax.set_ylabel("effective data transferred D_T (examples per class)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def draw_fields(summary: pd.DataFrame, fits: dict, dt: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path, str]]:
+def draw_fields(summary: pd.DataFrame, fits: dict, dt: pd.DataFrame, out_dir: Path,
+                metric: str = "accuracy") -> list[tuple[str, Path, str]]:
     """The fitted learning curves and the effective-data figure of every setting that has them."""
     out: list[tuple[str, Path, str]] = []
     settings = summary.drop_duplicates("setting_key").sort_values("setting")
-    tags = _tags(list(settings["setting"]))
+    tags = setting_tags(list(settings["setting"]))
     for _, setting in settings.iterrows():
         key, where = setting["setting_key"], setting["setting"]
         s = summary[summary["setting_key"] == key]
+        styles = arm_styles(_arm_order(s))
         if any(fits.get(lk) is not None and fits[lk].form for lk in s["line_key"].unique()):
             out.append((f"Learning-curve fits ({where})",
-                        fitted_curves(s, fits, out_dir / f"report_fits{tags[where]}.png", f"Fitted curves ({where})"),
-                        "Dots: mean test accuracy over seeds; lines: each arm's fitted curve (form in the legend, "
-                        "chosen by the error predicting the largest n; fits.csv), drawn over the n range it saw."))
+                        fitted_curves(s, fits, out_dir / f"report_fits{tags[where]}.png", f"Fitted curves ({where})",
+                                      styles=styles, metric=metric),
+                        f"Markers: mean test {metric} over seeds; lines: each arm's fitted curve (form in the "
+                        "legend, chosen by the error predicting the largest n; fits.csv), drawn over the n range it "
+                        "saw."))
         d = dt[dt["setting_key"] == key] if len(dt) else dt
-        if len(d) and d["censored"].isin(["", "above", "above_asymptote", "below"]).any():
+        if len(d) and d["censored"].fillna("").isin(["", "above", "above_asymptote", "below"]).any():
             out.append((f"Effective data transferred ({where})",
                         effective_data(d, out_dir / f"report_effective_data{tags[where]}.png",
-                                       f"Effective data transferred ({where})"),
+                                       f"Effective data transferred ({where})", styles=styles),
                         "D_T: extra labelled examples per class training from scratch would need to match the arm "
                         "(Hernandez et al. 2021), bootstrap CI over seeds; open triangles: censored, the truth "
                         "lies beyond the bound in the direction shown (effective_data.csv)."))
