@@ -18,7 +18,9 @@ FAMILIES = {
     "mlp": "transferlab.backbones.mlp",
     "resnet": "transferlab.backbones.torchvision_resnet",
     "timm": "transferlab.backbones.timm_stages",
+    "vit": "transferlab.backbones.timm_vit",
 }
+LIBRARY_PRETRAINED = ("timm", "vit")  # families whose library loads (and fits) its own ImageNet weights
 
 
 def family_of(cfg) -> str:
@@ -26,9 +28,10 @@ def family_of(cfg) -> str:
 
 
 def backbone_label(cfg) -> str:
-    """What a table should call the backbone: 'small_cnn', 'resnet50', 'timm/efficientnet_b0'."""
+    """What a table should call the backbone: 'small_cnn', 'resnet50', 'timm/efficientnet_b0',
+    'timm/vit_tiny_patch16_224'."""
     family, name = family_of(cfg), str(cfg.get("name"))
-    if family == "timm":
+    if family in LIBRARY_PRETRAINED:
         return f"timm/{name}"
     return name if family == "resnet" else family
 
@@ -49,13 +52,29 @@ def build_backbone(cfg, input_shape: tuple[int, ...], load_weights: bool = True)
     if str(weights) == "imagenet":
         if hasattr(module, "imagenet_state"):
             return load_into(module.build(cfg, shape), module.imagenet_state(cfg), "imagenet")
-        if family == "timm":
+        if family in LIBRARY_PRETRAINED:
             return module.build(cfg, shape, pretrained=True)
         raise ConfigError(problem("backbone.weights", "imagenet",
                                   f"null or a file path for backbone {family} (ImageNet weights exist for "
-                                  f"backbone=resnet18 and backbone=timm)"))
+                                  f"backbone=resnet18, backbone=timm and backbone=vit)"))
     state = read_state(str(weights))  # before building: a missing file fails fast
     return load_into(module.build(cfg, shape), state, str(weights))
 
 
-__all__ = ["BlockBackbone", "build_backbone", "FAMILIES", "family_of", "backbone_label"]
+def block_count(cfg) -> int:
+    """How many blocks this backbone config has, without data or weights (the sweeper's `transfer.freeze=
+    all_depths`): the family's own count (timm models, built on the meta device), else the blocks of a meta-device
+    build on a nominal 3 x 32 x 32 input (the block count of small_cnn, mlp and resnet does not depend on it)."""
+    import torch
+
+    family = family_of(cfg)
+    if family not in FAMILIES:
+        raise ConfigError(problem("backbone.name", family, f"one of {sorted(FAMILIES)}"))
+    module = import_module(FAMILIES[family])
+    if hasattr(module, "block_count"):
+        return int(module.block_count(cfg))
+    with torch.device("meta"):
+        return len(module.build(cfg, (3, 32, 32)))
+
+
+__all__ = ["BlockBackbone", "build_backbone", "block_count", "FAMILIES", "family_of", "backbone_label"]

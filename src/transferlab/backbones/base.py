@@ -22,6 +22,11 @@ class BlockBackbone(nn.Module):
     the original model load into the blocks.
     """
 
+    # Token backbones (`timm_vit.TokenBackbone`) set these: tokens before the patch tokens (a mean pool skips
+    # them), and parameters that take no weight decay whatever their shape (position embeddings, class token).
+    prefix_tokens: int = 0
+    no_weight_decay: frozenset[str] = frozenset()
+
     def __init__(self, blocks: Iterable[tuple[str, nn.Module]], input_shape: tuple[int, ...], pool: str = "flatten",
                  native_prefixes: dict[str, str] | None = None):
         super().__init__()
@@ -60,6 +65,11 @@ class BlockBackbone(nn.Module):
                 m.training = mode
             self._shapes = shapes
         return self._shapes
+
+    def adapt_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Block-keyed weights fitted to this backbone before a strict load (`weights.load_into`); as they are
+        here, a ViT resamples position embeddings made for another image size."""
+        return state
 
     def output_shape(self, cut: int) -> tuple[int, ...]:
         return self.output_shapes()[cut]

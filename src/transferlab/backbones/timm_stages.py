@@ -29,7 +29,12 @@ def build(cfg, input_shape: tuple[int, ...], pretrained: bool = False) -> BlockB
     except Exception as e:
         if not pretrained:
             raise
-        raise ConfigError(_missing(name, e)) from e
+        raise ConfigError(missing_weights(name, e)) from e
+    from transferlab.backbones.timm_vit import _is_vit
+
+    if _is_vit(model):
+        raise ConfigError(problem("backbone.name", name, f"a timm CNN; for this ViT use backbone=vit "
+                                                        f"backbone.name={name}"))
     info = getattr(model, "feature_info", None)
     if not info:
         raise ConfigError(problem("backbone.name", name, "a timm model with a stage API (model.feature_info)"))
@@ -40,6 +45,13 @@ def build(cfg, input_shape: tuple[int, ...], pretrained: bool = False) -> BlockB
         raise ConfigError(problem("backbone.name", name, f"a timm CNN whose stages run in sequence ({e})")) from e
     _check_against_timm(model, backbone, name)
     return backbone
+
+
+def block_count(cfg) -> int:
+    """Stages of this timm CNN, from the model built on the meta device (no weights, no input needed)."""
+    with torch.device("meta"):
+        model = timm.create_model(str(cfg.name), pretrained=False, **dict(cfg.get("kwargs") or {}))
+    return len(model.feature_info)
 
 
 def _check_against_timm(model, backbone: BlockBackbone, name: str) -> None:
@@ -65,10 +77,11 @@ def _check_against_timm(model, backbone: BlockBackbone, name: str) -> None:
     backbone.train()
     if not ok:
         raise ConfigError(problem("backbone.name", name, "a timm CNN whose stages run in sequence (this model's "
-                                                        "forward does more between stages, e.g. a ViT)"))
+                                                        "forward does more between stages; a ViT: backbone=vit)"))
 
 
-def _missing(name: str, e: Exception) -> Problem:
+def missing_weights(name: str, e: Exception) -> Problem:
+    """The one line for ImageNet weights timm could not load (offline and not cached, or no such weights)."""
     cfg = timm.models.get_pretrained_cfg(name)
     hub = getattr(cfg, "hf_hub_id", None) or name
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")

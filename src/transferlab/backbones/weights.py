@@ -58,16 +58,33 @@ def to_block_keys(backbone: BlockBackbone, state: dict[str, torch.Tensor]) -> di
         if k.startswith(bare) and k not in native_keys:  # backbone.blocks.state_dict()
             out[k] = value
             continue
-        for native, block in prefixes:  # the library model's keys (efficientnet's own "blocks.0..." land here)
-            if k.startswith(native + "."):
+        for native, block in prefixes:  # the library model's keys (efficientnet's own "blocks.0..." land here;
+            if k == native or k.startswith(native + "."):  # a ViT's top-level `cls_token` is a whole key)
                 out[block + k[len(native):]] = value
                 break
     return out
 
 
+def to_native_keys(backbone: BlockBackbone, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `to_block_keys` for block-keyed `state`: the library model's own keys (`block3.attn.qkv.weight`
+    -> timm's `blocks.3.attn.qkv.weight`, `embed.cls_token` -> `cls_token`); keys of blocks without a native name
+    stay as they are."""
+    inverse = sorted(((b, n) for n, b in backbone.native_prefixes.items()), key=lambda bn: -len(bn[0]))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for block, native in inverse:
+            if key == block or key.startswith(block + "."):
+                out[native + key[len(block):]] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
 def load_into(backbone: BlockBackbone, state: dict[str, torch.Tensor], source: str) -> BlockBackbone:
-    """Strictly load `state` (any accepted key style) into every block of `backbone`."""
-    mapped = to_block_keys(backbone, state)
+    """Strictly load `state` (any accepted key style) into every block of `backbone`, after the backbone fits
+    tensors made for another input size (`BlockBackbone.adapt_state`: a ViT's position embeddings)."""
+    mapped = backbone.adapt_state(to_block_keys(backbone, state))
     expected = backbone.blocks.state_dict()
     missing = [k for k in expected if k not in mapped]
     unexpected = [k for k in mapped if k not in expected]
