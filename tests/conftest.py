@@ -76,18 +76,6 @@ def cli_problems(stderr: str) -> list[str]:
     return [ln[4:] for ln in stderr.splitlines() if ln.startswith("  - ")]
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dicts as one dict of dotted keys to leaves (an empty dict is a leaf)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 class Exploit:
     """A pickle that runs a command when unpickled (what a malicious 'weights' file does): touches `marker`."""
 

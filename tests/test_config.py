@@ -16,11 +16,21 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF, flatten
-from transferlab.config import SCHEMAS, BackboneFamily, Choice, TaskKind, TorchvisionDataset, config_error, plain
+from conftest import CONF
+from transferlab.config import (
+    SCHEMAS,
+    BackboneFamily,
+    Choice,
+    TaskKind,
+    TorchvisionDataset,
+    config_error,
+    flatten,
+    plain,
+)
 
 # Groups whose files start from a schema; source/target only include task files, experiment and hydra are not ours.
-TYPED_GROUPS = ("task", "backbone", "transfer", "pretrain", "train", "trainer", "checkpoint", "logger", "paths")
+TYPED_GROUPS = ("task", "backbone", "transfer", "peft", "pretrain", "train", "trainer", "checkpoint", "logger",
+                "paths")
 
 
 def _options(group: str) -> list[str]:
@@ -77,7 +87,7 @@ def _schema_chain(path: Path) -> list[str]:
 
 def test_every_group_option_is_typed_by_its_schema(composed):
     schemas = tuple(SCHEMAS.values())
-    for group in ("target", "backbone", "transfer", "trainer", "logger"):  # source=<task>: the same task files
+    for group in ("target", "backbone", "transfer", "peft", "trainer", "logger"):  # source=<task>: the same files
         for option in _options(group):
             assert OmegaConf.get_type(composed(f"{group}={option}")[group]) in schemas, f"{group}={option} is untyped"
     assert OmegaConf.get_type(composed("source=none").source) is SCHEMAS["task/none"]

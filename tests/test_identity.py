@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg, flatten
+from conftest import compose_cfg
+from transferlab.config import flatten
 from transferlab.errors import ConfigError
 from transferlab.run import identity
 from transferlab.run.experiment import run
@@ -41,13 +42,15 @@ def _neutral_overrides(tmp_path: Path, data: Path) -> list[str]:
         "name=another_name",
         f"paths.cache_dir={tmp_path / 'other_cache'}", f"paths.data_dir={tmp_path / 'data2'}",
         "logger=none", "checkpoint.every_s=3600",
-        "train.feature_cache=off", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=50",
+        "train.feature_cache=off", "train.feature_cache_max_gb=0.5", "trainer.enable_progress_bar=true",
+        "trainer.log_every_n_steps=50",
         "trainer.accelerator=cpu", f"target.path={moved}", "transfer.scores=[]",
     ]
 
 
 NEUTRAL_COVERED = {"name", "paths", "logger", "checkpoint", "lease", "train.feature_cache",
-                   "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.accelerator",
+                   "train.feature_cache_max_gb", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+                   "trainer.accelerator",
                    "target.path", "hydra", "target.root", "source.path", "source.root", "transfer.scores"}
 
 
@@ -127,6 +130,8 @@ def test_every_other_key_is_identity(tmp_path, choices):
         if key == identity.DEVICES:  # placement, but the count is identity: 1 -> 2 devices is another run
             assert fp != base
         elif key.startswith(("source.", "pretrain.")) and identity.copies_nothing(plain):
+            assert fp == base, key
+        elif key.startswith("peft.") and key != "peft.method":  # peft=none reads none of the methods' keys
             assert fp == base, key
         else:
             assert (fp == base) == neutral, f"{key}: {'neutral' if neutral else 'identity'} key"

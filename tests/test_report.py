@@ -49,7 +49,9 @@ def sweep(tmp_path_factory) -> Path:
 
 def test_report_cli_on_real_sweep(sweep, tmp_path):
     out = tmp_path / "report"
-    p = run_cli(str(sweep), "--out", str(out), "--n-boot", "200", module="transferlab.report", cwd=tmp_path)
+    # a backend matplotlib cannot load (a headless machine's MPLBACKEND): the report draws with Agg regardless
+    p = run_cli(str(sweep), "--out", str(out), "--n-boot", "200", module="transferlab.report", cwd=tmp_path,
+                env={"MPLBACKEND": "module://no_such_backend"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "best freeze depth per n" in p.stdout and "12 runs found: 12 ok, 0 failed" in p.stdout
 
@@ -71,15 +73,24 @@ def test_report_cli_on_real_sweep(sweep, tmp_path):
         assert s["acc_ci_hi"] == pytest.approx(min(accs.mean() + half, 1.0), abs=1e-9)  # clipped to [0, 1]
         assert s["acc_ci_lo"] == pytest.approx(max(accs.mean() - half, 0.0), abs=1e-9)
 
-    pngs = sorted(out.glob("*.png"))
+    assert not list(out.glob("*.png"))  # every figure under figures/, as PNG and as PDF
+    pngs = sorted((out / "figures").glob("*.png"))
     names = {p.name for p in pngs}
     for required in ("report_acc_vs_n.png", "report_heatmap.png", "report_gain_vs_n.png", "report_crossover.png",
                      "report_learning_curves.png"):
         assert required in names
     for png in pngs:
         assert_png(png)
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    for table in ("summary", "gain"):  # one per setting: a single setting has no suffix
+        assert (out / "tables" / f"{table}.tex").read_text().count(r"\toprule") == 1
+        assert (out / "tables" / f"{table}.md").read_text().startswith("**")
+    assert not (out / "tables" / "effective_data.md").exists()  # 2 n: no scratch curve to read D_T off
+    assert {"balanced_acc_mean", "macro_f1_mean", "majority_acc", "majority_baseline"} <= set(summary.columns)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(pngs)
+    assert "<section id='setup'>" in html and "python -m transferlab.train -m" in html
+    assert "Failed runs" not in html and "Yosinski" not in html  # no empty sections
     assert "http://" not in html and "https://" not in html and "<script" not in html
     cx = pd.read_csv(out / "crossover.csv")
     assert len(cx) == 1 and cx.loc[0, "finetuned_arm"] == "freeze=0" and cx.loc[0, "frozen_arm"] == "freeze=4 (all)"

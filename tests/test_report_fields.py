@@ -297,8 +297,8 @@ def test_cli_metric_and_crossover_options(small_sweep, tmp_path):
     cx = pd.read_csv(out / "crossover.csv")
     assert [*zip(cx["finetuned_arm"], cx["frozen_arm"], cx["requested"])] == [
         ("freeze=0", "freeze=2", False), ("freeze=2", "freeze=0", True)]
-    for name in ("paired_tests.csv", "fits.csv", "effective_data.csv", "best.csv", "report_effective_data.png",
-                 "report_fits.png"):
+    for name in ("paired_tests.csv", "fits.csv", "effective_data.csv", "best.csv", "figures/report_effective_data.png",
+                 "figures/report_fits.png", "figures/report_fits.pdf"):
         assert (out / name).exists(), name
     assert {"tied_with_best", "is_best", "diff_vs_best_ci_lo"} <= set(pd.read_csv(out / "summary.csv").columns)
 

@@ -67,13 +67,37 @@ def _expand(name: str, *cli: str, sweep_cli: tuple[str, ...] = ()):
     sweeper, sweep_name = _preset(name, *cli)
     assert sweeper["_target_"].endswith("TransferlabSweeper")
     parse = OverridesParser.create().parse_overrides
-    return expand(parse, sweeper["params"], sweeper["grids"], list(sweep_cli)), sweep_name
+    return expand(parse, sweeper["params"], sweeper["grids"], list(sweep_cli), depths=_depths(name, cli)), sweep_name
+
+
+def _depths(name: str, cli: tuple[str, ...]):
+    """`transfer.freeze=all_depths` as the sweeper resolves it: each point's freeze depths from its composed
+    backbone and cut (`transfer.plan.freeze_depths`), composed once per point config without seed and n."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from transferlab.transfer.plan import freeze_depths
+
+    memo: dict = {}
+
+    def depths(overrides: list[str]) -> list[str]:
+        key = tuple(o for o in overrides if o.split("=", 1)[0] not in ("seed", "target.n_per_class"))
+        if key not in memo:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                memo[key] = freeze_depths(compose("config", overrides=[f"experiment={name}", *cli, *key]))
+            GlobalHydra.instance().clear()
+        return memo[key]
+
+    return depths
 
 
 def test_freeze_vs_n_preset_scratch_is_its_own_grid():
     points, name = _expand("freeze_vs_n")
     assert name == "freeze_vs_n"
-    assert len(points) == 7 * 5 * 5 + 7 * 5  # n x freeze x seed, plus scratch at every n and seed
+    assert len(points) == 7 * 5 * 5 + 7 * 5  # n x freeze (all_depths: 0..3, all) x seed, plus scratch at n, seed
+    depths = {o for p in points for o in p.overrides if o.startswith("transfer.freeze=")}
+    assert depths == {f"transfer.freeze={d}" for d in ("0", "1", "2", "3", "all")}  # small_cnn's, as before
     scratch = [p for p in points if "transfer=scratch" in p.overrides]
     assert len(scratch) == 35 and not any("transfer.freeze" in o for p in scratch for o in p.overrides)
     assert len({p.name for p in points}) == len(points)
@@ -280,7 +304,7 @@ def test_transfer_overrides_from_the_cli_never_reach_the_scratch_grid():
                                                   "transfer.bn=train", "transfer=lp_ft"))
     scratch = [p for p in points if p.grid == "scratch"]
     arms = [p for p in points if p.grid == "transfer"]
-    assert len(scratch) == 1 and len(arms) == 5
+    assert len(scratch) == 1 and len(arms) == 3  # all_depths at cut=2: freeze 0, 1, all
     assert [o for o in scratch[0].overrides if o.startswith("transfer")] == ["transfer=scratch"]
     assert all({"transfer=lp_ft", "transfer.cut=2", "transfer.bn=train"} <= set(p.overrides) for p in arms)
 

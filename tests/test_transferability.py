@@ -170,7 +170,7 @@ def test_report_grades_scores_against_measured_accuracy(tmp_path):
     assert math.isnan(n["kendall_tau"]) and math.isnan(n["spearman"]) and "ranks nothing" in n["note"]
     assert n["regret"] == pytest.approx(0.91 - np.mean([a + 0.01 for a in ACC.values()]))
 
-    assert (sweep / "report_transferability.png").read_bytes()[:4] == b"\x89PNG"
+    assert (sweep / "figures" / "report_transferability.png").read_bytes()[:4] == b"\x89PNG"
     assert "Transferability scores vs measured accuracy" in (sweep / "report.html").read_text()
     lines = [line for line in notes(report) if "logme vs measured accuracy" in line]
     assert len(lines) == 1 and "tau +1.00" in lines[0] and "regret 0.0 pt" in lines[0]

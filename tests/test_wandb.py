@@ -134,7 +134,8 @@ def test_report_pushes_one_report_run(wandb_sweep, tmp_path):
 
 
 def test_mode_is_per_run_and_final_metrics_land_in_summary(make_cfg, tmp_path, monkeypatch):
-    from transferlab.training.loggers import finish_logger, flatten, make_logger
+    from transferlab.config import flatten
+    from transferlab.training.loggers import finish_logger, make_logger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = make_cfg("logger=wandb", "name=unit")

@@ -25,6 +25,7 @@ the primary config), cannot be declared there without existing in every config o
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -80,6 +81,29 @@ class BNPolicy(Choice):
     train = "train"
 
 
+class Init(Choice):
+    """What the copied blocks [0, cut) hold: the source's weights, or a control arm (transfer/init.py)."""
+
+    source = "source"
+    meanvar = "meanvar"  # random, each tensor's mean and variance the source's (Raghu et al. 2019)
+    random_frozen = "random_frozen"  # the fresh random init, frozen (Yosinski et al. 2014's random-filter arm)
+
+
+class Budget(Choice):
+    """What `train.*` counts the target fit in (training/budget.py)."""
+
+    epochs = "epochs"
+    steps = "steps"
+
+
+class Select(Choice):
+    """Which epoch's model is tested (training/callbacks.py, RunLocalCheckpoint)."""
+
+    best_val = "best_val"
+    last = "last"
+    fixed_epoch = "fixed_epoch"
+
+
 class Score(Choice):
     """Transferability scores a run can record (`transferlab.scores.METHODS`; tests/test_scores.py holds them equal)."""
 
@@ -133,6 +157,22 @@ class BackboneFamily(Choice):
     mlp = "mlp"
     resnet = "resnet"
     timm = "timm"
+    vit = "vit"
+
+
+class TokenPool(Choice):
+    """How the head of a transformer backbone reads its tokens (backbones/timm_vit.py)."""
+
+    cls = "cls"    # the class token
+    mean = "mean"  # the mean of the patch tokens (class, register and prompt tokens left out)
+
+
+class PeftMethod(Choice):
+    """Parameter-efficient fine-tuning added to the frozen copied blocks (transfer/peft.py)."""
+
+    none = "none"
+    lora = "lora"  # low-rank updates of frozen Linear weights (Hu et al. 2021)
+    vpt = "vpt"    # learned prompt tokens (Jia et al. 2022)
 
 
 class LoggerKind(Choice):
@@ -181,10 +221,17 @@ class TrainConfig(OptimConfig):
     max_epochs: int = 40
     batch_size: int = 32
     feature_cache: FeatureCache = FeatureCache.auto
+    feature_cache_max_gb: float = 4.0  # cached features larger than this are not held (auto: off, logged)
     channels_last: bool = False
     compile: bool = False
     lr_decay: float = 1.0
     scheduler: Scheduler = Scheduler.none
+    # the step budget (training/budget.py) and model selection (training/callbacks.py)
+    budget: Budget = Budget.epochs
+    min_steps: Optional[int] = None  # null: no floor
+    max_steps: Optional[int] = None  # null: no cap (budget=steps: required, the budget itself)
+    select: Select = Select.best_val
+    select_epoch: Optional[int] = None  # select=fixed_epoch only: the model after this many epochs (1-based)
 
 
 # ---------------------------------------------------------------- what is transferred
@@ -200,6 +247,8 @@ class TransferConfig:
     unfreeze_every: int = 1
     lp_epochs: int = 5
     l2sp: float = 0.0
+    init: Init = Init.source  # control arms: meanvar, random_frozen (transfer/init.py)
+    source_compute: bool = False  # scratch_long: add the source pretraining's steps (training/scratch_long.py)
     # transferability scores of the copied features, measured before training (neutral: run/identity.py)
     scores: List[Score] = field(default_factory=lambda: [Score.logme, Score.hscore, Score.nce, Score.leep])
 
@@ -223,6 +272,7 @@ class TaskConfig:
     split_seed: int = 0
     val_fraction: float = 0.2
     val_size: Optional[int] = None
+    val_per_class: Optional[int] = None  # instead of val_size/val_fraction: this many val examples of every class
     test_fraction: float = 0.25
     max_per_class: Optional[int] = None
     channels: Optional[int] = None
@@ -291,6 +341,50 @@ class ResNetBackbone(BackboneConfig):
 class TimmBackbone(BackboneConfig):
     family: BackboneFamily = BackboneFamily.timm
     kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VitBackbone(BackboneConfig):
+    family: BackboneFamily = BackboneFamily.vit
+    pool: TokenPool = TokenPool.cls
+    img_size: Optional[int] = None  # null: the task's input size (a set value must equal it)
+    patch_size: Optional[int] = None  # null: the model's own
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- parameter-efficient fine-tuning
+@dataclass
+class PeftConfig:
+    """One schema for every method, so a sweep over `peft=lora,vpt` takes any of these keys from the command line;
+    a run's identity keeps only its own method's keys (`PEFT_KEYS`, run/identity.py)."""
+
+    method: PeftMethod = PeftMethod.none
+    rank: int = 8  # lora: the rank r of the update B A
+    alpha: float = 8.0  # lora: the update is scaled by alpha / rank
+    targets: List[str] = field(default_factory=lambda: ["qkv", "proj"])  # lora: Linear layers (names or globs)
+    merge_on_save: bool = False  # lora: also write the tested model with LoRA folded in (merged.safetensors)
+    prompts: int = 10  # vpt: prompt tokens per prompted block
+    deep: bool = False  # vpt: false = shallow (before the first transformer block) | true = new prompts per block
+    dropout: float = 0.0  # lora: on the branch's input | vpt: on the prompt tokens
+
+
+# The keys each method reads (the rest of `peft` is ignored by it and left out of the run's identity).
+PEFT_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "lora": ("rank", "alpha", "dropout", "targets", "merge_on_save"),
+    "vpt": ("prompts", "deep", "dropout"),
+}
+
+
+def peft_label(peft: Mapping | None) -> str | None:
+    """A PEFT method as an arm's label says it ('lora r=4', 'vpt p=10 deep'), from the `peft` config or record;
+    None without one (none, or a record made before PEFT existed)."""
+    method = str((peft or {}).get("method") or "none")
+    if method == "lora":
+        return f"lora r={peft['rank']}"
+    if method == "vpt":
+        return f"vpt p={peft['prompts']}" + (" deep" if peft.get("deep") else "")
+    return None
 
 
 # ---------------------------------------------------------------- Lightning, checkpoints, logging, paths, lease
@@ -367,6 +461,8 @@ SCHEMAS: dict[str, type] = {
     "backbone/mlp": MLPBackbone,
     "backbone/resnet": ResNetBackbone,
     "backbone/timm": TimmBackbone,
+    "backbone/vit": VitBackbone,
+    "peft": PeftConfig,
     "trainer/default": TrainerConfig,
     "trainer/ddp": DDPTrainerConfig,
     "checkpoint": CheckpointConfig,
@@ -409,6 +505,30 @@ def plain(config: Any) -> Any:
     if OmegaConf.is_config(config):
         return OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     return _strings(config)
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted leaf keys of nested plain data (identity, labels, W&B). Lists and
+    empty mappings are leaves."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def cli_value(v: Any) -> str:
+    """A config value as it is written on the command line: null, true, 0.001, [5,6,7]."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"), sort_keys=True, default=str)
+    return str(v)
 
 
 def typed(schema: type, config: Any, key: str) -> DictConfig:

@@ -1,4 +1,4 @@
-"""Entry point: a sweep folder -> results.csv, summary.csv, figures, report.html and a terminal summary.
+"""Entry point: a sweep folder -> CSVs, figures/ (PNG + PDF), tables/ (LaTeX + Markdown), report.html, a summary.
 
     python -m transferlab.report outputs/sweeps/freeze_vs_n [--out DIR] [--wandb]
 

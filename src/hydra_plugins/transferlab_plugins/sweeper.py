@@ -41,10 +41,17 @@ class TransferlabSweeper(BasicSweeper):
         self.only = None if only is None else str(only)
         self._parser: Any = None
         self._bases: dict = {}
+        self._depth_memo: dict = {}
 
     def _point_hash(self, overrides: List[str], out_dir: str) -> str:
         """Fingerprint of a job as its result.json will record it (`transferlab.run.identity.fingerprint` of the
-        resolved config as the task function sees it, input file contents included).
+        resolved config as the task function sees it, input file contents included)."""
+        from transferlab.run.identity import fingerprint
+
+        return fingerprint(self._point_config(overrides, out_dir))  # resolved as the run resolves it
+
+    def _point_config(self, overrides: List[str], out_dir: str) -> DictConfig:
+        """A job's config as the task function will see it (without `hydra`).
 
         A Hydra compose costs ~0.2-0.8 s here, too slow for hundreds of points (the launcher composes each job
         anyway). So each distinct set of config-group choices is composed once, and a point's value overrides are
@@ -52,8 +59,6 @@ class TransferlabSweeper(BasicSweeper):
         the config in struct mode so an unknown key fails here with Hydra's own message, before anything runs.
         """
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-        from transferlab.run.identity import fingerprint
 
         loader = self.hydra_context.config_loader
         parsed = self._parser.parse_overrides(overrides)
@@ -73,7 +78,18 @@ class TransferlabSweeper(BasicSweeper):
             with open_dict(cfg):
                 if "paths" in cfg:
                     cfg.paths.output_dir = out_dir
-        return fingerprint(cfg)  # resolved as the run resolves it (transferlab.config.plain)
+        return cfg
+
+    def _depths(self, overrides: List[str]) -> List[str]:
+        """`transfer.freeze=all_depths`: every freeze depth of this point's backbone and cut (composed once per
+        set of overrides other than the seeds and the sample size, which cannot change the block count)."""
+        from transferlab.run.identity import REPLICATES, SAMPLE_SIZE
+        from transferlab.transfer.plan import freeze_depths
+
+        key = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in (*REPLICATES, *SAMPLE_SIZE))
+        if key not in self._depth_memo:
+            self._depth_memo[key] = freeze_depths(self._point_config(list(key), ""))
+        return self._depth_memo[key]
 
     def sweep(self, arguments: List[str]) -> Any:
         from transferlab.sweep import state as S
@@ -81,7 +97,12 @@ class TransferlabSweeper(BasicSweeper):
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         self._parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        points = expand(self._parser.parse_overrides, self.params, self.grids, list(arguments))
+        master = HydraConfig.instance().cfg
+        try:  # transfer.freeze=all_depths reads each point's composed backbone
+            points = expand(self._parser.parse_overrides, self.params, self.grids, list(arguments),
+                            depths=self._depths)
+        finally:
+            HydraConfig.instance().cfg = master
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         # Every point is composed and fingerprinted first: an unknown key or a missing config fails here, with
         # Hydra's own message, before any folder exists.

@@ -34,17 +34,19 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from transferlab.config import cli_value
 from transferlab.run import identity
 from transferlab.run.record import RunRecord, find_results
 
 SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
+SCRATCH_LONG = "scratch_long"  # copies nothing, trained for the source's steps too (training/scratch_long.py)
 SWEEP_RECORD = "sweep.json"  # written by the transferlab sweeper (transferlab.sweep.state.SUMMARY_FILE)
 KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "baseline_key")
 # What the readable arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "gradual", a trainable
 # set): these arm keys are not repeated after it. `transfer.name` is what the preset was called (finetune,
 # linear_probe, frozen); the label says what it does.
 LABELLED = ("transfer.name", "transfer.freeze", "transfer.trainable", "transfer.cut", "transfer.upper",
-            "transfer.strategy")
+            "transfer.strategy", "transfer.source_compute")
 ROLE_LABELS = {"target": "data", "source": "source data", "backbone.weights": "weights"}
 
 
@@ -84,6 +86,17 @@ def score_columns(record: RunRecord) -> dict[str, float]:
             for name, v in methods.items()}
 
 
+def _peft_label(peft: Mapping | None) -> str | None:
+    from transferlab.config import peft_label
+
+    return peft_label(peft)
+
+
+def matched_compute(record: RunRecord) -> bool:
+    """Did the run add the source pretraining's steps to its budget (transfer=scratch_long)?"""
+    return identity.get(record.config or {}, "transfer.source_compute") is True
+
+
 def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
     """The report's row of one record. `val_acc_history` stays a list (one per row); `epochs` is the length of
     that curve, or the recorded count for a run without one."""
@@ -92,11 +105,14 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
     n, n_label = _effective_n(record)
     # copies nothing (identity.copies_nothing): the baseline, whatever the preset was called
     is_scratch = record.cut == 0 if record.cut is not None else record.transfer == SCRATCH
+    # scratch_long copies nothing too, but trains longer: a control arm compared with scratch, not the baseline
+    is_scratch = is_scratch and not matched_compute(record)
     return {
         "run_dir": run_dir, "status": record.status, "error": record.error,
         "name": record.name, "source": record.source, "target": record.target,
         "backbone": record.backbone, "transfer": record.transfer, "strategy": record.strategy,
         "cut": record.cut, "upper": record.upper, "freeze": record.freeze, "trainable_set": record.trainable_set,
+        "peft": _peft_label(record.peft),  # 'lora r=4', 'vpt p=10'; None without PEFT
         "trainable_params": record.trainable_params, "total_params": record.total_params,
         "n_per_class": record.n_per_class, "n": n, "n_label": n_label, "n_train": record.n_train,
         "seed": record.seed, "data_seed": record.data_seed,
@@ -105,7 +121,8 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "test_balanced_acc": _number(m.test_balanced_acc), "test_macro_f1": _number(m.test_macro_f1),
         "test_auroc": _number(m.test_auroc), "majority_acc": _number(m.majority_acc),
         "single_class": record.single_class_prediction,
-        "epochs": len(hist) if hist else m.epochs,
+        "epochs": len(hist) if hist else m.epochs, "steps": m.steps,
+        "converged": record.converged,  # False: val/acc still rising at the end (run/convergence.py); None: unjudged
         "wall_s": record.wall_s, "source_cache": record.source_cache,
         "is_scratch": bool(is_scratch), "val_acc_history": hist,
         **score_columns(record),
@@ -145,17 +162,6 @@ def _identity(record: RunRecord) -> _Identity | None:
 
 
 # ---------------------------------------------------------------- labels
-def _fmt(v: Any) -> str:
-    """A value as on the command line: null, true, 0.01, [5,6,7]."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, separators=(",", ":"), sort_keys=True, default=str)
-    return str(v)
-
-
 def _digest_label(sha: str | None) -> str:
     return "unrecorded" if sha is None else sha[:8]
 
@@ -167,7 +173,7 @@ def _differences(items: Mapping[str, tuple[dict, dict]], skip: Iterable[str] = (
     keys = [k for k in identity.differing_keys([c for c, _ in items.values()]) if k not in skip]
     roles = sorted({r for _, ins in items.values() for r in ins} - skip)
     roles = [r for r in roles if len({ins.get(r) for _, ins in items.values()}) > 1]
-    return {key: [f"{k}={_fmt(identity.get(c, k))}" for k in keys]
+    return {key: [f"{k}={cli_value(identity.get(c, k))}" for k in keys]
             + [f"{ROLE_LABELS.get(r, r)}={_digest_label(ins.get(r))}" for r in roles]
             for key, (c, ins) in items.items()}
 
@@ -207,10 +213,14 @@ def _readable(r: Mapping, varies: Mapping[str, bool]) -> str:
     """The short readable arm label: "scratch" or "freeze=f", plus the fields that vary within the setting."""
     if r["is_scratch"]:
         return SCRATCH
+    if not pd.isna(r["cut"]) and r["cut"] == 0:  # copies nothing but is no baseline: matched compute
+        return SCRATCH_LONG
     if pd.isna(r["freeze"]):  # a transfer.trainable set is not a depth: label it by the set itself
         return str(r.get("trainable_set") or r.get("transfer"))
     f = int(r["freeze"])
     parts = [f"freeze={f}" + (" (all)" if f > 0 and f == r["cut"] else "")]
+    if isinstance(r.get("peft"), str):  # the PEFT method added to the frozen blocks
+        parts.append(r["peft"])
     if varies["cut"]:
         parts.append(f"cut={r['cut']}")
     if varies["upper"]:
@@ -255,6 +265,7 @@ def arm_lines(rows: pd.DataFrame, line_ids: Mapping[str, tuple[dict, dict]], set
         if group is others:
             said = set(LABELLED)
             differ = identity.differing_keys([c for c, _ in items.values()])
+            said |= {k for k in differ if k.startswith("peft.")}  # the readable label says the method
             if "source.name" in differ:  # "from <source>" says it, and what comes with another source preset
                 said |= {k for k in differ if k.startswith("source.")} | {"source"}
         extra.update(_differences(items, skip=said))
@@ -515,3 +526,30 @@ def curves(df: pd.DataFrame) -> pd.DataFrame:
         for epoch, acc in enumerate(r["val_acc_history"], start=1):
             rows.append({**{c: r.get(c) for c in cols[:-2]}, "epoch": epoch, "val_acc": acc})
     return pd.DataFrame(rows, columns=cols)
+
+
+def still_rising(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """Runs whose val/acc was still rising when training stopped (`converged: false`, run/convergence.py), per arm
+    and n: (`arm_key`, `not_converged`: how many of its ok runs, `judged`: how many had a verdict), and one note
+    line listing them per setting and arm (None when there are none). Records without a verdict count as unjudged."""
+    cols = ["arm_key", "not_converged", "judged"]
+    ok = df[df["status"] == "ok"] if "converged" in df and not df.empty else df.iloc[:0]
+    if ok.empty:
+        return pd.DataFrame(columns=cols), None
+    judged = ok["converged"].map(lambda v: v is not None and not pd.isna(v))
+    flag = judged & ~ok["converged"].map(lambda v: bool(v) if v is not None and not pd.isna(v) else True)
+    counts = pd.DataFrame({"arm_key": ok["arm_key"], "not_converged": flag, "judged": judged})
+    counts = counts.groupby("arm_key", sort=False).sum().astype(int).reset_index()
+    rising = ok[flag]
+    if rising.empty:
+        return counts.reindex(columns=cols), None
+    parts = []
+    for (setting, arm), g in rising.groupby(["setting", "arm"], sort=True, dropna=False):
+        ns = sorted(g.groupby("n_label")["n"].first().items(), key=lambda kv: kv[1])
+        seeds = g.groupby("n_label").size()
+        parts.append(f"{setting}: {arm} at n=" + ", ".join(f"{n} ({seeds[n]})" for n, _ in ns))
+    note = (f"{len(rising)} of {int(judged.sum())} judged runs were still improving when training stopped "
+            "(converged: false: val/acc rising over the last 20% of epochs; seeds in brackets); their accuracy "
+            "measures the step budget as much as the transfer, raise train.min_steps or train.max_epochs: "
+            + "; ".join(parts))
+    return counts.reindex(columns=cols), note

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
@@ -44,6 +44,13 @@ class Report:
     effective: pd.DataFrame = field(default_factory=pd.DataFrame)  # effective data transferred (effective_data)
     stat_notes: list[str] = field(default_factory=list)  # metric, imbalance, few-seed and censoring notes
     transferability: pd.DataFrame = field(default_factory=pd.DataFrame)  # scores vs measured accuracy, per n
+    setup: Any = None  # how the runs were made (analysis.setup.Setup), the page's first block
+    answer: list[tuple[str, str]] = field(default_factory=list)  # (setting, paragraph) (analysis.answer)
+    tables: list = field(default_factory=list)  # the paper tables (analysis.tables.Grid), as .tex, .md and HTML
+
+
+FIGURES = "figures"  # <out>/figures/: every figure as PNG and PDF
+TABLES = "tables"  # <out>/tables/: the paper tables as .tex and .md
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -97,9 +104,11 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
 
     if next(find_results(sweep), None) is None:
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
-    from transferlab.analysis import collect, html, lead_metric, paired, plots, stats
+    from transferlab.analysis import answer, collect, html, lead_metric, metric_columns, paired, plots, stats
     from transferlab.analysis import effective_data as dt_mod
     from transferlab.analysis import fits as fits_mod
+    from transferlab.analysis import setup as setup_mod
+    from transferlab.analysis import tables as tables_mod
 
     found = collect.collect_sweep(sweep)
     runs = found.runs
@@ -113,12 +122,17 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     out = Path(out_dir) if out_dir else sweep
     ok = stats.ok_rows(df)
     tests = paired.comparisons(df, confidence)
-    summary = paired.mark_ties(stats.summarize(df, confidence), tests)
+    records = setup_mod.read_records(sweep, runs["run_dir"])
+    summary = metric_columns.add(paired.mark_ties(stats.summarize(df, confidence), tests), runs, records, metric,
+                                 confidence)
+    rising, rising_note = collect.still_rising(df)  # runs stopped while val/acc rose: a column and a note
+    summary = summary.merge(rising, on="arm_key", how="left").fillna({"not_converged": 0, "judged": 0})
     gain = paired.with_tests(stats.paired_gain(df, confidence), tests)
     cx = stats.crossovers(df, n_boot=n_boot, confidence=confidence, pairs=crossover_pairs)
     fit_table, fits = fits_mod.fit_lines(summary)
     effective = dt_mod.effective_data(df, summary, fits, n_boot=n_boot, confidence=confidence)
     stat_notes += lead_metric.imbalance_notes(df, metric) + _seed_notes(cx, effective)
+    stat_notes += [rising_note] if rising_note else []  # the still-rising runs per arm (collect.still_rising)
     name = (found.sweep or {}).get("name") or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any()
                                               else sweep.name)
     report = Report(
@@ -139,28 +153,62 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
                          ("effective_data.csv", effective)):
         if not frame.empty:
             report.files[fname] = _write_csv(frame, out / fname)
-    report.figures = plots.draw_all(ok, summary, gain, cx, report.yosinski, out) if not ok.empty else []
-    report.figures += plots.draw_fields(summary, fits, effective, out) if not ok.empty else []
+    metric_name = lead_metric.NAMES.get(metric, metric)
+    figures = out / FIGURES
+    if not ok.empty:
+        report.figures = plots.draw_all(ok, summary, gain, cx, report.yosinski, figures, metric=metric_name,
+                                        confidence=confidence)
+        report.figures += plots.draw_fields(summary, fits, effective, figures, metric=metric_name)
     from transferlab.analysis import transferability  # the runs' transferability scores, graded
 
     report.transferability, score_arms = transferability.grade(df, confidence, n_boot)
     if len(report.transferability):
         report.files["transferability.csv"] = _write_csv(report.transferability, out / "transferability.csv")
-        report.figures += transferability.figures(report.transferability, score_arms, out)
+        report.figures += transferability.figures(report.transferability, score_arms, figures)
     for _, p, _ in report.figures:
-        report.files[p.name] = p
+        for f in (p, p.with_suffix(".pdf")):
+            if f.exists():
+                report.files[f"{FIGURES}/{f.name}"] = f
+    report.tables = tables_mod.grids(summary, gain, effective, metric_name, confidence)
+    report.files.update(tables_mod.write_tables(report.tables, out / TABLES))
+    report.setup = setup_mod.describe(records, found.sweep)
+    report.answer = answer.paragraphs(summary, report.best, gain, cx, effective, metric_name, confidence)
     report.files["report.html"] = html.write_html(
         out / "report.html", f"transferlab report: {report.name}", notes(report), report.figures,
-        [("Best arm per n (Ng's rule read off the data)", report.best), ("Crossover n*", cx),
-         ("Summary over seeds", summary), ("Gain over scratch", gain),
-         ("Paired tests vs scratch and vs the best arm (Holm per setting and n)", tests),
-         ("Learning-curve fits", fit_table), ("Effective data transferred (per class)", effective),
+        [("Best arm per n (Ng's rule read off the data)", best_display(report.best)),
+         ("Crossover n* (crossover.csv)", _shown(cx, CROSSOVER_SHOWN)),
+         ("Summary over seeds (summary.csv has every column)", _shown(summary, SUMMARY_SHOWN)),
+         ("Gain over scratch (gain.csv)", _shown(gain, GAIN_SHOWN)),
+         ("Paired tests vs scratch and vs the best arm (Holm per setting and n; paired_tests.csv)",
+          _shown(tests, TESTS_SHOWN)),
+         ("Learning-curve fits (fits.csv)", _shown(fit_table, FITS_SHOWN)),
+         ("Effective data transferred (per class; effective_data.csv)", _shown(effective, EFFECTIVE_SHOWN)),
          ("Learning-curve measures (Taylor & Stone)", report.measures), ("Yosinski arms", report.yosinski),
          ("Transferability scores vs measured accuracy (Kendall tau-b, weighted tau, Spearman, regret)",
           report.transferability),
          ("Missing points", report.missing), ("Duplicate runs (ignored)", report.duplicates)],
-        report.failed)
+        report.failed, setup=report.setup, answer=report.answer, grids=report.tables)
     return report
+
+
+# The columns report.html shows of the wide tables (the CSVs keep every column); a column a table lacks is skipped.
+_METRIC_MEANS = [f"{m}_mean" for m in ("accuracy", "balanced_acc", "macro_f1", "auroc")]
+SUMMARY_SHOWN = ["setting", "arm", "n_label", "acc_mean", "acc_ci_lo", "acc_ci_hi", "n_seeds",
+                 "is_best", "tied_with_best", "diff_vs_best", "diff_vs_best_ci_lo", "diff_vs_best_ci_hi",
+                 "p_vs_best_holm", *_METRIC_MEANS, "majority_acc", "majority_baseline"]
+GAIN_SHOWN = ["setting", "arm", "baseline", "n_label", "gain_mean", "gain_ci_lo", "gain_ci_hi", "n_pairs", "p_t_holm",
+              "p_wilcoxon_holm", "significant"]
+TESTS_SHOWN = ["setting", "n_label", "arm", "reference_kind", "reference", "n_pairs", "diff_mean", "diff_ci_lo",
+               "diff_ci_hi", "p_t", "p_t_holm", "p_wilcoxon", "p_wilcoxon_holm", "family_size", "significant"]
+FITS_SHOWN = ["setting", "arm", "form", "formula", "a", "b", "c", "rmse", "heldout_n", "heldout_error", "reason"]
+EFFECTIVE_SHOWN = ["setting", "arm", "n_label", "acc", "scratch_form", "d_t_text", "fraction_transferred"]
+CROSSOVER_SHOWN = ["setting", "finetuned_arm", "frozen_arm", "requested", "n_star", "n_star_lo", "n_star_hi",
+                   "p_cross", "p_at_min", "n_seeds"]
+
+
+def _shown(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """The columns report.html shows of a table; `is_scratch` rides along so scratch rows show no source."""
+    return frame[[c for c in cols if c in frame.columns]] if len(frame) else frame
 
 
 def _seed_notes(cx: pd.DataFrame, effective: pd.DataFrame) -> list[str]:
@@ -228,6 +276,34 @@ def _pct(v) -> str:
     return "–" if v is None or pd.isna(v) else f"{100 * v:.1f}"
 
 
+def best_display(best: pd.DataFrame) -> pd.DataFrame:
+    """The best-arm table as people read it (terminal and report.html): n, best arm with the arms tied with it,
+    its mean with the t-interval, seeds, its paired lead over the runner-up and its paired gain over scratch (in %
+    and percentage points, with their intervals), scratch's mean."""
+    cols = ["setting", "n", "best arm (tied)", "mean [95% CI]", "seeds", "lead over runner-up", "scratch",
+            "gain over scratch"]
+    rows = []
+    for _, b in best.iterrows():
+        ci = "" if pd.isna(b["acc_ci_lo"]) else f" [{_pct(b['acc_ci_lo'])}, {_pct(b['acc_ci_hi'])}]"
+        tied = b.get("tied_with_best")
+        arm = str(b["best_arm"]) + (f" (tied: {tied})" if isinstance(tied, str) and tied else "")
+        if b["runner_up"] is None or pd.isna(b["runner_up"]):
+            runner = "–"
+        elif pd.isna(b.get("margin_paired", float("nan"))):
+            runner = f"+{_pct(b['margin'])} ({b['runner_up']})"
+        else:
+            runner = f"{_diff(b['margin_paired'], b['margin_ci_lo'], b['margin_ci_hi'])} ({b['runner_up']})"
+        if b.get("best_is_scratch"):
+            gain = "– (best is scratch)"
+        elif not pd.isna(b.get("gain", float("nan"))):
+            gain = _diff(b["gain"], b["gain_ci_lo"], b["gain_ci_hi"])
+        else:
+            gain = "–" if pd.isna(b["scratch_mean"]) else f"{100 * (b['acc_mean'] - b['scratch_mean']):+.1f}"
+        rows.append([b["setting"], str(b["n_label"]), arm, _pct(b["acc_mean"]) + ci, str(b["n_seeds"]), runner,
+                     _pct(b["scratch_mean"]), gain])
+    return pd.DataFrame(rows, columns=cols)
+
+
 def print_summary(r: Report, console: Console | None = None) -> None:
     """Rich table of the best arm per n (one per setting), then the crossover lines, failed runs, written files."""
     from rich.console import Console
@@ -241,27 +317,11 @@ def print_summary(r: Report, console: Console | None = None) -> None:
         metric = NAMES.get(r.metric, r.metric)
         table = Table(title=escape(f"{r.name}: {setting} — best freeze depth per n (test {metric} %; differences "
                                    "paired by seed, [95% CI])"))
-        for col in ("n", "best arm (tied)", "mean [95% CI]", "seeds", "lead over runner-up", "scratch",
-                    "gain over scratch"):
+        rows = best_display(best).drop(columns=["setting"])
+        for col in rows.columns:
             table.add_column(col, justify="left" if col in ("best arm (tied)", "lead over runner-up") else "right")
-        for _, b in best.iterrows():
-            ci = "" if pd.isna(b["acc_ci_lo"]) else f" [{_pct(b['acc_ci_lo'])}, {_pct(b['acc_ci_hi'])}]"
-            tied = b.get("tied_with_best")
-            arm = str(b["best_arm"]) + (f" (tied: {tied})" if isinstance(tied, str) and tied else "")
-            if b["runner_up"] is None:
-                runner = "–"
-            elif pd.isna(b.get("margin_paired", float("nan"))):
-                runner = f"+{_pct(b['margin'])} ({b['runner_up']})"
-            else:
-                runner = f"{_diff(b['margin_paired'], b['margin_ci_lo'], b['margin_ci_hi'])} ({b['runner_up']})"
-            if b.get("best_is_scratch"):
-                gain = "– (best is scratch)"
-            elif not pd.isna(b.get("gain", float("nan"))):
-                gain = _diff(b["gain"], b["gain_ci_lo"], b["gain_ci_hi"])
-            else:
-                gain = "–" if pd.isna(b["scratch_mean"]) else f"{100 * (b['acc_mean'] - b['scratch_mean']):+.1f}"
-            table.add_row(*map(escape, (str(b["n_label"]), arm, _pct(b["acc_mean"]) + ci,
-                                        str(b["n_seeds"]), runner, _pct(b["scratch_mean"]), gain)))
+        for _, b in rows.iterrows():
+            table.add_row(*map(escape, map(str, b)))
         console.print(table)
     for line in notes(r):
         console.print(line, markup=False)
@@ -269,4 +329,11 @@ def print_summary(r: Report, console: Console | None = None) -> None:
         console.print(f"[red]failed runs ({len(r.failed)}):[/red]")
         for _, f in r.failed.iterrows():
             console.print(f"  {f['run_dir']}: {f['error']}", markup=False)
-    console.print(f"wrote {len(r.files)} files to {r.out_dir}: " + ", ".join(sorted(r.files)))
+    top = sorted(name for name in r.files if "/" not in name)
+    grouped = []
+    for folder in (FIGURES, TABLES):
+        names = [name for name in r.files if name.startswith(folder + "/")]
+        kinds = sorted({Path(name).suffix for name in names})
+        if names:
+            grouped.append(f"{folder}/ ({' + '.join(f'{sum(n.endswith(k) for n in names)} {k[1:]}' for k in kinds)})")
+    console.print(f"wrote {len(r.files)} files to {r.out_dir}: " + ", ".join(top + grouped))

@@ -24,6 +24,7 @@ of picking an arm at random.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -196,7 +197,7 @@ def figures(table: pd.DataFrame, arms: pd.DataFrame, out_dir: Path) -> list[tupl
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from transferlab.store.atomic import atomic_path
+    from transferlab.analysis.plots import PALETTE, save_figure  # PNG and PDF, like every figure of the report
 
     out = []
     settings = list(dict.fromkeys(table["setting"]))
@@ -204,7 +205,7 @@ def figures(table: pd.DataFrame, arms: pd.DataFrame, out_dir: Path) -> list[tupl
         t, a = table[table["setting"] == setting], arms[arms["setting"] == setting]
         names = list(dict.fromkeys(t["score"]))
         ns = a.drop_duplicates("n_label").sort_values("n")
-        colors = dict(zip(ns["n_label"], plt.get_cmap("viridis")(np.linspace(0.1, 0.9, max(len(ns), 1)))))
+        colors = dict(zip(ns["n_label"], itertools.cycle(PALETTE)))  # the report's palette: visible on white
         panels = len(names) + 1
         cols = min(panels, 3)
         rows = -(-panels // cols)
@@ -240,10 +241,7 @@ def figures(table: pd.DataFrame, arms: pd.DataFrame, out_dir: Path) -> list[tupl
             h.legend(fontsize=7)
         fig.suptitle(f"Transferability scores vs measured accuracy ({setting})")
         fig.tight_layout()
-        path = out_dir / f"report_transferability{_tag(setting, len(settings) == 1)}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
+        path = save_figure(fig, out_dir / f"report_transferability{_tag(setting, len(settings) == 1)}.png")
         out.append((f"Transferability scores ({setting})", path,
                     "Each point is a transfer arm (mean over seeds) at one n: its score before training against "
                     "its measured test accuracy. Last panel: Kendall tau-b between score and accuracy across the "

@@ -23,7 +23,10 @@ def print_result(record: dict, run_dir: str | Path) -> None:
         ("train examples (n_per_class)", f"{record['n_train']} ({record['n_per_class']})"),
         ("seed / data_seed", f"{record['seed']} / {record['data_seed']}"),
         ("source model", str(record["source_cache"])),
-        ("val/acc (best epoch)", f"{m.get('val/acc', float('nan')):.4f}"),
+        ("epochs / optimizer steps", f"{m.get('epochs')} / {m.get('steps')}"
+                                     + (" (still rising at the end)" if record.get("converged") is False else "")),
+        (f"val/acc ({record.get('select') or 'best_val'}: epoch {record.get('selected_epoch')})",
+         f"{m.get('val/acc', float('nan')):.4f}"),
         ("test/acc", f"{m.get('test/acc', float('nan')):.4f}"),
         ("wall time", f"{record['wall_s']:.1f} s"),
     ]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain
-from transferlab.run import identity
+from transferlab.run import convergence, identity
 from transferlab.run.record import Metrics, RunRecord
 from transferlab.run.scoring import score_run
 from transferlab.run.setup import Prepared, prepare
@@ -24,6 +24,7 @@ from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
 from transferlab.training.loggers import finish_logger, make_logger, source_config, wandb_run_ref
 from transferlab.training.module import TransferModule
+from transferlab.transfer import init, peft
 from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
 from transferlab.transfer.plan import TransferPlan, build_target_net
 
@@ -58,8 +59,9 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
 
 
 def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict | None, str, str | None, dict]:
-    """(state_dict, cache status, checkpoint path, meta) of the model whose blocks are copied."""
-    if prep.plan.cut == 0:
+    """(state_dict, cache status, checkpoint path, meta) of the model whose blocks are copied; none when the run
+    copies no source tensor (cut=0, or transfer.init=random_frozen)."""
+    if not prep.plan.reads_source_weights:
         return None, "unused", None, {}
     if prep.source is None:  # source=none: the backbone's own initial weights are the "source"
         L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
@@ -72,13 +74,13 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
     return obj["state_dict"], status, str(path), obj["meta"]
 
 
-def target_batches(cfg, plan: TransferPlan, task, net):
+def target_batches(cfg, plan: TransferPlan, task, net, epochs: int | None = None):
     """(train, val, test) batches for target training and the Decision: cached prefix features when `decide`
     says so (they enter the net at block `decision.start`), else the task's inputs."""
     device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
     opts = {"device": device, "channels_last": bool(cfg.train.channels_last)}
     bs, seed = int(cfg.train.batch_size), int(cfg.seed)
-    decision = feature_cache.decide(cfg, plan, task, net)
+    decision = feature_cache.decide(cfg, plan, task, net, epochs)
     if not decision.use:
         return loaders(task, bs, seed, **opts), decision
     feats = feature_cache.get_or_compute(cfg, task, net, decision, device=device)
@@ -91,6 +93,27 @@ def _count(net: TransferNet, plan: TransferPlan) -> tuple[int, int]:
     head = sum(p.numel() for p in net.head.parameters())
     backbone = [(plan.trains(n), p.numel()) for n, p in net.backbone_parameters()]
     return head + sum(k for t, k in backbone if t), head + sum(k for _, k in backbone)
+
+
+MERGED_FILE = "merged.safetensors"
+
+
+def save_merged(net: TransferNet, ckpt: str, run_dir: Path) -> str:
+    """`peft.merge_on_save`: the tested model (`ckpt`) with LoRA folded into its weights, in timm's keys
+    (`peft.merged_state`), written atomically to <run dir>/merged.safetensors; returns its path."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from transferlab.store.atomic import atomic_path
+
+    tested = copy.deepcopy(net)
+    state = source_cache.load_state(ckpt)["state_dict"]
+    tested.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, strict=True)
+    path = run_dir / MERGED_FILE
+    with atomic_path(path) as tmp:
+        save_file(peft.merged_state(tested), str(tmp))
+    return str(path)
 
 
 def warn_single_class(m: Metrics) -> None:
@@ -110,10 +133,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fingerprint = identity.fingerprint(cfg, inputs)
     prep = prepare(cfg)  # raises ConfigError: nothing written yet
     run_dir = Path(cfg.paths.output_dir)
-    plan, target = prep.plan, prep.target
+    plan, target, budget = prep.plan, prep.target, prep.budget
     record = RunRecord(
         status="running", name=str(cfg.name),
-        source=str(cfg.source.name) if plan.cut else None,  # a baseline that copies nothing has no source
+        # scratch has no source; scratch_long names the one whose pretraining steps it adds
+        source=str(cfg.source.name) if plan.cut or plan.source_compute else None,
         target=str(cfg.target.name), backbone=backbone_label(cfg.backbone),
         transfer=str(cfg.transfer.name), strategy=plan.strategy,
         cut=plan.cut, upper=plan.upper, freeze=plan.freeze_depth, frozen_blocks=list(plan.frozen),
@@ -123,7 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         n_per_class=cfg.target.get("n_per_class"), n_train=int(len(target.train_indices)),
         num_classes=target.num_classes, n_val=int(len(target.val_y)), n_test=int(len(target.test_y)),
         seed=int(cfg.seed), data_seed=int(cfg.data_seed), train_indices=[int(i) for i in target.train_indices],
-        target_data=target.info, config=plain(cfg),
+        budget=budget.to_dict(), select=str(cfg.train.select), target_data=target.info, config=plain(cfg),
         fingerprint=fingerprint, inputs=inputs, environment=identity.environment(),
     )
     logger = None
@@ -132,26 +156,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         # No backbone.weights here: copied blocks come from the source model, the rest stay random (reinit/scratch).
         net = build_target_net(build_backbone(cfg.backbone, target.input_shape, load_weights=False), plan, state,
-                               target.num_classes)
+                               target.num_classes, seed=int(cfg.seed))
+        if plan.init != init.SOURCE:  # a control arm's copied blocks: BatchNorm statistics of the target subset
+            log.info("transfer.init=%s: %s", plan.init, init.recalibrate(net.backbone, plan, target.subset()[0]))
         record.trainable_params, record.total_params = _count(net, plan)
+        record.peft = ({"method": "none"} if plan.peft is None else  # PEFT: the method and what it added
+                       {**plan.peft.record(), "params": peft.added_params(net.backbone, plan.peft), "merged": None})
         # Frozen prefix computed once (cached features) when the plan allows it; batches then enter the net at
         # block cache.start, and the net and its checkpoint stay whole.
-        batches, cache = target_batches(cfg, plan, target, net)
+        batches, cache = target_batches(cfg, plan, target, net, budget.epochs)
         record.feature_cache = cache.record()
         # Transferability scores of the copied blocks as built, before any training (no effect on the fit).
         record.scores = score_run(cfg, prep, net, cache, state)
-        module = TransferModule(net, target.num_classes, optim=plain(cfg.train),
+        module = TransferModule(net, target.num_classes, optim={**plain(cfg.train), "max_epochs": budget.epochs},
                                 plan=plan, input_block=cache.start)  # groups of plan.trains, lr_decay, L2-SP
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         axes["arm"] = plan.arm  # scratch and freeze=0 both have freeze=0
         logger = make_logger(cfg, run_dir, "target",
                              axes={**axes, **source_config(record.source_cache, record.source_metrics)})
+        log.info("step budget: %d epochs x %d steps (%s)", budget.epochs, budget.steps_per_epoch, budget.rule)
         outcome = fit_and_test(options.apply(module, cfg.train), batches,
-                               max_epochs=int(cfg.train.max_epochs), trainer_cfg=cfg.trainer,
+                               max_epochs=budget.epochs, trainer_cfg=cfg.trainer,  # training/budget.py
                                ckpt_dir=run_dir / "checkpoints", logger=logger,
                                callbacks=[PlanSchedule(plan)],  # what trains per epoch, BN policy
                                fingerprint=fingerprint,  # resumes a killed run of this run identity
-                               resume_every_s=resume_every_s(cfg))
+                               resume_every_s=resume_every_s(cfg),
+                               select=str(cfg.train.select), select_epoch=cfg.train.select_epoch)
         counts = module.test_counts  # per class, of the test split and of the tested model's predictions
         record.metrics = Metrics(test_acc=outcome.test.get("test/acc"), test_loss=outcome.test.get("test/loss"),
                                  test_balanced_acc=outcome.test.get("test/balanced_acc"),
@@ -160,12 +190,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                  test_class_counts=counts.get("test/class_counts"),
                                  test_pred_counts=counts.get("test/pred_counts"),
                                  val_acc=outcome.best_val_acc, val_acc_history=outcome.history.get("val/acc", []),
-                                 val_loss_history=outcome.history.get("val/loss", []), epochs=outcome.epochs)
+                                 val_loss_history=outcome.history.get("val/loss", []), epochs=outcome.epochs,
+                                 steps=outcome.steps)
+        record.selected_epoch = outcome.selected_epoch
         record.single_class_prediction = record.metrics.single_class
         if record.single_class_prediction:
             warn_single_class(record.metrics)
+        verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val)
+        record.converged, record.convergence = verdict.converged, verdict.to_dict()
+        if verdict.converged is False:
+            log.warning("%s: the run may be under-trained (converged: false in result.json); raise "
+                        "train.min_steps or train.max_epochs", verdict.reason)
         record.status, record.target_ckpt, record.wall_s = "ok", outcome.best_ckpt, time.perf_counter() - t0
         record.resumed_from = outcome.resumed_from  # last.ckpt of a killed earlier attempt, else None
+        if plan.peft is not None and plan.peft.merge_on_save:  # LoRA folded in: a plain timm model loads it
+            record.peft["merged"] = save_merged(net, outcome.best_ckpt, run_dir)
         record.write(run_dir)
         finish_logger(logger, failed=False, summary=record.metrics.to_dict())
         return record.to_dict()

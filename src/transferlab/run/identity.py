@@ -11,7 +11,8 @@ A run's identity is *everything that can change its result*:
 
 A run that copies no block (`transfer.cut=0`, the scratch baseline) reads no source task and no source model, so
 its identity leaves out `source` and `pretrain`: the baseline of two sweeps that differ only in their source is
-one run.
+one run. The matched-compute baseline (`transfer=scratch_long`, `transfer.source_compute=true`) copies nothing
+either, but its budget counts the source pretraining's steps, so it keeps them.
 
 `fingerprint` is the identity's hash: it names a run in result.json, decides whether a sweep point is done,
 whether a checkpoint may be resumed, and (minus the seeds, `group_key`) which runs the report pools as seeds of
@@ -31,6 +32,7 @@ from importlib import util as import_util
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from transferlab.config import flatten
 from transferlab.store import content
 
 # key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
@@ -44,6 +46,8 @@ NEUTRAL: dict[str, str] = {
     "lease": "which device slot of this machine a parallel job takes",
     "train.feature_cache": "frozen-prefix outputs computed once instead of every epoch (equal within float "
                            "tolerance, tests/test_speed.py)",
+    "train.feature_cache_max_gb": "whether the feature cache is used (above it: computed every epoch, as with "
+                                  "train.feature_cache=off; tests/test_vit_peft.py)",
     "transfer.scores": "transferability scores measured on the copied features before training (no gradient, "
                        "eval mode, the random state restored): the trained model is the same",
     "trainer.enable_progress_bar": "terminal output only",
@@ -63,7 +67,7 @@ REPLICATES = ("seed", "data_seed", "pretrain.seed")
 # Sample size: the report's x axis.
 SAMPLE_SIZE = ("target.n_per_class", "target.n_train")
 # What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains.
-ARM_GROUPS = ("transfer", "source", "pretrain")
+ARM_GROUPS = ("transfer", "peft", "source", "pretrain")
 
 # Files each task kind reads (torch-free). torchvision: the folders/files its dataset classes read under
 # paths.data_dir (tests/test_identity.py checks them against torchvision).
@@ -121,18 +125,32 @@ def copies_nothing(config: Mapping) -> bool:
     return isinstance(cut, int) and not isinstance(cut, bool) and cut == 0
 
 
+def reads_no_source(config: Mapping) -> bool:
+    """Nothing is copied and nothing is counted from the source (scratch_long counts its pretraining's steps)."""
+    return copies_nothing(config) and get(config, "transfer.source_compute") is not True
+
+
 # ---------------------------------------------------------------- the identity
 def identity_config(config: Any) -> dict:
     """The resolved config as far as it can change a result: neutral keys out, devices as a count, no source for
-    a run that copies nothing."""
+    a run that copies nothing, only the PEFT method's own keys of `peft` (none of them with `peft=none`: a run
+    as before PEFT existed)."""
     c = _plain(config)
     for key in NEUTRAL:
         drop(c, key)
     if isinstance(c.get("trainer"), dict) and DEVICES.split(".")[1] in c["trainer"]:
         c["trainer"]["devices"] = device_count(c["trainer"]["devices"])
-    if copies_nothing(c):
+    if reads_no_source(c):
         for group in ("source", "pretrain"):
             c.pop(group, None)
+    if isinstance(c.get("peft"), dict):  # a PEFT method's own keys; none: a run as before PEFT existed
+        from transferlab.config import PEFT_KEYS
+
+        keys = PEFT_KEYS.get(str(c["peft"].get("method")))
+        if keys == ():
+            c.pop("peft")
+        elif keys is not None:
+            c["peft"] = {k: v for k, v in c["peft"].items() if k == "method" or k in keys}
     weights = get(c, "backbone.weights")
     if weights is not None and str(weights) != "imagenet":
         c["backbone"]["weights"] = "file"  # its bytes are in the inputs; the path is where they live
@@ -176,7 +194,7 @@ def _weights_input(backbone: Mapping) -> dict[str, str] | None:
         return None
     if str(weights) == "imagenet":
         # The library version fixes which file "imagenet" resolves to (torchvision's DEFAULT, timm's hub tag).
-        lib = "timm" if str(backbone.get("family")) == "timm" else "torchvision"
+        lib = "timm" if str(backbone.get("family")) in ("timm", "vit") else "torchvision"
         return {"files": f"imagenet ({lib} {library_version(lib)})", "sha256": f"{lib}=={library_version(lib)}"}
     return {"files": str(weights), "sha256": content.file_digest(str(weights))}
 
@@ -187,7 +205,7 @@ def inputs(config: Any) -> dict[str, dict[str, str]]:
     c = _plain(config)
     data_dir = get(c, "paths.data_dir")
     out: dict[str, dict[str, str]] = {}
-    roles = ["target"] if copies_nothing(c) else ["target", "source"]
+    roles = ["target"] if reads_no_source(c) else ["target", "source"]
     for role in roles:
         task = c.get(role) or {}
         files = task_files(task, data_dir)
@@ -247,20 +265,10 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
 
 def differing_keys(configs: Iterable[Mapping]) -> list[str]:
     """Dotted leaf keys whose value differs between these identity configs (for labels like `train.lr=0.01`)."""
-    flats = [_flatten(c) for c in configs]
+    flats = [flatten(c) for c in configs]
     keys = sorted(set().union(*flats)) if flats else []
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
 
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 # ---------------------------------------------------------------- what made the result (recorded, not identity)

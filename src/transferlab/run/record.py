@@ -4,12 +4,14 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (2). Records written before the field
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (3). Records written before the field
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
-`single_class_prediction`: they read as None. A field missing from the file takes its default (None, or an empty
-list: "not recorded"), a key the schema does not know is ignored, values are taken as stored. An old record
-therefore always reads, and what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A
+`single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
+`metrics.steps`, `select`, `selected_epoch`) and the convergence verdict (`converged`, `convergence`): None, "not
+recorded" (its fit ran `train.max_epochs` epochs and tested the first best val/acc). A field missing from the
+file takes its default (None, or an empty list: "not recorded"), a key the schema does not know is ignored, values
+are taken as stored. An old record therefore always reads, and what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A
 change that renames a field or changes its meaning or units bumps `SCHEMA` and converts the older versions in
 `RunRecord.from_dict`.
 
@@ -26,7 +28,7 @@ from typing import Any, Iterator, Mapping
 from transferlab.store.atomic import write_json
 
 RESULT_FILE = "result.json"
-SCHEMA = 2  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SCHEMA = 3  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
 def _metric(key: str) -> Any:
@@ -38,17 +40,18 @@ class Metrics:
     """The target fit's numbers, stored under their logged names. None is "not measured": a failed run has none,
     and its `metrics` is stored as `{}`."""
 
-    test_acc: float | None = _metric("test/acc")  # accuracy of the best-val/acc checkpoint on the test split, 0-1
+    test_acc: float | None = _metric("test/acc")  # accuracy of the selected checkpoint on the test split, 0-1
     test_loss: float | None = _metric("test/loss")  # mean cross-entropy of that checkpoint on the test split, nats
     test_balanced_acc: float | None = _metric("test/balanced_acc")  # mean recall over the test split's classes, 0-1
     test_macro_f1: float | None = _metric("test/macro_f1")  # unweighted mean of the per-class F1 scores, 0-1
     test_auroc: float | None = _metric("test/auroc")  # binary: ROC AUC of P(class 1); else one-vs-rest macro mean
     test_class_counts: list[int] | None = _metric("test/class_counts")  # test examples per class (index = class)
     test_pred_counts: list[int] | None = _metric("test/pred_counts")  # test predictions per class (index = class)
-    val_acc: float | None = _metric("val/acc")  # best validation accuracy over the epochs (the tested model's), 0-1
+    val_acc: float | None = _metric("val/acc")  # validation accuracy of the tested model (train.select), 0-1
     val_acc_history: list[float] | None = _metric("val/acc_history")  # validation accuracy per epoch, epoch 1 first
     val_loss_history: list[float] | None = _metric("val/loss_history")  # validation loss per epoch, nats
     epochs: int | None = _metric("epochs")  # epochs trained, those of a resumed earlier attempt included
+    steps: int | None = _metric("steps")  # optimizer steps done (global_step), a resumed attempt's included
 
     @property
     def majority_acc(self) -> float | None:
@@ -83,7 +86,7 @@ class RunRecord:
     status: str | None = None  # "running" while the run is in progress (never on disk), then "ok" or "failed"
     error: str | None = None  # "<ExceptionType>: <message>" of a failed run; None when ok
     name: str | None = None  # the config's `name`: the experiment or sweep name
-    source: str | None = None  # source task name; None when nothing is copied (cut=0: the scratch baseline)
+    source: str | None = None  # source task name; None when the run reads no source (cut=0: the scratch baseline)
     target: str | None = None  # target task name
     backbone: str | None = None  # backbone label (architecture and its initial weights)
     transfer: str | None = None  # transfer preset name (`transfer.name`: finetune, linear_probe, scratch, custom)
@@ -98,6 +101,9 @@ class RunRecord:
     trainable_blocks: list[str] = field(default_factory=list)  # blocks with a parameter that trains, then "head"
     trainable_params: int | None = None  # parameters that train at some point of the fit (count)
     total_params: int | None = None  # parameters of the target network (count)
+    # parameter-efficient fine-tuning (transfer/peft.py): {"method": "none"} or {"method": "lora"|"vpt", its
+    # settings, "sites", "blocks", "params" (count it added), "merged" (merged.safetensors path or None)}
+    peft: dict[str, Any] | None = None
     n_per_class: int | None = None  # labelled target examples per class asked for; None: the whole train pool
     n_train: int | None = None  # labelled target examples trained on (count)
     num_classes: int | None = None  # classes of the target task (count)
@@ -105,12 +111,19 @@ class RunRecord:
     n_test: int | None = None  # target test examples (count)
     seed: int | None = None  # training seed (initialisation, batch order)
     data_seed: int | None = None  # seed that drew the labelled subset from the train pool
+    # the fit's step budget (training/budget.py): budget, max_epochs, min_steps, max_steps, n_train, batch_size,
+    # steps_per_epoch, target_steps (asked), source_steps (scratch_long), epochs and steps planned, rule
+    budget: dict[str, Any] | None = None
+    select: str | None = None  # which epoch's model was tested (train.select): best_val, last or fixed_epoch
+    selected_epoch: int | None = None  # 1-based epoch of the tested model
     metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
     single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)
+    converged: bool | None = None  # False: val/acc still rising at the end (run/convergence.py); None: not judged
+    convergence: dict[str, Any] | None = None  # that verdict: epochs, window, late/earlier best, gain, noise, margin
     source_cache: str | None = None  # source model: hit / miss (cache), none (backbone's initial weights), unused
     source_ckpt: str | None = None  # path of the cached source model whose blocks were copied
     source_metrics: dict[str, Any] | None = None  # source model's pretraining numbers (test/acc, ...), its W&B run
-    target_ckpt: str | None = None  # path of the best-val/acc target checkpoint (the one tested)
+    target_ckpt: str | None = None  # path of the selected target checkpoint (the one tested, train.select)
     train_indices: list[int] = field(default_factory=list)  # indices into the target train pool that were trained on
     target_data: dict[str, Any] | None = None  # files read, input adaptation (channels, size, normalisation), splits
     feature_cache: dict[str, Any] | None = None  # frozen-prefix feature cache: status, depth, reason, key, path

@@ -27,6 +27,7 @@ import torch
 from transferlab.errors import ConfigError, problem
 from transferlab.run import identity
 from transferlab.run.scoring import (
+    CONTROL_ARM,
     NO_SOURCE_HEAD,
     NOTHING_COPIED,
     block_outputs,
@@ -131,9 +132,9 @@ def _score_point(point: Point, memo: _Memo, run_dir: Path) -> Scored:
     labels = task.train_y[idx].numpy()
     inputs: dict[str, Any] = {"split": "train", "n": len(idx), "cut": plan.cut}
     t0 = time.perf_counter()
-    if plan.cut == 0:
-        record = {"methods": score(methods, labels, None, None, {"features": NOTHING_COPIED,
-                                                                  "source": NOTHING_COPIED}), "inputs": inputs}
+    if plan.cut == 0 or plan.init != "source":
+        why = NOTHING_COPIED if plan.cut == 0 else CONTROL_ARM.format(plan.init)
+        record = {"methods": score(methods, labels, None, None, {"features": why, "source": why}), "inputs": inputs}
         return Scored(point, record, {"source_cache": "unused"})
     key = _source_key(cfg, prep)
     if key not in memo.sources:
@@ -150,7 +151,7 @@ def _score_point(point: Point, memo: _Memo, run_dir: Path) -> Scored:
         t1 = time.perf_counter()
         cached = feature_cache.stored(cfg, task, net, plan.cut)
         out = cached["train"] if cached is not None else block_outputs(net, task.train_x, 0, plan.cut, device)
-        memo.features[(key, data, plan.cut)] = (pooled(out, net.backbone.pool), {
+        memo.features[(key, data, plan.cut)] = (pooled(out, net.backbone.pool, net.backbone.prefix_tokens), {
             "block": net.backbone.block_names[plan.cut - 1], "shape": list(out.shape[1:]),
             "pooling": pooling(out, net.backbone.pool),
             "from": "feature cache (disk or memory)" if cached is not None else "inputs (train pool)",

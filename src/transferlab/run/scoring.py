@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 HEAD_PREFIX = "net.head."
 BATCH = 512
 NOTHING_COPIED = "transfer.cut=0 copies nothing: no transferred features and no source model to score"
+CONTROL_ARM = ("transfer.init={}: a control arm, its copied blocks do not hold the source's weights "
+               "(transfer/init.py); nothing transferred to score")
 NO_SOURCE_HEAD = ("source=none: the source weights are the backbone's own, with no head over source classes "
                   "(NCE and LEEP need a source model trained in the framework)")
 
@@ -63,20 +65,28 @@ def needs_source(methods: list[str]) -> bool:
     return any(METHODS[m].needs != "features" for m in methods)
 
 
-POOLING = {"avg": "global average", "flatten": "flatten"}
+POOLING = {"avg": "global average", "flatten": "flatten", "cls": "class token", "mean": "token mean"}
+TOKEN_POOLS = ("cls", "mean")
 
 
-def pooled(x: torch.Tensor, pool: str) -> np.ndarray:
+def pooled(x: torch.Tensor, pool: str, prefix_tokens: int = 0) -> np.ndarray:
     """[N, D] float64 as a head on this output reads it (`BlockBackbone.pool`): conv maps [N, C, H, W] averaged
-    over H and W with pool="avg", flattened with pool="flatten"; anything that is not a map, flattened."""
+    over H and W with pool="avg", flattened with pool="flatten"; tokens [N, T, D] read as the class token
+    (pool="cls") or the mean of the tokens after the first `prefix_tokens` (pool="mean"); anything else,
+    flattened."""
     x = x.float()
-    x = x.mean(dim=(2, 3)) if x.dim() == 4 and pool == "avg" else x.reshape(len(x), -1)
+    if x.dim() == 3 and pool in TOKEN_POOLS:
+        x = x[:, 0] if pool == "cls" else x[:, prefix_tokens:].mean(dim=1)
+    else:
+        x = x.mean(dim=(2, 3)) if x.dim() == 4 and pool == "avg" else x.reshape(len(x), -1)
     return x.double().numpy()
 
 
 def pooling(x: torch.Tensor, pool: str) -> str:
     """How `pooled` reduced this output, for the record."""
-    return POOLING[pool] if x.dim() == 4 else "flatten"
+    if x.dim() == 3 and pool in TOKEN_POOLS:
+        return POOLING[pool]
+    return POOLING[pool] if x.dim() == 4 and pool in POOLING else "flatten"
 
 
 @torch.no_grad()
@@ -163,7 +173,7 @@ def _run_features(cfg, task, net: TransferNet, cache, cut: int, device: torch.de
         x, start, source = task.train_x[idx], 0, "inputs"
     t0 = time.perf_counter()
     out = block_outputs(net, x, start, cut, device)
-    feats = pooled(out, net.backbone.pool)
+    feats = pooled(out, net.backbone.pool, net.backbone.prefix_tokens)
     return feats, {"block": net.backbone.block_names[cut - 1], "shape": list(out.shape[1:]), "dim": feats.shape[1],
                    "pooling": pooling(out, net.backbone.pool), "from": source, "time_s": time.perf_counter() - t0}
 
@@ -181,8 +191,9 @@ def score_run(cfg, prep, net: TransferNet, cache, state: dict[str, torch.Tensor]
     plan, task = prep.plan, prep.target
     idx = torch.as_tensor(task.train_indices, dtype=torch.long)
     inputs: dict[str, Any] = {"split": "train", "n": len(idx), "cut": plan.cut}
-    if plan.cut == 0 or state is None:
-        return {"methods": {m: _skipped(NOTHING_COPIED) for m in methods}, "inputs": inputs,
+    if plan.cut == 0 or state is None or plan.init != "source":
+        why = NOTHING_COPIED if plan.cut == 0 else CONTROL_ARM.format(plan.init)
+        return {"methods": {m: _skipped(why) for m in methods}, "inputs": inputs,
                 "time_s": time.perf_counter() - t0}
     try:
         device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))

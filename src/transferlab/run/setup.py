@@ -28,7 +28,9 @@ from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, famil
 from transferlab.errors import ConfigError, Problem, problem
 from transferlab.run import identity
 from transferlab.tasks import TaskData, build_task
+from transferlab.training import budget as budget_mod
 from transferlab.training import options
+from transferlab.training.scratch_long import source_steps
 from transferlab.transfer.plan import TransferPlan, resolve_plan
 
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
@@ -38,7 +40,8 @@ SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
 class Prepared:
     plan: TransferPlan
     target: TaskData
-    source: TaskData | None  # None when nothing is pretrained (scratch, or source=none)
+    source: TaskData | None  # None when the run reads no source task (scratch, or source=none)
+    budget: budget_mod.StepBudget  # the target fit's epochs and steps (training/budget.py)
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Context:
     source: TaskData | None = None
     backbone: BlockBackbone | None = None
     plan: TransferPlan | None = None
+    budget: budget_mod.StepBudget | None = None
 
 
 def _is_int(v) -> bool:
@@ -107,6 +111,11 @@ def _check_sizes(task: DictConfig, key: str) -> list[Problem]:
             out.append(problem(f"{key}.{name}", v, "null (all) or an integer >= 1"))
     if task.n_per_class is not None and task.n_train is not None:
         out.append(problem(f"{key}.n_train", task.n_train, f"null when {key}.n_per_class is set (pick one)"))
+    per_class = task.get("val_per_class")
+    if per_class is not None and per_class < 1:
+        out.append(problem(f"{key}.val_per_class", per_class, "null (val_size / val_fraction) or an integer >= 1"))
+    elif per_class is not None and task.get("val_size") is not None:
+        out.append(problem(f"{key}.val_size", task.val_size, f"null when {key}.val_per_class is set (pick one)"))
     return out
 
 
@@ -114,6 +123,32 @@ def check_task_sizes(cfg: DictConfig) -> list[Problem]:
     out = _check_sizes(cfg.target, "target")
     if cfg.source.kind != "none":
         out += _check_sizes(cfg.source, "source")
+    return out
+
+
+def check_budget(cfg: DictConfig) -> list[Problem]:
+    """The step budget and model selection keys (training/budget.py, training/callbacks.py), and the matched-compute
+    baseline's need for a source it can count."""
+    t, out = cfg.train, []
+    for name in ("min_steps", "max_steps"):
+        v = t[name]
+        if v is not None and v < 1:
+            out.append(problem(f"train.{name}", v, "null (none) or an integer >= 1"))
+    if str(t.budget) == "steps" and t.max_steps is None:
+        out.append(problem("train.max_steps", None, "an integer >= 1 with train.budget=steps (the budget itself)"))
+    if t.min_steps is not None and t.max_steps is not None and 1 <= t.max_steps < t.min_steps:
+        out.append(problem("train.min_steps", t.min_steps, f"at most train.max_steps={t.max_steps}"))
+    fixed = str(t.select) == "fixed_epoch"
+    if fixed and (t.select_epoch is None or t.select_epoch < 1):
+        out.append(problem("train.select_epoch", t.select_epoch, "an integer >= 1 with train.select=fixed_epoch "
+                                                                "(the model after that many epochs is tested)"))
+    elif not fixed and t.select_epoch is not None:
+        out.append(problem("train.select_epoch", t.select_epoch, f"null unless train.select=fixed_epoch "
+                                                                f"(train.select={t.select})"))
+    if cfg.transfer.get("source_compute") and cfg.source.kind == "none":
+        out.append(problem("transfer.source_compute", True, "false with source=none: the backbone's own weights "
+                                                            "have no pretraining steps to match (scratch_long needs "
+                                                            "a source task)"))
     return out
 
 
@@ -216,7 +251,7 @@ def check_cache_dir(cfg: DictConfig) -> list[Problem]:
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
-    check_seeds, check_optim, check_task_sizes, check_kinds, check_devices, check_lease,
+    check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_lease,
     check_checkpoint, check_resume, options.check, check_cache_dir,
 ]
 
@@ -232,10 +267,29 @@ def check_input_shapes(cfg: DictConfig, ctx: Context) -> list[Problem]:
                     f"{ctx.target.input_shape}; both must match the backbone's input")]
 
 
+def plan_budget(cfg: DictConfig, plan: TransferPlan, target: TaskData, source: TaskData | None
+                ) -> budget_mod.StepBudget:
+    """The target fit's budget (training/budget.py) on this run's training subset; scratch_long adds the source
+    pretraining's steps (training/scratch_long.py)."""
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    extra = 0
+    if plan.source_compute and source is not None:
+        extra = source_steps(cfg.pretrain, len(source.train_indices), accumulate)
+    return budget_mod.plan(cfg.train, len(target.train_indices), extra_steps=extra, accumulate=accumulate)
+
+
+def _epochs(cfg: DictConfig, ctx: Context) -> tuple[int, str]:
+    """(epochs the fit runs, how to say where that number comes from) for the checks below."""
+    if ctx.budget is None or (ctx.budget.epochs == cfg.train.max_epochs and str(cfg.train.budget) == "epochs"):
+        return int(cfg.train.max_epochs), f"train.max_epochs={cfg.train.max_epochs}"
+    b = ctx.budget
+    return b.epochs, f"the {b.epochs} epochs of the step budget ({b.steps} steps of {b.steps_per_epoch} per epoch)"
+
+
 def check_strategy(cfg: DictConfig, ctx: Context) -> list[Problem]:
-    """Schedules that fit in train.max_epochs; the discriminative LR's range."""
+    """Schedules that fit in the epochs the fit runs; the discriminative LR's range."""
     out = []
-    epochs = cfg.train.max_epochs
+    epochs, within = _epochs(cfg, ctx)
     gamma = cfg.train.lr_decay
     if not _is_num(gamma) or not 0 < gamma <= 1:
         out.append(problem("train.lr_decay", gamma, "a number in (0, 1] (1 = one rate for all blocks; ULMFiT 0.385)"))
@@ -244,15 +298,24 @@ def check_strategy(cfg: DictConfig, ctx: Context) -> list[Problem]:
         return out
     if plan.strategy == "lp_ft" and plan.lp_epochs >= epochs:
         out.append(problem("transfer.lp_epochs", plan.lp_epochs,
-                           f"fewer than train.max_epochs={epochs} (else the fine-tuning phase never starts)"))
+                           f"fewer than {within} (else the fine-tuning phase never starts)"))
     if plan.strategy == "gradual":
         last = max(plan.unfreeze_epoch(b) for b in plan.unfreeze_order)
         if last >= epochs:
             out.append(problem("transfer.unfreeze_every", plan.unfreeze_every,
                                f"small enough to release all {len(plan.unfreeze_order)} training blocks "
-                               f"{list(plan.unfreeze_order)} within train.max_epochs={epochs} (the last is released "
+                               f"{list(plan.unfreeze_order)} within {within} (the last is released "
                                f"at epoch {last}); raise train.max_epochs or narrow transfer.trainable"))
     return out
+
+
+def check_select_epoch(cfg: DictConfig, ctx: Context) -> list[Problem]:
+    """train.select=fixed_epoch names an epoch the fit reaches."""
+    v = cfg.train.select_epoch
+    if str(cfg.train.select) != "fixed_epoch" or v is None or v < 1:
+        return []  # check_budget's
+    epochs, within = _epochs(cfg, ctx)
+    return [problem("train.select_epoch", v, f"at most {within}")] if v > epochs else []
 
 
 def check_source_resume(cfg: DictConfig, ctx: Context) -> list[Problem]:
@@ -270,6 +333,7 @@ def check_source_resume(cfg: DictConfig, ctx: Context) -> list[Problem]:
 PLAN_CHECKS: list[Callable[[DictConfig, Context], list[Problem]]] = [
     check_input_shapes,
     check_strategy,
+    check_select_epoch,
     check_source_resume,
 ]
 
@@ -324,13 +388,17 @@ def prepare(cfg: DictConfig) -> Prepared:
             problems.append(problem("backbone", family_of(cfg.backbone),
                                     f"cannot take inputs of shape {shaped.input_shape} ({shaped.name}): {e}"))
     if ctx.backbone is not None:
-        ctx.plan = _collect(problems, resolve_plan, cfg.transfer, ctx.backbone)  # globs need parameter names
-    if ctx.source is None and has_source and (ctx.plan is None or ctx.plan.cut > 0):
+        ctx.plan = _collect(problems, resolve_plan, cfg.transfer, ctx.backbone,  # globs need parameter names
+                            peft=cfg.get("peft"))  # PEFT targets need the modules
+    if ctx.source is None and has_source and (ctx.plan is None or ctx.plan.reads_source_task):
         load_source()
+    budget_ok = not any(p.key.startswith(("train.", "pretrain.", "trainer.")) for p in problems)
+    if ctx.plan is not None and ctx.target is not None and budget_ok:
+        ctx.budget = plan_budget(cfg, ctx.plan, ctx.target, ctx.source)
     for check in PLAN_CHECKS:
         problems.extend(_collect(problems, check, cfg, ctx) or [])
     if problems:
         raise ConfigError(list({str(p): p for p in problems}.values()))  # a problem found twice is listed once
-    assert ctx.plan is not None and ctx.target is not None
-    source = ctx.source if ctx.plan.cut > 0 else None
-    return Prepared(plan=ctx.plan, target=ctx.target, source=source)
+    assert ctx.plan is not None and ctx.target is not None and ctx.budget is not None
+    source = ctx.source if ctx.plan.reads_source_task else None
+    return Prepared(plan=ctx.plan, target=ctx.target, source=source, budget=ctx.budget)

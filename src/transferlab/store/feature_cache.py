@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FEATURES_FILE = "features.pt"
 FORMAT_VERSION = 1
-MAX_FEATURE_BYTES = 4 * 2**30      # never hold more than this in memory as cached features
+MAX_FEATURE_BYTES = 4 * 2**30      # cached features larger than this are not held (`train.feature_cache_max_gb`)
 MEMORY_BYTES = 2**30               # features kept in this process for later jobs of a multirun
 _logged: set[str] = set()
 _memory: "OrderedDict[str, dict[str, torch.Tensor]]" = OrderedDict()
@@ -66,6 +66,12 @@ class Decision:
         return {"status": self.status, "depth": self.depth, "reason": self.reason, "key": self.key, "path": self.path}
 
 
+def max_bytes(train_cfg) -> int:
+    """The most cached features may take (`train.feature_cache_max_gb`; the default for older configs)."""
+    gb = train_cfg.get("feature_cache_max_gb")
+    return MAX_FEATURE_BYTES if gb is None else int(float(gb) * 2**30)
+
+
 def mode_of(train_cfg) -> str:
     return str(train_cfg.feature_cache)  # auto | on | off: the schema's choice (transferlab.config.FeatureCache)
 
@@ -76,10 +82,10 @@ def _log_once(reason: str) -> None:
         log.info("feature cache off: %s", reason)
 
 
-def decide(cfg, plan: TransferPlan, task, net) -> Decision:
+def decide(cfg, plan: TransferPlan, task, net, epochs: int | None = None) -> Decision:
     """Whether this run trains on cached prefix features, and why (or why not): the prefix the plan keeps fixed
     (`TransferPlan.fixed_prefix`), then the mode, the memory limit and, for `auto`, whether one pass over the pool
-    pays off."""
+    pays off over the fit's `epochs` (default `train.max_epochs`; a run passes its step budget's)."""
     mode = mode_of(cfg.train)
     if mode == "off":
         return Decision(False, 0, "train.feature_cache=off")
@@ -88,19 +94,20 @@ def decide(cfg, plan: TransferPlan, task, net) -> Decision:
         reason = f"no frozen leading block: {why}"
         _log_once(reason)
         return Decision(False, 0, reason)
-    shape = tuple(net.backbone.output_shape(depth))
+    shape = tuple(net.backbone.output_shape(depth))  # a transformer's: tokens x width
     n_pool, n_val, n_test = len(task.train_y), len(task.val_y), len(task.test_y)
-    size = 4 * (n_pool + n_val + n_test) * int(torch.tensor(shape).prod())
-    if size > MAX_FEATURE_BYTES:
-        reason = (f"features after {depth} blocks would take {size / 2**30:.1f} GiB "
-                  f"(limit {MAX_FEATURE_BYTES / 2**30:.0f} GiB)")
+    size = 4 * (n_pool + n_val + n_test) * int(torch.tensor(shape).prod())  # estimated before anything is run
+    limit = max_bytes(cfg.train)
+    if size > limit:
+        reason = (f"features after {depth} blocks ({list(shape)} per example) would take {size / 2**30:.3g} GiB "
+                  f"(train.feature_cache_max_gb={cfg.train.get('feature_cache_max_gb', limit / 2**30):g})")
         if mode == "on":
             raise ConfigError(problem("train.feature_cache", "on", reason))
         _log_once(reason)
         return Decision(False, depth, reason)
     if mode == "auto":
         # One pass over pool+val+test against the prefix passes this run would do (epochs x (subset + val) + test).
-        epochs, n_train = int(cfg.train.max_epochs), len(task.train_indices)
+        epochs, n_train = int(epochs or cfg.train.max_epochs), len(task.train_indices)
         once, per_run = n_pool + n_val + n_test, epochs * (n_train + n_val) + n_test
         if once > per_run and not _stored(cfg, task, net, depth):
             reason = (f"one pass over the pool ({once} examples) costs more than this run's {per_run} prefix passes "

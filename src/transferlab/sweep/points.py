@@ -4,8 +4,8 @@ Hydra's basic sweeper knows one cartesian product and numbers its jobs 0..N-1. H
 `params` (shared) crossed with each of `grids` (e.g. a transfer arm over freeze depths and a scratch arm without
 one), so scratch points are not multiplied by freeze depths. Every point has a *stable folder* named by its swept
 overrides in canonical (sorted) order (`seed=0,target.n_per_class=5,transfer.freeze=2`, whatever the order on the
-command line). A baseline grid (`transfer=scratch`) never takes `transfer` overrides meant for the transfer arms
-(from the command line or the shared params).
+command line). A baseline grid (`transfer=scratch`, `transfer=scratch_long`) never takes `transfer` overrides meant
+for the transfer arms (from the command line or the shared params).
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import product
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-BASELINES = ("scratch",)       # transfer choices that copy nothing: transfer overrides of other arms skip them
+# transfer choices that copy nothing (transfer/plan.py BASELINES): transfer overrides of other arms skip them
+BASELINES = ("scratch", "scratch_long")
+# `transfer.freeze=all_depths` in a sweep: one point per freeze depth the point's backbone has (0..cut-1 and all),
+# resolved by the sweeper from the composed config (`transfer.plan.freeze_depths`), so a preset works for any backbone
+FREEZE, ALL_DEPTHS = "transfer.freeze", "all_depths"
 _SAFE = re.compile(r"[^A-Za-z0-9_.,=+\-]")
 MAX_NAME = 150
 
@@ -55,7 +59,7 @@ def _as_override_strings(params: Mapping[str, Any] | None) -> list[str]:
 
 
 def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[str, Any] | None] | None,
-           arguments: list[str]) -> list[Point]:
+           arguments: list[str], depths: Callable[[list[str]], list[str]] | None = None) -> list[Point]:
     """Points of a sweep: for each grid, params x grid x CLI arguments (cartesian); the union, duplicates dropped.
 
     `parse` turns override strings into Hydra `Override`s. CLI arguments replace a key's values where the key is
@@ -66,6 +70,9 @@ def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[
     A baseline grid (its own `transfer` is one of BASELINES) takes no `transfer` / `transfer.*` value from the
     shared params or the CLI: those are meant for the transfer arms (`-m experiment=freeze_vs_n transfer.cut=2`
     must not give a "scratch" point with transferred weights).
+
+    `transfer.freeze=all_depths` becomes one point per value `depths(overrides)` gives for the point's overrides
+    (the sweeper's: every freeze depth of the point's backbone and cut); without `depths` it is an error.
     """
     shared = parse(_as_override_strings(params))
     grid_items = [(g, parse(_as_override_strings(spec))) for g, spec in (grids or {}).items() if spec is not None]
@@ -102,7 +109,7 @@ def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[
                 choices.append([(key, f"{key}={v}") for v in o.sweep_string_iterator()])
             else:
                 choices.append([(key, f"{key}={o.get_value_element_as_str()}")])
-        for combo in product(*choices):
+        for combo in (c for raw in product(*choices) for c in _resolve_depths(raw, depths)):
             overrides = [s for _, s in combo]
             ident = tuple(sorted(overrides))
             if ident in seen:
@@ -115,6 +122,18 @@ def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[
     if dupes:
         raise ValueError(f"two points share the folder name {dupes[0]!r}; sweep that key from the preset instead")
     return points
+
+
+def _resolve_depths(combo: tuple, depths: Callable[[list[str]], list[str]] | None) -> list[tuple]:
+    """`combo` ((key, override line) pairs) with `transfer.freeze=all_depths` replaced by each depth of its point."""
+    line = f"{FREEZE}={ALL_DEPTHS}"
+    if all(s != line for _, s in combo):
+        return [combo]
+    if depths is None:
+        raise ValueError(f"{line}: a sweep value (-m with the transferlab sweeper, which reads the backbone's "
+                         "blocks); one run takes a depth: an int or all")
+    values = depths([s for _, s in combo])
+    return [tuple((k, f"{FREEZE}={v}" if s == line else s) for k, s in combo) for v in values]
 
 
 def _is_transfer_key(key: str) -> bool:

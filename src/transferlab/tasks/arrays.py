@@ -15,7 +15,7 @@ import torch
 from transferlab.errors import ConfigError, problem
 from transferlab.tasks.adapt import Adapter
 from transferlab.tasks.base import TaskData
-from transferlab.tasks.sampling import cap_per_class, check_disjoint, draw_subset, fixed_split
+from transferlab.tasks.sampling import cap_per_class, check_disjoint, draw_subset, fixed_split, per_class_split
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,16 @@ def task_from_arrays(
     else:
         pos, test_y = _keep(np.asarray(y_test), ids)
         origins["test"] = ("test", pos)
-    if x_val is None:
+    if x_val is None and cfg.get("val_per_class") is not None:  # exactly k per class (few-shot protocols)
+        try:
+            rest, val = per_class_split(pool_y, int(cfg.val_per_class), split_seed + 1)
+        except ValueError as e:
+            raise ConfigError(problem(f"{key}.val_per_class", cfg.val_per_class,
+                                      f"a held-out split this data can give: {e}")) from None
+        origins["val"] = ("train", pool_pos[val])
+        val_y = pool_y[val]
+        pool_pos, pool_y = pool_pos[rest], pool_y[rest]
+    elif x_val is None:
         size = cfg.val_size or float(cfg.val_fraction)
         rest, val = _split(pool_y, size, split_seed + 1, key, "val_size" if cfg.val_size else "val_fraction")
         origins["val"] = ("train", pool_pos[val])

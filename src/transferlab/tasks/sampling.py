@@ -18,6 +18,22 @@ def fixed_split(labels: np.ndarray, size: float | int, split_seed: int) -> tuple
     return np.sort(rest), np.sort(held)
 
 
+def per_class_split(labels: np.ndarray, k: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held_out) with exactly `k` held-out examples of every class, a fixed seeded choice (`split_seed`).
+    ValueError when a class has no more than k examples (none would be left to train on)."""
+    short = {int(c): int(np.sum(labels == c)) for c in np.unique(labels) if np.sum(labels == c) <= k}
+    if short:
+        raise ValueError(f"classes {sorted(short)} have only {sorted(set(short.values()))} examples; at most "
+                         f"{min(short.values()) - 1} per class can be held out")
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([int(split_seed), 104729, int(c)])
+        held.append(members[rng.permutation(len(members))[:k]])
+    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(len(labels)), held_idx), held_idx
+
+
 def cap_per_class(labels: np.ndarray, cap: int, split_seed: int) -> np.ndarray:
     """Sorted positions keeping at most `cap` examples of each class (a fixed, seeded choice)."""
     keep = []

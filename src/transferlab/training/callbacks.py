@@ -6,7 +6,8 @@
   (#12141) and resuming (#6891). Here every parameter that will ever train sits in the optimizer from the start
   (grad None until released, so the optimizer skips it), and the epoch -> set map is a pure function of the
   epoch, so a run resumed at epoch e gets exactly the set of epoch e.
-- `RunLocalCheckpoint` (best model on val/acc, files named inside the run's folder), `ResumePoint` (last.ckpt at
+- `RunLocalCheckpoint` (the selected model, `train.select`: best val/acc with its tie rule, last, or a fixed
+  epoch; files named inside the run's folder), `ResumePoint` (last.ckpt at
   most every `checkpoint.every_s`), `RunIdentity` (the run fingerprint and RNG states in every checkpoint);
 - `FailOnNonFinite` (a NaN/inf loss stops the fit), `MetricHistory` (per-epoch curves for result.json),
   `BlockModelSummary` (trainable and frozen parameters per block).
@@ -124,7 +125,18 @@ class RunIdentity(L.Callback):
 
 
 class RunLocalCheckpoint(ModelCheckpoint):
-    """The best-model tracker, with its saved state naming files relative to its own folder.
+    """The model-selection tracker (`train.select`: which epoch's model is tested), with its saved state naming
+    files relative to its own folder. One file, `best.ckpt`, holds the selected model; it is replaced when:
+
+    - `best_val` (default): val/acc is higher than the kept model's, or equal with a lower val/loss. On a full tie
+      the earlier epoch stays. Validation accuracy on a few dozen examples moves in steps of one example, so ties
+      are common; Lightning's own rule keeps the first maximum and ignores the loss, which would pick an epoch
+      whose predictions are equally often right but less confident;
+    - `last`: always (the model after the last epoch);
+    - `fixed_epoch`: at the end of epoch `select_epoch` (1-based: the model after that many epochs), only.
+
+    `selected_epoch` (1-based) and the kept model's val/loss are part of the saved state, so a resumed fit applies
+    the same rule to the same history.
 
     Lightning's ModelCheckpoint saves absolute paths (best_model_path, ...) in last.ckpt and restores them as they
     are; a run dir copied or moved elsewhere would then re-test the *original* folder's best.ckpt (another run's
@@ -132,6 +144,45 @@ class RunLocalCheckpoint(ModelCheckpoint):
     Here the state holds file names only, and loading resolves each inside this tracker's own dirpath (any folder
     part, absolute or `..`, is dropped) and restores the scores, so re-testing a finished run gives its numbers.
     """
+
+    RULES = ("best_val", "last", "fixed_epoch")  # transferlab.config.Select
+
+    def __init__(self, *args: Any, select: str = "best_val", select_epoch: int | None = None,
+                 loss: str = "val/loss", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if str(select) not in self.RULES or (str(select) == "fixed_epoch") != (select_epoch is not None):
+            raise ValueError(f"select={select!r}, select_epoch={select_epoch!r}: one of {self.RULES}, with an epoch "
+                             "for fixed_epoch only")
+        self.select, self.select_epoch, self.loss_key = str(select), select_epoch, loss
+        self.selected_epoch: int | None = None  # 1-based epoch of the kept model
+        self.selected_loss: float | None = None  # its val/loss (the best_val tie-break)
+
+    def replaces(self, epoch: int, acc: float, loss: float | None) -> bool:
+        """Does the model after 1-based `epoch`, with this val/acc and val/loss, replace the kept one?"""
+        if self.select == "last":
+            return True
+        if self.select == "fixed_epoch":
+            return epoch == self.select_epoch
+        kept = None if self.best_model_score is None else float(self.best_model_score)
+        if kept is None:
+            return True
+        if acc != kept:  # a NaN accuracy never replaces
+            return acc > kept
+        return loss is not None and self.selected_loss is not None and loss < self.selected_loss
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None:
+            return False
+        loss = trainer.callback_metrics.get(self.loss_key)
+        decision = self.replaces(int(trainer.current_epoch) + 1, float(current),
+                                 None if loss is None else float(loss))
+        return trainer.strategy.reduce_boolean_decision(bool(decision))  # every process agrees (DDP)
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: L.Trainer, monitor_candidates) -> None:
+        loss = monitor_candidates.get(self.loss_key)
+        self.selected_epoch = int(trainer.current_epoch) + 1
+        self.selected_loss = None if loss is None else float(loss)
+        super()._update_best_and_save(current, trainer, monitor_candidates)
 
     def _here(self, name: str | None) -> str:
         return str(Path(self.dirpath) / Path(name).name) if name else ""
@@ -141,7 +192,8 @@ class RunLocalCheckpoint(ModelCheckpoint):
         name = lambda p: Path(p).name if p else ""  # noqa: E731
         state.update(dirpath=".", best_model_path=name(self.best_model_path),
                      kth_best_model_path=name(self.kth_best_model_path), last_model_path=name(self.last_model_path),
-                     best_k_models={name(k): v for k, v in self.best_k_models.items()})
+                     best_k_models={name(k): v for k, v in self.best_k_models.items()},
+                     select=self.select, selected_epoch=self.selected_epoch, selected_loss=self.selected_loss)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -151,6 +203,8 @@ class RunLocalCheckpoint(ModelCheckpoint):
         self.kth_best_model_path = self._here(state_dict.get("kth_best_model_path"))
         self.last_model_path = self._here(state_dict.get("last_model_path"))
         self.best_model_path = self._here(state_dict.get("best_model_path"))
+        self.selected_epoch = state_dict.get("selected_epoch")
+        self.selected_loss = state_dict.get("selected_loss")
 
 
 class ResumePoint(Checkpoint):

@@ -1,7 +1,8 @@
 """One Lightning fit + test, shared by source pretraining and target training.
 
 Every training run goes through `fit_and_test`: it continues a killed run from its `last.ckpt` (`checkpoints`),
-keeps the best model on val/acc (`best.ckpt`, weights only) and tests it once; the callbacks (`callbacks`) write
+keeps the selected model (`best.ckpt`, weights only: the best on val/acc by default, `train.select`) and tests it
+once; the callbacks (`callbacks`) write
 the resume state at most every `checkpoint.every_s` seconds, store the run fingerprint and RNG states in every
 checkpoint, and stop a NaN/inf loss with `NonFiniteLossError` (the caller records status `failed`).
 """
@@ -38,12 +39,15 @@ class FitOutcome:
     epochs: int
     history: dict[str, list[float]] = field(default_factory=dict)
     resumed_from: str | None = None
+    steps: int | None = None  # optimizer steps done (Lightning's global_step, a resumed attempt's included)
+    selected_epoch: int | None = None  # 1-based epoch of the tested model
 
 
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
                  logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True,
-                 resume_every_s: float = 0.0) -> FitOutcome:
-    """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the best model on val/acc, test it once.
+                 resume_every_s: float = 0.0, select: str = "best_val", select_epoch: int | None = None) -> FitOutcome:
+    """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the model `select` picks (`best_val`,
+    `last`, `fixed_epoch` with `select_epoch`: `callbacks.RunLocalCheckpoint`), test it once.
 
     `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
     """
@@ -52,7 +56,8 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     # Saved at validation end, not Lightning's default train-epoch end (which comes after validation end): then it
     # runs before ResumePoint, and the tracker state in last.ckpt is this epoch's, agreeing with best.ckpt.
     ckpt = RunLocalCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
-                              save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=False)
+                              save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=False,
+                              select=select, select_epoch=select_epoch)
     kwargs = dict(plain(trainer_cfg))  # Lightning gets "cpu", not Accelerator.cpu
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
@@ -66,6 +71,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     trainer.fit(module, train, val, ckpt_path=resume_from, weights_only=True)
     # Copy now: testing from the best checkpoint restores the callback state saved at that (earlier) epoch.
     curves = {k: list(v) for k, v in history.history.items()}
+    steps, selected = int(trainer.global_step), ckpt.selected_epoch
     best = ckpt.best_model_path
     if best and Path(best).resolve().parent != Path(ckpt_dir).resolve():  # RunLocalCheckpoint rules this out
         raise RuntimeError(f"best checkpoint {best} is outside this run's checkpoint folder {ckpt_dir}")
@@ -78,4 +84,6 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
         epochs=int(trainer.current_epoch),
         history=curves,
         resumed_from=resume_from,
+        steps=steps,
+        selected_epoch=selected,
     )

@@ -16,21 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transferlab.config import plain
+from transferlab.config import flatten, plain
 
 AXES = ("n_per_class", "n_train", "freeze", "cut", "trainable_params")
-
-
-def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values (W&B shows them as such)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key, sep))
-        else:
-            out[key] = v
-    return out
 
 
 def wandb_tags(cfg) -> list[str]:

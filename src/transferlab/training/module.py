@@ -141,7 +141,8 @@ class TransferModule(L.LightningModule):
         schedulers and resumed optimizer states stay valid (Lightning #12141, #6891). `lr_decay`=gamma gives the
         block at depth d from the top lr * gamma**d (ULMFiT's 1/2.6, timm's layer decay); the head is depth 0.
         Each block's parameters split by weight decay, all at the block's rate: `<block>` gets `weight_decay`;
-        `<block>.no_decay` holds its 1-D parameters (biases, norm weights), which get none unless
+        `<block>.no_decay` holds its 1-D parameters (biases, norm weights) and a transformer's token embeddings
+        (class token, position embeddings, VPT prompts: `BlockBackbone.no_weight_decay`), which get none unless
         `decay_norm_and_bias` (as timm: under BitFit or `@norm` they are all that trains, and decay would only
         pull them toward zero); `<block>.l2sp` holds transferred parameters under L2-SP, whose penalty replaces
         weight decay (Li et al.).
@@ -151,6 +152,7 @@ class TransferModule(L.LightningModule):
         gamma = 1.0 if gamma is None else float(gamma)
         decay_1d = bool(self.optim.get("decay_norm_and_bias", False))
         by_block = {"head": [(f"head.{n}", p) for n, p in self.net.head.named_parameters()]}  # it always trains
+        no_decay = self.net.backbone.no_weight_decay  # a ViT's embeddings, as timm's no_weight_decay()
         for name, p in self.net.backbone_parameters():
             if self.trains(name):
                 by_block.setdefault(name.split(".", 1)[0], []).append((name, p))
@@ -161,7 +163,8 @@ class TransferModule(L.LightningModule):
                 if self.l2sp and self.l2sp.anchored(name):
                     kind = ".l2sp"
                 else:
-                    kind = ".no_decay" if p.ndim <= 1 and not decay_1d else ""
+                    flat = p.ndim <= 1 or name in no_decay  # token embeddings (class token, position, prompts)
+                    kind = ".no_decay" if flat and not decay_1d else ""
                 split[block + kind].append(p)
             for group, params in split.items():
                 if params:

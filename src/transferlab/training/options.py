@@ -25,9 +25,15 @@ PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-tr
 
 
 def check(cfg) -> list[Problem]:
-    """`trainer.precision`, before anything runs (Lightning would only complain when the Trainer is built, after
-    the source model was pretrained). A closed choice the schema cannot hold as an enum: its values are no
-    identifiers. The other speed options' types and choices are the schema's."""
+    """`trainer.precision` and `train.feature_cache_max_gb` > 0, before anything runs (Lightning would only
+    complain about the precision when the Trainer is built, after the source model was pretrained). A closed
+    choice the schema cannot hold as an enum: its values are no identifiers. The other speed options' types and
+    choices are the schema's."""
+    out = []
     if str(cfg.trainer.precision) not in PRECISIONS:
-        return [problem("trainer.precision", cfg.trainer.precision, f"one of {list(PRECISIONS)}")]
-    return []
+        out.append(problem("trainer.precision", cfg.trainer.precision, f"one of {list(PRECISIONS)}"))
+    limit = cfg.train.get("feature_cache_max_gb")
+    if limit is not None and not limit > 0:
+        out.append(problem("train.feature_cache_max_gb", limit, "a number of GiB > 0 (the most cached features "
+                                                                "may take)"))
+    return out

@@ -30,7 +30,8 @@ class L2SP:
         # A plain dict of detached copies: neither parameters nor part of any checkpoint.
         self.anchor: dict[str, torch.Tensor] = {} if not self.alpha else {
             n: p.detach().clone() for n, p in named_parameters
-            if n.split(".", 1)[0] in plan.copied and plan.trains(n)}
+            if n.split(".", 1)[0] in plan.copied and plan.trains(n)
+            and not (plan.peft is not None and n in plan.peft.params)}  # PEFT parameters have no source value
 
     def __bool__(self) -> bool:
         return bool(self.anchor)

@@ -30,8 +30,28 @@ BACKBONE_PREFIX = "net.backbone.blocks."
 BN_POLICIES = tuple(BNPolicy.values())  # the schema's choices (transferlab.config)
 
 
-def make_head(in_shape: tuple[int, ...], pool: str, num_classes: int) -> nn.Sequential:
-    """A linear classifier whose input size is computed from the block output shape."""
+class TokenPool(nn.Module):
+    """Tokens [N, T, D] -> [N, D]: the class token (`cls`, token 0) or the mean of the tokens after the first
+    `skip` (`mean`: the patch tokens, past class, register and prompt tokens)."""
+
+    def __init__(self, kind: str, skip: int = 0):
+        super().__init__()
+        if kind not in ("cls", "mean"):
+            raise ValueError(f"token pool {kind!r}: cls or mean")
+        self.kind, self.skip = kind, int(skip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] if self.kind == "cls" else x[:, self.skip:].mean(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}" + (f", skip={self.skip}" if self.kind == "mean" else "")
+
+
+def make_head(in_shape: tuple[int, ...], pool: str, num_classes: int, prefix_tokens: int = 0) -> nn.Sequential:
+    """A linear classifier whose input size is computed from the block output shape; token outputs [T, D] are
+    read by `pool` (cls | mean, skipping `prefix_tokens`)."""
+    if len(in_shape) == 2 and pool in ("cls", "mean"):
+        return nn.Sequential(TokenPool(pool, prefix_tokens), nn.Linear(in_shape[-1], num_classes))
     if len(in_shape) == 3 and pool == "avg":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_shape[0], num_classes))
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_classes))
@@ -43,7 +63,8 @@ class TransferNet(nn.Module):
         if bn not in BN_POLICIES:
             raise ValueError(f"bn={bn!r}: one of {BN_POLICIES}")
         self.backbone = backbone
-        self.head = make_head(backbone.output_shape(len(backbone)), backbone.pool, num_classes)
+        self.head = make_head(backbone.output_shape(len(backbone)), backbone.pool, num_classes,
+                              prefix_tokens=backbone.prefix_tokens)
         self.bn = bn
         self._training: frozenset[str] = frozenset()
         self.set_trainable(lambda name: True)  # until told otherwise (source pretraining): everything trains

@@ -4,8 +4,10 @@
 parameter names: which blocks are copied (`cut`), what happens above the cut (`upper`), which parameters train
 (`freeze` = first f blocks frozen, or `trainable` = block names / parameter globs such as "*.bias" for BitFit),
 the BN policy, and the strategy that schedules the set over epochs (`fixed`, `gradual` ULMFiT unfreezing, `lp_ft`
-linear probe then fine-tune). Everything else asks the plan (`trains`, `trainable_at`, `frozen`, ...), never
-`requires_grad`, which is only set from it for autograd: `build_target_net` and `apply_epoch` hand the net the
+linear probe then fine-tune). A PEFT method (`peft=lora|vpt`, transfer/peft.py) adds parameters to frozen blocks:
+the plan names them before they exist and they train; the blocks they sit in are `adapted`, no longer `frozen`.
+Everything else asks the plan (`trains`, `trainable_at`, `frozen`, ...), never `requires_grad`, which is only set
+from it for autograd: `build_target_net` and `apply_epoch` hand the net the
 plan's predicate, the optimizer groups and the L2-SP penalty, the model summary, the recorded counts and the
 feature cache's frozen prefix all read the plan.
 """
@@ -21,11 +23,17 @@ from torch import nn
 from transferlab.backbones.base import BlockBackbone
 from transferlab.config import TransferConfig, typed
 from transferlab.errors import ConfigError, Problem, problem
+from transferlab.transfer import init as init_mod
+from transferlab.transfer import peft as peft_mod
 from transferlab.transfer.network import TransferNet, block_state
 
 # transfer=scratch is the baseline: nothing copied, every block trained from random weights. Its own values, which
 # an override may not change (else "scratch" would label transferred or frozen weights).
-SCRATCH = {"cut": 0, "upper": "reinit", "freeze": 0, "trainable": None, "strategy": "fixed", "l2sp": 0.0}
+SCRATCH = {"cut": 0, "upper": "reinit", "freeze": 0, "trainable": None, "strategy": "fixed", "l2sp": 0.0,
+           "init": "source"}
+# The baselines, each with its own values: scratch at the arms' budget, and scratch_long at the compute of source
+# pretraining + target training (He et al. 2019; training/scratch_long.py). sweep/points.py's BASELINES names them.
+BASELINES = {"scratch": {**SCRATCH, "source_compute": False}, "scratch_long": {**SCRATCH, "source_compute": True}}
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,22 @@ class TransferPlan:
     unfreeze_every: int           # gradual: epochs between two unfreezings
     lp_epochs: int                # lp_ft: head-only epochs before fine-tuning
     l2sp: float                   # L2-SP strength toward the source weights of copied blocks
+    init: str                     # what the copied blocks hold: source | meanvar | random_frozen (transfer/init.py)
+    source_compute: bool          # scratch_long: the source pretraining's steps added to the budget
     spec: tuple[str, ...] | None = None  # transfer.trainable as given (None: the set came from `freeze`)
+    peft: peft_mod.PeftSpec | None = None  # PEFT modules added to frozen blocks; their parameters train
+    adapted: tuple[str, ...] = ()  # blocks whose own weights are frozen but which carry PEFT parameters
+
+    @property
+    def reads_source_weights(self) -> bool:
+        """Does building the target net need the source model's tensors? Not when nothing is copied, nor for
+        random_frozen (its copied blocks keep their random init)."""
+        return self.cut > 0 and init_mod.copies_weights(self.init)
+
+    @property
+    def reads_source_task(self) -> bool:
+        """Does the run need the source task: its model's weights, or (scratch_long) its pretraining's steps?"""
+        return self.reads_source_weights or self.source_compute
 
     @property
     def copied(self) -> tuple[str, ...]:
@@ -62,25 +85,27 @@ class TransferPlan:
     def freeze_depth(self) -> int | None:
         """f of `transfer.freeze` (first f kept blocks frozen); None for a `transfer.trainable` set, which is not
         a depth (a surgical set freezes blocks above the one it trains) and must not be plotted as one."""
-        return len(self.frozen) if self.spec is None else None
+        return len(self.frozen) + len(self.adapted) if self.spec is None else None
 
     @property
     def label(self) -> str:
         """Short description of the trainable set for tables: 'freeze=2', 'trainable=[*.bias]', plus strategy."""
         base = f"freeze={self.freeze_depth}" if self.spec is None else f"trainable=[{','.join(self.spec)}]"
+        base = base if self.peft is None else f"{base} {self.peft.label}"
         return base if self.strategy == "fixed" else f"{base} {self.strategy}"
 
     @property
     def arm(self) -> str:
         """The run's arm as one readable label, from the plan alone (W&B's `arm`, so scratch and `freeze=0` never
-        look alike there): "scratch" when nothing is copied; else the trainable set ("freeze=f", with " (all)"
-        when every copied block is frozen as the report writes it, or "trainable=[...]"), then `cut=k` when the
-        cut keeps fewer than all blocks, `upper=reinit`, `l2sp=a` when on, and the strategy when not fixed.
+        look alike there): "scratch" when nothing is copied ("scratch_long" at matched compute); else the
+        trainable set ("freeze=f", with " (all)" when every copied block is frozen as the report writes it, or
+        "trainable=[...]"), then `cut=k` when the cut keeps fewer than all blocks, `upper=reinit`, `l2sp=a` when
+        on, the strategy when not fixed, and `init=...` for a control arm (meanvar, random_frozen).
 
         The report's arm labels are made across a sweep (only what differs between its arms); this one is fixed
         per run, so it can be known while the run is logged."""
         if self.cut == 0:
-            return "scratch"
+            return "scratch_long" if self.source_compute else "scratch"
         f = self.freeze_depth
         parts = [f"trainable=[{','.join(self.spec)}]" if f is None else
                  f"freeze={f}" + (" (all)" if 0 < f == self.cut else "")]
@@ -92,6 +117,10 @@ class TransferPlan:
             parts.append(f"l2sp={self.l2sp:g}")
         if self.strategy != "fixed":
             parts.append(self.strategy)
+        if self.init != init_mod.SOURCE:
+            parts.append(f"init={self.init}")
+        if self.peft is not None:
+            parts.append(self.peft.label)
         return " ".join(parts)
 
     def fixed_prefix(self) -> tuple[int, str]:
@@ -103,6 +132,8 @@ class TransferPlan:
         cache compute them once (`store.feature_cache`)."""
         for depth, name in enumerate(self.kept):
             if name not in self.frozen:
+                if name in self.adapted:
+                    return depth, f"block {name} carries peft={self.peft.method} parameters"
                 return depth, (f"transfer.strategy={self.strategy} trains block {name} during the fit"
                                if self.strategy != "fixed" else
                                f"block {name} has trainable parameters (transfer.freeze / transfer.trainable)")
@@ -193,22 +224,25 @@ def _resolve_trainable(spec, names: tuple[str, ...], params: list[str] | None, k
 
 
 def _check_scratch(cfg) -> list[Problem]:
-    """transfer=scratch keeps its own cut, freeze, ...: an override that would copy or freeze blocks is an error."""
-    if str(cfg.get("name")) != "scratch":
+    """transfer=scratch (and scratch_long) keeps its own cut, freeze, ...: an override that would copy or freeze
+    blocks, or change the baseline's compute, is an error."""
+    name = str(cfg.get("name"))
+    if name not in BASELINES:
         return []
     out = []
-    for key, own in SCRATCH.items():
+    for key, own in BASELINES[name].items():
         v = cfg[key]
         if v != own and not (key == "freeze" and v is None) and not (key == "l2sp" and v in (0, None)):
-            out.append(problem(f"transfer.{key}", v, f"{own!r} with transfer=scratch (the baseline copies and "
+            out.append(problem(f"transfer.{key}", v, f"{own!r} with transfer={name} (the baseline copies and "
                                                      "freezes nothing); to transfer blocks use transfer=finetune"))
     return out
 
 
-def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> TransferPlan:
+def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...], peft=None) -> TransferPlan:
     """Validate the `transfer` config against the backbone's blocks (and parameter names, when a backbone is
     given); collect every problem before raising one ConfigError. A partial config (tests, scripts) is completed
-    with the schema's defaults (`transferlab.config.TransferConfig`), which also holds the types and choices."""
+    with the schema's defaults (`transferlab.config.TransferConfig`), which also holds the types and choices.
+    `peft` (the `peft` config group; None or method none: no PEFT) adds its parameters to the trainable set."""
     cfg = typed(TransferConfig, cfg, key="transfer")
     if isinstance(backbone, BlockBackbone):
         names = tuple(backbone.block_names)
@@ -230,7 +264,8 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
     elif isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= cut:
         n_frozen = freeze
     else:
-        problems.append(problem("transfer.freeze", freeze, f"an int in 0..cut={cut} or 'all'"))
+        problems.append(problem("transfer.freeze", freeze, f"an int in 0..cut={cut} or 'all'" + (
+            " (all_depths is a sweep value: -m)" if freeze == "all_depths" else "")))
         n_frozen = 0
     if upper == "drop" and cut == 0 and not problems:
         problems.append(problem("transfer.cut", 0, "with transfer.upper=drop the cut must keep at least one block "
@@ -258,6 +293,25 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
         l2sp = 0.0
     elif l2sp > 0 and cut == 0:
         problems.append(problem("transfer.l2sp", l2sp, "0 when transfer.cut=0 (no source weights to pull toward)"))
+    init, source_compute = str(cfg.init), bool(cfg.source_compute)
+    if str(cfg.get("name")) not in BASELINES:  # a baseline's own values are _check_scratch's
+        problems += _check_control(init, source_compute, cut, l2sp, freeze, n_frozen, spec)
+    peft_spec, adapted = None, ()
+    if peft_mod.method_of(peft) != "none":
+        if params is None:
+            raise ValueError("PEFT needs the backbone itself (its modules), not only its block names")
+        base, base_frozen = train_params, frozen
+
+        def base_trains(p: str) -> bool:
+            block = p.split(".", 1)[0]
+            return block in kept and block not in base_frozen and (base is None or p in base)
+
+        peft_spec, more = peft_mod.resolve(peft, backbone, kept, base_trains)
+        problems += more
+        if peft_spec is not None:  # the PEFT parameters train; the blocks they sit in are no longer frozen
+            adapted = tuple(b for b in frozen if b in peft_spec.blocks)
+            train_params = frozenset({p for p in params if base_trains(p)} | peft_spec.params)
+            frozen = tuple(b for b in frozen if b not in adapted)
     if not problems and strategy != "fixed" and all(n in frozen for n in kept):
         problems.append(problem("transfer.strategy", strategy, f"fixed when no block trains (frozen: {list(frozen)}"
                                                                "); gradual/lp_ft need transfer.freeze < cut"))
@@ -265,7 +319,42 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...]) -> 
         raise ConfigError(problems)
     return TransferPlan(block_names=names, cut=cut, upper=upper, frozen=tuple(frozen), train_params=train_params,
                         bn=bn, strategy=strategy, unfreeze_every=every, lp_epochs=lp_epochs, l2sp=float(l2sp),
-                        spec=None if spec is None else tuple(str(e) for e in spec))
+                        init=init, source_compute=source_compute,
+                        spec=None if spec is None else tuple(str(e) for e in spec), peft=peft_spec, adapted=adapted)
+
+
+def _check_control(init: str, source_compute: bool, cut, l2sp, freeze, n_frozen: int, spec) -> list[Problem]:
+    """The control arms' rules: `transfer.init` acts on copied blocks (random_frozen keeps all of them frozen, and
+    L2-SP has no source weights to pull toward), `transfer.source_compute` only on a run that copies nothing."""
+    out = []
+    if init != init_mod.SOURCE and cut == 0:
+        out.append(problem("transfer.init", init, "source when transfer.cut=0 (no copied block to re-initialise)"))
+    if init == init_mod.RANDOM_FROZEN and cut and (spec is not None or n_frozen != cut):
+        key, value = ("transfer.trainable", list(spec)) if spec is not None else ("transfer.freeze", freeze)
+        out.append(problem(key, value, "null with transfer.freeze=all: transfer.init=random_frozen is Yosinski's "
+                                       "random-filter arm, its re-initialised copied blocks stay frozen "
+                                       "(transfer=frozen sets freeze=all)" if spec is not None else
+                           "all with transfer.init=random_frozen (Yosinski's random-filter arm: the "
+                           "re-initialised copied blocks stay frozen; transfer=frozen sets it)"))
+    if init != init_mod.SOURCE and l2sp > 0:
+        out.append(problem("transfer.l2sp", l2sp, f"0 with transfer.init={init} (L2-SP pulls toward the source "
+                                                  "weights, which the copied blocks do not hold)"))
+    if source_compute and cut != 0:
+        out.append(problem("transfer.source_compute", True, "false unless transfer.cut=0: the matched-compute "
+                                                            "baseline (transfer=scratch_long) copies nothing"))
+    return out
+
+
+def freeze_depths(cfg) -> list[str]:
+    """Every freeze depth of a composed config's backbone and cut, as sweep values: "0" .. "cut-1" and "all"
+    (`transfer.freeze=all_depths` in a sweep; small_cnn's four blocks give 0, 1, 2, 3, all). The block count
+    comes from the backbone config alone (`backbones.block_count`: no data, no weights)."""
+    from transferlab.backbones import block_count
+
+    n = block_count(cfg.backbone)
+    cut = cfg.transfer.get("cut")
+    cut = n if cut is None else min(int(cut), n)
+    return [str(f) for f in range(cut)] + ["all"] if cut else ["0"]
 
 
 def apply_epoch(net: TransferNet, plan: TransferPlan, epoch: int) -> list[str]:
@@ -279,15 +368,22 @@ def build_target_net(
     plan: TransferPlan,
     source_state: dict[str, torch.Tensor] | None,
     num_classes: int,
+    seed: int | None = None,
 ) -> TransferNet:
-    """`backbone` is freshly initialised (seeded); copy the source blocks into it, cut, and set the final
-    trainable set (strategies narrow it per epoch)."""
-    if plan.cut and source_state is None:
+    """`backbone` is freshly initialised (seeded); copy the source blocks into it (or give them a control arm's
+    weights: `plan.init`, transfer/init.py, drawn from their own generator seeded by `seed`, so the rest of the net
+    is initialised as in the source arm), cut, and set the final trainable set (strategies narrow it per epoch)."""
+    if plan.reads_source_weights and source_state is None:
         raise ValueError("a cut > 0 needs source weights")
-    for name in plan.copied:
-        backbone.blocks[name].load_state_dict(block_state(source_state, name), strict=True)
+    if plan.reads_source_weights:
+        for name in plan.copied:
+            backbone.blocks[name].load_state_dict(block_state(source_state, name), strict=True)
+        generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
+        init_mod.fill(backbone, plan, generator)
     if plan.upper == "drop":
         backbone.truncate(plan.cut)
+    if plan.peft is not None:  # after the copy: PEFT modules adapt the copied (source) weights
+        peft_mod.attach(backbone, plan.peft)
     net = TransferNet(backbone, num_classes, bn=plan.bn)
     net.set_trainable(plan.trains)
     return net
