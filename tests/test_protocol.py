@@ -363,3 +363,36 @@ def test_report_counts_runs_still_rising_per_arm_and_treats_scratch_long_as_a_co
     assert set(gain.index) == {ft[0], "scratch_long"} and (gain["baseline"] == "scratch").all()
     assert json.loads(json.dumps(report.summary["not_converged"].tolist())) == report.summary["not_converged"].tolist()
     assert math.isclose(gain.loc["scratch_long", "gain_mean"], 0.05)
+
+
+def test_control_arms_are_labelled_by_their_init_and_get_their_own_figure(tmp_path):
+    """meanvar and random_frozen lines say their init (and only that: no cut/upper/init keys spelt out for the
+    transferred arms), scratch_long stays its own arm, the crossover pairs source-init depths only, Yosinski's
+    names skip control arms, and the report draws the control-arm figure with exactly those lines."""
+    from test_report_grouping import config, put, record
+
+    from transferlab.analysis import plots
+    from transferlab.analysis.report import build_report
+
+    arms = {"ft": ("transfer=finetune", "transfer.freeze=0"), "frozen": ("transfer=finetune", "transfer.freeze=all"),
+            "meanvar": ("transfer=finetune", "transfer.freeze=0", "transfer.init=meanvar"),
+            "random": ("transfer=finetune", "transfer.freeze=all", "transfer.init=random_frozen"),
+            "scratch": ("transfer=scratch",), "long": ("transfer=scratch_long",)}
+    acc = {"ft": 0.8, "frozen": 0.85, "meanvar": 0.7, "random": 0.6, "scratch": 0.65, "long": 0.66}
+    for seed in range(3):
+        for n in (2, 20):
+            for arm, overrides in arms.items():
+                cfg = config(*overrides, f"seed={seed}", f"target.n_per_class={n}")
+                put(tmp_path, f"{arm},n={n},seed={seed}", record(cfg, acc[arm] + 0.01 * seed + 0.001 * n))
+    report = build_report(tmp_path, tmp_path / "out", n_boot=50)
+    labels = set(report.summary["arm"])
+    assert labels == {"freeze=0", "freeze=4 (all)", "freeze=0 meanvar", "freeze=4 (all) random_frozen", "scratch",
+                      "scratch_long"}, labels
+    cx = report.crossovers
+    assert list(zip(cx["finetuned_arm"], cx["frozen_arm"])) == [("freeze=0", "freeze=4 (all)")]
+    lines = plots.control_lines(report.summary)  # transferred depths first, then their controls, scratch last
+    assert lines[:2] == ["freeze=0", "freeze=4 (all)"] and lines[-1] == "scratch"
+    assert sorted(lines[2:-1]) == ["freeze=0 meanvar", "freeze=4 (all) random_frozen", "scratch_long"]
+    assert (tmp_path / "out" / "figures" / "report_controls.png").stat().st_size > 0
+    no_controls = report.summary[~report.summary["arm"].str.contains("meanvar|random|long")]
+    assert plots.control_lines(no_controls) == []

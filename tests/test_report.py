@@ -188,7 +188,7 @@ def test_learning_curve_measures_known_curves():
 
 def _row(**kw):
     base = {"status": "ok", "target": "B", "backbone": "cnn", "is_scratch": False, "upper": "reinit",
-            "strategy": "fixed", "transfer": "frozen", "n": 10.0, "n_label": "10", "seed": 0, "test_acc": 0.5}
+            "strategy": "fixed", "init": "source", "transfer": "frozen", "n": 10.0, "n_label": "10", "seed": 0, "test_acc": 0.5}
     return {**base, **kw}
 
 

@@ -46,7 +46,7 @@ KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "bas
 # set): these arm keys are not repeated after it. `transfer.name` is what the preset was called (finetune,
 # linear_probe, frozen); the label says what it does.
 LABELLED = ("transfer.name", "transfer.freeze", "transfer.trainable", "transfer.cut", "transfer.upper",
-            "transfer.strategy", "transfer.source_compute")
+            "transfer.strategy", "transfer.source_compute", "transfer.init")
 ROLE_LABELS = {"target": "data", "source": "source data", "backbone.weights": "weights"}
 
 
@@ -113,6 +113,9 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "backbone": record.backbone, "transfer": record.transfer, "strategy": record.strategy,
         "cut": record.cut, "upper": record.upper, "freeze": record.freeze, "trainable_set": record.trainable_set,
         "peft": _peft_label(record.peft),  # 'lora r=4', 'vpt p=10'; None without PEFT
+        # what the copied blocks held: source (the default, and every record made before the control arms), or
+        # a control arm's meanvar / random_frozen (transfer/init.py)
+        "init": str(identity.get(record.config or {}, "transfer.init") or "source"),
         "trainable_params": record.trainable_params, "total_params": record.total_params,
         "n_per_class": record.n_per_class, "n": n, "n_label": n_label, "n_train": record.n_train,
         "seed": record.seed, "data_seed": record.data_seed,
@@ -221,6 +224,8 @@ def _readable(r: Mapping, varies: Mapping[str, bool]) -> str:
     parts = [f"freeze={f}" + (" (all)" if f > 0 and f == r["cut"] else "")]
     if isinstance(r.get("peft"), str):  # the PEFT method added to the frozen blocks
         parts.append(r["peft"])
+    if r.get("init", "source") != "source":  # a control arm: the copied blocks are not the source's weights
+        parts.append(str(r["init"]))
     if varies["cut"]:
         parts.append(f"cut={r['cut']}")
     if varies["upper"]:
@@ -250,7 +255,7 @@ def arm_lines(rows: pd.DataFrame, line_ids: Mapping[str, tuple[dict, dict]], set
     e.g. a sweep over `transfer.l2sp` that included scratch), with the one that agrees on those keys.
     """
     out = _Lines()
-    transfer = rows[~rows["is_scratch"]]
+    transfer = rows[rows["cut"] > 0]  # the arms that copy blocks (not scratch, not scratch_long)
     varies = {k: transfer[k].nunique(dropna=False) > 1 for k in ("source", "cut", "upper", "strategy")}
     first = rows.drop_duplicates("line_key").set_index("line_key")
     readable = {lk: _readable(r, varies) for lk, r in first.iterrows()}

@@ -95,6 +95,22 @@ def _style_of(arm: str, styles: dict[str, Style], scratch: list[str]) -> tuple[s
     return color, marker, "-"
 
 
+def control_lines(summary: pd.DataFrame) -> list[str]:
+    """The lines of the control-arm figure of one setting, or [] when it has no control arm: each control
+    (`transfer.init=meanvar|random_frozen`: a depth's blocks not the source's; `transfer=scratch_long`: scratch at
+    the compute of pretraining + training), the transferred arm with the source's weights at every depth a control
+    has, and scratch."""
+    init = summary["init"].fillna("source") if "init" in summary else pd.Series("source", index=summary.index)
+    copies = ~_scratch(summary) & (summary["cut"] > 0)
+    long = ~_scratch(summary) & (summary["cut"] == 0)
+    controls = summary[(copies & (init != "source")) | long]
+    if controls.empty:
+        return []
+    depths = set(controls.loc[controls["cut"] > 0, "freeze"])
+    transferred = summary[copies & (init == "source") & summary["freeze"].isin(depths)]
+    return [*_arm_order(transferred), *_arm_order(controls), *_scratch_arms(summary)]
+
+
 def _dodge(ns: Iterable[float], k: int) -> tuple[list[float], float]:
     """Multiplicative x offsets placing k series side by side around each n on a log axis, and one step (in
     decades): together they span at most 60% of the smallest gap between two n, so neighbours never mix."""
@@ -534,6 +550,17 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
                         f"Mean test {metric} per arm and n. Solid box: the best arm of the column (best.csv); "
                         f"dashed box and †: tied with it (paired {pct} interval of the difference includes 0); "
                         "grey: missing."))
+        shown = control_lines(s)
+        if shown:
+            out.append((f"Control arms vs n ({where})",
+                        acc_vs_n(s[s["arm"].isin(shown)], None, out_dir / f"report_controls{tag}.png",
+                                 f"{where}: transferred weights vs control arms", ok=o, styles=styles, metric=metric,
+                                 confidence=confidence),
+                        "Does the gain come from the source's features? Each transferred depth beside its control "
+                        "at the same depth: meanvar (random weights with each tensor's mean and variance from the "
+                        "source: Raghu et al. 2019) and random_frozen (the random init, frozen: Yosinski et al. "
+                        "2014); scratch_long: scratch trained for the source pretraining's steps as well (He et al. "
+                        f"2019); scratch black, dashed. Dots: seeds; bars: mean and {pct} t-interval."))
         if len(g):
             out.append((f"Gain over scratch ({where})",
                         gain_vs_n(g, out_dir / f"report_gain_vs_n{tag}.png", f"Transfer gain over scratch ({where})",

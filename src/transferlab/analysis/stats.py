@@ -19,7 +19,7 @@ from scipy import stats as st
 
 # Every group is made by key columns from `collect` (one decision in one place); labels ride along for people.
 SETTING = ["setting", "target", "backbone"]  # one report panel per setting (functions of setting_key)
-ARM = ["arm", "is_scratch", "variant", "source", "transfer", "strategy", "cut", "upper", "freeze"]
+ARM = ["arm", "is_scratch", "variant", "source", "transfer", "strategy", "cut", "upper", "freeze", "init"]
 N_KEYS = ["n_label", "n"]
 KEYS = ["setting_key", "context_key", "line_key", "arm_key", "baseline_key"]
 PAIR = ["seed", "data_seed"]  # the same seed and data seed draw the same target subset: runs paired by these
@@ -207,7 +207,8 @@ def crossover(finetuned: pd.DataFrame, frozen: pd.DataFrame, n_boot: int = 2000,
     return out
 
 
-FAMILY = ["setting_key", "source", "cut", "upper", "strategy", "variant"]  # arms that differ in their depth only
+# arms that differ in their depth only (a control arm's init is in its label, not in `variant`)
+FAMILY = ["setting_key", "source", "cut", "upper", "strategy", "init", "variant"]
 
 
 def crossovers(df: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95,
@@ -382,6 +383,8 @@ def yosinski_label(r) -> str | None:
     """AnB / AnB+ / BnB / BnB+ for a transfer row: A != B is transfer, B == B the selffer; "+" = fine-tuned
     (freeze=0), no "+" = every copied block frozen. Other depths are not part of the figure."""
     if r["is_scratch"] or pd.isna(r["cut"]) or pd.isna(r["freeze"]) or r["cut"] == 0:
+        return None
+    if r.get("init", "source") != "source":  # a control arm's copied blocks are not A's (or B's) features
         return None
     base = "BnB" if r["source"] == r["target"] else "AnB"
     if r["freeze"] == 0:
