@@ -135,6 +135,38 @@ def test_the_tested_model_is_the_selected_epochs(tmp_path, select, select_epoch,
     assert out.best_val_acc == pytest.approx(module.accs[expected - 1]) and out.steps == 5 * 2
 
 
+class CrashAfter(L.Callback):
+    """Stops the fit with an error after `epochs` whole epochs (their last.ckpt written): a killed run."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == self.epochs:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("select,select_epoch,last_loss,expected", [
+    ("last", None, 0.8, 5),
+    ("fixed_epoch", 2, 0.8, 2),         # chosen before the crash: best.ckpt of the first attempt is tested
+    ("fixed_epoch", 4, 0.8, 4),         # chosen after it
+    ("best_val", None, 0.8, 3),         # full tie with the kept epoch 3 (restored score and loss): the earlier
+    ("best_val", None, 0.75, 5),        # same accuracy, lower loss than the kept model's restored val/loss
+])
+def test_the_selected_epoch_survives_a_resume_from_last_ckpt(tmp_path, select, select_epoch, last_loss, expected):
+    """Killed after epoch 3 of 5, then resumed from last.ckpt: the rule goes on from the restored tracker state
+    (kept epoch, its val/acc and val/loss), and the tested checkpoint is the one it selects over all 5 epochs."""
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    accs, losses = [0.5, 0.7, 0.7, 0.6, 0.7], [1.0, 0.9, 0.8, 0.5, last_loss]
+    kw = dict(max_epochs=5, trainer_cfg=TRAINER, ckpt_dir=tmp_path, select=select, select_epoch=select_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_and_test(Scripted(accs, losses), (loader, loader, loader), callbacks=[CrashAfter(3)], **kw)
+    out = fit_and_test(Scripted(accs, losses), (loader, loader, loader), **kw)
+    assert out.resumed_from is not None and out.steps == 5 * 2 and len(out.history["val/acc"]) == 5
+    assert out.selected_epoch == expected and out.test["test/acc"] == expected
+
+
 def test_select_last_tests_the_last_epoch_of_a_real_run(make_cfg):
     rec = run(make_cfg("target.n_per_class=3", "train.select=last", *QUIET))
     hist = rec["metrics"]["val/acc_history"]
@@ -173,12 +205,22 @@ def test_a_noisy_plateau_is_rarely_called_rising():
     assert sum(c is False for c in calls) / len(calls) < 0.05
 
 
-def test_convergence_of_real_runs_still_rising_and_plateaued(make_cfg):
+def test_convergence_of_real_runs_still_rising_and_plateaued(make_cfg, caplog):
     """A fine-tune at a tiny learning rate stopped after 10 epochs is still climbing; the same task at a working
-    rate for 25 epochs has levelled off. The record carries the verdict on its own curve."""
-    rising = run(make_cfg("target.n_per_class=5", "train.lr=0.0001", "train.max_epochs=10", *QUIET, run="r"))
-    flat = run(make_cfg("target.n_per_class=10", "train.lr=0.01", "train.max_epochs=25", *QUIET, run="f"))
+    rate for 25 epochs has levelled off. The record carries the verdict on its own curve; the rising run, and only
+    it, logs one warning line."""
+    import logging
+
+    def warnings_of(*overrides, run_name):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="transferlab"):
+            rec = run(make_cfg(*overrides, *QUIET, run=run_name))
+        return rec, [r.getMessage() for r in caplog.records if "converged: false" in r.getMessage()]
+
+    rising, said = warnings_of("target.n_per_class=5", "train.lr=0.0001", "train.max_epochs=10", run_name="r")
+    flat, quiet = warnings_of("target.n_per_class=10", "train.lr=0.01", "train.max_epochs=25", run_name="f")
     assert rising["converged"] is False and flat["converged"] is True
+    assert len(said) == 1 and "\n" not in said[0] and "still rising" in said[0] and quiet == []
     for rec in (rising, flat):
         assert rec["convergence"] == convergence.judge(rec["metrics"]["val/acc_history"], rec["n_val"]).to_dict()
 
@@ -285,6 +327,10 @@ def test_sweep_baselines_never_take_transfer_overrides():
                     ["transfer.cut=2", "transfer.init=meanvar"])
     long = [p for p in points if p.grid == "long"]
     assert len(long) == 1 and [o for o in long[0].overrides if o.startswith("transfer")] == ["transfer=scratch_long"]
+    from transferlab.sweep import points as sweep_points
+    from transferlab.transfer import plan
+
+    assert set(sweep_points.BASELINES) == set(plan.BASELINES)  # the sweep skips exactly the plan's baselines
 
 
 # ---------------------------------------------------------------- validation, before any training
@@ -309,6 +355,7 @@ def test_bad_protocol_values_are_refused_before_training(make_cfg, tmp_path, ove
     with pytest.raises(ConfigError) as e:
         run(cfg)
     assert [p.key for p in e.value.items] == keys, e.value.problems
+    assert all("\n" not in line and len(line.split(": ", 1)[1]) > 5 for line in e.value.problems)  # what is allowed
     assert not (tmp_path / "run" / "result.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -319,9 +366,24 @@ def test_select_epoch_is_checked_against_the_step_budget(make_cfg):
     assert prep.budget.epochs == 12
 
 
-def test_bad_init_choice_is_refused_while_composing(make_cfg):
-    with pytest.raises(ConfigError, match=r"transfer.init='bogus'"):
-        make_cfg("transfer.init=bogus")
+@pytest.mark.parametrize("key", ["transfer.init", "train.budget", "train.select"])
+def test_bad_choices_are_refused_while_composing(make_cfg, key):
+    with pytest.raises(ConfigError) as e:
+        make_cfg(f"{key}=bogus")
+    (line,) = e.value.problems
+    assert line.startswith(f"{key}='bogus'") and "\n" not in line, line
+
+
+def test_every_new_protocol_key_is_part_of_the_run_identity(make_cfg):
+    """Each changes what is trained or tested, so none may be neutral: a sweep point with another value is another
+    run (never 'done' because of this one's result.json, never resumed from its checkpoint)."""
+    changes = ["train.budget=steps", "train.min_steps=50", "train.max_steps=50", "train.select=last",
+               "train.select=fixed_epoch", "train.select_epoch=2", "target.val_per_class=3", "transfer.init=meanvar",
+               "transfer.source_compute=true", "transfer=scratch_long"]
+    keys = {o.split("=")[0] for o in changes} - {"transfer"}
+    assert not keys & set(identity.NEUTRAL)
+    prints = [identity.fingerprint(make_cfg(o)) for o in ["seed=0", *changes]]
+    assert len(set(prints)) == len(prints)
 
 
 # ---------------------------------------------------------------- val_per_class
@@ -333,6 +395,20 @@ def test_val_per_class_holds_exactly_k_of_every_class_fixed_across_n(make_cfg):
     assert set(tasks[1].train_indices) <= set(tasks[5].train_indices)
     with pytest.raises(ConfigError, match="target.val_per_class=10000"):
         prepare(make_cfg("target.val_per_class=10000"))
+
+
+def test_val_per_class_on_data_with_its_own_val_split_is_refused(make_cfg, tmp_path):
+    """The data's val split would be used whole: the few-shot val set asked for is refused, not silently skipped."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.images[:, None] / 16.0).astype(np.float32), d.target.astype(np.int64)
+    path = tmp_path / "with_val.npz"
+    np.savez(path, x_train=x[:1200], y_train=y[:1200], x_val=x[1200:1500], y_val=y[1200:1500])
+    with pytest.raises(ConfigError) as e:
+        prepare(make_cfg("target=npz", f"target.path={path}", "target.val_per_class=3", "target.n_per_class=2"))
+    (line,) = e.value.problems
+    assert line.startswith("target.val_per_class=3") and "own val split (300 examples)" in line, line
 
 
 # ---------------------------------------------------------------- the report
@@ -396,3 +472,20 @@ def test_control_arms_are_labelled_by_their_init_and_get_their_own_figure(tmp_pa
     assert (tmp_path / "out" / "figures" / "report_controls.png").stat().st_size > 0
     no_controls = report.summary[~report.summary["arm"].str.contains("meanvar|random|long")]
     assert plots.control_lines(no_controls) == []
+
+
+def test_setup_block_states_the_budget_and_the_selection_rule_even_at_their_defaults():
+    from transferlab.analysis.setup import _protocol
+    from transferlab.run.record import Metrics, RunRecord
+    from transferlab.training.budget import plan
+
+    b = plan({"budget": "epochs", "max_epochs": 25, "min_steps": 175, "max_steps": None, "batch_size": 32}, 10)
+    new = [RunRecord(budget=b.to_dict(), select="best_val", metrics=Metrics(steps=s)) for s in (175, 357)]
+    old = RunRecord(metrics=Metrics(epochs=25))  # made before train.select existed
+    rows = dict(_protocol([*new, old]))
+    assert rows["step budget"].startswith("train.budget=epochs, min_steps=175, max_steps=null: epochs = ceil(")
+    assert rows["optimizer steps (target)"] == "175 to 357"
+    assert rows["model tested (train.select)"] == (
+        "best_val (2 runs), not recorded (1 runs made before train.select existed: the first best val/acc) — ties: "
+        "lower val/loss, then the earlier epoch")
+    assert dict(_protocol(new))["model tested (train.select)"].startswith("best_val — ties")

@@ -127,11 +127,14 @@ def _commands(sweep: Mapping | None) -> list[dict[str, str]]:
         start = launch.get("start")
         when = (datetime.fromtimestamp(float(start), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                 if isinstance(start, (int, float)) and start > 0 else "")
-        counts = ", ".join(f"{launch[k]} {k}" for k in ("ok", "failed", "skipped") if launch.get(k))
+        # a launch without an end was killed, or is still running: its counts were never written
+        counts = ", ".join(f"{launch[k]} {k}" for k in ("ok", "failed", "skipped") if launch.get(k)) \
+            if launch.get("end") is not None else "did not finish (killed, or still running)"
+        counts = counts or "none run"
+        points = launch.get("points")
         out.append({"command": f"{PROGRAM} {shlex.join(argv)}".strip(), "started": when,
                     "host": str(launch.get("host") or ""),
-                    "outcome": (f"{launch.get('points')} points: {counts}" if launch.get("points") is not None
-                                else counts) or ("unfinished" if launch.get("end") is None else "")})
+                    "outcome": f"{points} points: {counts}" if points is not None else counts})
     return out
 
 
@@ -168,6 +171,38 @@ def _training(records: list[RunRecord]) -> list[tuple[str, str]]:
     if trained:
         rows.append(("epochs trained (target)", f"{min(trained)} to {max(trained)}" if min(trained) != max(trained)
                      else str(trained[0])))
+    rows.extend(_protocol(records))
+    return rows
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)} to {max(values)}" if min(values) != max(values) else str(values[0])
+
+
+def _protocol(records: list[RunRecord]) -> list[tuple[str, str]]:
+    """The step budget and the model selection, shown whether or not they are the defaults: a reader comparing
+    with another paper needs the rule that picked the tested model and how many optimizer steps each point got
+    (training/budget.py). Records made before the protocol existed say so rather than being left out."""
+    rows = []
+    budgets = [r.budget for r in records if isinstance(r.budget, Mapping)]
+    if budgets:
+        kinds = sorted({str(b.get("budget")) for b in budgets})
+        floors = sorted({cli_value(b.get("min_steps")) for b in budgets})
+        caps = sorted({cli_value(b.get("max_steps")) for b in budgets})
+        text = (f"train.budget={'/'.join(kinds)}, min_steps={'/'.join(floors)}, max_steps={'/'.join(caps)}: "
+                f"{budgets[0].get('rule')}")
+        rows.append(("step budget", text))
+    steps = [r.metrics.steps for r in records if r.metrics.steps is not None]
+    if steps:
+        rows.append(("optimizer steps (target)", _span(steps)))
+    selects = Counter(str(r.select) for r in records if r.select)
+    old = sum(1 for r in records if not r.select)
+    if selects or old:
+        parts = [f"{k} ({v} runs)" if len(selects) + bool(old) > 1 else k for k, v in sorted(selects.items())]
+        if old:
+            parts.append(f"not recorded ({old} runs made before train.select existed: the first best val/acc)")
+        rows.append(("model tested (train.select)", ", ".join(parts)
+                     + (" — ties: lower val/loss, then the earlier epoch" if "best_val" in selects else "")))
     return rows
 
 

@@ -8,12 +8,12 @@ Versions: every record states its layout in `schema`; this one is `SCHEMA` (3). 
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
 `single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
-`metrics.steps`, `select`, `selected_epoch`) and the convergence verdict (`converged`, `convergence`): None, "not
-recorded" (its fit ran `train.max_epochs` epochs and tested the first best val/acc). A field missing from the
-file takes its default (None, or an empty list: "not recorded"), a key the schema does not know is ignored, values
-are taken as stored. An old record therefore always reads, and what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A
-change that renames a field or changes its meaning or units bumps `SCHEMA` and converts the older versions in
-`RunRecord.from_dict`.
+`metrics.steps`, `select`, `selected_epoch`), the convergence verdict (`converged`, `convergence`) and `peft`:
+None, "not recorded" (its fit ran `train.max_epochs` epochs, tested the first epoch of best val/acc, and had no
+PEFT). A field missing from the file takes its default (None, or an empty list: "not recorded"), a key the schema
+does not know is ignored, values are taken as stored. An old record therefore always reads, and what it did not
+record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or changes its
+meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
 
 Torch-free: the sweeper imports it to judge which points are done.
 """
@@ -86,7 +86,9 @@ class RunRecord:
     status: str | None = None  # "running" while the run is in progress (never on disk), then "ok" or "failed"
     error: str | None = None  # "<ExceptionType>: <message>" of a failed run; None when ok
     name: str | None = None  # the config's `name`: the experiment or sweep name
-    source: str | None = None  # source task name; None when the run reads no source (cut=0: the scratch baseline)
+    # source task name; None for the scratch baseline (cut=0, nothing copied or counted). Named also when no source
+    # weight is read: scratch_long (its pretraining's steps are added) and random_frozen (the blocks it replaces)
+    source: str | None = None
     target: str | None = None  # target task name
     backbone: str | None = None  # backbone label (architecture and its initial weights)
     transfer: str | None = None  # transfer preset name (`transfer.name`: finetune, linear_probe, scratch, custom)

@@ -266,6 +266,9 @@ def task_from_arrays(
         origins["val"] = ("train", pool_pos[val])
         val_y = pool_y[val]
         pool_pos, pool_y = pool_pos[rest], pool_y[rest]
+    elif cfg.get("val_per_class") is not None:  # refused, not ignored: the few-shot val set asked for is not made
+        raise ConfigError(problem(f"{key}.val_per_class", cfg.val_per_class,
+                                  f"null: this data has its own val split ({len(y_val)} examples), used as it is"))
     else:
         pos, val_y = _keep(np.asarray(y_val), ids)
         origins["val"] = ("val", pos)
