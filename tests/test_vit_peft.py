@@ -21,7 +21,7 @@ import timm
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ckpt_state, recomputed_test_acc, run_cli, same_tensors, source_state
+from conftest import ckpt_state, cli_problems, recomputed_test_acc, run_cli, same_tensors, source_state
 from transferlab.backbones import block_count, build_backbone
 from transferlab.errors import ConfigError
 from transferlab.run.experiment import run
@@ -211,7 +211,7 @@ def test_lora_merged_into_the_weights_gives_the_same_outputs_in_a_plain_timm_mod
     plain.load_state_dict(state, strict=True)  # a plain timm model loads it: no key missing or left over
     plain.eval()
     with torch.no_grad():
-        assert torch.allclose(plain(x), after, atol=1e-5)
+        assert (plain(x) - after).abs().max() <= 1e-5  # absolute: allclose would add a relative tolerance
     # the frozen weights themselves are untouched by merging
     assert torch.equal(net.backbone.blocks["block1"].attn.qkv.weight, bb.blocks["block1"].attn.qkv.weight)
 
@@ -293,11 +293,12 @@ def test_lora_run_changes_only_lora_and_the_head_and_saves_the_merged_model(vit_
     plain.eval(), tested.eval()
     x = prep.target.test_x[:8]
     with torch.no_grad():
-        assert torch.allclose(plain(x), tested(x), atol=1e-5)
+        assert (plain(x) - tested(x)).abs().max() <= 1e-5
 
 
 def test_vpt_run_changes_only_the_prompts_and_the_head(vit_cfg, weights):
-    cfg = vit_cfg("transfer=linear_probe", "peft=vpt", "peft.prompts=4", "peft.deep=true")
+    # the cache insists: it must stop before block0, whose prompts train, and the run still changes nothing else
+    cfg = vit_cfg("transfer=linear_probe", "peft=vpt", "peft.prompts=4", "peft.deep=true", "train.feature_cache=on")
     rec = run(cfg)
     initial, _ = _initial_net(cfg, weights[1])
     before = {f"net.{k}": v for k, v in initial.state_dict().items()}
@@ -307,7 +308,8 @@ def test_vpt_run_changes_only_the_prompts_and_the_head(vit_cfg, weights):
     head = {k for k in after if k.startswith("net.head.")}
     assert changed <= prompts | head and head <= changed and prompts & changed
     assert rec["peft"]["params"] == 3 * 4 * 32 and rec["trainable_params"] == 3 * 4 * 32 + 4 * 32 + 4
-    assert rec["feature_cache"]["depth"] == 1 or rec["feature_cache"]["status"] == "off"
+    cache = rec["feature_cache"]  # used (miss, or hit: another test's run may have stored `embed`'s tokens)
+    assert cache["status"] in ("miss", "hit", "memory") and cache["depth"] == 1, cache  # only `embed`
 
 
 # ------------------------------------------------------------------ feature cache
@@ -365,6 +367,25 @@ def test_vpt_on_a_cnn_is_one_line(make_cfg):
         prepare(make_cfg("peft=vpt", "transfer=linear_probe"))
     assert e.value.problems == ["peft='vpt': none or lora with this backbone: VPT inserts prompt tokens, which needs "
                                 "a transformer backbone (backbone=vit)"]
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (("peft=lora", "peft.targets=[nothing_here]", "transfer=linear_probe", *VIT), "peft.targets='nothing_here': "),
+    (("peft=lora", "peft.rank=-1", "transfer=linear_probe", *VIT), "peft.rank=-1: an integer >= 1"),
+    (("peft=vpt", "transfer=linear_probe"), "peft='vpt': none or lora with this backbone"),
+    (("backbone.pool=cls", "+backbone.kwargs.class_token=false", "+backbone.kwargs.global_pool=avg",
+      "+backbone.kwargs.fc_norm=false", *VIT), "backbone.pool='cls': mean ("),
+])
+def test_bad_peft_inputs_stop_the_cli_with_one_line_before_anything_trains(tmp_path, images, overrides, line):
+    """The issue's four bad inputs, as a user meets them: exit 2, one problem line, no checkpoint or result
+    (the source task, small_cnn's digits for the CNN case, is not pretrained either)."""
+    target = ["source=none", "target=npz", f"target.path={images}"] if "backbone=vit" in overrides else []
+    out = run_cli(*target, *overrides, "logger=none", cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = cli_problems(out.stderr)
+    assert len(lines) == 1 and lines[0].startswith(line), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_identity_keeps_only_the_methods_own_keys(make_cfg):
