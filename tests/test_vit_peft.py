@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -324,6 +325,27 @@ def test_feature_cache_of_a_frozen_transformer_prefix_equals_no_cache(vit_cfg):
     assert m_on["val/loss_history"] == pytest.approx(m_off["val/loss_history"], rel=1e-4, abs=1e-5)
     assert m_on["test/acc"] == pytest.approx(m_off["test/acc"], abs=1e-6)
     assert len(set(m_on["val/loss_history"])) > 1, "nothing trained: this test could not fail"
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_linear_probe_caches_the_pooled_vector_and_equals_no_cache(vit_cfg, pool, tmp_path):
+    """Every block frozen: the cache holds the head's input (one D-vector per example: the class token or the
+    token mean), not the T x D tokens, under a key of its own; the fit equals the uncached one."""
+    from transferlab.store.verified import load_and_check
+
+    on = run(vit_cfg("transfer=linear_probe", f"backbone.pool={pool}", "train.feature_cache=on", run=f"on_{pool}"))
+    off = run(vit_cfg("transfer=linear_probe", f"backbone.pool={pool}", "train.feature_cache=off",
+                      run=f"off_{pool}"))
+    cache = on["feature_cache"]
+    assert cache["status"] == "miss" and cache["pooled"] is True and cache["depth"] == on["cut"]
+    feats, why = load_and_check(Path(cache["path"]))
+    assert why is None and feats["train"].shape[1:] == (32,), feats["train"].shape  # width 32, not 65 x 32 tokens
+    m_on, m_off = on["metrics"], off["metrics"]
+    assert m_on["val/loss_history"] == pytest.approx(m_off["val/loss_history"], rel=1e-4, abs=1e-5)
+    assert m_on["test/acc"] == pytest.approx(m_off["test/acc"], abs=1e-6)
+    assert len(set(m_on["val/loss_history"])) > 1, "nothing trained: this test could not fail"
+    tokens = run(vit_cfg("transfer.freeze=3", "train.feature_cache=on", f"backbone.pool={pool}", run=f"t_{pool}"))
+    assert tokens["feature_cache"]["pooled"] is False  # a block above the cache trains: tokens, not pooled
 
 
 def test_feature_cache_stops_before_peft_and_falls_back_above_its_limit(vit_cfg, caplog):

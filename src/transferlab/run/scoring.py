@@ -165,7 +165,9 @@ def _run_features(cfg, task, net: TransferNet, cache, cut: int, device: torch.de
     from transferlab.store import feature_cache
 
     idx = torch.as_tensor(task.train_indices, dtype=torch.long)
-    held = feature_cache.remembered(cache.key) if cache.use and cache.depth <= cut else None
+    # a pooled entry holds the head's input: past every block, so usable at a cut below the top only unpooled
+    usable = cache.use and cache.depth <= cut and not cache.pooled
+    held = feature_cache.remembered(cache.key) if usable else None
     if held is not None:
         x, start = held["train"][idx], cache.depth
         source = f"feature cache ({cache.status}) after {cache.depth} block(s)"

@@ -11,6 +11,11 @@ precision, so every seed's and every n's subset of one pool shares one feature p
 prefix's outputs changes the key. Writes are atomic and file-locked (parallel sweep jobs compute a key once); each
 entry carries a checksum verified on every read, and a damaged one is set aside and recomputed (`verified`).
 
+When every backbone block is fixed (a linear probe) and the head reduces the last block's output without
+parameters (a transformer's class token or token mean; a CNN's global average pool), the cache holds the reduced
+vector, the Linear's input, instead: for a ViT that is one D-vector per example rather than T x D tokens, and the
+fit enters the net past the reduction (`TransferNet.head_input_start`). The key then also names the reduction.
+
 `train.feature_cache=auto|on|off`, decided once by `decide`. Which blocks may be cached is a pure function of the
 plan (`eligible`): the leading blocks in `plan.frozen`. Under every BN policy and strategy such blocks stay fixed
 (bn=train only touches training blocks; gradual/lp_ft only release blocks the plan trains), so the cache stays
@@ -56,14 +61,25 @@ class Decision:
     status: str = "off"           # off | memory | hit | miss
     key: str | None = None
     path: str | None = None
+    pooled: bool = False          # the cache holds the head's reduced input, not block `depth`'s output
 
     @property
     def start(self) -> int:
-        """The block where training batches enter the net: `depth` on cached features, else 0 (the inputs)."""
-        return self.depth if self.use else 0
+        """Where training batches enter the net: block `depth` on cached features (past the head's reduction,
+        depth + 1 = `TransferNet.head_input_start`, when pooled), else 0 (the inputs)."""
+        return (self.depth + int(self.pooled)) if self.use else 0
 
     def record(self) -> dict[str, Any]:
-        return {"status": self.status, "depth": self.depth, "reason": self.reason, "key": self.key, "path": self.path}
+        return {"status": self.status, "depth": self.depth, "pooled": self.pooled, "reason": self.reason,
+                "key": self.key, "path": self.path}
+
+
+def pools(net, depth: int) -> bool:
+    """Cache the head's reduced input rather than block `depth`'s output? Only past the whole backbone, through a
+    parameter-free reduction, and only where it makes the cache smaller (a flatten of a vector changes nothing)."""
+    if depth != len(net.backbone) or net.head_reduction() is None:
+        return False
+    return net.head[-1].in_features < int(torch.tensor(net.backbone.output_shape(depth)).prod())
 
 
 def max_bytes(train_cfg) -> int:
@@ -94,7 +110,9 @@ def decide(cfg, plan: TransferPlan, task, net, epochs: int | None = None) -> Dec
         reason = f"no frozen leading block: {why}"
         _log_once(reason)
         return Decision(False, 0, reason)
-    shape = tuple(net.backbone.output_shape(depth))  # a transformer's: tokens x width
+    pooled = pools(net, depth)
+    # a transformer's: tokens x width; pooled: the head's input
+    shape = (net.head[-1].in_features,) if pooled else tuple(net.backbone.output_shape(depth))
     n_pool, n_val, n_test = len(task.train_y), len(task.val_y), len(task.test_y)
     size = 4 * (n_pool + n_val + n_test) * int(torch.tensor(shape).prod())  # estimated before anything is run
     limit = max_bytes(cfg.train)
@@ -109,17 +127,18 @@ def decide(cfg, plan: TransferPlan, task, net, epochs: int | None = None) -> Dec
         # One pass over pool+val+test against the prefix passes this run would do (epochs x (subset + val) + test).
         epochs, n_train = int(epochs or cfg.train.max_epochs), len(task.train_indices)
         once, per_run = n_pool + n_val + n_test, epochs * (n_train + n_val) + n_test
-        if once > per_run and not _stored(cfg, task, net, depth):
+        if once > per_run and not _stored(cfg, task, net, depth, pooled):
             reason = (f"one pass over the pool ({once} examples) costs more than this run's {per_run} prefix passes "
                       "(set train.feature_cache=on to share the pass across a sweep)")
             return Decision(False, depth, reason)
-    return Decision(True, depth, f"blocks {list(net.backbone.block_names[:depth])} frozen for the whole fit; "
-                                 f"the rest trains ({why})")
+    what = " (cached pooled, as the head reads them)" if pooled else ""
+    return Decision(True, depth, f"blocks {list(net.backbone.block_names[:depth])} frozen for the whole fit{what}; "
+                                 f"the rest trains ({why})", pooled=pooled)
 
 
-def _stored(cfg, task, net, depth: int) -> bool:
+def _stored(cfg, task, net, depth: int, pooled: bool = False) -> bool:
     """Features for this prefix and pool already exist (in this process or on disk): using them is free."""
-    key = feature_key(cfg, task, net, depth)
+    key = feature_key(cfg, task, net, depth, pooled)
     return key in _memory or (Path(cfg.paths.cache_dir) / "features" / key / FEATURES_FILE).exists()
 
 
@@ -134,14 +153,17 @@ def _precision(cfg) -> str:
     return str(cfg.trainer.precision)
 
 
-def feature_key(cfg, task, net, depth: int) -> str:
+def feature_key(cfg, task, net, depth: int, pooled: bool = False) -> str:
     """Content hash of what the prefix outputs depend on: prefix weights+buffers, block names, input tensors, and
-    the settings of the forward pass (precision, memory format, deterministic kernels), format version."""
+    the settings of the forward pass (precision, memory format, deterministic kernels), format version; for a
+    pooled entry, the head's reduction too (its repr says the pool and the tokens it skips)."""
     h = hashlib.sha256()
     names = list(net.backbone.block_names[:depth])
-    h.update(json.dumps({"v": FORMAT_VERSION, "blocks": names, "precision": _precision(cfg),
-                         "channels_last": bool(cfg.train.channels_last),
-                         "deterministic": cfg.trainer.get("deterministic")}, sort_keys=True, default=str).encode())
+    meta = {"v": FORMAT_VERSION, "blocks": names, "precision": _precision(cfg),
+            "channels_last": bool(cfg.train.channels_last), "deterministic": cfg.trainer.get("deterministic")}
+    if pooled:
+        meta["reduced_by"] = repr(net.head_reduction())
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     prefix = {f"{n}.{k}": v for n in names for k, v in net.backbone.blocks[n].state_dict().items()}
     _hash_tensors(h, prefix)
     _hash_tensors(h, {"pool_x": task.train_x, "val_x": task.val_x, "test_x": task.test_x})
@@ -159,12 +181,14 @@ def _autocast(cfg, device: torch.device):
 
 @torch.no_grad()
 def compute(net, depth: int, xs: dict[str, torch.Tensor], *, device: torch.device, cfg=None,
-            batch_size: int = 512) -> dict[str, torch.Tensor]:
-    """Outputs of the first `depth` blocks (eval mode) for each tensor in `xs`, as float32 on the CPU."""
+            batch_size: int = 512, pooled: bool = False) -> dict[str, torch.Tensor]:
+    """Outputs of the first `depth` blocks (eval mode) for each tensor in `xs`, as float32 on the CPU; `pooled`:
+    through the head's reduction as well (the head Linear's input)."""
     backbone = net.backbone
     was_training = net.training
     net.eval()
     moved = backbone.to(device)
+    reduce = net.head_reduction() if pooled else None
     out = {}
     try:
         for name, x in xs.items():
@@ -174,8 +198,10 @@ def compute(net, depth: int, xs: dict[str, torch.Tensor], *, device: torch.devic
                 if cfg is not None and cfg.train.channels_last and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with _autocast(cfg, device) if cfg is not None else contextlib.nullcontext():
-                    parts.append(moved(xb, 0, depth).float().cpu())
-            out[name] = torch.cat(parts) if parts else torch.empty((0, *backbone.output_shape(depth)))
+                    y = moved(xb, 0, depth)
+                    parts.append((reduce(y) if reduce is not None else y).float().cpu())
+            empty = (net.head[-1].in_features,) if reduce is not None else backbone.output_shape(depth)
+            out[name] = torch.cat(parts) if parts else torch.empty((0, *empty))
     finally:
         backbone.to("cpu")
         net.train(was_training)  # the net's own modes again (frozen blocks in eval)
@@ -196,7 +222,7 @@ def get_or_compute(cfg, task, net, decision: Decision, *, device: torch.device) 
     file lock, written atomically). Updates `decision` with status/key/path."""
     from transferlab.store import verified
 
-    key = feature_key(cfg, task, net, decision.depth)
+    key = feature_key(cfg, task, net, decision.depth, decision.pooled)
     path = Path(cfg.paths.cache_dir) / "features" / key / FEATURES_FILE
     decision.key, decision.path = key, str(path)
     if key in _memory:  # computed or verified by this process: no disk read to check
@@ -206,8 +232,9 @@ def get_or_compute(cfg, task, net, decision: Decision, *, device: torch.device) 
 
     def make() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         feats = compute(net, decision.depth, {"train": task.train_x, "val": task.val_x, "test": task.test_x},
-                        device=device, cfg=cfg)
-        return feats, {"blocks": list(net.backbone.block_names[:decision.depth]), "task": str(task.name),
+                        device=device, cfg=cfg, pooled=decision.pooled)
+        return feats, {"blocks": list(net.backbone.block_names[:decision.depth]), "pooled": decision.pooled,
+                       "task": str(task.name),
                        "shape": list(feats["train"].shape[1:]), "n": {k: len(v) for k, v in feats.items()},
                        "precision": _precision(cfg)}
 

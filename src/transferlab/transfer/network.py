@@ -10,7 +10,9 @@ parameters are frozen in eval mode (e.g. `trainable=["*conv*"]`); `train` lets e
 re-estimate its statistics.
 
 `forward(x, start)` runs blocks [start, N) and the head, so a fit on cached outputs of a frozen prefix enters at
-block `start` while the net (and its state dict) stays whole.
+block `start` while the net (and its state dict) stays whole. `start = head_input_start` (N + 1) enters past the
+head's parameter-free reduction (token pool, average pool, flatten): a linear probe on a frozen transformer then
+trains on one pooled vector per example instead of its whole token tensor.
 """
 
 from __future__ import annotations
@@ -103,8 +105,24 @@ class TransferNet(nn.Module):
                         m.eval()
         return self
 
+    @property
+    def head_input_start(self) -> int:
+        """The `start` at which `forward` takes the head's input: what a pooled feature cache holds."""
+        return len(self.backbone) + 1
+
+    def head_reduction(self) -> nn.Module | None:
+        """The head's layers before its Linear (token pool, average pool, flatten) when they hold no parameter
+        and no buffer, so their output over a fully frozen backbone is as fixed as the backbone's; else None."""
+        reduce = self.head[:-1]
+        if len(reduce) == 0 or next(reduce.parameters(), None) is not None or next(reduce.buffers(), None) is not None:
+            return None
+        return reduce
+
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Blocks [start, N) then the head; `x` is the input (start=0) or the output of block start-1."""
+        """Blocks [start, N) then the head; `x` is the input (start=0), the output of block start-1, or the head's
+        input (start = head_input_start: the pooled features of the whole backbone)."""
+        if start == self.head_input_start:
+            return self.head[-1](x)
         return self.head(self.backbone(x, start))
 
 
