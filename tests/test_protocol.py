@@ -324,9 +324,11 @@ def test_sweep_baselines_never_take_transfer_overrides():
 
     points = expand(OverridesParser.create().parse_overrides, {"seed": 0},
                     {"transfer": {"transfer": "finetune"}, "long": {"transfer": "scratch_long"}},
-                    ["transfer.cut=2", "transfer.init=meanvar"])
+                    ["transfer.cut=2", "transfer.init=meanvar", "peft=lora", "peft.rank=4,16"])
     long = [p for p in points if p.grid == "long"]
-    assert len(long) == 1 and [o for o in long[0].overrides if o.startswith("transfer")] == ["transfer=scratch_long"]
+    assert len(long) == 1 and [o for o in long[0].overrides if o.startswith(("transfer", "peft"))] == [
+        "transfer=scratch_long"]  # not multiplied by the arms' peft.rank, and no LoRA on a baseline
+    assert len([p for p in points if p.grid == "transfer"]) == 2
     from transferlab.sweep import points as sweep_points
     from transferlab.transfer import plan
 

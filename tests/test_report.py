@@ -188,7 +188,8 @@ def test_learning_curve_measures_known_curves():
 
 def _row(**kw):
     base = {"status": "ok", "target": "B", "backbone": "cnn", "is_scratch": False, "upper": "reinit",
-            "strategy": "fixed", "init": "source", "transfer": "frozen", "n": 10.0, "n_label": "10", "seed": 0, "test_acc": 0.5}
+            "strategy": "fixed", "init": "source", "transfer": "frozen", "n": 10.0, "n_label": "10", "seed": 0,
+            "test_acc": 0.5}
     return {**base, **kw}
 
 
@@ -222,6 +223,20 @@ def test_yosinski_arms_and_figure(tmp_path):
     assert anb == pytest.approx([0.59, 0.56, 0.53])
     base = pd.DataFrame([{"n_label": "10", "acc_mean": 0.6}])
     assert_png(plots.yosinski(y, base, tmp_path / "y.png", "test"))
+
+
+def test_a_peft_arm_is_no_yosinski_curve():
+    """A frozen arm with LoRA at the same cut as the plain frozen arm is another arm: it must not be drawn as a
+    second point of the AnB curve (it was: both named AnB, two means at one cut of one curve)."""
+    rows = [_row(is_scratch=True, source="B", cut=0, freeze=0, transfer="scratch", test_acc=0.6)]
+    for seed in (0, 1):
+        rows += [_row(source="A", cut=2, freeze=2, test_acc=0.5, seed=seed),
+                 _row(source="A", cut=2, freeze=2, test_acc=0.9, seed=seed, peft="lora r=4")]
+    df = _with_keys(pd.DataFrame(rows))
+    df = df.assign(arm_key=df["arm_key"] + "|" + df["peft"].fillna("none"))  # two arms: plain and LoRA
+    assert df.apply(stats.yosinski_label, axis=1).fillna("-").tolist() == ["-"] + ["AnB", "-"] * 2
+    y = stats.yosinski_table(df)
+    assert y["acc_mean"].tolist() == pytest.approx([0.5])
 
 
 def test_summary_and_best_per_n_on_constructed_rows():

@@ -466,3 +466,19 @@ def test_peft_vs_n_shrunk_end_to_end_with_its_report(tmp_path, images):
                 "trainable=[*.bias]", "freeze=0"):
         assert f",{arm}," in summary, arm
     assert (sweep_dir / "report.html").exists()
+
+
+def test_feature_key_names_architecture_settings_the_tensors_do_not_show(vit_cfg, weights):
+    """num_heads splits the same qkv weight into other heads: the same tensors, other block outputs. A cache entry
+    of the 2-head net must not be handed to the 4-head one (it was: equal keys, and the 4-head run trained on the
+    2-head features with status ok)."""
+    keys, states = [], []
+    for heads in (2, 4):
+        cfg = vit_cfg("transfer.freeze=3", f"backbone.kwargs.num_heads={heads}", run=f"h{heads}")
+        net, prep = _initial_net(cfg, weights[1])
+        depth, _ = prep.plan.fixed_prefix()
+        assert depth == 3
+        keys.append(feature_cache.feature_key(cfg, prep.target, net, depth))
+        states.append(net.backbone.blocks.state_dict())
+    assert not _changed(*states), "the same tensors in both nets: only the key's other parts can tell them apart"
+    assert keys[0] != keys[1]

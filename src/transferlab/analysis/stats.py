@@ -386,6 +386,8 @@ def yosinski_label(r) -> str | None:
         return None
     if r.get("init", "source") != "source":  # a control arm's copied blocks are not A's (or B's) features
         return None
+    if isinstance(r.get("peft"), str):  # LoRA / prompts train inside the frozen blocks: not Yosinski's arms
+        return None
     base = "BnB" if r["source"] == r["target"] else "AnB"
     if r["freeze"] == 0:
         return base + "+"

@@ -6,10 +6,12 @@ map every example to the same tensor in every epoch. Recomputing them is wasted 
 task's whole train pool, val and test, store the outputs under `paths.cache_dir/features/<key>/`, and train the
 suffix on those tensors (the module's `input_block=f`: `net(x, start=f)` runs blocks f.. and the head).
 
-The key hashes the prefix's actual weights and buffers, the block names, the input tensors (pool/val/test) and the
-precision, so every seed's and every n's subset of one pool shares one feature pass, and anything that changes the
-prefix's outputs changes the key. Writes are atomic and file-locked (parallel sweep jobs compute a key once); each
-entry carries a checksum verified on every read, and a damaged one is set aside and recomputed (`verified`).
+The key hashes the prefix's actual weights and buffers, the block names, the backbone's architecture settings (its
+config without the weights: a ViT's num_heads changes the outputs of the same tensors), the input tensors
+(pool/val/test), the precision and the versions of the libraries that run the blocks, so every seed's and every
+n's subset of one pool shares one feature pass, and anything that changes the prefix's outputs changes the key.
+Writes are atomic and file-locked (parallel sweep jobs compute a key once); each entry carries a checksum verified
+on every read, and a damaged one is set aside and recomputed (`verified`).
 
 When every backbone block is fixed (a linear probe) and the head reduces the last block's output without
 parameters (a transformer's class token or token mean; a CNN's global average pool), the cache holds the reduced
@@ -28,6 +30,7 @@ insists (and fails only when the features would not fit in memory).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -153,14 +156,37 @@ def _precision(cfg) -> str:
     return str(cfg.trainer.precision)
 
 
+def _architecture(cfg) -> Any:
+    """The backbone config without its weights (their values are hashed as tensors): what the blocks compute with
+    those tensors. Not every architecture setting shows in a tensor's name or shape (a ViT's `num_heads` splits
+    the same qkv weight into other heads, an activation has no parameter), so the tensors alone do not say it."""
+    from transferlab.config import plain
+
+    arch = plain(cfg.backbone) if cfg.get("backbone") is not None else None
+    if isinstance(arch, dict):
+        arch.pop("weights", None)
+    return arch
+
+
+@functools.lru_cache(maxsize=1)  # versions do not change within a process; reading them takes a directory scan
+def _libraries() -> dict[str, str | None]:
+    """Versions of the code that computes the blocks' outputs: an upgrade may change a kernel or a layer's forward
+    pass, and features are then computed again rather than mixed with the new ones."""
+    from transferlab.run.identity import library_version
+
+    return {name: library_version(name) for name in ("torch", "torchvision", "timm")}
+
+
 def feature_key(cfg, task, net, depth: int, pooled: bool = False) -> str:
-    """Content hash of what the prefix outputs depend on: prefix weights+buffers, block names, input tensors, and
-    the settings of the forward pass (precision, memory format, deterministic kernels), format version; for a
-    pooled entry, the head's reduction too (its repr says the pool and the tokens it skips)."""
+    """Content hash of what the prefix outputs depend on: prefix weights+buffers, block names, the backbone's
+    architecture settings (its config without the weights), input tensors, the settings of the forward pass
+    (precision, memory format, deterministic kernels), library versions and the format version; for a pooled
+    entry, the head's reduction too (its repr says the pool and the tokens it skips)."""
     h = hashlib.sha256()
     names = list(net.backbone.block_names[:depth])
     meta = {"v": FORMAT_VERSION, "blocks": names, "precision": _precision(cfg),
-            "channels_last": bool(cfg.train.channels_last), "deterministic": cfg.trainer.get("deterministic")}
+            "channels_last": bool(cfg.train.channels_last), "deterministic": cfg.trainer.get("deterministic"),
+            "backbone": _architecture(cfg), "libraries": _libraries()}
     if pooled:
         meta["reduced_by"] = repr(net.head_reduction())
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())

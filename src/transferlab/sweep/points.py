@@ -4,8 +4,8 @@ Hydra's basic sweeper knows one cartesian product and numbers its jobs 0..N-1. H
 `params` (shared) crossed with each of `grids` (e.g. a transfer arm over freeze depths and a scratch arm without
 one), so scratch points are not multiplied by freeze depths. Every point has a *stable folder* named by its swept
 overrides in canonical (sorted) order (`seed=0,target.n_per_class=5,transfer.freeze=2`, whatever the order on the
-command line). A baseline grid (`transfer=scratch`, `transfer=scratch_long`) never takes `transfer` overrides meant
-for the transfer arms (from the command line or the shared params).
+command line). A baseline grid (`transfer=scratch`, `transfer=scratch_long`) never takes `transfer` or `peft`
+overrides meant for the transfer arms (from the command line or the shared params).
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ def _resolve_depths(combo: tuple, depths: Callable[[list[str]], list[str]] | Non
 
 
 def _is_transfer_key(key: str) -> bool:
-    return key == "transfer" or key.startswith("transfer.")
+    """A setting of the transfer arms: `transfer*`, and `peft*` (PEFT modules are added to copied frozen blocks;
+    a baseline copies none)."""
+    return key in ("transfer", "peft") or key.startswith(("transfer.", "peft."))
 
 
 def _is_baseline(grid_overrides) -> bool:
