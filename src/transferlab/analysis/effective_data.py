@@ -66,12 +66,13 @@ def _grid(rows: pd.DataFrame, pairs: list[str]) -> tuple[np.ndarray, np.ndarray]
     return piv.to_numpy(dtype=float), np.asarray(piv.columns, dtype=float)
 
 
-def _fmt(v: float, fit: Fit, n: float) -> str:
-    """An interval end: a value, or the censoring bound it stands for (+inf: > n_max - n, -inf: < n_min - n)."""
+def interval_end(v: float, below: float, above: float) -> str:
+    """An interval end of D_T: a value, or the censoring bound it stands for (+inf: > above, -inf: < below; for
+    D_T at n these are n_max - n and n_min - n of the scratch fit)."""
     if v == math.inf:
-        return f"> {fit.n_max - n:.3g}"
+        return f"> {above:.3g}"
     if v == -math.inf:
-        return f"< {fit.n_min - n:.3g}"
+        return f"< {below:.3g}"
     return f"{v:.3g}"
 
 
@@ -80,7 +81,7 @@ def _text(d: float, flag: str, bound: float, lo: float, hi: float, fit: Fit, con
         return "no value (scratch curve flat over its range)" if flag == "flat" else "no scratch fit"
     ci = ""
     if not (pd.isna(lo) or pd.isna(hi)):
-        lo_s, hi_s = _fmt(lo, fit, n), _fmt(hi, fit, n)
+        lo_s, hi_s = (interval_end(v, fit.n_min - n, fit.n_max - n) for v in (lo, hi))
         ci = (f" ({conf:.0%} bootstrap CI {lo_s} to {hi_s})" if lo_s != hi_s
               else f" ({conf:.0%} bootstrap CI: both ends {lo_s})")
     if flag == "":

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats as st
 
+from transferlab.analysis.effective_data import interval_end
 from transferlab.analysis.naming import setting_tags
 from transferlab.store.atomic import atomic_path
 
@@ -147,14 +148,6 @@ def gain_grid(gain: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, metri
     return g
 
 
-def _bound(v: float, lo_bound: float, hi_bound: float) -> str:
-    if v == math.inf:
-        return f"> {hi_bound:.3g}"
-    if v == -math.inf:
-        return f"< {lo_bound:.3g}"
-    return f"{v:.3g}"
-
-
 def effective_grid(dt: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, confidence: float) -> Grid:
     cols = list(dt.drop_duplicates("n_label").sort_values("n")["n_label"])
     flags = _flags(s)
@@ -184,7 +177,7 @@ def effective_grid(dt: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, co
             else:
                 text = "–"
             if text != "–" and not (pd.isna(r["d_t_lo"]) or pd.isna(r["d_t_hi"])):
-                lo, hi = _bound(r["d_t_lo"], lo_b, hi_b), _bound(r["d_t_hi"], lo_b, hi_b)
+                lo, hi = interval_end(r["d_t_lo"], lo_b, hi_b), interval_end(r["d_t_hi"], lo_b, hi_b)
                 if lo != hi:
                     text += f" [{lo}, {hi}]"
             best, tied = flags.get((arm, n), (False, False))
