@@ -542,6 +542,21 @@ def test_status_and_only_on_a_sweep_with_done_failed_missing_and_stale_points(tm
     assert "1 failed, 0 running, 0 queued, 1 stale, 3 missing, 1 done" in table and "nan" in table.lower()
 
 
+def test_time_left_counts_each_waiting_point_at_its_own_grids_median():
+    """A slow arm (scratch_long here) waiting behind fast finished ones is priced at its own grid's median, not at
+    the sweep's; a grid with nothing finished yet falls back to the median over all."""
+    from transferlab.sweep.status import PointState, SweepStatus
+
+    pts = [PointState("a1", "done", wall_s=2.0, grid="transfer"), PointState("a2", "done", wall_s=4.0, grid="transfer"),
+           PointState("a3", "done", wall_s=3.0, grid="transfer"), PointState("l1", "done", wall_s=30.0, grid="long"),
+           PointState("l2", "missing", grid="long"), PointState("l3", "running", elapsed_s=10.0, grid="long"),
+           PointState("a4", "missing", grid="transfer"), PointState("s1", "missing", grid="scratch")]
+    compute, wall = SweepStatus("d", "n", points=pts).time_left_s()
+    overall = 3.5  # median of 2, 3, 4, 30
+    assert compute == pytest.approx(30.0 + (30.0 - 10.0) + 3.0 + overall)
+    assert wall == pytest.approx(compute / 1)
+
+
 def test_status_reads_ten_thousand_points_in_seconds(tmp_path):
     from transferlab.sweep.status import sweep_status
 

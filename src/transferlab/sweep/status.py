@@ -45,6 +45,7 @@ class PointState:
     elapsed_s: float | None = None    # running: since its job started
     wall_s: float | None = None       # done or failed with a result: the run's own wall time
     folder: str | None = None         # where its result is (another folder's when done there)
+    grid: str | None = None           # the sweeper grid it belongs to (its arm: scratch, transfer, ...)
 
 
 @dataclass
@@ -68,16 +69,20 @@ class SweepStatus:
                                                                if p.state == "running")
 
     def time_left_s(self) -> tuple[float | None, float | None]:
-        """(compute time left, wall time left) estimated from the finished points' median wall time: every point
-        not done and not running costs one median, a running one the rest of a median; the wall time divides the
-        compute time by the points running now (the parallelism in use). None when nothing finished yet."""
-        done = [p.wall_s for p in self.points if p.state == "done" and p.wall_s]
+        """(compute time left, wall time left) estimated from the finished points' median wall time, taken within
+        the point's grid when that grid has a finished point (arms differ in cost: a matched-compute scratch or a
+        fine-tune takes longer than a cached probe), else over all: every point not done and not running costs
+        one median, a running one the rest of a median; the wall time divides the compute time by the points
+        running now (the parallelism in use). None when nothing finished yet."""
+        done = [p for p in self.points if p.state == "done" and p.wall_s]
         if not done:
             return None, None
-        median = statistics.median(done)
-        waiting = sum(p.state in ("failed", "queued", "stale", "missing") for p in self.points)
+        overall = statistics.median(p.wall_s for p in done)
+        by_grid = {g: statistics.median(p.wall_s for p in done if p.grid == g) for g in {p.grid for p in done}}
+        cost = lambda p: by_grid.get(p.grid, overall)  # noqa: E731
+        waiting = [p for p in self.points if p.state in ("failed", "queued", "stale", "missing")]
         running = [p for p in self.points if p.state == "running"]
-        compute = waiting * median + sum(max(0.0, median - (p.elapsed_s or 0.0)) for p in running)
+        compute = sum(cost(p) for p in waiting) + sum(max(0.0, cost(p) - (p.elapsed_s or 0.0)) for p in running)
         return compute, compute / max(1, len(running))
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,6 +200,8 @@ def sweep_status(sweep_dir: str | Path, now: float | None = None) -> SweepStatus
     status = SweepStatus(sweep_dir=str(sweep_dir), name=str(record.get("name") or sweep_dir.name),
                          launches=[x for x in record.get("launches", []) if isinstance(x, dict)],
                          points=judge_points(sweep_dir, entries, now))
+    for p in status.points:
+        p.grid = entries[p.name].get("grid") if p.name in entries else None
     status.points.sort(key=lambda p: (STATES.index(p.state), p.name))
     return status
 
