@@ -295,3 +295,28 @@ def test_a_best_checkpoint_damaged_during_the_run_fails_it_loudly_and_the_next_a
     again = run(make_cfg(*SCRATCH, run="r"))
     assert started == [0, 1, 2] and again["status"] == "ok"
     _same_numbers(again, clean)
+
+
+def test_a_resumed_run_never_tests_a_best_checkpoint_from_another_epoch_than_its_selection(make_cfg, tmp_path):
+    """best.ckpt is written when the selection changes, last.ckpt at most every checkpoint.every_s: a killed
+    attempt can leave a best.ckpt from after its last resume point. Where the replayed epochs do not rewrite it
+    (non-deterministic kernels), the resumed run would test that file under another epoch's selection. Simulated
+    here by a best.ckpt holding epoch 3's model while the selection (fixed_epoch 1) kept epoch 1: the run fails
+    loudly instead of reporting epoch 3's numbers, and the next attempt starts over and gives the clean result."""
+    overrides = (*SCRATCH, "train.select=fixed_epoch", "train.select_epoch=1")
+    clean = run(make_cfg(*overrides, run="clean"))
+    cfg = make_cfg(*overrides, run="r")
+    first = run(cfg)
+    _same_numbers(first, clean)
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    io = checkpoints.SafeCheckpointIO()
+    best, last = io.load_checkpoint(ckpt_dir / "best.ckpt"), io.load_checkpoint(ckpt_dir / "last.ckpt")
+    assert best["epoch"] == 0 and last["epoch"] == 2
+    io.save_checkpoint({**best, "epoch": last["epoch"], "state_dict": last["state_dict"]}, ckpt_dir / "best.ckpt")
+    (Path(cfg.paths.output_dir) / "result.json").unlink()  # the finished run is re-tested from its last.ckpt
+    with pytest.raises(CorruptFileError, match="holds the model after epoch 3, but the resumed selection kept epoch 1"):
+        run(make_cfg(*overrides, run="r"))
+    assert not (ckpt_dir / "best.ckpt").exists() and not (ckpt_dir / "last.ckpt").exists()
+    again = run(make_cfg(*overrides, run="r"))
+    assert again["status"] == "ok" and again["selected_epoch"] == 1
+    _same_numbers(again, clean)

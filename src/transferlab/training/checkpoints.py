@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from transferlab.errors import ConfigError, problem
 from transferlab.store import verified
-from transferlab.store.safe_load import UnsafeFileError, WeightsError
+from transferlab.store.safe_load import CorruptFileError, UnsafeFileError, WeightsError
 from transferlab.training.callbacks import LAST, RunIdentity, RunLocalCheckpoint
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,26 @@ def resume_state(ckpt_dir: Path, fingerprint: str | None) -> dict[str, Any] | No
         _start_over([best, last], f"{bad} (the best model {last} would re-test)")
         return None
     return state.ckpt
+
+
+def check_selected_file(ckpt_dir: Path, best: str, selected_epoch: int | None) -> None:
+    """After a *resumed* fit: does `best` (the file about to be tested) hold the model the selection kept?
+
+    `last.ckpt` is written at most every `checkpoint.every_s` seconds, `best.ckpt` whenever the selection
+    changes, so a killed attempt can leave a best.ckpt from an epoch after its last resume point. The resumed
+    fit replays those epochs; where they replay exactly (CPU) the same epochs write best.ckpt again, but where
+    they do not (non-deterministic kernels, another device), best.ckpt may still hold the killed attempt's model
+    while the selection state names another epoch, and testing it would report another model's numbers as this
+    run's. Then both files are moved aside (the next attempt starts over) and CorruptFileError fails the run."""
+    if not best or selected_epoch is None:
+        return
+    saved = verified.load(best)
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    if epoch is not None and int(epoch) + 1 != int(selected_epoch):
+        why = (f"{best}: holds the model after epoch {int(epoch) + 1}, but the resumed selection kept epoch "
+               f"{selected_epoch} (a killed attempt's model from after its last resume point)")
+        _start_over([Path(best), Path(ckpt_dir) / LAST], why)
+        raise CorruptFileError(f"{why}; its files were moved aside and the next attempt starts over")
 
 
 def restore_train_order(train, ckpt: dict[str, Any]) -> None:

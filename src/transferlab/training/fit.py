@@ -25,7 +25,12 @@ from transferlab.training.callbacks import (
     RunIdentity,
     RunLocalCheckpoint,
 )
-from transferlab.training.checkpoints import SafeCheckpointIO, restore_train_order, resume_state
+from transferlab.training.checkpoints import (
+    SafeCheckpointIO,
+    check_selected_file,
+    restore_train_order,
+    resume_state,
+)
 
 # Frozen blocks are in eval mode on purpose (BN statistics and dropout frozen with the weights).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -75,6 +80,8 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     best = ckpt.best_model_path
     if best and Path(best).resolve().parent != Path(ckpt_dir).resolve():  # RunLocalCheckpoint rules this out
         raise RuntimeError(f"best checkpoint {best} is outside this run's checkpoint folder {ckpt_dir}")
+    if resume_from is not None:  # a killed attempt may have left a later model in best.ckpt
+        check_selected_file(Path(ckpt_dir), best, selected)
     # A best.ckpt that fails its checksum here raises CorruptFileError: the run fails, it is never tested.
     tested = trainer.test(module, test, ckpt_path=best or None, verbose=False, weights_only=True)[0]
     return FitOutcome(
