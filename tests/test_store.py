@@ -320,3 +320,39 @@ def test_a_resumed_run_never_tests_a_best_checkpoint_from_another_epoch_than_its
     again = run(make_cfg(*overrides, run="r"))
     assert again["status"] == "ok" and again["selected_epoch"] == 1
     _same_numbers(again, clean)
+
+
+def test_a_resume_puts_back_the_model_its_resume_point_selected(make_cfg, monkeypatch):
+    """select=last replaces best.ckpt every epoch; with a resume point after epoch 1 only and a crash after epoch
+    3, best.ckpt holds epoch 3's model while last.ckpt's selection kept epoch 1. The first replacement after the
+    resume point kept epoch 1's model as best.committed.ckpt; the resume puts it back, so even a replay that did
+    not rewrite best.ckpt would test the model its selection names. The resumed run equals an uninterrupted one."""
+    overrides = (*SCRATCH, "train.select=last", "train.max_epochs=4")
+    clean = run(make_cfg(*overrides, run="clean"))
+    real = callbacks.ResumePoint.on_validation_end
+
+    def first_epoch_only(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            real(self, trainer, pl_module)
+
+    def crash(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(callbacks.ResumePoint, "on_validation_end", first_epoch_only)
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
+    cfg = make_cfg(*overrides, run="r")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    monkeypatch.undo()
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    io = checkpoints.SafeCheckpointIO()
+    epoch = lambda name: io.load_checkpoint(ckpt_dir / name)["epoch"]  # noqa: E731 - 0-based
+    assert (epoch("last.ckpt"), epoch("best.ckpt"), epoch(callbacks.COMMITTED)) == (0, 2, 0)
+    assert checkpoints.resume_state(ckpt_dir, None) is not None
+    assert epoch("best.ckpt") == 0 and not (ckpt_dir / callbacks.COMMITTED).exists()
+    assert verified.problem(ckpt_dir / "best.ckpt") is None  # moved with its checksum
+    again = run(make_cfg(*overrides, run="r"))
+    assert again["status"] == "ok" and again["selected_epoch"] == 4 and again["resumed_from"]
+    _same_numbers(again, clean)
+    assert not (ckpt_dir / callbacks.COMMITTED).exists()  # the final resume point committed the last model

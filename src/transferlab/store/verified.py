@@ -147,6 +147,24 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     return obj
 
 
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename `src` to `dst` with its sidecar (each rename atomic; a `dst` and its sidecar are replaced). The
+    sidecar moves first: a crash in between leaves `dst` unchecked-for rather than checked against another file's
+    digest."""
+    src, dst = Path(src), Path(dst)
+    if sidecar(src).exists():
+        os.replace(sidecar(src), sidecar(dst))
+    else:
+        sidecar(dst).unlink(missing_ok=True)
+    os.replace(src, dst)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete `path` and its sidecar (either may be absent)."""
+    Path(path).unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
+
+
 def set_aside(path: str | os.PathLike) -> Path:
     """Rename `path` (and its sidecar) to `<name>.corrupt-<UTC time>`: kept for inspection, never read again."""
     path = Path(path)

@@ -28,12 +28,14 @@ from lightning.pytorch.utilities.model_summary.model_summary import ModelSummary
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
 from transferlab.errors import ConfigError, NonFiniteLossError, problem
+from transferlab.store import verified
 from transferlab.transfer.network import BACKBONE_PREFIX
 from transferlab.transfer.plan import TransferPlan, apply_epoch
 
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
+COMMITTED = "best.committed.ckpt"  # the selected model as of the last resume point, while best.ckpt has moved on
 
 
 class PlanSchedule(L.Callback):
@@ -138,6 +140,13 @@ class RunLocalCheckpoint(ModelCheckpoint):
     `selected_epoch` (1-based) and the kept model's val/loss are part of the saved state, so a resumed fit applies
     the same rule to the same history.
 
+    best.ckpt changes whenever the selection does, last.ckpt (the resume point) at most every `checkpoint.every_s`:
+    a killed fit can leave a best.ckpt newer than its resume point, which the resumed selection does not know. So
+    the first replacement after a resume point keeps the model that point committed to as `best.committed.ckpt`
+    instead of overwriting it; the next resume point deletes it (`commit`), and a resume puts it back as best.ckpt
+    (`training/checkpoints.py`). A replay that is not bit-exact (non-deterministic kernels) then still tests the
+    model its own selection kept.
+
     Lightning's ModelCheckpoint saves absolute paths (best_model_path, ...) in last.ckpt and restores them as they
     are; a run dir copied or moved elsewhere would then re-test the *original* folder's best.ckpt (another run's
     weights, or a deleted file), and since the folder differs Lightning also drops the best score (val/acc NaN).
@@ -156,6 +165,7 @@ class RunLocalCheckpoint(ModelCheckpoint):
         self.select, self.select_epoch, self.loss_key = str(select), select_epoch, loss
         self.selected_epoch: int | None = None  # 1-based epoch of the kept model
         self.selected_loss: float | None = None  # its val/loss (the best_val tie-break)
+        self.committed_on_disk = False  # best.ckpt is the model the last resume point's state selected
 
     def replaces(self, epoch: int, acc: float, loss: float | None) -> bool:
         """Does the model after 1-based `epoch`, with this val/acc and val/loss, replace the kept one?"""
@@ -179,6 +189,10 @@ class RunLocalCheckpoint(ModelCheckpoint):
         return trainer.strategy.reduce_boolean_decision(bool(decision))  # every process agrees (DDP)
 
     def _update_best_and_save(self, current: torch.Tensor, trainer: L.Trainer, monitor_candidates) -> None:
+        best, kept = Path(self.dirpath) / "best.ckpt", Path(self.dirpath) / COMMITTED
+        if self.committed_on_disk and best.exists() and not kept.exists() and trainer.is_global_zero:
+            verified.move(best, kept)  # the resume point's model, until the next resume point commits the new one
+        self.committed_on_disk = False
         loss = monitor_candidates.get(self.loss_key)
         self.selected_epoch = int(trainer.current_epoch) + 1
         self.selected_loss = None if loss is None else float(loss)
@@ -196,7 +210,13 @@ class RunLocalCheckpoint(ModelCheckpoint):
                      select=self.select, selected_epoch=self.selected_epoch, selected_loss=self.selected_loss)
         return state
 
+    def commit(self) -> None:
+        """A resume point (last.ckpt, holding this tracker's state) was just written: best.ckpt is its model."""
+        verified.remove(Path(self.dirpath) / COMMITTED)
+        self.committed_on_disk = True
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.committed_on_disk = True  # resumed from a resume point, whose best.ckpt `resume_state` restored
         self.best_model_score = state_dict.get("best_model_score")
         self.kth_value = state_dict.get("kth_value", self.kth_value)
         self.best_k_models = {self._here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
@@ -216,9 +236,10 @@ class ResumePoint(Checkpoint):
     end too, see `fit_and_test`), so the tracker state it saves is this epoch's.
     """
 
-    def __init__(self, dirpath: Path, every_s: float = 0.0):
+    def __init__(self, dirpath: Path, every_s: float = 0.0, tracker: RunLocalCheckpoint | None = None):
         self.path = Path(dirpath) / LAST
         self.every_s = float(every_s)
+        self.tracker = tracker  # told when a resume point is written (RunLocalCheckpoint.commit)
         self._since = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -230,6 +251,8 @@ class ResumePoint(Checkpoint):
         final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         if final or time.monotonic() - self._since >= self.every_s:
             trainer.save_checkpoint(self.path)
+            if self.tracker is not None and trainer.is_global_zero:
+                self.tracker.commit()
             self._since = time.monotonic()
 
 

@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transferlab.errors import ConfigError, problem
 from transferlab.store import verified
 from transferlab.store.safe_load import CorruptFileError, UnsafeFileError, WeightsError
-from transferlab.training.callbacks import LAST, RunIdentity, RunLocalCheckpoint
+from transferlab.training.callbacks import COMMITTED, LAST, RunIdentity, RunLocalCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,41 @@ def saved_fingerprint(ckpt: dict[str, Any]) -> str | None:
     return None
 
 
-def _tested_file(ckpt_dir: Path, ckpt: dict[str, Any]) -> Path | None:
-    """The best.ckpt a resume of `ckpt` would test, inside `ckpt_dir` (None if it names none)."""
+def _selection(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model-selection tracker's saved state in `ckpt` ({} if it has none)."""
     for key, state in (ckpt.get("callbacks") or {}).items():
         if str(key).startswith(RunLocalCheckpoint.__name__) and isinstance(state, dict):
-            name = state.get("best_model_path")
-            return Path(ckpt_dir) / Path(name).name if name else None
-    return None
+            return state
+    return {}
+
+
+def _tested_file(ckpt_dir: Path, ckpt: dict[str, Any]) -> Path | None:
+    """The best.ckpt a resume of `ckpt` would test, inside `ckpt_dir` (None if it names none)."""
+    name = _selection(ckpt).get("best_model_path")
+    return Path(ckpt_dir) / Path(name).name if name else None
+
+
+def _restore_committed(ckpt_dir: Path, ckpt: dict[str, Any]) -> None:
+    """Put back the model `ckpt`'s selection kept (`best.committed.ckpt`, see RunLocalCheckpoint) as best.ckpt, in
+    place of a later model the killed attempt saved after its last resume point. A committed file that is not that
+    model (a crash between writing last.ckpt and deleting it) or cannot be read is removed: best.ckpt is then
+    the resume point's own, and the end-of-fit check (`check_selected_file`) guards the rest."""
+    committed = Path(ckpt_dir) / COMMITTED
+    if not committed.exists():
+        return
+    selected = _selection(ckpt).get("selected_epoch")
+    best = _tested_file(ckpt_dir, ckpt) or Path(ckpt_dir) / "best.ckpt"
+    try:
+        saved = verified.load(committed)
+    except WeightsError:
+        saved = None
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    if epoch is not None and selected is not None and int(epoch) + 1 == int(selected):
+        verified.move(committed, best)
+        log.info("resume: %s is the model selected at the resume point (epoch %s), restored from %s", best.name,
+                 selected, committed.name)
+    else:
+        verified.remove(committed)
 
 
 @dataclass
@@ -116,6 +144,7 @@ def resume_state(ckpt_dir: Path, fingerprint: str | None) -> dict[str, Any] | No
         return None
     if state.ckpt is None:
         return None
+    _restore_committed(ckpt_dir, state.ckpt)
     best = _tested_file(ckpt_dir, state.ckpt)
     bad = verified.problem(best) if best is not None else None
     if bad:
@@ -127,12 +156,11 @@ def resume_state(ckpt_dir: Path, fingerprint: str | None) -> dict[str, Any] | No
 def check_selected_file(ckpt_dir: Path, best: str, selected_epoch: int | None) -> None:
     """After a *resumed* fit: does `best` (the file about to be tested) hold the model the selection kept?
 
-    `last.ckpt` is written at most every `checkpoint.every_s` seconds, `best.ckpt` whenever the selection
-    changes, so a killed attempt can leave a best.ckpt from an epoch after its last resume point. The resumed
-    fit replays those epochs; where they replay exactly (CPU) the same epochs write best.ckpt again, but where
-    they do not (non-deterministic kernels, another device), best.ckpt may still hold the killed attempt's model
-    while the selection state names another epoch, and testing it would report another model's numbers as this
-    run's. Then both files are moved aside (the next attempt starts over) and CorruptFileError fails the run."""
+    A killed attempt can leave a best.ckpt from after its last resume point; the resume puts the committed model
+    back (`_restore_committed`), and where the replay is bit-exact the same epochs write the same files again. This
+    is the guard for what is left (a committed file lost or damaged): testing a best.ckpt of another epoch would
+    report another model's numbers as this run's. Then both files are moved aside (the next attempt starts over)
+    and CorruptFileError fails the run."""
     if not best or selected_epoch is None:
         return
     saved = verified.load(best)

@@ -66,8 +66,8 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     kwargs = dict(plain(trainer_cfg))  # Lightning gets "cpu", not Accelerator.cpu
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
-                        callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s), history, BlockModelSummary(),
-                                   RunIdentity(fingerprint), FailOnNonFinite(), *callbacks],
+                        callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s, tracker=ckpt), history,
+                                   BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(), *callbacks],
                         plugins=plugins, **kwargs)
     saved = resume_state(Path(ckpt_dir), fingerprint) if resume else None
     resume_from = str(Path(ckpt_dir) / LAST) if saved is not None else None
