@@ -76,6 +76,24 @@ def cli_problems(stderr: str) -> list[str]:
     return [ln[4:] for ln in stderr.splitlines() if ln.startswith("  - ")]
 
 
+def quadrant_images(path: Path, n: int, size: int, k: int = 4) -> Path:
+    """A generated k-class image task written to `path` (.npz, 3 x size x size, float in [0, 1] as setup checks):
+    each class a colour tint plus a bright quadrant, with noise, seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(k), n // k)
+    x = rng.normal(0.0, 0.3, size=(n, 3, size, size)).astype(np.float32)
+    h = size // 2
+    for c in range(k):
+        x[y == c, c % 3] += 0.8
+        r, q = divmod(c, 2)
+        x[y == c, :, r * h:(r + 1) * h, q * h:(q + 1) * h] += 1.0
+    x = (x - x.min()) / (x.max() - x.min())
+    np.savez(path, x_train=x, y_train=y)
+    return path
+
+
 class Exploit:
     """A pickle that runs a command when unpickled (what a malicious 'weights' file does): touches `marker`."""
 

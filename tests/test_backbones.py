@@ -2,14 +2,13 @@
 
 import json
 
-import numpy as np
 import pytest
 import timm
 import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from conftest import RESNET18, ckpt_state, recomputed_test_acc, same_tensors, source_state
+from conftest import RESNET18, ckpt_state, quadrant_images, recomputed_test_acc, same_tensors, source_state
 from transferlab.backbones import build_backbone
 from transferlab.errors import ConfigError
 from transferlab.run.experiment import run
@@ -25,19 +24,8 @@ def _timm(name: str, weights=None):
 
 @pytest.fixture(scope="module")
 def tiny_images(tmp_path_factory):
-    """A generated 4-class image task, 3x16x16: each class a colour tint plus a bright quadrant, with noise."""
-    rng = np.random.default_rng(0)
-    n, k = 120, 4
-    y = np.repeat(np.arange(k), n // k)
-    x = rng.normal(0.0, 0.3, size=(n, 3, 16, 16)).astype(np.float32)
-    for c in range(k):
-        x[y == c, c % 3] += 0.8
-        r, q = divmod(c, 2)
-        x[y == c, :, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 1.0
-    x = (x - x.min()) / (x.max() - x.min())  # images are float in [0, 1] (checked at setup)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.npz"
-    np.savez(path, x_train=x, y_train=y)
-    return path
+    """A generated 4-class image task, 3x16x16 (conftest.quadrant_images)."""
+    return quadrant_images(tmp_path_factory.mktemp("tiny") / "tiny.npz", n=120, size=16)
 
 
 def test_resnet18_blocks_shapes_and_avg_pool_head():

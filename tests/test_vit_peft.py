@@ -16,13 +16,20 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import timm
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ckpt_state, cli_problems, recomputed_test_acc, run_cli, same_tensors, source_state
+from conftest import (
+    ckpt_state,
+    cli_problems,
+    quadrant_images,
+    recomputed_test_acc,
+    run_cli,
+    same_tensors,
+    source_state,
+)
 from transferlab.backbones import block_count, build_backbone
 from transferlab.errors import ConfigError
 from transferlab.run.experiment import run
@@ -53,19 +60,8 @@ def _timm_model(img_size=32, patch_size=4, **kw):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """A generated 4-class image task, 3x32x32: each class a colour tint plus a bright quadrant, with noise."""
-    rng = np.random.default_rng(0)
-    n, k = 160, 4
-    y = np.repeat(np.arange(k), n // k)
-    x = rng.normal(0.0, 0.3, size=(n, 3, 32, 32)).astype(np.float32)
-    for c in range(k):
-        x[y == c, c % 3] += 0.8
-        r, q = divmod(c, 2)
-        x[y == c, :, r * 16:(r + 1) * 16, q * 16:(q + 1) * 16] += 1.0
-    x = (x - x.min()) / (x.max() - x.min())
-    path = tmp_path_factory.mktemp("images") / "images.npz"
-    np.savez(path, x_train=x, y_train=y)
-    return path
+    """A generated 4-class image task, 3x32x32 (conftest.quadrant_images)."""
+    return quadrant_images(tmp_path_factory.mktemp("images") / "images.npz", n=160, size=32)
 
 
 @pytest.fixture(scope="module")

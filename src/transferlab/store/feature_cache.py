@@ -30,7 +30,6 @@ insists (and fails only when the features would not fit in memory).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -168,13 +167,14 @@ def _architecture(cfg) -> Any:
     return arch
 
 
-@functools.lru_cache(maxsize=1)  # versions do not change within a process; reading them takes a directory scan
 def _libraries() -> dict[str, str | None]:
-    """Versions of the code that computes the blocks' outputs: an upgrade may change a kernel or a layer's forward
-    pass, and features are then computed again rather than mixed with the new ones."""
-    from transferlab.run.identity import library_version
+    """Versions of the code that computes the blocks' outputs (from the run's environment record, read once per
+    process): an upgrade may change a kernel or a layer's forward pass, and features are then computed again
+    rather than mixed with the new ones."""
+    from transferlab.run.identity import environment
 
-    return {name: library_version(name) for name in ("torch", "torchvision", "timm")}
+    env = environment()
+    return {name: env.get(name) for name in ("torch", "torchvision", "timm")}
 
 
 def feature_key(cfg, task, net, depth: int, pooled: bool = False) -> str:
