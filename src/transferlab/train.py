@@ -54,6 +54,12 @@ def main(cfg: DictConfig) -> float | None:
         orphan.watch_parent(state.SWEEP_PID_ENV)  # a local worker leaves when its sweep process dies
         state.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
 
+    if cfg.get("group"):  # a vectorised seed group: this job trains several points (run/group.py)
+        from transferlab.run.group import run_group
+
+        with lease_device(cfg):
+            run_group(cfg)
+        return None
     try:
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
             record = run(cfg)

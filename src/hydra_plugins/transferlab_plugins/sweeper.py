@@ -29,7 +29,8 @@ def _quote(value: str) -> str:
 class TransferlabSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
                  grids: Optional[dict] = None, resume: bool = True, dry_run: bool = False,
-                 only: Optional[str] = None) -> None:
+                 only: Optional[str] = None, vectorize: Optional[str] = None, vectorize_max: int = 16) -> None:
+        from transferlab.sweep.groups import MODES
         from transferlab.sweep.status import SELECTABLE
 
         super().__init__(max_batch_size=max_batch_size, params=_plain(params))
@@ -39,6 +40,13 @@ class TransferlabSweeper(BasicSweeper):
         if only is not None and str(only) not in SELECTABLE:
             raise ValueError(f"hydra.sweeper.only={only!r}: null (every point not done) or one of {list(SELECTABLE)}")
         self.only = None if only is None else str(only)
+        if vectorize is not None and str(vectorize) not in MODES:
+            raise ValueError(f"hydra.sweeper.vectorize={vectorize!r}: null (one job per point) or one of {list(MODES)}")
+        if int(vectorize_max) < 1:
+            raise ValueError(f"hydra.sweeper.vectorize_max={vectorize_max!r}: the most members of a group, >= 1")
+        self.vectorize = None if vectorize is None else str(vectorize)
+        self.vectorize_max = int(vectorize_max)
+        self._units: dict[str, list] = {}  # leader point name -> the group's points (vectorize)
         self._parser: Any = None
         self._bases: dict = {}
         self._depth_memo: dict = {}
@@ -211,6 +219,7 @@ class TransferlabSweeper(BasicSweeper):
         """
         self._returns: List[Sequence[JobReturn]] = []
         self._job_idx = 0
+        pending = self._group(pending)
         if getattr(self.launcher, "detach", False):
             return self._submit(pending, sweep_dir)
         queue = list(pending)
@@ -226,6 +235,7 @@ class TransferlabSweeper(BasicSweeper):
                         self._judge(p, r)
             for p, _ in suspects:
                 log.warning("point %s was running when its batch was lost; running it again on its own", p.name)
+                self._units.pop(p.name, None)
                 ((p, r, error),) = self._launch_batch([p], sweep_dir)
                 if r is None and self._left_nothing(p):
                     if self._started(p):
@@ -240,6 +250,7 @@ class TransferlabSweeper(BasicSweeper):
             if len(lost) == len(queue) and not suspects:  # nothing started at all: the launcher itself fails
                 break
             queue = [p for p, _ in lost]
+            self._units.clear()  # launched again one point per job
             log.warning("%d points never started (the launcher lost their batch); launching them again", len(queue))
         for p, why in lost:
             p.status, p.error = "failed", f"never started: the launcher failed ({why})"
@@ -252,17 +263,39 @@ class TransferlabSweeper(BasicSweeper):
             return self._returns
         self._launch_batch(pending, sweep_dir)
         jobs = list(getattr(self.launcher, "submitted", []))
-        for i, p in enumerate(pending):
-            p.status, p.job = "submitted", jobs[i] if i < len(jobs) else None
+        for i, leader in enumerate(pending):
+            for p in self._units.get(leader.name, [leader]):
+                p.status, p.job = "submitted", jobs[i] if i < len(jobs) else None
         return self._returns
+
+    def _group(self, pending: list) -> list:
+        """`vectorize=seeds`: the leaders of the launch units (`transferlab.sweep.groups`), each group's members
+        kept in `_units` and listed in the leader's group file; without it, the points as they are."""
+        from transferlab.sweep import groups
+
+        if self.vectorize is None:
+            return pending
+        leaders = []
+        for unit in groups.group(pending, self.vectorize_max):
+            leaders.append(unit[0])
+            if len(unit) > 1:
+                self._units[unit[0].name] = unit
+                groups.write(unit)
+        if self._units:
+            log.info("vectorize=seeds: %d points in %d jobs (%d groups of up to %d members)", len(pending),
+                     len(leaders), len(self._units), self.vectorize_max)
+        return leaders
 
     def _launch_batch(self, batch: list, sweep_dir: Path) -> list:
         """[(point, JobReturn or None, launcher error)]: None for every point when the launcher raised."""
         from transferlab.sweep import state as S
+        from transferlab.sweep.groups import GROUP_FILE
 
         for p in batch:
-            (Path(p.dir) / S.STARTED_FILE).unlink(missing_ok=True)
-        jobs = [[*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}", f"hydra.sweep.subdir={_quote(p.name)}"]
+            for member in self._units.get(p.name, [p]):
+                (Path(member.dir) / S.STARTED_FILE).unlink(missing_ok=True)
+        jobs = [[*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}", f"hydra.sweep.subdir={_quote(p.name)}",
+                 *([f"group={_quote(str(Path(p.dir) / GROUP_FILE))}"] if p.name in self._units else [])]
                 for p in batch]
         error = None
         try:
@@ -273,7 +306,7 @@ class TransferlabSweeper(BasicSweeper):
             results = [None] * len(batch)
         self._job_idx += len(batch)
         self._returns.append([r for r in results if r is not None])
-        return [(p, r, error) for p, r in zip(batch, results)]
+        return [(member, r, error) for p, r in zip(batch, results) for member in self._units.get(p.name, [p])]
 
     @staticmethod
     def _started(p: Any) -> bool:

@@ -21,7 +21,7 @@ from transferlab.tasks import TaskData
 from transferlab.training import options
 from transferlab.training.batches import arrays_loaders, loaders, pick_device
 from transferlab.training.callbacks import PlanSchedule
-from transferlab.training.fit import fit_and_test
+from transferlab.training.fit import FitOutcome, fit_and_test
 from transferlab.training.loggers import finish_logger, make_logger, source_config, wandb_run_ref
 from transferlab.training.module import TransferModule
 from transferlab.transfer import init, peft
@@ -124,35 +124,55 @@ def warn_single_class(m: Metrics) -> None:
                 "baseline %.4f, balanced accuracy %.4f", k, m.test_acc, m.majority_acc, m.test_balanced_acc)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment and write result.json atomically; config errors raise before anything is written.
+class Experiment:
+    """One run in four steps, so that a vectorised seed group (`run.group`) can build its members one by one,
+    train them together and close each the way `run` closes one:
 
-    Returns the record as written (`RunRecord.to_dict`): what a caller reads is what result.json holds."""
-    t0 = time.perf_counter()
-    inputs = identity.inputs(cfg)  # content of every file the run reads, hashed before anything else
-    fingerprint = identity.fingerprint(cfg, inputs)
-    prep = prepare(cfg)  # raises ConfigError: nothing written yet
-    run_dir = Path(cfg.paths.output_dir)
-    plan, target, budget = prep.plan, prep.target, prep.budget
-    record = RunRecord(
-        status="running", name=str(cfg.name),
-        # scratch has no source; scratch_long names the one whose pretraining steps it adds
-        source=str(cfg.source.name) if plan.cut or plan.source_compute else None,
-        target=str(cfg.target.name), backbone=backbone_label(cfg.backbone),
-        transfer=str(cfg.transfer.name), strategy=plan.strategy,
-        cut=plan.cut, upper=plan.upper, freeze=plan.freeze_depth, frozen_blocks=list(plan.frozen),
-        trainable_set=plan.label, bn=plan.bn,  # freeze is None for a transfer.trainable set (not a depth)
-        unfreeze_epochs={b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
-        trainable_blocks=list(plan.trainable),
-        n_per_class=cfg.target.get("n_per_class"), n_train=int(len(target.train_indices)),
-        num_classes=target.num_classes, n_val=int(len(target.val_y)), n_test=int(len(target.test_y)),
-        seed=int(cfg.seed), data_seed=int(cfg.data_seed), train_indices=[int(i) for i in target.train_indices],
-        budget=budget.to_dict(), select=str(cfg.train.select), target_data=target.info, config=plain(cfg),
-        fingerprint=fingerprint, inputs=inputs, environment=identity.environment(),
-    )
-    logger = None
-    try:
-        state, record.source_cache, record.source_ckpt, record.source_metrics = source_weights(cfg, prep, run_dir)
+    `open` (identity, checks, the record; raises ConfigError before anything is written) -> `build` (source
+    weights, the target net, batches, scores, the module) -> a fit (`fit` here, or `training.stacked` for a group)
+    -> `close` (metrics, convergence, result.json) or `fail`.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.t0 = time.perf_counter()
+        self.cfg = cfg
+        self.inputs = identity.inputs(cfg)  # content of every file the run reads, hashed before anything else
+        self.fingerprint = identity.fingerprint(cfg, self.inputs)
+        self.prep = prepare(cfg)  # raises ConfigError: nothing written yet
+        self.run_dir = Path(cfg.paths.output_dir)
+        self.record = self._record()
+        self.logger = None
+        self.net: TransferNet | None = None
+        self.module: TransferModule | None = None
+        self.batches = None
+        self.cache = None
+
+    def _record(self) -> RunRecord:
+        cfg, prep = self.cfg, self.prep
+        plan, target, budget = prep.plan, prep.target, prep.budget
+        return RunRecord(
+            status="running", name=str(cfg.name),
+            # scratch has no source; scratch_long names the one whose pretraining steps it adds
+            source=str(cfg.source.name) if plan.cut or plan.source_compute else None,
+            target=str(cfg.target.name), backbone=backbone_label(cfg.backbone),
+            transfer=str(cfg.transfer.name), strategy=plan.strategy,
+            cut=plan.cut, upper=plan.upper, freeze=plan.freeze_depth, frozen_blocks=list(plan.frozen),
+            trainable_set=plan.label, bn=plan.bn,  # freeze is None for a transfer.trainable set (not a depth)
+            unfreeze_epochs={b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
+            trainable_blocks=list(plan.trainable),
+            n_per_class=cfg.target.get("n_per_class"), n_train=int(len(target.train_indices)),
+            num_classes=target.num_classes, n_val=int(len(target.val_y)), n_test=int(len(target.test_y)),
+            seed=int(cfg.seed), data_seed=int(cfg.data_seed), train_indices=[int(i) for i in target.train_indices],
+            budget=budget.to_dict(), select=str(cfg.train.select), target_data=target.info, config=plain(cfg),
+            fingerprint=self.fingerprint, inputs=self.inputs, environment=identity.environment(),
+        )
+
+    def build(self) -> None:
+        """Source weights (cache), the target net at this run's seed, its batches, scores and module."""
+        cfg, prep, record = self.cfg, self.prep, self.record
+        plan, target, budget = prep.plan, prep.target, prep.budget
+        state, record.source_cache, record.source_ckpt, record.source_metrics = source_weights(cfg, prep,
+                                                                                               self.run_dir)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         # No backbone.weights here: copied blocks come from the source model, the rest stay random (reinit/scratch).
         net = build_target_net(build_backbone(cfg.backbone, target.input_shape, load_weights=False), plan, state,
@@ -164,24 +184,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                        {**plan.peft.record(), "params": peft.added_params(net.backbone, plan.peft), "merged": None})
         # Frozen prefix computed once (cached features) when the plan allows it; batches then enter the net at
         # block cache.start, and the net and its checkpoint stay whole.
-        batches, cache = target_batches(cfg, plan, target, net, budget.epochs)
-        record.feature_cache = cache.record()
+        self.batches, self.cache = target_batches(cfg, plan, target, net, budget.epochs)
+        record.feature_cache = self.cache.record()
         # Transferability scores of the copied blocks as built, before any training (no effect on the fit).
-        record.scores = score_run(cfg, prep, net, cache, state)
-        module = TransferModule(net, target.num_classes, optim={**plain(cfg.train), "max_epochs": budget.epochs},
-                                plan=plan, input_block=cache.start)  # groups of plan.trains, lr_decay, L2-SP
+        record.scores = score_run(cfg, prep, net, self.cache, state)
+        self.net = net
+        self.module = TransferModule(net, target.num_classes, optim={**plain(cfg.train), "max_epochs": budget.epochs},
+                                     plan=plan, input_block=self.cache.start)  # plan.trains groups, lr_decay, L2-SP
+
+    def open_logger(self):
+        """The run's CSV/W&B logger (one W&B run per job; opened just before its fit, so that a group's members
+        never hold two W&B runs at once)."""
+        record = self.record
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
-        axes["arm"] = plan.arm  # scratch and freeze=0 both have freeze=0
-        logger = make_logger(cfg, run_dir, "target",
-                             axes={**axes, **source_config(record.source_cache, record.source_metrics)})
+        axes["arm"] = self.prep.plan.arm  # scratch and freeze=0 both have freeze=0
+        self.logger = make_logger(self.cfg, self.run_dir, "target",
+                                  axes={**axes, **source_config(record.source_cache, record.source_metrics)})
+        return self.logger
+
+    def fit(self) -> FitOutcome:
+        cfg, budget = self.cfg, self.prep.budget
+        logger = self.open_logger()
         log.info("step budget: %d epochs x %d steps (%s)", budget.epochs, budget.steps_per_epoch, budget.rule)
-        outcome = fit_and_test(options.apply(module, cfg.train), batches,
-                               max_epochs=budget.epochs, trainer_cfg=cfg.trainer,  # training/budget.py
-                               ckpt_dir=run_dir / "checkpoints", logger=logger,
-                               callbacks=[PlanSchedule(plan)],  # what trains per epoch, BN policy
-                               fingerprint=fingerprint,  # resumes a killed run of this run identity
-                               resume_every_s=resume_every_s(cfg),
-                               select=str(cfg.train.select), select_epoch=cfg.train.select_epoch)
+        return fit_and_test(options.apply(self.module, cfg.train), self.batches,
+                            max_epochs=budget.epochs, trainer_cfg=cfg.trainer,  # training/budget.py
+                            ckpt_dir=self.run_dir / "checkpoints", logger=logger,
+                            callbacks=[PlanSchedule(self.prep.plan)],  # what trains per epoch, BN policy
+                            fingerprint=self.fingerprint,  # resumes a killed run of this run identity
+                            resume_every_s=resume_every_s(cfg),
+                            select=str(cfg.train.select), select_epoch=cfg.train.select_epoch)
+
+    def close(self, outcome: FitOutcome) -> dict[str, Any]:
+        """Metrics of the tested model, convergence, status ok; writes result.json and ends the logger."""
+        record, module = self.record, self.module
         counts = module.test_counts  # per class, of the test split and of the tested model's predictions
         record.metrics = Metrics(test_acc=outcome.test.get("test/acc"), test_loss=outcome.test.get("test/loss"),
                                  test_balanced_acc=outcome.test.get("test/balanced_acc"),
@@ -201,16 +236,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if verdict.converged is False:
             log.warning("%s: the run may be under-trained (converged: false in result.json); raise "
                         "train.min_steps or train.max_epochs", verdict.reason)
-        record.status, record.target_ckpt, record.wall_s = "ok", outcome.best_ckpt, time.perf_counter() - t0
+        record.status, record.target_ckpt, record.wall_s = "ok", outcome.best_ckpt, time.perf_counter() - self.t0
         record.resumed_from = outcome.resumed_from  # last.ckpt of a killed earlier attempt, else None
+        plan = self.prep.plan
         if plan.peft is not None and plan.peft.merge_on_save:  # LoRA folded in: a plain timm model loads it
-            record.peft["merged"] = save_merged(net, outcome.best_ckpt, run_dir)
-        record.write(run_dir)
-        finish_logger(logger, failed=False, summary=record.metrics.to_dict())
+            record.peft["merged"] = save_merged(self.net, outcome.best_ckpt, self.run_dir)
+        record.write(self.run_dir)
+        finish_logger(self.logger, failed=False, summary=record.metrics.to_dict())
         return record.to_dict()
-    except Exception as e:
+
+    def fail(self, e: BaseException) -> None:
+        """Status failed with the error, written to result.json (the caller re-raises)."""
+        record = self.record
         record.status, record.error = "failed", f"{type(e).__name__}: {e}"
-        record.wall_s = time.perf_counter() - t0
-        record.write(run_dir)
-        finish_logger(logger, failed=True, summary=record.metrics.to_dict())
+        record.wall_s = time.perf_counter() - self.t0
+        record.write(self.run_dir)
+        finish_logger(self.logger, failed=True, summary=record.metrics.to_dict())
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment and write result.json atomically; config errors raise before anything is written.
+
+    Returns the record as written (`RunRecord.to_dict`): what a caller reads is what result.json holds."""
+    exp = Experiment(cfg)
+    try:
+        exp.build()
+        return exp.close(exp.fit())
+    except Exception as e:
+        exp.fail(e)
         raise

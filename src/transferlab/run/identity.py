@@ -39,6 +39,8 @@ from transferlab.store import content
 # gives the same fingerprint and the same numbers). Nothing else may be added without such a test.
 NEUTRAL: dict[str, str] = {
     "name": "the sweep's folder and W&B group name",
+    "group": "which vectorised seed group trained the point (hydra.sweeper.vectorize=seeds): each member's "
+             "result equals its separate run's within float tolerance (tests/test_stacked.py)",
     "hydra": "Hydra's own settings (launcher, sweeper, output folders)",
     "paths": "where outputs, caches and dataset files live; what is read is fingerprinted by its bytes",
     "logger": "where metrics are logged (csv, W&B or none)",

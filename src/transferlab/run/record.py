@@ -129,6 +129,9 @@ class RunRecord:
     train_indices: list[int] = field(default_factory=list)  # indices into the target train pool that were trained on
     target_data: dict[str, Any] | None = None  # files read, input adaptation (channels, size, normalisation), splits
     feature_cache: dict[str, Any] | None = None  # frozen-prefix feature cache: status, depth, reason, key, path
+    # vectorised seed group (hydra.sweeper.vectorize=seeds): leader point, size, mode (stacked | sequential) and
+    # why sequential; None for a run of its own
+    group: dict[str, Any] | None = None
     # transferability scores (`transfer.scores`) of the copied features on the training subset, before training:
     # {"methods": {name: {"value", "time_s", "reason"}}, "inputs": {...}, "time_s"} (run/scoring.py); None: off
     scores: dict[str, Any] | None = None

@@ -71,9 +71,13 @@ class FailOnNonFinite(L.Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"train/loss is {value} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                f"lower the learning rate or check the inputs for NaN/inf")
+            raise non_finite(value, trainer.current_epoch, trainer.global_step)
+
+
+def non_finite(value: float, epoch: int, step: int) -> NonFiniteLossError:
+    """The error of a run whose training loss became NaN/inf (one run, or one member of a vectorised group)."""
+    return NonFiniteLossError(f"train/loss is {value} at epoch {epoch}, step {step}; "
+                              f"lower the learning rate or check the inputs for NaN/inf")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -126,6 +130,22 @@ class RunIdentity(L.Callback):
             _set_rng_state(state_dict["rng"])
 
 
+def replaces(select: str, select_epoch: int | None, epoch: int, acc: float, loss: float | None,
+             kept_acc: float | None, kept_loss: float | None) -> bool:
+    """The selection rule (`train.select`, see `RunLocalCheckpoint`), shared with a vectorised group's members
+    (`training.stacked`): does the model after 1-based `epoch` (val/acc `acc`, val/loss `loss`) replace the kept
+    one (`kept_acc`, `kept_loss`; None when nothing is kept yet)?"""
+    if select == "last":
+        return True
+    if select == "fixed_epoch":
+        return epoch == select_epoch
+    if kept_acc is None:
+        return True
+    if acc != kept_acc:  # a NaN accuracy never replaces
+        return acc > kept_acc
+    return loss is not None and kept_loss is not None and loss < kept_loss
+
+
 class RunLocalCheckpoint(ModelCheckpoint):
     """The model-selection tracker (`train.select`: which epoch's model is tested), with its saved state naming
     files relative to its own folder. One file, `best.ckpt`, holds the selected model; it is replaced when:
@@ -169,16 +189,8 @@ class RunLocalCheckpoint(ModelCheckpoint):
 
     def replaces(self, epoch: int, acc: float, loss: float | None) -> bool:
         """Does the model after 1-based `epoch`, with this val/acc and val/loss, replace the kept one?"""
-        if self.select == "last":
-            return True
-        if self.select == "fixed_epoch":
-            return epoch == self.select_epoch
         kept = None if self.best_model_score is None else float(self.best_model_score)
-        if kept is None:
-            return True
-        if acc != kept:  # a NaN accuracy never replaces
-            return acc > kept
-        return loss is not None and self.selected_loss is not None and loss < self.selected_loss
+        return replaces(self.select, self.select_epoch, epoch, acc, loss, kept, self.selected_loss)
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         if current is None:

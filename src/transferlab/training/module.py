@@ -173,24 +173,30 @@ class TransferModule(L.LightningModule):
         return groups
 
     def configure_optimizers(self):
-        name = self.optim.get("optimizer", "adamw")
-        groups = self.param_groups()
-        lr = float(self.optim["lr"])
-        if name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=lr)
-        elif name == "adam":
-            opt = torch.optim.Adam(groups, lr=lr)
-        elif name == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=float(self.optim["momentum"]))
-        else:
-            raise ValueError(f"unknown optimizer {name!r}; one of {OPTIMIZERS}")
-        scheduler = str(self.optim.get("scheduler") or "none")
-        if scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.optim["max_epochs"])))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/acc", "interval": "epoch"}}
-        if scheduler != "none":
-            raise ValueError(f"unknown scheduler {scheduler!r}; one of {SCHEDULERS}")
-        return opt
+        return optimizers(self.optim, self.param_groups())
+
+
+def optimizers(optim: dict[str, Any], groups: list[dict[str, Any]]):
+    """The optimizer over `groups` (`TransferModule.param_groups`) and its LR schedule, as Lightning takes them from
+    `configure_optimizers`; shared with a vectorised group's stacked module (`training.stacked`), whose groups hold
+    the members' stacked tensors: every optimizer here is elementwise, so each member steps as it would alone."""
+    name = optim.get("optimizer", "adamw")
+    lr = float(optim["lr"])
+    if name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
+    elif name == "adam":
+        opt = torch.optim.Adam(groups, lr=lr)
+    elif name == "sgd":
+        opt = torch.optim.SGD(groups, lr=lr, momentum=float(optim["momentum"]))
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; one of {OPTIMIZERS}")
+    scheduler = str(optim.get("scheduler") or "none")
+    if scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(optim["max_epochs"])))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    if scheduler == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/acc", "interval": "epoch"}}
+    if scheduler != "none":
+        raise ValueError(f"unknown scheduler {scheduler!r}; one of {SCHEDULERS}")
+    return opt

@@ -1,0 +1,120 @@
+"""One job, several points: the members of a vectorised seed group (`hydra.sweeper.vectorize=seeds`).
+
+The sweeper gives the group's first point the job and writes the members (`sweep.groups`): each point's folder,
+its replicate overrides (`seed`, `data_seed`, `pretrain.seed`) and the fingerprint the sweeper computed for it.
+Here each member's config is the job's with those overrides and its own output folder; a member whose config does
+not reproduce its point's fingerprint fails (it would record a result under another identity). Each member is
+built as a single run builds (`Experiment.build`), then the members train as one stacked model
+(`training.stacked`) or, when the group cannot hold them (`why_sequential`, one logged reason), one after the other
+in this process, each from the random state its own run would have. Every member writes its own result.json,
+best.ckpt and logs, so skip, resume, status and the report see ordinary points.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from transferlab.run.experiment import Experiment
+from transferlab.sweep import state
+from transferlab.training.callbacks import _rng_state, _set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+class GroupFailed(RuntimeError):
+    """Some members of a group failed (each has its own failed result.json); the job reports it."""
+
+
+def members(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The members listed in the group file (`sweep.groups.write`)."""
+    return json.loads(Path(str(cfg.group)).read_text())["members"]
+
+
+def member_config(cfg: DictConfig, member: dict[str, Any]) -> DictConfig:
+    """The job's config with a member's replicate overrides and its own output folder."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(out):
+        for key, value in member["replicates"].items():
+            OmegaConf.update(out, key, value, merge=False)
+        out.paths.output_dir = str(member["dir"])
+        out.group = str(cfg.group)
+    return out
+
+
+def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Run every member of the group in `cfg.group`; their records (those that got as far as one)."""
+    from transferlab.errors import ConfigError, problem
+
+    listed = members(cfg)
+    exps: list[Experiment] = []
+    rngs: list[dict] = []
+    failures: list[str] = []
+    for m in listed:
+        state.mark_started(m["dir"])
+        mcfg = member_config(cfg, m)
+        try:
+            exp = Experiment(mcfg)
+        except ConfigError as e:  # nothing written, as for a single run; the sweeper records the point failed
+            failures.append(f"{Path(m['dir']).name}: {e}")
+            continue
+        try:
+            if exp.fingerprint != m["fingerprint"]:
+                raise ConfigError(problem("group", str(cfg.group), f"a member config with the fingerprint "
+                                          f"{m['fingerprint']} the sweeper computed for {Path(m['dir']).name} "
+                                          f"(this job derived {exp.fingerprint})"))
+            exp.build()
+        except Exception as e:
+            exp.fail(e)
+            failures.append(f"{Path(m['dir']).name}: {type(e).__name__}: {e}")
+            continue
+        exps.append(exp)
+        rngs.append(_rng_state())  # where this member's own fit would start (dropout draws from it)
+    if exps:
+        failures += _train(cfg, exps, rngs, size=len(listed))
+    if failures:
+        raise GroupFailed(f"{len(failures)} of {len(listed)} members failed: " + "; ".join(failures))
+    return [e.record.to_dict() for e in exps]
+
+
+def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int) -> list[str]:
+    from transferlab.training import stacked
+
+    mem = [stacked.Member(module=e.module, batches=e.batches, plan=e.prep.plan, ckpt_dir=e.run_dir / "checkpoints",
+                          fingerprint=e.fingerprint, rng=r["torch"], select=str(e.cfg.train.select),
+                          select_epoch=e.cfg.train.select_epoch) for e, r in zip(exps, rngs)]
+    reason = stacked.why_sequential(mem, train_cfg=cfg.train, trainer_cfg=cfg.trainer,
+                                    epochs=[e.prep.budget.epochs for e in exps])
+    leader = Path(str(cfg.group)).parent.name
+    for e in exps:
+        e.record.group = {"leader": leader, "size": size, "mode": "sequential" if reason else "stacked",
+                          "reason": reason}
+    failures = []
+    if reason:
+        log.warning("vectorize: the %d members of %s run one after the other: %s", len(exps), leader, reason)
+        for e, r in zip(exps, rngs):
+            _set_rng_state(r)
+            try:
+                e.close(e.fit())
+            except Exception as err:
+                e.fail(err)
+                failures.append(f"{e.run_dir.name}: {type(err).__name__}: {err}")
+        return failures
+    log.info("vectorize: %d members of %s train as one stacked model", len(exps), leader)
+    try:
+        fits = stacked.fit_stacked(mem, max_epochs=exps[0].prep.budget.epochs, trainer_cfg=cfg.trainer)
+    except Exception as err:  # the group itself broke: every member fails with it
+        for e in exps:
+            e.fail(err)
+        return [f"{e.run_dir.name}: {type(err).__name__}: {err}" for e in exps]
+    for e, m, fit in zip(exps, mem, fits):
+        try:
+            e.close(stacked.test_member(m, fit, trainer_cfg=cfg.trainer, logger=e.open_logger()))
+        except Exception as err:
+            e.fail(err)
+            failures.append(f"{e.run_dir.name}: {type(err).__name__}: {err}")
+    return failures

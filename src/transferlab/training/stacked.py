@@ -1,0 +1,428 @@
+"""Train the K members of a vectorised seed group (runs of one config that differ only in `seed`/`data_seed`) as
+one stacked model: `torch.func.stack_module_state` + `functional_call` + `vmap`, the "model ensembling" recipe of
+the torch.func documentation, under one Lightning Trainer.
+
+Why: a sweep point at small n is too small to keep the hardware busy, and on a CPU most of a tiny point's time is
+the framework's work per epoch and per run (Lightning's loops and hooks, validation set-up, checkpoints), which a
+group pays once for K members. On a GPU the stacked arithmetic itself runs K members for about the price of one.
+
+What stays each member's own, so that a member's result is its separate run's (tests/test_stacked.py):
+- its initialisation and nested target subset (each member is built by its own `Experiment.build`);
+- its batch order (its own `TensorBatches`, stacked batch by batch);
+- its optimisation: AdamW/Adam/SGD and their weight decay are elementwise, so one optimizer over the stacked
+  tensors steps each member as its own would; the loss is the sum of the members' mean losses, whose gradient
+  with respect to a member's slice is that member's gradient;
+- its BatchNorm statistics (stacked buffers, updated in place under vmap);
+- its dropout masks: drawn outside vmap from the member's own copy of the global RNG, in the order and with the
+  calls torch's CPU dropout makes (`MemberDropout`), so they are the masks its separate run draws;
+- its model selection (`callbacks.replaces`, the rule of `RunLocalCheckpoint`), its best.ckpt and its test pass
+  (the member's own `TransferModule` in `trainer.test`, as `fit_and_test` tests);
+- its failure: a member whose training loss is NaN/inf stops being stepped and fails alone.
+
+What a group cannot hold is named by `why_sequential`; the caller (`run.group`) then runs the members one after
+the other in the process, each exactly as alone. A group is not resumed from a checkpoint: a killed group's
+members run again (their finished siblings are skipped by the sweeper).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from transferlab.config import plain
+from transferlab.training.batches import TensorBatches
+from transferlab.training.callbacks import LAST, PlanSchedule, non_finite, replaces
+from transferlab.training.checkpoints import SafeCheckpointIO
+from transferlab.training.fit import FitOutcome
+from transferlab.training.module import TransferModule, optimizers
+from transferlab.transfer.plan import TransferPlan
+
+log = logging.getLogger(__name__)
+
+BEST = "best.ckpt"
+# Layers that draw random numbers in training mode; nn.Dropout is reproduced per member (MemberDropout), the others
+# would draw one stream for the whole group.
+RANDOM_LAYERS = ("Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "DropPath")
+TRAINER_KEYS_OURS = ("logger", "callbacks", "enable_checkpointing", "enable_model_summary", "num_sanity_val_steps",
+                     "max_epochs")
+
+
+@dataclass
+class Member:
+    """One run of the group as its `Experiment.build` left it, and what its fit needs."""
+
+    module: TransferModule
+    batches: tuple  # (train, val, test) TensorBatches
+    plan: TransferPlan
+    ckpt_dir: Path
+    fingerprint: str
+    rng: torch.Tensor  # the global CPU RNG state its separate fit would start from
+    select: str = "best_val"
+    select_epoch: int | None = None
+
+
+@dataclass
+class MemberFit:
+    """A member's training, before its test: its selection, curves and kept weights (or its failure)."""
+
+    history: dict[str, list[float]] = field(default_factory=lambda: {"val/acc": [], "val/loss": []})
+    train_loss: list[float] = field(default_factory=list)
+    kept_acc: float | None = None
+    kept_loss: float | None = None
+    selected_epoch: int | None = None
+    selected_step: int = 0
+    kept_state: dict[str, torch.Tensor] | None = None
+    error: BaseException | None = None
+    epochs: int = 0  # epochs and optimizer steps the group ran (as Lightning counts them for one run)
+    steps: int = 0
+
+
+# ----------------------------------------------------------------------------- what a group can hold
+def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: list[int]) -> str | None:
+    """The reason these members cannot train as one stacked model, or None when they can."""
+    first = members[0]
+    trainer = plain(trainer_cfg)
+    if len(members) < 2:
+        return "a group of one"
+    if any(not isinstance(m.batches[0], TensorBatches) for m in members):
+        return "the task is too large to hold in memory (DataLoader batches)"
+    if len({(len(m.batches[0].y), m.batches[0].batch_size) for m in members}) > 1:
+        return "the members' training sets differ in size"
+    if len({len(m.batches[1].y) for m in members}) > 1:
+        return "the members' validation sets differ in size"
+    if len(set(epochs)) > 1:
+        return "the members' step budgets differ"
+    if len({m.module.input_block for m in members}) > 1:
+        return "the feature cache serves some members only"
+    if len({(m.select, m.select_epoch) for m in members}) > 1:
+        return "the members' selection rules differ"
+    if first.plan.peft is not None:
+        return "PEFT modules (LoRA, VPT) are not stacked"
+    if any(m.module.l2sp for m in members):
+        return "L2-SP's anchor is per member"
+    if str(train_cfg.get("scheduler") or "none") == "plateau":
+        return "the plateau schedule follows each member's own val/acc"
+    if bool(train_cfg.get("compile")):
+        return "train.compile"
+    if trainer.get("gradient_clip_val"):
+        return "gradient clipping by norm is not elementwise per member"
+    if int(trainer.get("accumulate_grad_batches") or 1) != 1:
+        return "gradient accumulation"
+    if str(trainer.get("precision")) not in ("32-true", "32"):
+        return f"trainer.precision={trainer.get('precision')}"
+    devices = trainer.get("devices")
+    if trainer.get("strategy") not in (None, "auto") or (isinstance(devices, int) and devices > 1) or (
+            isinstance(devices, list) and len(devices) > 1):
+        return "more than one device"
+    for name, mod in first.module.net.named_modules():
+        if type(mod).__name__ in RANDOM_LAYERS and float(getattr(mod, "p", getattr(mod, "drop_prob", 0)) or 0) > 0:
+            return f"{name} ({type(mod).__name__}) draws random numbers the group cannot give each member"
+        if type(mod) is nn.Dropout and mod.p >= 1:
+            return f"{name}: dropout p={mod.p}"
+    return None
+
+
+# ----------------------------------------------------------------------------- per-member dropout
+class MemberDropout(nn.Module):
+    """nn.Dropout inside the stacked forward: multiplies by this member's mask, set from outside vmap.
+
+    torch's CPU dropout (`at::native::dropout`, not the fused kernel, which is for accelerators) draws
+    `empty_like(x).bernoulli_(1 - p)`, divides it by 1 - p and multiplies; `masks` draws the same from each member's
+    own RNG state, in the order the forward calls the layers, so a member gets its separate run's masks bit for bit.
+    On a GPU the masks are drawn the same way on the CPU and moved: fresh, independent per member, not the ones a
+    separate GPU run (Philox) would draw."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.mask: torch.Tensor | None = None
+        self.shapes: list | None = None  # while probing: the input shapes of this layer's calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.shapes is not None:
+            self.shapes.append(tuple(x.shape))
+            return x
+        if self.mask is None:
+            raise RuntimeError("MemberDropout called without a mask")
+        return x * self.mask
+
+
+def swap_dropouts(net: nn.Module) -> list[tuple[str, MemberDropout]]:
+    """Replace every nn.Dropout of `net` (in place) by a MemberDropout; return them with their names."""
+    out = []
+    for name, mod in list(net.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if type(child) is nn.Dropout:
+                swap = MemberDropout(child.p)
+                swap.train(child.training)
+                setattr(mod, child_name, swap)
+                out.append((f"{name}.{child_name}" if name else child_name, swap))
+    return out
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+# ----------------------------------------------------------------------------- the stacked module
+class StackedModule(L.LightningModule):
+    """K TransferModules of one architecture as stacked tensors; `net` is member 0's structure (and modes, which
+    `PlanSchedule` drives as in a single run), evaluated per member by functional_call under vmap."""
+
+    def __init__(self, members: list[Member]):
+        super().__init__()
+        self.members = members
+        first = members[0].module
+        self.optim = first.optim
+        self.input_block = first.input_block
+        self.net = copy.deepcopy(first.net)
+        self.dropouts = swap_dropouts(self.net)
+        params, buffers = stack_module_state([m.module.net for m in members])
+        groups = first.param_groups()
+        names = {id(p): n for n, p in first.net.named_parameters()}
+        self.trained_names = [names[id(p)] for g in groups for p in g["params"]]
+        self._groups = [{k: v for k, v in g.items() if k != "params"} | {"names": [names[id(p)] for p in g["params"]]}
+                        for g in groups]
+        rel = {id(p): n for n, p in first.net.backbone_parameters()}
+        self.block_name = {names[i]: r for i, r in rel.items()}  # full name -> block-relative (plan) name
+        self.trained = nn.ParameterDict({_key(n): nn.Parameter(params[n].detach().clone())
+                                         for n in self.trained_names})
+        self.fixed = nn.Module()  # frozen parameters and buffers: moved with the module, never stepped
+        self.fixed_names = [n for n in params if n not in set(self.trained_names)] + list(buffers)
+        for n in self.fixed_names:
+            self.fixed.register_buffer(_key(n), (params[n] if n in params else buffers[n]).detach().clone())
+        self.param_names = list(params)
+        self.buffer_names = list(buffers)
+        self.k = len(members)
+        self.fits = [MemberFit() for _ in members]
+        self.alive = [True] * self.k
+        self.rng = [m.rng.clone() for m in members]
+        self._probes: dict[tuple, list[tuple[MemberDropout, tuple]]] = {}
+        self._train_sum = torch.zeros(self.k, dtype=torch.float64)
+        self._train_n = 0
+        self._val = torch.zeros(3, self.k, dtype=torch.float64)  # correct, loss sum, count
+        self._val_stacked = True  # False: one validation set for all (fit_stacked)
+
+    # -- state
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        params = {n: (self.trained[_key(n)] if _key(n) in self.trained else getattr(self.fixed, _key(n)))
+                  for n in self.param_names}
+        buffers = {n: getattr(self.fixed, _key(n)) for n in self.buffer_names}
+        return params, buffers
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's net state (parameters and buffers, as `TransferNet.state_dict` names them), on the CPU."""
+        params, buffers = self._state()
+        return {n: t[k].detach().to("cpu", copy=True) for n, t in {**params, **buffers}.items()}
+
+    # -- forward
+    def _dropout_masks(self, x: torch.Tensor, stacked: bool) -> list[list[torch.Tensor]] | None:
+        """Per active dropout call of the forward, the K members' masks stacked: [K, *shape] each."""
+        if not any(d.training and d.p > 0 for _, d in self.dropouts):
+            return None
+        one = x[0] if stacked else x
+        key = tuple(one.shape)
+        if key not in self._probes:  # the layers' input shapes for this batch shape, from one member's forward
+            for _, d in self.dropouts:
+                d.shapes = []
+            params, buffers = self._state()
+            with torch.no_grad():
+                functional_call(self.net, ({n: t[0] for n, t in params.items()},
+                                           {n: t[0].clone() for n, t in buffers.items()}), (one,),
+                                {"start": self.input_block})
+            calls = []
+            for _, d in self.dropouts:
+                calls += [(d, s) for s in d.shapes]
+                d.shapes = None
+            if any(sum(c[0] is d for c in calls) > 1 for _, d in self.dropouts):
+                raise RuntimeError("a dropout layer called twice in one forward cannot take a per-member mask")
+            self._probes[key] = calls  # in the order the layers ran
+        calls = self._probes[key]
+        masks: list[list[torch.Tensor]] = [[] for _ in calls]
+        saved = torch.get_rng_state()
+        try:
+            for k in range(self.k):
+                torch.set_rng_state(self.rng[k])
+                for i, (d, shape) in enumerate(calls):
+                    masks[i].append(torch.empty(shape, dtype=one.dtype).bernoulli_(1 - d.p).div_(1 - d.p))
+                self.rng[k] = torch.get_rng_state()
+        finally:
+            torch.set_rng_state(saved)
+        return [torch.stack(m).to(one.device) for m in masks]
+
+    def _logits(self, x: torch.Tensor, stacked: bool = True, masks=None) -> torch.Tensor:
+        params, buffers = self._state()
+        layers = [d for d, _ in self._probes[tuple((x[0] if stacked else x).shape)]] if masks is not None else []
+
+        def one(p, b, xk, mk):
+            for d, m in zip(layers, mk):
+                d.mask = m
+            try:
+                return functional_call(self.net, (p, b), (xk,), {"start": self.input_block})
+            finally:
+                for d in layers:
+                    d.mask = None
+
+        return vmap(one, in_dims=(0, 0, 0 if stacked else None, 0), randomness="error")(
+            params, buffers, x, masks or [])
+
+    # -- loops
+    def on_train_epoch_start(self) -> None:
+        epoch = int(self.current_epoch)
+        plan = self.members[0].plan
+        for n in self.trained_names:  # a schedule's not-yet-trained blocks get no gradient (grad None: no step)
+            rel = self.block_name.get(n)
+            self.trained[_key(n)].requires_grad_(rel is None or plan.trainable_at(rel, epoch))
+        self._train_sum.zero_()
+        self._train_n = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        masks = self._dropout_masks(x, stacked=True)
+        logits = self._logits(x, masks=masks)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(self.k, -1).mean(1)
+        values = losses.detach().to("cpu", torch.float64)
+        for k in range(self.k):
+            if self.alive[k] and not math.isfinite(float(values[k])):
+                self.alive[k] = False  # fails alone: its slice is no longer in the loss
+                self.fits[k].error = non_finite(float(values[k]), int(self.current_epoch), int(self.global_step))
+                log.warning("group member %d: %s", k, self.fits[k].error)
+        alive = [k for k in range(self.k) if self.alive[k]]
+        if not alive:
+            self.trainer.should_stop = True
+            return None
+        self._train_sum += torch.where(torch.isfinite(values), values, 0) * len(y[0])
+        self._train_n += len(y[0])
+        return losses[alive].sum()
+
+    def on_train_epoch_end(self) -> None:
+        for k in range(self.k):
+            if self.alive[k] and self._train_n:
+                self.fits[k].train_loss.append(float(self._train_sum[k] / self._train_n))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val.zero_()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        stacked = self._val_stacked
+        logits = self._logits(x, stacked=stacked)
+        yk = y if stacked else y.expand(self.k, *y.shape)
+        loss = F.cross_entropy(logits.flatten(0, 1), yk.flatten(), reduction="none").view(self.k, -1)
+        self._val[0] += (logits.argmax(-1) == yk).sum(1).to("cpu", torch.float64)
+        self._val[1] += loss.detach().sum(1).to("cpu", torch.float64)
+        self._val[2] += yk.shape[1]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        epoch = int(self.current_epoch) + 1
+        for k, (member, fit) in enumerate(zip(self.members, self.fits)):
+            if not self.alive[k]:
+                continue
+            # In float32, as torchmetrics computes a single run's val/acc and val/loss: the same ties, same curves.
+            acc = float(self._val[0, k].float() / self._val[2, k].float())
+            loss = float((self._val[1, k] / self._val[2, k]).float())
+            fit.history["val/acc"].append(acc)
+            fit.history["val/loss"].append(loss)
+            if replaces(member.select, member.select_epoch, epoch, acc, loss, fit.kept_acc, fit.kept_loss):
+                fit.kept_acc, fit.kept_loss, fit.selected_epoch = acc, loss, epoch
+                fit.selected_step = int(self.global_step)
+                fit.kept_state = self.member_state(k)
+        self.log("val/acc", float(self._val[0].sum() / self._val[2].sum()))  # the group's mean, for the bar
+
+    def configure_optimizers(self):
+        groups = [{k: v for k, v in g.items() if k != "names"} | {"params": [self.trained[_key(n)] for n in g["names"]]}
+                  for g in self._groups]
+        return optimizers(self.optim, groups)
+
+
+class StackedBatches:
+    """The members' batch iterators zipped, each batch stacked: x [K, B, ...], y [K, B]. Each member keeps its
+    own shuffle (its `TensorBatches` generator). `shared=True` (validation sets equal across members): the first
+    member's batches as they are, evaluated once per member without copies."""
+
+    def __init__(self, loaders: list[TensorBatches], shared: bool = False):
+        self.loaders, self.shared = loaders, shared
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self):
+        if self.shared:
+            yield from self.loaders[0]
+            return
+        for batches in zip(*self.loaders):
+            yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
+def _same(tensors: list[torch.Tensor]) -> bool:
+    return all(t.shape == tensors[0].shape and torch.equal(t, tensors[0]) for t in tensors[1:])
+
+
+def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg) -> list[MemberFit]:
+    """Train the members together for `max_epochs`; each member's selection, curves and kept weights."""
+    for m in members:  # a group starts from epoch 0: an earlier single attempt's resume state is set aside
+        last = m.ckpt_dir / LAST
+        if last.exists():
+            from transferlab.training.checkpoints import _start_over
+
+            _start_over([last, m.ckpt_dir / BEST], f"{last}: a vectorised group does not resume single runs")
+    module = StackedModule(members)
+    vals = [m.batches[1] for m in members]
+    shared = _same([v.x for v in vals]) and _same([v.y for v in vals])
+    module._val_stacked = not shared
+    kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
+    kwargs.pop("plugins", None)
+    trainer = L.Trainer(max_epochs=int(max_epochs), logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[PlanSchedule(members[0].plan)], **kwargs)
+    trainer.fit(module, StackedBatches([m.batches[0] for m in members]), StackedBatches(vals, shared=shared))
+    for fit in module.fits:
+        fit.epochs, fit.steps = int(trainer.current_epoch), int(trainer.global_step)
+    return module.fits
+
+
+def test_member(member: Member, fit: MemberFit, *, trainer_cfg, logger=False) -> FitOutcome:
+    """Write the member's selected model as its best.ckpt (the format `fit_and_test` writes) and test it once from
+    that file with the member's own module, so its test metrics come from the code a separate run uses."""
+    if fit.error is not None:
+        raise fit.error
+    if fit.kept_state is None:
+        raise RuntimeError("no model was selected (no validation epoch ran)")
+    module = member.module
+    module.net.load_state_dict(fit.kept_state, strict=True)
+    member.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    best = member.ckpt_dir / BEST
+    SafeCheckpointIO().save_checkpoint({
+        "epoch": fit.selected_epoch - 1, "global_step": fit.selected_step,
+        "pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(),
+    }, best)
+    if logger:
+        for epoch, (acc, loss) in enumerate(zip(fit.history["val/acc"], fit.history["val/loss"])):
+            row: dict[str, Any] = {"val/acc": acc, "val/loss": loss, "epoch": epoch}
+            if epoch < len(fit.train_loss):
+                row["train/loss"] = fit.train_loss[epoch]
+            logger.log_metrics(row, step=epoch)
+    kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
+    plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
+    trainer = L.Trainer(logger=logger, enable_checkpointing=False, enable_model_summary=False, plugins=plugins,
+                        **kwargs)
+    # Read back (checksum verified) and loaded as `trainer.test(ckpt_path=best)` loads a single run's best.ckpt.
+    module.load_state_dict(SafeCheckpointIO().load_checkpoint(best)["state_dict"], strict=True)
+    tested = trainer.test(module, member.batches[2], verbose=False)[0]
+    return FitOutcome(test={k: float(v) for k, v in tested.items()}, best_val_acc=float(fit.kept_acc),
+                      best_ckpt=str(best), epochs=fit.epochs, history={k: list(v) for k, v in fit.history.items()},
+                      resumed_from=None, steps=fit.steps, selected_epoch=fit.selected_epoch)
