@@ -1,0 +1,187 @@
+"""Vectorised seed groups (`hydra.sweeper.vectorize=seeds`, run/group.py, training/stacked.py): each member of a
+group gets its separate run's result — val curve, selection, test metrics, frozen bytes — within float tolerance
+(CPU, fp32); a member that fails fails alone; a group the stacked model cannot hold runs its members one after the
+other, bit for bit as alone; and a sweep's points keep their fingerprints, so either way of running skips the other's
+finished points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import quadrant_images, run_cli
+from transferlab.run import identity
+from transferlab.run.experiment import Experiment, run
+from transferlab.run.group import GroupFailed, run_group
+from transferlab.transfer.network import BACKBONE_PREFIX
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return quadrant_images(tmp_path_factory.mktemp("stacked") / "images.npz", n=160, size=16)
+
+
+def _separate(make_cfg, keys, seeds=SEEDS) -> dict[int, dict]:
+    return {s: run(make_cfg(*keys, f"seed={s}", run=f"alone{s}")) for s in seeds}
+
+
+def _group(make_cfg, keys, seeds=SEEDS) -> Path:
+    """Write the group file the sweeper would write for these seeds; return its path (in the leader's folder)."""
+    members = []
+    for s in seeds:
+        cfg = make_cfg(*keys, f"seed={s}", run=f"member{s}")
+        members.append({"name": f"seed={s}", "dir": str(cfg.paths.output_dir), "replicates": {"seed": s},
+                        "fingerprint": identity.fingerprint(cfg)})
+    leader = Path(members[0]["dir"])
+    leader.mkdir(parents=True, exist_ok=True)
+    path = leader / "group.json"
+    path.write_text(json.dumps({"members": members}))
+    return path
+
+
+def _run_group(make_cfg, keys, seeds=SEEDS):
+    path = _group(make_cfg, keys, seeds)
+    return run_group(make_cfg(*keys, f"seed={seeds[0]}", f"group={path}", run=f"member{seeds[0]}"))
+
+
+def _member(make_cfg, s: int) -> dict:
+    return json.loads((Path(make_cfg(run=f"member{s}").paths.output_dir) / "result.json").read_text())
+
+
+def _state(rec: dict) -> dict[str, torch.Tensor]:
+    return torch.load(rec["target_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_same_run(alone: dict, member: dict, *, exact: bool = False) -> None:
+    a, m = alone["metrics"], member["metrics"]
+    assert member["status"] == "ok" and member["fingerprint"] == alone["fingerprint"]
+    assert member["train_indices"] == alone["train_indices"]  # its own nested subset
+    assert member["selected_epoch"] == alone["selected_epoch"]
+    assert m["epochs"] == a["epochs"] and m["steps"] == a["steps"]
+    tol = 0.0 if exact else 1e-5
+    for key in ("val/acc_history", "val/loss_history"):
+        assert len(m[key]) == len(a[key]) > 0
+        assert max(abs(x - y) for x, y in zip(m[key], a[key])) <= tol, key
+    for key in ("test/acc", "test/loss", "test/balanced_acc", "test/macro_f1"):
+        assert abs(m[key] - a[key]) <= tol, key
+    assert m["test/pred_counts"] == a["test/pred_counts"]
+    # the frozen blocks are the source's bytes in both; the trained ones agree within float tolerance
+    sa, sm = _state(alone), _state(member)
+    assert sa.keys() == sm.keys()
+    for block in alone["frozen_blocks"]:
+        keys = [k for k in sa if k.startswith(f"{BACKBONE_PREFIX}{block}.")]
+        assert keys and all(torch.equal(sa[k], sm[k]) for k in keys), block
+    for k in sa:
+        if sa[k].is_floating_point():
+            assert torch.allclose(sa[k], sm[k], atol=1e-4, rtol=1e-4), k
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "mlp", "resnet18"])
+def test_each_member_equals_its_separate_run(make_cfg, images, backbone):
+    """small_cnn: dropout (0.2) in the trained dense block and BatchNorm in trained conv blocks; mlp: dense only;
+    resnet18: BatchNorm throughout, frozen stem (eval-mode statistics) and trained layers (batch statistics)."""
+    keys = ["logger=none", "pretrain.seed=0", "transfer.freeze=1"]
+    if backbone == "resnet18":
+        # A regime where training does not amplify float rounding: with batches of 8 and BatchNorm over 1x1 maps
+        # at lr 0.01, one run alone at 1 vs 2 threads already ends with val losses 5.0 vs 7.1 (docs/sweeps.md).
+        keys += ["source=npz", f"source.path={images}", "source.name=quad_src", "target=npz",
+                 f"target.path={images}", "target.name=quad", "backbone=resnet18", "target.n_per_class=8",
+                 "pretrain.max_epochs=1", "train.batch_size=32", "train.optimizer=sgd", "train.lr=0.001",
+                 "train.max_epochs=3"]
+    else:
+        keys += [f"backbone={backbone}", "target.n_per_class=5", "train.batch_size=16", "train.max_epochs=6"]
+    alone = _separate(make_cfg, keys)
+    _run_group(make_cfg, keys)
+    for s in SEEDS:
+        member = _member(make_cfg, s)
+        assert member["group"]["mode"] == "stacked" and member["group"]["size"] == 3, member["group"]
+        _assert_same_run(alone[s], member)
+    assert len({tuple(_member(make_cfg, s)["train_indices"]) for s in SEEDS}) == 3  # subsets differ by seed
+
+
+def test_a_member_that_fails_fails_alone(make_cfg, monkeypatch):
+    """Member seed=1 gets an infinite head weight: its loss is NaN at the first step; it records its failure with the
+    message a single run gives, and the other two members are as if it had never been there."""
+    keys = ["logger=none", "pretrain.seed=0", "transfer.freeze=1", "target.n_per_class=5", "train.max_epochs=4"]
+    alone = _separate(make_cfg, keys, seeds=(0, 2))
+    build = Experiment.build
+
+    def poisoned(self):
+        build(self)
+        if int(self.cfg.seed) == 1:
+            with torch.no_grad():
+                next(self.net.head.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(Experiment, "build", poisoned)
+    with pytest.raises(GroupFailed, match="1 of 3 members failed"):
+        _run_group(make_cfg, keys)
+    failed = _member(make_cfg, 1)
+    assert failed["status"] == "failed" and failed["error"].startswith("NonFiniteLossError: train/loss is nan")
+    for s in (0, 2):
+        _assert_same_run(alone[s], _member(make_cfg, s))
+
+
+def test_a_group_it_cannot_stack_runs_its_members_as_alone(make_cfg):
+    """The plateau schedule follows each member's own val/acc: the group runs its members one after the other,
+    says why, and each equals its separate run bit for bit (the same code, from the same random state)."""
+    keys = ["logger=none", "pretrain.seed=0", "transfer.freeze=1", "target.n_per_class=5", "train.max_epochs=4",
+            "train.scheduler=plateau"]
+    alone = _separate(make_cfg, keys, seeds=(0, 1))
+    _run_group(make_cfg, keys, seeds=(0, 1))
+    for s in (0, 1):
+        member = _member(make_cfg, s)
+        assert member["group"]["mode"] == "sequential"
+        assert "plateau" in member["group"]["reason"]
+        _assert_same_run(alone[s], member, exact=True)
+
+
+def test_a_member_config_that_misses_its_fingerprint_fails(make_cfg):
+    """The job derives each member's config from its own; if that does not reproduce the fingerprint the sweeper
+    computed for the point, the member fails instead of recording a result under another identity."""
+    keys = ["logger=none", "pretrain.seed=0", "target.n_per_class=2", "train.max_epochs=1"]
+    path = _group(make_cfg, keys, seeds=(0, 1))
+    spec = json.loads(path.read_text())
+    spec["members"][1]["fingerprint"] = "0" * 16
+    path.write_text(json.dumps(spec))
+    with pytest.raises(GroupFailed, match="1 of 2"):
+        run_group(make_cfg(*keys, "seed=0", f"group={path}", run="member0"))
+    assert _member(make_cfg, 0)["status"] == "ok"
+    bad = _member(make_cfg, 1)
+    assert bad["status"] == "failed" and "fingerprint" in bad["error"]
+
+
+def test_sweep_vectorized_and_not_share_their_points(tmp_path, shared_cache):
+    """One multirun with vectorize=seeds (two groups of two), then the same sweep without it: every point is done
+    already (same fingerprints), and each point's numbers equal a non-vectorised sweep's."""
+    common = ["target.n_per_class=2", "transfer.freeze=1,all", "seed=0,1", "pretrain.seed=0", "train.max_epochs=3",
+              "pretrain.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false",
+              f"paths.cache_dir={shared_cache}"]
+    out = run_cli("-m", "hydra.sweeper.vectorize=seeds", f"hydra.sweep.dir={tmp_path / 'vec'}", *common,
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 points in 2 jobs" in out.stderr + out.stdout
+    again = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'vec'}", *common, cwd=tmp_path)
+    assert again.returncode == 0 and "4 already done (skipped), 0 to run" in again.stderr + again.stdout
+    plain = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'one'}", *common, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    results = sorted((tmp_path / "vec").glob("*/result.json"))
+    assert len(results) == 4
+    for path in results:
+        vec = json.loads(path.read_text())
+        one = json.loads((tmp_path / "one" / path.parent.name / "result.json").read_text())
+        assert vec["group"]["mode"] == "stacked" and one["group"] is None
+        assert vec["fingerprint"] == one["fingerprint"]
+        assert abs(vec["metrics"]["test/acc"] - one["metrics"]["test/acc"]) <= 1e-5
+
+
+def test_unknown_vectorize_value_fails_before_anything_is_written(tmp_path):
+    out = run_cli("-m", "hydra.sweeper.vectorize=members", f"hydra.sweep.dir={tmp_path / 'sw'}", "seed=0,1",
+                  cwd=tmp_path)
+    assert out.returncode != 0
+    assert "hydra.sweeper.vectorize='members'" in out.stderr and "seeds" in out.stderr
+    assert not (tmp_path / "sw").exists()
