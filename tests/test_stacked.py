@@ -81,11 +81,14 @@ def _assert_same_run(alone: dict, member: dict, *, exact: bool = False) -> None:
             assert torch.allclose(sa[k], sm[k], atol=1e-4, rtol=1e-4), k
 
 
-@pytest.mark.parametrize("backbone", ["small_cnn", "mlp", "resnet18"])
+@pytest.mark.parametrize("backbone", ["small_cnn", "mlp", "resnet18", "small_cnn gradual"])
 def test_each_member_equals_its_separate_run(make_cfg, images, backbone):
     """small_cnn: dropout (0.2) in the trained dense block and BatchNorm in trained conv blocks; mlp: dense only;
-    resnet18: BatchNorm throughout, frozen stem (eval-mode statistics) and trained layers (batch statistics)."""
+    resnet18: BatchNorm throughout, frozen stem (eval-mode statistics) and trained layers (batch statistics);
+    gradual unfreezing: blocks join the stacked optimisation epoch by epoch, as in a single run."""
     keys = ["logger=none", "pretrain.seed=0", "transfer.freeze=1"]
+    if backbone.endswith(" gradual"):
+        backbone, keys = backbone.split()[0], ["logger=none", "pretrain.seed=0", "transfer=gradual"]
     if backbone == "resnet18":
         # A regime where training does not amplify float rounding: with batches of 8 and BatchNorm over 1x1 maps
         # at lr 0.01, one run alone at 1 vs 2 threads already ends with val losses 5.0 vs 7.1 (docs/sweeps.md).
