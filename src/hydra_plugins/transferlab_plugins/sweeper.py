@@ -173,6 +173,11 @@ class TransferlabSweeper(BasicSweeper):
             print(f"{word.get(p.status, 'run '):4} {p.name}{where}")
         todo = sum(p.status == "pending" for p in points)
         done = sum(p.status == "skipped" for p in points)
+        if self.vectorize is not None:
+            from transferlab.sweep import groups
+
+            units = groups.group([p for p in points if p.status == "pending"], self.vectorize_max)
+            print(f"vectorize={self.vectorize}: {todo} points in {len(units)} jobs", flush=True)
         print(f"sweep {name}: {todo} to run, {done} done (dry run: nothing launched)", flush=True)
         return []
 

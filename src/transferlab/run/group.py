@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     from transferlab.errors import ConfigError, problem
 
     listed = members(cfg)
+    start = time.perf_counter()
     exps: list[Experiment] = []
     rngs: list[dict] = []
     failures: list[str] = []
@@ -75,13 +77,20 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
         exps.append(exp)
         rngs.append(_rng_state())  # where this member's own fit would start (dropout draws from it)
     if exps:
-        failures += _train(cfg, exps, rngs, size=len(listed))
+        failures += _train(cfg, exps, rngs, size=len(listed), start=start)
     if failures:
         raise GroupFailed(f"{len(failures)} of {len(listed)} members failed: " + "; ".join(failures))
     return [e.record.to_dict() for e in exps]
 
 
-def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int) -> list[str]:
+def _shared_time(exps: list[Experiment], start: float) -> float:
+    """An equal share of the group's common time so far (opening, builds, a stacked fit): a member's wall_s is
+    that share plus its own time (its sequential fit, its test), so that summed over a sweep it is the compute
+    used, and a point's median prices the points still to run (`transferlab-status`)."""
+    return (time.perf_counter() - start) / len(exps)
+
+
+def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int, start: float) -> list[str]:
     from transferlab.training import stacked
 
     mem = [stacked.Member(module=e.module, batches=e.batches, plan=e.prep.plan, ckpt_dir=e.run_dir / "checkpoints",
@@ -96,7 +105,9 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int)
     failures = []
     if reason:
         log.warning("vectorize: the %d members of %s run one after the other: %s", len(exps), leader, reason)
+        share = _shared_time(exps, start)
         for e, r in zip(exps, rngs):
+            e.t0 = time.perf_counter() - share
             _set_rng_state(r)
             try:
                 e.close(e.fit())
@@ -111,7 +122,9 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int)
         for e in exps:
             e.fail(err)
         return [f"{e.run_dir.name}: {type(err).__name__}: {err}" for e in exps]
+    share = _shared_time(exps, start)
     for e, m, fit in zip(exps, mem, fits):
+        e.t0 = time.perf_counter() - share
         try:
             e.close(stacked.test_member(m, fit, trainer_cfg=cfg.trainer, logger=e.open_logger()))
         except Exception as err:

@@ -136,7 +136,9 @@ class RunRecord:
     # {"methods": {name: {"value", "time_s", "reason"}}, "inputs": {...}, "time_s"} (run/scoring.py); None: off
     scores: dict[str, Any] | None = None
     resumed_from: str | None = None  # last.ckpt of a killed earlier attempt this fit continued; None: from zero
-    wall_s: float | None = None  # wall-clock time of the whole run, source pretraining included, seconds
+    # wall-clock time of the whole run, source pretraining included, seconds; a vectorised group's member: an equal
+    # share of the group's common time plus its own (run/group.py)
+    wall_s: float | None = None
     config: dict[str, Any] | None = None  # the resolved config
     fingerprint: str | None = None  # run identity (`identity.fingerprint`): config and input contents, hashed
     inputs: dict[str, Any] | None = None  # role -> files read and their sha256 (`identity.inputs`)
