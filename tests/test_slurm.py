@@ -64,6 +64,21 @@ def test_slurm_sweep_runs_one_array_task_per_point(tmp_path, slurm_env):
     assert states == {"COMPLETED"}
 
 
+def test_slurm_vectorized_sweep_runs_one_array_task_per_group(tmp_path, slurm_env):
+    """vectorize=seeds on SLURM: 2 arms x 2 seeds are 2 array tasks, each training its two seeds as one stacked
+    model; every point has its own ok result.json."""
+    sweep = [a if a != "seed=0" else "seed=0,1" for a in SWEEP] + ["hydra.sweeper.vectorize=seeds"]
+    out = run_cli(*sweep, cwd=tmp_path, env=slurm_env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _summary(out.stdout) == "4 ok, 0 failed, 0 skipped"
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
+    records = [RunRecord.read(p) for p in find_results(sweep_dir)]
+    assert sorted((r.freeze, r.seed) for r in records) == [(0, 0), (0, 1), (4, 0), (4, 1)]
+    assert all(r.status == "ok" and r.group["mode"] == "stacked" and r.group["size"] == 2 for r in records)
+    task_ids = {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name}
+    assert len(task_ids) == 2
+
+
 def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
     env = {**os.environ, "TRANSFERLAB_ROOT": str(tmp_path), **slurm_env}
     slow_first = [a for a in SWEEP if not a.startswith("train.max_epochs")] + ["train.max_epochs=30"]
