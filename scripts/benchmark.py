@@ -24,8 +24,12 @@ as wall time; peak memory is the child's own max RSS (os.wait4). Rows:
    the multirun's launch-to-launch time (job 0, which pays the lazy imports, left out) against the bare loop's
    in-process time for the same epochs, batch size, validation and test split sizes (data, model, training, test;
    imports left out on both sides). Multirun, bare, multirun, bare (alternating); medians over 2 x --tiny-seeds.
+8. vectorised seed groups: the digits `experiment=freeze_vs_n` sweep at its 5 seeds (shrunk by --seeds-sweep),
+   `hydra.sweeper.vectorize=seeds` vs the same sequential multirun, and vs one process per point (timed on the
+   seed-0 points; compared as points per hour). The source models (one per pretrain seed) are cached beforehand.
+   On a machine with a GPU the row runs there (the default accelerator) and says so.
 
-    python scripts/benchmark.py --rows 7          # one row (any comma list of 1-7)
+    python scripts/benchmark.py --rows 7          # one row (any comma list of 1-8)
 """
 
 from __future__ import annotations
@@ -260,7 +264,9 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "outputs" / "benchmark"), help="scratch folder (wiped)")
     ap.add_argument("--sweep", nargs="*", default=SWEEP_SHRINK,
                     help="overrides shrinking experiment=freeze_vs_n (default: %(default)s); pass none for all")
-    ap.add_argument("--rows", default="1,2,4,5,6,7", help="which rows to run, e.g. 1,7 (2 includes 3)")
+    ap.add_argument("--rows", default="1,2,4,5,6,7,8", help="which rows to run, e.g. 1,7 (2 includes 3)")
+    ap.add_argument("--seeds-sweep", nargs="*", default=["target.n_per_class=2,10"],
+                    help="row 8: overrides shrinking experiment=freeze_vs_n, run at its 5 seeds (default: %(default)s)")
     ap.add_argument("--tiny-seeds", type=int, default=3, help="row 7: seeds per n (medians)")
     ap.add_argument("--repeat", type=int, default=3, help="row 1: bare/transferlab pairs, alternating order")
     ap.add_argument("--bare", choices=["scratch", "probe"], help=argparse.SUPPRESS)
@@ -450,6 +456,50 @@ def main() -> None:
         notes.append("row 7 test accuracy (sanity, different splits): transferlab "
                      + ", ".join(f"n={k} s{sd} {r['metrics']['test/acc']:.3f}" for (k, sd), r in sorted(recs.items()))
                      + "; bare " + ", ".join(f"n={p['n']} s{p['seed']} {p['test']:.3f}" for p in bare_pts))
+
+    # 8. seed groups: freeze_vs_n at 5 seeds, vectorised multirun vs sequential multirun vs one process per point
+    if "8" in want:
+        import torch
+
+        grid8 = (a.seeds_sweep if not a.quick else ["target.n_per_class=2", "transfer.freeze=0,all",
+                                                     "hydra.sweeper.grids.scratch=null", "train.min_steps=40"])
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+        label = " ".join(grid8)
+        say("seed groups: warm the source cache (one source model per pretrain seed)")
+        tl(["transfer.freeze=all", "train.max_epochs=1", "target.n_per_class=1", "seed=range(0,5)"], work, "warm8",
+           work / "cache_8", multirun=True)
+        say(f"seed groups: vectorised multirun ({label}, 5 seeds, on {device})")
+        t_vec = tl(["experiment=freeze_vs_n", *grid8, "hydra.sweeper.vectorize=seeds"], work, "seeds_vec",
+                   work / "cache_8", multirun=True)["s"]
+        say(f"seed groups: sequential multirun ({label}, 5 seeds)")
+        t_seq = tl(["experiment=freeze_vs_n", *grid8], work, "seeds_seq", work / "cache_8", multirun=True)["s"]
+        vec = {p.parent.name: json.loads(p.read_text()) for p in (work / "seeds_vec").rglob("result.json")}
+        seq = {p.parent.name: json.loads(p.read_text()) for p in (work / "seeds_seq").rglob("result.json")}
+        assert vec.keys() == seq.keys(), "the two sweeps ran different points"
+        n = len(vec)
+        stacked = sum(r["group"] is not None and r["group"]["mode"] == "stacked" for r in vec.values())
+        worst = max(abs(vec[k]["metrics"]["test/acc"] - seq[k]["metrics"]["test/acc"]) for k in vec)
+        sample = sorted(k for k in seq if k.startswith("seed=0,"))
+        say(f"seed groups: one process per point ({len(sample)} seed-0 points)")
+        (work / "seeds_loop").mkdir()
+        t0 = time.perf_counter()
+        for i, k in enumerate(sample):
+            import yaml
+
+            overrides = yaml.safe_load((work / "seeds_seq" / k / ".hydra" / "overrides.yaml").read_text())
+            overrides = [o for o in overrides if not o.startswith(("hydra.", "paths.", "logger=", "trainer."))]
+            tl(["experiment=freeze_vs_n", *overrides], work, f"seeds_loop/{i}", work / "cache_8")
+        t_loop = time.perf_counter() - t0
+        per_h = lambda count, s: f"{3600 * count / s:.0f} points/h"  # noqa: E731
+        rows.append((f"digits freeze_vs_n, {n} points ({label}, 5 seeds) on {device}: vectorised vs sequential "
+                     f"multirun", f"{t_vec:.0f} s ({per_h(n, t_vec)})", f"{t_seq:.0f} s ({per_h(n, t_seq)})",
+                     f"{t_seq / t_vec:.1f}x faster", ">= 1.5x"))
+        rows.append((f"the vectorised multirun vs one process per point (rate over the {len(sample)} seed-0 points)",
+                     per_h(n, t_vec), f"{per_h(len(sample), t_loop)} ({t_loop:.0f} s)",
+                     f"{(n / t_vec) / (len(sample) / t_loop):.1f}x faster", ">= 6x"))
+        notes.append(f"row 8: {stacked} of {n} points trained stacked (the others as their group's sequential "
+                     f"fallback); largest test/acc difference between the vectorised and the sequential sweep "
+                     f"{worst:.2g}")
 
     acc = ""
     if {"1", "2"} <= set(want):
