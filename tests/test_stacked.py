@@ -188,3 +188,10 @@ def test_unknown_vectorize_value_fails_before_anything_is_written(tmp_path):
     assert out.returncode != 0
     assert "hydra.sweeper.vectorize='members'" in out.stderr and "seeds" in out.stderr
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_group_key_that_names_no_group_file_is_a_config_error(tmp_path):
+    out = run_cli(f"group={tmp_path / 'nothing.json'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "group=" in out.stderr and "hydra.sweeper.vectorize=seeds" in out.stderr
+    assert not (tmp_path / "run" / "result.json").exists()

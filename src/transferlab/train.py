@@ -54,20 +54,24 @@ def main(cfg: DictConfig) -> float | None:
         orphan.watch_parent(state.SWEEP_PID_ENV)  # a local worker leaves when its sweep process dies
         state.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
 
-    if cfg.get("group"):  # a vectorised seed group: this job trains several points (run/group.py)
-        from transferlab.run.group import run_group
+    from transferlab.run.group import GroupFailed, run_group
 
-        with lease_device(cfg):
-            run_group(cfg)
-        return None
     try:
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
+            if cfg.get("group"):  # a vectorised seed group: this job trains several points (run/group.py)
+                run_group(cfg)
+                return None
             record = run(cfg)
     except ConfigError as e:
         _report_config_error(e)
         if _in_sweep():
             raise  # the sweeper records this point as failed and the other points go on
         raise SystemExit(2) from None
+    except GroupFailed as e:  # each member's result.json says how it ended
+        print(f"transferlab: {e}", file=sys.stderr)
+        if _in_sweep():
+            raise
+        raise SystemExit(1) from None
     except (NonFiniteLossError, WeightsError) as e:  # expected failures: one line, the record says the rest
         print(f"transferlab: run failed: {type(e).__name__}: {e}\n  status 'failed' recorded in "
               f"{Path(cfg.paths.output_dir) / 'result.json'}", file=sys.stderr)

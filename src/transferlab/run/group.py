@@ -32,8 +32,17 @@ class GroupFailed(RuntimeError):
 
 
 def members(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The members listed in the group file (`sweep.groups.write`)."""
-    return json.loads(Path(str(cfg.group)).read_text())["members"]
+    """The members listed in the group file (`sweep.groups.write`); ConfigError for anything else."""
+    from transferlab.errors import ConfigError, problem
+
+    try:
+        listed = json.loads(Path(str(cfg.group)).read_text())["members"]
+        if not listed or not all({"dir", "fingerprint", "replicates"} <= set(m) for m in listed):
+            raise ValueError("no members")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(problem("group", cfg.group, "null, or a group file the sweeper wrote "
+                                  "(hydra.sweeper.vectorize=seeds); not a setting to pass by hand")) from None
+    return listed
 
 
 def member_config(cfg: DictConfig, member: dict[str, Any]) -> DictConfig:
