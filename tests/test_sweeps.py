@@ -574,3 +574,28 @@ def test_status_reads_ten_thousand_points_in_seconds(tmp_path):
     took = time.perf_counter() - t0
     assert status.totals["done"] == n // 2 and status.totals["missing"] == n // 2
     assert took < 10, took
+
+
+def test_launcher_configs_composed_from_a_reused_base_equal_a_full_compose():
+    """The sweeper lets the launcher start each job from a config composed once per set of group choices
+    (`_ReusingLoader`); every job's config, hydra part included, must equal Hydra's own full compose."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    from hydra_plugins.transferlab_plugins.sweeper import _ReusingLoader
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
+    master = loader.load_configuration("config", overrides=["experiment=freeze_vs_n", "hydra.sweep.dir=/tmp/sw"],
+                                       run_mode=RunMode.MULTIRUN)
+    reusing = _ReusingLoader(loader)
+    jobs = [["transfer=finetune", "transfer.freeze=1", "target.n_per_class=2", "seed=0"],
+            ["transfer=finetune", "transfer.freeze=all", "target.n_per_class=null", "seed=3"],
+            ["transfer=scratch", "target.n_per_class=5", "seed=1", "+trainer.max_time=null"],
+            ["transfer=finetune", "peft=lora", "backbone=mlp", "seed=2"],
+            ["transfer=finetune", "transfer.freeze=1", "seed=0", "hydra.job.name=other"]]  # hydra value: full
+    for i, job in enumerate(jobs):
+        job = [*job, "hydra.sweep.dir=/tmp/sw", f"hydra.sweep.subdir=job{i}"]
+        for _ in range(2):  # the second time from the reused base
+            ours = OmegaConf.to_yaml(reusing.load_sweep_config(master, list(job)))
+            assert ours == OmegaConf.to_yaml(loader.load_sweep_config(master, list(job))), job

@@ -22,6 +22,53 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 log = logging.getLogger(__name__)
 
 
+class _ReusingLoader:
+    """The config loader as the launcher sees it during a launch: each job's config is composed from a copy of
+    the config composed once per set of group choices (with the launch's own hydra overrides), then the job's
+    value overrides are applied and `hydra.overrides` / `hydra.job.override_dirname` are rebuilt, the steps Hydra's
+    `_load_configuration_impl` takes after composing. A job whose value overrides reach into `hydra` beyond its
+    sweep folder is composed in full. Everything else is delegated to the wrapped loader.
+
+    Why: the launcher composes every job again (the sweeper already did, for its fingerprint), a sizeable share of
+    a tiny job's fixed cost (docs/speed.md). tests/test_sweeps.py checks the jobs' configs equal a full compose."""
+
+    PER_JOB_HYDRA = ("hydra.sweep.dir", "hydra.sweep.subdir")
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+        self._parser = OverridesParser.create(config_loader=loader)
+        self._bases: dict = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+
+        loader = self._loader
+        parsed = self._parser.parse_overrides(list(sweep_overrides))
+        is_group = [loader.repository.group_exists(o.key_or_group) for o in parsed]
+        values = [o for o, g in zip(parsed, is_group) if not g]
+        if any(o.is_hydra_override() and o.key_or_group not in self.PER_JOB_HYDRA for o in values):
+            return loader.load_sweep_config(master_config, list(sweep_overrides))
+        groups = tuple(o.input_line for o, g in zip(parsed, is_group) if g)
+        if groups not in self._bases:
+            self._bases[groups] = loader.load_sweep_config(master_config, list(groups))
+        cfg = copy.deepcopy(self._bases[groups])
+        master_hydra = OmegaConf.to_container(master_config.hydra.overrides.hydra)
+        every = self._parser.parse_overrides([*master_hydra, *sweep_overrides])
+        with read_write(cfg):
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            cfg.hydra.overrides.hydra = [o.input_line for o in every if o.is_hydra_override()]
+            cfg.hydra.overrides.task = [o.input_line for o in every if not o.is_hydra_override()]
+            names = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=[o for o in every if not o.is_hydra_override()], kv_sep=names.kv_sep,
+                item_sep=names.item_sep, exclude_keys=names.exclude_keys)
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -303,12 +350,17 @@ class TransferlabSweeper(BasicSweeper):
                  *([f"group={_quote(str(Path(p.dir) / GROUP_FILE))}"] if p.name in self._units else [])]
                 for p in batch]
         error = None
+        context = self.launcher.hydra_context
+        loader = context.config_loader
+        context.config_loader = _ReusingLoader(loader)  # one compose per set of group choices, not per job
         try:
             results = list(self.launcher.launch(jobs, initial_job_idx=self._job_idx))
         except Exception as e:  # e.g. a joblib worker was killed: judge every point by what is on disk
             error = f"{type(e).__name__}: {e}".splitlines()[0]
             log.error("launcher failed: %s", error)
             results = [None] * len(batch)
+        finally:
+            context.config_loader = loader
         self._job_idx += len(batch)
         self._returns.append([r for r in results if r is not None])
         return [(member, r, error) for p, r in zip(batch, results) for member in self._units.get(p.name, [p])]
