@@ -118,6 +118,9 @@ def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: lis
         return "gradient clipping by norm is not elementwise per member"
     if int(trainer.get("accumulate_grad_batches") or 1) != 1:
         return "gradient accumulation"
+    if any(trainer.get(k) not in (None, 1, 1.0) for k in ("check_val_every_n_epoch", "val_check_interval",
+                                                          "limit_val_batches", "limit_train_batches")):
+        return "a validation or batch schedule other than every epoch, every batch"
     if str(trainer.get("precision")) not in ("32-true", "32"):
         return f"trainer.precision={trainer.get('precision')}"
     devices = trainer.get("devices")
@@ -214,6 +217,7 @@ class StackedModule(L.LightningModule):
         self._train_n = 0
         self._val = torch.zeros(3, self.k, dtype=torch.float64)  # correct, loss sum, count
         self._val_stacked = True  # False: one validation set for all (fit_stacked)
+        self.val_batches: StackedBatches | None = None  # set by fit_stacked
 
     # -- state
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -311,12 +315,24 @@ class StackedModule(L.LightningModule):
         for k in range(self.k):
             if self.alive[k] and self._train_n:
                 self.fits[k].train_loss.append(float(self._train_sum[k] / self._train_n))
+        self._validate()
 
-    def on_validation_epoch_start(self) -> None:
+    def _validate(self) -> None:
+        """Every member on its validation set after each epoch, as a single run validates (eval mode, no
+        gradient), then each member's selection. Run here rather than through Lightning's evaluation loop, whose
+        set-up and tear-down per epoch (mode capture and restore, hook dispatch) was most of a one-step epoch's
+        framework cost: the parameters are those Lightning would validate (no step in between, the LR schedule
+        steps after this hook)."""
+        was = self.net.training
+        self.net.eval()
         self._val.zero_()
+        with torch.no_grad():
+            for x, y in self.val_batches:
+                self._val_step(x.to(self.device), y.to(self.device))
+        self.net.train(was)
+        self._select()
 
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
+    def _val_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         stacked = self._val_stacked
         logits = self._logits(x, stacked=stacked)
         yk = y if stacked else y.expand(self.k, *y.shape)
@@ -325,9 +341,7 @@ class StackedModule(L.LightningModule):
         self._val[1] += loss.detach().sum(1).to("cpu", torch.float64)
         self._val[2] += yk.shape[1]
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
+    def _select(self) -> None:
         epoch = int(self.current_epoch) + 1
         for k, (member, fit) in enumerate(zip(self.members, self.fits)):
             if not self.alive[k]:
@@ -384,12 +398,13 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg) -> list[
     vals = [m.batches[1] for m in members]
     shared = _same([v.x for v in vals]) and _same([v.y for v in vals])
     module._val_stacked = not shared
+    module.val_batches = StackedBatches(vals, shared=shared)
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
     kwargs.pop("plugins", None)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=False, enable_checkpointing=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[PlanSchedule(members[0].plan)], **kwargs)
-    trainer.fit(module, StackedBatches([m.batches[0] for m in members]), StackedBatches(vals, shared=shared))
+    trainer.fit(module, StackedBatches([m.batches[0] for m in members]))  # validation: StackedModule._validate
     for fit in module.fits:
         fit.epochs, fit.steps = int(trainer.current_epoch), int(trainer.global_step)
     return module.fits
