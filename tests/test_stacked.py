@@ -195,3 +195,18 @@ def test_a_group_key_that_names_no_group_file_is_a_config_error(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "group=" in out.stderr and "hydra.sweeper.vectorize=seeds" in out.stderr
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_a_group_run_again_never_redoes_a_finished_member(make_cfg):
+    """A requeued group job (SLURM pre-emption, max_requeue) finds members already done under their fingerprint:
+    it leaves their result.json as it is and trains only the rest."""
+    keys = ["logger=none", "pretrain.seed=0", "target.n_per_class=2", "train.max_epochs=2"]
+    path = _group(make_cfg, keys, seeds=(0, 1))
+    job = make_cfg(*keys, "seed=0", f"group={path}", run="member0")
+    run_group(job)
+    done = Path(job.paths.output_dir) / "result.json"
+    before = done.read_bytes()
+    (Path(make_cfg(run="member1").paths.output_dir) / "result.json").unlink()
+    run_group(job)
+    assert done.read_bytes() == before
+    assert _member(make_cfg, 1)["status"] == "ok"

@@ -40,6 +40,8 @@ class _ReusingLoader:
         self._bases: dict = {}
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # unpickling looks up __setstate__ before _loader exists: no recursion
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
@@ -350,9 +352,12 @@ class TransferlabSweeper(BasicSweeper):
                  *([f"group={_quote(str(Path(p.dir) / GROUP_FILE))}"] if p.name in self._units else [])]
                 for p in batch]
         error = None
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
         context = self.launcher.hydra_context
         loader = context.config_loader
-        context.config_loader = _ReusingLoader(loader)  # one compose per set of group choices, not per job
+        if type(self.launcher) is BasicLauncher:  # in-process jobs only: other launchers pickle the context
+            context.config_loader = _ReusingLoader(loader)  # one compose per set of group choices, not per job
         try:
             results = list(self.launcher.launch(jobs, initial_job_idx=self._job_idx))
         except Exception as e:  # e.g. a joblib worker was killed: judge every point by what is on disk

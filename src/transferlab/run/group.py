@@ -66,6 +66,9 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     rngs: list[dict] = []
     failures: list[str] = []
     for m in listed:
+        if state.point_status(m["dir"], m["fingerprint"])[0] == "ok":  # a requeued group: never redo a result
+            log.info("vectorize: %s is done already; not trained again", Path(m["dir"]).name)
+            continue
         state.mark_started(m["dir"])
         mcfg = member_config(cfg, m)
         try:

@@ -118,8 +118,9 @@ def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: lis
         return "gradient clipping by norm is not elementwise per member"
     if int(trainer.get("accumulate_grad_batches") or 1) != 1:
         return "gradient accumulation"
-    if any(trainer.get(k) not in (None, 1, 1.0) for k in ("check_val_every_n_epoch", "val_check_interval",
-                                                          "limit_val_batches", "limit_train_batches")):
+    if trainer.get("check_val_every_n_epoch") not in (None, 1) or trainer.get("overfit_batches") or any(
+            trainer.get(k) is not None and not (isinstance(trainer.get(k), float) and trainer.get(k) == 1.0)
+            for k in ("val_check_interval", "limit_val_batches", "limit_train_batches")):
         return "a validation or batch schedule other than every epoch, every batch"
     if str(trainer.get("precision")) not in ("32-true", "32"):
         return f"trainer.precision={trainer.get('precision')}"
@@ -237,7 +238,7 @@ class StackedModule(L.LightningModule):
         if not any(d.training and d.p > 0 for _, d in self.dropouts):
             return None
         one = x[0] if stacked else x
-        key = tuple(one.shape)
+        key = (tuple(one.shape), tuple(d.training for _, d in self.dropouts))  # a schedule activates blocks
         if key not in self._probes:  # the layers' input shapes for this batch shape, from one member's forward
             for _, d in self.dropouts:
                 d.shapes = []
@@ -268,7 +269,8 @@ class StackedModule(L.LightningModule):
 
     def _logits(self, x: torch.Tensor, stacked: bool = True, masks=None) -> torch.Tensor:
         params, buffers = self._state()
-        layers = [d for d, _ in self._probes[tuple((x[0] if stacked else x).shape)]] if masks is not None else []
+        key = (tuple((x[0] if stacked else x).shape), tuple(d.training for _, d in self.dropouts))
+        layers = [d for d, _ in self._probes[key]] if masks is not None else []
 
         def one(p, b, xk, mk):
             for d, m in zip(layers, mk):
