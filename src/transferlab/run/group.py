@@ -106,7 +106,7 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int,
     from transferlab.training import stacked
 
     mem = [stacked.Member(module=e.module, batches=e.batches, plan=e.prep.plan, ckpt_dir=e.run_dir / "checkpoints",
-                          fingerprint=e.fingerprint, rng=r["torch"], select=str(e.cfg.train.select),
+                          rng=r["torch"], select=str(e.cfg.train.select),
                           select_epoch=e.cfg.train.select_epoch) for e, r in zip(exps, rngs)]
     reason = stacked.why_sequential(mem, train_cfg=cfg.train, trainer_cfg=cfg.trainer,
                                     epochs=[e.prep.budget.epochs for e in exps])

@@ -42,7 +42,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from transferlab.config import plain
 from transferlab.training.batches import TensorBatches
 from transferlab.training.callbacks import LAST, PlanSchedule, non_finite, replaces
-from transferlab.training.checkpoints import SafeCheckpointIO
+from transferlab.training.checkpoints import SafeCheckpointIO, _start_over
 from transferlab.training.fit import FitOutcome
 from transferlab.training.module import TransferModule, optimizers
 from transferlab.transfer.plan import TransferPlan
@@ -65,7 +65,6 @@ class Member:
     batches: tuple  # (train, val, test) TensorBatches
     plan: TransferPlan
     ckpt_dir: Path
-    fingerprint: str
     rng: torch.Tensor  # the global CPU RNG state its separate fit would start from
     select: str = "best_val"
     select_epoch: int | None = None
@@ -393,8 +392,6 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg) -> list[
     for m in members:  # a group starts from epoch 0: an earlier single attempt's resume state is set aside
         last = m.ckpt_dir / LAST
         if last.exists():
-            from transferlab.training.checkpoints import _start_over
-
             _start_over([last, m.ckpt_dir / BEST], f"{last}: a vectorised group does not resume single runs")
     module = StackedModule(members)
     vals = [m.batches[1] for m in members]
