@@ -522,24 +522,42 @@ def test_status_and_only_on_a_sweep_with_done_failed_missing_and_stale_points(tm
     assert "0 ok, 1 failed, 2 skipped, 3 not selected" in again.stdout
     changed = {p.parent.name for p in find_results(sweep_dir) if stamps.get(p.parent.name) != p.stat().st_mtime_ns}
     assert changed == {name for name in stamps if "train.lr" in name}
-    # Another config for the n=3 point, not run (only=missing selects nothing of it): it is stale.
+    status = sweep_status(sweep_dir)
+    by = {p.name: p for p in status.points}
+    assert status.totals == {"failed": 1, "running": 0, "queued": 0, "stale": 0, "missing": 3, "dropped": 0,
+                             "done": 2}
+    (failed,) = [p for p in status.points if p.state == "failed"]
+    assert "train.lr" in failed.name and "nan" in failed.reason.lower()
+    assert by["target.n_per_class=4,transfer=finetune"].state == "missing"
+    done = [by[f"target.n_per_class={n},transfer=finetune"] for n in (2, 3)]
+    assert all(p.state == "done" and p.wall_s > 0 for p in done)
+    compute, wall = status.time_left_s()
+    # n=4 at its grid's median, the broken arm (nothing of its grid done) at the median over all: both the two
+    # done points' mean
+    assert compute == pytest.approx(4 * sum(p.wall_s for p in done) / 2) and wall == pytest.approx(compute)
+    table = run_cli(str(sweep_dir), module="transferlab.status", cwd=tmp_path).stdout
+    assert "1 failed, 0 running, 0 queued, 0 stale, 3 missing, 2 done" in table and "nan" in table.lower()
+    # Another config for the n=3 point, not run (only=missing selects nothing of it): it is stale; this launch
+    # declares only that point, so the others are dropped (n=2: done, and dropped).
     run_cli(*base, "hydra.sweeper.grids.broken=null", "target.n_per_class=3", "train.max_epochs=2",
             "hydra.sweeper.only=missing", cwd=tmp_path)
     status = sweep_status(sweep_dir)
     by = {p.name: p for p in status.points}
-    assert status.totals == {"failed": 1, "running": 0, "queued": 0, "stale": 1, "missing": 3, "done": 1}
-    (failed,) = [p for p in status.points if p.state == "failed"]
-    assert "train.lr" in failed.name and "nan" in failed.reason.lower()
+    assert status.totals == {"failed": 0, "running": 0, "queued": 0, "stale": 1, "missing": 0, "dropped": 4,
+                             "done": 1}
     assert by["target.n_per_class=3,transfer=finetune"].state == "stale"
-    assert by["target.n_per_class=4,transfer=finetune"].state == "missing"
-    assert by["target.n_per_class=2,transfer=finetune"].state == "done" and by[
-        "target.n_per_class=2,transfer=finetune"].wall_s > 0
+    assert by["target.n_per_class=4,transfer=finetune"].state == "dropped"
+    (failed,) = [p for p in status.points if "train.lr" in p.name and "n_per_class=2" in p.name]
+    assert failed.state == "dropped" and "was failed" in failed.reason and "nan" in failed.reason.lower()
+    n2 = by["target.n_per_class=2,transfer=finetune"]
+    assert n2.state == "done" and n2.dropped and n2.wall_s > 0
     compute, wall = status.time_left_s()
-    assert compute == pytest.approx(5 * by["target.n_per_class=2,transfer=finetune"].wall_s)  # median of one
+    assert compute == pytest.approx(n2.wall_s)  # the stale point only, at the median of the one done point
     cli = run_cli(str(sweep_dir), "--json", module="transferlab.status", cwd=tmp_path)
     assert cli.returncode == 0 and json.loads(cli.stdout)["totals"]["stale"] == 1
-    table = run_cli(str(sweep_dir), module="transferlab.status", cwd=tmp_path).stdout
-    assert "1 failed, 0 running, 0 queued, 1 stale, 3 missing, 1 done" in table and "nan" in table.lower()
+    table = run_cli(str(sweep_dir), "--all", module="transferlab.status", cwd=tmp_path).stdout
+    assert "0 failed, 0 running, 0 queued, 1 stale, 0 missing, 4 dropped, 1 done" in table
+    assert "nan" in table.lower()
 
 
 def test_time_left_counts_each_waiting_point_at_its_own_grids_median():

@@ -3,7 +3,8 @@
     python -m transferlab.status outputs/sweeps/freeze_vs_n [--json] [--all]
 
 One table of the declared points (failed with their reason, running with their job and time, queued, stale,
-missing; done ones with `--all`), the totals, the compute time used and an estimate of the time left.
+missing; with `--all` also the done ones and the ones a later launch dropped from the grid), the totals, the
+compute time used and an estimate of the time left.
 """
 
 from __future__ import annotations
@@ -29,23 +30,33 @@ def print_status(status, show_done: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from transferlab.sweep.status import STATES
+
     console = Console(width=max(Console().width, 120))
     totals = status.totals
     table = Table(title=f"sweep {status.name}: {len(status.points)} points ({status.sweep_dir})")
     for col in ("point", "state", "job", "time", "reason"):
         table.add_column(col, overflow="fold")
-    shown = [p for p in status.points if show_done or p.state != "done"]
+    quiet = ("done", "dropped")  # listed with --all only
+    shown = [p for p in status.points if show_done or p.state not in quiet]
     for p in shown:
         time_ = _duration(p.elapsed_s if p.state == "running" else p.wall_s)
         table.add_row(escape(p.name), p.state, escape(p.job or ""), time_, escape(p.reason or ""))
     if shown:
         console.print(table)
-    console.print(", ".join(f"{n} {s}" for s, n in totals.items()) + (
-        "" if show_done or not totals["done"] else "  (done points hidden: --all shows them)"))
+    hidden = [s for s in quiet if totals[s]] if not show_done else []
+    console.print(", ".join(f"{n} {s}" for s, n in totals.items() if s != "dropped" or n) + (
+        f"  ({' and '.join(hidden)} points hidden: --all shows them)" if hidden else ""))
+    off_grid = {s: sum(p.dropped and p.state == s for p in status.points) for s in STATES}
+    if any(off_grid.values()):  # the rest of them finished, or a job still runs them
+        console.print(f"{sum(off_grid.values())} points are not in the latest launch's grid: "
+                      + ", ".join(f"{n} {s}" for s, n in off_grid.items() if n)
+                      + (" (dropped: not counted in the time left)" if off_grid["dropped"] else ""))
     compute, wall = status.time_left_s()
+    jobs = status.running_jobs
     left = "no point finished yet" if compute is None else (
-        f"about {_duration(compute)} of compute left" + (f", {_duration(wall)} at the {totals['running']} running at "
-                                                           "once" if totals["running"] > 1 else ""))
+        f"about {_duration(compute)} of compute left" + (f", {_duration(wall)} at the {jobs} jobs running at once"
+                                                           if jobs > 1 else ""))
     console.print(f"compute used {_duration(status.compute_used_s)}; {left}")
     for launch in status.launches[-3:]:
         import time as _t
@@ -60,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="transferlab-status", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir", help="a sweep folder (holds sweep.json)")
     p.add_argument("--json", action="store_true", help="print the status as JSON (for scripts)")
-    p.add_argument("--all", action="store_true", help="also list the points that are done")
+    p.add_argument("--all", action="store_true", help="also list the points that are done, and those the latest "
+                   "launch dropped from the grid")
     args = p.parse_args(argv)
     from transferlab.sweep.status import sweep_status
 

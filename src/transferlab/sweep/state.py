@@ -35,6 +35,7 @@ LOCK_FILE = ".sweep.lock"      # held by the process running the sweep: a second
 STALE_RESULT = "result.stale.json"
 CHECKPOINT_DIRS = ("checkpoints", "source/checkpoints")  # a point's resume state: target fit, source pretraining
 SWEEP_PID_ENV = "TRANSFERLAB_SWEEP_PID"  # set by the sweeper for its local worker processes (parent-death check)
+LAUNCH_KEY = "launch"  # in each sweep.json point: the start of the latest launch that declared it
 
 
 # ---------------------------------------------------------------- identity
@@ -182,8 +183,9 @@ def was_started(run_dir: str | Path) -> bool:
 @dataclass
 class Summary:
     """This launch's points and their statuses; `write` merges them into sweep.json, which keeps every point of
-    every launch (latest status per folder) and every launch's command line, host, times and counts, so the
-    report can list failures that left no result and the declared points still missing."""
+    every launch (latest status per folder, stamped with the start of the latest launch that declared it) and every
+    launch's command line, host, times and counts, so the report can list failures that left no result and the
+    declared points still missing, and tell the points a later launch dropped from the grid."""
 
     name: str
     sweep_dir: str
@@ -218,9 +220,13 @@ class Summary:
             old = {}
         points = {e.get("name"): e for e in old.get("points", []) if isinstance(e, dict)}
         # A point this launch left alone keeps what an earlier launch of the same config recorded (its failure,
-        # its job); under another config it is declared anew.
-        points.update({p.name: self._point_entry(p) for p in self.points
-                       if p.status not in ("busy", "unselected") or (points.get(p.name) or {}).get("hash") != p.hash})
+        # its job); under another config it is declared anew. Every point of this launch is stamped with its start
+        # (LAUNCH_KEY): a point whose stamp is older is no longer in the grid (`declared_by_latest_launch`).
+        for p in self.points:
+            kept = points.get(p.name) or {}
+            if p.status not in ("busy", "unselected") or kept.get("hash") != p.hash:
+                kept = self._point_entry(p)
+            points[p.name] = {**kept, LAUNCH_KEY: self.start}
         launches = [x for x in old.get("launches", []) if isinstance(x, dict) and x.get("start") != self.start]
         launches.append({"argv": self.argv, "start": self.start, "end": self.end, "host": socket.gethostname(),
                          "user": os.environ.get("USER"), "points": len(self.points), "ok": self.count("ok"),
@@ -236,3 +242,17 @@ class Summary:
             if p.status == "failed":
                 lines.append(f"  failed {p.name}: {p.error}")
         return "\n".join(lines)
+
+
+def declared_by_latest_launch(record: dict) -> set[str] | None:
+    """Names of the points the latest launch of a sweep declared (its grid), read from sweep.json: each launch
+    stamps its points with its start time (`Summary.write`), so a point declared only by earlier launches was
+    dropped from the grid (e.g. `target.n_per_class=1,2,5`, then `=1,2`). None when that cannot be told: no launch
+    recorded, or the latest launch stamped no point (a sweep.json written before launches stamped their points)."""
+    launches = [x for x in record.get("launches") or [] if isinstance(x, dict) and x.get("start") is not None]
+    if not launches:
+        return None
+    latest = launches[-1]["start"]  # launches are appended in the order they ran
+    names = {str(e.get("name")) for e in record.get("points") or []
+             if isinstance(e, dict) and e.get("name") and e.get(LAUNCH_KEY) == latest}
+    return names or None

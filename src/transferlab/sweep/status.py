@@ -8,8 +8,17 @@ A point's state, from its folders and the sweep's record (sweep.json), in this o
 - `running`: its job started and is alive (the pid on this host, or its SLURM job in `squeue`);
 - `queued`: submitted to SLURM (detached) and waiting in the queue;
 - `stale`: its folder holds a result of another fingerprint (finished under other settings or data);
-- `missing`: nothing yet.
+- `missing`: nothing yet;
+- `dropped`: it would be failed, stale or missing, but the latest launch no longer declares it (a later launch of
+  the same folder swept a smaller grid), so nothing will run it: it is left out of the time left. A point the
+  latest launch dropped that is done, running or queued keeps that state, with `dropped` set.
 The sweeper's `hydra.sweeper.only=failed|missing|stale` selects points by the same states.
+
+Time left (`SweepStatus.time_left_s`): each point still to run is priced at the median wall time of the finished
+points of its own arm (the same overrides but for the seeds), else of its grid at its n, else of its grid, else
+of all; a running job (one point, or a vectorised group whose members each record an equal share of the group's
+time) costs its members' prices minus the time it has run. The wall time left divides the compute time left by
+the jobs running now.
 
 Reads only, torch-free, and fast on 10^4 points: one pass over the result files, one `squeue` call.
 """
@@ -25,13 +34,15 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+from transferlab.run.identity import REPLICATES, SAMPLE_SIZE
 from transferlab.run.record import RESULT_FILE, RunRecord
-from transferlab.sweep.state import STARTED_FILE, SUMMARY_FILE, recorded_fingerprint
+from transferlab.sweep.state import STARTED_FILE, SUMMARY_FILE, declared_by_latest_launch, recorded_fingerprint
 
-STATES = ("failed", "running", "queued", "stale", "missing", "done")  # the order a table shows them in
+STATES = ("failed", "running", "queued", "stale", "missing", "dropped", "done")  # the order a table shows them in
 SELECTABLE = ("failed", "missing", "stale")  # what `hydra.sweeper.only` may ask for
+WAITING = ("failed", "queued", "stale", "missing")  # what is still to run (queued: its SLURM job will)
 SLURM_ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
@@ -45,7 +56,11 @@ class PointState:
     elapsed_s: float | None = None    # running: since its job started
     wall_s: float | None = None       # done or failed with a result: the run's own wall time
     folder: str | None = None         # where its result is (another folder's when done there)
-    grid: str | None = None           # the sweeper grid it belongs to (its arm: scratch, transfer, ...)
+    grid: str | None = None           # the sweeper grid it belongs to (scratch, transfer, ...)
+    arm: str | None = None            # its overrides but the replicate keys (seeds): the runs pooled as one arm
+    n: str | None = None              # its sample-size override's value (target.n_per_class), if it sets one
+    started: float | None = None      # when its job last started (started.json), seconds since the epoch
+    dropped: bool = False             # not in the latest launch's grid (see the module docstring)
 
 
 @dataclass
@@ -62,33 +77,83 @@ class SweepStatus:
     def totals(self) -> dict[str, int]:
         return {s: self.count(s) for s in STATES}
 
+    def _jobs(self) -> list[tuple[list[PointState], float]]:
+        """The running jobs: (their running points, the time the job has spent on those points so far). Points of
+        one job share its id (a vectorised group's members: one pid or SLURM task). The job's time runs from its
+        first start; the recorded wall time of points it finished meanwhile (a group whose members run one after
+        the other) is not these points' time. Points whose job is unknown are a job each."""
+        by_job: dict[str, list[PointState]] = {}
+        ended: dict[str, list[PointState]] = {}  # points with a wall time, by job
+        for p in self.points:
+            if p.state == "running":
+                by_job.setdefault(p.job or f"point:{p.name}", []).append(p)
+            elif p.job and p.wall_s is not None and p.started is not None:
+                ended.setdefault(p.job, []).append(p)
+        jobs = []
+        for job, running in by_job.items():
+            elapsed = max(p.elapsed_s or 0.0 for p in running)
+            starts = [p.started for p in running if p.started is not None]
+            finished = [p for p in ended.get(job, []) if starts and p.started + p.wall_s > min(starts)]
+            if finished:  # elapsed then counts from the earliest start of the job's points
+                first = min(starts + [p.started for p in finished])
+                elapsed += min(starts) - first
+            jobs.append((running, max(0.0, elapsed - sum(p.wall_s or 0.0 for p in finished))))
+        return jobs
+
+    @property
+    def running_jobs(self) -> int:
+        """Jobs running now: the parallelism in use (a vectorised group is one job, however many members)."""
+        return len(self._jobs())
+
     @property
     def compute_used_s(self) -> float:
-        """Wall time of every finished or failed run with a result, plus the running ones so far."""
-        return sum(p.wall_s or 0.0 for p in self.points) + sum(p.elapsed_s or 0.0 for p in self.points
-                                                               if p.state == "running")
+        """Wall time of every finished or failed run with a result, plus what the running jobs have spent so far
+        (a group's time once, not once per member)."""
+        return sum(p.wall_s or 0.0 for p in self.points) + sum(spent for _, spent in self._jobs())
 
-    def time_left_s(self) -> tuple[float | None, float | None]:
-        """(compute time left, wall time left) estimated from the finished points' median wall time, taken within
-        the point's grid when that grid has a finished point (arms differ in cost: a matched-compute scratch or a
-        fine-tune takes longer than a cached probe), else over all: every point not done and not running costs
-        one median, a running one the rest of a median; the wall time divides the compute time by the points
-        running now (the parallelism in use). None when nothing finished yet."""
+    def price(self) -> Callable[[PointState], float] | None:
+        """The expected wall time of a point: the median wall time of the finished points of its arm (its
+        overrides but the seeds), else of its grid at its n, else of its grid, else of every finished point.
+        A member of a vectorised group records an equal share of its group's time, so members price members.
+        None when nothing finished yet."""
         done = [p for p in self.points if p.state == "done" and p.wall_s]
         if not done:
+            return None
+        keys: list[Callable[[PointState], Any]] = [lambda p: p.arm, lambda p: (p.grid, p.n), lambda p: p.grid]
+        tables = []
+        for key in keys:
+            walls: dict[Any, list[float]] = {}
+            for p in done:
+                walls.setdefault(key(p), []).append(float(p.wall_s or 0.0))
+            tables.append({k: statistics.median(v) for k, v in walls.items()})
+        overall = statistics.median(float(p.wall_s or 0.0) for p in done)
+
+        def price(p: PointState) -> float:
+            for level, (key, table) in enumerate(zip(keys, tables)):
+                k = key(p)
+                if (level > 0 or k is not None) and k in table:  # no arm known (older sweep.json): next level
+                    return table[k]
+            return overall
+        return price
+
+    def time_left_s(self) -> tuple[float | None, float | None]:
+        """(compute time left, wall time left), None, None when nothing finished yet. Compute: the price
+        (`price`) of every point still to run (failed, queued, stale, missing; not dropped), plus for each running
+        job the prices of its running points less the time it has spent on them. Wall: the compute time over the
+        jobs running now (at least one)."""
+        price = self.price()
+        if price is None:
             return None, None
-        overall = statistics.median(p.wall_s for p in done)
-        by_grid = {g: statistics.median(p.wall_s for p in done if p.grid == g) for g in {p.grid for p in done}}
-        cost = lambda p: by_grid.get(p.grid, overall)  # noqa: E731
-        waiting = [p for p in self.points if p.state in ("failed", "queued", "stale", "missing")]
-        running = [p for p in self.points if p.state == "running"]
-        compute = sum(cost(p) for p in waiting) + sum(max(0.0, cost(p) - (p.elapsed_s or 0.0)) for p in running)
-        return compute, compute / max(1, len(running))
+        jobs = self._jobs()
+        compute = sum(price(p) for p in self.points if p.state in WAITING)
+        compute += sum(max(0.0, sum(price(p) for p in running) - spent) for running, spent in jobs)
+        return compute, compute / max(1, len(jobs))
 
     def to_dict(self) -> dict[str, Any]:
         compute, wall = self.time_left_s()
         return {"sweep_dir": self.sweep_dir, "name": self.name, "totals": self.totals,
                 "compute_used_s": self.compute_used_s, "compute_left_s": compute, "wall_left_s": wall,
+                "running_jobs": self.running_jobs,
                 "launches": self.launches, "points": [asdict(p) for p in self.points]}
 
 
@@ -189,7 +254,13 @@ def judge_points(sweep_dir: str | Path, entries: Mapping[str, Mapping], now: flo
     started = {name: _started(sweep_dir / Path(str(e.get("dir") or name)).name) for name, e in entries.items()}
     queue = slurm_states([_job_of(started[n], e) for n, e in entries.items()
                           if (started[n] or {}).get("slurm_job") or e.get("job")])
-    return [_judge(name, e, results, ok_by_fp, started[name], queue, host, now) for name, e in entries.items()]
+    judged = [_judge(name, e, results, ok_by_fp, started[name], queue, host, now) for name, e in entries.items()]
+    for p in judged:
+        try:
+            p.started = float((started[p.name] or {})["start"])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return judged
 
 
 def sweep_status(sweep_dir: str | Path, now: float | None = None) -> SweepStatus:
@@ -200,10 +271,40 @@ def sweep_status(sweep_dir: str | Path, now: float | None = None) -> SweepStatus
     status = SweepStatus(sweep_dir=str(sweep_dir), name=str(record.get("name") or sweep_dir.name),
                          launches=[x for x in record.get("launches", []) if isinstance(x, dict)],
                          points=judge_points(sweep_dir, entries, now))
+    declared = declared_by_latest_launch(record)
     for p in status.points:
-        p.grid = entries[p.name].get("grid") if p.name in entries else None
+        entry = entries.get(p.name) or {}
+        p.grid = entry.get("grid")
+        p.arm, p.n = _arm(entry.get("overrides"))
+        if declared is not None and p.name not in declared:
+            _drop(p)
     status.points.sort(key=lambda p: (STATES.index(p.state), p.name))
     return status
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _arm(overrides: Any) -> tuple[str | None, str | None]:
+    """(the overrides but the replicate keys, in sorted order; the sample size's value) of a sweep.json point;
+    (None, None) when the point records no overrides."""
+    if not isinstance(overrides, list):
+        return None, None
+    ovs = [str(o) for o in overrides]
+    n = next((o.split("=", 1)[1] for o in ovs if _key(o) in SAMPLE_SIZE and "=" in o), None)
+    return ",".join(sorted(o for o in ovs if _key(o) not in REPLICATES)), n
+
+
+def _drop(p: PointState) -> None:
+    """A point the latest launch does not declare: nothing will run it. A result it has, or a job still running
+    it, still counts; otherwise it is `dropped`."""
+    p.dropped = True
+    if p.state in ("failed", "stale", "missing"):
+        was = p.state + (f": {p.reason}" if p.reason else "")
+        p.state, p.reason = "dropped", f"not in the latest launch's grid (was {was})"
+    elif p.state == "done":
+        p.reason = p.reason or "not in the latest launch's grid"
 
 
 def _judge(name: str, entry: Mapping, results: Mapping[str, RunRecord | str],
