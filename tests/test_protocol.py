@@ -65,11 +65,12 @@ def test_extra_steps_come_after_floor_and_cap():
 
 def test_min_steps_gives_a_tiny_n_its_steps_and_the_record_says_so(make_cfg):
     """n=1 per class (5 examples, one step per epoch) with a 3-epoch budget and a 14-step floor: 14 epochs and 14
-    optimizer steps done, recorded."""
+    optimizer steps done, recorded, validated once per 8 steps and after the last (the default schedule)."""
     rec = run(make_cfg("target.n_per_class=1", "train.max_epochs=3", "train.min_steps=14", *QUIET))
     b, m = rec["budget"], rec["metrics"]
     assert (b["steps_per_epoch"], b["target_steps"], b["epochs"], b["steps"]) == (1, 14, 14, 14)
-    assert m["epochs"] == 14 == len(m["val/acc_history"]) and m["steps"] == 14
+    assert m["epochs"] == 14 and m["steps"] == 14 and len(m["val/acc_history"]) == 2
+    assert m["val/epoch_history"] == b["val_epochs"] == [8, 14]
     assert rec["config"]["train"]["min_steps"] == 14 and rec["select"] == "best_val"
 
 
@@ -168,6 +169,8 @@ def test_the_selected_epoch_survives_a_resume_from_last_ckpt(tmp_path, select, s
 
 
 def test_select_last_tests_the_last_epoch_of_a_real_run(make_cfg):
+    """Validated after every epoch (train.val_every_steps=1), so each rule picks among all 4 epochs."""
+    QUIET = (*globals()["QUIET"], "train.val_every_steps=1")
     rec = run(make_cfg("target.n_per_class=3", "train.select=last", *QUIET))
     hist = rec["metrics"]["val/acc_history"]
     assert rec["selected_epoch"] == len(hist) == 4 and rec["metrics"]["val/acc"] == pytest.approx(hist[-1])
@@ -207,9 +210,11 @@ def test_a_noisy_plateau_is_rarely_called_rising():
 
 def test_convergence_of_real_runs_still_rising_and_plateaued(make_cfg, caplog):
     """A fine-tune at a tiny learning rate stopped after 10 epochs is still climbing; the same task at a working
-    rate for 25 epochs has levelled off. The record carries the verdict on its own curve; the rising run, and only
-    it, logs one warning line."""
+    rate for 25 epochs has levelled off (both validated after every epoch). The record carries the verdict on its
+    own curve; the rising run, and only it, logs one warning line."""
     import logging
+
+    QUIET = (*globals()["QUIET"], "train.val_every_steps=1")
 
     def warnings_of(*overrides, run_name):
         caplog.clear()
@@ -222,7 +227,9 @@ def test_convergence_of_real_runs_still_rising_and_plateaued(make_cfg, caplog):
     assert rising["converged"] is False and flat["converged"] is True
     assert len(said) == 1 and "\n" not in said[0] and "still rising" in said[0] and quiet == []
     for rec in (rising, flat):
-        assert rec["convergence"] == convergence.judge(rec["metrics"]["val/acc_history"], rec["n_val"]).to_dict()
+        m = rec["metrics"]
+        assert rec["convergence"] == convergence.judge(m["val/acc_history"], rec["n_val"],
+                                                       epochs=m["val/epoch_history"]).to_dict()
 
 
 # ---------------------------------------------------------------- control arms

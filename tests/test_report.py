@@ -62,7 +62,7 @@ def test_report_cli_on_real_sweep(sweep, tmp_path):
     for _, r in results.iterrows():  # every row is its own result.json, not a copy of another
         rec = RunRecord.read(sweep / r["run_dir"] / "result.json")
         assert r["test_acc"] == pytest.approx(rec.metrics.test_acc) and r["freeze"] == rec.freeze
-        assert r["epochs"] == len(rec.metrics.val_acc_history) == rec.metrics.epochs
+        assert r["epochs"] == rec.metrics.check_epochs[-1] == rec.metrics.epochs
 
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 6 and set(summary["n_seeds"]) == {2}

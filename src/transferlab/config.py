@@ -96,6 +96,13 @@ class Budget(Choice):
     steps = "steps"
 
 
+class ValSpacing(Choice):
+    """How `train.val_checks` spreads its checks over the fit (training/budget.py)."""
+
+    linear = "linear"
+    log = "log"
+
+
 class Select(Choice):
     """Which epoch's model is tested (training/callbacks.py, RunLocalCheckpoint)."""
 
@@ -232,6 +239,11 @@ class TrainConfig(OptimConfig):
     max_steps: Optional[int] = None  # null: no cap (budget=steps: required, the budget itself)
     select: Select = Select.best_val
     select_epoch: Optional[int] = None  # select=fixed_epoch only: the model after this many epochs (1-based)
+    # the validation schedule (training/budget.py): at most one check per val_every_steps optimizer steps (every
+    # epoch once an epoch is that long; null or 1: every epoch), or val_checks checks spread over the fit
+    val_every_steps: Optional[int] = 8
+    val_checks: Optional[int] = None  # set: this many checks (val_every_steps is then not read)
+    val_spacing: ValSpacing = ValSpacing.linear  # val_checks only: linear | log (dense early)
 
 
 # ---------------------------------------------------------------- what is transferred
@@ -273,6 +285,8 @@ class TaskConfig:
     val_fraction: float = 0.2
     val_size: Optional[int] = None
     val_per_class: Optional[int] = None  # instead of val_size/val_fraction: this many val examples of every class
+    val_cap_per_class: Optional[int] = None  # at most this many val examples per class, of any val split (the
+    #                                          dataset's own included): a fixed, seeded, nested per-class choice
     test_fraction: float = 0.25
     max_per_class: Optional[int] = None
     channels: Optional[int] = None

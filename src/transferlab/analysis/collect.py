@@ -74,6 +74,9 @@ def _number(v: float | int | None) -> float:
     return np.nan if v is None else float(v)
 
 
+# list-valued columns of a run's row: its validation curve and the 1-based epoch of each point of it (kept out of
+# table cells and results.csv; `curves` writes them long)
+CURVE_COLUMNS = ("val_acc_history", "val_epochs")
 SCORE_PREFIX = "score_"  # one column per transferability score a run recorded (`RunRecord.scores`)
 
 
@@ -98,10 +101,11 @@ def matched_compute(record: RunRecord) -> bool:
 
 
 def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
-    """The report's row of one record. `val_acc_history` stays a list (one per row); `epochs` is the length of
-    that curve, or the recorded count for a run without one."""
+    """The report's row of one record. `val_acc_history` and `val_epochs` (the epoch of each validation check)
+    stay lists (one per row); `epochs` is the epoch of the last check, or the recorded count for a run without a
+    curve."""
     m = record.metrics
-    hist = list(m.val_acc_history or [])
+    hist, at = list(m.val_acc_history or []), m.check_epochs
     n, n_label = _effective_n(record)
     # copies nothing (identity.copies_nothing): the baseline, whatever the preset was called
     is_scratch = record.cut == 0 if record.cut is not None else record.transfer == SCRATCH
@@ -124,10 +128,10 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "test_balanced_acc": _number(m.test_balanced_acc), "test_macro_f1": _number(m.test_macro_f1),
         "test_auroc": _number(m.test_auroc), "majority_acc": _number(m.majority_acc),
         "single_class": record.single_class_prediction,
-        "epochs": len(hist) if hist else m.epochs, "steps": m.steps,
+        "epochs": at[-1] if hist else m.epochs, "steps": m.steps,
         "converged": record.converged,  # False: val/acc still rising at the end (run/convergence.py); None: unjudged
         "wall_s": record.wall_s, "source_cache": record.source_cache,
-        "is_scratch": bool(is_scratch), "val_acc_history": hist,
+        "is_scratch": bool(is_scratch), "val_acc_history": hist, "val_epochs": at,
         **score_columns(record),
     }
 
@@ -522,13 +526,25 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     return collect_sweep(sweep_dir).runs
 
 
+def curve_epochs(df: pd.DataFrame) -> pd.Series:
+    """Each row's `val_epochs` (the epoch of each point of its validation curve), or 1, 2, ... for rows made
+    without one (a curve with a point per epoch)."""
+    every = df["val_acc_history"].map(lambda c: list(range(1, len(c) + 1)))
+    if "val_epochs" not in df:
+        return every
+    return pd.Series([at if isinstance(at, list) and len(at) == len(c) else e
+                      for at, c, e in zip(df["val_epochs"], df["val_acc_history"], every)], index=df.index)
+
+
 def curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Long table of validation accuracy per epoch (epoch counted from 1) for every ok run."""
+    """Long table of validation accuracy at each validation check (`epoch`: the 1-based epoch it followed) for
+    every ok run."""
     cols = ["run_dir", "setting", "setting_key", "line_key", "arm", "is_scratch", "target", "backbone", "n",
             "n_label", "seed", "epoch", "val_acc"]
     rows = []
-    for _, r in df[df["status"] == "ok"].iterrows():
-        for epoch, acc in enumerate(r["val_acc_history"], start=1):
+    ok = df[df["status"] == "ok"]
+    for (_, r), at in zip(ok.iterrows(), curve_epochs(ok) if len(ok) else []):
+        for epoch, acc in zip(at, r["val_acc_history"]):
             rows.append({**{c: r.get(c) for c in cols[:-2]}, "epoch": epoch, "val_acc": acc})
     return pd.DataFrame(rows, columns=cols)
 

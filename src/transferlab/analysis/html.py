@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
+from transferlab.analysis.collect import CURVE_COLUMNS
 from transferlab.store.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def readable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """(a table for people, "column = value" of the columns equal in every row). Grouping keys and empty columns
     are left out, columns equal in every row are said once above the table instead of in every row, scratch rows
     have no source (scratch copies nothing), and the per-epoch curves are never dumped into a cell."""
-    out = df.drop(columns=[c for c in df.columns if c in KEY_COLUMNS or c == "val_acc_history"])
+    out = df.drop(columns=[c for c in df.columns if c in KEY_COLUMNS or c in CURVE_COLUMNS])
     if "source" in out and "is_scratch" in df:
         out = out.assign(source=out["source"].where(~df["is_scratch"].fillna(False).astype(bool), None))
     out = out.loc[:, [c for c in out.columns if not out[c].map(_blank).all()]]

@@ -422,7 +422,7 @@ def yosinski(ytab: pd.DataFrame, base: pd.DataFrame, path: Path, title: str, met
 
 def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, ncols: int = 4,
                     styles: dict[str, Style] | None = None) -> Path:
-    """Validation accuracy per epoch (mean over seeds), transfer arms vs scratch, one panel per n: every n, in
+    """Validation accuracy at each check (mean over seeds), transfer arms vs scratch, one panel per n: every n, in
     rows of `ncols` panels (none left out)."""
     long = curves(df_ok)
     ns = list(long.drop_duplicates("n_label").sort_values("n")["n_label"])

@@ -143,7 +143,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
         metric=metric, tests=tests, fits=fit_table, effective=effective, stat_notes=stat_notes,
     )
     report.files = {  # the per-epoch curves go to curves.csv (long form), not into a results.csv cell
-        "results.csv": _write_csv(runs.drop(columns=["val_acc_history"]), out / "results.csv"),
+        "results.csv": _write_csv(runs.drop(columns=list(collect.CURVE_COLUMNS)), out / "results.csv"),
         "summary.csv": _write_csv(summary, out / "summary.csv"),
         "curves.csv": _write_csv(collect.curves(df), out / "curves.csv"),
     }

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from transferlab.analysis import collect
+
 # Every group is made by key columns from `collect` (one decision in one place); labels ride along for people.
 SETTING = ["setting", "target", "backbone"]  # one report panel per setting (functions of setting_key)
 ARM = ["arm", "is_scratch", "variant", "source", "transfer", "strategy", "cut", "upper", "freeze", "init"]
@@ -294,10 +296,13 @@ def _auc(y: np.ndarray) -> float:
     return float(y[0]) if len(y) == 1 else float(np.trapezoid(y) / (len(y) - 1))
 
 
-def epochs_to(y: Sequence[float], threshold: float) -> float:
-    """First epoch (counted from 1) at which the curve reaches `threshold`; NaN if it never does."""
+def epochs_to(y: Sequence[float], threshold: float, epochs: Sequence[int] | None = None) -> float:
+    """First epoch (counted from 1) at which the curve reaches `threshold`; NaN if it never does. `epochs`: the
+    epoch of each point of the curve (validation on a schedule); None: one point per epoch."""
     hits = np.nonzero(np.asarray(y, dtype=float) >= threshold)[0]
-    return float(hits[0] + 1) if len(hits) else math.nan
+    if not len(hits):
+        return math.nan
+    return float(epochs[hits[0]]) if epochs is not None else float(hits[0] + 1)
 
 
 def censored_median(epochs: Sequence[float]) -> tuple[float, int, int]:
@@ -317,19 +322,30 @@ def censored_median(epochs: Sequence[float]) -> tuple[float, int, int]:
 
 
 def curve_measures(transfer: Sequence[float], scratch: Sequence[float], threshold: float,
-                   tail: int = 3) -> dict[str, float]:
-    """Jumpstart (first-epoch gain), transfer ratio (AUC_t - AUC_s) / AUC_s over the common length, epochs to a
-    threshold for both, and asymptotic gain (mean of the last `tail` epochs, transfer minus scratch)."""
+                   tail: int = 3, transfer_epochs: Sequence[int] | None = None,
+                   scratch_epochs: Sequence[int] | None = None) -> dict[str, float]:
+    """Jumpstart (first-check gain), transfer ratio (AUC_t - AUC_s) / AUC_s over the checks both curves have,
+    epochs to a threshold for both, and asymptotic gain (mean of the last `tail` checks, transfer minus scratch).
+
+    `*_epochs`: the epoch of each point of a curve (validation on a schedule, training/budget.py); without them a
+    curve has one point per epoch and the common part is the shorter length."""
     t, s = np.asarray(transfer, dtype=float), np.asarray(scratch, dtype=float)
     if len(t) == 0 or len(s) == 0:
         return {k: math.nan for k in ("jumpstart", "auc_ratio", "epochs_to_thr_transfer", "epochs_to_thr_scratch",
                                       "asymptotic_gain")}
-    L = min(len(t), len(s))
-    auc_s = _auc(s[:L])
+    if transfer_epochs is not None and scratch_epochs is not None:
+        at_t, at_s = dict(zip(transfer_epochs, t)), dict(zip(scratch_epochs, s))
+        both = sorted(set(at_t) & set(at_s))
+        tc, sc = np.array([at_t[e] for e in both]), np.array([at_s[e] for e in both])
+    else:
+        L = min(len(t), len(s))
+        tc, sc = t[:L], s[:L]
+    auc_s = _auc(sc) if len(sc) else math.nan
     k = min(tail, len(t), len(s))
-    return {"jumpstart": float(t[0] - s[0]),
-            "auc_ratio": (_auc(t[:L]) - auc_s) / auc_s if auc_s > 0 else math.nan,
-            "epochs_to_thr_transfer": epochs_to(t, threshold), "epochs_to_thr_scratch": epochs_to(s, threshold),
+    return {"jumpstart": float(tc[0] - sc[0]) if len(tc) else math.nan,
+            "auc_ratio": (_auc(tc) - auc_s) / auc_s if len(tc) and auc_s > 0 else math.nan,
+            "epochs_to_thr_transfer": epochs_to(t, threshold, transfer_epochs),
+            "epochs_to_thr_scratch": epochs_to(s, threshold, scratch_epochs),
             "asymptotic_gain": float(t[-k:].mean() - s[-k:].mean())}
 
 
@@ -344,7 +360,7 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
     ok = ok_rows(df)
     if ok.empty or not ok["is_scratch"].any():
         return pd.DataFrame()
-    hist = ok.assign(curve=ok["val_acc_history"])
+    hist = ok.assign(curve=ok["val_acc_history"], at=collect.curve_epochs(ok))
     hist = hist[hist["curve"].map(len) > 0]
     rows = []
     for _, g in hist.groupby(["setting_key", "n_label"], sort=False):
@@ -353,10 +369,13 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
             base = sc[sc["line_key"] == ga["baseline_key"].iloc[0]]  # the arm's own scratch line
             if base.empty:
                 continue
-            scratch_by_pair = {pair: c for pair, c in zip(zip(*(base[p] for p in PAIR)), base["curve"])}
+            scratch_by_pair = {pair: (c, at) for pair, c, at in zip(zip(*(base[p] for p in PAIR)), base["curve"],
+                                                                    base["at"])}
             threshold = threshold_frac * float(np.mean([max(c) for c in base["curve"]]))
-            per_seed = [curve_measures(c, scratch_by_pair[pair], threshold)
-                        for pair, c in zip(zip(*(ga[p] for p in PAIR)), ga["curve"]) if pair in scratch_by_pair]
+            per_seed = [curve_measures(c, scratch_by_pair[pair][0], threshold, transfer_epochs=at,
+                                       scratch_epochs=scratch_by_pair[pair][1])
+                        for pair, c, at in zip(zip(*(ga[p] for p in PAIR)), ga["curve"], ga["at"])
+                        if pair in scratch_by_pair]
             if not per_seed:
                 continue
             m = pd.DataFrame(per_seed)

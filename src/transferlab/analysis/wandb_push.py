@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from transferlab.analysis.collect import CURVE_COLUMNS
+
 
 def _table(df: pd.DataFrame):
     import wandb
@@ -38,7 +40,7 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
                      dir=str(out), mode=mode, config={"sweep_name": report.name, "runs": len(report.results)},
                      tags=["report"], reinit="finish_previous")
     try:
-        payload = {"report/results": _table(report.results.drop(columns=["val_acc_history"])),
+        payload = {"report/results": _table(report.results.drop(columns=list(CURVE_COLUMNS))),
                    "report/summary": _table(report.summary), "report/best_per_n": _table(report.best)}
         for key, frame in (("report/gain", report.gain), ("report/crossover", report.crossovers),
                            ("report/learning_measures", report.measures), ("report/yosinski", report.yosinski),

@@ -205,14 +205,16 @@ class Experiment:
     def fit(self) -> FitOutcome:
         cfg, budget = self.cfg, self.prep.budget
         logger = self.open_logger()
-        log.info("step budget: %d epochs x %d steps (%s)", budget.epochs, budget.steps_per_epoch, budget.rule)
+        log.info("step budget: %d epochs x %d steps (%s); validation: %s", budget.epochs, budget.steps_per_epoch,
+                 budget.rule, budget.val_rule)
         return fit_and_test(options.apply(self.module, cfg.train), self.batches,
                             max_epochs=budget.epochs, trainer_cfg=cfg.trainer,  # training/budget.py
                             ckpt_dir=self.run_dir / "checkpoints", logger=logger,
                             callbacks=[PlanSchedule(self.prep.plan)],  # what trains per epoch, BN policy
                             fingerprint=self.fingerprint,  # resumes a killed run of this run identity
                             resume_every_s=resume_every_s(cfg),
-                            select=str(cfg.train.select), select_epoch=cfg.train.select_epoch)
+                            select=str(cfg.train.select), select_epoch=cfg.train.select_epoch,
+                            val_epochs=budget.val_epochs)  # the validation schedule
 
     def close(self, outcome: FitOutcome) -> dict[str, Any]:
         """Metrics of the tested model, convergence, status ok; writes result.json and ends the logger."""
@@ -225,13 +227,15 @@ class Experiment:
                                  test_class_counts=counts.get("test/class_counts"),
                                  test_pred_counts=counts.get("test/pred_counts"),
                                  val_acc=outcome.best_val_acc, val_acc_history=outcome.history.get("val/acc", []),
-                                 val_loss_history=outcome.history.get("val/loss", []), epochs=outcome.epochs,
+                                 val_loss_history=outcome.history.get("val/loss", []),
+                                 val_epoch_history=outcome.history.get("epoch", []), epochs=outcome.epochs,
                                  steps=outcome.steps)
         record.selected_epoch = outcome.selected_epoch
         record.single_class_prediction = record.metrics.single_class
         if record.single_class_prediction:
             warn_single_class(record.metrics)
-        verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val)
+        verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val,
+                                    epochs=record.metrics.val_epoch_history)
         record.converged, record.convergence = verdict.converged, verdict.to_dict()
         if verdict.converged is False:
             log.warning("%s: the run may be under-trained (converged: false in result.json); raise "

@@ -129,7 +129,8 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int,
         return failures
     log.info("vectorize: %d members of %s train as one stacked model", len(exps), leader)
     try:
-        fits = stacked.fit_stacked(mem, max_epochs=exps[0].prep.budget.epochs, trainer_cfg=cfg.trainer)
+        fits = stacked.fit_stacked(mem, max_epochs=exps[0].prep.budget.epochs, trainer_cfg=cfg.trainer,
+                                   val_epochs=exps[0].prep.budget.val_epochs)
     except Exception as err:  # the group itself broke: every member fails with it
         for e in exps:
             e.fail(err)

@@ -4,13 +4,14 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (3). Records written before the field
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (4). Records written before the field
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
 `single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
 `metrics.steps`, `select`, `selected_epoch`), the convergence verdict (`converged`, `convergence`) and `peft`:
 None, "not recorded" (its fit ran `train.max_epochs` epochs, tested the first epoch of best val/acc, and had no
-PEFT). A field missing from the file takes its default (None, or an empty list: "not recorded"), a key the schema
+PEFT). Version 3 validated after every epoch: its curves have no `val/epoch_history`, and `Metrics.check_epochs`
+reads them as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). A field missing from the file takes its default (None, or an empty list: "not recorded"), a key the schema
 does not know is ignored, values are taken as stored. An old record therefore always reads, and what it did not
 record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or changes its
 meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
@@ -28,7 +29,7 @@ from typing import Any, Iterator, Mapping
 from transferlab.store.atomic import write_json
 
 RESULT_FILE = "result.json"
-SCHEMA = 3  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SCHEMA = 4  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
 def _metric(key: str) -> Any:
@@ -48,10 +49,21 @@ class Metrics:
     test_class_counts: list[int] | None = _metric("test/class_counts")  # test examples per class (index = class)
     test_pred_counts: list[int] | None = _metric("test/pred_counts")  # test predictions per class (index = class)
     val_acc: float | None = _metric("val/acc")  # validation accuracy of the tested model (train.select), 0-1
-    val_acc_history: list[float] | None = _metric("val/acc_history")  # validation accuracy per epoch, epoch 1 first
-    val_loss_history: list[float] | None = _metric("val/loss_history")  # validation loss per epoch, nats
+    # validation accuracy and loss (nats) at each validation check, the first first (schema < 4: every epoch)
+    val_acc_history: list[float] | None = _metric("val/acc_history")
+    val_loss_history: list[float] | None = _metric("val/loss_history")
+    # the 1-based epoch each check followed (training/budget.py, the validation schedule); None: every epoch
+    val_epoch_history: list[int] | None = _metric("val/epoch_history")
     epochs: int | None = _metric("epochs")  # epochs trained, those of a resumed earlier attempt included
     steps: int | None = _metric("steps")  # optimizer steps done (global_step), a resumed attempt's included
+
+    @property
+    def check_epochs(self) -> list[int]:
+        """The 1-based epoch of each point of the validation curves (a record without them validated every
+        epoch)."""
+        n = len(self.val_acc_history or [])
+        epochs = list(self.val_epoch_history or [])
+        return epochs if len(epochs) == n else list(range(1, n + 1))
 
     @property
     def majority_acc(self) -> float | None:

@@ -116,6 +116,9 @@ def _check_sizes(task: DictConfig, key: str) -> list[Problem]:
         out.append(problem(f"{key}.val_per_class", per_class, "null (val_size / val_fraction) or an integer >= 1"))
     elif per_class is not None and task.get("val_size") is not None:
         out.append(problem(f"{key}.val_size", task.val_size, f"null when {key}.val_per_class is set (pick one)"))
+    cap = task.get("val_cap_per_class")
+    if cap is not None and cap < 1:
+        out.append(problem(f"{key}.val_cap_per_class", cap, "null (the whole val split) or an integer >= 1"))
     return out
 
 
@@ -145,6 +148,11 @@ def check_budget(cfg: DictConfig) -> list[Problem]:
     elif not fixed and t.select_epoch is not None:
         out.append(problem("train.select_epoch", t.select_epoch, f"null unless train.select=fixed_epoch "
                                                                 f"(train.select={t.select})"))
+    for name in ("val_every_steps", "val_checks"):
+        v = t.get(name)
+        if v is not None and v < 1:
+            out.append(problem(f"train.{name}", v, "null or an integer >= 1 (training/budget.py: the validation "
+                                                   "schedule)"))
     if cfg.transfer.get("source_compute") and cfg.source.kind == "none":
         out.append(problem("transfer.source_compute", True, "false with source=none: the backbone's own weights "
                                                             "have no pretraining steps to match (scratch_long needs "

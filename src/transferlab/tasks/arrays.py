@@ -102,6 +102,8 @@ def _split(y: np.ndarray, size, split_seed: int, key: str, what: str) -> tuple[n
         raise ConfigError(problem(f"{key}.{what}", size, f"a held-out split this data can give: {e}")) from None
 
 
+# seed offsets of the fixed choices made with `split_seed`: val carved from the pool (+1), the val cap (+2)
+VAL_CAP_SALT = 2
 _SCAN_VALUES = 1 << 22  # values per chunk when scanning inputs: bounds the temporary masks on big float arrays
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -272,6 +274,10 @@ def task_from_arrays(
     else:
         pos, val_y = _keep(np.asarray(y_val), ids)
         origins["val"] = ("val", pos)
+    if cfg.get("val_cap_per_class") is not None:  # a smaller val split, whichever way it was made
+        array, pos = origins["val"]
+        kept = cap_per_class(val_y, int(cfg.val_cap_per_class), split_seed + VAL_CAP_SALT)
+        origins["val"], val_y = (array, pos[kept]), val_y[kept]
     origins["train"] = ("train", pool_pos)
     missing = [names[c] for c in range(len(ids)) if not np.any(pool_y == c)]
     if missing:

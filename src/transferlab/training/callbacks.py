@@ -9,7 +9,8 @@
 - `RunLocalCheckpoint` (the selected model, `train.select`: best val/acc with its tie rule, last, or a fixed
   epoch; files named inside the run's folder), `ResumePoint` (last.ckpt at
   most every `checkpoint.every_s`), `RunIdentity` (the run fingerprint and RNG states in every checkpoint);
-- `FailOnNonFinite` (a NaN/inf loss stops the fit), `MetricHistory` (per-epoch curves for result.json),
+- `ValidationSchedule` (validation after the planned epochs only: training/budget.py `val_epochs`);
+- `FailOnNonFinite` (a NaN/inf loss stops the fit), `MetricHistory` (curves per validation check for result.json),
   `BlockModelSummary` (trainable and frozen parameters per block).
 """
 
@@ -63,6 +64,31 @@ class PlanSchedule(L.Callback):
         # Lightning restores module modes after validation; re-assert the policy so nothing drifts.
         if pl_module.training:
             pl_module.net.train(True)
+
+
+class ValidationSchedule(L.Callback):
+    """Runs Lightning's validation after the epochs of the plan's schedule only (`StepBudget.val_epochs`,
+    training/budget.py), not after every epoch.
+
+    Lightning validates after epoch e (0-based) when `(e + 1) % trainer.check_val_every_n_epoch == 0`, reading the
+    public `check_val_every_n_epoch` attribute at every epoch end. Setting it per epoch (1 for a scheduled epoch,
+    e + 2 otherwise) gives any set of epochs while everything keyed to validation (the selection tracker, the
+    resume point, the curves, the logged metrics) keeps running at validation end as before. It is set at train
+    start too, so a fit resumed from a resume point written at a scheduled validation (`ResumePoint`) sees that
+    epoch's value before Lightning decides whether to validate again (it does not: it saved on that check)."""
+
+    def __init__(self, epochs):
+        self.epochs = frozenset(int(e) for e in epochs)
+
+    def _set(self, trainer: L.Trainer) -> None:
+        epoch = int(trainer.current_epoch) + 1
+        trainer.check_val_every_n_epoch = 1 if epoch in self.epochs else epoch + 1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._set(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._set(trainer)
 
 
 class FailOnNonFinite(L.Callback):
@@ -269,11 +295,12 @@ class ResumePoint(Checkpoint):
 
 
 class MetricHistory(L.Callback):
-    """Records `val/acc` (and loss) after every validation epoch, for learning curves in result.json."""
+    """Records `val/acc` (and loss) after every validation check, with the 1-based epoch it followed (`epoch`),
+    for learning curves in result.json."""
 
     def __init__(self, keys: tuple[str, ...] = ("val/acc", "val/loss")):
         self.keys = keys
-        self.history: dict[str, list[float]] = {k: [] for k in keys}
+        self.history: dict[str, list[float]] = {k: [] for k in (*keys, "epoch")}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after the epoch-end hooks: the module logs its epoch metrics in its own on_validation_epoch_end
@@ -282,12 +309,14 @@ class MetricHistory(L.Callback):
         for k in self.keys:
             if k in trainer.callback_metrics:
                 self.history[k].append(float(trainer.callback_metrics[k]))
+        self.history["epoch"].append(int(trainer.current_epoch) + 1)
 
     def state_dict(self):
         return {"history": self.history}
 
     def load_state_dict(self, state_dict):
         self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self.history.setdefault("epoch", [])
 
 
 class _BlockSummary(Summary):

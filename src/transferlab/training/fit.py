@@ -26,6 +26,7 @@ from transferlab.training.callbacks import (
     ResumePoint,
     RunIdentity,
     RunLocalCheckpoint,
+    ValidationSchedule,
 )
 from transferlab.training.checkpoints import (
     SafeCheckpointIO,
@@ -96,13 +97,16 @@ class FitOutcome:
     resumed_from: str | None = None
     steps: int | None = None  # optimizer steps done (Lightning's global_step, a resumed attempt's included)
     selected_epoch: int | None = None  # 1-based epoch of the tested model
+    # history: "val/acc", "val/loss" per validation check and "epoch", the 1-based epoch each check followed
 
 
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
                  logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True,
-                 resume_every_s: float = 0.0, select: str = "best_val", select_epoch: int | None = None) -> FitOutcome:
+                 resume_every_s: float = 0.0, select: str = "best_val", select_epoch: int | None = None,
+                 val_epochs=None) -> FitOutcome:
     """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the model `select` picks (`best_val`,
-    `last`, `fixed_epoch` with `select_epoch`: `callbacks.RunLocalCheckpoint`), test it once.
+    `last`, `fixed_epoch` with `select_epoch`: `callbacks.RunLocalCheckpoint`) among the validation checks, test
+    it once. `val_epochs`: the 1-based epochs after which validation runs (training/budget.py; None: every epoch).
 
     `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
     """
@@ -119,7 +123,8 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
                         callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s, tracker=ckpt), history,
-                                   BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(), *callbacks],
+                                   BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(),
+                                   *([ValidationSchedule(val_epochs)] if val_epochs else []), *callbacks],
                         plugins=plugins, **kwargs)
     saved = resume_state(Path(ckpt_dir), fingerprint) if resume else None
     resume_from = str(Path(ckpt_dir) / LAST) if saved is not None else None

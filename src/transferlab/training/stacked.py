@@ -74,7 +74,8 @@ class Member:
 class MemberFit:
     """A member's training, before its test: its selection, curves and kept weights (or its failure)."""
 
-    history: dict[str, list[float]] = field(default_factory=lambda: {"val/acc": [], "val/loss": []})
+    # val/acc, val/loss at each validation check, "epoch": the 1-based epoch it followed (FitOutcome.history)
+    history: dict[str, list[float]] = field(default_factory=lambda: {"val/acc": [], "val/loss": [], "epoch": []})
     train_loss: list[float] = field(default_factory=list)
     kept_acc: float | None = None
     kept_loss: float | None = None
@@ -218,6 +219,7 @@ class StackedModule(L.LightningModule):
         self._val = torch.zeros(3, self.k, dtype=torch.float64)  # correct, loss sum, count
         self._val_stacked = True  # False: one validation set for all (fit_stacked)
         self.val_batches: StackedBatches | None = None  # set by fit_stacked
+        self.val_epochs: frozenset[int] | None = None  # 1-based epochs validated (fit_stacked); None: every one
 
     # -- state
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -316,11 +318,12 @@ class StackedModule(L.LightningModule):
         for k in range(self.k):
             if self.alive[k] and self._train_n:
                 self.fits[k].train_loss.append(float(self._train_sum[k] / self._train_n))
-        self._validate()
+        if self.val_epochs is None or int(self.current_epoch) + 1 in self.val_epochs:
+            self._validate()
 
     def _validate(self) -> None:
-        """Every member on its validation set after each epoch, as a single run validates (eval mode, no
-        gradient), then each member's selection. Run here rather than through Lightning's evaluation loop, whose
+        """Every member on its validation set after each scheduled epoch (training/budget.py), as a single run
+        validates (eval mode, no gradient), then each member's selection. Run here rather than through Lightning's evaluation loop, whose
         set-up and tear-down per epoch (mode capture and restore, hook dispatch) was most of a one-step epoch's
         framework cost: the parameters are those Lightning would validate (no step in between, the LR schedule
         steps after this hook)."""
@@ -352,6 +355,7 @@ class StackedModule(L.LightningModule):
             loss = float((self._val[1, k] / self._val[2, k]).float())
             fit.history["val/acc"].append(acc)
             fit.history["val/loss"].append(loss)
+            fit.history["epoch"].append(epoch)
             if replaces(member.select, member.select_epoch, epoch, acc, loss, fit.kept_acc, fit.kept_loss):
                 fit.kept_acc, fit.kept_loss, fit.selected_epoch = acc, loss, epoch
                 fit.selected_step = int(self.global_step)
@@ -387,8 +391,9 @@ def _same(tensors: list[torch.Tensor]) -> bool:
     return all(t.shape == tensors[0].shape and torch.equal(t, tensors[0]) for t in tensors[1:])
 
 
-def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg) -> list[MemberFit]:
-    """Train the members together for `max_epochs`; each member's selection, curves and kept weights."""
+def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epochs=None) -> list[MemberFit]:
+    """Train the members together for `max_epochs`, validating after the 1-based `val_epochs` (None: every
+    epoch); each member's selection, curves and kept weights."""
     for m in members:  # a group starts from epoch 0: an earlier single attempt's resume state is set aside
         last = m.ckpt_dir / LAST
         if last.exists():
@@ -398,6 +403,7 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg) -> list[
     shared = _same([v.x for v in vals]) and _same([v.y for v in vals])
     module._val_stacked = not shared
     module.val_batches = StackedBatches(vals, shared=shared)
+    module.val_epochs = frozenset(int(e) for e in val_epochs) if val_epochs else None
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
     kwargs.pop("plugins", None)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=False, enable_checkpointing=False,
@@ -425,11 +431,14 @@ def test_member(member: Member, fit: MemberFit, *, trainer_cfg, logger=False) ->
         "pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(),
     }, best)
     if logger:
-        for epoch, (acc, loss) in enumerate(zip(fit.history["val/acc"], fit.history["val/loss"])):
-            row: dict[str, Any] = {"val/acc": acc, "val/loss": loss, "epoch": epoch}
-            if epoch < len(fit.train_loss):
-                row["train/loss"] = fit.train_loss[epoch]
-            logger.log_metrics(row, step=epoch)
+        checks = {e: (a, v) for e, a, v in zip(fit.history["epoch"], fit.history["val/acc"], fit.history["val/loss"])}
+        for epoch in sorted(set(range(1, len(fit.train_loss) + 1)) | set(checks)):  # as a single run logs them
+            row: dict[str, Any] = {"epoch": epoch - 1}
+            if epoch in checks:
+                row["val/acc"], row["val/loss"] = checks[epoch]
+            if epoch - 1 < len(fit.train_loss):
+                row["train/loss"] = fit.train_loss[epoch - 1]
+            logger.log_metrics(row, step=epoch - 1)
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(logger=logger, enable_checkpointing=False, enable_model_summary=False, plugins=plugins,
