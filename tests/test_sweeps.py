@@ -553,6 +553,11 @@ def test_status_and_only_on_a_sweep_with_done_failed_missing_and_stale_points(tm
     assert n2.state == "done" and n2.dropped and n2.wall_s > 0
     compute, wall = status.time_left_s()
     assert compute == pytest.approx(n2.wall_s)  # the stale point only, at the median of the one done point
+    from transferlab.analysis.collect import collect_sweep  # the report judges every point as status does
+
+    reported = {r["run_dir"]: r["state"] for _, r in collect_sweep(sweep_dir).points.iterrows()}
+    judged = {p.name: {"done": "ok"}.get(p.state, p.state) for p in status.points}
+    assert reported == judged
     cli = run_cli(str(sweep_dir), "--json", module="transferlab.status", cwd=tmp_path)
     assert cli.returncode == 0 and json.loads(cli.stdout)["totals"]["stale"] == 1
     table = run_cli(str(sweep_dir), "--all", module="transferlab.status", cwd=tmp_path).stdout

@@ -336,15 +336,16 @@ def _point_dir(point: Mapping, record: Mapping, root: Path) -> str:
     return d.as_posix()
 
 
-STATES = ("ok", "failed", "failed_no_result", "stale", "missing")  # best first
+STATES = ("ok", "failed", "failed_no_result", "stale", "missing", "dropped")  # best first
 
 
 def point_states(record: Mapping, root: Path, found: Mapping[str, tuple[str | None, str | None]]) -> pd.DataFrame:
     """One row per distinct point the sweep declared: its folder, overrides, hash, the sweeper's status and error,
     the folder holding its result, and its state judged by what is on disk now: ok / failed (its result.json says
     so) / failed_no_result (the sweeper recorded a failure and no result.json exists, e.g. a config error) / stale
-    (the folder's result.json is another config's) / missing (no result.json: not run yet, or lost). `found` maps
-    run folder -> (fingerprint, status) of every result.json.
+    (the folder's result.json is another config's) / missing (no result.json: not run yet, or lost) / dropped (no
+    ok result, and the latest launch's grid no longer declares it: `sweep.state.declared_by_latest_launch`, the
+    rule transferlab-status uses). `found` maps run folder -> (fingerprint, status) of every result.json.
 
     As for the sweeper, a point is done when any folder holds an ok result of its fingerprint (one named by an
     older rule, or by a launch that swept other keys). Points with the same hash (one config reached by two folder
@@ -353,6 +354,9 @@ def point_states(record: Mapping, root: Path, found: Mapping[str, tuple[str | No
     for run_dir, (fp, status) in sorted(found.items()):
         if fp and status == "ok":
             ok_by_fp.setdefault(fp, run_dir)
+    from transferlab.sweep.state import declared_by_latest_launch
+
+    latest = declared_by_latest_launch(dict(record))
     rows = []
     for p in record.get("points") or []:
         run_dir, h = _point_dir(p, record, root), p.get("hash")
@@ -365,6 +369,8 @@ def point_states(record: Mapping, root: Path, found: Mapping[str, tuple[str | No
             state = "stale"
         else:
             state = "failed_no_result" if p.get("status") == "failed" else "missing"
+        if state != "ok" and latest is not None and p.get("name") not in latest:
+            state = "dropped"
         rows.append({"run_dir": run_dir, "overrides": " ".join(p.get("overrides") or []), "hash": h,
                      "declared": p.get("status"), "state": state, "result_dir": result_dir, "error": p.get("error")})
     cols = ["run_dir", "overrides", "hash", "declared", "state", "result_dir", "error", "also"]

@@ -228,10 +228,12 @@ def counts_line(r: Report) -> str | None:
     state = r.points["state"]
     no_result = int((state == "failed_no_result").sum())
     failed = int(state.isin(["failed", "failed_no_result"]).sum())
+    dropped = int((state == "dropped").sum())
+    tail = f", {dropped} dropped by the latest launch's grid" if dropped else ""
     return (f"{len(r.points)} point{'s' * (len(r.points) != 1)} declared: {int((state == 'ok').sum())} ok, "
             f"{failed} failed"
             + (f" ({no_result} without a result)" if no_result else "")
-            + f", {int(state.isin(list(REASONS)).sum())} missing")
+            + f", {int(state.isin(list(REASONS)).sum())} missing" + tail)
 
 
 def notes(r: Report) -> list[str]:

@@ -35,6 +35,7 @@ from transferlab.training.checkpoints import (
     resume_state,
 )
 from transferlab.training.options import cuda_check_without_failing_nvml
+from transferlab.training.progress import ProgressLine
 
 # Frozen blocks are in eval mode on purpose (BN statistics and dropout frozen with the weights).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -124,6 +125,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
                         callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s, tracker=ckpt), history,
                                    BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(),
+                                   ProgressLine(label=Path(ckpt_dir).parent.name or None),  # without a bar
                                    *([ValidationSchedule(val_epochs)] if val_epochs else []), *callbacks],
                         plugins=plugins, **kwargs)
     saved = resume_state(Path(ckpt_dir), fingerprint) if resume else None

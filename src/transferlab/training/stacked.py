@@ -45,6 +45,7 @@ from transferlab.training.callbacks import LAST, PlanSchedule, non_finite, repla
 from transferlab.training.checkpoints import SafeCheckpointIO, _start_over
 from transferlab.training.fit import FitOutcome
 from transferlab.training.module import TransferModule, optimizers
+from transferlab.training.progress import ProgressLine
 from transferlab.transfer.plan import TransferPlan
 
 log = logging.getLogger(__name__)
@@ -408,7 +409,9 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epoc
     kwargs.pop("plugins", None)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=False, enable_checkpointing=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[PlanSchedule(members[0].plan)], **kwargs)
+                        callbacks=[PlanSchedule(members[0].plan),
+                                   ProgressLine(label=f"group of {len(members)} ({members[0].ckpt_dir.parent.name})")],
+                        **kwargs)
     trainer.fit(module, StackedBatches([m.batches[0] for m in members]))  # validation: StackedModule._validate
     for fit in module.fits:
         fit.epochs, fit.steps = int(trainer.current_epoch), int(trainer.global_step)
