@@ -210,3 +210,39 @@ def test_a_group_run_again_never_redoes_a_finished_member(make_cfg):
     run_group(job)
     assert done.read_bytes() == before
     assert _member(make_cfg, 1)["status"] == "ok"
+
+
+def test_groups_never_join_points_that_set_other_replicate_keys():
+    """A grid whose points set data_seed beside one whose points leave it to its default: two groups, so no member
+    takes a value its own config does not have (it would miss its fingerprint and fail)."""
+    from transferlab.sweep import groups
+    from transferlab.sweep.points import Point
+
+    pts = [Point(overrides=["transfer.freeze=1", f"seed={s}", *([f"data_seed={d}"] if d is not None else [])],
+                 name=f"{s}-{d}") for s in (0, 1) for d in (None, 3)]
+    units = groups.group(pts, max_size=16)
+    assert sorted(sorted(p.name for p in u) for u in units) == [["0-3", "1-3"], ["0-None", "1-None"]]
+
+
+def test_a_crossed_seed_data_seed_pretrain_seed_group_equals_its_separate_runs(make_cfg):
+    """The crossed design of replicates (training seed x data draw, each seed its own source model): one stacked
+    group of four members, each its separate run, with its own subset and its own source model."""
+    keys = ["logger=none", "transfer.freeze=1", "target.n_per_class=5", "train.batch_size=16", "train.max_epochs=6"]
+    combos = [(0, 0), (1, 0), (0, 1), (1, 1)]  # (seed = pretrain.seed, data_seed)
+    alone = {c: run(make_cfg(*keys, f"seed={c[0]}", f"data_seed={c[1]}", run=f"alone{c[0]}_{c[1]}"))
+             for c in combos}
+    members = []
+    for s, d in combos:
+        cfg = make_cfg(*keys, f"seed={s}", f"data_seed={d}", run=f"member{s}_{d}")
+        members.append({"name": f"seed={s},data_seed={d}", "dir": str(cfg.paths.output_dir),
+                        "replicates": {"seed": s, "data_seed": d}, "fingerprint": identity.fingerprint(cfg)})
+    leader = Path(members[0]["dir"])
+    leader.mkdir(parents=True, exist_ok=True)
+    (leader / "group.json").write_text(json.dumps({"members": members}))
+    run_group(make_cfg(*keys, "seed=0", "data_seed=0", f"group={leader / 'group.json'}", run="member0_0"))
+    for (s, d), m in zip(combos, members):
+        member = json.loads((Path(m["dir"]) / "result.json").read_text())
+        assert member["group"]["mode"] == "stacked" and member["group"]["size"] == 4, member["group"]
+        assert member["source_ckpt"] == alone[(s, d)]["source_ckpt"]  # its own pretrain seed's source model
+        _assert_same_run(alone[(s, d)], member)
+    assert alone[(0, 0)]["train_indices"] == alone[(1, 0)]["train_indices"] != alone[(0, 1)]["train_indices"]

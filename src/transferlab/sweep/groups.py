@@ -1,7 +1,9 @@
 """Vectorised seed groups (`hydra.sweeper.vectorize=seeds`): which pending points one job trains together.
 
-Points whose overrides are equal but for the replicate keys (`seed`, `data_seed`, `pretrain.seed`:
-`run.identity.REPLICATES`) are one config at K seeds; they form a group of at most `max_size` members, in name
+Points whose overrides are equal but for the values of the replicate keys (`seed`, `data_seed`, `pretrain.seed`:
+`run.identity.REPLICATES`), and that set the same replicate keys, are one config at K seeds (a point that leaves
+`data_seed` to its default is another config than a sibling that sets it, so it never takes that sibling's value);
+they form a group of at most `max_size` members, in name
 order. The group's first point gets the job, with `group=<its folder>/group.json` naming every member's folder,
 replicate values and fingerprint (`run.group` trains them). Points alone in their group are launched as usual.
 Torch-free: the sweeper imports it before any job runs.
@@ -39,7 +41,8 @@ def group(points: list[Point], max_size: int) -> list[list[Point]]:
     each), in the order of their first point; a point with no sibling is a unit of one."""
     by_key: dict[tuple, list[Point]] = {}
     for p in points:
-        by_key.setdefault(tuple(sorted(o for o in p.overrides if _key(o) not in REPLICATES)), []).append(p)
+        rest = tuple(sorted(o for o in p.overrides if _key(o) not in REPLICATES))
+        by_key.setdefault((rest, tuple(sorted(replicates(p)))), []).append(p)
     units = []
     for members in by_key.values():
         members = sorted(members, key=lambda p: p.name)
