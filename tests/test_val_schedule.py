@@ -156,6 +156,7 @@ def test_the_schedule_is_part_of_the_run_identity(make_cfg):
     (("train.val_every_steps=0",), "train.val_every_steps"),
     (("train.val_checks=-2",), "train.val_checks"),
     (("target.val_cap_per_class=0",), "target.val_cap_per_class"),
+    (("+trainer.check_val_every_n_epoch=5",), "trainer.check_val_every_n_epoch"),
 ])
 def test_bad_schedule_values_are_refused_before_training(make_cfg, tmp_path, overrides, key):
     with pytest.raises(ConfigError) as e:

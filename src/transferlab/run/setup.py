@@ -153,6 +153,9 @@ def check_budget(cfg: DictConfig) -> list[Problem]:
         if v is not None and v < 1:
             out.append(problem(f"train.{name}", v, "null or an integer >= 1 (training/budget.py: the validation "
                                                    "schedule)"))
+    if cfg.trainer.get("check_val_every_n_epoch") is not None:  # the schedule sets it epoch by epoch
+        out.append(problem("trainer.check_val_every_n_epoch", cfg.trainer.check_val_every_n_epoch,
+                           "unset: validation runs on train.val_every_steps or train.val_checks"))
     if cfg.transfer.get("source_compute") and cfg.source.kind == "none":
         out.append(problem("transfer.source_compute", True, "false with source=none: the backbone's own weights "
                                                             "have no pretraining steps to match (scratch_long needs "

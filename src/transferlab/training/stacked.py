@@ -119,7 +119,7 @@ def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: lis
         return "gradient clipping by norm is not elementwise per member"
     if int(trainer.get("accumulate_grad_batches") or 1) != 1:
         return "gradient accumulation"
-    if trainer.get("check_val_every_n_epoch") not in (None, 1) or trainer.get("overfit_batches") or any(
+    if trainer.get("overfit_batches") or any(
             trainer.get(k) is not None and not (isinstance(trainer.get(k), float) and trainer.get(k) == 1.0)
             for k in ("val_check_interval", "limit_val_batches", "limit_train_batches")):
         return "a validation or batch schedule other than every epoch, every batch"
