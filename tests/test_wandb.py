@@ -150,3 +150,33 @@ def test_mode_is_per_run_and_final_metrics_land_in_summary(make_cfg, tmp_path, m
     assert "bad" not in s and summary["exit_code"] == 0
     assert summary["config"]["freeze"] == 1 and summary["config"]["job_type"] == "target"
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def test_a_vectorised_group_logs_each_member_live_into_its_own_run(tmp_path):
+    """Two seeds trained as one stacked group, logger=wandb: each member has exactly one W&B run of its own, holding
+    its own curve (the checks in its result.json) and its test metrics, finished ok; the two runs were open at the
+    same time (each member's curve reached its run while the group trained, not after it ended)."""
+    sweep = tmp_path / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        p = run_cli("-m", "pretrain.max_epochs=2", "train.max_epochs=12", "trainer.enable_progress_bar=false",
+                    "target.n_per_class=2", "transfer.freeze=2", "seed=0,1", "logger=wandb", "name=wb_group",
+                    "train.val_every_steps=2", "hydra.sweeper.vectorize=seeds", f"hydra.sweep.dir={sweep}",
+                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    times = {}
+    for path in sorted(sweep.rglob("result.json")):
+        rec = RunRecord.read(path)
+        assert rec.group["mode"] == "stacked"
+        summary, records = inspect(only_run(path.parent))
+        run = run_record(records)
+        assert run["run_group"] == "wb_group" and summary["exit_code"] == 0 and summary["state"] == "finished"
+        history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+        vals = [h for h in history if "val/acc" in h]
+        assert [v["val/acc"] for v in vals] == pytest.approx(rec.metrics.val_acc_history)
+        assert [int(v["epoch"]) + 1 for v in vals] == rec.metrics.val_epoch_history == [2, 4, 6, 8, 10, 12]
+        assert summary["summary"]["test/acc"] == pytest.approx(rec.metrics.test_acc)
+        stamps = [float(h["_timestamp"]) for h in history if "train/loss" in h]
+        times[rec.seed] = (min(stamps), max(stamps))
+    assert sorted(times) == [0, 1]
+    assert times[1][0] < times[0][1] and times[0][0] < times[1][1]  # interleaved: both runs live during the fit

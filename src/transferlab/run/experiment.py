@@ -192,13 +192,13 @@ class Experiment:
         self.module = TransferModule(net, target.num_classes, optim={**plain(cfg.train), "max_epochs": budget.epochs},
                                      plan=plan, input_block=self.cache.start)  # plan.trains groups, lr_decay, L2-SP
 
-    def open_logger(self):
-        """The run's CSV/W&B logger (one W&B run per job; opened just before its fit, so that a group's members
-        never hold two W&B runs at once)."""
+    def open_logger(self, concurrent: bool = False):
+        """The run's CSV/W&B logger, opened just before its fit. `concurrent`: a stacked group's members each
+        hold their own W&B run at once (`training.loggers`)."""
         record = self.record
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         axes["arm"] = self.prep.plan.arm  # scratch and freeze=0 both have freeze=0
-        self.logger = make_logger(self.cfg, self.run_dir, "target",
+        self.logger = make_logger(self.cfg, self.run_dir, "target", concurrent=concurrent,
                                   axes={**axes, **source_config(record.source_cache, record.source_metrics)})
         return self.logger
 

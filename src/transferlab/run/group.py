@@ -128,6 +128,8 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int,
                 failures.append(f"{e.run_dir.name}: {type(err).__name__}: {err}")
         return failures
     log.info("vectorize: %d members of %s train as one stacked model", len(exps), leader)
+    for e, m in zip(exps, mem):  # every member's own W&B run (or CSV log) open now: curves arrive while it trains
+        m.logger = e.open_logger(concurrent=True)
     try:
         fits = stacked.fit_stacked(mem, max_epochs=exps[0].prep.budget.epochs, trainer_cfg=cfg.trainer,
                                    val_epochs=exps[0].prep.budget.val_epochs)
@@ -139,7 +141,7 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int,
     for e, m, fit in zip(exps, mem, fits):
         e.t0 = time.perf_counter() - share
         try:
-            e.close(stacked.test_member(m, fit, trainer_cfg=cfg.trainer, logger=e.open_logger()))
+            e.close(stacked.test_member(m, fit, trainer_cfg=cfg.trainer))
         except Exception as err:
             e.fail(err)
             failures.append(f"{e.run_dir.name}: {type(err).__name__}: {err}")

@@ -7,6 +7,11 @@ group by `freeze` or `arm` and plot against `n_per_class`) and, for a target run
 none), summary = the final metrics, finished with a failing exit code when the job failed. The mode is passed to
 each `wandb.init`; `WandbLogger(offline=True)` would set WANDB_MODE for the whole process and leak into later
 multirun jobs.
+
+A vectorised seed group (`run.group`) holds one W&B run per member open at once, so that each member's curves
+reach its own run while the group trains (`concurrent=True`: `wandb.init(reinit="create_new")`, each logger bound
+to its own run object, finished by `finish_logger` through that object, never through the process-wide
+`wandb.run`).
 """
 
 from __future__ import annotations
@@ -61,7 +66,9 @@ def source_config(status: str | None, meta: dict[str, Any] | None) -> dict[str, 
             **{f"source_model.wandb_{k}": ref.get(k) for k in ("id", "name", "project", "group")}}
 
 
-def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | None = None):
+def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | None = None, concurrent: bool = False):
+    """The job's logger (False for none). `concurrent`: W&B runs of other loggers stay open beside this one (a
+    vectorised group's members); each is bound to its own run (see the module docstring)."""
     kind = str(cfg.logger.kind)
     if kind == "none":
         return False
@@ -86,12 +93,15 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
         def build(mode: str) -> WandbLogger:
             import wandb
 
-            return WandbLogger(
-                project=w.project, entity=w.entity, group=str(w.group or cfg.name),
-                job_type=job_type, tags=wandb_tags(cfg), name=wandb_run_name(cfg, job_type, axes),
-                save_dir=str(run_dir), mode=mode, config=config, reinit="finish_previous",
-                settings=wandb.Settings(init_timeout=float(w.init_timeout)),
-            )
+            init = dict(project=w.project, entity=w.entity, group=str(w.group or cfg.name), job_type=job_type,
+                        tags=wandb_tags(cfg), name=wandb_run_name(cfg, job_type, axes), mode=mode, config=config,
+                        settings=wandb.Settings(init_timeout=float(w.init_timeout)))
+            if concurrent:  # Lightning's WandbLogger would reuse the process's current run: give it its own
+                run = wandb.init(**init, dir=str(run_dir), reinit="create_new")
+                logger = WandbLogger(experiment=run, save_dir=str(run_dir))
+                logger.own_run = run
+                return logger
+            return WandbLogger(**init, save_dir=str(run_dir), reinit="finish_previous")
 
         mode = str(w.mode)
         logger = build(mode)
@@ -122,6 +132,14 @@ def finish_logger(logger, failed: bool, summary: dict[str, Any] | None = None) -
     (test/acc, best val/acc, epochs, ...), exit code 1 on failure so a failed job never shows as finished."""
     from lightning.pytorch.loggers import WandbLogger
 
+    own = getattr(logger, "own_run", None)  # make_logger(concurrent=True): finish exactly this logger's run
+    if own is not None:
+        final = _scalars(summary)
+        if final:
+            own.summary.update(final)
+        own.summary["status"] = "failed" if failed else "ok"
+        own.finish(exit_code=1 if failed else 0)
+        return
     # logger=None: the job failed before its target logger existed; a source W&B run may still be open.
     wandb = sys.modules.get("wandb")
     if isinstance(logger, WandbLogger) or (logger is None and wandb is not None):

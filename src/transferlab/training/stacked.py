@@ -69,6 +69,7 @@ class Member:
     rng: torch.Tensor  # the global CPU RNG state its separate fit would start from
     select: str = "best_val"
     select_epoch: int | None = None
+    logger: Any = None  # its own CSV/W&B logger: its curves are logged there epoch by epoch while the group trains
 
 
 @dataclass
@@ -319,8 +320,24 @@ class StackedModule(L.LightningModule):
         for k in range(self.k):
             if self.alive[k] and self._train_n:
                 self.fits[k].train_loss.append(float(self._train_sum[k] / self._train_n))
-        if self.val_epochs is None or int(self.current_epoch) + 1 in self.val_epochs:
+        epoch = int(self.current_epoch) + 1
+        validated = self.val_epochs is None or epoch in self.val_epochs
+        if validated:
             self._validate()
+        self._log_members(epoch, validated)
+
+    def _log_members(self, epoch: int, validated: bool) -> None:
+        """Each living member's epoch into its own logger, as its single run logs it (train/loss every epoch,
+        val/* at the checks; step = the 0-based epoch), while the group trains."""
+        for k, (member, fit) in enumerate(zip(self.members, self.fits)):
+            if not member.logger or not self.alive[k]:
+                continue
+            row: dict[str, Any] = {"epoch": epoch - 1}
+            if len(fit.train_loss) >= epoch:
+                row["train/loss"] = fit.train_loss[epoch - 1]
+            if validated and fit.history["epoch"] and fit.history["epoch"][-1] == epoch:
+                row["val/acc"], row["val/loss"] = fit.history["val/acc"][-1], fit.history["val/loss"][-1]
+            member.logger.log_metrics(row, step=epoch - 1)
 
     def _validate(self) -> None:
         """Every member on its validation set after each scheduled epoch (training/budget.py), as a single run
@@ -418,9 +435,11 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epoc
     return module.fits
 
 
-def test_member(member: Member, fit: MemberFit, *, trainer_cfg, logger=False) -> FitOutcome:
+def test_member(member: Member, fit: MemberFit, *, trainer_cfg) -> FitOutcome:
     """Write the member's selected model as its best.ckpt (the format `fit_and_test` writes) and test it once from
-    that file with the member's own module, so its test metrics come from the code a separate run uses."""
+    that file with the member's own module, so its test metrics come from the code a separate run uses (logged to
+    the member's logger, which got its curves during the fit)."""
+    logger = member.logger or False
     if fit.error is not None:
         raise fit.error
     if fit.kept_state is None:
@@ -433,15 +452,6 @@ def test_member(member: Member, fit: MemberFit, *, trainer_cfg, logger=False) ->
         "epoch": fit.selected_epoch - 1, "global_step": fit.selected_step,
         "pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(),
     }, best)
-    if logger:
-        checks = {e: (a, v) for e, a, v in zip(fit.history["epoch"], fit.history["val/acc"], fit.history["val/loss"])}
-        for epoch in sorted(set(range(1, len(fit.train_loss) + 1)) | set(checks)):  # as a single run logs them
-            row: dict[str, Any] = {"epoch": epoch - 1}
-            if epoch in checks:
-                row["val/acc"], row["val/loss"] = checks[epoch]
-            if epoch - 1 < len(fit.train_loss):
-                row["train/loss"] = fit.train_loss[epoch - 1]
-            logger.log_metrics(row, step=epoch - 1)
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(logger=logger, enable_checkpointing=False, enable_model_summary=False, plugins=plugins,
