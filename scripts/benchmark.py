@@ -29,7 +29,19 @@ as wall time; peak memory is the child's own max RSS (os.wait4). Rows:
    seed-0 points; compared as points per hour). The source models (one per pretrain seed) are cached beforehand.
    On a machine with a GPU the row runs there (the default accelerator) and says so.
 
-    python scripts/benchmark.py --rows 7          # one row (any comma list of 1-8)
+9. six tiny digits points (`transfer=scratch`, n_per_class=1,2,5 x seeds 0,1, the presets' 320-step floor) as one
+   multirun under today's defaults (validation once per 8 steps, `train.val_every_steps`) vs one process of a bare
+   PyTorch loop doing the same points with the same steps and one validation pass per 8 steps: whole processes.
+10. the cost of an answer, before vs after issue 24, end to end from an empty cache (source pretraining included):
+   the digits `experiment=freeze_vs_n` preset (shrunk by --preset-sweep) and a freeze-depth sweep on 28x28 data
+   (generated here: digits 0-4 as the source, 5-9 as the target with its own 524-image val split; small_cnn,
+   n = 1, 5, 20, 50, freeze 0, 2, all and scratch, 3 seeds: 48 points). "before": `--before REV` runs the code of
+   that git revision (a worktree), else today's code with the old settings (validation after every epoch, no
+   vectorised groups); "after": today's presets. Side by side in this run, and the summary's change: each arm's
+   mean test accuracy per n, after minus before (the schedule changes which checkpoint is selected).
+
+    python scripts/benchmark.py --rows 7          # one row (any comma list of 1-10)
+    python scripts/benchmark.py --rows 10 --before 6c5eed6   # row 10 against the code before issue 24
 """
 
 from __future__ import annotations
@@ -74,6 +86,51 @@ def make_data(path: Path, n_train=2000, n_val=200, n_test=500, classes=10, seed=
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path
+
+
+def make_digits28(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Row 10's 28x28 task pair from sklearn's digits (upscaled, shifted by up to 2 pixels, noisy; uint8 N x 1 x 28
+    x 28): the source, digits 0-4 (train only), and the target, digits 5-9 with its own val split of 524 images
+    (as a medical set has) and a test split, each split drawn from its own base images."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(seed)
+    d = load_digits()
+    base = torch.nn.functional.interpolate(torch.from_numpy(d.images[:, None] / 16.0), size=(24, 24),
+                                           mode="bilinear", align_corners=False).numpy()
+
+    def draw(idx, count):
+        pick = rng.choice(idx, size=count, replace=count > len(idx))
+        out = np.zeros((count, 1, 28, 28))
+        for i, j in enumerate(pick):
+            dy, dx = rng.integers(0, 5, size=2)
+            out[i, 0, dy:dy + 24, dx:dx + 24] = base[j, 0]
+        out = np.clip(out * 255 + rng.normal(0, 20, size=out.shape), 0, 255).astype(np.uint8)
+        return out, d.target[pick].astype(np.int64)
+
+    low, high = np.flatnonzero(d.target < 5), rng.permutation(np.flatnonzero(d.target >= 5))
+    folder.mkdir(parents=True, exist_ok=True)
+    xs, ys = draw(low, 3000)
+    np.savez(folder / "digits28_0to4.npz", x_train=xs, y_train=ys)
+    arrays = {}
+    for split, idx, count in (("train", high[:500], 2500), ("val", high[500:700], 524), ("test", high[700:], 1000)):
+        arrays[f"x_{split}"], y = draw(idx, count)
+        arrays[f"y_{split}"] = y - 5
+    np.savez(folder / "digits28_5to9.npz", **arrays)
+    return folder / "digits28_0to4.npz", folder / "digits28_5to9.npz"
+
+
+def arm_means(folder: Path) -> dict[str, float]:
+    """Mean test accuracy per point folder name without its seed (one arm at one n), over the seeds."""
+    by: dict[str, list[float]] = {}
+    for p in folder.rglob("result.json"):
+        rec = json.loads(p.read_text())
+        if rec.get("status") == "ok":
+            arm = ",".join(part for part in p.parent.name.split(",") if not part.startswith("seed="))
+            by.setdefault(arm, []).append(rec["metrics"]["test/acc"])
+    return {k: statistics.mean(v) for k, v in by.items()}
 
 
 # ----------------------------------------------------------------------------- bare PyTorch (child process)
@@ -137,10 +194,11 @@ def bare(kind: str, data: str, epochs: int, batch_size: int, lr: float = 1e-3, w
     print(json.dumps({"val": best, "test": evaluate(*t["test"])}))
 
 
-def bare_digits(points: str, batch_size: int = 32, lr: float = 1e-3, wd: float = 1e-4) -> None:
-    """Row 7's bare loop: small_cnn's layers in plain PyTorch on sklearn's digits 5-9, AdamW, val every epoch, test
-    the best. `points`: n:epochs:n_val:n_test:seed,... run in order in this process, each timed from its data on;
-    one JSON line per point."""
+def bare_digits(points: str, batch_size: int = 32, lr: float = 1e-3, wd: float = 1e-4, val_every: int = 1) -> None:
+    """Rows 7 and 9's bare loop: small_cnn's layers in plain PyTorch on sklearn's digits 5-9, AdamW, val after every
+    epoch in which the step count passes a multiple of `val_every` (1: every epoch) and after the last, test the
+    best. `points`: n:epochs:n_val:n_test:seed,... run in order in this process, each timed from its data on; one
+    JSON line per point."""
     import copy
 
     import numpy as np
@@ -178,17 +236,21 @@ def bare_digits(points: str, batch_size: int = 32, lr: float = 1e-3, wd: float =
                 out = model(xe)
             return float(loss_fn(out, ye)), float((out.argmax(1) == ye).float().mean())
 
-        best, best_state = -1.0, None
-        for _ in range(epochs):
+        best, best_state, steps = -1.0, None, 0
+        for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(yt), generator=gen)
+            before = steps
             for i in range(0, len(yt), batch_size):
                 idx = order[i:i + batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-            _, acc = evaluate(xv, yv)  # val loss and accuracy every epoch, as transferlab records them
+                steps += 1
+            if steps // val_every == before // val_every and epoch + 1 < epochs:
+                continue
+            _, acc = evaluate(xv, yv)  # val loss and accuracy, as transferlab records them
             if acc > best:
                 best, best_state = acc, copy.deepcopy(model.state_dict())
         model.load_state_dict(best_state)
@@ -269,14 +331,19 @@ def main() -> None:
                     help="row 8: overrides shrinking experiment=freeze_vs_n, run at its 5 seeds (default: %(default)s)")
     ap.add_argument("--tiny-seeds", type=int, default=3, help="row 7: seeds per n (medians)")
     ap.add_argument("--repeat", type=int, default=3, help="row 1: bare/transferlab pairs, alternating order")
+    ap.add_argument("--preset-sweep", nargs="*", default=[],
+                    help="row 10: overrides shrinking experiment=freeze_vs_n (default: the whole preset)")
+    ap.add_argument("--before", help="row 10: the git revision whose code is 'before' (default: today's code with "
+                                     "the settings before issue 24)")
     ap.add_argument("--bare", choices=["scratch", "probe"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
     ap.add_argument("--bare-digits", help=argparse.SUPPRESS)
+    ap.add_argument("--val-every", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.bare_digits:
-        return bare_digits(a.bare_digits)
+        return bare_digits(a.bare_digits, val_every=a.val_every)
     if a.bare:
         return bare(a.bare, a.data, a.epochs, a.batch_size)
 
@@ -500,6 +567,83 @@ def main() -> None:
         notes.append(f"row 8: {stacked} of {n} points trained stacked (the others as their group's sequential "
                      f"fallback); largest test/acc difference between the vectorised and the sequential sweep "
                      f"{worst:.2g}")
+
+    # 9. six tiny points, whole processes: a multirun under the defaults vs a bare process validating every 8 steps
+    if "9" in want:
+        min_steps = 320 if not a.quick else 40
+        grid = ["transfer=scratch", "target.n_per_class=1,2,5", "seed=0,1", f"train.min_steps={min_steps}"]
+        tl_s, bare_s, recs = [], [], {}
+        for r in range(2):  # alternating: tl, bare, bare, tl
+            for who in (("tl", "bare") if r == 0 else ("bare", "tl")):
+                if who == "tl":
+                    say(f"six tiny points: one multirun ({r + 1}/2)")
+                    shutil.rmtree(work / "six_multirun", ignore_errors=True)
+                    tl_s.append(tl(grid, work, "six_multirun", work / "cache_9", multirun=True)["s"])
+                    recs = {(x["n_per_class"], x["seed"]): x for x in
+                            (json.loads(p.read_text()) for p in (work / "six_multirun").rglob("result.json"))}
+                    continue
+                if not recs:
+                    continue  # the bare side needs the multirun's sizes first
+                points = ",".join(f"{x['n_per_class']}:{x['metrics']['epochs']}:{x['n_val']}:{x['n_test']}:{x['seed']}"
+                                  for _, x in sorted(recs.items()))
+                say(f"six tiny points: bare loop, one process, val every 8 steps ({r + 1}/2)")
+                bare_s.append(timed([*me, "--bare-digits", points, "--val-every", "8"], work,
+                                    log=work / f"bare_six{r}.log")["s"])
+        checks = sorted({len(x["metrics"]["val/acc_history"]) for x in recs.values()})
+        t9, b9 = statistics.median(tl_s), statistics.median(bare_s)
+        rows.append((f"six tiny digits points (scratch, n=1,2,5 x 2 seeds, {min_steps}-step floor, "
+                     f"{'/'.join(map(str, checks))} validation checks each) as one multirun vs a bare process "
+                     f"validating every 8 steps, whole processes (median of 2)", f"{t9:.1f} s", f"{b9:.1f} s (bare)",
+                     f"{t9 / b9:.2f}", "<= 1.3"))
+        notes.append("row 9 runs (s): transferlab " + ", ".join(f"{x:.1f}" for x in tl_s) + "; bare "
+                     + ", ".join(f"{x:.1f}" for x in bare_s))
+
+    # 10. the cost of an answer, before vs after issue 24, from an empty cache each
+    if "10" in want:
+        src28, tgt28 = make_digits28(work / "digits28")
+        sweeps = {
+            "digits freeze_vs_n" + (f" ({' '.join(a.preset_sweep)})" if a.preset_sweep else ""):
+                ["experiment=freeze_vs_n", *a.preset_sweep],
+            "28x28 freeze_vs_n (48 points: n=1,5,20,50 x freeze 0,2,all + scratch x 3 seeds)":
+                ["experiment=freeze_vs_n", "source=npz", f"source.path={src28}", "source.name=digits28_0to4",
+                 "target=npz", f"target.path={tgt28}", "target.name=digits28_5to9", "target.n_per_class=1,5,20,50",
+                 "transfer.freeze=0,2,all", "seed=range(3)", "pretrain.max_epochs=10"],
+        }
+        if a.quick:
+            sweeps = {k: v + ["target.n_per_class=1,5", "seed=range(2)", "train.min_steps=40"]
+                      for k, v in sweeps.items()}
+        env_before, old = None, ["train.val_every_steps=1", "hydra.sweeper.vectorize=null"]
+        if a.before:
+            tree = work / "before_src"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), a.before], check=True,
+                           capture_output=True)
+            env_before, old = {"PYTHONPATH": str(tree / "src")}, []
+        try:
+            for i, (label, args) in enumerate(sweeps.items()):
+                times = {}
+                for side in (("before", "after") if i % 2 == 0 else ("after", "before")):
+                    say(f"{label}: {side}")
+                    extra = old if side == "before" else []
+                    base = [sys.executable, "-m", "transferlab.train", "-m", "logger=none",
+                            "trainer.enable_progress_bar=false", f"paths.cache_dir={work / f'cache10_{i}_{side}'}"]
+                    times[side] = timed([*base, *args, *extra, f"hydra.sweep.dir={work / f'sweep10_{i}_{side}'}"],
+                                        work, env=env_before if side == "before" else None,
+                                        log=work / f"sweep10_{i}_{side}.log")["s"]
+                before, after = (arm_means(work / f"sweep10_{i}_{side}") for side in ("before", "after"))
+                n_points = sum(1 for _ in (work / f"sweep10_{i}_after").rglob("result.json"))
+                delta = [after[k] - before[k] for k in before if k in after]
+                rows.append((f"{label}, {n_points} points, end to end from an empty cache: after vs before issue 24",
+                             f"{times['after']:.0f} s", f"{times['before']:.0f} s (before"
+                             + (f", code of {a.before})" if a.before else ", old settings)"),
+                             f"{times['before'] / times['after']:.1f}x faster", ">= 3x"))
+                worst = max(delta, key=abs) if delta else float("nan")
+                notes.append(f"row 10, {label}: mean test accuracy per arm and n, after minus before, over "
+                             f"{len(delta)} cells: mean {statistics.mean(delta):+.4f}, largest {worst:+.4f} "
+                             f"(the schedule selects among fewer checks)")
+        finally:
+            if a.before:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "before_src")],
+                               capture_output=True)
 
     acc = ""
     if {"1", "2"} <= set(want):
