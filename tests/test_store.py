@@ -117,6 +117,31 @@ def test_a_damaged_cache_entry_is_set_aside_recomputed_once_then_hit(tmp_path, c
     assert status == "hit" and len(calls) == 2 and torch.equal(again["w"], obj["w"]) and not _warnings(caplog)
 
 
+def test_saved_files_are_hashed_as_written_never_read_back(tmp_path, monkeypatch):
+    """`verified.save` (cache entries) and `SafeCheckpointIO` (checkpoints) hash the bytes on their way to the temp
+    file: the sidecar is the sha256 of the file's bytes, without reading the file back; a checkpoint's bytes are
+    the ones Lightning's own save writes."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    def no_read_back(f):
+        raise AssertionError("a file was read back to be hashed")
+
+    ckpt = {"state_dict": {"w": torch.randn(300, 300), "b": torch.arange(7)}, "epoch": 3}
+    TorchCheckpointIO().save_checkpoint(ckpt, tmp_path / "lightning.ckpt")
+    monkeypatch.setattr(verified, "_sha256", no_read_back)
+    verified.save(tmp_path / "model.pt", ckpt)
+    checkpoints.SafeCheckpointIO().save_checkpoint(ckpt, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    for name in ("model.pt", "last.ckpt"):
+        data = (tmp_path / name).read_bytes()
+        assert verified.sidecar(tmp_path / name).read_text() == f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+        assert verified.problem(tmp_path / name) is None
+        assert torch.equal(verified.load(tmp_path / name)["state_dict"]["w"], ckpt["state_dict"]["w"])
+    assert (tmp_path / "last.ckpt").read_bytes() == (tmp_path / "lightning.ckpt").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256", "lightning.ckpt",
+                                                          "model.pt", "model.pt.sha256"]  # no temp file left
+
+
 def test_a_reader_waits_for_a_writer_between_its_file_and_its_checksum(tmp_path, caplog):
     """Outside the lock a payload without checksum may be a write in progress: decided under the lock only."""
     from filelock import FileLock

@@ -7,9 +7,12 @@ Every payload we derive and later read back (cached source `model.pt`, cached `f
 - meta.json stays what it is, a description for people, written by the cache that knows what to describe; the
   file that decides whether bytes are trusted holds nothing else.
 
-Writing: the payload goes to a temp file, is hashed from that file in chunks (the bytes just written), renamed
-into place, and then the sidecar is written atomically. A crash between the two renames leaves a payload with no
-(or a stale) checksum: it reads as failed and is recomputed, never trusted.
+Writing: the payload goes to a temp file, renamed into place, and then the sidecar is written atomically. A crash
+between the two renames leaves a payload with no (or a stale) checksum: it reads as failed and is recomputed, never
+trusted. `save` (every torch file: cache entries and, through `SafeCheckpointIO`, checkpoints) hashes the bytes as
+they go to the temp file (`write_stream`), so a checkpoint is not read back whole to be hashed; the writer sees
+a file with `write` and `flush` only (no `seek`), so what it wrote is exactly the bytes hashed, in order. A writer
+that needs a path (`write_with`) gets one, and the file is hashed from disk after it returns.
 
 Reading (`load`): the file is opened once, hashed, and unpickled from the same open file, so the bytes checked
 are the bytes used even if another process renames a new file into place meanwhile. Unpickling comes first, with
@@ -56,6 +59,12 @@ def _sha256(f: BinaryIO) -> str:
     return h.hexdigest()
 
 
+def _seal(path: Path, digest: str) -> None:
+    """Write `path`'s sidecar (atomically), after `path` itself is in place."""
+    with atomic_path(sidecar(path)) as tmp:
+        tmp.write_text(f"{digest}  {path.name}\n")
+
+
 def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """`write(tmp)` fills a temp file beside `path`; it is hashed, renamed to `path`, then sealed by its sidecar."""
     path = Path(path)
@@ -63,15 +72,49 @@ def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             digest = _sha256(f)
-    with atomic_path(sidecar(path)) as tmp:
-        tmp.write_text(f"{digest}  {path.name}\n")
+    _seal(path, digest)
+
+
+class _HashingWriter:
+    """A write-only binary stream over an open file that hashes every byte on its way to the file. No `seek` or
+    `tell`: a writer that would go back and rewrite bytes fails (AttributeError) instead of leaving a file whose
+    bytes differ from what was hashed."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self._hash = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        n, size = self._f.write(data), memoryview(data).nbytes
+        if n != size:  # a buffered file writes everything or raises; anything else must not be sealed
+            raise OSError(f"short write to {self._f.name}: {n} of {size} bytes")
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """`write(stream)` writes the payload to a stream into a temp file beside `path`, hashed as it is written; the
+    file is closed, renamed to `path`, then sealed by its sidecar (the same order and atomicity as `write_with`)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # the temp file atomic_path created: its mode stays
+            stream = _HashingWriter(f)
+            write(stream)
+        digest = stream.hexdigest()
+    _seal(path, digest)
 
 
 def save(path: str | os.PathLike, obj: Any) -> None:
-    """`torch.save` with a checksum (see `write_with`)."""
+    """`torch.save` with a checksum, hashed while written (see `write_stream`)."""
     import torch
 
-    write_with(path, lambda tmp: torch.save(obj, tmp))
+    write_stream(path, lambda stream: torch.save(obj, stream))
 
 
 def _expected(path: Path) -> tuple[str | None, str]:

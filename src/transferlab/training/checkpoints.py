@@ -27,11 +27,18 @@ log = logging.getLogger(__name__)
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO: writes via temp file + rename with a checksum sidecar; reads with
-    `weights_only=True` only and checks the checksum (a damaged file raises CorruptFileError, never loads)."""
+    `weights_only=True` only and checks the checksum (a damaged file raises CorruptFileError, never loads).
+
+    Saving is `verified.save`: `torch.save` streams into the temp file and the bytes are hashed as they are written
+    (the same bytes Lightning's own save gives: both serialise to a stream, not a named file). Lightning's save
+    would serialise into memory first, write that through an fsspec temp file of its own, and the file would then
+    be read back whole for its checksum."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        verified.write_with(path, lambda tmp: TorchCheckpointIO.save_checkpoint(self, checkpoint, tmp,
-                                                                               storage_options))
+        if storage_options is not None:  # as Lightning's TorchCheckpointIO
+            raise TypeError(f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by "
+                            f"{type(self).__name__}")
+        verified.save(path, checkpoint)
 
     def load_checkpoint(self, path, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
         return verified.load(path, map_location=map_location if map_location is not None else "cpu")
