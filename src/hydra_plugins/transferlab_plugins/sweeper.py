@@ -227,6 +227,23 @@ class TransferlabSweeper(BasicSweeper):
 
             units = groups.group([p for p in points if p.status == "pending"], self.vectorize_max)
             print(f"vectorize={self.vectorize}: {todo} points in {len(units)} jobs", flush=True)
+        if todo:  # the cost preview: short probes in a temporary folder (transferlab.sweep.preview)
+            from transferlab.sweep import preview
+
+            def config_of(p: Any) -> DictConfig:
+                cfg = self._point_config(list(p.overrides), p.dir)
+                with read_write(cfg):
+                    OmegaConf.resolve(cfg)  # as this point's job will resolve it, whichever point is composed next
+                return cfg
+
+            master = HydraConfig.instance().cfg
+            try:
+                preview.show([p for p in points if p.status == "pending"], config_of, hydra_cfg=self.config.hydra,
+                             vectorize=self.vectorize, vectorize_max=self.vectorize_max)
+            finally:
+                HydraConfig.instance().cfg = master
+                self._bases.clear()
+            sys.stdout.flush()
         print(f"sweep {name}: {todo} to run, {done} done (dry run: nothing launched)", flush=True)
         return []
 
