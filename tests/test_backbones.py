@@ -42,6 +42,47 @@ def test_resnet18_blocks_shapes_and_avg_pool_head():
     assert net.backbone.block_names == ["stem", "layer1", "layer2"]
 
 
+@pytest.mark.parametrize("cfg, shape", [(RESNET18, (3, 32, 32)),
+                                        (OmegaConf.create({"family": "small_cnn", "name": "small_cnn",
+                                                           "channels": [8, 16], "hidden": [32], "dropout": 0.1,
+                                                           "weights": None}), (1, 8, 8))])
+def test_the_setup_checks_structure_is_the_backbone_on_the_meta_device(cfg, shape):
+    """`build_structure` (what `run/setup.prepare` checks the plan against) has the real build's blocks, parameter
+    names, modules and output shapes, on the meta device: no tensor initialised, no random number drawn."""
+    from transferlab.backbones import build_structure
+
+    meta, real = build_structure(cfg, shape), build_backbone(cfg, shape)
+    assert all(p.is_meta for p in meta.parameters())
+    assert [n for n, _ in meta.blocks.named_parameters()] == [n for n, _ in real.blocks.named_parameters()]
+    assert [type(m) for m in meta.modules()] == [type(m) for m in real.modules()]
+    assert meta.output_shapes() == real.output_shapes()
+    state = torch.get_rng_state()
+    build_structure(cfg, shape)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_a_run_builds_its_backbone_once(make_cfg, monkeypatch):
+    """A scratch run builds one real backbone: the setup checks read the structure built on the meta device (before:
+    one real backbone for the checks, one for the run)."""
+    from importlib import import_module
+
+    from transferlab.backbones import FAMILIES
+
+    resnet = import_module(FAMILIES["resnet"])
+    builds = []
+    original = resnet.build
+
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
+        builds.append(next(out.parameters()).is_meta)
+        return out
+
+    monkeypatch.setattr(resnet, "build", counting)
+    record = run(make_cfg("transfer=scratch", "backbone=resnet18", "target.n_per_class=2", "train.max_epochs=1",
+                          "target.channels=3", "target.image_size=32"))
+    assert record["status"] == "ok" and builds == [True, False]  # the checks' structure, then the run's backbone
+
+
 @pytest.mark.parametrize("fmt", ["torchvision", "checkpoint"])
 def test_resnet_weights_file_loads_exactly(tmp_path, fmt):
     torch.manual_seed(3)

@@ -61,6 +61,33 @@ def build_backbone(cfg, input_shape: tuple[int, ...], load_weights: bool = True)
     return load_into(module.build(cfg, shape), state, str(weights))
 
 
+# Families whose `build` only constructs modules (no forward check against a library model, no weights): their
+# structure can be built on the meta device. timm's builds run their blocks against timm's own forward.
+META_BUILDS = ("small_cnn", "mlp", "resnet")
+
+
+def build_structure(cfg, input_shape: tuple[int, ...]) -> BlockBackbone:
+    """The backbone's blocks, modules and parameter names for checks that read only those (`run/setup.prepare`:
+    the transfer plan's block and parameter names, PEFT targets): built on the meta device where the family allows
+    it (no tensor allocated or initialised, no random number drawn; `output_shapes` works there too), so a run
+    builds its real backbone once. With `backbone.weights` set, or for other families, it is `build_backbone`
+    itself: those checks read the weights file, or run the blocks. Raises what `build_backbone` raises for this
+    config and input shape (a meta build that fails is retried as a real one, which reports its own error)."""
+    import torch
+
+    family = family_of(cfg)
+    if family not in META_BUILDS or cfg.get("weights") is not None:
+        return build_backbone(cfg, input_shape)
+    module = import_module(FAMILIES[family])
+    try:
+        with torch.device("meta"):
+            return module.build(cfg, tuple(input_shape))
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - the real build raises it again (or builds): its error is the one reported
+        return build_backbone(cfg, input_shape)
+
+
 def block_count(cfg) -> int:
     """How many blocks this backbone config has, without data or weights (the sweeper's `transfer.freeze=
     all_depths`): the family's own count (timm models, built on the meta device), else the blocks of a meta-device
@@ -77,4 +104,5 @@ def block_count(cfg) -> int:
         return len(module.build(cfg, (3, 32, 32)))
 
 
-__all__ = ["BlockBackbone", "build_backbone", "block_count", "FAMILIES", "family_of", "backbone_label"]
+__all__ = ["BlockBackbone", "build_backbone", "build_structure", "block_count", "FAMILIES", "family_of",
+           "backbone_label"]

@@ -55,8 +55,8 @@ class BlockBackbone(nn.Module):
         if self._shapes is None:
             modes = {m: m.training for m in self.modules()}
             self.eval()
-            with torch.no_grad():
-                x = torch.zeros((1, *self.input_shape))
+            with torch.no_grad():  # on the blocks' device: a structure built on the meta device has shapes too
+                x = torch.zeros((1, *self.input_shape), device=next(self.parameters(), torch.empty(0)).device)
                 shapes = [tuple(x.shape[1:])]
                 for block in self.blocks.values():
                     x = block(x)

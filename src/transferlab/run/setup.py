@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from transferlab.backbones import FAMILIES, BlockBackbone, build_backbone, family_of
+from transferlab.backbones import FAMILIES, BlockBackbone, build_structure, family_of
 from transferlab.errors import ConfigError, Problem, problem
 from transferlab.run import identity
 from transferlab.tasks import TaskData, build_task
@@ -392,7 +392,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     shaped = ctx.target or ctx.source
     if shaped is not None:
         try:
-            ctx.backbone = build_backbone(cfg.backbone, shaped.input_shape)
+            # structure only (meta device where the family allows it): the run builds the real one, once
+            ctx.backbone = build_structure(cfg.backbone, shaped.input_shape)
         except ConfigError as e:
             problems.extend(e.items)
         except (ValueError, RuntimeError) as e:
