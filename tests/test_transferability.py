@@ -53,6 +53,24 @@ def test_a_run_records_its_scores_on_its_training_subset(make_cfg):
         assert s["methods"][m]["value"] == pytest.approx(by_hand[m], rel=1e-5, abs=1e-6), m
 
 
+def test_a_pooled_linear_probe_scores_the_cached_head_inputs(make_cfg):
+    """A linear probe whose cache holds the head's pooled input (resnet18 on 64 x 64: layer4 maps of 2 x 2) scores
+    those vectors as they are instead of running the backbone over the training subset again; the values are the
+    ones the uncached run computes from its inputs."""
+    common = ("source=none", "backbone=resnet18", "transfer=linear_probe", "target.channels=3",
+              "target.image_size=64", "target.n_per_class=5", "train.max_epochs=1")
+    on = run(make_cfg(*common, "train.feature_cache=on", run="on"))
+    off = run(make_cfg(*common, "train.feature_cache=off", run="off"))
+    assert on["feature_cache"]["pooled"] and on["feature_cache"]["status"] == "miss"
+    a, b = on["scores"]["inputs"]["features"], off["scores"]["inputs"]["features"]
+    assert a["from"].startswith("feature cache") and "pooled" in a["from"] and b["from"] == "inputs"
+    assert {k: a[k] for k in ("block", "shape", "dim", "pooling")} == {k: b[k] for k in ("block", "shape", "dim",
+                                                                                        "pooling")}
+    assert a["shape"] == [512, 2, 2] and a["pooling"] == "global average"
+    for m in ("logme", "hscore"):
+        assert on["scores"]["methods"][m]["value"] == pytest.approx(off["scores"]["methods"][m]["value"], rel=1e-4)
+
+
 def test_features_are_read_as_the_head_reads_them():
     maps = torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2)
     assert pooled(maps, "avg").tolist() == [[1.5, 5.5, 9.5], [13.5, 17.5, 21.5]]  # resnet/timm heads pool

@@ -161,13 +161,23 @@ def score(methods: list[str], labels: np.ndarray, features: np.ndarray | None, p
 
 def _run_features(cfg, task, net: TransferNet, cache, cut: int, device: torch.device) -> tuple[np.ndarray, dict]:
     """Pooled features at the cut of the run's training subset, starting from the feature cache's prefix outputs
-    when this process holds them (they are the copied blocks' outputs too)."""
+    when this process holds them (they are the copied blocks' outputs too). A pooled entry (a linear probe's: the
+    head's input, past every block) is these features themselves when the cut is the top: read as they are, no
+    block runs; at a cut below the top only an unpooled entry is usable."""
     from transferlab.store import feature_cache
 
     idx = torch.as_tensor(task.train_indices, dtype=torch.long)
-    # a pooled entry holds the head's input: past every block, so usable at a cut below the top only unpooled
-    usable = cache.use and cache.depth <= cut and not cache.pooled
+    top = cache.pooled and cache.depth == cut  # the head's reduction is `pooled`'s (tests/test_transferability.py)
+    usable = cache.use and cache.depth <= cut and (top or not cache.pooled)
     held = feature_cache.remembered(cache.key) if usable else None
+    if held is not None and top:
+        t0 = time.perf_counter()
+        feats = held["train"][idx].float().double().numpy()
+        pool = str(net.backbone.pool)
+        return feats, {"block": net.backbone.block_names[cut - 1], "shape": list(net.backbone.output_shape(cut)),
+                       "dim": feats.shape[1], "pooling": POOLING.get(pool, "flatten"),
+                       "from": f"feature cache ({cache.status}), pooled as the head reads it",
+                       "time_s": time.perf_counter() - t0}
     if held is not None:
         x, start = held["train"][idx], cache.depth
         source = f"feature cache ({cache.status}) after {cache.depth} block(s)"
