@@ -48,6 +48,8 @@ class PlanSchedule(L.Callback):
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = int(trainer.current_epoch)
+        if self.history and self.plan.strategy == "fixed":
+            return  # one trainable set all fit, applied at fit start (modes kept by TransferNet.train and Lightning)
         training = tuple(apply_epoch(pl_module.net, self.plan, epoch))
         if not self.history or self.history[-1][1] != training:
             self.history.append((epoch, training))
