@@ -20,7 +20,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # Shrinks every run: few epochs, no progress bar. Tests add their own overrides after these.
-FAST = ["pretrain.max_epochs=4", "train.max_epochs=4", "trainer.enable_progress_bar=false"]
+# Validation after every epoch (train.val_every_steps=1): the tests of selection, curves, resume and caches read
+# a point per epoch of these 4-epoch fits; tests/test_val_schedule.py covers the default schedule (8 steps).
+FAST = ["pretrain.max_epochs=4", "train.max_epochs=4", "trainer.enable_progress_bar=false",
+        "train.val_every_steps=1"]
 # A tiny small_cnn (three conv blocks, one dense block) for tests that build nets directly, without the conf files.
 SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 16, 16], "hidden": [32], "dropout": 0.0},
                              flags={"readonly": True})  # shared by every module: none may change it

@@ -66,7 +66,8 @@ def test_extra_steps_come_after_floor_and_cap():
 def test_min_steps_gives_a_tiny_n_its_steps_and_the_record_says_so(make_cfg):
     """n=1 per class (5 examples, one step per epoch) with a 3-epoch budget and a 14-step floor: 14 epochs and 14
     optimizer steps done, recorded, validated once per 8 steps and after the last (the default schedule)."""
-    rec = run(make_cfg("target.n_per_class=1", "train.max_epochs=3", "train.min_steps=14", *QUIET))
+    rec = run(make_cfg("target.n_per_class=1", "train.max_epochs=3", "train.min_steps=14", "train.val_every_steps=8",
+                       *QUIET))
     b, m = rec["budget"], rec["metrics"]
     assert (b["steps_per_epoch"], b["target_steps"], b["epochs"], b["steps"]) == (1, 14, 14, 14)
     assert m["epochs"] == 14 and m["steps"] == 14 and len(m["val/acc_history"]) == 2

@@ -20,6 +20,7 @@ from transferlab.run.record import Metrics, RunRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["pretrain.max_epochs=2", "train.max_epochs=3", "trainer.enable_progress_bar=false", "pretrain.seed=0",
+        "train.val_every_steps=1",  # a curve of 3 points per run (the learning-curve figure)
         "target.n_per_class=2,5", "seed=0,1", "name=tiny_report"]
 
 

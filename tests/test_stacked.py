@@ -227,7 +227,8 @@ def test_groups_never_join_points_that_set_other_replicate_keys():
 def test_a_crossed_seed_data_seed_pretrain_seed_group_equals_its_separate_runs(make_cfg):
     """The crossed design of replicates (training seed x data draw, each seed its own source model): one stacked
     group of four members, each its separate run, with its own subset and its own source model."""
-    keys = ["logger=none", "transfer.freeze=1", "target.n_per_class=5", "train.batch_size=16", "train.max_epochs=6"]
+    keys = ["logger=none", "transfer.freeze=1", "target.n_per_class=5", "train.batch_size=16", "train.max_epochs=6",
+            "train.val_every_steps=4"]  # 2 steps per epoch: a check every other epoch, as the default does on short ones
     combos = [(0, 0), (1, 0), (0, 1), (1, 1)]  # (seed = pretrain.seed, data_seed)
     alone = {c: run(make_cfg(*keys, f"seed={c[0]}", f"data_seed={c[1]}", run=f"alone{c[0]}_{c[1]}"))
              for c in combos}

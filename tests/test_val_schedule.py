@@ -117,7 +117,7 @@ def test_a_real_run_validates_on_its_schedule_and_tests_the_hand_selected_check(
     """digits at n=2 (10 examples, one step per epoch) under a 48-step floor: 6 checks, one per 8 steps; the
     record's curve, epochs, selected epoch and convergence verdict agree with a hand computation on that curve, and
     test/acc is that checkpoint's accuracy recomputed here."""
-    cfg = make_cfg("target.n_per_class=2", "train.min_steps=48", *QUIET)
+    cfg = make_cfg("target.n_per_class=2", "train.min_steps=48", "train.val_every_steps=8", *QUIET)
     rec = run(cfg)
     m = rec["metrics"]
     assert rec["budget"]["val_epochs"] == [8, 16, 24, 32, 40, 48] == m["val/epoch_history"]

@@ -423,7 +423,8 @@ def test_freeze_vs_n_takes_every_freeze_depth_of_any_backbone(tmp_path, images):
     out = run_cli("-m", "experiment=freeze_vs_n", "hydra.sweeper.dry_run=true", "seed=0", "target.n_per_class=5",
                   "source=none", "target=npz", f"target.path={images}", *VIT, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    depths = sorted(ln.split("transfer.freeze=")[1] for ln in out.stdout.splitlines() if "transfer.freeze=" in ln)
+    depths = sorted(ln.split("transfer.freeze=")[1] for ln in out.stdout.splitlines()
+                    if ln.startswith("run ") and "transfer.freeze=" in ln)
     assert depths == ["0", "1", "2", "3", "4", "all"], out.stdout  # 5 blocks: embed, block0..2, norm
     with pytest.raises(ConfigError, match=r"transfer.freeze='all_depths': .* a sweep value: -m"):
         resolve_plan(OmegaConf.create({"freeze": "all_depths"}), ["embed", "block0", "norm"])  # one run: one depth
