@@ -196,7 +196,7 @@ def test_changed_config_reruns_point_in_same_folder(tmp_path):
 def test_parallel_jobs_share_one_source_pretrain_and_never_share_a_slot(tmp_path):
     leases = tmp_path / "leases"
     out = run_cli("-m", "experiment=freeze_vs_n", "hydra.sweeper.grids.scratch=null", "seed=0,1,2,3",
-                  "target.n_per_class=2", "transfer.freeze=0", "pretrain.seed=0",
+                  "target.n_per_class=2", "transfer.freeze=0", "pretrain.seed=0", "hydra.sweeper.vectorize=null",
                   "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=4", "lease.slots=2", f"lease.dir={leases}",
                   *TINY, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
