@@ -13,16 +13,19 @@ How it is made:
    the parameters that train and the block the batches enter at, PEFT, L2-SP, batch size, optimizer, precision,
    val and test sizes; `_shape_key`). The config is prepared once per arm (the point's config but for the seeds
    and the sample size); other sample sizes draw their subset as the task does (`tasks.sampling.draw_subset`).
-2. **Probe** each shape once (`probe`, injectable as `measure`): a real build and a real `fit_and_test` of a few
-   epochs (validating after each) on the shape's point with the most training examples, in a temporary folder
-   (outputs, checkpoints and the feature cache go there; the source model is a random stand-in of the same
-   architecture: its values do not change the time), with at most a few batches of each split. A callback times
-   every epoch, training batch, validation pass and test pass; around it are timed the run's opening (hashing,
-   checks, data), the build, the record. Other batch sizes are timed as bare optimizer steps and added to the
-   probe's per-batch time as a difference. A source pretraining is probed the same way; under
-   `hydra.sweeper.vectorize=seeds` the stacked model's step and validation are timed at 2 and 4 members. The
-   first probe runs twice: its first pass carries the process's one-time costs (lazy imports, first kernels),
-   counted once per process.
+2. **Probe** each shape once (`probe`, injectable as `measure`): a real build and a real `fit_and_test` of 4 to 12
+   epochs on the shape's point with the most training examples, in a temporary folder (outputs, checkpoints and
+   the feature cache go there; the source model is a random stand-in of the same architecture: its values do not
+   change the time), with at most a few batches of each split (the rest priced per batch). It validates after every
+   second epoch: an epoch without a check times the epoch's own work, one with a check, minus that, the check (the
+   validation pass, the selection and its best.ckpt, the callbacks). A callback times every epoch, training batch
+   and evaluation batch; around the fit are timed the run's opening (hashing, checks, data), the build, the
+   record. Repeated samples count at their lower quartile: other processes only ever slow a sample down, in
+   bursts. Other batch sizes are timed as bare optimizer steps and added to the probe's per-batch time as a
+   difference. A source pretraining is probed the same way. Under `hydra.sweeper.vectorize=seeds` the stacked
+   model's step and validation pass are timed at 2 and 4 members, and a stacked fit's per-epoch work by two real
+   `fit_stacked` runs (once: it is the framework's). The first probe runs twice: its first pass carries the
+   process's one-time costs (lazy imports, first kernels), counted once per process.
 3. **Price** (`price`, torch-free arithmetic):
 
        batch(b)      the probe's time per training batch, plus bare(b) - bare(probe's batch size)
@@ -43,9 +46,11 @@ How it is made:
    another slot is still pretraining waiting for it (the cache's file lock); plus this process's start-up.
 
 Known approximations: `transfer.strategy=gradual|lp_ft` are priced as if their final trainable set trained from the
-first epoch (an upper bound); a best.ckpt written on a validation check that improves is in the probe's validation
-time at the rate of the probe's first epochs; wandb logging is not probed (csv is). Torch-free at import: the sweeper
-imports this module; torch and Lightning are imported inside the functions that probe.
+first epoch (an upper bound); a best.ckpt written on a validation check that improves is in the probe's check time
+at the rate of the probe's first epochs; wandb logging is not probed (csv is); a DataLoader task (too large for
+memory) is probed through a DataLoader over its first batches. The estimate is this machine's speed at probe time: a
+machine that gets busier meanwhile runs the sweep slower. Torch-free at import: the sweeper imports this module;
+torch and Lightning are imported inside the functions that probe.
 """
 
 from __future__ import annotations
@@ -53,7 +58,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -73,9 +77,9 @@ PROBE_MIN_EPOCHS = 4      # at least this many (two with a validation check, the
 PROBE_FIT_S = 0.6         # a probe fit stops after PROBE_MIN_EPOCHS once its epochs took this long
 PROBE_TRAIN_BATCHES = 3   # training batches per probe epoch (the subset is cut to this many)
 PROBE_EVAL_BATCHES = 2    # validation / test batches per pass in a probe (eval batches are training/batches.py's)
-BARE_REPS = 5             # bare optimizer steps timed per batch size (median)
+BARE_REPS = 5             # bare optimizer steps timed per batch size
 STACK_SIZES = (2, 4)      # members of the stacked probes (vectorize=seeds)
-STACK_REPS = 3            # stacked steps timed per batch size and member count (median)
+STACK_REPS = 3            # stacked steps timed per batch size and member count
 STACK_FIT_S = 0.3         # the longer of the two fit_stacked probes runs about this long (their difference in
 STACK_EPOCHS = (3, 30)    # epochs, within these bounds, gives the per-epoch work)
 # train.* keys that change neither a batch's nor a validation pass's compute (only how many there are, or values)
@@ -125,6 +129,7 @@ class Timing:
     load_s: float = 0.0                 # reading a cached source model
     feature_s: float = 0.0              # one frozen-prefix pass over pool, val and test (once per key)
     save_s: float = 0.0                 # writing a source model to the cache (pretraining)
+    report_s: float = 0.0               # the table a single run prints at its end (not a group's members)
     scores_s: float = 0.0               # transfer.scores at `scores_n` training examples (scaled by n)
     scores_n: int = 0
     stacked_epoch_s: float | None = None  # a stacked group's per-epoch work outside batches and validation
@@ -197,10 +202,11 @@ class Estimate:
 
 # ----------------------------------------------------------------------------------------------- pricing (pure)
 def run_cost(w: Work, t: Timing) -> float:
-    """One point alone: fixed + load + epochs x (epoch + its batches) + checks x val (+ scores)."""
+    """One point alone: fixed + load + epochs x (epoch + its batches) + checks x val (+ scores, its table)."""
     per_epoch = t.epoch_s + sum(t.batch(b) for b in w.batches)
     scores = t.scores_s * w.n_train / t.scores_n if t.scores_n else t.scores_s
-    return t.fixed_s + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s + scores
+    return (t.fixed_s + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s + scores
+            + t.report_s)
 
 
 def stacks(unit: Sequence[Work], t: Timing) -> bool:
@@ -441,7 +447,7 @@ def _key(obj: Any) -> str:
 
 def arm_labels(items: Sequence[tuple[Any, Any]]) -> dict[str, str]:
     """Point name -> its arm's label: the overrides that vary across the sweep, but for seeds and sample size (the
-    grid's name first when the sweep has grids), e.g. "transfer: transfer.freeze=2 transfer=finetune"."""
+    grid's name first when the label does not say it), e.g. "transfer=finetune transfer.freeze=2"."""
     def key(o: str) -> str:
         return o.split("=", 1)[0].lstrip("+~")
 
@@ -455,7 +461,7 @@ def arm_labels(items: Sequence[tuple[Any, Any]]) -> dict[str, str]:
     out = {}
     grids = {getattr(p, "grid", None) for p, _ in items} - {None}
     for p, _ in items:
-        parts = sorted(o.lstrip("+~") for o in p.overrides if key(o) in varying and key(o) not in skip)
+        parts = [o.lstrip("+~") for o in p.overrides if key(o) in varying and key(o) not in skip]
         label = " ".join(parts) or "all points"
         grid = getattr(p, "grid", None)
         out[p.name] = f"{grid}: {label}" if grid and len(grids) > 1 and grid not in label else label
@@ -685,7 +691,9 @@ def _clock_class():
         def __init__(self) -> None:
             self.starts: list[float] = []
             self.end: float | None = None
-            self.batches: list[list[tuple[int, float]]] = []
+            self.batches: list[list[tuple[int, float]]] = []  # per epoch: (size, seconds) of each batch
+            self.gaps: list[float] = []  # from one batch's end to the next one's start (fetching it, the loop)
+            self._end: float | None = None
             self.vals: dict[int, tuple[float, list[tuple[int, float]]]] = {}
             self.test: tuple[float, list[tuple[int, float]]] | None = None
             self._t = 0.0
@@ -703,12 +711,16 @@ def _clock_class():
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.starts.append(time.perf_counter())
             self.batches.append([])
+            self._end = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self._size, self._t = self._n(batch), time.perf_counter()
+            if self._end is not None and len(self.starts) > 1:
+                self.gaps.append(self._t - self._end)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.batches[-1].append((self._size, time.perf_counter() - self._t))
+            self._end = time.perf_counter()
+            self.batches[-1].append((self._size, self._end - self._t))
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             if len(self.starts) >= PROBE_MIN_EPOCHS and time.perf_counter() - self.starts[0] > PROBE_FIT_S:
@@ -781,7 +793,7 @@ def _final_trainable_class():
 
 def _eval_batches(batches: Sequence[tuple[int, float]], n: int) -> float:
     """The batches of an evaluation pass over `n` examples, from measured (size, seconds) batches: each full-size
-    batch at their median, a partial one pro rata."""
+    batch at their typical time, a partial one pro rata."""
     if not batches or n <= 0:
         return 0.0
     size = max(b for b, _ in batches) or 1
@@ -806,7 +818,7 @@ def _cut(x: Any, n: int) -> Any:
 
 
 def _bare_steps(module: Any, x: Any, y: Any, sizes: Iterable[int], plan: Any, epoch: int) -> dict[int, float]:
-    """Median time of one bare optimizer step (forward, loss, backward, step) per batch size, outside Lightning,
+    """Typical time of one bare optimizer step (forward, loss, backward, step) per batch size, outside Lightning,
     the sizes interleaved so that drift hits them alike."""
     import torch
     import torch.nn.functional as F
@@ -984,14 +996,15 @@ def _timed_fit(module: Any, loaders: tuple, cfg: Any, plan: Any, epoch: int, *, 
     ends = [*clock.starts[1:], clock.end or clock.starts[-1]]
     epochs = [(number, end - start, bs) for number, (start, end, bs) in
               enumerate(zip(clock.starts, ends, clock.batches), start=1)]
+    gap = _typical(clock.gaps)  # between batches: fetching the next one, the loop's own work; per batch
     sizes: dict[int, list[float]] = {}
     for number, _, bs in epochs[1:] or epochs:
         for b, t in bs:
             sizes.setdefault(b, []).append(t)
-    batch = {b: _typical(v) for b, v in sizes.items()}
+    batch = {b: _typical(v) + gap for b, v in sizes.items()}
 
     def batches(bs: list[tuple[int, float]]) -> float:
-        return sum(batch.get(b, t) for b, t in bs)
+        return sum(batch.get(b, t + gap) for b, t in bs)
 
     plain_epochs = [p - batches(bs) for n, p, bs in epochs[1:] if n not in clock.vals]
     epoch_s = max(0.0, _typical(plain_epochs))
@@ -1127,15 +1140,32 @@ def _probe_target(spec: Probe, tmp: Path) -> Timing:
                      logger=logger, fingerprint=exp.fingerprint, n_val=len(target.val_y),
                      n_test=len(target.test_y))
     tc = time.perf_counter()
+    record = None
     try:  # the run's record: convergence, result.json (here in the temporary folder)
         exp.net, exp.module, exp.logger = net, module, logger
+        exp.record.trainable_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        exp.record.total_params = sum(p.numel() for p in net.parameters())
         from transferlab.training.fit import FitOutcome
 
-        exp.close(FitOutcome(test={"test/acc": 0.0}, best_val_acc=0.0, best_ckpt="", epochs=1,
-                             history={"val/acc": [0.0]}, steps=1, selected_epoch=1))
+        record = exp.close(FitOutcome(test={"test/acc": 0.0}, best_val_acc=0.0, best_ckpt="", epochs=1,
+                                      history={"val/acc": [0.0]}, steps=1, selected_epoch=1))
     except Exception:  # noqa: BLE001 - priced at what it took
         pass
     close_s = time.perf_counter() - tc
+    report_s = 0.0
+    if record is not None:  # a single run prints its table (train.py); a group's members do not
+        import contextlib
+        import io
+
+        from transferlab.run.console import print_result
+
+        tr = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                print_result(record, run_dir)
+        except Exception:  # noqa: BLE001 - the probe's record holds no real metrics; priced at what it took
+            pass
+        report_s = time.perf_counter() - tr
     bare = _bare_steps(module, arrays[0], arrays[1], {*spec.batch_sizes, *fit.batch_s}, plan, last)
     stacked_epoch, stacked_batch, stacked_val, reason = None, {}, None, None
     if spec.stack:
@@ -1147,7 +1177,8 @@ def _probe_target(spec: Probe, tmp: Path) -> Timing:
         except Exception as e:  # noqa: BLE001 - priced as the members' batches alone, Lightning's epoch once
             log.debug("stacked probe failed: %s", e)
     load_s = _round_trip(state, tmp)[1] if state is not None else 0.0
-    return Timing(fixed_s=open_s + build_s + fit.fixed_s + fit.test_s + close_s, epoch_s=fit.epoch_s,
+    return Timing(fixed_s=open_s + build_s + fit.fixed_s + fit.test_s + close_s, report_s=report_s,
+                  epoch_s=fit.epoch_s,
                   batch_s=_batch_table(fit, bare, spec.batch_sizes), val_s=fit.val_s, load_s=load_s,
                   feature_s=feature_s, scores_s=scores_s, scores_n=n_train if scores_s else 0,
                   stacked_epoch_s=stacked_epoch, stacked_batch_s=stacked_batch, stacked_val_s=stacked_val,
@@ -1232,20 +1263,27 @@ def _worker_start() -> float:
     return time.perf_counter() - t0
 
 
-def _job_overhead(cfg: Any) -> float:
-    """Hydra's work per job outside the run, timed on this config: its copy, the three `.hydra` files, the job's
-    log file, and the sweeper's per-point files (started.json, the point's status read back)."""
+def _job_overhead(cfg: Any, hydra_cfg: Any = None) -> float:
+    """Hydra's work per job outside the run, timed on this config as `hydra.core.utils.run_job` does it: the job's
+    config and its `hydra` node copied, the three `.hydra` files written, a log file opened; and the sweeper's per
+    point: started.json written, the point's result.json read back."""
     from omegaconf import OmegaConf
 
     with tempfile.TemporaryDirectory(prefix="transferlab-preview-") as tmp:
         t0 = time.perf_counter()
         job = copy.deepcopy(cfg)
-        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-            OmegaConf.save(job, Path(tmp) / name)
+        hydra = copy.deepcopy(hydra_cfg) if hydra_cfg is not None else None
+        OmegaConf.save(job, Path(tmp) / "config.yaml")
+        if hydra is not None:
+            OmegaConf.save(hydra, Path(tmp) / "hydra.yaml")
+        OmegaConf.save(OmegaConf.create(list(hydra_cfg.get("overrides", {}).get("task", []) if hydra_cfg else [])),
+                       Path(tmp) / "overrides.yaml")
         handler = logging.FileHandler(Path(tmp) / "train.log")
         handler.close()
         (Path(tmp) / "started.json").write_text(json.dumps({"pid": os.getpid()}))
-        json.loads((Path(tmp) / "started.json").read_text())
+        record = json.dumps(OmegaConf.to_container(job, resolve=True), default=str)
+        (Path(tmp) / "result.json").write_text(record)
+        json.loads((Path(tmp) / "result.json").read_text())
         return time.perf_counter() - t0
 
 
@@ -1298,12 +1336,16 @@ def estimate(items: Sequence[tuple[Any, Any]], *, hydra_cfg: Any = None, vectori
     else:
         units = [[w] for w in works]
     real = measure is probe
-    job_s = _job_overhead(items[0][1]) if real and items else 0.0
+    job_s = _job_overhead(items[0][1], hydra_cfg) if real and items else 0.0
     worker = _worker_start() if real and launcher.fresh_process and launcher.slots else 0.0
     warmup = max([t.warmup_s for t in timings.values()], default=0.0)
     est = price(units, timings, pretrainings, launcher=launcher, job_s=job_s,
                 startup_s=startup + (0.0 if launcher.fresh_process else import_s),
                 worker_start_s=worker + warmup, warmup_s=warmup)
+    for unit in units:
+        log.debug("unit %s (%d points): %.3f s", unit[0].name, len(unit), unit_cost(unit, timings) + job_s)
+    log.debug("job %.3f s, worker start %.3f s, warm-up %.3f s, imports %.3f s, start-up %.3f s", job_s, worker,
+              warmup, import_s, startup)
     if failed:
         est.notes.append("probe failures: " + "; ".join(dict.fromkeys(failed)))
     kinds = {w.shape for w in works if w.shape}
