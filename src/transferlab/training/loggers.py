@@ -132,23 +132,16 @@ def finish_logger(logger, failed: bool, summary: dict[str, Any] | None = None) -
     (test/acc, best val/acc, epochs, ...), exit code 1 on failure so a failed job never shows as finished."""
     from lightning.pytorch.loggers import WandbLogger
 
-    own = getattr(logger, "own_run", None)  # make_logger(concurrent=True): finish exactly this logger's run
-    if own is not None:
-        final = _scalars(summary)
-        if final:
-            own.summary.update(final)
-        own.summary["status"] = "failed" if failed else "ok"
-        own.finish(exit_code=1 if failed else 0)
-        return
+    run = getattr(logger, "own_run", None)  # make_logger(concurrent=True): finish exactly this logger's run
     # logger=None: the job failed before its target logger existed; a source W&B run may still be open.
     wandb = sys.modules.get("wandb")
-    if isinstance(logger, WandbLogger) or (logger is None and wandb is not None):
+    if run is None and (isinstance(logger, WandbLogger) or (logger is None and wandb is not None)):
         import wandb
 
-        run = wandb.run
-        if run is not None:
-            final = _scalars(summary)
-            if final:
-                run.summary.update(final)
-            run.summary["status"] = "failed" if failed else "ok"
-            wandb.finish(exit_code=1 if failed else 0)
+        run = wandb.run  # the process's current run: this job's
+    if run is not None:
+        final = _scalars(summary)
+        if final:
+            run.summary.update(final)
+        run.summary["status"] = "failed" if failed else "ok"
+        run.finish(exit_code=1 if failed else 0)
