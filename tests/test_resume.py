@@ -197,7 +197,7 @@ def test_wandb_online_without_network_falls_back_offline(make_cfg, tmp_path):
     try:
         t0 = time.perf_counter()
         rec = run(make_cfg("transfer=scratch", "target.n_per_class=5", "train.max_epochs=1", "logger=wandb",
-                           "logger.wandb.mode=online", "+logger.wandb.init_timeout=5", run="wb"))
+                           "logger.wandb.mode=online", "logger.wandb.init_timeout=5", run="wb"))
         took = time.perf_counter() - t0
     finally:
         for k, v in old.items():
