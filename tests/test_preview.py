@@ -215,3 +215,10 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     assert os.listdir(sweep_dir) == ["notes.txt"] and not (tmp_path / "outputs" / "cache").exists()
     # no temporary folder left behind (torch's own compile cache folder aside)
     assert [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor")] == []
+
+
+def test_the_estimate_can_be_switched_off(monkeypatch):
+    printed = []
+    monkeypatch.setenv(P.OFF_ENV, "0")
+    assert P.show([Point(overrides=["seed=0"], name="seed=0")], lambda p: None, out=printed.append) is None
+    assert printed == [f"cost estimate skipped ({P.OFF_ENV}=0)"]

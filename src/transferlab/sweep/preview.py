@@ -86,6 +86,7 @@ STACK_EPOCHS = (3, 30)    # epochs, within these bounds, gives the per-epoch wor
 BUDGET_KEYS = ("max_epochs", "min_steps", "max_steps", "budget", "select", "select_epoch", "lr", "weight_decay",
                "momentum", "lr_decay", "val_every_steps", "val_checks", "val_spacing")
 NEUTRAL_TRAINER = ("enable_progress_bar", "log_every_n_steps")
+OFF_ENV = "TRANSFERLAB_ESTIMATE"  # =0: the dry run lists the points without probing them
 QUIET = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "transferlab", "torch")
 
 
@@ -1287,8 +1288,8 @@ def _job_overhead(cfg: Any, hydra_cfg: Any = None) -> float:
         return time.perf_counter() - t0
 
 
-def machine() -> str:
-    """What the probes ran on, in a few words."""
+def machine(threads: int | None = None) -> str:
+    """What the probes ran on, in a few words (`threads`: the torch threads they used, when the launcher fixed it)."""
     parts = []
     try:
         import torch
@@ -1296,7 +1297,8 @@ def machine() -> str:
         if torch.cuda.is_available():
             parts.append(torch.cuda.get_device_name(0))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        parts.append(f"{cores} CPU cores, torch {torch.__version__.split('+')[0]}, {torch.get_num_threads()} threads")
+        n = threads or torch.get_num_threads()
+        parts.append(f"{cores} CPU cores, torch {torch.__version__.split('+')[0]}, {n} thread{'s' if n != 1 else ''}")
     except Exception:  # noqa: BLE001
         pass
     try:
@@ -1361,6 +1363,9 @@ def show(points: Sequence[Any], config_of: Callable[[Any], Any], *, hydra_cfg: A
     table; never raises (a preview that fails says so in one line and the dry run goes on)."""
     if not points:
         return None
+    if os.environ.get(OFF_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        out(f"cost estimate skipped ({OFF_ENV}=0)")
+        return None
     startup = _process_age()
     try:
         items = [(p, config_of(p)) for p in points]
@@ -1372,5 +1377,5 @@ def show(points: Sequence[Any], config_of: Callable[[Any], Any], *, hydra_cfg: A
         return None
     data = sorted({t.measured_on for t in timings.values() if t.measured_on})
     out(render(est, probes=len(timings), probe_s=spent, data=data,
-               machine=machine() if measure is probe else "injected timings"))
+               machine=machine(est.launcher.threads) if measure is probe else "injected timings"))
     return est
