@@ -4,6 +4,8 @@ epoch; selection, curves and the convergence verdict on those checks; the schedu
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,37 @@ def test_a_real_run_validates_on_its_schedule_and_tests_the_hand_selected_check(
     assert m["epochs"] == 48 and m["steps"] == 48
     assert rec["convergence"] == convergence.judge(acc, rec["n_val"], epochs=at).to_dict()
     assert m["test/acc"] == pytest.approx(recomputed_test_acc(cfg, rec["target_ckpt"]), abs=1e-6)
+
+
+def test_train_metrics_are_logged_at_the_checks_as_the_mean_since_the_previous_one(make_cfg, tmp_path, monkeypatch):
+    """One-step epochs, a check per 8 steps: metrics.csv has train/loss and train/acc at the checks only, and each
+    train/loss is the example-weighted mean of the batch losses since the previous check (recorded here)."""
+    from transferlab.training.module import TransferModule
+
+    batches: list[tuple[int, float, int]] = []  # (1-based epoch, batch loss, batch size)
+    original = TransferModule._step
+
+    def recorded(self, batch, stage):
+        loss, logits = original(self, batch, stage)
+        if stage == "train":
+            batches.append((int(self.current_epoch) + 1, float(loss), len(batch[1])))
+        return loss, logits
+
+    monkeypatch.setattr(TransferModule, "_step", recorded)
+    rec = run(make_cfg("target.n_per_class=2", "train.min_steps=24", "train.val_every_steps=8", "logger=csv", *QUIET))
+    assert rec["metrics"]["val/epoch_history"] == [8, 16, 24]
+    (path,) = sorted(tmp_path.rglob("target/**/metrics.csv"))
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert [int(r["epoch"]) + 1 for r in rows] == [8, 16, 24]
+    assert all(r["train/acc"] for r in rows)
+    target = batches[-24:]  # the target fit's 24 one-step epochs (the source pretraining's batches come first)
+    assert [e for e, _, _ in target] == list(range(1, 25))
+    for r, (lo, hi) in zip(rows, [(0, 8), (8, 16), (16, 24)]):
+        seen = [(loss, k) for e, loss, k in target if lo < e <= hi]
+        assert len(seen) == 8
+        assert float(r["train/loss"]) == pytest.approx(sum(l * k for l, k in seen) / sum(k for _, k in seen),
+                                                       rel=1e-5)
 
 
 def test_convergence_window_counts_steps_not_checks():

@@ -112,6 +112,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
     """
     train, val, test = loaders
+    module.train_log_epochs = frozenset(int(e) for e in val_epochs) if val_epochs else None
     _fast_result_to()
     cuda_check_without_failing_nvml()
     history = MetricHistory()

@@ -56,6 +56,9 @@ class TransferModule(L.LightningModule):
                                               "stats": MulticlassStatScores(num_classes, average=None)})
         self.test_auroc = BinaryAUROC() if num_classes == 2 else MulticlassAUROC(num_classes, average="macro")
         self.test_counts: dict[str, list[int]] = {}  # "test/class_counts", "test/pred_counts" after testing
+        # 1-based epochs after which train/* is logged: the validation checks (fit.fit_and_test sets them from the
+        # schedule, training/budget.py); None: every epoch. In between, the epoch metrics keep accumulating.
+        self.train_log_epochs: frozenset[int] | None = None
 
     def trains(self, name: str) -> bool:
         """Does this backbone parameter (block-relative, 'layer1.0.bn1.weight') train at some point of the fit?"""
@@ -102,6 +105,12 @@ class TransferModule(L.LightningModule):
         self.test_auroc.update(probs[:, 1] if isinstance(self.test_auroc, BinaryAUROC) else probs, y)
 
     def on_train_epoch_end(self) -> None:
+        """Logs train/loss and train/acc over the training since the previous check (`train_log_epochs`), not
+        after every epoch: on one-step epochs under a step floor, computing, logging and resetting them every epoch
+        was a large part of the per-epoch cost that the validation schedule exists to remove, and a curve of
+        one-batch values says less than the mean over the steps between two checks."""
+        if self.train_log_epochs is not None and int(self.current_epoch) + 1 not in self.train_log_epochs:
+            return
         self._log_epoch("train")
         if self.train_l2sp is not None and self.train_l2sp.update_called:
             self.log("train/l2sp", self.train_l2sp.compute())

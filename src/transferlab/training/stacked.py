@@ -78,7 +78,7 @@ class MemberFit:
 
     # val/acc, val/loss at each validation check, "epoch": the 1-based epoch it followed (FitOutcome.history)
     history: dict[str, list[float]] = field(default_factory=lambda: {"val/acc": [], "val/loss": [], "epoch": []})
-    train_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)  # mean training loss since the previous check, per check
     kept_acc: float | None = None
     kept_loss: float | None = None
     selected_epoch: int | None = None
@@ -294,8 +294,6 @@ class StackedModule(L.LightningModule):
         for n in self.trained_names:  # a schedule's not-yet-trained blocks get no gradient (grad None: no step)
             rel = self.block_name.get(n)
             self.trained[_key(n)].requires_grad_(rel is None or plan.trainable_at(rel, epoch))
-        self._train_sum.zero_()
-        self._train_n = 0
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -317,25 +315,27 @@ class StackedModule(L.LightningModule):
         return losses[alive].sum()
 
     def on_train_epoch_end(self) -> None:
+        epoch = int(self.current_epoch) + 1
+        if self.val_epochs is not None and epoch not in self.val_epochs:
+            return  # the training loss keeps accumulating until the next check, as a single run's does
         for k in range(self.k):
             if self.alive[k] and self._train_n:
                 self.fits[k].train_loss.append(float(self._train_sum[k] / self._train_n))
-        epoch = int(self.current_epoch) + 1
-        validated = self.val_epochs is None or epoch in self.val_epochs
-        if validated:
-            self._validate()
-        self._log_members(epoch, validated)
+        self._train_sum.zero_()
+        self._train_n = 0
+        self._validate()
+        self._log_members(epoch)
 
-    def _log_members(self, epoch: int, validated: bool) -> None:
-        """Each living member's epoch into its own logger, as its single run logs it (train/loss every epoch,
-        val/* at the checks; step = the 0-based epoch), while the group trains."""
+    def _log_members(self, epoch: int) -> None:
+        """Each living member's check into its own logger, as its single run logs it (train/loss over the epochs
+        since the previous check, val/*; step = the 0-based epoch), while the group trains."""
         for k, (member, fit) in enumerate(zip(self.members, self.fits)):
             if not member.logger or not self.alive[k]:
                 continue
             row: dict[str, Any] = {"epoch": epoch - 1}
-            if len(fit.train_loss) >= epoch:
-                row["train/loss"] = fit.train_loss[epoch - 1]
-            if validated and fit.history["epoch"] and fit.history["epoch"][-1] == epoch:
+            if fit.train_loss:
+                row["train/loss"] = fit.train_loss[-1]
+            if fit.history["epoch"] and fit.history["epoch"][-1] == epoch:
                 row["val/acc"], row["val/loss"] = fit.history["val/acc"][-1], fit.history["val/loss"][-1]
             member.logger.log_metrics(row, step=epoch - 1)
 
