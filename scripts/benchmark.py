@@ -572,15 +572,19 @@ def main() -> None:
     if "9" in want:
         min_steps = 320 if not a.quick else 40
         grid = ["transfer=scratch", "target.n_per_class=1,2,5", "seed=0,1", f"train.min_steps={min_steps}"]
-        tl_s, bare_s, recs = [], [], {}
-        for r in range(2):  # alternating: tl, bare, bare, tl
-            for who in (("tl", "bare") if r == 0 else ("bare", "tl")):
-                if who == "tl":
-                    say(f"six tiny points: one multirun ({r + 1}/2)")
-                    shutil.rmtree(work / "six_multirun", ignore_errors=True)
-                    tl_s.append(tl(grid, work, "six_multirun", work / "cache_9", multirun=True)["s"])
-                    recs = {(x["n_per_class"], x["seed"]): x for x in
-                            (json.loads(p.read_text()) for p in (work / "six_multirun").rglob("result.json"))}
+        tl_s, vec_s, bare_s, recs = [], [], [], {}
+        for r in range(2):  # alternating: tl, vectorised, bare, then bare, vectorised, tl
+            for who in (("tl", "vec", "bare") if r == 0 else ("bare", "vec", "tl")):
+                if who in ("tl", "vec"):
+                    say(f"six tiny points: one multirun{', seeds vectorised' if who == 'vec' else ''} ({r + 1}/2)")
+                    name = "six_multirun" if who == "tl" else "six_vectorised"
+                    shutil.rmtree(work / name, ignore_errors=True)
+                    extra = ["hydra.sweeper.vectorize=seeds"] if who == "vec" else []
+                    (tl_s if who == "tl" else vec_s).append(
+                        tl(grid + extra, work, name, work / "cache_9", multirun=True)["s"])
+                    if who == "tl":
+                        recs = {(x["n_per_class"], x["seed"]): x for x in
+                                (json.loads(p.read_text()) for p in (work / name).rglob("result.json"))}
                     continue
                 if not recs:
                     continue  # the bare side needs the multirun's sizes first
@@ -590,13 +594,16 @@ def main() -> None:
                 bare_s.append(timed([*me, "--bare-digits", points, "--val-every", "8"], work,
                                     log=work / f"bare_six{r}.log")["s"])
         checks = sorted({len(x["metrics"]["val/acc_history"]) for x in recs.values()})
-        t9, b9 = statistics.median(tl_s), statistics.median(bare_s)
+        t9, v9, b9 = statistics.median(tl_s), statistics.median(vec_s), statistics.median(bare_s)
         rows.append((f"six tiny digits points (scratch, n=1,2,5 x 2 seeds, {min_steps}-step floor, "
                      f"{'/'.join(map(str, checks))} validation checks each) as one multirun vs a bare process "
                      f"validating every 8 steps, whole processes (median of 2)", f"{t9:.1f} s", f"{b9:.1f} s (bare)",
                      f"{t9 / b9:.2f}", "<= 1.3"))
-        notes.append("row 9 runs (s): transferlab " + ", ".join(f"{x:.1f}" for x in tl_s) + "; bare "
-                     + ", ".join(f"{x:.1f}" for x in bare_s))
+        rows.append(("the same six points, one multirun with the seeds vectorised (hydra.sweeper.vectorize=seeds, "
+                     "the presets' default: 3 groups of 2)", f"{v9:.1f} s", f"{b9:.1f} s (bare)", f"{v9 / b9:.2f}",
+                     ""))
+        notes.append("row 9 runs (s): transferlab " + ", ".join(f"{x:.1f}" for x in tl_s) + "; vectorised "
+                     + ", ".join(f"{x:.1f}" for x in vec_s) + "; bare " + ", ".join(f"{x:.1f}" for x in bare_s))
 
     # 10. the cost of an answer, before vs after issue 24, from an empty cache each
     if "10" in want:
