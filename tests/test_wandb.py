@@ -97,10 +97,23 @@ def test_every_target_run_names_its_arm_and_its_source_model_on_a_miss_and_a_hit
     for job, rec in recs.items():
         config = inspect(only_run(wandb_sweep[job]))[0]["config"]
         assert config["arm"] == "freeze=2"  # TransferPlan.arm: scratch and freeze=0 differ here
+        assert config["arm_name"] == "fine-tune top 2"  # the report's words (transfer/arm_name.py)
         assert config["source_model.cache"] == rec.source_cache
         assert config["source_model.wandb_id"] == src["run_id"] == rec.source_metrics["wandb_run"]["id"]
         assert config["source_model.wandb_group"] == "wb_sweep"
         assert config["source_model.test_acc"] == pytest.approx(recs[miss].source_metrics["test/acc"])
+
+
+def test_a_scratch_run_has_no_freeze_depth_in_wandb(tmp_path):
+    """Scratch copies nothing: its W&B `freeze` is null, so grouping runs by freeze never pools it with full
+    fine-tuning (freeze=0); its arm and name say scratch."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        run_cli("transfer=scratch", "train.max_epochs=1", "target.n_per_class=2", "trainer.enable_progress_bar=false",
+                "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    config = inspect(only_run(tmp_path / "run"))[0]["config"]
+    assert config["freeze"] is None and config["transfer.freeze"] == 0
+    assert config["arm"] == "scratch" and config["arm_name"] == "scratch"
 
 
 def test_failed_job_finishes_its_run_with_exit_code_1(wandb_sweep):

@@ -37,6 +37,7 @@ import pandas as pd
 from transferlab.config import cli_value
 from transferlab.run import identity
 from transferlab.run.record import RunRecord, find_results
+from transferlab.transfer.arm_name import arm_name
 
 SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
 SCRATCH_LONG = "scratch_long"  # copies nothing, trained for the source's steps too (training/scratch_long.py)
@@ -130,8 +131,13 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "single_class": record.single_class_prediction,
         "epochs": at[-1] if hist else m.epochs, "steps": m.steps,
         "converged": record.converged,  # False: val/acc still rising at the end (run/convergence.py); None: unjudged
-        "wall_s": record.wall_s, "source_cache": record.source_cache,
+        "wall_s": record.wall_s, "source_cache": record.source_cache, "source_ckpt": record.source_ckpt,
         "is_scratch": bool(is_scratch), "val_acc_history": hist, "val_epochs": at,
+        # the arm's human name from what the run recorded (`transfer.arm_name`, the words W&B shows too)
+        "arm_name": arm_name(cut=record.cut, freeze=record.freeze, upper=record.upper, strategy=record.strategy,
+                             trainable=record.trainable_set, peft=_peft_label(record.peft),
+                             init=identity.get(record.config or {}, "transfer.init"),
+                             source_compute=matched_compute(record)),
         **score_columns(record),
     }
 
@@ -245,6 +251,7 @@ def _readable(r: Mapping, varies: Mapping[str, bool]) -> str:
 class _Lines:
     label: dict[str, str] = field(default_factory=dict)      # line_key -> arm label
     variant: dict[str, str] = field(default_factory=dict)    # line_key -> the part after the readable label
+    name: dict[str, str] = field(default_factory=dict)       # line_key -> the arm's human name (`_names`)
     baseline: dict[str, str | None] = field(default_factory=dict)  # transfer line_key -> scratch line_key
     notes: list[str] = field(default_factory=list)
 
@@ -288,6 +295,7 @@ def arm_lines(rows: pd.DataFrame, line_ids: Mapping[str, tuple[dict, dict]], set
                 extra[lk] += [p for p in parts if p not in extra[lk]]
     out.label = _unique({lk: label(lk) for lk in first.index})
     out.variant = {lk: out.label[lk][len(readable[lk]):].strip() for lk in out.label}
+    out.name = _names(first, varies, extra, out.label)
     for lk in others:
         out.baseline[lk] = _baseline(lk, scratch, line_ids)
     lost = [out.label[lk] for lk in others if out.baseline[lk] is None and scratch]
@@ -296,6 +304,34 @@ def arm_lines(rows: pd.DataFrame, line_ids: Mapping[str, tuple[dict, dict]], set
                          f"{', '.join(out.label[s] for s in scratch)} differ in keys it does not decide); "
                          "no gain over scratch for it")
     return out
+
+
+def _names(first: pd.DataFrame, varies: Mapping[str, bool], extra: Mapping[str, list[str]],
+           labels: Mapping[str, str]) -> dict[str, str]:
+    """line_key -> the arm's human name for figures and tables: the recorded name (`arm_name` column,
+    `transfer.arm_name`) and then what the machine label adds because it varies in this setting (cut, upper, the
+    strategy of a trainable set, the source, other arm keys). Two lines whose names still coincide get their machine
+    label in brackets, so a name, like a label, names one line of its setting."""
+    names = {}
+    for lk, r in first.iterrows():
+        if r["is_scratch"]:
+            names[lk] = SCRATCH
+            continue
+        parts = [str(r.get("arm_name") or labels[lk])]
+        if not pd.isna(r["cut"]) and r["cut"] > 0:
+            if varies["cut"]:
+                parts.append(f"cut={r['cut']}")
+            if varies["upper"]:
+                parts.append(f"upper={r['upper']}")
+            if varies["strategy"] and pd.isna(r["freeze"]) and r["strategy"] != "fixed":
+                parts.append(str(r["strategy"]))
+            if varies["source"]:
+                parts.append(f"from {r['source']}")
+        names[lk] = " ".join([*parts, *extra[lk]])
+    seen: dict[str, list[str]] = defaultdict(list)
+    for lk, name in names.items():
+        seen[name].append(lk)
+    return _unique({lk: (f"{name} ({labels[lk]})" if len(seen[name]) > 1 else name) for lk, name in names.items()})
 
 
 def _baseline(line: str, scratch: list[str], line_ids: Mapping[str, tuple[dict, dict]]) -> str | None:
@@ -479,6 +515,9 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     for col in ("cut", "freeze", "seed", "data_seed", "trainable_params", "total_params", "n_train"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     notes += _label(df, idents)
+    if "arm_name" in df:  # the name beside the machine label, in results.csv as everywhere
+        name = df.pop("arm_name")
+        df.insert(df.columns.get_loc("arm") + 1, "arm_name", name)
     df = df.sort_values(["run_dir"]).reset_index(drop=True)
 
     if len(duplicates):
@@ -518,12 +557,15 @@ def _label(df: pd.DataFrame, idents: Mapping[str, _Identity | None]) -> list[str
         lines = arm_lines(g, line_ids, names[key])
         df.loc[g.index, "arm"] = g["line_key"].map(lines.label)
         df.loc[g.index, "variant"] = g["line_key"].map(lines.variant)
+        df.loc[g.index, "arm_name"] = g["line_key"].map(lines.name)
         df.loc[g.index, "baseline_key"] = g["line_key"].map(lambda lk: lk if lk not in lines.baseline
                                                            else lines.baseline[lk])
         notes += lines.notes
     # What figures and tables show as one point (setting, arm label, n) is one arm at one n: never two pooled.
     shown = df[has].groupby(["setting_key", "arm", "n_label"])["arm_key"].nunique()
     assert (shown == 1).all(), f"one label for several arms: {list(shown[shown > 1].index)}"
+    named = df[has].groupby(["setting_key", "arm_name"])["line_key"].nunique()
+    assert (named == 1).all(), f"one name for several arms: {list(named[named > 1].index)}"
     return notes
 
 

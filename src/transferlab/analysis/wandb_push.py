@@ -50,7 +50,8 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
             if not frame.empty:
                 payload[key] = _table(frame)
         for setting, g in report.summary.groupby("setting"):  # native W&B line chart, one per setting
-            lines = [(arm, a.sort_values("n")) for arm, a in g.groupby("arm", sort=True)]
+            by = "arm_name" if "arm_name" in g else "arm"  # the arms' names, as the report's figures say them
+            lines = [(arm, a.sort_values("n")) for arm, a in g.groupby(by, sort=True)]
             payload[f"charts/acc_vs_n/{_key(setting)}"] = wandb.plot.line_series(
                 xs=[a["n"].tolist() for _, a in lines], ys=[a["acc_mean"].tolist() for _, a in lines],
                 keys=[arm for arm, _ in lines], title=f"test accuracy vs n per class ({setting})",

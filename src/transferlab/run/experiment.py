@@ -198,6 +198,9 @@ class Experiment:
         record = self.record
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         axes["arm"] = self.prep.plan.arm  # scratch and freeze=0 both have freeze=0
+        axes["arm_name"] = self.prep.plan.name  # the report's words for the arm ("linear probe", "scratch")
+        if self.prep.plan.cut == 0:  # nothing copied, so no depth is frozen: grouping by freeze must not pool it
+            axes["freeze"] = None
         self.logger = make_logger(self.cfg, self.run_dir, "target", concurrent=concurrent,
                                   axes={**axes, **source_config(record.source_cache, record.source_metrics)})
         return self.logger

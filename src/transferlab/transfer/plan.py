@@ -123,6 +123,17 @@ class TransferPlan:
             parts.append(self.peft.label)
         return " ".join(parts)
 
+    @property
+    def name(self) -> str:
+        """The arm's human name ("linear probe", "fine-tune top 2", "scratch"; `transfer.arm_name`), the words the
+        report uses for the same run (it reads them from the record with the same function)."""
+        from transferlab.transfer.arm_name import arm_name
+
+        return arm_name(cut=self.cut, freeze=self.freeze_depth, upper=self.upper, strategy=self.strategy,
+                        trainable=None if self.spec is None else self.label,  # as the record's trainable_set
+                        peft=None if self.peft is None else self.peft.label, init=self.init,
+                        source_compute=self.source_compute)
+
     def fixed_prefix(self) -> tuple[int, str]:
         """(depth, why it stops there): the leading kept blocks frozen for the whole fit.
 
