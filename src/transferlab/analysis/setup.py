@@ -4,14 +4,24 @@ not only of its numbers: a reader of report.html alone can tell how the runs wer
 Where each item comes from:
 
 - the command(s): `sweep.json`'s launches (the sweeper records every launch's argv, host and times); a plain
-  folder of runs has none, and the block says so;
+  folder of runs has none, and the block says so. The commands that declare the result's grid are the latest
+  launch and any launch still the last to declare some point (`sweep.state.LAUNCH_KEY`); an earlier launch all of
+  whose points a later launch declared again (a resume, a grid extended) or dropped is superseded: listed apart,
+  as history, since the commands above already declare everything the result holds;
+- what the intervals cover (`variation`): which sources of variation differ between the seeds of one arm, read
+  from the configs: the training seed (`seed`), the data draw (`data_seed`) and the source model (`pretrain.seed`:
+  one value in every transfer run means one shared source model, so the intervals do not include the source
+  model's variation; a value that follows the seed means one source model per seed, and they do);
 - what the runs set: their configs (`result.json` `config`, resolved). Keys whose value differs between runs are
   the sweep's axes ("varied"); keys equal in every run are compared with the **defaults of conf/ composed now**
   (what `python -m transferlab.train` with no override would run), and those that differ are listed with the
   default beside them. The defaults are those of the transferlab that makes the report, which may be newer than
   the one that ran (the block names both commits); keys the runs do not have (added since) are not listed, and
-  machine paths (`paths.*`) never are. When conf/ cannot be composed, the block says so and lists the varied keys
-  only;
+  machine paths (`paths.*`) and internal keys (`INTERNAL`: the sweeper's `group` file) never are. A task or
+  backbone chosen as another preset than the default (`target=npz` vs `digits_5to9`: its `kind` or `name`
+  differs) is listed by that key alone: its other keys are that preset's own, and comparing them with the default
+  preset's (`target.classes=null (default [5, 6, 7, 8, 9])`) says nothing. When conf/ cannot be composed, the
+  block says so and lists the varied keys only;
 - epochs, learning rate, batch size, optimizer: `train.*` and `pretrain.*` of the configs, and the epochs the runs
   actually trained;
 - the source model: each distinct cached source model the transfer runs copied (`source_ckpt`) with its
@@ -38,6 +48,11 @@ from transferlab.run.record import RESULT_FILE, RunRecord
 
 PROGRAM = "python -m transferlab.train"  # sweep.json records the arguments after the program
 MAX_VALUES = 8  # values listed per varied key before "... (k values)"
+# Keys set by the machinery, not by the experimenter: `group` names the file of a vectorised seed group (conf/
+# config.yaml: "not a setting to pass by hand"), different for every group of one sweep.
+INTERNAL = ("group",)
+PRESET_GROUPS = ("source", "target", "backbone")  # config groups chosen as a preset (their `kind` / `name`)
+PRESET_KEYS = ("kind", "name")
 TRAIN_KEYS = (("max_epochs", "epochs (max)"), ("lr", "lr"), ("batch_size", "batch"), ("optimizer", "optimizer"),
               ("weight_decay", "weight decay"), ("scheduler", "scheduler"))
 
@@ -47,6 +62,8 @@ class Setup:
     """What the setup block shows, each item a list of (label, value) rows or small records (empty: not known)."""
 
     commands: list[dict[str, str]] = field(default_factory=list)  # command, started, host, outcome
+    superseded: list[dict[str, str]] = field(default_factory=list)  # launches no point of the result comes from
+    variation: list[tuple[str, str]] = field(default_factory=list)  # source of variation -> covered or not, why
     varied: list[tuple[str, str]] = field(default_factory=list)  # config key, its values across the runs
     changed: list[tuple[str, str, str]] = field(default_factory=list)  # key, value in every run, default
     defaults_note: str = ""  # what `changed` was compared with (or why it could not be)
@@ -118,11 +135,19 @@ def default_config() -> tuple[dict[str, Any] | None, str]:
     return flat, f"the defaults of conf/ ({CONF_DIR}) composed by the transferlab making this report"
 
 
-def _commands(sweep: Mapping | None) -> list[dict[str, str]]:
-    out = []
-    for launch in (sweep or {}).get("launches") or []:
-        if not isinstance(launch, Mapping):
-            continue
+def _commands(sweep: Mapping | None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(the launches the result comes from, the superseded ones): see the module docstring."""
+    from transferlab.sweep.state import LAUNCH_KEY
+
+    launches = [x for x in (sweep or {}).get("launches") or [] if isinstance(x, Mapping)]
+    points = [p for p in (sweep or {}).get("points") or [] if isinstance(p, Mapping)]
+    stamped = {p.get(LAUNCH_KEY) for p in points if p.get(LAUNCH_KEY) is not None}
+    out, old = [], []
+    for i, launch in enumerate(launches):
+        start = launch.get("start")
+        # the grid of the result: the latest launch, and any launch that is still the last to declare some point;
+        # a record written before launches stamped their points cannot tell them apart (all listed)
+        current = i == len(launches) - 1 or not stamped or start in stamped
         argv = [str(a) for a in launch.get("argv") or []]
         start = launch.get("start")
         when = (datetime.fromtimestamp(float(start), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -131,27 +156,76 @@ def _commands(sweep: Mapping | None) -> list[dict[str, str]]:
         counts = ", ".join(f"{launch[k]} {k}" for k in ("ok", "failed", "skipped") if launch.get(k)) \
             if launch.get("end") is not None else "did not finish (killed, or still running)"
         counts = counts or "none run"
-        points = launch.get("points")
-        out.append({"command": f"{PROGRAM} {shlex.join(argv)}".strip(), "started": when,
-                    "host": str(launch.get("host") or ""),
-                    "outcome": f"{points} points: {counts}" if points is not None else counts})
-    return out
+        n_points = launch.get("points")
+        (out if current else old).append({"command": f"{PROGRAM} {shlex.join(argv)}".strip(), "started": when,
+                                          "host": str(launch.get("host") or ""),
+                                          "outcome": f"{n_points} points: {counts}" if n_points is not None
+                                          else counts})
+    return out, old
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _config_rows(configs: list[Mapping], defaults: dict[str, Any] | None) -> tuple[list, list]:
     flats = [flatten(c) for c in configs]
     keys = sorted(set().union(*flats)) if flats else []
+    # groups chosen as another preset than the default's in every run: only their kind/name are compared
+    other_preset = {g for g in PRESET_GROUPS if defaults is not None and flats and any(
+        f"{g}.{k}" in defaults and all(not _same(f.get(f"{g}.{k}"), defaults[f"{g}.{k}"]) for f in flats)
+        for k in PRESET_KEYS)}
     varied, changed = [], []
     for k in keys:
-        if k.startswith("paths."):
+        if k.startswith("paths.") or k in INTERNAL:
             continue
         values = [f.get(k) for f in flats]
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
             varied.append((k, _values(values)))
-        elif defaults is not None and k in defaults and json.dumps(defaults[k], sort_keys=True, default=str) != \
-                json.dumps(values[0], sort_keys=True, default=str):
+            continue
+        group, _, leaf = k.partition(".")
+        if group in other_preset and leaf not in PRESET_KEYS:
+            continue
+        if defaults is not None and k in defaults and not _same(defaults[k], values[0]):
             changed.append((k, cli_value(values[0]), cli_value(defaults[k])))
     return varied, changed
+
+
+def _variation(records: list[RunRecord]) -> list[tuple[str, str]]:
+    """What differs between the seeds of one arm, i.e. what the intervals over seeds include: the training seed,
+    the data draw and, for transfer runs, the source model (`pretrain.seed`). Read from the configs of the ok runs
+    (those the intervals are made of)."""
+    flats = [flatten(r.config) for r in records if isinstance(r.config, Mapping) and r.status == "ok"]
+    if not flats:
+        return []
+
+    def distinct(key: str, rows: list[dict]) -> list:
+        return sorted({cli_value(f.get(key)) for f in rows})
+
+    rows = []
+    seeds = distinct("seed", flats)
+    rows.append(("training seed (seed)", (f"included: {len(seeds)} values ({_values(f.get('seed') for f in flats)})"
+                                          if len(seeds) > 1 else f"not included: seed={seeds[0]} in every run")))
+    draws = distinct("data_seed", flats)
+    follows = all(_same(f.get("data_seed"), f.get("seed")) for f in flats)
+    rows.append(("data draw (data_seed: which labelled examples)",
+                 (f"included: {len(draws)} draws" + (", data_seed = seed" if follows else "")) if len(draws) > 1
+                 else f"not included: data_seed={draws[0]} in every run, one labelled subset per n"))
+    ok = [r for r in records if isinstance(r.config, Mapping) and r.status == "ok"]
+    transfer = [f for r, f in zip(ok, flats) if r.cut not in (0, None)]  # scratch has no source model
+    if transfer:
+        pre = distinct("pretrain.seed", transfer)
+        if len(pre) == 1:
+            rows.append(("source model (pretrain.seed)", f"not included: pretrain.seed={pre[0]} in every transfer "
+                         "run, so every seed copies one shared source model; the intervals say nothing about "
+                         "another pretraining"))
+        elif all(_same(f.get("pretrain.seed"), f.get("seed")) for f in transfer):
+            rows.append(("source model (pretrain.seed)", f"included: pretrain.seed = seed, one source model per "
+                         f"seed ({len(pre)} source models)"))
+        else:
+            rows.append(("source model (pretrain.seed)", f"included: {len(pre)} values of pretrain.seed "
+                         f"({_values(f.get('pretrain.seed') for f in transfer)})"))
+    return rows
 
 
 def _training(records: list[RunRecord]) -> list[tuple[str, str]]:
@@ -299,6 +373,8 @@ def describe(records: Mapping[str, RunRecord], sweep: Mapping | None, defaults: 
 
         now = identity.environment().get("commit")
         note += f" (commit {str(now)[:12]})" if now else ""
-    return Setup(commands=_commands(sweep), varied=varied, changed=changed, defaults_note=note,
+    commands, superseded = _commands(sweep)
+    return Setup(commands=commands, superseded=superseded, variation=_variation(recs), varied=varied,
+                 changed=changed, defaults_note=note,
                  training=_training(recs), sources=_sources(recs), data=_data(recs), splits=_splits(recs),
                  environment=_environment(recs), runs=len(recs))
