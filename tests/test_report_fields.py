@@ -188,14 +188,14 @@ def test_fit_recovers_exponential_saturation_and_log_linear():
 
 
 def test_fit_needs_three_distinct_n():
-    assert fits.fit_curve([1, 2], [0.5, 0.6]).reason == "needs at least 3 distinct n, has 2"
+    assert fits.fit_curve([1, 2], [0.5, 0.6]).reason == "2 distinct n, and a fit needs at least 3"
     three = fits.fit_curve([1, 4, 16], power([1, 4, 16]))
     assert three.form == "power" and "no held-out check" in three.selection
     assert three.predict([1, 4, 16]) == pytest.approx(power([1, 4, 16]), abs=1e-6)
     table, _ = fits.fit_lines(pd.DataFrame([
         {"setting": "S", "target": "t", "backbone": "b", "arm": "A", "is_scratch": False, "setting_key": "s",
          "line_key": "A", "n": float(n), "acc_mean": 0.5} for n in (1, 2)]))
-    assert table.loc[0, "reason"] == "needs at least 3 distinct n, has 2" and table.loc[0, "form"] is None
+    assert table.loc[0, "reason"] == "2 distinct n, and a fit needs at least 3" and table.loc[0, "form"] is None
 
 
 # ---- effective data transferred ---------------------------------------------------------------------------

@@ -69,8 +69,9 @@ def test_summary_table_marks_the_best_in_bold_and_ties_with_a_dagger(computed):
         "| B | 81.0 ± 5.0† | 81.0 ± 2.5 |",
         "| C | 71.0 ± 2.5 | 70.0 ± 24.8 |",
         "| scratch | 55.0 ± 12.4 | **92.0 ± 5.0** |"]
-    assert "† Not distinguishable from the best: the paired 95% interval of the difference (same seeds, same " \
-           "labelled subsets) includes 0." in [line.rstrip() for line in md]
+    assert "† Not distinguishable from the best: the paired 95% t-interval of the difference (same seeds, same " \
+           "labelled subsets) includes 0; this is the paired t-test against the best before any correction " \
+           "(paired_tests.csv has its Holm-adjusted p)." in [line.rstrip() for line in md]
     tex = tables.to_latex(g)
     assert r"A & {\boldmath$82.0 \pm 5.0$} & $91.0 \pm 5.0^{\dagger}$ \\" in tex
     assert r"scratch & $55.0 \pm 12.4$ & {\boldmath$92.0 \pm 5.0$} \\" in tex
@@ -80,18 +81,23 @@ def test_summary_table_marks_the_best_in_bold_and_ties_with_a_dagger(computed):
     assert r"$^\dagger$ Not distinguishable from the best" in tex
 
 
-def test_gain_table_adds_holm_significance(computed):
+def test_gain_table_marks_its_own_test_after_and_before_holm(computed):
+    """The marks come from the paired t-test against scratch whose interval the cell shows: C at n=20 has
+    [-41.9, -2.1] (excludes 0, p 0.041) but Holm-adjusted p 0.083: significant before correction only (°). No bold
+    and no dagger: those are the summary's."""
     _, summary, gain = computed
     g = tables.gain_grid(gain, summary, "S_1", "", "accuracy", 0.95)
     assert tables.to_markdown(g).splitlines()[2:7] == [
         "| arm | n=10 | n=20 |", "|---|--:|--:|",
-        r"| A | **+27.0 ± 7.5**\* | -1.0 ± 5.0† |",
-        r"| B | +26.0 ± 10.8\*† | -11.0 ± 2.5\* |",
-        r"| C | +16.0 ± 9.9\* | -22.0 ± 19.9 |"]
+        r"| A | +27.0 ± 7.5\* | -1.0 ± 5.0 |",
+        r"| B | +26.0 ± 10.8\* | -11.0 ± 2.5\* |",
+        r"| C | +16.0 ± 9.9\* | -22.0 ± 19.9° |"]
     tex = tables.to_latex(g)
-    assert r"A & {\boldmath$+27.0 \pm 7.5^{*}$} & $-1.0 \pm 5.0^{\dagger}$ \\" in tex
-    assert r"B & $+26.0 \pm 10.8^{*\dagger}$ & $-11.0 \pm 2.5^{*}$ \\" in tex
-    assert "* Holm-adjusted paired t-test against scratch: p ≤ 0.05" in tables.to_markdown(g).replace("\\*", "*")
+    assert r"A & $+27.0 \pm 7.5^{*}$ & $-1.0 \pm 5.0$ \\" in tex
+    assert r"C & $+16.0 \pm 9.9^{*}$ & $-22.0 \pm 19.9^{\circ}$ \\" in tex
+    md = tables.to_markdown(g).replace("\\*", "*")
+    assert "* Significant after Holm's correction: Holm-adjusted p ≤ 0.05" in md
+    assert "° Significant before correction only: p ≤ 0.05 and the interval excludes 0" in md
 
 
 def test_effective_data_table_prints_censored_values_and_interval_ends_as_bounds(computed):
@@ -284,11 +290,11 @@ def test_written_sweep_gives_the_tables_worked_out_above(tmp_path):
     tables_dir = tmp_path / "out" / "tables"
     assert sorted(p.name for p in tables_dir.iterdir()) == ["gain.md", "gain.tex", "summary.md", "summary.tex"]
     assert (tables_dir / "summary.md").read_text().splitlines()[4:8] == [
-        "| freeze=0 | **82.0 ± 5.0** |", "| freeze=2 | 81.0 ± 5.0† |", "| scratch | 55.0 ± 12.4 |",
+        "| fine-tune all | **82.0 ± 5.0** |", "| fine-tune top 2 | 81.0 ± 5.0† |", "| scratch | 55.0 ± 12.4 |",
         "| majority class | 70.0 |"]
     # Holm over the 3 pairs at n=10: 0.0041 x 3, 0.0092 x 2, 0.48: both gains significant
     assert (tables_dir / "gain.md").read_text().splitlines()[4:6] == [
-        r"| freeze=0 | **+27.0 ± 7.5**\* |", r"| freeze=2 | +26.0 ± 10.8\*† |"]
+        r"| fine-tune all | +27.0 ± 7.5\* |", r"| fine-tune top 2 | +26.0 ± 10.8\* |"]
     html_text = (tmp_path / "out" / "report.html").read_text()
     assert "<b>82.0 ± 5.0</b>" in html_text and "81.0 ± 5.0<sup>†</sup>" in html_text
 

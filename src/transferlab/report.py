@@ -26,8 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metric", default="acc", help="the test metric the report leads with: acc (default), "
                    "balanced_acc, macro_f1 or auroc (binary tasks)")
     p.add_argument("--crossover", nargs=2, action="append", default=[], metavar=("ARM_A", "ARM_B"),
-                   help="also report n* where arm ARM_A overtakes ARM_B (arm labels, e.g. freeze=0 freeze=3); "
-                   "repeatable")
+                   help="also report n* where arm ARM_A overtakes ARM_B (arm labels, e.g. freeze=0 freeze=3, or "
+                   "the arms' names as the tables show them); repeatable")
+    p.add_argument("--ylim", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="fixed range of the accuracy axis (0-1, e.g. 0.8 1.0) in the accuracy figures; default: "
+                   "the data's range")
     p.add_argument("--wandb", action="store_true", help="also log tables + figures as a W&B `report` run")
     p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"], help="W&B mode for --wandb")
     p.add_argument("--wandb-project", default="transferlab")
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = ("acc", "balanced_acc", "macro_f1", "auroc")  # lead_metric.COLUMNS, without importing pandas
         if args.metric not in metrics:
             raise ConfigError(problem("--metric", args.metric, "one of " + ", ".join(metrics)))
+        if args.ylim is not None and not 0 <= args.ylim[0] < args.ylim[1] <= 1:
+            raise ConfigError(problem("--ylim", " ".join(f"{v:g}" for v in args.ylim), "LO HI with 0 <= LO < HI <= 1"))
         for a, b in args.crossover:
             if a == b:
                 raise ConfigError(problem("--crossover", f"{a} {b}", "two different arm labels"))
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
         report = build_report(args.sweep_dir, args.out, confidence=args.confidence, n_boot=args.n_boot,
                               threshold_frac=args.threshold, metric=args.metric,
-                              crossover_pairs=[tuple(pair) for pair in args.crossover])
+                              crossover_pairs=[tuple(pair) for pair in args.crossover],
+                              ylim=tuple(args.ylim) if args.ylim else None)
     except ConfigError as e:
         print("transferlab-report: " + "\n".join(e.problems), file=sys.stderr)
         return 2

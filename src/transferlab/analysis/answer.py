@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from transferlab.analysis.effective_data import d_t_sentence
 from transferlab.analysis.stats import format_n_star
 
 
@@ -69,7 +70,6 @@ def paragraphs(summary: pd.DataFrame, best: pd.DataFrame, gain: pd.DataFrame, cr
         if len(e):
             first = e[e["n"] == e["n"].min()].sort_values(["acc", "arm"], ascending=[False, True]).iloc[0]
             parts.append(f"Effective data transferred at the smallest n ({first['n_label']} per class), by "
-                         f"{first['arm']}, the best transfer arm there: D_T {first['d_t_text']} labelled examples "
-                         "per class.")
+                         f"{first['arm']}, the best transfer arm there: {d_t_sentence(first)}.")
         out.append((setting, " ".join(parts)))
     return out

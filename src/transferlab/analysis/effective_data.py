@@ -76,9 +76,20 @@ def interval_end(v: float, below: float, above: float) -> str:
     return f"{v:.3g}"
 
 
+NOT_ESTIMATED = "not estimated"  # the start of d_t_text when there is no value nor bound (`d_t_sentence`)
+
+
+def d_t_sentence(r) -> str:
+    """The effective data of one row as a reader reads it: "D_T 14 (95% bootstrap CI 12 to > 15) labelled
+    examples per class", or "D_T not estimated (no scratch curve: 2 distinct n, and a fit needs at least 3)"."""
+    text = str(r["d_t_text"])
+    return f"D_T {text}" if text.startswith(NOT_ESTIMATED) else f"D_T {text} labelled examples per class"
+
+
 def _text(d: float, flag: str, bound: float, lo: float, hi: float, fit: Fit, conf: float, n: float) -> str:
     if flag in ("no_fit", "flat"):
-        return "no value (scratch curve flat over its range)" if flag == "flat" else "no scratch fit"
+        return (NOT_ESTIMATED + " (scratch's curve is flat over its n range, so no n of scratch matches the arm)"
+                if flag == "flat" else NOT_ESTIMATED + " (no scratch curve)")
     ci = ""
     if not (pd.isna(lo) or pd.isna(hi)):
         lo_s, hi_s = (interval_end(v, fit.n_min - n, fit.n_max - n) for v in (lo, hi))
@@ -166,7 +177,7 @@ def effective_data(df: pd.DataFrame, summary: pd.DataFrame, fits: Mapping[str, F
                              "d_t_bound": bound, "d_t_lo": lo, "d_t_hi": hi,
                              "fraction_transferred": d / n_eq if flag == "" and n_eq > 0 else math.nan,
                              "confidence": confidence, "n_seeds": k, "n_boot_ok": int(sum(weights)),
-                             "d_t_text": (f"no scratch fit ({fit.reason})" if fit.form is None
+                             "d_t_text": (f"{NOT_ESTIMATED} (no scratch curve: {fit.reason})" if fit.form is None
                                           else _text(d, flag, bound, lo, hi, fit, confidence, n)),
                              "setting_key": a["setting_key"], "line_key": lk, "arm_key": a["arm_key"],
                              "baseline_key": base_key})

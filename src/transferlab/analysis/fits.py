@@ -187,7 +187,7 @@ def fit_curve(n: Sequence[float], y: Sequence[float], forms: Sequence[str] = tup
     k = len(set(n_arr.tolist()))
     fit = Fit(None, None, float(n_arr.min()) if k else math.nan, float(n_arr.max()) if k else math.nan, k)
     if k < MIN_POINTS:
-        fit.reason = f"needs at least {MIN_POINTS} distinct n, has {k}"
+        fit.reason = f"{k} distinct n, and a fit needs at least {MIN_POINTS}"
         return fit
     full = {name: fit_form(FORMS[name], n_arr, y_arr) for name in forms}
     fit.heldout = {name: heldout_error(FORMS[name], n_arr, y_arr) for name in forms}

@@ -95,10 +95,13 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _cell(c: Cell) -> str:
+    from transferlab.analysis.tables import UNCORRECTED
+
     text = _e(c.text)
     if c.best and c.text != "–":
         text = f"<b>{text}</b>"
-    return text + ("<sup>*</sup>" if c.significant else "") + ("<sup>†</sup>" if c.tied else "")
+    return (text + ("<sup>*</sup>" if c.significant else "") + (f"<sup>{UNCORRECTED}</sup>" if c.uncorrected else "")
+            + ("<sup>†</sup>" if c.tied else ""))
 
 
 def grid_html(g: Grid) -> str:
@@ -126,7 +129,18 @@ def setup_html(s: Setup) -> str:
     else:
         parts.append("<p class='cap'>No sweep.json in this folder: the command line was not recorded; the runs' "
                      "configs below say what they ran.</p>")
+    if s.superseded:
+        parts.append(f"<details><summary>{len(s.superseded)} earlier launch{'es' * (len(s.superseded) > 1)} "
+                     "superseded (every point it declared was declared again, or dropped, by a later launch)"
+                     "</summary>")
+        for c in s.superseded:
+            where = ", ".join(x for x in (c["started"], c["host"] and f"host {c['host']}", c["outcome"]) if x)
+            parts.append(f"<pre>{_e(c['command'])}</pre><p class='cap'>{_e(where)}</p>")
+        parts.append("</details>")
     rows = []
+    if s.variation:
+        rows.append(("what the intervals over seeds include",
+                     "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in s.variation)))
     if s.varied:
         rows.append(("varied across runs", _lines((f"{k}: {v}" for k, v in s.varied), code=True)))
     if s.changed:

@@ -173,15 +173,58 @@ def _dots(ax, x: float, values: Iterable[float], step: float, *, color: str, mar
             markeredgewidth=0, zorder=4)
 
 
-def _majority(ax, frame: pd.DataFrame) -> None:
-    """The majority-class baseline of the lead metric (`majority_baseline`, per n) as a grey dotted line."""
+# The majority-class line is drawn only when it widens the data's y range by at most this share of that range
+# (or lies inside a fixed --ylim); further below, drawing it would squash the data into a strip at the top, so the
+# floor is stated in the legend and the caption instead.
+FLOOR_FAR = 0.5
+
+
+def majority_floor(frame: pd.DataFrame, ylim: tuple[float, float] | None = None) -> tuple[pd.Series | None, bool]:
+    """(the majority-class baseline per n, or None; whether it is drawn as a line): drawn when it lies within
+    FLOOR_FAR of the data's range below the data (the means and interval ends of `frame`), or inside `ylim`."""
     if "majority_baseline" not in frame or frame["majority_baseline"].isna().all():
-        return
+        return None, False
     m = frame.dropna(subset=["majority_baseline"]).groupby("n")["majority_baseline"].mean().sort_index()
-    if m.nunique() == 1 or len(m) == 1:
+    if ylim is not None:
+        return m, bool(((m >= ylim[0]) & (m <= ylim[1])).all())
+    values = pd.concat([frame[c] for c in ("acc_mean", "acc_ci_lo", "acc_ci_hi") if c in frame]).dropna()
+    if values.empty:
+        return m, True
+    lo, hi = float(values.min()), float(values.max())
+    return m, bool(m.min() >= lo - FLOOR_FAR * max(hi - lo, 0.02))
+
+
+def floor_words(m: pd.Series) -> str:
+    """The floor as a reader reads it: one value, or its range over n."""
+    lo, hi = float(m.min()), float(m.max())
+    return f"{100 * lo:.1f}%" if math.isclose(lo, hi, abs_tol=5e-4) else f"{100 * lo:.1f}-{100 * hi:.1f}%"
+
+
+def _majority(ax, frame: pd.DataFrame, ylim: tuple[float, float] | None = None) -> None:
+    """The majority-class baseline of the lead metric (`majority_baseline`, per n) as a grey dotted line, or, when
+    it is far below the data (`majority_floor`), only as a legend entry saying its value."""
+    m, drawn = majority_floor(frame, ylim)
+    if m is None:
+        return
+    if not drawn:
+        ax.plot([], [], **MAJORITY_STYLE, label=f"majority class: {floor_words(m)} (below the axis, not drawn)")
+    elif m.nunique() == 1 or len(m) == 1:
         ax.axhline(float(m.iloc[0]), **MAJORITY_STYLE, label=MAJORITY_LABEL, zorder=0)
     else:
         ax.plot(m.index, m.values, **MAJORITY_STYLE, label=MAJORITY_LABEL, zorder=0)
+
+
+def majority_caption(frame: pd.DataFrame, ylim: tuple[float, float] | None = None) -> str:
+    """The caption's sentence on the floor (empty without one) and on a fixed --ylim."""
+    m, drawn = majority_floor(frame, ylim)
+    fixed = (f" The y axis is fixed to {ylim[0]:g}-{ylim[1]:g} (--ylim); values outside it are not shown."
+             if ylim is not None else "")
+    if m is None:
+        return fixed
+    if drawn:
+        return " Grey dotted: the majority-class baseline." + fixed
+    return (f" The majority-class baseline ({floor_words(m)}: always predicting the largest test class) is far "
+            "below the data and is not drawn, so the axis keeps the data's range." + fixed)
 
 
 def n_star_short(r) -> str:
@@ -227,7 +270,8 @@ def _seeds_of(ok: pd.DataFrame | None, arm_key: str) -> pd.Series:
 
 
 def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: str, ok: pd.DataFrame | None = None,
-             styles: dict[str, Style] | None = None, metric: str = "accuracy", confidence: float = 0.95) -> Path:
+             styles: dict[str, Style] | None = None, metric: str = "accuracy", confidence: float = 0.95,
+             ylim: tuple[float, float] | None = None) -> Path:
     """Test metric vs n: per arm, side by side at each n, its seeds (dots) and mean with t-interval (error bar);
     scratch black, the majority-class baseline grey dotted, every crossover n* a labelled vertical line."""
     fig, ax = plt.subplots(figsize=(9.6, 5.0))
@@ -242,7 +286,9 @@ def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: 
         for xi, key in zip(x, g["arm_key"]):
             _dots(ax, xi, _seeds_of(ok, key), step, color=color, marker=marker)
         _bars(ax, x, g["acc_mean"], g["acc_ci_lo"], g["acc_ci_hi"], color=color, marker=marker, ls=ls, label=arm)
-    _majority(ax, summary)
+    _majority(ax, summary, ylim)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     _n_axis(ax, summary)
     _draw_crossovers(ax, cx)
     ax.set_ylabel(f"test {metric}\n(dots: seeds; bars: mean, {confidence:.0%} CI)")
@@ -453,7 +499,8 @@ def learning_curves(df_ok: pd.DataFrame, path: Path, title: str, ncols: int = 4,
 # ---- learning-curve fits and effective data transferred (analysis.fits, analysis.effective_data) -------------
 
 def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str,
-                  styles: dict[str, Style] | None = None, metric: str = "accuracy") -> Path:
+                  styles: dict[str, Style] | None = None, metric: str = "accuracy",
+                  ylim: tuple[float, float] | None = None) -> Path:
     """Mean test metric per n (markers) and each arm's fitted learning curve (line, the form chosen by held-out
     error, drawn over the n range it was fitted on), scratch black."""
     fig, ax = plt.subplots(figsize=(9.6, 5.0))
@@ -468,7 +515,9 @@ def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str,
         if fit is not None and fit.form is not None:
             grid = np.geomspace(fit.n_min, fit.n_max, 100)
             ax.plot(grid, fit.predict(grid), color=color, linestyle=ls, linewidth=1.3)
-    _majority(ax, summary)
+    _majority(ax, summary, ylim)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     _n_axis(ax, summary)
     ax.set_ylabel(f"test {metric} (mean over seeds)\nand fitted curve")
     ax.set_title(title)
@@ -477,11 +526,32 @@ def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str,
     return _save(fig, path)
 
 
+CENSORED = ("above", "above_asymptote", "below")
+RANGE_PAD = 0.08  # share of the estimates' range left free above and below them on the effective-data axis
+
+
+def effective_range(dt: pd.DataFrame) -> tuple[float, float, int, int]:
+    """(lo, hi, ends clipped, ends in all) of the effective-data axis: the range of what is estimated (the values,
+    the censored bounds and 0, the no-transfer line), padded by RANGE_PAD. A linear axis over it reads directly in
+    examples per class; bootstrap interval ends beyond it (a wide or one-sided interval, often infinite where
+    censored) are cut at the axis edge and counted, so the caption can say what was clipped."""
+    flag = dt["censored"].fillna("")
+    shown = pd.concat([dt.loc[flag == "", "d_t"], dt.loc[flag.isin(CENSORED), "d_t_bound"], pd.Series([0.0])])
+    shown = shown[np.isfinite(shown.astype(float))]
+    lo, hi = float(shown.min()), float(shown.max())
+    pad = RANGE_PAD * max(hi - lo, 1.0)
+    lo, hi = lo - pad, hi + pad
+    ends = pd.concat([dt.loc[(flag == "") & dt["d_t"].notna(), c] for c in ("d_t_lo", "d_t_hi")]).dropna()
+    return lo, hi, int(((ends < lo) | (ends > hi)).sum()), int(len(ends))
+
+
 def effective_data(dt: pd.DataFrame, path: Path, title: str, styles: dict[str, Style] | None = None) -> Path:
     """Effective data transferred D_T (examples per class) vs n per transfer arm, side by side at each n, bootstrap
     interval as error bars; a censored value is drawn at its bound as an open triangle pointing the way the truth
-    lies (up: more than this, down: less), never as a point."""
+    lies (up: more than this, down: less), never as a point. A linear axis over the estimates' range
+    (`effective_range`), interval ends beyond it cut at the edge."""
     fig, ax = plt.subplots(figsize=(9.6, 4.8))
+    y_lo, y_hi, _, _ = effective_range(dt)
     arms = _arm_order(dt.assign(is_scratch=False))
     styles = styles or arm_styles(arms)
     factors, _ = _dodge(dt["n"], len(arms))
@@ -490,10 +560,9 @@ def effective_data(dt: pd.DataFrame, path: Path, title: str, styles: dict[str, S
         color, marker = styles.get(arm, (PALETTE[0], MARKERS[0]))
         val = g[g["censored"].fillna("") == ""]
         if len(val):
-            lo = (val["d_t"] - val["d_t_lo"].clip(lower=-1e12)).clip(lower=0)
-            hi = (val["d_t_hi"].clip(upper=1e12) - val["d_t"]).clip(lower=0)
-            ax.errorbar(val["n"] * factors[i], val["d_t"], yerr=[lo.where(np.isfinite(val["d_t_lo"]), 0),
-                                                                 hi.where(np.isfinite(val["d_t_hi"]), 0)],
+            lo = (val["d_t"] - val["d_t_lo"].clip(lower=y_lo)).clip(lower=0)
+            hi = (val["d_t_hi"].clip(upper=y_hi) - val["d_t"]).clip(lower=0)
+            ax.errorbar(val["n"] * factors[i], val["d_t"], yerr=[lo.fillna(0), hi.fillna(0)],
                         color=color, marker=marker, capsize=3, linestyle="-", linewidth=1.2)
         for flag, tri in (("above", "^"), ("above_asymptote", "^"), ("below", "v")):
             c = g[g["censored"] == flag]
@@ -506,7 +575,7 @@ def effective_data(dt: pd.DataFrame, path: Path, title: str, styles: dict[str, S
                 label="censored: beyond the bound\n(up: more, down: less)")
     ax.axhline(0, color="black", linestyle="--", linewidth=1, label="no transfer (D_T = 0)")
     _n_axis(ax, dt)
-    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(y_lo, y_hi)
     ax.set_ylabel("effective data transferred D_T\n(examples per class)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -518,7 +587,8 @@ _tags = setting_tags
 
 
 def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd.DataFrame, ytab: pd.DataFrame,
-             out_dir: Path, metric: str = "accuracy", confidence: float = 0.95) -> list[tuple[str, Path, str]]:
+             out_dir: Path, metric: str = "accuracy", confidence: float = 0.95,
+             ylim: tuple[float, float] | None = None) -> list[tuple[str, Path, str]]:
     """Every figure the data supports, per setting (`setting_key`): [(title, png path, caption)], each also as PDF.
 
     A figure is skipped, not faked, when its inputs are absent (no scratch -> no gain plot, no freeze=0 and
@@ -535,13 +605,12 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
         styles = arm_styles(_arm_order(s))
         # The n-axis figures need a single cut/upper family per line; Yosinski's cut sweep gets its own figure.
         if (~_scratch(s)).any():  # a base-only setting (e.g. Yosinski's base A) is a reference line
-            has_majority = "majority_baseline" in s and s["majority_baseline"].notna().any()
             out.append((f"Test {metric} vs n ({where})",
                         acc_vs_n(s, c, out_dir / f"report_acc_vs_n{tag}.png", f"{where}: {metric} vs labelled "
-                                 "examples", ok=o, styles=styles, metric=metric, confidence=confidence),
+                                 "examples", ok=o, styles=styles, metric=metric, confidence=confidence, ylim=ylim),
                         f"Each arm side by side at every n: small dots are single seeds, the larger marker the mean "
                         f"with its {pct} t-interval over seeds. Scratch: black squares, dashed."
-                        + (" Grey dotted: the majority-class baseline." if has_majority else "")
+                        + majority_caption(s, ylim)
                         + (" Vertical lines: crossover n* of each pair (legend), where the first arm overtakes the "
                            "second for good." if len(c) else "")))
             out.append((f"Heatmap arm x n ({where})",
@@ -555,7 +624,7 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
             out.append((f"Control arms vs n ({where})",
                         acc_vs_n(s[s["arm"].isin(shown)], None, out_dir / f"report_controls{tag}.png",
                                  f"{where}: transferred weights vs control arms", ok=o, styles=styles, metric=metric,
-                                 confidence=confidence),
+                                 confidence=confidence, ylim=ylim),
                         "Does the gain come from the source's features? Each transferred depth beside its control "
                         "at the same depth: meanvar (random weights with each tensor's mean and variance from the "
                         "source: Raghu et al. 2019) and random_frozen (the random init, frozen: Yosinski et al. "
@@ -607,7 +676,7 @@ def draw_all(ok: pd.DataFrame, summary: pd.DataFrame, gain: pd.DataFrame, cx: pd
 
 
 def draw_fields(summary: pd.DataFrame, fits: dict, dt: pd.DataFrame, out_dir: Path,
-                metric: str = "accuracy") -> list[tuple[str, Path, str]]:
+                metric: str = "accuracy", ylim: tuple[float, float] | None = None) -> list[tuple[str, Path, str]]:
     """The fitted learning curves and the effective-data figure of every setting that has them."""
     out: list[tuple[str, Path, str]] = []
     settings = summary.drop_duplicates("setting_key").sort_values("setting")
@@ -619,16 +688,20 @@ def draw_fields(summary: pd.DataFrame, fits: dict, dt: pd.DataFrame, out_dir: Pa
         if any(fits.get(lk) is not None and fits[lk].form for lk in s["line_key"].unique()):
             out.append((f"Learning-curve fits ({where})",
                         fitted_curves(s, fits, out_dir / f"report_fits{tags[where]}.png", f"Fitted curves ({where})",
-                                      styles=styles, metric=metric),
+                                      styles=styles, metric=metric, ylim=ylim),
                         f"Markers: mean test {metric} over seeds; lines: each arm's fitted curve (form in the "
                         "legend, chosen by the error predicting the largest n; fits.csv), drawn over the n range it "
-                        "saw."))
+                        "saw." + majority_caption(s, ylim)))
         d = dt[dt["setting_key"] == key] if len(dt) else dt
-        if len(d) and d["censored"].fillna("").isin(["", "above", "above_asymptote", "below"]).any():
+        if len(d) and ((d["censored"].fillna("") == "") & d["d_t"].notna()
+                       | d["censored"].fillna("").isin(CENSORED)).any():  # a value or a bound: something to draw
+            _, _, clipped, ends = effective_range(d)
+            cut = (f" The axis spans the estimates and bounds; {clipped} of {ends} interval ends lie beyond it and "
+                   "are cut at its edge (effective_data.csv has them)." if clipped else "")
             out.append((f"Effective data transferred ({where})",
                         effective_data(d, out_dir / f"report_effective_data{tags[where]}.png",
                                        f"Effective data transferred ({where})", styles=styles),
                         "D_T: extra labelled examples per class training from scratch would need to match the arm "
                         "(Hernandez et al. 2021), bootstrap CI over seeds; open triangles: censored, the truth "
-                        "lies beyond the bound in the direction shown (effective_data.csv)."))
+                        "lies beyond the bound in the direction shown (effective_data.csv)." + cut))
     return out

@@ -47,6 +47,8 @@ class Report:
     setup: Any = None  # how the runs were made (analysis.setup.Setup), the page's first block
     answer: list[tuple[str, str]] = field(default_factory=list)  # (setting, paragraph) (analysis.answer)
     tables: list = field(default_factory=list)  # the paper tables (analysis.tables.Grid), as .tex, .md and HTML
+    names: ArmNames | None = None  # machine label -> the arm's name, per setting (what people are shown)
+    ylim: tuple[float, float] | None = None  # the accuracy figures' fixed y range (--ylim), None: from the data
 
 
 FIGURES = "figures"  # <out>/figures/: every figure as PNG and PDF
@@ -65,6 +67,73 @@ MISSING_COLUMNS = ["run_dir", "overrides", "reason", "setting", "arm", "n_label"
 FAILED_COLUMNS = ["run_dir", "setting", "arm", "n_label", "seed", "error"]
 REASONS = {"missing": "no result.json (not run yet, or lost)",
            "stale": "its result.json is another config's (stale)"}
+
+
+# Columns holding arm labels: shown to people as the arms' human names (`collect.arm_name`; the CSVs keep the
+# machine label in `arm` with `arm_name` beside it). The tie lists hold several labels joined by TIE_SEP.
+ARM_LABEL_COLUMNS = ("arm", "best_arm", "runner_up", "finetuned_arm", "frozen_arm", "picked_arm", "reference",
+                     "baseline")
+ARM_LIST_COLUMNS = ("tied_with_best", "tie_unknown")
+TIE_SEP = ", "
+
+
+@dataclass
+class ArmNames:
+    """Machine label -> human name of every arm, per setting (`setting_key`): one table the report's CSVs and its
+    displays both read, so the words in a figure, a table and a CSV's `arm_name` column are the same."""
+
+    by_setting: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame) -> ArmNames:
+        out: dict[str, dict[str, str]] = {}
+        if "arm_name" not in runs or runs.empty:
+            return cls(out)
+        for (key, arm), name in runs.dropna(subset=["setting_key", "arm"]).groupby(
+                ["setting_key", "arm"])["arm_name"].first().items():
+            out.setdefault(key, {})[arm] = name if isinstance(name, str) and name else arm
+        return cls(out)
+
+    def _map(self, key, label):
+        if not isinstance(label, str):
+            return label
+        names = self.by_setting.get(key, {})
+        if " | " in label:  # transferability's several arms tied for the top score
+            return " | ".join(names.get(x, x) for x in label.split(" | "))
+        return names.get(label, label)
+
+    def beside(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A CSV's frame with each arm label column followed by the name (`arm` -> `arm_name`, `best_arm` ->
+        `best_arm_name`, ...), for frames that have a `setting_key`."""
+        if frame is None or frame.empty or "setting_key" not in frame:
+            return frame
+        out = frame.copy()
+        for c in ARM_LABEL_COLUMNS:
+            if c in out and f"{c}_name" not in out:
+                out.insert(out.columns.get_loc(c) + 1, f"{c}_name",
+                           [self._map(k, a) for k, a in zip(out["setting_key"], out[c])])
+        return out
+
+    def shown(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A frame for people (figures, paper tables, report.html, the terminal): every arm label replaced by the
+        arm's name; the machine label stays only in the CSVs."""
+        if frame is None or frame.empty or "setting_key" not in frame:
+            return frame
+        out = frame.drop(columns=[f"{c}_name" for c in ARM_LABEL_COLUMNS], errors="ignore").copy()
+        keys = out["setting_key"]
+        for c in ARM_LABEL_COLUMNS:
+            if c in out:
+                out[c] = [self._map(k, v) for k, v in zip(keys, out[c])]
+        for c in ARM_LIST_COLUMNS:
+            if c in out:
+                out[c] = [TIE_SEP.join(self._map(k, x) for x in v.split(TIE_SEP)) if isinstance(v, str) and v else v
+                          for k, v in zip(keys, out[c])]
+        return out
+
+    def label_of(self, text: str) -> str:
+        """A `--crossover` argument given as a name -> the machine label, when it names one label (else as given)."""
+        hits = {arm for names in self.by_setting.values() for arm, name in names.items() if name == text}
+        return next(iter(hits)) if len(hits) == 1 and not any(text in n for n in self.by_setting.values()) else text
 
 
 def missing_points(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
@@ -94,9 +163,11 @@ def failed_runs(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, confidence: float = 0.95,
                  n_boot: int = 2000, threshold_frac: float = 0.9, metric: str = "acc",
-                 crossover_pairs: Sequence[tuple[str, str]] = ()) -> Report:
+                 crossover_pairs: Sequence[tuple[str, str]] = (),
+                 ylim: tuple[float, float] | None = None) -> Report:
     """Collect, compute, draw and write everything; raises ConfigError if there is nothing to report, if the
-    runs did not record `metric`, or if no setting has both arms of a requested crossover pair."""
+    runs did not record `metric`, or if no setting has both arms of a requested crossover pair. `ylim`: a fixed
+    range of the lead metric's axis (0-1) in the accuracy figures (`--ylim`)."""
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise ConfigError(problem("sweep_dir", str(sweep), "an existing folder holding result.json files"))
@@ -115,6 +186,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     if runs.empty:
         raise ConfigError(problem("sweep_dir", str(sweep), "a folder with at least one result.json below it"))
     df, stat_notes = lead_metric.lead(runs, metric)  # every statistic reads `test_acc`: the chosen metric
+    names = ArmNames.of(runs)
+    crossover_pairs = [(names.label_of(a), names.label_of(b)) for a, b in crossover_pairs]
     unknown = stats.unknown_pairs(df, crossover_pairs)
     if unknown:
         arms = ", ".join(sorted(stats.ok_rows(df)["arm"].dropna().unique()))
@@ -135,57 +208,66 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     stat_notes += [rising_note] if rising_note else []  # the still-rising runs per arm (collect.still_rising)
     name = (found.sweep or {}).get("name") or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any()
                                               else sweep.name)
+    tag = names.beside  # the CSVs (and W&B tables): the machine label with the arm's name beside it
     report = Report(
-        out_dir=out, results=runs, summary=summary, gain=gain, best=stats.best_per_n(summary, tests), crossovers=cx,
-        measures=stats.learning_measures(df, threshold_frac, confidence), yosinski=stats.yosinski_table(df, confidence),
+        out_dir=out, results=runs, summary=tag(summary), gain=tag(gain), best=tag(stats.best_per_n(summary, tests)),
+        crossovers=tag(cx), measures=stats.learning_measures(df, threshold_frac, confidence),
+        yosinski=stats.yosinski_table(df, confidence),
         missing=missing_points(runs, found.points), failed=failed_runs(runs, found.points),
         duplicates=found.duplicates, points=found.points, grouping_notes=found.notes, name=str(name),
-        metric=metric, tests=tests, fits=fit_table, effective=effective, stat_notes=stat_notes,
+        metric=metric, tests=tag(tests), fits=tag(fit_table), effective=tag(effective), stat_notes=stat_notes,
+        names=names, ylim=ylim,
     )
     report.files = {  # the per-epoch curves go to curves.csv (long form), not into a results.csv cell
         "results.csv": _write_csv(runs.drop(columns=list(collect.CURVE_COLUMNS)), out / "results.csv"),
-        "summary.csv": _write_csv(summary, out / "summary.csv"),
+        "summary.csv": _write_csv(report.summary, out / "summary.csv"),
         "curves.csv": _write_csv(collect.curves(df), out / "curves.csv"),
     }
-    for fname, frame in (("gain.csv", gain), ("crossover.csv", cx), ("learning_measures.csv", report.measures),
-                         ("yosinski.csv", report.yosinski), ("duplicates.csv", report.duplicates),
-                         ("best.csv", report.best), ("paired_tests.csv", tests), ("fits.csv", fit_table),
-                         ("effective_data.csv", effective)):
+    for fname, frame in (("gain.csv", report.gain), ("crossover.csv", report.crossovers),
+                         ("learning_measures.csv", report.measures), ("yosinski.csv", report.yosinski),
+                         ("duplicates.csv", report.duplicates), ("best.csv", report.best),
+                         ("paired_tests.csv", report.tests), ("fits.csv", report.fits),
+                         ("effective_data.csv", report.effective)):
         if not frame.empty:
             report.files[fname] = _write_csv(frame, out / fname)
     metric_name = lead_metric.NAMES.get(metric, metric)
     figures = out / FIGURES
+    shown = names.shown  # what people read: arm names, no machine labels
     if not ok.empty:
-        report.figures = plots.draw_all(ok, summary, gain, cx, report.yosinski, figures, metric=metric_name,
-                                        confidence=confidence)
-        report.figures += plots.draw_fields(summary, fits, effective, figures, metric=metric_name)
+        report.figures = plots.draw_all(shown(ok), shown(summary), shown(gain), shown(cx), report.yosinski, figures,
+                                        metric=metric_name, confidence=confidence, ylim=ylim)
+        report.figures += plots.draw_fields(shown(summary), fits, shown(effective), figures, metric=metric_name,
+                                            ylim=ylim)
     from transferlab.analysis import transferability  # the runs' transferability scores, graded
 
-    report.transferability, score_arms = transferability.grade(df, confidence, n_boot)
+    graded, score_arms = transferability.grade(df, confidence, n_boot)
+    report.transferability = tag(graded)
     if len(report.transferability):
         report.files["transferability.csv"] = _write_csv(report.transferability, out / "transferability.csv")
-        report.figures += transferability.figures(report.transferability, score_arms, figures)
+        report.figures += transferability.figures(shown(graded), shown(score_arms), figures)
     for _, p, _ in report.figures:
         for f in (p, p.with_suffix(".pdf")):
             if f.exists():
                 report.files[f"{FIGURES}/{f.name}"] = f
-    report.tables = tables_mod.grids(summary, gain, effective, metric_name, confidence)
+    report.tables = tables_mod.grids(shown(summary), shown(gain), shown(effective), metric_name, confidence,
+                                     sweep=report.name)
     report.files.update(tables_mod.write_tables(report.tables, out / TABLES))
     report.setup = setup_mod.describe(records, found.sweep)
-    report.answer = answer.paragraphs(summary, report.best, gain, cx, effective, metric_name, confidence)
+    report.answer = answer.paragraphs(shown(summary), shown(report.best), shown(gain), shown(cx), shown(effective),
+                                      metric_name, confidence)
     report.files["report.html"] = html.write_html(
         out / "report.html", f"transferlab report: {report.name}", notes(report), report.figures,
-        [("Best arm per n (Ng's rule read off the data)", best_display(report.best)),
-         ("Crossover n* (crossover.csv)", _shown(cx, CROSSOVER_SHOWN)),
-         ("Summary over seeds (summary.csv has every column)", _shown(summary, SUMMARY_SHOWN)),
-         ("Gain over scratch (gain.csv)", _shown(gain, GAIN_SHOWN)),
+        [("Best arm per n (Ng's rule read off the data)", best_display(shown(report.best))),
+         ("Crossover n* (crossover.csv)", _shown(shown(cx), CROSSOVER_SHOWN)),
+         ("Summary over seeds (summary.csv has every column)", _shown(shown(summary), SUMMARY_SHOWN)),
+         ("Gain over scratch (gain.csv)", _shown(shown(gain), GAIN_SHOWN)),
          ("Paired tests vs scratch and vs the best arm (Holm per setting and n; paired_tests.csv)",
-          _shown(tests, TESTS_SHOWN)),
-         ("Learning-curve fits (fits.csv)", _shown(fit_table, FITS_SHOWN)),
-         ("Effective data transferred (per class; effective_data.csv)", _shown(effective, EFFECTIVE_SHOWN)),
-         ("Learning-curve measures (Taylor & Stone)", report.measures), ("Yosinski arms", report.yosinski),
+          _shown(shown(tests), TESTS_SHOWN)),
+         ("Learning-curve fits (fits.csv)", _shown(shown(fit_table), FITS_SHOWN)),
+         ("Effective data transferred (per class; effective_data.csv)", _shown(shown(effective), EFFECTIVE_SHOWN)),
+         ("Learning-curve measures (Taylor & Stone)", shown(report.measures)), ("Yosinski arms", report.yosinski),
          ("Transferability scores vs measured accuracy (Kendall tau-b, weighted tau, Spearman, regret)",
-          report.transferability),
+          shown(graded)),
          ("Missing points", report.missing), ("Duplicate runs (ignored)", report.duplicates)],
         report.failed, setup=report.setup, answer=report.answer, grids=report.tables)
     return report
@@ -236,8 +318,15 @@ def counts_line(r: Report) -> str | None:
             + f", {int(state.isin(list(REASONS)).sum())} missing" + tail)
 
 
+def _people(r: Report):
+    """The report's frames as people read them (arm names for labels; `ArmNames.shown`)."""
+    return r.names.shown if r.names is not None else (lambda frame: frame)
+
+
 def notes(r: Report) -> list[str]:
     from transferlab.analysis import stats
+
+    shown = _people(r)
 
     n_ok = int((r.results["status"] == "ok").sum())
     n_failed = int((r.results["status"] != "ok").sum())
@@ -251,19 +340,22 @@ def notes(r: Report) -> list[str]:
     if r.results["setting_key"].nunique() > 1:
         lines.append(f"{r.results['setting_key'].nunique()} settings (runs that differ in more than their arm, n "
                      "and seed are never pooled): " + "; ".join(sorted(r.results["setting"].dropna().unique())))
-    for _, c in r.crossovers.iterrows():
+    for _, c in shown(r.crossovers).iterrows():
         lines.append(f"{c['setting']}: {c['finetuned_arm']} vs {c['frozen_arm']}: {stats.format_n_star(c)}")
     if len(r.tests):
         lines.append("differences are paired by seed (t-intervals over pairs); tests: paired t-test (Wilcoxon "
                      "signed-rank beside it), Holm-corrected over the tests at each setting and n (paired_tests.csv); "
-                     "an arm is tied with the best when its paired interval against it includes 0")
-    for _, e in r.effective.groupby("setting_key", sort=False) if len(r.effective) else []:
+                     "an arm is tied with the best when its paired interval against it includes 0 (before "
+                     "correction); the gain table marks * significant after Holm and ° before correction only")
+    from transferlab.analysis.effective_data import d_t_sentence
+
+    for _, e in shown(r.effective).groupby("setting_key", sort=False) if len(r.effective) else []:
         first = e[e["n"] == e["n"].min()].sort_values("acc", ascending=False).iloc[0]
         lines.append(f"{first['setting']}: effective data transferred at n={first['n_label']} per class, "
-                     f"{first['arm']} (the best transfer arm there): D_T {first['d_t_text']} examples per class")
+                     f"{first['arm']} (the best transfer arm there): {d_t_sentence(first)}")
     from transferlab.analysis.transferability import summary_lines
 
-    lines += summary_lines(r.transferability) if len(r.transferability) else []
+    lines += summary_lines(shown(r.transferability)) if len(r.transferability) else []
     return lines
 
 
@@ -315,7 +407,7 @@ def print_summary(r: Report, console: Console | None = None) -> None:
     from transferlab.analysis.lead_metric import NAMES
 
     console = console or Console(width=max(Console().width, 110))
-    for setting, best in (r.best.groupby("setting", sort=True) if not r.best.empty else []):
+    for setting, best in (_people(r)(r.best).groupby("setting", sort=True) if not r.best.empty else []):
         metric = NAMES.get(r.metric, r.metric)
         table = Table(title=escape(f"{r.name}: {setting} — best freeze depth per n (test {metric} %; differences "
                                    "paired by seed, [95% CI])"))

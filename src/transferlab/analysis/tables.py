@@ -2,12 +2,20 @@
 arms as rows and n as columns, written as LaTeX (booktabs) and Markdown under `<out>/tables/`, and shown in
 report.html from the same cells.
 
-One marking rule in every table, the report's (`paired.mark_ties`): **bold** is the best arm at that n (highest
-mean of the lead metric, scratch included: `is_best`, the arm best.csv names), a dagger † marks the arms tied
-with it (their paired interval against the best includes 0, `tied_with_best`), and a footnote says so under each
-table. A bold cell without a dagger beside it in its column is a lead the seeds resolve; bold with daggers is the
-highest mean among arms the data cannot tell apart. In the gain table an asterisk marks a gain whose Holm-adjusted
-paired t-test against scratch is significant.
+Marks, each with one meaning, said in a footnote under each table that uses it:
+
+- summary and effective-data tables (the report's rule, `paired.mark_ties`): **bold** is the best arm at that n
+  (highest mean of the lead metric, scratch included: `is_best`, the arm best.csv names), a dagger † marks the
+  arms tied with it (their paired t-interval against the best, before any correction, includes 0:
+  `tied_with_best`). A bold cell without a dagger beside it in its column is a lead the seeds resolve; bold with
+  daggers is the highest mean among arms the data cannot tell apart;
+- gain table: its marks are about its own test, the paired t-test of the arm against scratch (the test whose
+  interval the cell shows), so a mark and the cell's interval never disagree: * significant after Holm's
+  correction (family: the tests at one n, `paired_tests.csv`), ° significant before correction only (the cell's
+  interval excludes 0, Holm does not keep it). No bold and no dagger there: those are the summary's.
+
+Labels: `tab:<sweep>-<kind>[-<setting>]`, unique per sweep and setting, so tables of several sweeps can sit in one
+paper.
 
 Cells: the summary is "mean ± half-width" of the t-interval over seeds, in % (the lead metric chosen with
 `--metric`); the half-width is recomputed from the standard deviation, not taken from the interval clipped to
@@ -19,6 +27,7 @@ ends as bounds ("> 15", "< 0"). A single seed has no interval: the mean alone.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +39,7 @@ from transferlab.analysis.naming import setting_tags
 from transferlab.store.atomic import atomic_path
 
 DAGGER = "†"
+UNCORRECTED = "°"  # gain table: significant before Holm's correction only
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Cell:
     best: bool = False  # bold
     tied: bool = False  # dagger: not distinguishable from the best
     significant: bool = False  # asterisk (gain table): Holm-adjusted paired test vs scratch
+    uncorrected: bool = False  # degree sign (gain table): the same test significant before correction only
 
 
 @dataclass
@@ -51,10 +62,19 @@ class Grid:
     columns: list[str]  # n labels
     rows: list[tuple[str, list[Cell]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # footnotes, plain text
+    sweep: str = ""  # the sweep's name: part of the LaTeX label
 
     @property
     def name(self) -> str:
         return f"{self.kind}{self.tag}"
+
+    @property
+    def label(self) -> str:
+        """`tab:<sweep>-<kind>[-<setting>]`: unique per sweep and setting (LaTeX labels allow letters, digits and
+        `-:.`; anything else becomes `-`)."""
+        parts = [self.sweep, self.kind, self.tag]
+        slug = "-".join(re.sub(r"[^A-Za-z0-9:.]+", "-", p).strip("-") for p in parts if p)
+        return f"tab:{re.sub('-+', '-', slug)}"
 
 
 def _half(std: float, n: int, confidence: float) -> float:
@@ -89,8 +109,9 @@ def _arms(frame: pd.DataFrame) -> list[str]:
 def _marking_notes(confidence: float, any_tied: bool) -> list[str]:
     out = ["Bold: the best arm at that n (highest mean, scratch included)."]
     if any_tied:
-        out.append(f"{DAGGER} Not distinguishable from the best: the paired {confidence:.0%} interval of the "
-                   "difference (same seeds, same labelled subsets) includes 0.")
+        out.append(f"{DAGGER} Not distinguishable from the best: the paired {confidence:.0%} t-interval of the "
+                   "difference (same seeds, same labelled subsets) includes 0; this is the paired t-test against "
+                   "the best before any correction (paired_tests.csv has its Holm-adjusted p).")
     return out
 
 
@@ -124,7 +145,6 @@ def summary_grid(s: pd.DataFrame, setting: str, tag: str, metric_name: str, conf
 def gain_grid(gain: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, metric_name: str,
               confidence: float) -> Grid:
     cols = list(gain.drop_duplicates("n_label").sort_values("n")["n_label"])
-    flags = _flags(s)
     g = Grid("gain", setting, tag, f"Gain in test {metric_name} over scratch (percentage points) on {setting}: "
              f"mean of the seed-paired differences ± half-width of their {confidence:.0%} t-interval.", cols)
     for arm in _arms(gain.assign(is_scratch=False)):
@@ -136,16 +156,25 @@ def gain_grid(gain: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, metri
                 continue
             r = r.iloc[0]
             half = r["gain_ci_hi"] - r["gain_mean"] if not pd.isna(r["gain_ci_hi"]) else math.nan
-            best, tied = flags.get((arm, n), (False, False))
-            sig = r.get("significant")
-            cells.append(Cell(_pm(r["gain_mean"], half, signed=True), best, tied,
-                              bool(sig) if not pd.isna(sig) else False))
+            sig, raw = _significance(r, 1 - confidence)
+            cells.append(Cell(_pm(r["gain_mean"], half, signed=True), significant=sig, uncorrected=raw and not sig))
         g.rows.append((arm, cells))
-    g.notes += _marking_notes(confidence, any(c.tied for _, row in g.rows for c in row))
+    alpha = f"{1 - confidence:.2g}"
+    g.notes.append(f"Test: paired t-test of the arm against scratch over the seed pairs, the test whose "
+                   f"{confidence:.0%} interval the cell shows (± half-width).")
     if any(c.significant for _, row in g.rows for c in row):
-        g.notes.append(f"* Holm-adjusted paired t-test against scratch: p ≤ {1 - confidence:.2g} (family: the "
-                       "tests at one n).")
+        g.notes.append(f"* Significant after Holm's correction: Holm-adjusted p ≤ {alpha} (family: every paired "
+                       "test at that n, paired_tests.csv).")
+    if any(c.uncorrected for _, row in g.rows for c in row):
+        g.notes.append(f"{UNCORRECTED} Significant before correction only: p ≤ {alpha} and the interval excludes 0, "
+                       "but the Holm-adjusted p is above it.")
     return g
+
+
+def _significance(r: pd.Series, alpha: float) -> tuple[bool, bool]:
+    """(significant after Holm, significant before correction) of a gain row's paired t-test against scratch."""
+    holm, raw = r.get("p_t_holm"), r.get("p_t")
+    return (not pd.isna(holm) and float(holm) <= alpha, not pd.isna(raw) and float(raw) <= alpha)
 
 
 def effective_grid(dt: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, confidence: float) -> Grid:
@@ -192,8 +221,9 @@ def effective_grid(dt: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, co
 
 
 def grids(summary: pd.DataFrame, gain: pd.DataFrame, effective: pd.DataFrame, metric_name: str = "accuracy",
-          confidence: float = 0.95) -> list[Grid]:
-    """Every table of every setting: summary, then gain and effective data where the setting has them."""
+          confidence: float = 0.95, sweep: str = "") -> list[Grid]:
+    """Every table of every setting: summary, then gain and effective data where the setting has them. `sweep`
+    (the sweep's name) goes into each LaTeX label."""
     out = []
     if summary.empty:
         return out
@@ -210,6 +240,8 @@ def grids(summary: pd.DataFrame, gain: pd.DataFrame, effective: pd.DataFrame, me
         e = effective_grid(d, s, where, tags[where], confidence) if len(d) else None
         if e is not None and any(c.text != "–" for _, row in e.rows for c in row):  # no scratch fit: no table
             out.append(e)
+    for g in out:
+        g.sweep = sweep
     return out
 
 
@@ -218,6 +250,7 @@ def grids(summary: pd.DataFrame, gain: pd.DataFrame, effective: pd.DataFrame, me
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                  "<": r"\textless{}", ">": r"\textgreater{}", "±": r"$\pm$", "≤": r"$\leq$", DAGGER: r"$^\dagger$",
+                 UNCORRECTED: r"$^\circ$",
                  "–": "--"}
 
 
@@ -232,7 +265,7 @@ def latex_cell(c: Cell) -> str:
     if c.text == "–":
         return "--"
     t = c.text.replace("±", r"\pm").replace("≤", r"\leq").replace("> ", ">").replace("< ", "<")
-    marks = ("*" if c.significant else "") + (r"\dagger" if c.tied else "")
+    marks = ("*" if c.significant else "") + (r"\circ" if c.uncorrected else "") + (r"\dagger" if c.tied else "")
     body = f"${t}^{{{marks}}}$" if marks else f"${t}$"
     return "{\\boldmath" + body + "}" if c.best else body
 
@@ -245,7 +278,7 @@ def to_latex(g: Grid) -> str:
     lines = [f"% {g.kind} table for {latex_escape(g.setting)}; written by transferlab.report; needs booktabs",
              r"\begin{table}[t]", r"\centering", r"\small",
              f"\\caption{{{caption}}}",
-             f"\\label{{tab:{g.name.replace('_', '-').strip('-')}}}",
+             f"\\label{{{g.label}}}",
              f"\\begin{{tabular}}{{l{'r' * k}}}", r"\toprule",
              f" & \\multicolumn{{{k}}}{{c}}{{labelled examples per class, $n$}} \\\\",
              f"\\cmidrule(lr){{2-{k + 1}}}", f"Arm & {head} \\\\", r"\midrule"]
@@ -271,7 +304,7 @@ def md_cell(c: Cell) -> str:
     body = _md_escape(c.text)
     if c.best and c.text != "–":
         body = f"**{body}**"
-    return body + (r"\*" if c.significant else "") + (DAGGER if c.tied else "")
+    return body + (r"\*" if c.significant else "") + (UNCORRECTED if c.uncorrected else "") + (DAGGER if c.tied else "")
 
 
 def to_markdown(g: Grid) -> str:
