@@ -6,6 +6,11 @@ outside a table's own scroll box), and the setup block present. Parsing the HTML
 The report itself has no scripts; the probe is added to a copy of it. Chromium is driven with `--dump-dom`, which
 prints the DOM after the page has loaded, and the probe leaves its measurements in that DOM. A page made to fail
 (a wide block, a broken image) is measured first, so the probe is known to see what it checks for.
+
+Screenshots (`--screenshot`, the 1280 x 900 viewport): the page's first screen, which must hold the title, the
+setup block's command and the sources of variation the intervals include, and one figure, cut out of the page
+(its head and the figure's section only, so the figure is at the top of the viewport), which must show the
+figure's own pixels: the first arm's colour on a white page.
 """
 
 from __future__ import annotations
@@ -48,11 +53,14 @@ window.addEventListener('load', function () {
     return {alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, width: i.getBoundingClientRect().width};
   });
   var setup = document.getElementById('setup');
+  var top = function (sel) { var e = document.querySelector(sel); return e ? e.getBoundingClientRect().top : null; };
+  var tops = {title: top('h1'), setup: top('#setup h2'), command: top('#setup pre'), kv: top('#setup table.kv'),
+              height: window.innerHeight};
   var p = document.createElement('pre');
   p.id = 'probe';
   p.textContent = JSON.stringify({clientWidth: vw, scrollWidth: doc.scrollWidth, bodyScrollWidth:
     document.body.scrollWidth, outside: out.slice(0, 20), boxes: boxes, images: images,
-    setup: setup ? setup.innerText : null});
+    setup: setup ? setup.innerText : null, tops: tops});
   document.body.appendChild(p);
 });
 </script>"""
@@ -127,3 +135,43 @@ def test_report_renders_in_chromium_without_overflow(page, tmp_path):
     for shown in ("python -m transferlab.train -m experiment=freeze_vs_n", "varied across runs", "target training",
                   "split sizes", "sha256", "versions"):
         assert shown in setup, shown
+
+
+def screenshot(page: Path, tmp: Path, name: str) -> "object":
+    """The first WIDTH x 900 screen of `page` as headless Chromium draws it, as an RGB array in [0, 1]."""
+    import matplotlib.image as mpimg
+
+    png = tmp / f"{name}.png"
+    p = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", f"--screenshot={png}",
+                        page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert png.exists(), f"no screenshot (exit {p.returncode}): {p.stderr[-2000:]}"
+    return mpimg.imread(png)[..., :3]
+
+
+def test_first_screen_shows_the_title_the_command_and_what_the_intervals_include(page, tmp_path):
+    m = measure(page, tmp_path)
+    tops = m["tops"]
+    for key in ("title", "setup", "command", "kv"):  # all on the first screen, in reading order
+        assert tops[key] is not None and 0 <= tops[key] < tops["height"], (key, tops)
+    assert tops["title"] < tops["setup"] < tops["command"] < tops["kv"]
+    assert "what the intervals over seeds include" in m["setup"] and "training seed (seed): included" in m["setup"]
+    shot = screenshot(page, tmp_path, "first_screen")
+    assert shot.shape[:2] == (900, WIDTH)
+    dark = (shot.max(axis=2) < 0.35).mean()  # text drawn on the white page
+    assert 0.005 < dark < 0.5, dark
+
+
+def test_one_figure_renders_in_the_screenshot(page, tmp_path):
+    from transferlab.analysis.plots import PALETTE
+
+    text = page.read_text(encoding="utf-8")
+    head, body = text.split("<body>", 1)
+    start = body.index("<section id='figures'>")
+    end = body.find("<h2>", body.index("<img", start))  # the next figure's heading
+    only = tmp_path / "figure.html"
+    only.write_text(head + "<body>" + body[start:end] + "</section></body></html>", encoding="utf-8")
+    shot = screenshot(only, tmp_path, "figure")
+    rgb = tuple(int(PALETTE[0][i:i + 2], 16) / 255 for i in (1, 3, 5))  # the first arm's colour
+    near = (abs(shot - rgb) < 0.08).all(axis=2).mean()
+    assert near > 0.0005, near  # the arm's markers and bars are on screen
+    assert (shot.min(axis=2) > 0.95).mean() > 0.3  # and the page around them is white, not a blank or error page
