@@ -417,8 +417,10 @@ class TrainerConfig:
 
 @dataclass
 class DDPTrainerConfig(TrainerConfig):
+    """One run over several devices of a node; transferlab starts the ranks (run/ddp.py)."""
+
     strategy: str = "ddp"
-    sync_batchnorm: bool = True
+    sync_batchnorm: Optional[bool] = None  # null: on with GPUs, off on CPUs (torch's SyncBatchNorm is GPU-only)
 
 
 @dataclass

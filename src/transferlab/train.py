@@ -54,20 +54,26 @@ def main(cfg: DictConfig) -> float | None:
         orphan.watch_parent(state.SWEEP_PID_ENV)  # a local worker leaves when its sweep process dies
         state.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
 
+    from transferlab.run import ddp
     from transferlab.run.group import GroupFailed, run_group
 
     try:
+        given = ddp.handoff()
+        if given is not None:  # a DDP rank started by its launcher (run/ddp.py): its share of the fit, no table
+            ddp.run_rank(cfg, given)
+            return None
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
             if cfg.get("group"):  # a vectorised seed group: this job trains several points (run/group.py)
                 run_group(cfg)
                 return None
-            record = run(cfg)
+            # several devices: this process prepares everything, then starts and watches the DDP ranks
+            record = ddp.launch(cfg) if ddp.processes(cfg.trainer) > 1 else run(cfg)
     except ConfigError as e:
         _report_config_error(e)
         if _in_sweep():
             raise  # the sweeper records this point as failed and the other points go on
         raise SystemExit(2) from None
-    except GroupFailed as e:  # each member's result.json says how it ended
+    except (GroupFailed, ddp.RanksFailed) as e:  # each result.json says how it ended
         print(f"transferlab: {e}", file=sys.stderr)
         if _in_sweep():
             raise
@@ -96,8 +102,12 @@ def _composition_failed(e: Exception) -> int:
     from hydra._internal.utils import run_and_report
 
     from transferlab.config import config_error
+    from transferlab.errors import ConfigError
 
-    error = config_error(e)
+    seen: BaseException | None = e  # a ConfigError the sweeper raised for a point (e.g. DDP in a sweep)
+    while seen is not None and not isinstance(seen, ConfigError):
+        seen = seen.__cause__ or seen.__context__
+    error = seen if isinstance(seen, ConfigError) else config_error(e)
     if error is not None:
         _report_config_error(error)
         return 2

@@ -103,9 +103,12 @@ class TransferlabSweeper(BasicSweeper):
     def _point_hash(self, overrides: List[str], out_dir: str) -> str:
         """Fingerprint of a job as its result.json will record it (`transferlab.run.identity.fingerprint` of the
         resolved config as the task function sees it, input file contents included)."""
+        from transferlab.run.ddp import refuse_in_sweep
         from transferlab.run.identity import fingerprint
 
-        return fingerprint(self._point_config(overrides, out_dir))  # resolved as the run resolves it
+        cfg = self._point_config(overrides, out_dir)  # resolved as the run resolves it
+        refuse_in_sweep(cfg)  # one device per point: ConfigError (exit 2) before any folder exists
+        return fingerprint(cfg)
 
     def _point_config(self, overrides: List[str], out_dir: str) -> DictConfig:
         """A job's config as the task function will see it (without `hydra`).

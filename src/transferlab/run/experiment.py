@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain
-from transferlab.run import convergence, identity
+from transferlab.run import convergence, ddp, identity
 from transferlab.run.record import Metrics, RunRecord
 from transferlab.run.scoring import score_run
 from transferlab.run.setup import Prepared, prepare
@@ -41,10 +41,11 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
     net = TransferNet(build_backbone(cfg.backbone, source.input_shape), source.num_classes)
     module = TransferModule(net, source.num_classes, optim=plain(cfg.pretrain))
     t0 = time.perf_counter()
+    trainer = ddp.single_device(plain(cfg.trainer))  # a DDP run's launcher pretrains before any rank exists
     outcome = fit_and_test(
         module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
-                        device=pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))),
-        max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=cfg.trainer, ckpt_dir=work_dir / "checkpoints",
+                        device=pick_device(trainer.get("accelerator"), trainer.get("devices"))),
+        max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=trainer, ckpt_dir=work_dir / "checkpoints",
         logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
         fingerprint=identity.source_fingerprint(cfg, data=source.fingerprint()),  # a killed pretraining resumes
         resume_every_s=resume_every_s(cfg),
@@ -167,8 +168,9 @@ class Experiment:
             fingerprint=self.fingerprint, inputs=self.inputs, environment=identity.environment(),
         )
 
-    def build(self) -> None:
-        """Source weights (cache), the target net at this run's seed, its batches, scores and module."""
+    def build(self, score: bool = True) -> None:
+        """Source weights (cache), the target net at this run's seed, its batches, scores and module. `score`:
+        False in a DDP rank, whose launcher scored the run (run/ddp.py)."""
         cfg, prep, record = self.cfg, self.prep, self.record
         plan, target, budget = prep.plan, prep.target, prep.budget
         state, record.source_cache, record.source_ckpt, record.source_metrics = source_weights(cfg, prep,
@@ -187,7 +189,7 @@ class Experiment:
         self.batches, self.cache = target_batches(cfg, plan, target, net, budget.epochs)
         record.feature_cache = self.cache.record()
         # Transferability scores of the copied blocks as built, before any training (no effect on the fit).
-        record.scores = score_run(cfg, prep, net, self.cache, state)
+        record.scores = score_run(cfg, prep, net, self.cache, state) if score else None
         self.net = net
         self.module = TransferModule(net, target.num_classes, optim={**plain(cfg.train), "max_epochs": budget.epochs},
                                      plan=plan, input_block=self.cache.start)  # plan.trains groups, lr_decay, L2-SP
@@ -205,9 +207,10 @@ class Experiment:
                                   axes={**axes, **source_config(record.source_cache, record.source_metrics)})
         return self.logger
 
-    def fit(self) -> FitOutcome:
+    def fit(self, logger=None) -> FitOutcome:
+        """`logger`: None opens the run's own; False logs nothing (a DDP rank > 0, run/ddp.py)."""
         cfg, budget = self.cfg, self.prep.budget
-        logger = self.open_logger()
+        logger = self.open_logger() if logger is None else logger
         log.info("step budget: %d epochs x %d steps (%s); validation: %s", budget.epochs, budget.steps_per_epoch,
                  budget.rule, budget.val_rule)
         return fit_and_test(options.apply(self.module, cfg.train), self.batches,

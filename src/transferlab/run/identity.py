@@ -257,10 +257,15 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
     """The source-model cache key: what shapes the source model (source task and its files, backbone and its
     weights file, pretraining and trainer settings incl. the pretraining seed), plus the source data as loaded
     (`TaskData.fingerprint()`, when given), so an edited or differently-located user file never reuses a stale
-    model and changing target or transfer settings never retrains it."""
+    model and changing target or transfer settings never retrains it. The trainer settings are those the
+    pretraining runs with: one device, no DDP keys (`ddp.single_device`: a DDP run's launcher pretrains)."""
+    from transferlab.run.ddp import single_device
+
     c = identity_config(config)
     ins = inputs(config) if ins is None else ins
     part = {k: c.get(k) for k in ("source", "backbone", "pretrain", "trainer")}
+    if isinstance(part["trainer"], dict):
+        part["trainer"] = single_device(part["trainer"], machine=False)
     files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights")}
     return _digest({"config": part, "inputs": files, "data": data})
 

@@ -206,6 +206,13 @@ def check_devices(cfg: DictConfig) -> list[Problem]:
     return []
 
 
+def check_ddp(cfg: DictConfig) -> list[Problem]:
+    """Several devices: one DDP run whose ranks transferlab starts (run/ddp.py)."""
+    from transferlab.run import ddp
+
+    return ddp.check(cfg)
+
+
 def check_lease(cfg: DictConfig) -> list[Problem]:
     """`lease.slots` (concurrent jobs per machine) within the devices there are; raises ConfigError otherwise."""
     from transferlab.run.lease import slot_count
@@ -262,7 +269,7 @@ def check_cache_dir(cfg: DictConfig) -> list[Problem]:
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
-    check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_lease,
+    check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_ddp, check_lease,
     check_checkpoint, check_resume, options.check, check_cache_dir,
 ]
 
@@ -341,7 +348,14 @@ def check_source_resume(cfg: DictConfig, ctx: Context) -> list[Problem]:
     return [problem("paths.output_dir", str(out_dir), why)] if why else []
 
 
+def check_ddp_plan(cfg: DictConfig, ctx: Context) -> list[Problem]:
+    from transferlab.run import ddp
+
+    return ddp.check_prepared(cfg, ctx.plan, ctx.target)
+
+
 PLAN_CHECKS: list[Callable[[DictConfig, Context], list[Problem]]] = [
+    check_ddp_plan,
     check_input_shapes,
     check_strategy,
     check_select_epoch,

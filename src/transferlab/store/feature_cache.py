@@ -269,6 +269,11 @@ def get_or_compute(cfg, task, net, decision: Decision, *, device: torch.device) 
     return feats
 
 
+def forget() -> None:
+    """Drop the features this process holds (a DDP launcher, before its ranks start: run/ddp.py)."""
+    _memory.clear()
+
+
 def remembered(key: str | None) -> dict[str, torch.Tensor] | None:
     """The features this process computed or verified under `key` (a Decision's), or None (not held, evicted)."""
     return _memory.get(key) if key else None

@@ -221,13 +221,35 @@ def set_aside(path: str | os.PathLike) -> Path:
     return aside
 
 
+class NotMadeYet(RuntimeError):
+    """A process that only reads cache entries (`read_only`) found one missing or failing verification."""
+
+
+_read_only: str | None = None  # why this process only reads cache entries (a DDP rank), or None
+
+
+def read_only(why: str | None) -> None:
+    """From now on `get_or_make` in this process reads finished, verified entries only: no lock is taken, nothing
+    is made, set aside or touched; a missing or damaged entry raises NotMadeYet. A DDP rank (run/ddp.py) sets it:
+    the launching process made every entry before any rank existed, and a rank waiting on an entry's lock while
+    another rank holds it and waits for the first in a collective is a deadlock. None: reads and makes again."""
+    global _read_only
+    _read_only = why
+
+
 def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | None]]) -> tuple[Any, str]:
     """(object, 'hit'|'miss'): the verified file at `path`, or `make()` -> (object, meta) saved there with its
     checksum (and `meta` as meta.json beside it), under a file lock on the entry's folder.
 
     A read that fails outside the lock is only retried under it (a writer may be between its payload and its
-    checksum); one that fails under the lock is a damaged entry: set aside with one warning, then recomputed."""
+    checksum); one that fails under the lock is a damaged entry: set aside with one warning, then recomputed.
+    In a process that only reads (`read_only`), a read that fails raises NotMadeYet instead."""
     path = Path(path)
+    if _read_only is not None:
+        try:
+            return load(path), "hit"
+        except (OSError, WeightsError) as e:
+            raise NotMadeYet(f"{path}: {type(e).__name__}: {e}; {_read_only}") from None
     if path.exists():
         try:
             obj = load(path)

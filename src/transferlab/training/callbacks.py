@@ -289,7 +289,8 @@ class ResumePoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if final or time.monotonic() - self._since >= self.every_s:
+        # rank 0's clock decides for every DDP rank: save_checkpoint is collective (a barrier) under DDP
+        if trainer.strategy.broadcast(final or time.monotonic() - self._since >= self.every_s, src=0):
             trainer.save_checkpoint(self.path)
             if self.tracker is not None and trainer.is_global_zero:
                 self.tracker.commit()
