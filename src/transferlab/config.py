@@ -459,6 +459,7 @@ class PathsConfig:
 @dataclass
 class LeaseConfig:
     slots: Any = "auto"  # null (off), auto or an int
+    per_device: int = 1  # jobs sharing each device: slots x per_device leases in all (run/lease.py)
     dir: str = "${oc.env:TMPDIR,/tmp}/transferlab-leases"
     poll_s: float = 0.2
 

@@ -105,9 +105,11 @@ class TransferlabSweeper(BasicSweeper):
         resolved config as the task function sees it, input file contents included)."""
         from transferlab.run.ddp import refuse_in_sweep
         from transferlab.run.identity import fingerprint
+        from transferlab.run.lease import per_device
 
         cfg = self._point_config(overrides, out_dir)  # resolved as the run resolves it
         refuse_in_sweep(cfg)  # one device per point: ConfigError (exit 2) before any folder exists
+        per_device(cfg)  # lease.per_device >= 1, likewise
         return fingerprint(cfg)
 
     def _point_config(self, overrides: List[str], out_dir: str) -> DictConfig:

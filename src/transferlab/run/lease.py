@@ -7,7 +7,10 @@ SIGKILL included, so a dead job never holds a slot. Without a GPU the slots are 
 core k and uses one thread, which is the same mechanism and can be tested on any machine.
 
 Config (`lease:`): `slots` null = off (sequential runs and SLURM, which pins devices itself), `auto` = one per GPU
-(else per CPU core), or an int; `dir` = where the slot files live (node-local); `poll_s`.
+(else per CPU core), or an int; `per_device` = K jobs sharing each device (slots x K leases; slot k is on device
+k mod slots, so the lowest-free-first order spreads jobs over the devices before doubling up); `dir` = where the
+slot files live (node-local); `poll_s`. When K jobs per device pay and when a vectorised group is better:
+docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -39,8 +42,16 @@ def _gpu_count(cfg: DictConfig) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def slot_count(cfg: DictConfig) -> tuple[int, str]:
-    """(number of slots, 'gpu'|'cpu'), or (0, '') when leasing is off."""
+def per_device(cfg: DictConfig) -> int:
+    """`lease.per_device`: how many jobs share one device (1 when leasing is off or the key is absent)."""
+    k = (cfg.get("lease") or {}).get("per_device", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(problem("lease.per_device", k, "an integer >= 1 (jobs sharing each device)"))
+    return k
+
+
+def devices(cfg: DictConfig) -> tuple[int, str]:
+    """(number of devices leased out, 'gpu'|'cpu'), or (0, '') when leasing is off."""
     spec = cfg.get("lease") or {}
     slots = spec.get("slots")
     if slots in (None, False, 0, "off"):
@@ -55,6 +66,13 @@ def slot_count(cfg: DictConfig) -> tuple[int, str]:
     if kind == "gpu" and slots > gpus:
         raise ConfigError(problem("lease.slots", slots, f"at most the {gpus} visible GPUs"))
     return slots, kind
+
+
+def slot_count(cfg: DictConfig) -> tuple[int, str]:
+    """(number of slots: devices x `lease.per_device`, 'gpu'|'cpu'), or (0, '') when leasing is off."""
+    n, kind = devices(cfg)
+    k = per_device(cfg)  # checked even when leasing is off: a bad value is an error wherever it is set
+    return n * k, kind
 
 
 def acquire(folder: Path, n: int, poll_s: float = 0.2, timeout_s: float | None = None) -> tuple[int, FileLock]:
@@ -101,23 +119,25 @@ def lease_device(cfg: DictConfig) -> Iterator[int | None]:
     spec = cfg.lease
     folder = Path(str(spec.get("dir") or Path(os.environ.get("TMPDIR", "/tmp")) / "transferlab-leases"))
     k, lock = acquire(folder, n, float(spec.get("poll_s", 0.2)))
+    device = k % (n // per_device(cfg))  # slots 0..D-1 are one per device, D..2D-1 the second on each, ...
     start = time.time()
     affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
     try:
         with open_dict(cfg):  # the slot itself stays out of cfg: it must not change the run's fingerprint
             if kind == "gpu":
                 cfg.trainer.accelerator = "gpu"
-                cfg.trainer.devices = [k]
+                cfg.trainer.devices = [device]
             else:
                 cores = sorted(affinity)
-                os.sched_setaffinity(0, {cores[k % len(cores)]})
+                os.sched_setaffinity(0, {cores[device % len(cores)]})
                 torch.set_num_threads(1)
                 cfg.trainer.devices = 1
-        log.info("leased %s slot %d of %d (%s)", kind, k, n, folder)
+        log.info("leased %s slot %d of %d: device %d (%s)", kind, k, n, device, folder)
         yield k
     finally:
         if kind == "cpu":
             os.sched_setaffinity(0, affinity)
             torch.set_num_threads(threads)
-        _log_lease(folder, {"slot": k, "kind": kind, "pid": os.getpid(), "start": start, "end": time.time()})
+        _log_lease(folder, {"slot": k, "device": device, "kind": kind, "pid": os.getpid(), "start": start,
+                            "end": time.time()})
         lock.release()
