@@ -109,6 +109,7 @@ class Select(Choice):
     best_val = "best_val"
     last = "last"
     fixed_epoch = "fixed_epoch"
+    val_in_budget = "val_in_budget"  # best_val on a validation split carved out of the n labelled examples
 
 
 class Score(Choice):
@@ -239,6 +240,9 @@ class TrainConfig(OptimConfig):
     max_steps: Optional[int] = None  # null: no cap (budget=steps: required, the budget itself)
     select: Select = Select.best_val
     select_epoch: Optional[int] = None  # select=fixed_epoch only: the model after this many epochs (1-based)
+    # select=val_in_budget only: this fraction of each class's labelled examples (at least 1, at most all but 1)
+    # is held out of training to select on, so the n of the x axis is every label the model saw (tasks/budget_val.py)
+    val_in_budget_fraction: float = 0.2
     # the validation schedule (training/budget.py): at most one check per val_every_steps optimizer steps (every
     # epoch once an epoch is that long; null or 1: every epoch), or val_checks checks spread over the fit
     val_every_steps: Optional[int] = 8

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain
-from transferlab.run import convergence, ddp, identity
+from transferlab.run import convergence, ddp, identity, labels
 from transferlab.run.record import Metrics, RunRecord
 from transferlab.run.scoring import score_run
 from transferlab.run.setup import Prepared, prepare
@@ -165,6 +165,8 @@ class Experiment:
             num_classes=target.num_classes, n_val=int(len(target.val_y)), n_test=int(len(target.test_y)),
             seed=int(cfg.seed), data_seed=int(cfg.data_seed), train_indices=[int(i) for i in target.train_indices],
             budget=budget.to_dict(), select=str(cfg.train.select), target_data=target.info, config=plain(cfg),
+            labels_used=labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"),
+                                           len(target.train_indices), len(target.val_y)),
             fingerprint=self.fingerprint, inputs=self.inputs, environment=identity.environment(),
         )
 

@@ -128,7 +128,10 @@ class RunRecord:
     # the fit's step budget (training/budget.py): budget, max_epochs, min_steps, max_steps, n_train, batch_size,
     # steps_per_epoch, target_steps (asked), source_steps (scratch_long), epochs and steps planned, rule
     budget: dict[str, Any] | None = None
-    select: str | None = None  # which epoch's model was tested (train.select): best_val, last or fixed_epoch
+    select: str | None = None  # which epoch's model was tested (train.select): best_val, last, fixed_epoch or
+    #                            val_in_budget (best_val on a val split carved out of the n: tasks/budget_val.py)
+    labels_used: int | None = None  # labelled target examples that influenced the model (run/labels.py): the
+    #                                 training subset, plus the val split when selection or the LR schedule read it
     selected_epoch: int | None = None  # 1-based epoch of the tested model
     metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
     single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)

@@ -28,6 +28,7 @@ from transferlab.backbones import FAMILIES, BlockBackbone, build_structure, fami
 from transferlab.errors import ConfigError, Problem, problem
 from transferlab.run import identity
 from transferlab.tasks import TaskData, build_task
+from transferlab.tasks.budget_val import with_budget_val
 from transferlab.training import budget as budget_mod
 from transferlab.training import options
 from transferlab.training.scratch_long import source_steps
@@ -148,6 +149,14 @@ def check_budget(cfg: DictConfig) -> list[Problem]:
     elif not fixed and t.select_epoch is not None:
         out.append(problem("train.select_epoch", t.select_epoch, f"null unless train.select=fixed_epoch "
                                                                 f"(train.select={t.select})"))
+    f = t.get("val_in_budget_fraction")
+    if not _is_num(f) or not 0 < f < 1:
+        out.append(problem("train.val_in_budget_fraction", f, "a number in (0, 1): the share of each class's n held "
+                                                              "out to select on (train.select=val_in_budget)"))
+    if str(t.select) == "val_in_budget" and cfg.target.get("val_cap_per_class") is not None:
+        out.append(problem("target.val_cap_per_class", cfg.target.val_cap_per_class,
+                           "null with train.select=val_in_budget (its val split is carved out of the n examples; "
+                           "the dataset's val split is not read)"))
     for name in ("val_every_steps", "val_checks"):
         v = t.get(name)
         if v is not None and v < 1:
@@ -401,6 +410,11 @@ def prepare(cfg: DictConfig) -> Prepared:
     if _seed_ok(cfg.data_seed) and not about("target"):
         ctx.target = _collect(problems, build_task, cfg.target, key="target", data_seed=int(cfg.data_seed),
                               data_dir=data_dir)
+    in_budget = str(cfg.train.select) == "val_in_budget"
+    if ctx.target is not None and in_budget and not about("train.val_in_budget_fraction"):
+        size_key = "target.n_train" if cfg.target.get("n_train") is not None else "target.n_per_class"
+        ctx.target = _collect(problems, with_budget_val, ctx.target, float(cfg.train.val_in_budget_fraction),
+                              int(cfg.data_seed), size_key=size_key, size_value=cfg.target.get(size_key[7:]))
     if ctx.target is None and has_source:
         load_source()  # its input shape lets the backbone and transfer checks still run
     shaped = ctx.target or ctx.source

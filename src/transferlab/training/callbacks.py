@@ -202,7 +202,8 @@ class RunLocalCheckpoint(ModelCheckpoint):
     part, absolute or `..`, is dropped) and restores the scores, so re-testing a finished run gives its numbers.
     """
 
-    RULES = ("best_val", "last", "fixed_epoch")  # transferlab.config.Select
+    # transferlab.config.Select; val_in_budget is best_val's rule on a val split carved out of the n (tasks/budget_val.py)
+    RULES = ("best_val", "last", "fixed_epoch", "val_in_budget")
 
     def __init__(self, *args: Any, select: str = "best_val", select_epoch: int | None = None,
                  loss: str = "val/loss", **kwargs: Any):
