@@ -285,6 +285,12 @@ def tl(args: list[str], work: Path, name: str, cache: Path, multirun: bool = Fal
     return timed([*base, *args, *where], cwd=work, log=work / f"{name}.log")
 
 
+def estimated_wall_s(text: str) -> float | None:
+    """The wall time a dry run's cost preview printed ("wall time: ~12.3 min (...)"), in seconds."""
+    m = re.search(r"wall time: (?:~|at least )?([0-9.]+) (s|min|h)\b", text)
+    return None if m is None else float(m[1]) * {"s": 1, "min": 60, "h": 3600}[m[2]]
+
+
 def job_times(log: Path) -> list[tuple[str, float]]:
     """(overrides, seconds) per multirun job from Hydra's log: launch to the next launch (the last job: to the
     sweep's summary line)."""
@@ -620,6 +626,7 @@ def main() -> None:
             sweeps = {k: v + ["target.n_per_class=1,5", "seed=range(2)", "train.min_steps=40"]
                       for k, v in sweeps.items()}
         env_before, old = None, ["train.val_every_steps=1", "hydra.sweeper.vectorize=null"]
+        estimates: dict[str, float | None] = {}
         if a.before:
             tree = work / "before_src"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), a.before], check=True,
@@ -633,6 +640,11 @@ def main() -> None:
                     extra = old if side == "before" else []
                     base = [sys.executable, "-m", "transferlab.train", "-m", "logger=none",
                             "trainer.enable_progress_bar=false", f"paths.cache_dir={work / f'cache10_{i}_{side}'}"]
+                    if side == "after":  # the dry run's estimate first, from the same empty cache (item 2's goal)
+                        dry = work / f"sweep10_{i}_dry.log"
+                        timed([*base, *args, "hydra.sweeper.dry_run=true",
+                               f"hydra.sweep.dir={work / f'sweep10_{i}_after'}"], work, log=dry)
+                        estimates[label] = estimated_wall_s(dry.read_text())
                     times[side] = timed([*base, *args, *extra, f"hydra.sweep.dir={work / f'sweep10_{i}_{side}'}"],
                                         work, env=env_before if side == "before" else None,
                                         log=work / f"sweep10_{i}_{side}.log")["s"]
@@ -643,6 +655,11 @@ def main() -> None:
                              f"{times['after']:.0f} s", f"{times['before']:.0f} s (before"
                              + (f", code of {a.before})" if a.before else ", old settings)"),
                              f"{times['before'] / times['after']:.1f}x faster", ">= 3x"))
+                est = estimates.get(label)
+                if est is not None:
+                    rows.append((f"{label}: the dry run's wall-time estimate vs the measured sweep",
+                                 f"{est:.0f} s (estimate)", f"{times['after']:.0f} s (measured)",
+                                 f"{est / times['after'] - 1:+.0%}", "within +-30%"))
                 worst = max(delta, key=abs) if delta else float("nan")
                 notes.append(f"row 10, {label}: mean test accuracy per arm and n, after minus before, over "
                              f"{len(delta)} cells: mean {statistics.mean(delta):+.4f}, largest {worst:+.4f} "
