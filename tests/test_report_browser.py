@@ -173,5 +173,5 @@ def test_one_figure_renders_in_the_screenshot(page, tmp_path):
     shot = screenshot(only, tmp_path, "figure")
     rgb = tuple(int(PALETTE[0][i:i + 2], 16) / 255 for i in (1, 3, 5))  # the first arm's colour
     near = (abs(shot - rgb) < 0.08).all(axis=2).mean()
-    assert near > 0.0005, near  # the arm's markers and bars are on screen
+    assert near > 1e-4, near  # the arm's markers and bars are on screen (a few hundred pixels)
     assert (shot.min(axis=2) > 0.95).mean() > 0.3  # and the page around them is white, not a blank or error page

@@ -72,7 +72,7 @@ def test_a_score_that_cannot_vary_across_freeze_depths_is_said_once_not_graded(t
     assert len(table) == 2 and not table["graded"].any() and arms.empty
     assert table["note"].str.startswith(transferability.SAME_INPUT).all()
     [line] = transferability.summary_lines(table)
-    assert "logme not graded" in line and "cut=4" in line and "(n=5, 20)" in line
+    assert line.startswith("S: logme not graded (n=5, 20): it reads only the features at the cut (cut=4)")
     assert transferability.figures(table, arms, tmp_path) == []  # nothing to draw: no figure
     # other cuts read other features: graded
     cuts = _scored({"c2": [1.0, 1.1], "c3": [2.0, 2.1]}, {"c2": [0.6, 0.62], "c3": [0.8, 0.82]})
@@ -265,7 +265,7 @@ def test_effective_data_without_a_scratch_curve_is_a_sentence():
     assert effective_data.d_t_sentence(row) == \
         "D_T not estimated (no scratch curve: 2 distinct n, and a fit needs at least 3)"
     assert effective_data.d_t_sentence({"d_t_text": "14 (95% bootstrap CI 12 to > 15)"}) == \
-        "D_T 14 (95% bootstrap CI 12 to > 15) labelled examples per class"
+        "D_T 14 labelled examples per class (95% bootstrap CI 12 to > 15)"
 
 
 def test_npz_labels_outside_0_to_k_minus_1_are_mapped_as_docs_tasks_says(tmp_path, make_cfg):

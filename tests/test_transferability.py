@@ -187,14 +187,14 @@ def test_report_grades_scores_against_measured_accuracy(tmp_path):
     # NCE reads only the source model's predictions, one source model for every cut: the same input in every arm,
     # so it is not graded (no correlation, no regret), and the summary says so once
     n = t.loc["nce"]
-    assert not n["graded"] and n["note"].startswith("same input for every arm: nce reads only the source model's")
+    assert not n["graded"] and n["note"].startswith("same input for every arm: it reads only the source model's")
     assert math.isnan(n["kendall_tau"]) and math.isnan(n["regret"])
 
     assert (sweep / "figures" / "report_transferability.png").read_bytes()[:4] == b"\x89PNG"
     assert "Transferability scores vs measured accuracy" in (sweep / "report.html").read_text()
     lines = [line for line in notes(report) if "logme vs measured accuracy" in line]
     assert len(lines) == 1 and "tau +1.00" in lines[0] and "regret 0.0 pt" in lines[0]
-    assert len([line for line in notes(report) if "nce not graded" in line]) == 1
+    assert len([line for line in notes(report) if "nce not graded (n=5): it reads only the source model's" in line]) == 1
 
 
 def test_scores_digits_preset_is_a_linear_probe_over_cuts_n_and_seeds():

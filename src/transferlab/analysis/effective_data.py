@@ -80,10 +80,13 @@ NOT_ESTIMATED = "not estimated"  # the start of d_t_text when there is no value 
 
 
 def d_t_sentence(r) -> str:
-    """The effective data of one row as a reader reads it: "D_T 14 (95% bootstrap CI 12 to > 15) labelled
-    examples per class", or "D_T not estimated (no scratch curve: 2 distinct n, and a fit needs at least 3)"."""
+    """The effective data of one row as a reader reads it: "D_T 14 labelled examples per class (95% bootstrap CI
+    12 to > 15)", or "D_T not estimated (no scratch curve: 2 distinct n, and a fit needs at least 3)"."""
     text = str(r["d_t_text"])
-    return f"D_T {text}" if text.startswith(NOT_ESTIMATED) else f"D_T {text} labelled examples per class"
+    if text.startswith(NOT_ESTIMATED):
+        return f"D_T {text}"
+    value, sep, why = text.partition(" (")  # the unit goes after the value, before what qualifies it
+    return f"D_T {value} labelled examples per class" + (f" ({why}" if sep else "")
 
 
 def _text(d: float, flag: str, bound: float, lo: float, hi: float, fit: Fit, conf: float, n: float) -> str:

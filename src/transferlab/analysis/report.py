@@ -124,8 +124,8 @@ class ArmNames:
         for c in ARM_LABEL_COLUMNS:
             if c in out:
                 out[c] = [self._map(k, v) for k, v in zip(keys, out[c])]
-        for c in ARM_LIST_COLUMNS:
-            if c in out:
+        for c in ARM_LIST_COLUMNS:  # best.csv's lists of labels (summary's tied_with_best is a flag: left alone)
+            if c in out and out[c].map(lambda v: isinstance(v, str)).any():
                 out[c] = [TIE_SEP.join(self._map(k, x) for x in v.split(TIE_SEP)) if isinstance(v, str) and v else v
                           for k, v in zip(keys, out[c])]
         return out
@@ -198,7 +198,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     records = setup_mod.read_records(sweep, runs["run_dir"])
     summary = metric_columns.add(paired.mark_ties(stats.summarize(df, confidence), tests), runs, records, metric,
                                  confidence)
-    rising, rising_note = collect.still_rising(df)  # runs stopped while val/acc rose: a column and a note
+    rising, rising_note = collect.still_rising(names.shown(df))  # stopped while val/acc rose: a column, a note
     summary = summary.merge(rising, on="arm_key", how="left").fillna({"not_converged": 0, "judged": 0})
     gain = paired.with_tests(stats.paired_gain(df, confidence), tests)
     cx = stats.crossovers(df, n_boot=n_boot, confidence=confidence, pairs=crossover_pairs)

@@ -202,8 +202,8 @@ def _same_input(g: pd.DataFrame, name: str) -> str | None:
         return None
     what = (f"the features at the cut (cut={int(g['cut'].iloc[0])})" if needs == "features"
             else "the source model's predictions")
-    return (f"{SAME_INPUT}: {name} reads only {what}, which the arms share (they differ in what trains, not in "
-            "what was copied), so it is the same number for every arm by construction and is not graded")
+    return (f"{SAME_INPUT}: it reads only {what}, which the arms share (they differ in what trains, not in what "
+            "was copied), so it is the same number for every arm by construction and is not graded")
 
 
 def grade(df: pd.DataFrame, confidence: float = 0.95, n_boot: int = 2000,
@@ -251,13 +251,16 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     """One line per setting and score: Kendall tau-b [interval] and regret (points) at each n; a score that cannot
     vary across the arms (`_same_input`) is said once instead, and an n where it ranks nothing says so."""
     lines = []
-    for (setting, score), t in table.groupby(["setting", "score"], sort=False):
-        same = t[t["note"].fillna("").str.startswith(SAME_INPUT)]
-        if len(same):
-            ns = ", ".join(str(n) for n in same.sort_values("n")["n_label"])
-            lines.append(f"{setting}: {score} not graded: {same['note'].iloc[0][len(SAME_INPUT) + 2:]} "
-                         f"(n={ns})")
-            t = t.drop(same.index)
+    same = table["note"].fillna("").str.startswith(SAME_INPUT)
+    said: dict[tuple[str, str, str], list[str]] = {}  # (setting, why, n list) -> the scores it holds for
+    for (setting, score), t in table[same].groupby(["setting", "score"], sort=False):
+        ns = ", ".join(str(n) for n in t.sort_values("n")["n_label"])
+        said.setdefault((setting, t["note"].iloc[0][len(SAME_INPUT) + 2:], ns), []).append(score)
+    for (setting, why, ns), scores in said.items():
+        if len(scores) > 1:  # one sentence for several scores
+            why = why.replace("it reads", "each reads", 1).replace("so it is", "so each is", 1)
+        lines.append(f"{setting}: {', '.join(scores)} not graded (n={ns}): {why}")
+    for (setting, score), t in table[~same].groupby(["setting", "score"], sort=False):
         parts = []
         for _, r in t.sort_values("n").iterrows():
             if not r["graded"]:
