@@ -272,3 +272,15 @@ def test_a_training_batch_with_fewer_rows_than_ranks_gives_every_rank_a_row():
     rows = torch.tensor([5, 6, 7])
     assert [batch_share(rows, r, 4).tolist() for r in range(4)] == [[5], [6], [7], [5]]
     assert [batch_share(rows, r, 2).tolist() for r in range(2)] == [[5, 7], [6]]
+
+
+def test_a_ddp_run_shares_its_source_model_with_one_device_runs(tmp_path):
+    """The launcher pretrains on one device, so the source cache key is a one-device run's (and the run's own
+    identity still counts the devices)."""
+    from conftest import compose_cfg
+    from transferlab.run import identity
+
+    one = compose_cfg([], tmp_path / "one")
+    ddp = compose_cfg(DDP, tmp_path / "ddp")
+    assert identity.source_fingerprint(one) == identity.source_fingerprint(ddp)
+    assert identity.fingerprint(one) != identity.fingerprint(ddp)
