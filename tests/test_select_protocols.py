@@ -4,6 +4,7 @@ out of the n labelled examples (tasks/budget_val.py), and every result records `
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import cli_problems, recomputed_test_acc, run_cli
@@ -98,3 +99,41 @@ def test_val_in_budget_at_n_1_is_one_line_and_exit_2_from_the_cli(tmp_path):
     (line,) = cli_problems(p.stderr)
     assert line.startswith("target.n_per_class=1") and "val_in_budget" in line and "at least 2 per class" in line
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_the_setup_block_says_which_labels_shaped_the_models():
+    from transferlab.analysis.setup import _labels_used
+    from transferlab.run.record import RunRecord
+
+    recs = [RunRecord(status="ok", select="best_val", n_val=135, config={"train": {"scheduler": "none"}}),
+            RunRecord(status="ok", select="val_in_budget", n_val=5, config={"train": {"scheduler": "none"}}),
+            RunRecord(status="ok", select="last", n_val=135, config={"train": {"scheduler": "none"}}),
+            RunRecord(status="ok", select="fixed_epoch", n_val=135, config={"train": {"scheduler": "plateau"}})]
+    text = _labels_used(recs)
+    assert "best_val: the n examples plus the 135-example validation split" in text
+    assert "val_in_budget: the n examples only" in text
+    assert "last: the n examples only (no validation label decides anything)" in text
+    assert "fixed_epoch: the n examples plus the 135-example validation split" in text  # plateau read it
+
+
+def test_the_report_never_compares_arms_selected_under_different_protocols(tmp_path):
+    """train.select is part of a run's setting (collect.py: settings differ in more than arm, n and seed), so
+    best_val and val_in_budget runs land in two panels, never in one comparison; results.csv says each run's
+    protocol and labels_used, and the setup block which labels shaped the models."""
+    from transferlab.report import main as report
+
+    sweep = tmp_path / "sweep"
+    p = run_cli("-m", "pretrain.max_epochs=1", "train.max_epochs=3", "target.n_per_class=5", "seed=0,1",
+                "train.select=best_val,val_in_budget", "transfer.scores=[]", "logger=none",
+                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                env={"OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert report([str(sweep), "--out", str(tmp_path / "rep"), "--n-boot", "20"]) == 0
+    rows = pd.read_csv(tmp_path / "rep" / "results.csv")
+    assert rows.groupby("setting")["select"].nunique().max() == 1 and rows["setting"].nunique() == 2
+    by = {(r["select"], int(r["seed"])): r for _, r in rows.iterrows()}
+    assert {k[0] for k in by} == {"best_val", "val_in_budget"}
+    assert (by[("val_in_budget", 0)]["labels_used"], by[("val_in_budget", 0)]["n_train"]) == (25, 20)
+    best = by[("best_val", 0)]
+    assert best["n_train"] == 25 and best["labels_used"] == 25 + 135  # digits 5-9: a 135-example val split
+    assert "labels that shaped each model" in (tmp_path / "rep" / "report.html").read_text()

@@ -124,6 +124,8 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "trainable_params": record.trainable_params, "total_params": record.total_params,
         "n_per_class": record.n_per_class, "n": n, "n_label": n_label, "n_train": record.n_train,
         "seed": record.seed, "data_seed": record.data_seed,
+        # the selection protocol and the labels that shaped the model (run/labels.py; None: not recorded)
+        "select": record.select, "labels_used": record.labels_used,
         "test_acc": _number(m.test_acc), "test_loss": _number(m.test_loss), "val_acc": _number(m.val_acc),
         # class-balance-aware test metrics, and the floor they are read against (NaN/None: not recorded)
         "test_balanced_acc": _number(m.test_balanced_acc), "test_macro_f1": _number(m.test_macro_f1),

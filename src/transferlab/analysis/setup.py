@@ -277,7 +277,30 @@ def _protocol(records: list[RunRecord]) -> list[tuple[str, str]]:
             parts.append(f"not recorded ({old} runs made before train.select existed: the first best val/acc)")
         rows.append(("model tested (train.select)", ", ".join(parts)
                      + (" — ties: lower val/loss, then the earlier epoch" if "best_val" in selects else "")))
+    labels = _labels_used(records)
+    if labels:
+        rows.append(("labels that shaped each model", labels))
     return rows
+
+
+def _labels_used(records: list[RunRecord]) -> str:
+    """Per selection protocol, which labelled examples influenced the tested models (run/labels.py): the n of the
+    x axis, plus a validation split the axis does not show when selection or the LR schedule read it."""
+    from transferlab.run.labels import reads_validation
+
+    parts = []
+    for select in sorted({str(r.select) for r in records if r.select}):
+        of = [r for r in records if str(r.select) == select]
+        vals = sorted({r.n_val for r in of if r.n_val is not None})
+        val = "/".join(str(v) for v in vals) or "?"
+        if select == "val_in_budget":
+            parts.append(f"{select}: the n examples only, a share of them held out to select on "
+                         f"({val} validation examples per run)")
+        elif any(reads_validation(select, (r.config or {}).get("train", {}).get("scheduler")) for r in of):
+            parts.append(f"{select}: the n examples plus the {val}-example validation split, at every n")
+        else:
+            parts.append(f"{select}: the n examples only (no validation label decides anything)")
+    return "; ".join(parts)
 
 
 def _sources(records: list[RunRecord]) -> list[tuple[str, str]]:
