@@ -444,7 +444,8 @@ def test_report_counts_runs_still_rising_per_arm_and_treats_scratch_long_as_a_co
     ft = [a for a in s.index if a not in ("scratch", "scratch_long")]
     assert len(ft) == 1 and s.loc[ft[0], "not_converged"] == 2
     note = [n for n in report.stat_notes if "still improving" in n]
-    assert len(note) == 1 and note[0].startswith("2 of 9 judged runs") and f"{ft[0]} at n=5 (2)" in note[0]
+    # the note names the arm as people read it (fine-tune all: freeze=0)
+    assert len(note) == 1 and note[0].startswith("2 of 9 judged runs") and "fine-tune all at n=5 (2)" in note[0]
     gain = report.gain.set_index("arm")
     assert set(gain.index) == {ft[0], "scratch_long"} and (gain["baseline"] == "scratch").all()
     assert json.loads(json.dumps(report.summary["not_converged"].tolist())) == report.summary["not_converged"].tolist()
