@@ -217,8 +217,10 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     assert [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor")] == []
 
 
-def test_the_estimate_can_be_switched_off(monkeypatch):
-    printed = []
-    monkeypatch.setenv(P.OFF_ENV, "0")
-    assert P.show([Point(overrides=["seed=0"], name="seed=0")], lambda p: None, out=printed.append) is None
-    assert printed == [f"cost estimate skipped ({P.OFF_ENV}=0)"]
+def test_the_estimate_can_be_switched_off(tmp_path):
+    """hydra.sweeper.estimate=false: the dry run lists the points and says the estimate was skipped, no probe."""
+    p = run_cli("-m", "seed=0,1", "hydra.sweeper.dry_run=true", "hydra.sweeper.estimate=false",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "cost estimate skipped (hydra.sweeper.estimate=false)" in p.stdout
+    assert "cost estimate (an estimate" not in p.stdout and "2 to run" in p.stdout

@@ -78,7 +78,8 @@ def _quote(value: str) -> str:
 class TransferlabSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
                  grids: Optional[dict] = None, resume: bool = True, dry_run: bool = False,
-                 only: Optional[str] = None, vectorize: Optional[str] = None, vectorize_max: int = 16) -> None:
+                 only: Optional[str] = None, vectorize: Optional[str] = None, vectorize_max: int = 16,
+                 estimate: bool = True) -> None:
         from transferlab.sweep.groups import MODES
         from transferlab.sweep.status import SELECTABLE
 
@@ -86,6 +87,7 @@ class TransferlabSweeper(BasicSweeper):
         self.grids = _plain(grids)
         self.resume = bool(resume)
         self.dry_run = bool(dry_run)
+        self.estimate = bool(estimate)  # the dry run's cost preview (transferlab.sweep.preview)
         if only is not None and str(only) not in SELECTABLE:
             raise ValueError(f"hydra.sweeper.only={only!r}: null (every point not done) or one of {list(SELECTABLE)}")
         self.only = None if only is None else str(only)
@@ -232,7 +234,9 @@ class TransferlabSweeper(BasicSweeper):
 
             units = groups.group([p for p in points if p.status == "pending"], self.vectorize_max)
             print(f"vectorize={self.vectorize}: {todo} points in {len(units)} jobs", flush=True)
-        if todo:  # the cost preview: short probes in a temporary folder (transferlab.sweep.preview)
+        if todo and not self.estimate:
+            print("cost estimate skipped (hydra.sweeper.estimate=false)", flush=True)
+        elif todo:  # the cost preview: short probes in a temporary folder (transferlab.sweep.preview)
             from transferlab.sweep import preview
 
             def config_of(p: Any) -> DictConfig:

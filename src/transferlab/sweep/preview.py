@@ -86,7 +86,6 @@ STACK_EPOCHS = (3, 30)    # epochs, within these bounds, gives the per-epoch wor
 BUDGET_KEYS = ("max_epochs", "min_steps", "max_steps", "budget", "select", "select_epoch", "lr", "weight_decay",
                "momentum", "lr_decay", "val_every_steps", "val_checks", "val_spacing")
 NEUTRAL_TRAINER = ("enable_progress_bar", "log_every_n_steps")
-OFF_ENV = "TRANSFERLAB_ESTIMATE"  # =0: the dry run lists the points without probing them
 QUIET = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "transferlab", "torch")
 
 
@@ -1362,9 +1361,6 @@ def show(points: Sequence[Any], config_of: Callable[[Any], Any], *, hydra_cfg: A
     """The dry run's cost preview of the points still to run (`config_of(point)`: its composed config). Prints the
     table; never raises (a preview that fails says so in one line and the dry run goes on)."""
     if not points:
-        return None
-    if os.environ.get(OFF_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        out(f"cost estimate skipped ({OFF_ENV}=0)")
         return None
     startup = _process_age()
     try:
