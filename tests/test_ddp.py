@@ -130,7 +130,7 @@ def test_ddp_cold_then_warm_cache_each_end_with_one_ok_result(tmp_path):
 def test_a_rank_killed_mid_fit_fails_the_run_with_one_reason_and_a_rerun_completes(tmp_path):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     # long enough to be killed mid-fit (validation and last.ckpt every epoch); the re-run resumes and finishes
-    args = [*DDP, "pretrain.max_epochs=2", "train.max_epochs=300", "target.n_per_class=5",
+    args = [*DDP, "pretrain.max_epochs=2", "train.max_epochs=100", "target.n_per_class=5",
             "train.val_every_steps=1", "checkpoint.every_s=0", "trainer.enable_progress_bar=false",
             f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
     proc = start(args, tmp_path)
@@ -156,7 +156,7 @@ def test_a_rank_killed_mid_fit_fails_the_run_with_one_reason_and_a_rerun_complet
     code, _, err = run(args, tmp_path)
     assert code == 0, err[-3000:]
     rec = RunRecord.read(run_dir / "result.json")
-    assert rec.status == "ok" and rec.resumed_from and rec.metrics.epochs == 300
+    assert rec.status == "ok" and rec.resumed_from and rec.metrics.epochs == 100
 
 
 def test_ddp_inside_a_multirun_is_refused_before_anything_is_written(tmp_path):
