@@ -199,3 +199,21 @@ def test_a_warned_point_requeues_itself_and_resumes_to_the_uninterrupted_result(
     assert requeued["metrics"]["val/loss_history"] == pytest.approx(whole["metrics"]["val/loss_history"], abs=1e-6)
     assert requeued["metrics"]["val/acc_history"] == whole["metrics"]["val/acc_history"]
     assert requeued["metrics"]["test/acc"] == pytest.approx(whole["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_the_slurm_script_submits_a_preset_and_says_what_to_run_next(tmp_path, slurm_env):
+    """scripts/sweep_slurm.sh on the loopback cluster; detach=false here (the script submits detached by default)
+    so the test sees the points end."""
+    full = {**os.environ, "TRANSFERLAB_ROOT": str(tmp_path), "PYTHON": sys.executable, **slurm_env}
+    args = [a for a in SWEEP if a not in ("-m", "experiment=freeze_vs_n", "hydra/launcher=slurm")]
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "sweep_slurm.sh"), "freeze_vs_n", *args,
+                        "hydra.launcher.detach=false"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                       env=full)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("+ ") and "hydra/launcher=slurm hydra.launcher.detach=true" in lines[0]
+    sweep = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
+    assert lines[-2] == f"state:  {sys.executable} -m transferlab.status {sweep}"
+    assert lines[-1].startswith(f"report: {sys.executable} -m transferlab.report {sweep}")
+    assert _summary(p.stdout) == "2 ok, 0 failed, 0 skipped"
+    assert all(RunRecord.read(r).status == "ok" for r in find_results(sweep))

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -622,3 +625,35 @@ def test_launcher_configs_composed_from_a_reused_base_equal_a_full_compose():
         for _ in range(2):  # the second time from the reused base
             ours = OmegaConf.to_yaml(reusing.load_sweep_config(master, list(job)))
             assert ours == OmegaConf.to_yaml(loader.load_sweep_config(master, list(job))), job
+
+
+def _script(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of scripts/ as a user would, with this interpreter (PYTHON) and outputs under `cwd`."""
+    from conftest import ROOT
+
+    full = {**os.environ, "TRANSFERLAB_ROOT": str(cwd), "PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=full)
+
+
+def test_the_node_script_runs_a_preset_one_job_per_device_and_says_what_to_run_next(tmp_path):
+    p = _script("sweep_node.sh", "freeze_vs_n", "seed=0", "target.n_per_class=2", "transfer.freeze=0,all",
+                "hydra.sweeper.grids.scratch=null", "train.min_steps=null", *TINY, cwd=tmp_path,
+                env={"JOBS_PER_DEVICE": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.splitlines()
+    cores = len(os.sched_getaffinity(0))
+    assert lines[0].startswith("+ ") and f"hydra/launcher=local_parallel hydra.launcher.n_jobs={2 * cores} " \
+        "lease.per_device=2 seed=0" in lines[0]
+    sweep = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
+    assert lines[-2:] == [f"state:  {sys.executable} -m transferlab.status {sweep}",
+                          f"report: {sys.executable} -m transferlab.report {sweep}"]
+    assert _summary(p.stdout) == "2 ok, 0 failed, 0 skipped"
+    assert len(list(sweep.rglob("result.json"))) == 2
+
+
+@pytest.mark.parametrize("script", ["sweep_node.sh", "sweep_slurm.sh"])
+def test_the_sweep_scripts_refuse_a_missing_preset_with_their_usage(tmp_path, script):
+    p = _script(script, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("usage: ") and "EXPERIMENT" in p.stderr
+    assert not (tmp_path / "outputs").exists()

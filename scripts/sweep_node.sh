@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run a sweep preset on this machine, one job per visible GPU (or per CPU core without one), K jobs per device with
+# JOBS_PER_DEVICE=K; print the command, run it, then the commands that show its state and its report.
+#   scripts/sweep_node.sh freeze_vs_n seed=range(3)
+#   JOBS_PER_DEVICE=4 scripts/sweep_node.sh freeze_vs_n target.n_per_class=1,2,5
+# The sweep's folder holds its state: run the same line again to resume it (finished points are skipped).
+set -euo pipefail
+if [[ $# -lt 1 || "$1" == -* ]]; then
+  echo "usage: $0 EXPERIMENT [overrides...]   (EXPERIMENT: a file of conf/experiment/, e.g. freeze_vs_n)" >&2
+  exit 2
+fi
+experiment=$1; shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-$root/.venv/bin/python}; [[ -x $python ]] || python=python
+per_device=${JOBS_PER_DEVICE:-1}
+# devices: the GPUs this process may use (CUDA_VISIBLE_DEVICES, else nvidia-smi), or the CPU cores
+if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+  devices=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c .)
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  devices=$(nvidia-smi -L | grep -c '^GPU')
+else
+  devices=$(env -u OMP_NUM_THREADS nproc)   # the cores this process may use (nproc alone honours OMP_NUM_THREADS)
+fi
+cmd=("$python" -m transferlab.train -m "experiment=$experiment" hydra/launcher=local_parallel
+     "hydra.launcher.n_jobs=$((devices * per_device))" "lease.per_device=$per_device" "$@")
+echo "+ ${cmd[*]}"
+log=$(mktemp); trap 'rm -f "$log"' EXIT
+status=0
+"${cmd[@]}" | tee "$log" || status=${PIPESTATUS[0]}
+# the sweeper's last line names the sweep's folder: "sweep NAME: 3 ok, 0 failed, 0 skipped  (FOLDER)"
+sweep_dir=$(sed -n 's/^sweep .*  (\(.*\))$/\1/p' "$log" | tail -n 1)
+sweep_dir=${sweep_dir:-<the sweep folder>}
+echo "state:  $python -m transferlab.status $sweep_dir"
+echo "report: $python -m transferlab.report $sweep_dir"
+exit $status
