@@ -86,6 +86,12 @@ def test_the_cli_on_a_real_crossed_sweep(tmp_path, capsys):
     y = np.array([[next(r["metrics"]["test/acc"] for r in recs if (r["data_seed"], r["seed"]) == (d, s))
                    for s in (0, 1)] for d in (0, 1)])
     assert table["sd_resid_pt"].iloc[0] == pytest.approx(100 * math.sqrt(variance.moments(y)[2]), abs=1e-6)
+    from transferlab.report import main as report  # the report writes the same split as variance.csv
+
+    assert report([str(sweep), "--out", str(tmp_path / "rep"), "--n-boot", "50"]) == 0
+    written = pd.read_csv(tmp_path / "rep" / "variance.csv")
+    assert written["sd_resid_pt"].tolist() == pytest.approx(table["sd_resid_pt"].tolist())
+    assert "variance.csv: the spread of 1 arm/n cell" in capsys.readouterr().out
 
 
 def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):

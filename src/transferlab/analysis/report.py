@@ -245,6 +245,15 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     if len(report.transferability):
         report.files["transferability.csv"] = _write_csv(report.transferability, out / "transferability.csv")
         report.figures += transferability.figures(shown(graded), shown(score_arms), figures)
+    from transferlab.analysis import variance  # a crossed seed x data_seed design: the spread split into its causes
+
+    spread, _ = variance.table(df, confidence=confidence, n_boot=n_boot)
+    if len(spread):
+        report.files["variance.csv"] = _write_csv(spread, out / "variance.csv")
+        report.stat_notes.append(
+            f"variance.csv: the spread of {len(spread)} arm/n cell{'s' * (len(spread) > 1)} run as a crossed design "
+            "split into the data draw and the training seed; `python -m transferlab.plan_seeds` says how many of "
+            "each a wanted interval needs")
     for _, p, _ in report.figures:
         for f in (p, p.with_suffix(".pdf")):
             if f.exists():
