@@ -5,13 +5,9 @@
 #   JOBS_PER_DEVICE=4 scripts/sweep_node.sh freeze_vs_n target.n_per_class=1,2,5
 # The sweep's folder holds its state: run the same line again to resume it (finished points are skipped).
 set -euo pipefail
-if [[ $# -lt 1 || "$1" == -* ]]; then
-  echo "usage: $0 EXPERIMENT [overrides...]   (EXPERIMENT: a file of conf/experiment/, e.g. freeze_vs_n)" >&2
-  exit 2
-fi
+source "$(dirname "$0")/sweep_common.sh"
+usage_or_experiment "$@"
 experiment=$1; shift
-root=$(cd "$(dirname "$0")/.." && pwd)
-python=${PYTHON:-$root/.venv/bin/python}; [[ -x $python ]] || python=python
 per_device=${JOBS_PER_DEVICE:-1}
 # devices: the GPUs this process may use (CUDA_VISIBLE_DEVICES, else nvidia-smi), or the CPU cores
 if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
@@ -21,15 +17,5 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
 else
   devices=$(env -u OMP_NUM_THREADS nproc)   # the cores this process may use (nproc alone honours OMP_NUM_THREADS)
 fi
-cmd=("$python" -m transferlab.train -m "experiment=$experiment" hydra/launcher=local_parallel
-     "hydra.launcher.n_jobs=$((devices * per_device))" "lease.per_device=$per_device" "$@")
-echo "+ ${cmd[*]}"
-log=$(mktemp); trap 'rm -f "$log"' EXIT
-status=0
-"${cmd[@]}" | tee "$log" || status=${PIPESTATUS[0]}
-# the sweeper's last line names the sweep's folder: "sweep NAME: 3 ok, 0 failed, 0 skipped  (FOLDER)"
-sweep_dir=$(sed -n 's/^sweep .*  (\(.*\))$/\1/p' "$log" | tail -n 1)
-sweep_dir=${sweep_dir:-<the sweep folder>}
-echo "state:  $python -m transferlab.status $sweep_dir"
-echo "report: $python -m transferlab.report $sweep_dir"
-exit $status
+run_sweep "" "$python" -m transferlab.train -m "experiment=$experiment" hydra/launcher=local_parallel \
+  "hydra.launcher.n_jobs=$((devices * per_device))" "lease.per_device=$per_device" "$@"
