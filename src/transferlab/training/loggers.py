@@ -23,8 +23,6 @@ from typing import Any
 
 from transferlab.config import flatten, plain
 
-AXES = ("n_per_class", "n_train", "freeze", "cut", "trainable_params")
-
 
 def wandb_tags(cfg) -> list[str]:
     """Tags from the preset: transfer preset + strategy, source, target, backbone, then logger.wandb.tags."""
