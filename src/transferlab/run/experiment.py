@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from transferlab import versions
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain
 from transferlab.run import convergence, ddp, identity, labels
@@ -22,7 +23,12 @@ from transferlab.training import options
 from transferlab.training.batches import arrays_loaders, loaders, pick_device
 from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import FitOutcome, fit_and_test
-from transferlab.training.loggers import finish_logger, make_logger, source_config, wandb_run_ref
+from transferlab.training.loggers import (
+    finish_logger,
+    make_logger,
+    source_config,
+    wandb_run_ref,
+)
 from transferlab.training.module import TransferModule
 from transferlab.transfer import init, peft
 from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
@@ -126,7 +132,7 @@ def warn_single_class(m: Metrics) -> None:
 
 
 class Experiment:
-    """One run in four steps, so that a vectorised seed group (`run.group`) can build its members one by one,
+    """One run in four steps, so that a vectorised seed group (`sweep.group_job`) can build its members one by one,
     train them together and close each the way `run` closes one:
 
     `open` (identity, checks, the record; raises ConfigError before anything is written) -> `build` (source
@@ -167,7 +173,7 @@ class Experiment:
             budget=budget.to_dict(), select=str(cfg.train.select), target_data=target.info, config=plain(cfg),
             labels_used=labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"),
                                            len(target.train_indices), len(target.val_y)),
-            fingerprint=self.fingerprint, inputs=self.inputs, environment=identity.environment(),
+            fingerprint=self.fingerprint, inputs=self.inputs, environment=versions.environment(),
         )
 
     def build(self, score: bool = True) -> None:

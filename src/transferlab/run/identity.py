@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping
 
 from transferlab.config import flatten
 from transferlab.store import content
+from transferlab.versions import library_version
 
 # key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
 # gives the same fingerprint and the same numbers). Nothing else may be added without such a test.
@@ -275,44 +276,3 @@ def differing_keys(configs: Iterable[Mapping]) -> list[str]:
     flats = [flatten(c) for c in configs]
     keys = sorted(set().union(*flats)) if flats else []
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
-
-
-
-# ---------------------------------------------------------------- what made the result (recorded, not identity)
-def library_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "scikit-learn", "hydra-core",
-             "omegaconf", "pandas", "scipy")
-_environment: dict[str, Any] | None = None
-
-
-def environment() -> dict[str, Any]:
-    """Versions of Python, the libraries that compute a result, and transferlab (version, git commit, dirty),
-    recorded in every result.json. Not identity: a library upgrade does not void finished runs, but the report
-    says when one arm mixes versions."""
-    global _environment
-    if _environment is None:
-        import platform
-        import subprocess
-
-        env: dict[str, Any] = {"python": platform.python_version(), "transferlab": library_version("transferlab")}
-        env.update({lib: library_version(lib) for lib in LIBRARIES})
-        src = Path(__file__).resolve().parent
-        try:
-            commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10)
-            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--",
-                                    str(src)], capture_output=True, text=True, timeout=10)
-            env["commit"] = (commit.stdout.strip() or None) if commit.returncode == 0 else None
-            env["dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            env["commit"], env["dirty"] = None, None
-        _environment = env
-    return dict(_environment)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from transferlab.store.atomic import write_json
 
@@ -152,7 +152,7 @@ class RunRecord:
     scores: dict[str, Any] | None = None
     resumed_from: str | None = None  # last.ckpt of a killed earlier attempt this fit continued; None: from zero
     # wall-clock time of the whole run, source pretraining included, seconds; a vectorised group's member: an equal
-    # share of the group's common time plus its own (run/group.py)
+    # share of the group's common time plus its own (sweep/group_job.py)
     wall_s: float | None = None
     config: dict[str, Any] | None = None  # the resolved config
     fingerprint: str | None = None  # run identity (`identity.fingerprint`): config and input contents, hashed
@@ -192,3 +192,21 @@ class RunRecord:
 def find_results(root: str | Path) -> Iterator[Path]:
     """Every result.json below `root` (temp files are named differently and never match)."""
     yield from sorted(Path(root).rglob(RESULT_FILE))
+
+
+def cache_entries_used(sweep_dirs: Iterable[str | Path]) -> dict[tuple[str, str], set[str]]:
+    """{(kind, key): names of the sweeps whose runs used that cache entry}, from their result.json files:
+    `source_ckpt` names the source entry, `feature_cache.key` the feature entry (`transferlab-cache`)."""
+    used: dict[tuple[str, str], set[str]] = {}
+    for sweep in map(Path, sweep_dirs):
+        for path in find_results(sweep):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("source_ckpt"):
+                used.setdefault(("source", Path(record["source_ckpt"]).parent.name), set()).add(sweep.name)
+            key = (record.get("feature_cache") or {}).get("key")
+            if key:
+                used.setdefault(("features", key), set()).add(sweep.name)
+    return used

@@ -171,7 +171,7 @@ def _libraries() -> dict[str, str | None]:
     """Versions of the code that computes the blocks' outputs (from the run's environment record, read once per
     process): an upgrade may change a kernel or a layer's forward pass, and features are then computed again
     rather than mixed with the new ones."""
-    from transferlab.run.identity import environment
+    from transferlab.versions import environment
 
     env = environment()
     return {name: env.get(name) for name in ("torch", "torchvision", "timm")}
