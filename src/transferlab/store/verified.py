@@ -132,6 +132,17 @@ def _expected(path: Path) -> tuple[str | None, str]:
     return text[0], ""
 
 
+def bytes_problem(path: str | os.PathLike, data: bytes) -> str | None:
+    """Why `data`, the bytes read from `path`, cannot be trusted against `path`'s sidecar (no checksum, mismatch),
+    or None: for small files parsed from the very bytes that were checked (result.json)."""
+    path = Path(path)
+    expected, why = _expected(path)
+    if expected is None:
+        return f"{path}: {why}"
+    actual = hashlib.sha256(data).hexdigest()
+    return _mismatch(path, actual, expected) if actual != expected else None
+
+
 def problem(path: str | os.PathLike) -> str | None:
     """Why `path` cannot be trusted (missing, unreadable, no checksum, checksum mismatch), or None. Hashes only."""
     path = Path(path)
