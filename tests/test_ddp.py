@@ -91,7 +91,8 @@ def test_ddp_cold_then_warm_cache_each_end_with_one_ok_result(tmp_path):
         assert rec.status == "ok" and rec.metrics.test_acc is not None
         assert rec.config["trainer"]["devices"] == 2 and rec.config["trainer"]["strategy"] == "ddp"
         assert len(_rank_pids(run_dir / "train.log")) == 2  # two ranks ran
-        assert _files(run_dir) <= {"result.json", "train.log", ".hydra", "checkpoints", "logs", "source"}, \
+        assert _files(run_dir) <= {"result.json", "result.json.sha256", "train.log", ".hydra", "checkpoints", "logs",
+                                   "source"}, \
             _files(run_dir)  # no rank's log file (train_ddp_process_1.log), no lightning_logs
         assert "test/acc" in out  # the launcher printed the run's table
         records.append(rec)
