@@ -185,11 +185,17 @@ def test_the_identity_holds_the_code_of_an_own_backbone_and_task(tmp_path, monke
         content.forget()
         return identity.fingerprint(cfg), identity.source_fingerprint(cfg)
 
-    before = keys()
+    def feature_arch():  # what the feature cache keys a prefix's computation by, besides its tensors
+        from transferlab.store.feature_cache import _architecture
+
+        content.forget()
+        return _architecture(cfg)["code"]
+
+    before, arch = keys(), feature_arch()
     assert identity.inputs(cfg)["backbone.code"]["files"] == str(code / "ownpkg" / "nets.py")
     _write_pkg(code, "# an edit of the backbone's module")
     edited_backbone = keys()
-    assert edited_backbone[0] != before[0] and edited_backbone[1] != before[1]
+    assert edited_backbone[0] != before[0] and edited_backbone[1] != before[1] and feature_arch() != arch
     _write_pkg(code, "# an edit of the backbone's module", data="# an edit of the task's module")
     edited_task = keys()
     assert edited_task[0] != edited_backbone[0] and edited_task[1] != edited_backbone[1]
@@ -204,6 +210,33 @@ def test_the_identity_holds_the_code_of_an_own_backbone_and_task(tmp_path, monke
     _forget("ownpkg")
     assert keys() == edited_task  # same bytes elsewhere: the same run, the same source model
     _forget("ownpkg")
+
+
+def test_code_is_found_through_an_editable_installs_finder_without_running_it(tmp_path, monkeypatch):
+    """`pip install -e .` of a project may serve its package through a finder of its own on sys.meta_path (not
+    on sys.path): the code digest must still find the module, and nothing of the package is run to find it."""
+    import importlib.util
+
+    from transferlab import own_code
+
+    pkg = tmp_path / "elsewhere" / "edpkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('a package run to find its code')\n")
+    (pkg / "nets.py").write_text("class Net: pass\n")
+
+    class EditableFinder:  # what setuptools' editable-install finders do: a name mapped to a folder
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != "edpkg":
+                return None
+            return importlib.util.spec_from_file_location(name, pkg / "__init__.py",
+                                                          submodule_search_locations=[str(pkg)])
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, EditableFinder])
+    assert own_code.code_path("edpkg.nets.Net") == pkg / "nets.py"
+    assert own_code.code_path("edpkg.Net") == pkg
+    assert own_code.code_digest("edpkg.nets.Net") not in (own_code.content.MISSING, own_code.code_digest("edpkg.Net"))
+    assert "edpkg" not in sys.modules
 
 
 def test_a_task_may_return_a_dataset_or_its_own_splits(tmp_path, monkeypatch):

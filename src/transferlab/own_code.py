@@ -7,10 +7,10 @@ why (not importable, not callable, or what calling it raised), before anything i
 
 Its *code* is part of a run's identity, like a data file's bytes (run/identity.py): `code_digest` hashes the
 module the path names (`mypkg/nets.py` for `mypkg.nets.MyNet`), or every `.py` file of the package when the path
-names a package's attribute (`mypkg.MyNet` -> `mypkg/`). It is found on `sys.path` without running it (the sweeper
-fingerprints every point before launching, torch-free), so editing the class re-runs its points and retrains the
-source models built with it. Code it imports from elsewhere is not followed: keep a component's code in the module
-or package its `_target_` names.
+names a package's attribute (`mypkg.MyNet` -> `mypkg/`). It is found as the import system would find it (an
+editable install's finder included) without running it (the sweeper fingerprints every point before launching,
+torch-free), so editing the class re-runs its points and retrains the source models built with it. Code it
+imports from elsewhere is not followed: keep a component's code in the module or package its `_target_` names.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import inspect
 import sys
 from importlib import import_module
 from importlib.machinery import PathFinder
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -46,8 +47,9 @@ def code_path(target: str) -> Path | None:
         origin = getattr(loaded, "__file__", None) if loaded is not None else None
         locations = list(getattr(loaded, "__path__", []) or []) if loaded is not None else None
         if loaded is None or (origin is None and not locations):
-            try:
-                spec = PathFinder.find_spec(name, search)
+            try:  # a top-level name through every finder (an editable install's own finder too), which runs
+                #    nothing; a submodule by path, inside its package's folders, so its package is not run either
+                spec = find_spec(name) if search is None else PathFinder.find_spec(name, search)
             except (ImportError, ValueError):
                 spec = None
             if spec is None:
