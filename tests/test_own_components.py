@@ -316,5 +316,6 @@ def test_run_example_script_sweeps_and_reports_through_the_console_scripts(tmp_p
 
     records = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
     assert {r["backbone"] for r in records} == {"tiny_conv"} and len(records) == 4
-    assert all((r.get("group") or {}).get("size") == 2 for r in records), [r.get("group") for r in records]
+    assert all((r.get("group") or {}).get("mode") == "stacked" and r["group"]["size"] == 2 for r in records), [
+        r.get("group") for r in records]
     assert (sweep / "report.html").stat().st_size > 0
