@@ -8,6 +8,8 @@ A run's identity is *everything that can change its result*:
 - the *content* of every input file the run reads (data files and folders, a weights file; see `inputs`), by
   sha256 of the bytes (`transferlab.store.content`), so new data at the same path is a new run, and the same bytes
   moved to another path are the same run (input locations are neutral because their content is in the identity).
+  A backbone or task of one's own (`_target_`) is read code: the module or package it names is hashed the same way
+  (`transferlab.own_code`), so editing the class re-runs the run and retrains its source model.
 
 A run that copies no block (`transfer.cut=0`, the scratch baseline) reads no source task and no source model, so
 its identity leaves out `source` and `pretrain`: the baseline of two sweeps that differ only in their source is
