@@ -99,6 +99,14 @@ def test_own_configs_extend_ours_through_the_searchpath(tmp_path, monkeypatch):
     # ours stay available next to theirs
     assert _compose(["hydra.searchpath=[file://conf]", "experiment=freeze_vs_n"]).name == "freeze_vs_n"
 
+    # their machine-local file is merged (the command line still wins); a file named as one of ours is not used
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "conf" / "local" / "default.yaml").write_text("# @package _global_\ndata_seed: 11\n")
+    (tmp_path / "conf" / "target" / "digits_5to9.yaml").write_text(OWN_TARGET.replace("digits_5to7", "digits_5to9"))
+    cfg = _compose(["hydra.searchpath=[file://conf]"])
+    assert (cfg.data_seed, cfg.target.name, list(cfg.target.classes)) == (11, "digits_5to9", [5, 6, 7, 8, 9])
+    assert _compose(["hydra.searchpath=[file://conf]", "data_seed=3"]).data_seed == 3
+
 
 def test_own_experiment_runs_through_the_cli_with_config_dir(tmp_path):
     """The researcher's command, from their project folder: `transferlab-train --config-dir conf experiment=mine`."""
