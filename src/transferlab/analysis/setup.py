@@ -109,14 +109,14 @@ def default_config() -> tuple[dict[str, Any] | None, str]:
     """(the defaults of conf/ flattened, or None; what they are). Interpolations that need a running Hydra job
     (`paths.*`) are left out; the others (`data_seed: ${seed}`) are resolved."""
     try:
-        from hydra import compose, initialize_config_dir
+        from hydra import compose
         from hydra.core.global_hydra import GlobalHydra
         from omegaconf import OmegaConf
 
-        from transferlab.train import CONF_DIR
+        from transferlab import conf_source
 
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with conf_source.initialize():
             cfg = compose("config")
         GlobalHydra.instance().clear()
     except Exception as e:  # noqa: BLE001 - a report without the defaults is still a report; say why
@@ -132,7 +132,7 @@ def default_config() -> tuple[dict[str, Any] | None, str]:
             except Exception:  # noqa: BLE001 - an interpolation only a Hydra job can resolve: not compared
                 continue
         flat[key] = v
-    return flat, f"the defaults of conf/ ({CONF_DIR}) composed by the transferlab making this report"
+    return flat, f"the defaults of conf/ ({conf_source.search_path()}) composed by the transferlab making this report"
 
 
 def _commands(sweep: Mapping | None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
