@@ -88,6 +88,8 @@ class PullWorker:
 
         Singleton.set_state(self.singleton_state)
         setup_globals()
+        if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:  # tasks_per_node=G: G workers in one SLURM job
+            worker = f"{worker}.{os.environ.get('SLURM_PROCID', '0')}"
         return drain(self.sweep_dir, worker, self.run_unit, poll_s=self.poll_s)
 
     def run_unit(self, unit: Any) -> Optional[str]:

@@ -144,6 +144,10 @@ class Claimer:
     def claim(self) -> tuple[Unit, dict] | None:
         """The next unit this worker now holds, with its claim; None when none is free now (see `settled`)."""
         with self.lock:
+            if read_queue(self.sweep_dir)[0] != self.launch:
+                log.warning("worker %s stops: a newer launch of %s replaced its queue", self.worker, self.sweep_dir)
+                self._ended = {u.name for u in self.units}  # settled: nothing of this launch is left to this worker
+                return None
             for unit in self.units:
                 if unit.name in self._ended:
                     continue
