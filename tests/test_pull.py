@@ -168,8 +168,15 @@ def _by_fingerprint(sweep: Path) -> dict:
     return out
 
 
+def _left_by(worker: str, audit: list[dict]) -> list[str]:
+    """The units a worker claimed and did not end (the one it was running when it was killed)."""
+    held = {e["unit"] for e in audit if e["event"] in ("claim", "reclaim") and e["worker"] == worker}
+    return sorted(held - {e["unit"] for e in audit if e["event"] == "end" and e["worker"] == worker})
+
+
 def _kill_a_worker_mid_point(sweep: Path, proc: subprocess.Popen) -> str:
-    """SIGKILL the worker of the first point seen running (claimed, started, no result yet); returns the point."""
+    """SIGKILL the worker of the first point seen running (claimed, started, no result yet); returns the worker
+    (the point may have ended just before the kill: the worker then dies in its next one)."""
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         for claim_file in sorted(sweep.glob(f"*/{pull.CLAIM_FILE}")):
@@ -177,7 +184,7 @@ def _kill_a_worker_mid_point(sweep: Path, proc: subprocess.Popen) -> str:
             if claim and not claim["ended"] and started.exists() and not (claim_file.parent / "result.json").exists():
                 if json.loads(started.read_text())["pid"] == claim["pid"]:
                     os.kill(claim["pid"], signal.SIGKILL)
-                    return claim_file.parent.name
+                    return claim["worker"]
         time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"no point was seen running: {proc.communicate()[1][-3000:]}")
@@ -193,14 +200,14 @@ def test_two_workers_drain_12_points_through_a_kill_9_like_a_sequential_run(tmp_
     proc = subprocess.Popen([sys.executable, "-m", "transferlab.train", "-m", f"hydra.sweep.dir={sweep}",
                              "hydra/launcher=pull", "hydra.launcher.workers=2", *FAST, *POINTS], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    point = _kill_a_worker_mid_point(sweep, proc)
+    worker = _kill_a_worker_mid_point(sweep, proc)
     stdout, stderr = proc.communicate(timeout=300)
     audit = pull.read_audit(sweep)
     assert proc.returncode == 0, stderr[-4000:]
     assert _summary(stdout) == "12 ok, 0 failed, 0 skipped"
     ends = [e["unit"] for e in audit if e["event"] == "end"]
     assert len(ends) == len(set(ends)) == 12, audit  # every point ended exactly once
-    assert [e["unit"] for e in audit if e["event"] in ("reclaim", "fenced")] == [point], audit
+    assert [e["unit"] for e in audit if e["event"] in ("reclaim", "fenced")] == _left_by(worker, audit), audit
     sequential = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'seq'}", *POINTS, cwd=tmp_path)
     assert sequential.returncode == 0, sequential.stderr[-3000:]
     assert _by_fingerprint(sweep) == _by_fingerprint(tmp_path / "seq")
@@ -247,3 +254,16 @@ def test_a_vectorised_seed_group_is_claimed_as_one_unit(tmp_path):
     records = [RunRecord.read(p) for p in find_results(sweep)]
     assert len(records) == 4 and all(r.status == "ok" and r.group["size"] == 2 for r in records)
     assert not (sweep / "seed=1,target.n_per_class=2" / pull.CLAIM_FILE).exists()
+
+
+def test_the_node_script_offers_pull_mode(tmp_path):
+    from test_sweeps import TINY, _script
+
+    p = _script("sweep_node.sh", "freeze_vs_n", "seed=0", "target.n_per_class=2", "transfer.freeze=0,all",
+                "hydra.sweeper.grids.scratch=null", "train.min_steps=null", *TINY, *FAST, cwd=tmp_path,
+                env={"PULL_WORKERS": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "hydra/launcher=pull hydra.launcher.workers=2 lease.per_device=1 seed=0" in p.stdout.splitlines()[0]
+    assert _summary(p.stdout) == "2 ok, 0 failed, 0 skipped"
+    sweep = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
+    assert sorted(e["event"] for e in pull.read_audit(sweep)) == ["claim", "claim", "end", "end"]
