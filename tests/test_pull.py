@@ -143,6 +143,16 @@ def test_bad_pull_settings_are_one_line_exit_2_nothing_written(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert cli_problems(out.stderr) == ["hydra.launcher.expire_s=20.0: at least 3 x heartbeat_s (30): a holder "
                                         "fences itself after expire_s / 2 without a beat"]
+    out = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.workers=0", "seed=0,1",
+                  cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert cli_problems(out.stderr) == ["hydra.launcher.workers=0: an integer >= 1 (worker processes that drain "
+                                        "the sweep)"]
+    out = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.detach=true",
+                  "seed=0,1", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert cli_problems(out.stderr) == ["hydra.launcher.detach=True: false with hydra.launcher.pull=true (the "
+                                        "submitting process waits for its workers)"]
     assert not (tmp_path / "outputs").exists()
 
 
@@ -240,30 +250,22 @@ def test_status_names_the_worker_that_holds_each_point(tmp_path):
     assert out.returncode == 0 and "[w0 (123@h)]" in out.stdout, out.stdout + out.stderr
 
 
-def test_a_vectorised_seed_group_is_claimed_as_one_unit(tmp_path):
-    """vectorize=seeds: 2 arms x 2 seeds are 2 units (each group's first point holds the claim); one worker runs
-    a whole group as one stacked job and every member has its own ok result.json."""
-    sweep = tmp_path / "sw"
-    out = run_cli("-m", f"hydra.sweep.dir={sweep}", "hydra/launcher=pull", "hydra.launcher.workers=2", *FAST,
-                  "hydra.sweeper.vectorize=seeds", "transfer=scratch", "seed=0,1", "target.n_per_class=2,3",
-                  "train.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert _summary(out.stdout) == "4 ok, 0 failed, 0 skipped"
-    claims = sorted((e["unit"], e["event"]) for e in pull.read_audit(sweep) if e["event"] != "end")
-    assert claims == [("seed=0,target.n_per_class=2", "claim"), ("seed=0,target.n_per_class=3", "claim")]
-    records = [RunRecord.read(p) for p in find_results(sweep)]
-    assert len(records) == 4 and all(r.status == "ok" and r.group["size"] == 2 for r in records)
-    assert not (sweep / "seed=1,target.n_per_class=2" / pull.CLAIM_FILE).exists()
-
-
-def test_the_node_script_offers_pull_mode(tmp_path):
+def test_the_node_script_drains_a_sweep_with_pull_workers_and_a_seed_group_is_one_unit(tmp_path):
+    """`PULL_WORKERS=2 scripts/sweep_node.sh` with vectorize=seeds: 2 arms x 2 seeds are 2 units (each group's first
+    point holds the claim); a worker runs a whole group as one stacked job; every member has its own ok result."""
     from test_sweeps import TINY, _script
 
-    p = _script("sweep_node.sh", "freeze_vs_n", "seed=0", "target.n_per_class=2", "transfer.freeze=0,all",
-                "hydra.sweeper.grids.scratch=null", "train.min_steps=null", *TINY, *FAST, cwd=tmp_path,
-                env={"PULL_WORKERS": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    p = _script("sweep_node.sh", "freeze_vs_n", "seed=0,1", "target.n_per_class=2", "transfer.freeze=0,all",
+                "hydra.sweeper.grids.scratch=null", "train.min_steps=null", "hydra.sweeper.vectorize=seeds", *TINY,
+                *FAST, cwd=tmp_path, env={"PULL_WORKERS": "2", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "hydra/launcher=pull hydra.launcher.workers=2 lease.per_device=1 seed=0" in p.stdout.splitlines()[0]
-    assert _summary(p.stdout) == "2 ok, 0 failed, 0 skipped"
+    assert "hydra/launcher=pull hydra.launcher.workers=2 lease.per_device=1 seed=0,1" in p.stdout.splitlines()[0]
+    assert _summary(p.stdout) == "4 ok, 0 failed, 0 skipped"
     sweep = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
-    assert sorted(e["event"] for e in pull.read_audit(sweep)) == ["claim", "claim", "end", "end"]
+    audit = pull.read_audit(sweep)
+    leaders = sorted(e["unit"] for e in audit if e["event"] == "claim")
+    assert len(leaders) == 2 and all(n.startswith("seed=0,") for n in leaders)
+    assert sorted(e["unit"] for e in audit if e["event"] == "end") == leaders
+    records = [RunRecord.read(p) for p in find_results(sweep)]
+    assert len(records) == 4 and all(r.status == "ok" and r.group["size"] == 2 for r in records)
+    assert sorted((r.freeze, r.seed) for r in records) == [(0, 0), (0, 1), (4, 0), (4, 1)]

@@ -274,8 +274,10 @@ def _claimed_by(sweep_dir: Path, entries: Mapping[str, Mapping], judged: list[Po
 
     holder: dict[str, str] = {}
     for p in judged:
+        if p.state not in ("running", "failed", "missing"):  # done, queued or stale: no claim to show
+            continue
         claim = read_claim(sweep_dir / Path(str(entries[p.name].get("dir") or p.name)).name)
-        if claim and not claim.get("ended") and p.state in ("running", "failed", "missing"):
+        if claim and not claim.get("ended"):
             p.worker = f"{claim.get('worker')} ({claim.get('slurm_job') or claim.get('pid')}@{claim.get('host')})"
             if p.job:
                 holder[p.job] = p.worker
