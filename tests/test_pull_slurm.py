@@ -59,3 +59,21 @@ def test_two_slurm_workers_drain_12_points_through_a_kill_9_like_a_sequential_ru
     sequential = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'seq'}", *POINTS, cwd=tmp_path)
     assert sequential.returncode == 0, sequential.stderr[-3000:]
     assert _by_fingerprint(sweep) == _by_fingerprint(tmp_path / "seq")
+
+
+def test_the_slurm_script_offers_pull_mode(tmp_path, slurm_env):
+    """`PULL_WORKERS=2 scripts/sweep_slurm.sh`: 2 worker jobs drain the preset's points (the script waits for them)."""
+    from conftest import ROOT
+    from test_slurm import SWEEP
+
+    full = {**os.environ, "TRANSFERLAB_ROOT": str(tmp_path), "PYTHON": sys.executable, "PULL_WORKERS": "2",
+            **slurm_env}
+    args = [a for a in SWEEP if a not in ("-m", "experiment=freeze_vs_n", "hydra/launcher=slurm")]
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "sweep_slurm.sh"), "freeze_vs_n", *args, *FAST],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900, env=full)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "hydra/launcher=slurm hydra.launcher.pull=true hydra.launcher.workers=2" in p.stdout.splitlines()[0]
+    assert _summary(p.stdout) == "2 ok, 0 failed, 0 skipped"
+    sweep = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
+    ends = [e for e in pull.read_audit(sweep) if e["event"] == "end"]
+    assert len(ends) == 2 and all(pull.read_claim(sweep / e["unit"])["slurm_job"] for e in ends)
