@@ -96,9 +96,7 @@ def test_a_heartbeat_fences_its_worker_when_the_claim_is_taken_or_cannot_be_writ
         deadline = time.time() + 2
         while not exits and time.time() < deadline:
             time.sleep(0.02)
-    assert exits and exits[0] == pull.FENCED_EXIT
-    why = [e["why"] for e in pull.read_audit(sweep2) if e["event"] == "fenced"]
-    assert why and why[0].startswith("no heartbeat written")
+    assert exits == [pull.FENCED_EXIT]  # by the watchdog, which writes nothing (the file system may hang)
 
 
 def test_workers_in_processes_run_every_unit_once_and_take_over_a_killed_ones(tmp_path):

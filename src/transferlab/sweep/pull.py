@@ -202,7 +202,9 @@ class Claimer:
 
 class Heartbeat:
     """While a unit runs: raise its claim's beat counter every `heartbeat_s`, under the lock, if the claim is still
-    this worker's; exit the process (fence) when it is not, or when no beat could be written for `expire_s / 2`."""
+    this worker's; exit the process (fence) when it is not, or when no beat has been written for `expire_s / 2`.
+    The second check runs in its own thread that does no file I/O, so a write hung on a stalled file system
+    cannot delay it."""
 
     def __init__(self, claimer: Claimer, unit: Unit, claim: dict, exit: Callable[[int], Any] = os._exit) -> None:
         self.claimer, self.unit, self.token = claimer, unit, claim["token"]
@@ -210,37 +212,46 @@ class Heartbeat:
         self.lock = shared_lock(claimer.sweep_dir / LOCK_FILE)  # its own descriptor: excludes the worker's thread
         self._stop = threading.Event()
         self._exit = exit
-        self._thread = threading.Thread(target=self._run, name="transferlab-pull-heartbeat", daemon=True)
+        self._last_ok = claimer.clock()
+        self._threads = [threading.Thread(target=self._beat, name="transferlab-pull-heartbeat", daemon=True),
+                         threading.Thread(target=self._watch, name="transferlab-pull-watchdog", daemon=True)]
 
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        for t in self._threads:
+            t.join()
 
-    def _fence(self, why: str) -> None:
-        log.error("worker %s stops: %s (unit %s)", self.claimer.worker, why, self.unit.name)
-        _audit(self.claimer.sweep_dir, {"event": "fenced", "unit": self.unit.name, "worker": self.claimer.worker,
-                                        "token": self.token, "why": why})
-        self._exit(FENCED_EXIT)
-
-    def _run(self) -> None:
+    def _beat(self) -> None:
         c = self.claimer
-        last_ok = c.clock()
         while not self._stop.wait(c.heartbeat_s):
             try:
                 with self.lock.acquire(timeout=c.heartbeat_s):
                     held = _read(self.path)
                     if held is None or held.get("token") != self.token:
-                        return self._fence("its claim was taken over")
+                        log.error("worker %s stops: its claim of %s was taken over", c.worker, self.unit.name)
+                        _audit(c.sweep_dir, {"event": "fenced", "unit": self.unit.name, "worker": c.worker,
+                                             "token": self.token, "why": "its claim was taken over"})
+                        self._exit(FENCED_EXIT)
+                        return
+                    began = c.clock()  # no claimer can see this beat before now: the fence counts from here
                     write_json(self.path, {**held, "beat": int(held.get("beat") or 0) + 1, "beat_at": time.time()})
-                last_ok = c.clock()
-            except Exception as e:  # noqa: BLE001 - a lock timeout or a file-system error: fence if it lasts
+                self._last_ok = began
+            except Exception as e:  # noqa: BLE001 - a lock timeout or a file-system error: the watchdog decides
                 log.warning("worker %s: heartbeat of %s not written: %s", c.worker, self.unit.name, e)
-            if c.clock() - last_ok > c.expire_s / 2:
-                return self._fence(f"no heartbeat written for {c.expire_s / 2:g} s")
+
+    def _watch(self) -> None:
+        c = self.claimer
+        while not self._stop.wait(min(1.0, c.heartbeat_s / 2)):
+            if c.clock() - self._last_ok > c.expire_s / 2:
+                log.error("worker %s stops: no heartbeat of %s written for %g s (another worker may take it over)",
+                          c.worker, self.unit.name, c.expire_s / 2)  # no file I/O here: it may be what hangs
+                self._exit(FENCED_EXIT)
+                return
 
 
 def drain(sweep_dir: str | Path, worker: str, run_unit: Callable[[Unit], str | None], poll_s: float = 2.0,
