@@ -170,6 +170,12 @@ def test_bad_grids_are_config_errors_before_anything_is_written(make_cfg, tmp_pa
     assert not list((tmp_path / "run").rglob("*.json")) and not (tmp_path / "run" / "candidates").exists()
 
 
+def test_a_tuned_point_over_several_devices_is_refused(make_cfg):
+    with pytest.raises(ConfigError) as e:
+        run(make_cfg("tune.train.lr=[1e-3,1e-2]", "trainer=ddp", "trainer.devices=2", *POINT))
+    assert any(p.key == "tune" and "trainer.devices > 1" in p.allowed for p in e.value.items), e.value.problems
+
+
 @pytest.mark.parametrize("override,line", [
     ("tune.train.lrr=[1e-3]", "tune.train='lrr': a train key to tune, one of ['max_epochs', 'lr'"),
     ("tune.train.select=[last]", "tune.train='select': not tunable: the selection protocol"),
