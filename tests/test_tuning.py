@@ -137,6 +137,21 @@ def test_the_choice_rule_and_lost_candidates():
     assert choose([c(0, None, None, "failed")]) is None
 
 
+def test_the_setup_block_says_what_was_tuned_and_counts_the_labels_the_choice_read():
+    from transferlab.analysis.setup import _labels_used, _protocol, _training
+    from transferlab.run.record import RunRecord
+
+    cfg = {"train": {"scheduler": "none", "lr": 0.001}}
+    tuning = {"grid": {"train.lr": [1e-4, 1e-2]}, "rule": "highest score", "chosen": {"train.lr": 0.01}}
+    other = {**tuning, "chosen": {"train.lr": 1e-4}}
+    recs = [RunRecord(status="ok", select="last", n_val=135, config=cfg, tuning=t) for t in (tuning, other)]
+    assert _labels_used(recs) == "last: the n examples plus the 135-example validation split, at every n"
+    rows = dict(_protocol(recs))
+    assert rows["tuning inside each point"].startswith("train.lr in [0.0001,0.01]: each point trained every candidate")
+    assert "train.lr=0.0001 (1 runs), train.lr=0.01 (1 runs)" in rows["tuning inside each point"]
+    assert "lr 0.0001, 0.01," in dict(_training(recs))["target training"]  # the chosen rates, not the unread 0.001
+
+
 def test_identity_untuned_unchanged_tuned_covers_grid_and_protocol(tmp_path):
     def fp(*o):
         return identity.fingerprint(compose_cfg(list(o), tmp_path / "r"), ins={})
