@@ -126,6 +126,25 @@ def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):
     assert ok["status"] == "ok" and rec["metrics"]["val/acc"] == pytest.approx(ok["score"])
 
 
+def test_a_sweep_point_retrained_from_zero_loses_its_candidates_too(tmp_path):
+    """`resume=false`, or another fingerprint's work in the folder: the candidates go with the other checkpoints."""
+    from transferlab.sweep.points import Point
+    from transferlab.sweep.state import prepare_point_dir
+
+    ckpt = tmp_path / "p" / "candidates" / "abc" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    point = Point(overrides=["tune.train.lr=[1e-3]"], name="p", hash="h1", dir=str(tmp_path / "p"))
+    prepare_point_dir(tmp_path / "p", point)  # no marker: nothing proves whose files these are
+    assert not (tmp_path / "p" / "candidates").exists()
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    prepare_point_dir(tmp_path / "p", point)  # its own marker now: kept for the resume
+    assert ckpt.exists()
+    prepare_point_dir(tmp_path / "p", point, fresh=True)
+    assert not (tmp_path / "p" / "candidates").exists()
+
+
 def test_the_choice_rule_and_lost_candidates():
     def c(i, score, loss, status="ok"):
         return Candidate(index=i, values={"train.lr": i}, fingerprint=str(i), dir=".", status=status, score=score,
