@@ -235,8 +235,8 @@ def _training(records: list[RunRecord]) -> list[tuple[str, str]]:
         if group == "pretrain":  # only the runs that copied a source model pretrained it
             recs = [r for r in recs if r.cut not in (0, None) or r.source_cache not in (None, "none", "unused")]
         parts = []
-        for key, name in TRAIN_KEYS:
-            vals = [flatten(r.config).get(f"{group}.{key}") for r in recs]
+        for key, name in TRAIN_KEYS:  # a tuned key: the value each point chose (its config's is never read)
+            vals = [_chosen(r).get(f"{group}.{key}", flatten(r.config).get(f"{group}.{key}")) for r in recs]
             if any(v is not None for v in vals):
                 parts.append(f"{name} {_values(vals)}")
         if parts:
@@ -277,10 +277,35 @@ def _protocol(records: list[RunRecord]) -> list[tuple[str, str]]:
             parts.append(f"not recorded ({old} runs made before train.select existed: the first best val/acc)")
         rows.append(("model tested (train.select)", ", ".join(parts)
                      + (" — ties: lower val/loss, then the earlier epoch" if "best_val" in selects else "")))
+    tuning = _tuning(records)
+    if tuning:
+        rows.append(("tuning inside each point", tuning))
     labels = _labels_used(records)
     if labels:
         rows.append(("labels that shaped each model", labels))
     return rows
+
+
+def _chosen(record: RunRecord) -> dict[str, Any]:
+    """{"train.lr": 0.01}: the values a tuned point chose (run/tuning.py); {} for an untuned one."""
+    tuning = record.tuning if isinstance(record.tuning, Mapping) else {}
+    return dict(tuning.get("chosen") or {})
+
+
+def _tuning(records: list[RunRecord]) -> str:
+    """Which keys the tuned points tuned, over which values, and what they chose (run/tuning.py); "" when no
+    point was tuned."""
+    tuned = [r for r in records if _chosen(r)]
+    if not tuned:
+        return ""
+    grids = sorted({", ".join(f"{k} in {cli_value(v)}" for k, v in (r.tuning.get("grid") or {}).items())
+                    for r in tuned})
+    chosen = Counter(", ".join(f"{k}={cli_value(v)}" for k, v in _chosen(r).items()) for r in tuned)
+    text = (f"{'; '.join(grids)}: each point trained every candidate, selected one by its own train.select on "
+            f"val/acc ({tuned[0].tuning.get('rule')}) and tested only that one; chosen "
+            + ", ".join(f"{k} ({v} runs)" for k, v in sorted(chosen.items())))
+    untuned = len(records) - len(tuned)
+    return text + (f"; {untuned} runs untuned" if untuned else "")
 
 
 def _labels_used(records: list[RunRecord]) -> str:
@@ -296,7 +321,8 @@ def _labels_used(records: list[RunRecord]) -> str:
         if select == "val_in_budget":
             parts.append(f"{select}: the n examples only, a share of them held out to select on "
                          f"({val} validation examples per run)")
-        elif any(reads_validation(select, (r.config or {}).get("train", {}).get("scheduler")) for r in of):
+        elif any(reads_validation(select, (r.config or {}).get("train", {}).get("scheduler"), bool(_chosen(r)))
+                 for r in of):
             parts.append(f"{select}: the n examples plus the {val}-example validation split, at every n")
         else:
             parts.append(f"{select}: the n examples only (no validation label decides anything)")
