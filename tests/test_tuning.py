@@ -112,11 +112,19 @@ def test_a_killed_point_reuses_only_candidates_that_verify(make_cfg, monkeypatch
     third = run(cfg)
     assert [c["reused"] for c in third["tuning"]["candidates"]] == [True, False] and len(fits) == 1
     assert third["metrics"]["test/acc"] == pytest.approx(first["metrics"]["test/acc"], abs=1e-6)
-    # a candidate.json of another fingerprint in its folder is not taken either
+    # a candidate.json of another fingerprint in its folder is not taken either (even sealed)
+    from transferlab.store import verified
+
     cand = Path(first["tuning"]["candidates"][0]["dir"]) / CANDIDATE_FILE
-    cand.write_text(json.dumps({**json.loads(cand.read_text()), "fingerprint": "0" * 16}))
+    other = json.dumps({**json.loads(cand.read_text()), "fingerprint": "0" * 16})
+    verified.write_with(cand, lambda tmp: tmp.write_text(other))
     (out / "result.json").unlink()
     assert [c["reused"] for c in run(cfg)["tuning"]["candidates"]] == [False, True]
+    # nor one whose score was edited by hand: its seal fails, so the choice is never steered by a typed number
+    cand = Path(first["tuning"]["candidates"][1]["dir"]) / CANDIDATE_FILE
+    cand.write_text(json.dumps({**json.loads(cand.read_text()), "score": 1.0}))
+    (out / "result.json").unlink()
+    assert [c["reused"] for c in run(cfg)["tuning"]["candidates"]] == [True, False]
 
 
 def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):

@@ -42,7 +42,6 @@ from transferlab.config import TUNABLE, plain, tune_grid, unknown_tune_key
 from transferlab.errors import ConfigError, NonFiniteLossError, Problem, problem
 from transferlab.run import identity, labels
 from transferlab.run.record import RunRecord
-from transferlab.store.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +159,11 @@ class Candidate:
         return {k: v for k, v in asdict(self).items() if k not in ("history", "best_ckpt", "resumed_from")}
 
     def write(self) -> None:
-        stored = {k: v for k, v in asdict(self).items() if k != "reused"}
-        write_json(Path(self.dir) / CANDIDATE_FILE, stored)
+        """candidate.json, sealed like result.json (its score decides the choice: a hand edit must not)."""
+        from transferlab.store import verified
+
+        text = json.dumps({k: v for k, v in asdict(self).items() if k != "reused"}, indent=2, default=str)
+        verified.write_with(Path(self.dir) / CANDIDATE_FILE, lambda tmp: tmp.write_text(text))
 
 
 def _finite(x: Any) -> float | None:
@@ -183,7 +185,10 @@ def reusable(index: int, values: dict[str, Any], fp: str, cdir: Path) -> Candida
     from transferlab.store.safe_load import WeightsError
 
     try:
-        stored = json.loads((cdir / CANDIDATE_FILE).read_text())
+        data = (cdir / CANDIDATE_FILE).read_bytes()
+        if verified.bytes_problem(cdir / CANDIDATE_FILE, data) is not None:  # edited, damaged or half-written
+            return None
+        stored = json.loads(data)
         cand = Candidate(**{**stored, "index": index, "dir": str(cdir), "reused": True})
     except (OSError, ValueError, TypeError):
         return None
