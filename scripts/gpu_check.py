@@ -139,7 +139,8 @@ class Check:
         data = make_data(self.work / "img.npz", n_train=self.s.img_train, n_val=self.s.img_eval,
                          n_test=self.s.img_eval)
         self.img = ["target=npz", f"target.path={data}", "target.name=gen32", f"target.image_size={self.s.img_px}",
-                    f"backbone={self.s.backbone}", "source=none", "transfer=scratch", f"train.batch_size={self.s.batch}"]
+                    f"backbone={self.s.backbone}", "source=none", "transfer=scratch",
+                    f"train.batch_size={self.s.batch}"]
         precisions = ["32-true"] + (["bf16-mixed"] if bf16 is None else [])
         variants = [(p, cl) for cl in (False, True) for p in ("32-true", "bf16-mixed")]
         config = [*self.img, f"trainer.precision={','.join(precisions)}", "train.channels_last=false,true",
@@ -152,7 +153,8 @@ class Check:
         base = None
         for p, cl in variants:
             key = f"resnet18_{'bf16' if p == 'bf16-mixed' else 'fp32'}{'_cl' if cl else ''}"
-            label = f"{self.s.backbone} {'bf16-mixed' if p == 'bf16-mixed' else 'fp32'}{' + channels_last' if cl else ''}"
+            label = (f"{self.s.backbone} {'bf16-mixed' if p == 'bf16-mixed' else 'fp32'}"
+                     f"{' + channels_last' if cl else ''}")
             cfg = [*self.img, f"trainer.precision={p}", f"train.channels_last={str(cl).lower()}",
                    f"train.max_epochs={e1},{e2}"]
             if p == "bf16-mixed" and bf16 is not None:
@@ -230,15 +232,17 @@ class Check:
                                           "device": sorted({o["kind"] for o in spans}),
                                           "runs_s": sum(r["wall_s"] for r in ok)}))
 
-    def vit_lora(self) -> None:
-        """One ViT-S/16 LoRA point (linear probe + LoRA r=4 on qkv and proj, the defaults; batch 64, the PEFT preset's step floor) on
-        generated images at 224 px: its time and the peak memory of its process (on a GPU: CUDA's peak allocated,
-        read in the process by --probe-peak). Random weights: time and memory do not depend on their values."""
+    def vit_lora(self, bf16: str | None) -> None:
+        """One ViT-S/16 LoRA point (linear probe + LoRA r=4 on qkv and proj, the defaults; batch 64, the PEFT
+        preset's step floor; bf16-mixed where the GPU has it, as the preset recommends) on generated images at
+        224 px: its time and the peak memory of its process (on a GPU: CUDA's peak allocated, read in the process
+        by --probe-peak). Random weights: time and memory do not depend on their values."""
         data = make_data(self.work / "vit.npz", n_train=10 * max(self.s.vit_n, 4), n_val=20, n_test=20)
         cfg = ["target=npz", f"target.path={data}", "target.name=gen32", f"target.image_size={self.s.vit_px}",
                *self.s.vit, "backbone.weights=null", "source=none", "transfer=linear_probe",
                "peft=lora", "peft.rank=4", f"target.n_per_class={self.s.vit_n}", "train.batch_size=64",
-               "train.max_epochs=1", f"train.min_steps={self.s.vit_steps}"]
+               "train.max_epochs=1", f"train.min_steps={self.s.vit_steps}",
+               f"trainer.precision={'bf16-mixed' if bf16 is None else '32-true'}"]
         label = "ViT-S/16 LoRA point" + (" (dry: a 2-block, width-32 ViT)" if self.dry else "")
         self.say(f"{label}")
         peak = self.work / "vit_peak.json"
@@ -301,8 +305,12 @@ def device(dry: bool) -> dict:
            if torch.cuda.is_available() else 0, "host": platform.node(), "machine": machine()}
     if not dry:
         props = torch.cuda.get_device_properties(0)
+        try:  # native bf16 only: torch also answers True where it would emulate it (slowly) on older GPUs
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            bf16 = torch.cuda.is_bf16_supported()
         out.update(name=torch.cuda.get_device_name(0), memory_gb=round(props.total_memory / 2**30, 1),
-                   capability=f"{props.major}.{props.minor}", bf16=bool(torch.cuda.is_bf16_supported()))
+                   capability=f"{props.major}.{props.minor}", bf16=bool(bf16))
     else:
         out.update(name=f"CPU ({out['machine'].split(',')[0]})", memory_gb=None, capability=None, bf16=True)
     return out
@@ -471,13 +479,14 @@ def main(argv: list[str] | None = None) -> int:
     dev = device(a.dry)
     check = Check(sizes, a.dry, work)
     check.say(f"gpu check on {dev['name']}{' (dry)' if a.dry else ''}, work folder {work}")
-    bf16 = None if dev["bf16"] else f"{dev['name']} has no bf16 (torch.cuda.is_bf16_supported() is False)"
+    bf16 = None if dev["bf16"] else (f"{dev['name']} (compute {dev['capability']}) has no native bf16 "
+                                      "(torch.cuda.is_bf16_supported(including_emulation=False) is False)")
     if a.dry:
         why_not = None if len(os.sched_getaffinity(0)) >= 2 else "2 CPU processes need 2 usable cores"
     else:
         why_not = None if dev["gpus"] >= 2 else f"{dev['gpus']} GPU visible; DDP needs 2"
     for name, measure in (("resnet18", lambda: check.resnet(bf16)), ("points", check.points),
-                          ("vit_s16_lora", check.vit_lora), ("ddp_2", lambda: check.ddp(why_not))):
+                          ("vit_s16_lora", lambda: check.vit_lora(bf16)), ("ddp_2", lambda: check.ddp(why_not))):
         try:
             measure()
         except Exception as e:  # noqa: BLE001 - a measurement the check could not read is a failed row, not a stop

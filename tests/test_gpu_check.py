@@ -56,7 +56,8 @@ def test_dry_run_measures_every_row_through_the_cli_and_writes_json_and_markdown
         assert r["config"] and all("=" in o for o in r["config"]), key
     # each comparison is against its own baseline row, which is 1.0x
     assert rows["resnet18_fp32"]["ratio"] == pytest.approx(1.0)
-    assert rows["resnet18_bf16"]["ratio"] == pytest.approx(rows["resnet18_bf16"]["rate"] / rows["resnet18_fp32"]["rate"])
+    fp32, bf16 = rows["resnet18_fp32"]["rate"], rows["resnet18_bf16"]["rate"]
+    assert rows["resnet18_bf16"]["ratio"] == pytest.approx(bf16 / fp32)
     assert "trainer.precision=bf16-mixed" in rows["resnet18_bf16"]["config"]
     assert "train.channels_last=true" in rows["resnet18_fp32_cl"]["config"]
     short, long = result["sizes"]["epochs"]
@@ -186,7 +187,7 @@ def test_the_full_checks_configs_compose_and_pass_the_run_checks_on_this_cpu(tmp
     monkeypatch.setattr(g, "timed", lambda *a, **k: (_ for _ in ()).throw(SystemExit("planned, not run")))
     c.resnet(None)
     c.points()
-    c.vit_lora()
+    c.vit_lora(None)
     c.ddp(None)
     assert [r["key"] for r in c.rows] == [*ROWS[:8], "jobs_per_device_4", *ROWS[8:]]
     assert all(r["status"] == "failed" and r["rate"] is None for r in c.rows)  # nothing ran, nothing pretends it did
@@ -208,5 +209,5 @@ def test_the_full_checks_configs_compose_and_pass_the_run_checks_on_this_cpu(tmp
             built.add(data)
             prepare(cfg)
     vit = composed[tuple(one_point(c.rows[-2]["config"])[0])]
-    assert (vit.backbone.name, vit.target.image_size, vit.peft.method, vit.backbone.weights) == (
-        "vit_small_patch16_224", 224, "lora", None)
+    assert (vit.backbone.name, vit.target.image_size, vit.peft.method, vit.backbone.weights,
+            vit.trainer.precision) == ("vit_small_patch16_224", 224, "lora", None, "bf16-mixed")
