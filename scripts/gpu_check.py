@@ -38,6 +38,7 @@ from benchmark import machine, make_data, timed, tl  # the benchmark's process r
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = 1
 BEGIN, END = "<!-- gpu-check:begin", "<!-- gpu-check:end -->"  # docs/speed.md's table lies between these lines
+WORK_MARK = ".gpu_check_work"  # the scratch folder's mark: only a folder holding it (or empty) is ever wiped
 
 
 @dataclass(frozen=True)
@@ -462,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput("--out FILE.json is required")
         out = Path(a.out).resolve()
         _check_writable(out)
+        work = Path(a.work).resolve() if a.work else ROOT / "outputs" / "gpu_check"
+        if work.exists() and (not work.is_dir() or (any(work.iterdir()) and not (work / WORK_MARK).exists())):
+            raise BadInput(f"--work {work}: exists and is no gpu_check scratch folder (it would be wiped); "
+                           "give a new or empty folder")
+        if out.is_relative_to(work):
+            raise BadInput(f"--out {out}: inside --work {work}, which the check wipes first")
         import torch
 
         if not a.dry and not torch.cuda.is_available():
@@ -472,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     sizes = DRY if a.dry else FULL
-    work = Path(a.work).resolve() if a.work else ROOT / "outputs" / "gpu_check"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    (work / WORK_MARK).write_text("a scratch folder of scripts/gpu_check.py: the next check wipes it\n")
     when = dt.datetime.now(dt.timezone.utc)
     dev = device(a.dry)
     check = Check(sizes, a.dry, work)

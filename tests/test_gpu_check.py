@@ -36,7 +36,9 @@ def table(md: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu_check")
-    p = check("--dry", "--out", str(folder / "check.json"), "--work", str(folder / "work"), cwd=folder)
+    shutil.copy(ROOT / "docs" / "speed.md", folder / "speed.md")
+    p = check("--dry", "--out", str(folder / "check.json"), "--work", str(folder / "work"), "--update-docs",
+              str(folder / "speed.md"), cwd=folder)
     return p, folder
 
 
@@ -95,7 +97,22 @@ def test_dry_run_measures_every_row_through_the_cli_and_writes_json_and_markdown
             assert float(cells[2].split()[0]) == pytest.approx(r["wall_s"], rel=0.01)
         else:
             assert cells[6] == r["reason"]
-    assert p.stdout.strip().endswith(f"wrote {folder / 'check.json'} and {folder / 'check.md'}")
+    assert p.stdout.strip().endswith(f"wrote {folder / 'check.json'} and {folder / 'check.md'}; filled "
+                                     f"{folder / 'speed.md'}")
+    assert (folder / "speed.md").read_text().count(md) == 1  # the run filled its docs copy's table
+
+
+def test_the_scratch_folder_is_wiped_only_when_it_is_the_checks_own(dry, tmp_path):
+    _, folder = dry
+    assert (folder / "work" / ".gpu_check_work").exists()
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "result.json").write_text("{}")
+    p = check("--dry", "--out", str(tmp_path / "a.json"), "--work", str(mine), cwd=tmp_path)
+    assert p.returncode == 2 and "is no gpu_check scratch folder" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert (mine / "result.json").read_text() == "{}" and not (tmp_path / "a.json").exists()
+    p = check("--dry", "--out", str(folder / "work" / "a.json"), "--work", str(folder / "work"), cwd=tmp_path)
+    assert p.returncode == 2 and "which the check wipes first" in p.stderr
 
 
 def test_update_docs_fills_the_table_between_the_markers_of_a_copy_of_speed_md(dry, tmp_path):
