@@ -347,8 +347,9 @@ def markdown(result: dict) -> str:
         head += ". Dry run: CPU, tiny sizes; it checks the paths, its numbers say nothing about speed."
     lines = [head, "", "| measurement | status | wall | rate | vs baseline | peak memory | note |",
              "|---|---|---|---|---|---|---|"]
+    labels = {r["key"]: r["row"] for r in result["rows"]}
     for r in result["rows"]:
-        ratio = f"{r['ratio']:.2f}x ({r['vs']})" if r.get("ratio") is not None else ""
+        ratio = f"{r['ratio']:.2f}x ({labels.get(r['vs'], r['vs'])})" if r.get("ratio") is not None else ""
         peak = f"{_num(r['peak_mem_mb'], 'MiB')} ({r['peak_mem_kind']})" if r.get("peak_mem_mb") is not None else ""
         note = r.get("reason") or ""
         det = r.get("details") or {}

@@ -95,6 +95,9 @@ def test_dry_run_measures_every_row_through_the_cli_and_writes_json_and_markdown
             assert cells[3].endswith(r["unit"])
             assert float(cells[3].split()[0]) == pytest.approx(r["rate"], rel=0.01)
             assert float(cells[2].split()[0]) == pytest.approx(r["wall_s"], rel=0.01)
+            if r["ratio"] is not None:  # named by the baseline row's label
+                baseline = {x["key"]: x["row"] for x in result["rows"]}.get(r["vs"], r["vs"])
+                assert cells[4] == f"{r['ratio']:.2f}x ({baseline})"
         else:
             assert cells[6] == r["reason"]
     assert p.stdout.strip().endswith(f"wrote {folder / 'check.json'} and {folder / 'check.md'}; filled "
