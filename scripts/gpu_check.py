@@ -1,4 +1,4 @@
-"""GPU check: what transferlab's GPU options and multi-GPU modes give on this machine, in one run under 8 minutes.
+"""GPU check: what transferlab's GPU options and multi-GPU modes give on this node, sized to finish in 8 minutes.
 
     python scripts/gpu_check.py --out gpu_check.json                       # on a GPU node (full sizes)
     python scripts/gpu_check.py --out gpu_check.json --update-docs docs/speed.md   # and fill docs/speed.md's table

@@ -156,8 +156,13 @@ def test_a_row_that_cannot_run_here_is_kept_as_skipped_with_its_reason(tmp_path)
 
 
 @pytest.mark.parametrize("case", ["unknown flag", "no out", "out folder missing", "out under a file",
-                                  "out not json", "docs without markers", "from without docs"])
+                                  "out not json", "docs without markers", "from without docs", "full run, no GPU"])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, case):
+    if case == "full run, no GPU":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible: the full check would run")
     plain = tmp_path / "plain.md"
     plain.write_text("# no markers\n")
     args = {"unknown flag": ["--dry", "--out", str(tmp_path / "a.json"), "--fast"],
@@ -166,7 +171,8 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, case):
             "out under a file": ["--dry", "--out", str(plain / "a.json")],
             "out not json": ["--dry", "--out", str(tmp_path / "a.txt")],
             "docs without markers": ["--dry", "--out", str(tmp_path / "a.json"), "--update-docs", str(plain)],
-            "from without docs": ["--from", str(tmp_path / "a.json")]}[case]
+            "from without docs": ["--from", str(tmp_path / "a.json")],
+            "full run, no GPU": ["--out", str(tmp_path / "a.json")]}[case]
     p = check(*args, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
