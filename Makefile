@@ -10,10 +10,10 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-slow test-slurm test-wheel sweep-demo report-demo benchmark clean help
+.PHONY: install demo test test-slow test-slurm test-wheel sweep-demo report-demo benchmark gpu-check clean help
 
 help:
-	@echo "make install | demo | test | test-slow | test-slurm | test-wheel | sweep-demo | report-demo | benchmark | clean"
+	@echo "make install | demo | test | test-slow | test-slurm | test-wheel | sweep-demo | report-demo | benchmark | gpu-check | clean"
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ report-demo: install
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
+
+# On a GPU node (< 8 min): writes outputs/gpu_check.json + .md and fills docs/speed.md's GPU table.
+gpu-check: install
+	@mkdir -p outputs
+	$(BIN)/python scripts/gpu_check.py --out outputs/gpu_check.json --update-docs docs/speed.md
 
 test: install
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
