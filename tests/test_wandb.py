@@ -193,3 +193,52 @@ def test_a_vectorised_group_logs_each_member_live_into_its_own_run(tmp_path):
         times[rec.seed] = (min(stamps), max(stamps))
     assert sorted(times) == [0, 1]
     assert times[1][0] < times[0][1] and times[0][0] < times[1][1]  # interleaved: both runs live during the fit
+
+
+def _run_ids(folder: Path) -> list[str]:
+    """The run id of every offline W&B folder of a job (one folder per process that opened the run), as W&B names
+    the folder: offline-run-<YYYYmmdd_HHMMSS>-<run id>."""
+    return [d.name.split("-", 3)[3] for d in sorted((folder / "wandb").glob("offline-run-*"))]
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_start_opens_a_new_one(make_cfg, monkeypatch):
+    """A crash mid-fit, then the same config again (the in-process twin of kill -9 + requeue): the resume logs
+    under the attempt's run id (two offline folders, one id). Checkpoints cleared as `resume=false` clears them:
+    a new attempt, a new id; its resume keeps that new id. Each id derives from the run's fingerprint."""
+    from transferlab.run.experiment import run
+    from transferlab.sweep.state import clear_checkpoints
+    from transferlab.training import callbacks
+    from transferlab.training.wandb_attempt import read_ledger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    args = ("transfer=scratch", "target.n_per_class=4", "train.max_epochs=3", "trainer.enable_progress_bar=false",
+            "checkpoint.every_s=0", "logger=wandb", "name=wb_attempts")
+
+    def crash(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+    def crashed_then_resumed() -> dict:
+        with monkeypatch.context() as mp:
+            mp.setattr(callbacks.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                run(make_cfg(*args, run="job"))
+        return run(make_cfg(*args, run="job"))
+
+    cfg = make_cfg(*args, run="job")
+    job = Path(cfg.paths.output_dir)
+    first = crashed_then_resumed()
+    assert first["resumed_from"].endswith("last.ckpt")
+    ids = _run_ids(job)
+    assert len(ids) == 2 and len(set(ids)) == 1, ids  # two processes' folders, one W&B run
+    assert ids[0].startswith(first["fingerprint"][:12]) and ids[0].endswith("-1")
+    summary, records = inspect(sorted((job / "wandb").glob("offline-run-*"))[-1])
+    assert run_record(records)["run_id"] == ids[1]
+    assert summary["exit_code"] == 0 and summary["summary"]["test/acc"] == pytest.approx(first["metrics"]["test/acc"])
+
+    clear_checkpoints(job)  # what the sweeper does for resume=false (or another fingerprint in the folder)
+    second = crashed_then_resumed()
+    assert second["fingerprint"] == first["fingerprint"]
+    ids = _run_ids(job)
+    assert len(ids) == 4 and ids[2] == ids[3] != ids[0] and ids[2].endswith("-2"), ids
+    assert read_ledger(job)["ids"] == [ids[0], ids[2]]
