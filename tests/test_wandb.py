@@ -242,3 +242,60 @@ def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_start_opens_a_new_one
     ids = _run_ids(job)
     assert len(ids) == 4 and ids[2] == ids[3] != ids[0] and ids[2].endswith("-2"), ids
     assert read_ledger(job)["ids"] == [ids[0], ids[2]]
+
+
+def test_workspace_spec_names_the_sweep_and_only_keys_the_runs_log(wandb_sweep, tmp_path):
+    """`--wandb-workspace --push` offline: the report run, the spec file and one refusal line (exit 1). The spec's
+    workspace and report keep the sweep's group (target + report runs), its five sections, and every key a panel
+    reads is one the target runs (config, summary) or the report run (tables, their columns, figures) logged."""
+    pytest.importorskip("wandb_workspaces", reason="the `wandb` extra (wandb-workspaces) is not installed")
+    from transferlab.analysis.wandb_workspace import SPEC_FILE
+
+    out = tmp_path / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        p = run_cli(str(wandb_sweep["0"].parent), "--out", str(out), "--wandb-workspace", "--push", "--n-boot", "20",
+                    module="transferlab.report", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    refusal = [ln for ln in p.stderr.splitlines() if ln.startswith("transferlab-report:")]
+    assert len(refusal) == 1 and "offline" in refusal[0] and str(out / SPEC_FILE) in refusal[0], p.stderr[-3000:]
+    spec = json.loads((out / SPEC_FILE).read_text())
+    assert [s["name"] for s in spec["sections"]] == [
+        "Accuracy vs n per arm", "Gain over scratch", "Freeze depth heatmap", "Effective data transferred D_T(n)",
+        "Transferability vs accuracy"]
+    kinds = {s["name"]: [pn["kind"] for pn in s["panels"]] for s in spec["sections"]}
+    assert kinds["Accuracy vs n per arm"][:3] == ["bar", "line_table", "media"]
+    assert kinds["Gain over scratch"] == ["text"]  # one arm, no scratch: said, not an empty chart
+
+    # The library's own serialisation: the group filter and the sections' panels, in the workspace and the report.
+    ws = spec["workspace"]["spec"]["section"]
+    wanted = [{"key": {"section": "run", "name": "group"}, "op": "=", "value": "wb_sweep"},
+              {"key": {"section": "run", "name": "jobType"}, "op": "IN", "value": ["target", "report"]}]
+    for runset in [ws["runSets"][0]] + [b["metadata"]["runSets"][0] for b in spec["report"]["spec"]["blocks"]
+                                       if b["type"] == "panel-grid"]:
+        got = [{k: f[k] for k in ("key", "op", "value")} for f in runset["filters"]["filters"]]
+        assert got == wanted
+        assert [g["name"] for g in runset["grouping"]] == ["arm_name.value", "n_per_class.value"]
+    bank = {s["name"]: s["panels"] for s in ws["panelBankConfig"]["sections"]}
+    for s in spec["sections"]:
+        assert len(bank[s["name"]]) == len(s["panels"]), s["name"]
+    assert sum(b["type"] == "panel-grid" for b in spec["report"]["spec"]["blocks"]) == 5
+
+    # Every key a panel reads was logged: target runs' config + summary, the report run's keys and table columns.
+    target_summary, _ = inspect(only_run(wandb_sweep["0"]))
+    report_summary, records = inspect(only_run(out))
+    item = {k: v for r in records if r.get("type") == "history" for k, v in r["history"]["item"].items()}
+    logged = {k[: -len("._type")] for k in item if k.endswith("._type")}
+    keys = [tuple(k) for s in spec["sections"] for pn in s["panels"] for k in pn["keys"]]
+    assert {w for w, _ in keys} == {"config", "summary", "logged", "column"}
+    for where, key in keys:
+        if where == "config":
+            assert key in target_summary["config"], key
+        elif where == "summary":
+            assert key in target_summary["summary"], key
+        elif where == "logged":
+            assert key in logged, key
+        else:
+            table, column = key.split(":", 1)
+            columns = json.loads((only_run(out) / "files" / item[f"{table}.path"]).read_text())["columns"]
+            assert column in columns, key
