@@ -100,6 +100,7 @@ def test_every_target_run_names_its_arm_and_its_source_model_on_a_miss_and_a_hit
         assert config["arm_name"] == "fine-tune top 2"  # the report's words (transfer/arm_name.py)
         assert config["source_model.cache"] == rec.source_cache
         assert config["source_model.wandb_id"] == src["run_id"] == rec.source_metrics["wandb_run"]["id"]
+        assert src["run_id"].startswith(rec.source_metrics["key"][:12])  # per source fingerprint and attempt
         assert config["source_model.wandb_group"] == "wb_sweep"
         assert config["source_model.test_acc"] == pytest.approx(recs[miss].source_metrics["test/acc"])
 
@@ -184,6 +185,7 @@ def test_a_vectorised_group_logs_each_member_live_into_its_own_run(tmp_path):
         summary, records = inspect(only_run(path.parent))
         run = run_record(records)
         assert run["run_group"] == "wb_group" and summary["exit_code"] == 0 and summary["state"] == "finished"
+        assert run["run_id"].startswith(rec.fingerprint[:12]) and run["run_id"].endswith("-1")  # its own id
         history = [r["history"]["item"] for r in records if r.get("type") == "history"]
         vals = [h for h in history if "val/acc" in h]
         assert [v["val/acc"] for v in vals] == pytest.approx(rec.metrics.val_acc_history)
@@ -299,3 +301,25 @@ def test_workspace_spec_names_the_sweep_and_only_keys_the_runs_log(wandb_sweep, 
             table, column = key.split(":", 1)
             columns = json.loads((only_run(out) / "files" / item[f"{table}.path"]).read_text())["columns"]
             assert column in columns, key
+
+
+@pytest.mark.slow  # three sweeper launches
+def test_a_sweep_relaunch_adds_no_run_and_resume_false_opens_a_new_one(tmp_path):
+    """Through the real sweeper: a finished point re-launched is skipped (no second W&B folder); with
+    `hydra.sweeper.resume=false` it trains from zero, a new attempt under a new id, its result's fingerprint the
+    same."""
+    sweep = tmp_path / "sweep"
+    args = ("-m", "transfer=scratch", "target.n_per_class=2", "train.max_epochs=1", "trainer.enable_progress_bar=false",
+            "logger=wandb", "name=wb_relaunch", f"hydra.sweep.dir={sweep}")
+    ids = []
+    for extra in ((), (), ("hydra.sweeper.resume=false",)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("WANDB_MODE", raising=False)
+            p = run_cli(*args, *extra, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, p.stderr[-2000:]
+        (point,) = [r.parent for r in sweep.rglob("result.json")]
+        ids.append(_run_ids(point))
+    fp = RunRecord.read(point / "result.json").fingerprint
+    assert len(ids[0]) == 1 and ids[1] == ids[0]  # the re-launch skipped the done point: no new run
+    assert len(ids[2]) == 2 and ids[2][0] == ids[0][0] and ids[2][1] != ids[0][0], ids
+    assert ids[0][0].startswith(fp[:12]) and ids[0][0].endswith("-1") and ids[2][1].endswith("-2")
