@@ -283,9 +283,14 @@ def test_workspace_spec_names_the_sweep_and_only_keys_the_runs_log(wandb_sweep, 
         assert len(bank[s["name"]]) == len(s["panels"]), s["name"]
     assert sum(b["type"] == "panel-grid" for b in spec["report"]["spec"]["blocks"]) == 5
 
-    # Every key a panel reads was logged: target runs' config + summary, the report run's keys and table columns.
-    target_summary, _ = inspect(only_run(wandb_sweep["0"]))
-    report_summary, records = inspect(only_run(out))
+    assert_keys_logged(spec, only_run(wandb_sweep["0"]), only_run(out))
+
+
+def assert_keys_logged(spec: dict, target_run: Path, report_run: Path) -> None:
+    """Every key a panel of the spec reads was logged: a target run's config and summary keys, the report run's
+    keys (tables, figures) and its tables' columns (read from the table files the offline run holds)."""
+    target_summary, _ = inspect(target_run)
+    _, records = inspect(report_run)
     item = {k: v for r in records if r.get("type") == "history" for k, v in r["history"]["item"].items()}
     logged = {k[: -len("._type")] for k in item if k.endswith("._type")}
     keys = [tuple(k) for s in spec["sections"] for pn in s["panels"] for k in pn["keys"]]
@@ -299,7 +304,7 @@ def test_workspace_spec_names_the_sweep_and_only_keys_the_runs_log(wandb_sweep, 
             assert key in logged, key
         else:
             table, column = key.split(":", 1)
-            columns = json.loads((only_run(out) / "files" / item[f"{table}.path"]).read_text())["columns"]
+            columns = json.loads((report_run / "files" / item[f"{table}.path"]).read_text())["columns"]
             assert column in columns, key
 
 
@@ -323,3 +328,31 @@ def test_a_sweep_relaunch_adds_no_run_and_resume_false_opens_a_new_one(tmp_path)
     assert len(ids[0]) == 1 and ids[1] == ids[0]  # the re-launch skipped the done point: no new run
     assert len(ids[2]) == 2 and ids[2][0] == ids[0][0] and ids[2][1] != ids[0][0], ids
     assert ids[0][0].startswith(fp[:12]) and ids[0][0].endswith("-1") and ids[2][1].endswith("-2")
+
+
+@pytest.mark.slow  # a 12-run sweep and its report
+def test_every_dashboard_section_has_its_charts_on_a_sweep_with_scratch_and_scores(tmp_path):
+    """fine-tune and scratch x n 2, 4, 8 x seeds 0, 1 with a LogME score: every section holds its chart (gain,
+    D_T(n) and the score need scratch and scores), each reading only logged keys."""
+    pytest.importorskip("wandb_workspaces", reason="the `wandb` extra (wandb-workspaces) is not installed")
+    from transferlab.analysis.wandb_workspace import SPEC_FILE
+
+    sweep, out = tmp_path / "sweep", tmp_path / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)
+        p = run_cli("-m", "pretrain.max_epochs=2", "train.max_epochs=3", "trainer.enable_progress_bar=false",
+                    "target.n_per_class=2,4,8", "seed=0,1", "transfer=finetune,scratch", "transfer.scores=[logme]",
+                    "logger=wandb", "name=wb_dash", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                    env={"OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, p.stderr[-2000:]
+        p = run_cli(str(sweep), "--out", str(out), "--wandb-workspace", "--n-boot", "50", module="transferlab.report",
+                    cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    spec = json.loads((out / SPEC_FILE).read_text())
+    kinds = {s["name"]: [pn["kind"] for pn in s["panels"]] for s in spec["sections"]}
+    assert kinds["Gain over scratch"][0] == "line_table"
+    assert kinds["Effective data transferred D_T(n)"][0] == "line_table"
+    assert kinds["Transferability vs accuracy"][0] == "scatter_table"
+    assert "text" not in {k for ks in kinds.values() for k in ks}
+    finetune = next(r.parent for r in sweep.rglob("result.json") if "finetune" in r.parent.name)
+    assert_keys_logged(spec, only_run(finetune), only_run(out))
