@@ -356,3 +356,18 @@ def test_every_dashboard_section_has_its_charts_on_a_sweep_with_scratch_and_scor
     assert "text" not in {k for ks in kinds.values() for k in ks}
     finetune = next(r.parent for r in sweep.rglob("result.json") if "finetune" in r.parent.name)
     assert_keys_logged(spec, only_run(finetune), only_run(out))
+
+
+def test_dashboard_options_are_checked_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """--push without --wandb-workspace, and --wandb-workspace without the `wandb` extra: one line each, exit 2,
+    before the report is built (nothing in --out)."""
+    from transferlab.report import main
+
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "--out", str(out), "--push"]) == 2
+    assert "--push" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "wandb_workspaces", None)  # as if not installed: its import fails
+    assert main([str(tmp_path), "--out", str(out), "--wandb-workspace"]) == 2
+    err = capsys.readouterr().err
+    assert "--wandb-workspace" in err and "transferlab[wandb]" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
