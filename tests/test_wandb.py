@@ -198,9 +198,13 @@ def test_a_vectorised_group_logs_each_member_live_into_its_own_run(tmp_path):
 
 
 def _run_ids(folder: Path) -> list[str]:
-    """The run id of every offline W&B folder of a job (one folder per process that opened the run), as W&B names
-    the folder: offline-run-<YYYYmmdd_HHMMSS>-<run id>."""
-    return [d.name.split("-", 3)[3] for d in sorted((folder / "wandb").glob("offline-run-*"))]
+    """The run id of every offline W&B folder of a job (one folder per process that opened the run), as the
+    folder's data file names it (run-<run id>.wandb)."""
+    ids = []
+    for d in sorted((folder / "wandb").glob("offline-run-*")):
+        (data,) = d.glob("run-*.wandb")
+        ids.append(data.name[len("run-"):-len(".wandb")])
+    return ids
 
 
 def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_start_opens_a_new_one(make_cfg, monkeypatch):
