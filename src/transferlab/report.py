@@ -1,9 +1,11 @@
 """Entry point: a sweep folder -> CSVs, figures/ (PNG + PDF), tables/ (LaTeX + Markdown), report.html, a summary.
 
-    python -m transferlab.report outputs/sweeps/freeze_vs_n [--out DIR] [--wandb]
+    python -m transferlab.report outputs/sweeps/freeze_vs_n [--out DIR] [--wandb] [--wandb-workspace [--push]]
 
 Works on partial sweeps and never needs a network (`transferlab.analysis.report` builds it); `--wandb` logs the
-tables and figures as one `report` run in the sweep's W&B group (offline unless asked).
+tables and figures as one `report` run in the sweep's W&B group (offline unless asked); `--wandb-workspace` also
+writes a W&B workspace and report for the group as code (`analysis.wandb_workspace`; the spec file offline,
+saved to W&B with `--push` when online).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wandb-mode", default="offline", choices=["offline", "online"], help="W&B mode for --wandb")
     p.add_argument("--wandb-project", default="transferlab")
     p.add_argument("--wandb-entity", default=None)
+    p.add_argument("--wandb-workspace", action="store_true",
+                   help="also a W&B workspace + report for the sweep's group (implies --wandb; needs the `wandb` "
+                   "extra: pip install 'transferlab[wandb]'); offline: its spec in <out>/wandb_dashboard.json")
+    p.add_argument("--push", action="store_true",
+                   help="with --wandb-workspace --wandb-mode online: save the workspace and report to W&B")
     return p.parse_args(argv)
 
 
@@ -52,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(problem("--metric", args.metric, "one of " + ", ".join(metrics)))
         if args.ylim is not None and not 0 <= args.ylim[0] < args.ylim[1] <= 1:
             raise ConfigError(problem("--ylim", " ".join(f"{v:g}" for v in args.ylim), "LO HI with 0 <= LO < HI <= 1"))
+        if args.push and not args.wandb_workspace:
+            raise ConfigError(problem("--push", "set", "only with --wandb-workspace (it saves the dashboards)"))
+        if args.wandb_workspace:
+            try:
+                import wandb_workspaces  # noqa: F401
+            except ImportError:
+                raise ConfigError(problem("--wandb-workspace", "set", "the wandb-workspaces package installed "
+                                          "(pip install 'transferlab[wandb]')")) from None
         for a, b in args.crossover:
             if a == b:
                 raise ConfigError(problem("--crossover", f"{a} {b}", "two different arm labels"))
@@ -67,12 +82,37 @@ def main(argv: list[str] | None = None) -> int:
     from transferlab.analysis.report import print_summary
 
     print_summary(report)
-    if args.wandb:
+    if args.wandb or args.wandb_workspace:  # the dashboards read the report run's tables and figures
         from transferlab.analysis.wandb_push import push_report
 
         run_dir = push_report(report, project=args.wandb_project, entity=args.wandb_entity, mode=args.wandb_mode)
         print(f"W&B report run written to {run_dir}" + (" (run `wandb sync` to upload)" if args.wandb_mode ==
                                                           "offline" else ""))
+    if args.wandb_workspace:
+        return dashboards(report, args)
+    return 0
+
+
+def dashboards(report, args: argparse.Namespace) -> int:
+    """The workspace + report spec file, always; with --push, saved to W&B (online only): one line when it cannot."""
+    from transferlab.analysis import wandb_workspace
+
+    spec = wandb_workspace.write_spec(report, project=args.wandb_project, entity=args.wandb_entity)
+    print(f"W&B workspace + report spec written to {spec}")
+    if not args.push:
+        return 0
+    if args.wandb_mode != "online":
+        print(f"transferlab-report: --push: W&B is offline here (--wandb-mode {args.wandb_mode}); the spec is in "
+              f"{spec}; run again with network and --wandb-mode online --push to save it", file=sys.stderr)
+        return 1
+    try:
+        urls = wandb_workspace.push(report, project=args.wandb_project, entity=args.wandb_entity)
+    except Exception as e:  # noqa: BLE001 - no network, no login, no access: say so in one line, keep the spec
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"transferlab-report: --push: could not save to W&B ({type(e).__name__}: {first}); the spec is in "
+              f"{spec}", file=sys.stderr)
+        return 1
+    print("W&B workspace saved: {}\nW&B report saved: {}".format(*urls))
     return 0
 
 

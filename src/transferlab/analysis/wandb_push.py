@@ -31,6 +31,22 @@ def _key(setting: str) -> str:
     return str(setting).replace(" / ", "/")
 
 
+def logged_tables(report) -> dict[str, pd.DataFrame]:
+    """{W&B key: frame} of every table the report run logs (the empty optional ones left out); the dashboards
+    (`analysis.wandb_workspace`) read their panels from this, so a panel never names a table that is not there."""
+    tables = {"report/results": report.results.drop(columns=list(CURVE_COLUMNS)),
+              "report/summary": report.summary, "report/best_per_n": report.best}
+    for key, frame in (("report/gain", report.gain), ("report/crossover", report.crossovers),
+                       ("report/learning_measures", report.measures), ("report/yosinski", report.yosinski),
+                       ("report/failed", report.failed), ("report/missing", report.missing),
+                       ("report/paired_tests", report.tests), ("report/fits", report.fits),
+                       ("report/effective_data", report.effective),
+                       ("report/transferability", report.transferability)):
+        if not frame.empty:
+            tables[key] = frame
+    return tables
+
+
 def push_report(report, *, project: str = "transferlab", entity: str | None = None, mode: str = "offline") -> Path:
     """One W&B run (job_type=report, group=sweep name) holding the report; returns the run's local folder."""
     import wandb
@@ -40,15 +56,7 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
                      dir=str(out), mode=mode, config={"sweep_name": report.name, "runs": len(report.results)},
                      tags=["report"], reinit="finish_previous")
     try:
-        payload = {"report/results": _table(report.results.drop(columns=list(CURVE_COLUMNS))),
-                   "report/summary": _table(report.summary), "report/best_per_n": _table(report.best)}
-        for key, frame in (("report/gain", report.gain), ("report/crossover", report.crossovers),
-                           ("report/learning_measures", report.measures), ("report/yosinski", report.yosinski),
-                           ("report/failed", report.failed), ("report/missing", report.missing),
-                           ("report/paired_tests", report.tests), ("report/fits", report.fits),
-                           ("report/effective_data", report.effective)):
-            if not frame.empty:
-                payload[key] = _table(frame)
+        payload = {key: _table(frame) for key, frame in logged_tables(report).items()}
         for setting, g in report.summary.groupby("setting"):  # native W&B line chart, one per setting
             by = "arm_name" if "arm_name" in g else "arm"  # the arms' names, as the report's figures say them
             lines = [(arm, a.sort_values("n")) for arm, a in g.groupby(by, sort=True)]

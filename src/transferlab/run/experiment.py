@@ -21,7 +21,7 @@ from transferlab.store import feature_cache, source_cache
 from transferlab.tasks import TaskData
 from transferlab.training import options
 from transferlab.training.batches import arrays_loaders, loaders, pick_device
-from transferlab.training.callbacks import PlanSchedule
+from transferlab.training.callbacks import LAST, PlanSchedule
 from transferlab.training.fit import FitOutcome, fit_and_test
 from transferlab.training.loggers import (
     finish_logger,
@@ -49,18 +49,20 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
     L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
     net = TransferNet(build_backbone(cfg.backbone, source.input_shape), source.num_classes)
     module = TransferModule(net, source.num_classes, optim=plain(cfg.pretrain))
+    key = identity.source_fingerprint(cfg, data=source.fingerprint())
     t0 = time.perf_counter()
     trainer = ddp.single_device(plain(cfg.trainer))  # a DDP run's launcher pretrains before any rank exists
     outcome = fit_and_test(
         module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
                         device=pick_device(trainer.get("accelerator"), trainer.get("devices"))),
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=trainer, ckpt_dir=work_dir / "checkpoints",
-        logger=(src_logger := make_logger(cfg, work_dir, "source")),  # its own W&B run, job_type=source
-        fingerprint=identity.source_fingerprint(cfg, data=source.fingerprint()),  # a killed pretraining resumes
+        logger=(src_logger := make_logger(cfg, work_dir, "source", fingerprint=key,  # its own W&B run, job_type=source
+                                          resumes=(work_dir / "checkpoints" / LAST).exists())),
+        fingerprint=key,  # a killed pretraining resumes
         resume_every_s=resume_every_s(cfg),
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
-    meta = {"schema": SOURCE_ENTRY, "key": identity.source_fingerprint(cfg, data=source.fingerprint()),
+    meta = {"schema": SOURCE_ENTRY, "key": key,
             "source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
             "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
             "block_names": list(net.backbone.block_names),
@@ -246,8 +248,11 @@ class Experiment:
         axes["arm_name"] = self.prep.plan.name  # the report's words for the arm ("linear probe", "scratch")
         if self.prep.plan.cut == 0:  # nothing copied, so no depth is frozen: grouping by freeze must not pool it
             axes["freeze"] = None
+        # A vectorised group's member never resumes (training/stacked.py): each group start is a new attempt.
+        resumes = not concurrent and (self.run_dir / "checkpoints" / LAST).exists()
         self.logger = make_logger(self.cfg, self.run_dir, job_type, concurrent=concurrent,
-                                  axes={**axes, **source_config(record.source_cache, record.source_metrics)})
+                                  axes={**axes, **source_config(record.source_cache, record.source_metrics)},
+                                  fingerprint=self.fingerprint, resumes=resumes)
         return self.logger
 
     def fit(self, logger=None, test: bool = True) -> FitOutcome:

@@ -12,6 +12,9 @@ A vectorised seed group (`sweep.group_job`) holds one W&B run per member open at
 reach its own run while the group trains (`concurrent=True`: `wandb.init(reinit="create_new")`, each logger bound
 to its own run object, finished by `finish_logger` through that object, never through the process-wide
 `wandb.run`).
+
+A job that passes its fingerprint logs to the run of its attempt (`training.wandb_attempt`: the id derives from the
+fingerprint and the attempt, `resume="allow"`), so a resumed or requeued job continues its W&B run.
 """
 
 from __future__ import annotations
@@ -64,9 +67,12 @@ def source_config(status: str | None, meta: dict[str, Any] | None) -> dict[str, 
             **{f"source_model.wandb_{k}": ref.get(k) for k in ("id", "name", "project", "group")}}
 
 
-def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | None = None, concurrent: bool = False):
+def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | None = None, concurrent: bool = False,
+                fingerprint: str | None = None, resumes: bool = False):
     """The job's logger (False for none). `concurrent`: W&B runs of other loggers stay open beside this one (a
-    vectorised group's members); each is bound to its own run (see the module docstring)."""
+    vectorised group's members); each is bound to its own run (see the module docstring). `fingerprint`: the
+    job's identity, which names its W&B run per attempt; `resumes`: the fit continues `run_dir`'s last.ckpt (the
+    same attempt, the same run). Without a fingerprint W&B picks a new id (a preview's throwaway runs)."""
     kind = str(cfg.logger.kind)
     if kind == "none":
         return False
@@ -87,13 +93,18 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
         axes = dict(axes or {})
         config = {**flatten(plain(cfg)), **axes, "job_type": job_type}
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+        ident = {}
+        if fingerprint is not None:
+            from transferlab.training.wandb_attempt import attempt_run_id
+
+            ident = {"id": attempt_run_id(run_dir, fingerprint, resumes=resumes), "resume": "allow"}
 
         def build(mode: str) -> WandbLogger:
             import wandb
 
             init = dict(project=w.project, entity=w.entity, group=str(w.group or cfg.name), job_type=job_type,
                         tags=wandb_tags(cfg), name=wandb_run_name(cfg, job_type, axes), mode=mode, config=config,
-                        settings=wandb.Settings(init_timeout=float(w.init_timeout)))
+                        settings=wandb.Settings(init_timeout=float(w.init_timeout)), **ident)
             if concurrent:  # Lightning's WandbLogger would reuse the process's current run: give it its own
                 run = wandb.init(**init, dir=str(run_dir), reinit="create_new")
                 logger = WandbLogger(experiment=run, save_dir=str(run_dir))
