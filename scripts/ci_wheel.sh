@@ -149,7 +149,9 @@ example=$root/examples/own_project/run_example.sh
 if [[ -f $example ]]; then
   step "examples/own_project/run_example.sh with $bin first on PATH"
   mkdir -p "$work/example" && cd "$work/example"
-  PATH="$bin:$PATH" bash "$example" </dev/null || fail "examples/own_project/run_example.sh"
+  # its outputs go to the scratch folder (TRANSFERLAB_ROOT), never into the checkout
+  PATH="$bin:$PATH" TRANSFERLAB_ROOT="$work/example" bash "$example" </dev/null \
+    || fail "examples/own_project/run_example.sh"
 else
   step "no examples/own_project/run_example.sh in this checkout: skipped"
 fi
