@@ -20,6 +20,7 @@ import torch
 from conftest import cli_problems, run_cli
 from transferlab.run.experiment import run
 from transferlab.run.lease import LOG_FILE, _log_lease, acquire
+from transferlab.run.record import RunRecord
 from transferlab.store import verified
 from transferlab.store.atomic import atomic_path, current_umask, file_mode, write_json
 
@@ -141,3 +142,41 @@ def test_read_only_cache_dir_is_one_config_error(tmp_path):
     with read_only(tmp_path / "ro") as ro:
         _cli_rejects_cache_dir(tmp_path, ro / "cache", "a folder this user can write")
         assert list(ro.iterdir()) == []
+
+
+def test_a_read_only_run_folder_is_one_line_and_no_traceback(tmp_path):
+    with read_only(tmp_path / "ro") as ro:
+        out = run_cli(f"hydra.run.dir={ro / 'run'}", "pretrain.max_epochs=1", "train.max_epochs=1", cwd=tmp_path,
+                      timeout=300)
+        assert out.returncode == 1, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr
+        (line,) = [ln for ln in out.stderr.splitlines() if ln.startswith("transferlab:")]
+        assert line.startswith("transferlab: nothing was run: ") and f"(writing {ro / 'run'})" in line, line
+        assert list(ro.iterdir()) == []
+
+
+@contextmanager
+def full_disk(folder: Path, size: str = "1M"):
+    """A small tmpfs at `folder`, filled but for a few KB: a disk that fills during a run. Skips without mount."""
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={folder / 'fill'}", "bs=1k", "count=900"], capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_disk_that_fills_during_the_run_is_one_line_and_a_failed_record(tmp_path):
+    with full_disk(tmp_path / "small") as small:
+        run_dir = small / "run"
+        out = run_cli(f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "pretrain.max_epochs=1",
+                      "train.max_epochs=2", "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=300)
+        assert out.returncode == 1, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert "transferlab: run failed: DiskError: No space left on device" in out.stderr, out.stderr[-3000:]
+        if (run_dir / "result.json").exists():  # when the small record still fits, it says why
+            record = RunRecord.read(run_dir / "result.json")
+            assert record.status == "failed" and record.error.startswith("DiskError: No space left on device")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable
@@ -50,3 +52,27 @@ def problem(key: str, value: Any, allowed: str) -> Problem:
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf: the run cannot recover, so it fails with the reason."""
+
+
+# A write the machine refused: the disk is full, over quota, read-only, or the folder not ours to write.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def disk_problem(e: BaseException) -> str | None:
+    """One line for a write the machine refused, found anywhere in `e`'s chain of causes (torch reports a full
+    disk as a RuntimeError of its zip writer, raised while handling the OSError), or None. Names the file when the
+    error does: 'No space left on device (writing /runs/x/checkpoints/last.ckpt)'."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            what = seen.strerror or os.strerror(seen.errno)
+            return f"{what} (writing {seen.filename})" if seen.filename else what
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def failure_text(e: BaseException) -> str:
+    """How a failed run's record and the CLI name its error: the refused write when it was one (`disk_problem`),
+    else the exception's type and message."""
+    disk = disk_problem(e)
+    return f"DiskError: {disk}" if disk else f"{type(e).__name__}: {e}"

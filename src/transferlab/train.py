@@ -39,7 +39,7 @@ def _report_config_error(e) -> None:
 def main(cfg: DictConfig) -> float | None:
     if _full_error_ours:
         os.environ.pop(FULL_ERROR, None)  # composed: Hydra reports the rest as it always does
-    from transferlab.errors import ConfigError, NonFiniteLossError
+    from transferlab.errors import ConfigError, NonFiniteLossError, disk_problem, failure_text
     from transferlab.run.console import print_result
     from transferlab.run.experiment import run
     from transferlab.store.safe_load import WeightsError
@@ -78,9 +78,11 @@ def main(cfg: DictConfig) -> float | None:
         if _in_sweep():
             raise
         raise SystemExit(1) from None
-    except (NonFiniteLossError, WeightsError) as e:  # expected failures: one line, the record says the rest
-        print(f"transferlab: run failed: {type(e).__name__}: {e}\n  status 'failed' recorded in "
-              f"{Path(cfg.paths.output_dir) / 'result.json'}", file=sys.stderr)
+    except Exception as e:  # expected failures: one line, the record says the rest; anything else: Hydra reports it
+        if not isinstance(e, (NonFiniteLossError, WeightsError)) and disk_problem(e) is None:
+            raise
+        print(f"transferlab: run failed: {failure_text(e)}\n  status 'failed' recorded in "
+              f"{Path(cfg.paths.output_dir) / 'result.json'} (if it could be written)", file=sys.stderr)
         if _in_sweep():
             raise
         raise SystemExit(1) from None
@@ -102,7 +104,7 @@ def _composition_failed(e: Exception) -> int:
     from hydra._internal.utils import run_and_report
 
     from transferlab.config import config_error
-    from transferlab.errors import ConfigError
+    from transferlab.errors import ConfigError, disk_problem
 
     seen: BaseException | None = e  # a ConfigError the sweeper raised for a point (e.g. DDP in a sweep)
     while seen is not None and not isinstance(seen, ConfigError):
@@ -111,6 +113,11 @@ def _composition_failed(e: Exception) -> int:
     if error is not None:
         _report_config_error(error)
         return 2
+    disk = disk_problem(e)
+    if disk is not None:  # e.g. Hydra creating the run folder on a read-only or full disk: one line, no traceback
+        print(f"transferlab: nothing was run: {disk}; choose another hydra.run.dir / hydra.sweep.dir (or "
+              "paths.root_dir), or free space there", file=sys.stderr)
+        return 1
     if _full_error_ours:
         os.environ.pop(FULL_ERROR, None)
 

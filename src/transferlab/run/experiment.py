@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from transferlab import versions
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain, tune_grid
+from transferlab.errors import failure_text
 from transferlab.run import convergence, ddp, identity, labels
 from transferlab.run.record import Metrics, RunRecord
 from transferlab.run.scoring import score_run
@@ -307,7 +308,7 @@ class Experiment:
     def fail(self, e: BaseException) -> None:
         """Status failed with the error, written to result.json (the caller re-raises)."""
         record = self.record
-        record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+        record.status, record.error = "failed", failure_text(e)
         record.wall_s = time.perf_counter() - self.t0
         record.write(self.run_dir)
         finish_logger(self.logger, failed=True, summary=record.metrics.to_dict())

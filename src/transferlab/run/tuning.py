@@ -39,7 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab.config import TUNABLE, plain, tune_grid, unknown_tune_key
-from transferlab.errors import ConfigError, NonFiniteLossError, Problem, problem
+from transferlab.errors import ConfigError, NonFiniteLossError, Problem, failure_text, problem
 from transferlab.run import identity, labels
 from transferlab.run.record import RunRecord
 
@@ -228,7 +228,7 @@ def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str
         outcome = exp.fit(logger=exp.open_logger(job_type="candidate"), test=False)
     except NonFiniteLossError as e:
         finish_logger(exp.logger, failed=True)
-        cand.status, cand.error, cand.wall_s = "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0
+        cand.status, cand.error, cand.wall_s = "failed", failure_text(e), time.perf_counter() - t0
         cand.write()
         log.warning("tune: candidate %s lost: %s", values, cand.error)
         return cand

@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab.config import tune_grid
+from transferlab.errors import failure_text
 from transferlab.run.experiment import Experiment
 from transferlab.sweep import state
 from transferlab.training.callbacks import _rng_state, _set_rng_state
@@ -88,7 +89,7 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
             exp.build()
         except Exception as e:
             exp.fail(e)
-            failures.append(f"{Path(m['dir']).name}: {type(e).__name__}: {e}")
+            failures.append(f"{Path(m['dir']).name}: {failure_text(e)}")
             continue
         exps.append(exp)
         rngs.append(_rng_state())  # where this member's own fit would start (dropout draws from it)
@@ -120,7 +121,7 @@ def _run_tuned(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, 
                                           f"{m['fingerprint']} the sweeper computed for {Path(m['dir']).name}"))
             records.append(run_tuned(mcfg))
         except Exception as e:  # its own result.json says how it ended (a config error: nothing written)
-            failures.append(f"{Path(m['dir']).name}: {type(e).__name__}: {e}")
+            failures.append(f"{Path(m['dir']).name}: {failure_text(e)}")
     if failures:
         raise GroupFailed(f"{len(failures)} of {len(listed)} members failed: " + "; ".join(failures))
     return records
