@@ -14,6 +14,12 @@ its identity leaves out `source` and `pretrain`: the baseline of two sweeps that
 one run. The matched-compute baseline (`transfer=scratch_long`, `transfer.source_compute=true`) copies nothing
 either, but its budget counts the source pretraining's steps, so it keeps them.
 
+The optimizer and scheduler are `_target_` nodes (training/optim.py): their target and every argument are
+identity. A node of the built-in group files with the arguments that were fixed before they were nodes reduces to
+the fields that named it then (`optimizer: adamw`, `momentum`, `scheduler: none`; `LEGACY_*` below), so a run made
+then and the same run made now share one fingerprint and no finished result is recomputed; any other node is in
+the identity as it is.
+
 `fingerprint` is the identity's hash: it names a run in result.json, decides whether a sweep point is done,
 whether a checkpoint may be resumed, and (minus the seeds, `group_key`) which runs the report pools as seeds of
 one arm. The source-model cache key is the same idea restricted to what shapes the source model
@@ -70,6 +76,18 @@ REPLICATES = ("seed", "data_seed", "pretrain.seed")
 SAMPLE_SIZE = ("target.n_per_class", "target.n_train")
 # What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains.
 ARM_GROUPS = ("transfer", "peft", "source", "pretrain")
+
+# The optimizer and scheduler nodes that train exactly as the names of the old schema did (same class, same
+# arguments; lr and weight decay came, and come, from the parameter groups), by the fields those names left in the
+# identity. The old schema's `momentum` (0.9) was in every run's identity and read by sgd only; cosine's T_max was,
+# and is, the fit's epochs; plateau followed val/acc (mode max) with factor 0.5, patience 2. `pretrain` had no
+# scheduler: without one its identity is as before.
+LEGACY_MOMENTUM = 0.9
+LEGACY_OPTIMIZERS = {"torch.optim.AdamW": ("adamw", ()), "torch.optim.Adam": ("adam", ()),
+                     "torch.optim.SGD": ("sgd", ("momentum",))}
+LEGACY_SCHEDULERS = {"torch.optim.lr_scheduler.CosineAnnealingLR": ("cosine", {}),
+                     "torch.optim.lr_scheduler.ReduceLROnPlateau": ("plateau", {"factor": 0.5, "patience": 2})}
+OPTIM_GROUPS = ("train", "pretrain")
 
 # Files each task kind reads (torch-free). torchvision: the folders/files its dataset classes read under
 # paths.data_dir (tests/test_identity.py checks them against torchvision).
@@ -133,13 +151,59 @@ def reads_no_source(config: Mapping) -> bool:
 
 
 # ---------------------------------------------------------------- the identity
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _legacy_optimizer(n: Any) -> dict | None:
+    """{"optimizer": name, "momentum": m} for a node the old schema named, else None."""
+    if not isinstance(n, dict) or n.get("_partial_") is not True or n.get("_target_") not in LEGACY_OPTIMIZERS:
+        return None
+    name, args = LEGACY_OPTIMIZERS[n["_target_"]]
+    given = {k: v for k, v in n.items() if k not in ("_target_", "_partial_")}
+    if set(given) != set(args) or not all(_is_number(v) for v in given.values()):
+        return None
+    return {"optimizer": name, "momentum": float(given.get("momentum", LEGACY_MOMENTUM))}
+
+
+def _legacy_scheduler(n: Any) -> str | None:
+    """The old schema's name of a scheduler node ("none" for no node), else None."""
+    from transferlab.training.optim import node
+
+    if node(n) is None:
+        return "none"
+    if not isinstance(n, dict) or n.get("_partial_") is not True or n.get("_target_") not in LEGACY_SCHEDULERS:
+        return None
+    name, args = LEGACY_SCHEDULERS[n["_target_"]]
+    given = {k: v for k, v in n.items() if k not in ("_target_", "_partial_")}
+    return name if given == args else None
+
+
+def optim_identity(group: dict, name: str) -> dict:
+    """`train` or `pretrain` (plain) with its optimizer and scheduler nodes as the identity holds them (see the
+    module docstring): a built-in node the old schema named by its old fields, any other node whole."""
+    g = dict(group)
+    legacy = _legacy_optimizer(g.get("optimizer"))
+    if legacy is not None:
+        g.update(legacy)
+    scheduler = _legacy_scheduler(g.get("scheduler"))
+    if scheduler == "none" and name == "pretrain":
+        g.pop("scheduler", None)  # a pretraining without a schedule, as before it could have one
+    elif scheduler is not None:
+        g["scheduler"] = scheduler
+    return g
+
+
 def identity_config(config: Any) -> dict:
     """The resolved config as far as it can change a result: neutral keys out, devices as a count, no source for
     a run that copies nothing, only the PEFT method's own keys of `peft` (none of them with `peft=none`: a run
-    as before PEFT existed)."""
+    as before PEFT existed), the optimizer and scheduler nodes as `optim_identity` holds them."""
     c = _plain(config)
     for key in NEUTRAL:
         drop(c, key)
+    for name in OPTIM_GROUPS:
+        if isinstance(c.get(name), dict):
+            c[name] = optim_identity(c[name], name)
     if isinstance(c.get("trainer"), dict) and DEVICES.split(".")[1] in c["trainer"]:
         c["trainer"]["devices"] = device_count(c["trainer"]["devices"])
     if reads_no_source(c):

@@ -2,7 +2,7 @@
 
 The x axis of a transfer study is n, the labelled examples a model was trained on. A model is also shaped by every
 label its selection read: `train.select=best_val` picks the epoch on the task's validation split, and
-`train.scheduler=plateau` lowers the rate when val/acc stalls, so those validation labels count too, however small
+`train/scheduler=plateau` (any scheduler that reads a metric) lowers the rate when val/acc stalls, so those validation labels count too, however small
 n is (FEWTRANS, arXiv 2603.00478). `last` and `fixed_epoch` read no validation label to decide anything (their
 curves are recorded, not used), and under `val_in_budget` the validation examples are part of the n themselves
 (tasks/budget_val.py), so there labels_used is n: the honest budget.
@@ -10,15 +10,22 @@ curves are recorded, not used), and under `val_in_budget` the validation example
 
 from __future__ import annotations
 
+from typing import Any
+
+from transferlab.training.optim import reads_metric
+
 READS_VAL = ("best_val", "val_in_budget")  # train.select rules that pick the tested epoch on val/acc
 
 
-def reads_validation(select: str, scheduler: str | None) -> bool:
-    """Does the validation split influence the tested model (the epoch chosen, or the learning rate)?"""
-    return str(select) in READS_VAL or str(scheduler or "none") == "plateau"
+def reads_validation(select: str, scheduler: Any) -> bool:
+    """Does the validation split influence the tested model (the epoch chosen, or the learning rate)? `scheduler`
+    is the `train.scheduler` node, or a record's name from before schedulers were nodes ("plateau", "none")."""
+    if isinstance(scheduler, str):
+        return str(select) in READS_VAL or scheduler == "plateau"
+    return str(select) in READS_VAL or reads_metric(scheduler)
 
 
-def labels_used(select: str, scheduler: str | None, n_train: int, n_val: int) -> int:
+def labels_used(select: str, scheduler: Any, n_train: int, n_val: int) -> int:
     """Labelled target examples that influenced the tested model: the training subset, plus the validation split
     when the selection or the LR schedule read it."""
     return int(n_train) + (int(n_val) if reads_validation(select, scheduler) else 0)
