@@ -167,10 +167,9 @@ def _legacy_optimizer(n: Any) -> dict | None:
 
 
 def _legacy_scheduler(n: Any) -> str | None:
-    """The old schema's name of a scheduler node ("none" for no node), else None."""
-    from transferlab.training.optim import node
-
-    if node(n) is None:
+    """The old schema's name of a scheduler node ("none" for no node: null, or none.yaml's `_target_: null`), else
+    None."""
+    if n is None or n == {} or n == {"_target_": None, "_partial_": True}:
         return "none"
     if not isinstance(n, dict) or n.get("_partial_") is not True or n.get("_target_") not in LEGACY_SCHEDULERS:
         return None
