@@ -106,10 +106,8 @@ def test_resnet_weights_file_loads_exactly(tmp_path, fmt):
     assert not torch.equal(random.blocks.state_dict()["stem.conv1.weight"], got["stem.conv1.weight"])
 
 
-def test_timm_weights_from_safetensors_and_fingerprint(tmp_path):
+def test_timm_weights_from_safetensors(tmp_path):
     from safetensors.torch import save_file
-
-    from transferlab.backbones.weights import weights_fingerprint
 
     torch.manual_seed(5)
     model = timm.create_model("test_convnext", pretrained=False)
@@ -117,10 +115,6 @@ def test_timm_weights_from_safetensors_and_fingerprint(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     bb = build_backbone(_timm("test_convnext", str(path)), (3, 32, 32))
     assert torch.equal(bb.blocks.state_dict()["stage0.stem.0.weight"], model.stem[0].weight)
-    fp = weights_fingerprint(str(path))
-    assert fp and weights_fingerprint("imagenet") is None
-    save_file({k: v.contiguous() + 1 for k, v in model.state_dict().items()}, str(path))
-    assert weights_fingerprint(str(path)) != fp
 
 
 def test_bad_weights_files_fail_clearly(tmp_path):

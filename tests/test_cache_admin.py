@@ -12,6 +12,7 @@ import torch
 from filelock import FileLock
 
 from conftest import run_cli
+from transferlab.run.record import cache_entries_used
 from transferlab.store import entries as E
 from transferlab.store import verified
 
@@ -40,7 +41,7 @@ def test_ls_shows_size_age_last_use_and_the_sweeps_that_use_an_entry(tmp_path):
     sweeps = tmp_path / "outputs" / "sweeps"
     _sweep(sweeps, "study", source_key="aaaa", feature_key="ffff")
     _sweep(sweeps, "other", source_key="aaaa")
-    found = {e.key: e for e in E.listing(cache, sorted(sweeps.iterdir()))}
+    found = {e.key: e for e in E.listing(cache, cache_entries_used(sorted(sweeps.iterdir())))}
     assert found["aaaa"].sweeps == ["other", "study"] and found["ffff"].sweeps == ["study"]
     assert found["aaaa"].what == "digits_0to4 on small_cnn, test acc 0.900"
     assert 2.9 < (time.time() - found["aaaa"].last_use) / 86400 < 3.1 and found["aaaa"].bytes > 0
@@ -58,10 +59,10 @@ def test_prune_by_age_and_usage_keeps_what_a_job_holds(tmp_path):
     recent = _entry(cache, "source", "new", {"source": "c"}, 0.1)
     study = _sweep(tmp_path / "sweeps", "study", source_key="used")
     (cache / "source" / f"{E.DELETING}gone-123").mkdir()  # an interrupted prune's leftover
-    dry = E.prune(cache, older_than_s=7 * 86400, unused_by=[study], dry_run=True)
+    dry = E.prune(cache, older_than_s=7 * 86400, used_by=cache_entries_used([study]), dry_run=True)
     assert sorted(e.key for e in dry.removed) == ["held", "old"] and old_unused.exists()
     with FileLock(str(held / verified.LOCK)):  # a job computing this entry right now
-        result = E.prune(cache, older_than_s=7 * 86400, unused_by=[study])
+        result = E.prune(cache, older_than_s=7 * 86400, used_by=cache_entries_used([study]))
     assert [e.key for e in result.removed] == ["old"] and [e.key for e in result.in_use] == ["held"]
     assert not old_unused.exists() and old_used.exists() and held.exists() and recent.exists()
     assert result.leftovers == 1 and not list((cache / "source").glob(f"{E.DELETING}*"))

@@ -91,7 +91,8 @@ def test_ddp_cold_then_warm_cache_each_end_with_one_ok_result(tmp_path):
         assert rec.status == "ok" and rec.metrics.test_acc is not None
         assert rec.config["trainer"]["devices"] == 2 and rec.config["trainer"]["strategy"] == "ddp"
         assert len(_rank_pids(run_dir / "train.log")) == 2  # two ranks ran
-        assert _files(run_dir) <= {"result.json", "train.log", ".hydra", "checkpoints", "logs", "source"}, \
+        assert _files(run_dir) <= {"result.json", "result.json.sha256", "train.log", ".hydra", "checkpoints", "logs",
+                                   "source"}, \
             _files(run_dir)  # no rank's log file (train_ddp_process_1.log), no lightning_logs
         assert "test/acc" in out  # the launcher printed the run's table
         records.append(rec)
@@ -157,6 +158,26 @@ def test_a_rank_killed_mid_fit_fails_the_run_with_one_reason_and_a_rerun_complet
     assert code == 0, err[-3000:]
     rec = RunRecord.read(run_dir / "result.json")
     assert rec.status == "ok" and rec.resumed_from and rec.metrics.epochs == 100
+
+
+def test_a_non_finite_loss_fails_the_run_with_its_reason_whichever_rank_sees_it_first(tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run([*DDP, *TINY, "train.lr=1e30", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert code == 1, err[-3000:]
+    rec = RunRecord.read(run_dir / "result.json")
+    # rank 0 records its own error; a rank > 0 leaves its first line for the launcher: never only an exit code
+    assert rec.status == "failed" and "NonFiniteLossError: train/loss is nan" in rec.error, rec.error
+    assert "Traceback" not in rec.error
+
+
+def test_a_run_started_as_one_of_several_srun_tasks_is_refused(tmp_path):
+    env = {**_env(tmp_path), "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}
+    out = subprocess.run([sys.executable, "-m", "transferlab.train", *TINY], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=HARD_TIMEOUT_S)
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = cli_problems(out.stderr)
+    assert line.startswith("trainer.devices=") and "task 1 of the 2 that srun started" in line, line
+    assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "outputs" / "cache").exists()
 
 
 def test_ddp_inside_a_multirun_is_refused_before_anything_is_written(tmp_path):

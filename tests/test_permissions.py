@@ -20,7 +20,8 @@ import torch
 from conftest import cli_problems, run_cli
 from transferlab.run.experiment import run
 from transferlab.run.lease import LOG_FILE, _log_lease, acquire
-from transferlab.store.atomic import atomic_path, current_umask, file_mode, torch_save, write_json
+from transferlab.store import verified
+from transferlab.store.atomic import atomic_path, current_umask, file_mode, write_json
 
 UMASKS = [0o022, 0o002]
 
@@ -44,13 +45,13 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path, mask):
     with umask(mask):
         assert current_umask() == mask and file_mode() == want
         write_json(tmp_path / "result.json", {"a": 1})
-        torch_save(tmp_path / "model.pt", {"w": torch.zeros(2)})
+        verified.save(tmp_path / "model.pt", {"w": torch.zeros(2)})
         with atomic_path(tmp_path / "table.csv") as tmp:
             tmp.write_text("a,b\n1,2\n")
         with open(tmp_path / "plain.txt", "w") as f:  # the reference
             f.write("x")
     modes = {p.name: oct(mode(p)) for p in tmp_path.iterdir()}
-    assert modes == {n: oct(want) for n in ("result.json", "model.pt", "table.csv", "plain.txt")}, modes
+    assert modes == {n: oct(want) for n in ("result.json", "model.pt", "model.pt.sha256", "table.csv", "plain.txt")}, modes
 
 
 def test_reading_the_umask_does_not_change_it():

@@ -159,7 +159,7 @@ def test_a_real_stacked_group_fit(make_cfg, monkeypatch):
     from pathlib import Path
 
     from transferlab.run import identity
-    from transferlab.run.group import run_group
+    from transferlab.sweep.group_job import run_group
     from transferlab.training import stacked
 
     made: list[ProgressLine] = []

@@ -12,7 +12,7 @@ from dataclasses import fields
 import pytest
 
 from transferlab.analysis.collect import collect_sweep, record_to_row
-from transferlab.run.record import RESULT_FILE, SCHEMA, Metrics, RunRecord
+from transferlab.run.record import RESULT_FILE, SCHEMA, SEALED_SINCE, Metrics, RunRecord, UnsealedRecord
 from transferlab.sweep.state import point_status
 
 # A result.json as written before `schema` existed (version 0), and before run identity: no schema, num_classes,
@@ -68,4 +68,51 @@ def test_write_then_read_is_the_same_record(tmp_path):
     on_disk = json.loads(path.read_text())
     assert on_disk["schema"] == SCHEMA and on_disk["metrics"] == {}  # a failed run measured nothing
     assert RunRecord.read(path) == rec
-    assert [p.name for p in tmp_path.iterdir()] == [RESULT_FILE]  # atomic: no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RESULT_FILE, RESULT_FILE + ".sha256"]  # no temp file left
+
+
+def _edit(path, **changes):
+    stored = json.loads(path.read_text())
+    stored.update(changes)
+    path.write_text(json.dumps(stored, indent=2))
+
+
+def test_a_record_is_sealed_and_a_hand_edit_never_reads_as_a_result(tmp_path):
+    import subprocess
+
+    run = tmp_path / "point"
+    path = RunRecord(status="ok", fingerprint="fp", metrics=Metrics(test_acc=0.5)).write(run)
+    check = subprocess.run(["sha256sum", "-c", RESULT_FILE + ".sha256"], cwd=run, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr  # the shell can check it too
+    assert point_status(run, "fp") == ("ok", None)
+
+    _edit(path, metrics={"test/acc": 0.99})
+    with pytest.raises(UnsealedRecord, match="fails its checksum"):
+        RunRecord.read(path)
+    state, why = point_status(run, "fp")
+    assert state == "failed" and "checksum" in why  # the sweeper re-runs it
+    (row,) = collect_sweep(tmp_path).runs.to_dict("records")
+    assert row["status"] == "failed" and "checksum" in row["error"] and not row.get("test_acc") == 0.99
+
+    _edit(path, schema=SEALED_SINCE - 1)  # passing it off as a record from before sealing: its sidecar is there
+    with pytest.raises(UnsealedRecord):
+        RunRecord.read(path)
+    RunRecord(status="ok", fingerprint="fp").write(run)
+    (run / (RESULT_FILE + ".sha256")).unlink()  # the writer stopped between the file and its checksum
+    with pytest.raises(UnsealedRecord, match="no checksum file"):
+        RunRecord.read(path)
+
+
+def test_a_sweep_sets_an_unsealed_record_aside_before_the_point_runs_again(tmp_path):
+    from transferlab.sweep.points import Point
+    from transferlab.sweep.state import prepare_point_dir
+
+    point = Point(name="p", overrides=["seed=0"], hash="fp")
+    prepare_point_dir(tmp_path, point)
+    RunRecord(status="ok", fingerprint="fp", metrics=Metrics(test_acc=0.5)).write(tmp_path)
+    prepare_point_dir(tmp_path, point)  # sealed and its own: kept
+    assert RunRecord.read(tmp_path / RESULT_FILE).metrics.test_acc == 0.5
+    _edit(tmp_path / RESULT_FILE, metrics={"test/acc": 0.99})
+    prepare_point_dir(tmp_path, point)
+    (aside,) = [f for f in tmp_path.glob(RESULT_FILE + ".corrupt-*") if not f.name.endswith(".sha256")]
+    assert json.loads(aside.read_text())["metrics"]["test/acc"] == 0.99 and not (tmp_path / RESULT_FILE).exists()

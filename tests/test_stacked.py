@@ -1,4 +1,4 @@
-"""Vectorised seed groups (`hydra.sweeper.vectorize=seeds`, run/group.py, training/stacked.py): each member of a
+"""Vectorised seed groups (`hydra.sweeper.vectorize=seeds`, sweep/group_job.py, training/stacked.py): each member of a
 group gets its separate run's result — val curve, selection, test metrics, frozen bytes — within float tolerance
 (CPU, fp32); a member that fails fails alone; a group the stacked model cannot hold runs its members one after the
 other, bit for bit as alone; and a sweep's points keep their fingerprints, so either way of running skips the other's
@@ -15,7 +15,7 @@ import torch
 from conftest import quadrant_images, run_cli
 from transferlab.run import identity
 from transferlab.run.experiment import Experiment, run
-from transferlab.run.group import GroupFailed, run_group
+from transferlab.sweep.group_job import GroupFailed, run_group
 from transferlab.transfer.network import BACKBONE_PREFIX
 
 SEEDS = (0, 1, 2)

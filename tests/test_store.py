@@ -187,6 +187,40 @@ def test_flipped_bytes_in_a_cached_source_model_are_caught_and_it_is_retrained(m
     assert run(make_cfg(*SOURCE, run="next", cache=cache))["source_cache"] == "hit"
 
 
+def _resealed(model: Path, change) -> None:
+    """Rewrite a cached source model through `change(obj)` and seal it again: bytes that pass their checksum."""
+    obj = load_checkpoint(model)
+    change(obj)
+    verified.save(model, obj)
+
+
+def _other_layout(obj):
+    key = next(k for k, v in obj["state_dict"].items() if v.ndim == 4)
+    obj["state_dict"][key] = torch.zeros(1, *obj["state_dict"][key].shape[1:])
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda obj: obj["meta"].update(block_names=["a", "b"]), "block names"),
+    (lambda obj: obj["meta"].pop("schema"), "entry layout None"),  # an entry written before entries had a layout
+    (lambda obj: obj["meta"].update(key="0" * 16), "made for key"),
+    (_other_layout, "do not load into small_cnn"),
+], ids=["block-names", "no-schema", "other-key", "weights-layout"])
+def test_a_resealed_source_entry_that_does_not_fit_the_code_is_set_aside_and_retrained(make_cfg, tmp_path, caplog,
+                                                                                        change, reason):
+    cache = tmp_path / "cache"
+    clean = run(make_cfg(*SOURCE, run="clean", cache=cache))
+    model = Path(clean["source_ckpt"])
+    _resealed(model, change)
+    with caplog.at_level(logging.WARNING):
+        rec = run(make_cfg(*SOURCE, run="after", cache=cache))
+    assert rec["status"] == "ok" and rec["source_cache"] == "miss"  # retrained, not a traceback
+    (message,) = _warnings(caplog)
+    assert str(model) in message and reason in message, message
+    assert len(_aside(model)) == 1
+    _same_numbers(rec, clean)
+    assert rec["source_metrics"] == {**clean["source_metrics"], "wall_s": rec["source_metrics"]["wall_s"]}
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_damaged_features_file_is_recomputed_and_the_next_run_hits(make_cfg, tmp_path, caplog, damage):
     cache = tmp_path / "cache"

@@ -162,6 +162,21 @@ def test_failing_point_is_isolated_then_rerun_skips_finished(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in ok_files} == stamps
     assert "Trainer.fit" not in again.stdout + again.stderr
 
+    # A result edited by hand (a better test accuracy typed in) fails its seal: reported as failed, never as a
+    # result, and the next launch sets it aside and runs that point again, giving back the true number.
+    edited, kept = ok_files
+    true_acc = RunRecord.read(edited).metrics.test_acc
+    stored = json.loads(edited.read_text())
+    stored["metrics"]["test/acc"] = 0.99
+    edited.write_text(json.dumps(stored, indent=2))
+    status = run_cli(str(sweep_dir), module="transferlab.status", cwd=tmp_path)
+    assert "checksum" in status.stdout + status.stderr
+    third = run_cli(*args, "hydra.sweeper.grids.broken=null", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert _summary(third.stdout) == "1 ok, 0 failed, 1 skipped"
+    assert RunRecord.read(edited).metrics.test_acc == true_acc and kept.stat().st_mtime_ns == stamps[kept]
+    assert len([f for f in edited.parent.glob("result.json.corrupt-*") if not f.name.endswith(".sha256")]) == 1
+
 
 def test_second_copy_of_a_running_sweep_is_refused_before_it_writes(tmp_path):
     from filelock import FileLock

@@ -36,6 +36,7 @@ def _age(s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transferlab.run.record import cache_entries_used
     from transferlab.store import entries as E
 
     p = argparse.ArgumentParser(prog="transferlab-cache", description=__doc__.split("\n\n")[0])
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ls":
         sweeps = args.sweeps if args.sweeps is not None else sorted(
             d for d in (cache.parent / "sweeps").glob("*") if d.is_dir())
-        found = E.listing(cache, sweeps)
+        found = E.listing(cache, cache_entries_used(sweeps))
         if args.json:
             print(json.dumps([e.__dict__ for e in found], indent=2))
             return 0
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        result = E.prune(cache, older_than_s=older, unused_by=args.unused_by, dry_run=args.dry_run, now=now)
+        used_by = cache_entries_used(args.unused_by) if args.unused_by else None
+        result = E.prune(cache, older_than_s=older, used_by=used_by, dry_run=args.dry_run, now=now)
     except ValueError as e:
         print(f"transferlab-cache: {e}", file=sys.stderr)
         return 2

@@ -115,6 +115,7 @@ class TaskKind(Choice):
     torchvision = "torchvision"
     npz = "npz"
     image_folder = "image_folder"
+    custom = "custom"  # a loader of your own, named by `_target_` (tasks/custom.py)
     none = "none"  # source=none only: no source task (setup.py refuses it as a target)
 
 
@@ -154,6 +155,7 @@ class BackboneFamily(Choice):
     resnet = "resnet"
     timm = "timm"
     vit = "vit"
+    custom = "custom"  # a class or function of your own, named by `_target_` (backbones/custom.py)
 
 
 class TokenPool(Choice):
@@ -326,6 +328,18 @@ class ImageFolderTask(TaskConfig):
 
 
 @dataclass
+class CustomTask(TaskConfig):
+    """A task whose data comes from a function of your own (tasks/custom.py): `_target_` is its import path, called
+    with `kwargs`; every shared key above (classes, splits, n_per_class, normalize, ...) applies to what it returns.
+    The run's identity holds the code of `_target_`'s module (or package) and the bytes of `files`."""
+
+    kind: TaskKind = TaskKind.custom
+    _target_: str = MISSING
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    files: List[str] = field(default_factory=list)  # what the function reads: their bytes are in the identity
+
+
+@dataclass
 class NoSource:
     """source=none: no task, the backbone's own weights are the source."""
 
@@ -370,6 +384,18 @@ class VitBackbone(BackboneConfig):
     pool: TokenPool = TokenPool.cls
     img_size: Optional[int] = None  # null: the task's input size (a set value must equal it)
     patch_size: Optional[int] = None  # null: the model's own
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CustomBackbone(BackboneConfig):
+    """A backbone of your own (backbones/custom.py): `_target_` is the import path of a class or function, called
+    with `kwargs` (and `input_shape=`, when it takes that argument), returning a module with ordered named
+    `blocks` and its `input_shape`. `name` labels it in results (null: the `_target_`)."""
+
+    family: BackboneFamily = BackboneFamily.custom
+    name: Optional[str] = None
+    _target_: str = MISSING
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -480,12 +506,14 @@ SCHEMAS: dict[str, type] = {
     "task/torchvision": TorchvisionTask,
     "task/npz": NpzTask,
     "task/image_folder": ImageFolderTask,
+    "task/custom": CustomTask,
     "task/none": NoSource,
     "backbone/small_cnn": SmallCNNBackbone,
     "backbone/mlp": MLPBackbone,
     "backbone/resnet": ResNetBackbone,
     "backbone/timm": TimmBackbone,
     "backbone/vit": VitBackbone,
+    "backbone/custom": CustomBackbone,
     "peft": PeftConfig,
     "trainer/default": TrainerConfig,
     "trainer/ddp": DDPTrainerConfig,

@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> float | None:
         state.mark_started(cfg.paths.output_dir)  # "started" vs "never started" when a launcher loses a batch
 
     from transferlab.run import ddp
-    from transferlab.run.group import GroupFailed, run_group
+    from transferlab.sweep.group_job import GroupFailed, run_group
 
     try:
         given = ddp.handoff()
@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> float | None:
             ddp.run_rank(cfg, given)
             return None
         with lease_device(cfg):  # concurrent jobs on one machine: each its own GPU / CPU core
-            if cfg.get("group"):  # a vectorised seed group: this job trains several points (run/group.py)
+            if cfg.get("group"):  # a vectorised seed group: this job trains several points (sweep/group_job.py)
                 run_group(cfg)
                 return None
             # several devices: this process prepares everything, then starts and watches the DDP ranks

@@ -49,7 +49,6 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
            "#882255", "#117733", "#332288", "#AA4499", "#999933", "#661100")
 MARKERS = ("o", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*", "d")
 SCRATCH_COLOR = "black"
-SCRATCH_STYLE = {"color": SCRATCH_COLOR, "linestyle": "--", "marker": "s", "label": "scratch"}
 MAJORITY_STYLE = {"color": "#666666", "linestyle": ":", "linewidth": 1.8}
 MAJORITY_LABEL = "majority class (always predicts the largest test class)"
 HIGHLIGHT = "#D55E00"  # the heatmap's best and tie boxes, the crossover line of its own figure
@@ -75,10 +74,6 @@ def _arm_order(arms: pd.DataFrame) -> list[str]:
 def _scratch_arms(d: pd.DataFrame) -> list[str]:
     """The scratch lines of one setting: one, unless they differ in a key (each its own line, never pooled)."""
     return sorted(d.loc[_scratch(d), "arm"].unique())
-
-
-def _scratch_style(arm: str, i: int) -> dict:
-    return {**SCRATCH_STYLE, "label": arm, "linestyle": ["--", ":", "-."][i % 3]}
 
 
 def arm_styles(arms: list[str]) -> dict[str, Style]:

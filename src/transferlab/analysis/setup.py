@@ -398,9 +398,9 @@ def describe(records: Mapping[str, RunRecord], sweep: Mapping | None, defaults: 
     flat_defaults, note = defaults if defaults is not None else default_config()
     varied, changed = _config_rows(configs, flat_defaults)
     if flat_defaults is not None:
-        from transferlab.run import identity
+        from transferlab.versions import environment
 
-        now = identity.environment().get("commit")
+        now = environment().get("commit")
         note += f" (commit {str(now)[:12]})" if now else ""
     commands, superseded = _commands(sweep)
     return Setup(commands=commands, superseded=superseded, variation=_variation(recs), varied=varied,

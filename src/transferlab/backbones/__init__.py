@@ -19,6 +19,7 @@ FAMILIES = {
     "resnet": "transferlab.backbones.torchvision_resnet",
     "timm": "transferlab.backbones.timm_stages",
     "vit": "transferlab.backbones.timm_vit",
+    "custom": "transferlab.backbones.custom",  # your own class, named by backbone._target_
 }
 LIBRARY_PRETRAINED = ("timm", "vit")  # families whose library loads (and fits) its own ImageNet weights
 
@@ -29,8 +30,10 @@ def family_of(cfg) -> str:
 
 def backbone_label(cfg) -> str:
     """What a table should call the backbone: 'small_cnn', 'resnet50', 'timm/efficientnet_b0',
-    'timm/vit_tiny_patch16_224'."""
+    'timm/vit_tiny_patch16_224'; your own: its `name`, else its `_target_` ('mypkg.nets.MyNet')."""
     family, name = family_of(cfg), str(cfg.get("name"))
+    if family == "custom":
+        return name if cfg.get("name") else str(cfg.get("_target_"))
     if family in LIBRARY_PRETRAINED:
         return f"timm/{name}"
     return name if family == "resnet" else family

@@ -104,20 +104,3 @@ def load_into(backbone: BlockBackbone, state: dict[str, torch.Tensor], source: s
                                   f"file keys look like {sample}"))
     backbone.blocks.load_state_dict(mapped, strict=True)
     return backbone
-
-
-def weights_fingerprint(weights) -> str | None:
-    """sha256 (16 hex) of a weights file's bytes, for cache keys: an overwritten file is a different model.
-    None for null / imagenet (the config string already names those)."""
-    import hashlib
-
-    if weights is None or str(weights) == "imagenet":
-        return None
-    p = Path(str(weights)).expanduser()
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]

@@ -33,8 +33,10 @@ import json
 import logging
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -132,6 +134,12 @@ def check(cfg) -> list[Problem]:
         out.append(problem("trainer.devices", t.get("devices"), "this process was started as a rank by another "
                            f"launcher (LOCAL_RANK={os.environ['LOCAL_RANK']}: torchrun, srun); start transferlab "
                            "once per node, it starts its ranks itself"))
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    if tasks.isdigit() and int(tasks) > 1 and HANDOFF_ENV not in os.environ:
+        out.append(problem("trainer.devices", t.get("devices"), f"this process is task "
+                           f"{os.environ.get('SLURM_PROCID', '?')} of the {tasks} that srun started "
+                           f"(SLURM_STEP_NUM_TASKS={tasks}), each running this same config into one folder; start "
+                           "transferlab as one task per node (srun --ntasks-per-node=1), it starts its ranks itself"))
     strategy = t.get("strategy")
     if processes(t) <= 1:
         return out
@@ -244,6 +252,27 @@ def _wait(procs: list[subprocess.Popen]) -> tuple[int, str] | None:
         time.sleep(POLL_S)
 
 
+def _leave_error(given: Mapping[str, Any], rank: int, error: BaseException) -> None:
+    """A rank > 0 writes no run file; its error's first line goes to the launcher's errors folder, so the record
+    says why the run failed (a non-finite loss seen first on rank 1), not only an exit code."""
+    folder = given.get("errors")
+    if folder:
+        line = (str(error).strip().splitlines() or [""])[0]
+        try:
+            Path(folder, f"rank-{rank}.txt").write_text(f"{type(error).__name__}: {line}")
+        except OSError:
+            pass  # the exit code still tells the launcher this rank failed
+
+
+def _with_rank_error(why: str, rank: int, folder: str) -> str:
+    """`why` (from `_wait`) with the error the failed rank left, when it left one."""
+    try:
+        error = Path(folder, f"rank-{rank}.txt").read_text().strip()
+    except OSError:
+        return why
+    return f"{why}: {error}" if error else why
+
+
 def _plain(value: Any) -> Any:
     """JSON for what the record holds beside plain values (numpy scalars in the scores)."""
     return value.item() if hasattr(value, "item") else str(value)
@@ -280,13 +309,15 @@ def launch(cfg) -> dict[str, Any]:
     exp = Experiment(cfg)  # validation: a ConfigError writes nothing
     started = time.time() - (time.perf_counter() - exp.t0)  # the run's start as its record counts it
     procs: list[subprocess.Popen] = []
+    errors: str | None = None
     result = exp.run_dir / "result.json"
     try:
         exp.build()  # every cache entry a rank reads, made here; the record's cache statuses and scores
         resume_state(exp.run_dir / "checkpoints", exp.fingerprint)  # files set right once, before any rank reads
+        errors = tempfile.mkdtemp(prefix="transferlab-ddp-")  # ranks > 0 leave their error here, not in the run
         handoff = {"launcher": os.getpid(), "fingerprint": exp.fingerprint, "started": started,
                    "source_cache": exp.record.source_cache, "feature_cache": exp.record.feature_cache,
-                   "scores": exp.record.scores}
+                   "scores": exp.record.scores, "errors": errors}
         exp.net = exp.module = exp.batches = None
         feature_cache.forget()
         _release_devices()
@@ -300,11 +331,16 @@ def launch(cfg) -> dict[str, Any]:
                                           env={**env, "LOCAL_RANK": str(rank)}))
             log.info("DDP: rank %d is pid %d", rank, procs[-1].pid)
         failure = _wait(procs)
+        if failure is not None:
+            failure = failure[0], _with_rank_error(failure[1], failure[0], errors)
     except BaseException as e:
         _stop(procs)
         if isinstance(e, Exception):
             exp.fail(e)
         raise
+    finally:
+        if errors is not None:
+            shutil.rmtree(errors, ignore_errors=True)
     written = _result_stat(result) not in (None, before)
     record = RunRecord.read(result) if written else None
     if failure is None:
@@ -377,7 +413,11 @@ def run_rank(cfg, given: dict[str, Any]) -> None:
     exp.build(score=False)  # with the config as the launcher built it: the same cache keys
     rank_trainer(cfg)
     if rank > 0:
-        exp.fit(logger=False)
+        try:
+            exp.fit(logger=False)
+        except Exception as e:
+            _leave_error(given, rank, e)
+            raise
         return
     for key in ("source_cache", "feature_cache", "scores"):  # as the launcher found and made them
         setattr(exp.record, key, given[key])

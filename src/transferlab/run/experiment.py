@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from transferlab import versions
 from transferlab.backbones import backbone_label, build_backbone
 from transferlab.config import plain
 from transferlab.run import convergence, ddp, identity, labels
@@ -22,7 +23,12 @@ from transferlab.training import options
 from transferlab.training.batches import arrays_loaders, loaders, pick_device
 from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import FitOutcome, fit_and_test
-from transferlab.training.loggers import finish_logger, make_logger, source_config, wandb_run_ref
+from transferlab.training.loggers import (
+    finish_logger,
+    make_logger,
+    source_config,
+    wandb_run_ref,
+)
 from transferlab.training.module import TransferModule
 from transferlab.transfer import init, peft
 from transferlab.transfer.network import BACKBONE_PREFIX, TransferNet
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 
 def resume_every_s(cfg: DictConfig) -> float:
     return float(cfg.checkpoint.every_s)
+
+
+SOURCE_ENTRY = 1  # layout of a cached source model (`meta`: schema, key, block_names); see source_entry_problem
 
 
 def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[dict, dict]:
@@ -51,12 +60,39 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
         resume_every_s=resume_every_s(cfg),
     )
     state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
-    meta = {"source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
+    meta = {"schema": SOURCE_ENTRY, "key": identity.source_fingerprint(cfg, data=source.fingerprint()),
+            "source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
             "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
             "block_names": list(net.backbone.block_names),
             "wandb_run": wandb_run_ref(src_logger)}  # named by every target run that loads this model
     finish_logger(src_logger, failed=False, summary=meta)
     return {k: v for k, v in state.items() if k.startswith("net.")}, meta
+
+
+def source_entry_problem(obj: Any, key: str, cfg: DictConfig, source: TaskData) -> str | None:
+    """Why a cached source model whose bytes passed their checksum still does not fit this code and this key, or
+    None: another entry layout (`SOURCE_ENTRY`: older entries are retrained once), another key, other block names,
+    or weights that do not load into the backbone built now. What it cannot tell: a number in `meta` (the source
+    test accuracy) rewritten and resealed by hand; only retraining would."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("meta"), dict) or not isinstance(obj.get("state_dict"), dict):
+        return "not a source model entry (it needs 'state_dict' and 'meta')"
+    meta = obj["meta"]
+    if meta.get("schema") != SOURCE_ENTRY:
+        return f"entry layout {meta.get('schema')!r}, this code writes and reads {SOURCE_ENTRY}"
+    if meta.get("key") != key:
+        return f"made for key {meta.get('key')!r}, not {key}"
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the check must not move the run's random stream
+        net = TransferNet(build_backbone(cfg.backbone, source.input_shape, load_weights=False), source.num_classes)
+    if meta.get("block_names") != list(net.backbone.block_names):
+        return f"block names {meta.get('block_names')}, the backbone has {list(net.backbone.block_names)}"
+    state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        return f"its weights do not load into {backbone_label(cfg.backbone)}: {str(e).strip().splitlines()[0]}"
+    return None
 
 
 def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict | None, str, str | None, dict]:
@@ -70,7 +106,8 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
         return {BACKBONE_PREFIX + k: v for k, v in blocks.items()}, "none", None, {}
     key = identity.source_fingerprint(cfg, data=prep.source.fingerprint())
     obj, status, path = source_cache.get_or_train(
-        cfg.paths.cache_dir, key, lambda: pretrain_source(cfg, prep.source, run_dir / "source"))
+        cfg.paths.cache_dir, key, lambda: pretrain_source(cfg, prep.source, run_dir / "source"),
+        check=lambda entry: source_entry_problem(entry, key, cfg, prep.source))
     log.info("source model %s (%s): %s", key, status, path)
     return obj["state_dict"], status, str(path), obj["meta"]
 
@@ -126,7 +163,7 @@ def warn_single_class(m: Metrics) -> None:
 
 
 class Experiment:
-    """One run in four steps, so that a vectorised seed group (`run.group`) can build its members one by one,
+    """One run in four steps, so that a vectorised seed group (`sweep.group_job`) can build its members one by one,
     train them together and close each the way `run` closes one:
 
     `open` (identity, checks, the record; raises ConfigError before anything is written) -> `build` (source
@@ -167,7 +204,7 @@ class Experiment:
             budget=budget.to_dict(), select=str(cfg.train.select), target_data=target.info, config=plain(cfg),
             labels_used=labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"),
                                            len(target.train_indices), len(target.val_y)),
-            fingerprint=self.fingerprint, inputs=self.inputs, environment=identity.environment(),
+            fingerprint=self.fingerprint, inputs=self.inputs, environment=versions.environment(),
         )
 
     def build(self, score: bool = True) -> None:

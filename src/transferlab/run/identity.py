@@ -8,6 +8,8 @@ A run's identity is *everything that can change its result*:
 - the *content* of every input file the run reads (data files and folders, a weights file; see `inputs`), by
   sha256 of the bytes (`transferlab.store.content`), so new data at the same path is a new run, and the same bytes
   moved to another path are the same run (input locations are neutral because their content is in the identity).
+  A backbone or task of one's own (`_target_`) is read code: the module or package it names is hashed the same way
+  (`transferlab.own_code`), so editing the class re-runs the run and retrains its source model.
 
 A run that copies no block (`transfer.cut=0`, the scratch baseline) reads no source task and no source model, so
 its identity leaves out `source` and `pretrain`: the baseline of two sweeps that differ only in their source is
@@ -38,8 +40,10 @@ from importlib import util as import_util
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from transferlab import own_code
 from transferlab.config import flatten
 from transferlab.store import content
+from transferlab.versions import library_version
 
 # key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
 # gives the same fingerprint and the same numbers). Nothing else may be added without such a test.
@@ -242,12 +246,19 @@ def task_files(task: Mapping, data_dir: str | None) -> list[Path] | None:
     if kind == "torchvision" and task.get("dataset") in TORCHVISION_FILES and data_dir:
         root = Path(os.path.expanduser(str(data_dir)))
         return [root / rel for rel in TORCHVISION_FILES[str(task["dataset"])]]
+    if kind == "custom":  # your loader's code, then the files it says it reads
+        code = own_code.code_path(task.get("_target_"))
+        return [code or Path(str(task.get("_target_")))] + [Path(os.path.expanduser(str(f)))
+                                                            for f in task.get("files") or []]
     return None
 
 
-def _task_digest(files: list[Path], kind: str) -> str:
+def _task_digest(files: list[Path], kind: str, task: Mapping) -> str:
     if kind == "image_folder":
         return content.tree_digest(files[0], IMAGE_SUFFIXES)
+    if kind == "custom":
+        parts = [own_code.code_digest(task.get("_target_"))] + [content.tree_digest(f) for f in files[1:]]
+        return content.MISSING if content.MISSING in parts else hashlib.sha256("\n".join(parts).encode()).hexdigest()
     if len(files) == 1:
         return content.tree_digest(files[0])
     return content.paths_digest(files)
@@ -264,9 +275,19 @@ def _weights_input(backbone: Mapping) -> dict[str, str] | None:
     return {"files": str(weights), "sha256": content.file_digest(str(weights))}
 
 
+def _code_input(backbone: Mapping) -> dict[str, str] | None:
+    """A backbone of your own (`backbone._target_`): the code of the module or package it names (`own_code`)."""
+    if str(backbone.get("family")) != "custom":
+        return None
+    target = backbone.get("_target_")
+    return {"files": str(own_code.code_path(target) or target), "sha256": own_code.code_digest(target)}
+
+
 def inputs(config: Any) -> dict[str, dict[str, str]]:
     """{role: {"files": where, "sha256": content}} of every file the run reads: target (and source unless it copies
-    nothing) data, and a backbone weights file. Missing files get "missing" (the run then fails at setup)."""
+    nothing) data, a backbone weights file, and the code of a backbone or task of your own (`_target_`: its module
+    file or package, `own_code.code_digest`; a task's `files` too). Missing files get "missing" (the run then fails
+    at setup)."""
     c = _plain(config)
     data_dir = get(c, "paths.data_dir")
     out: dict[str, dict[str, str]] = {}
@@ -275,10 +296,14 @@ def inputs(config: Any) -> dict[str, dict[str, str]]:
         task = c.get(role) or {}
         files = task_files(task, data_dir)
         if files:
-            out[role] = {"files": ", ".join(str(f) for f in files), "sha256": _task_digest(files, str(task.get("kind")))}
+            out[role] = {"files": ", ".join(str(f) for f in files),
+                         "sha256": _task_digest(files, str(task.get("kind")), task)}
     weights = _weights_input(c.get("backbone") or {})
     if weights is not None:
         out["backbone.weights"] = weights
+    code = _code_input(c.get("backbone") or {})
+    if code is not None:
+        out["backbone.code"] = code
     return out
 
 
@@ -329,7 +354,7 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
     part = {k: c.get(k) for k in ("source", "backbone", "pretrain", "trainer")}
     if isinstance(part["trainer"], dict):
         part["trainer"] = single_device(part["trainer"], machine=False)
-    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights")}
+    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights", "backbone.code")}
     return _digest({"config": part, "inputs": files, "data": data})
 
 
@@ -338,44 +363,3 @@ def differing_keys(configs: Iterable[Mapping]) -> list[str]:
     flats = [flatten(c) for c in configs]
     keys = sorted(set().union(*flats)) if flats else []
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
-
-
-
-# ---------------------------------------------------------------- what made the result (recorded, not identity)
-def library_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "scikit-learn", "hydra-core",
-             "omegaconf", "pandas", "scipy")
-_environment: dict[str, Any] | None = None
-
-
-def environment() -> dict[str, Any]:
-    """Versions of Python, the libraries that compute a result, and transferlab (version, git commit, dirty),
-    recorded in every result.json. Not identity: a library upgrade does not void finished runs, but the report
-    says when one arm mixes versions."""
-    global _environment
-    if _environment is None:
-        import platform
-        import subprocess
-
-        env: dict[str, Any] = {"python": platform.python_version(), "transferlab": library_version("transferlab")}
-        env.update({lib: library_version(lib) for lib in LIBRARIES})
-        src = Path(__file__).resolve().parent
-        try:
-            commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10)
-            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--",
-                                    str(src)], capture_output=True, text=True, timeout=10)
-            env["commit"] = (commit.stdout.strip() or None) if commit.returncode == 0 else None
-            env["dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            env["commit"], env["dirty"] = None, None
-        _environment = env
-    return dict(_environment)

@@ -4,17 +4,26 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (4). Records written before the field
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (5). Records written before the field
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
 `single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
 `metrics.steps`, `select`, `selected_epoch`), the convergence verdict (`converged`, `convergence`) and `peft`:
 None, "not recorded" (its fit ran `train.max_epochs` epochs, tested the first epoch of best val/acc, and had no
 PEFT). Version 3 validated after every epoch: its curves have no `val/epoch_history`, and `Metrics.check_epochs`
-reads them as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). A field missing from the file takes its default (None, or an empty list: "not recorded"), a key the schema
+reads them as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). Version 4 and older
+were not sealed (below). A field missing from the file takes its default (None, or an empty list: "not recorded"), a key the schema
 does not know is ignored, values are taken as stored. An old record therefore always reads, and what it did not
 record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or changes its
 meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
+
+Sealed: result.json is written with a sha256 sidecar `result.json.sha256` (`store/verified.py`, the caches'
+mechanism; `sha256sum -c` checks it too), and `RunRecord.read` checks the bytes it parses against it. A record that
+fails (edited by hand, damaged, or its writer stopped between the file and its sidecar) raises `UnsealedRecord`:
+every reader then takes it as a failed point with that reason, so the report never shows its numbers and the
+sweeper re-runs the point. A record without a sidecar reads only if its `schema` predates sealing
+(`SEALED_SINCE`): those were written before checksums existed, and a sealed record whose schema number was edited
+down still fails, because its sidecar is there.
 
 Torch-free: the sweeper imports it to judge which points are done.
 """
@@ -22,14 +31,20 @@ Torch-free: the sweeper imports it to judge which points are done.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
-from transferlab.store.atomic import write_json
+from transferlab.store import verified
 
 RESULT_FILE = "result.json"
-SCHEMA = 4  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SEALED_SINCE = 5  # the first schema written with a checksum sidecar
+
+
+class UnsealedRecord(ValueError):
+    """A result.json whose bytes fail their checksum: not a result (see the module docstring)."""
+SCHEMA = 5  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
 def _metric(key: str) -> Any:
@@ -152,7 +167,7 @@ class RunRecord:
     scores: dict[str, Any] | None = None
     resumed_from: str | None = None  # last.ckpt of a killed earlier attempt this fit continued; None: from zero
     # wall-clock time of the whole run, source pretraining included, seconds; a vectorised group's member: an equal
-    # share of the group's common time plus its own (run/group.py)
+    # share of the group's common time plus its own (sweep/group_job.py)
     wall_s: float | None = None
     config: dict[str, Any] | None = None  # the resolved config
     fingerprint: str | None = None  # run identity (`identity.fingerprint`): config and input contents, hashed
@@ -175,20 +190,53 @@ class RunRecord:
 
     @classmethod
     def read(cls, path: str | Path) -> RunRecord:
-        """The record in a result.json; OSError if unreadable, ValueError if it is not a JSON object."""
-        with open(path) as f:
-            stored = json.load(f)
+        """The record in a result.json, checked against its sidecar; OSError if unreadable, ValueError if it is not
+        a JSON object, `UnsealedRecord` (a ValueError) if its bytes fail their checksum."""
+        data = Path(path).read_bytes()
+        stored = json.loads(data)
         if not isinstance(stored, Mapping):
             raise ValueError(f"{path} holds a JSON {type(stored).__name__}, not a result record")
+        schema = stored.get("schema", 0)
+        legacy = isinstance(schema, int) and schema < SEALED_SINCE and not verified.sidecar(path).exists()
+        why = None if legacy else verified.bytes_problem(path, data)
+        if why:
+            raise UnsealedRecord(f"{Path(path).name} is not read as a result, it fails its checksum (edited by hand, "
+                                 f"damaged, or written only in part): {why}")
         return cls.from_dict(stored)
 
     def write(self, run_dir: str | Path) -> Path:
-        """Write `run_dir/result.json` atomically (a reader never sees half a record)."""
+        """Write `run_dir/result.json` atomically (a reader never sees half a record), then seal it."""
         path = Path(run_dir) / RESULT_FILE
-        write_json(path, self.to_dict())
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+
+        def dump(tmp: Path) -> None:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+
+        verified.write_with(path, dump)
         return path
 
 
 def find_results(root: str | Path) -> Iterator[Path]:
     """Every result.json below `root` (temp files are named differently and never match)."""
     yield from sorted(Path(root).rglob(RESULT_FILE))
+
+
+def cache_entries_used(sweep_dirs: Iterable[str | Path]) -> dict[tuple[str, str], set[str]]:
+    """{(kind, key): names of the sweeps whose runs used that cache entry}, from their result.json files:
+    `source_ckpt` names the source entry, `feature_cache.key` the feature entry (`transferlab-cache`)."""
+    used: dict[tuple[str, str], set[str]] = {}
+    for sweep in map(Path, sweep_dirs):
+        for path in find_results(sweep):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("source_ckpt"):
+                used.setdefault(("source", Path(record["source_ckpt"]).parent.name), set()).add(sweep.name)
+            key = (record.get("feature_cache") or {}).get("key")
+            if key:
+                used.setdefault(("features", key), set()).add(sweep.name)
+    return used

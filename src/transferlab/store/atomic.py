@@ -99,10 +99,3 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
             json.dump(obj, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
-
-
-def torch_save(path: str | os.PathLike, obj: Any) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)

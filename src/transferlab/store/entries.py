@@ -5,11 +5,11 @@ An entry is a folder `<cache_dir>/source/<key>/` (a source model) or `<cache_dir
 feature pass): its payload with a checksum sidecar, `meta.json`, the `.lock` its writers take, `.last_use` (touched
 by every run that reads it, `verified.mark_used`) and any `*.corrupt-*` files set aside by verification.
 
-Which sweeps use an entry comes from their result.json files: `source_ckpt` names the source entry, `feature_cache.key`
-the feature entry. Pruning takes the entry's lock without waiting (an entry a job is writing or computing is skipped),
-renames the folder out of the cache's namespace (`.deleting-<key>-<pid>`, one atomic step: a reader then finds no
-entry and recomputes it, never half of one), and only then deletes it; a crash mid-delete leaves a `.deleting-*`
-folder no run reads, which the next prune removes.
+Which sweeps use an entry is read from their result.json files by the record's owner
+(`run.record.cache_entries_used`: `source_ckpt`, `feature_cache.key`). Pruning takes the entry's lock without waiting
+(an entry a job is writing or computing is skipped), renames the folder out of the cache's namespace
+(`.deleting-<key>-<pid>`, one atomic step: a reader then finds no entry and recomputes it, never half of one), and
+only then deletes it; a crash mid-delete leaves a `.deleting-*` folder no run reads, which the next prune removes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from transferlab.store.atomic import shared_lock
 from transferlab.store.verified import LAST_USE, LOCK, META
@@ -75,28 +75,9 @@ def entries(cache_dir: str | Path) -> list[Entry]:
     return out
 
 
-def usage(sweep_dirs: Iterable[str | Path]) -> dict[tuple[str, str], set[str]]:
-    """{(kind, key): names of the sweeps whose runs used that entry}, from their result.json files."""
-    from transferlab.run.record import RESULT_FILE
-
-    used: dict[tuple[str, str], set[str]] = {}
-    for sweep in sweep_dirs:
-        sweep = Path(sweep)
-        for path in sweep.rglob(RESULT_FILE):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if record.get("source_ckpt"):
-                used.setdefault(("source", Path(record["source_ckpt"]).parent.name), set()).add(sweep.name)
-            key = (record.get("feature_cache") or {}).get("key")
-            if key:
-                used.setdefault(("features", key), set()).add(sweep.name)
-    return used
-
-
-def listing(cache_dir: str | Path, sweep_dirs: Iterable[str | Path]) -> list[Entry]:
-    used = usage(sweep_dirs)
+def listing(cache_dir: str | Path, used_by: Mapping[tuple[str, str], Iterable[str]]) -> list[Entry]:
+    """The entries, each with the names of the sweeps that use it (`used_by`: `run.record.cache_entries_used`)."""
+    used = used_by
     found = entries(cache_dir)
     for e in found:
         e.sweeps = sorted(used.get((e.kind, e.key), ()))
@@ -115,17 +96,18 @@ class Pruned:
                 "kept": self.kept, "leftovers": self.leftovers}
 
 
-def prune(cache_dir: str | Path, *, older_than_s: float | None = None, unused_by: Iterable[str | Path] = (),
-          dry_run: bool = False, now: float | None = None) -> Pruned:
-    """Remove the entries last used more than `older_than_s` ago and/or used by none of the sweeps `unused_by`
-    (both conditions when both are given). Never one whose lock is held; never half of one."""
+def prune(cache_dir: str | Path, *, older_than_s: float | None = None,
+          used_by: Mapping[tuple[str, str], Iterable[str]] | None = None, dry_run: bool = False,
+          now: float | None = None) -> Pruned:
+    """Remove the entries last used more than `older_than_s` ago and/or absent from `used_by` (the entries some
+    given sweeps use: `run.record.cache_entries_used`; both conditions when both are given). Never one whose lock
+    is held; never half of one."""
     from filelock import Timeout
 
-    unused_by = list(unused_by)
-    if older_than_s is None and not unused_by:
+    if older_than_s is None and used_by is None:
         raise ValueError("say what to prune: --older-than and/or --unused-by")
     now = time.time() if now is None else now
-    used = usage(unused_by) if unused_by else {}
+    used = used_by or {}
     result = Pruned()
     for kind in KINDS:  # what an interrupted prune left: nothing reads these
         for leftover in (Path(cache_dir) / kind).glob(f"{DELETING}*") if (Path(cache_dir) / kind).is_dir() else ():
@@ -134,7 +116,7 @@ def prune(cache_dir: str | Path, *, older_than_s: float | None = None, unused_by
             result.leftovers += 1
     for e in entries(cache_dir):
         old = older_than_s is None or now - e.last_use > older_than_s
-        unused = not unused_by or (e.kind, e.key) not in used
+        unused = used_by is None or (e.kind, e.key) not in used
         if not (old and unused):
             result.kept += 1
             continue

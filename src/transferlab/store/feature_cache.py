@@ -158,12 +158,16 @@ def _precision(cfg) -> str:
 def _architecture(cfg) -> Any:
     """The backbone config without its weights (their values are hashed as tensors): what the blocks compute with
     those tensors. Not every architecture setting shows in a tensor's name or shape (a ViT's `num_heads` splits
-    the same qkv weight into other heads, an activation has no parameter), so the tensors alone do not say it."""
+    the same qkv weight into other heads, an activation has no parameter), so the tensors alone do not say it. A
+    backbone of your own computes with its code: the digest of the module its `_target_` names (`own_code`)."""
+    from transferlab import own_code
     from transferlab.config import plain
 
     arch = plain(cfg.backbone) if cfg.get("backbone") is not None else None
     if isinstance(arch, dict):
         arch.pop("weights", None)
+        if arch.get("family") == "custom":
+            arch["code"] = own_code.code_digest(arch.get("_target_"))
     return arch
 
 
@@ -171,7 +175,7 @@ def _libraries() -> dict[str, str | None]:
     """Versions of the code that computes the blocks' outputs (from the run's environment record, read once per
     process): an upgrade may change a kernel or a layer's forward pass, and features are then computed again
     rather than mixed with the new ones."""
-    from transferlab.run.identity import environment
+    from transferlab.versions import environment
 
     env = environment()
     return {name: env.get(name) for name in ("torch", "torchvision", "timm")}

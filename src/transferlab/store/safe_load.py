@@ -13,7 +13,6 @@ import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
 
 
 class WeightsError(ValueError):
@@ -48,7 +47,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
 
 def load_open(source: str | Path | BinaryIO, path: str | Path, map_location: Any = "cpu") -> Any:
     """`torch.load(source, weights_only=True)` where `source` is `path` or a file already open on it (so a caller
-    that hashed those bytes loads the very same bytes); errors name `path`."""
+    that hashed those bytes loads the very same bytes); errors name `path`. torch is imported here, not at the top:
+    the torch-free readers (result.json through `verified`, the sweeper) import this module's error classes."""
+    import torch
+
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

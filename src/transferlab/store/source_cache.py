@@ -22,14 +22,15 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return verified.load(path, map_location="cpu")
 
 
-def get_or_train(cache_dir: str | Path, key: str, train: Callable[[], tuple[dict, dict]]) -> tuple[dict, str, Path]:
+def get_or_train(cache_dir: str | Path, key: str, train: Callable[[], tuple[dict, dict]],
+                 check: Callable[[dict], str | None] | None = None) -> tuple[dict, str, Path]:
     """Return (cached object with 'state_dict' and 'meta', 'hit'|'miss', path), training under a lock on a miss
-    (a damaged entry counts as a miss: set aside with a warning, then retrained)."""
+    (a damaged entry, or one `check` rejects, counts as a miss: set aside with a warning, then retrained)."""
     path = Path(cache_dir) / "source" / key / MODEL_FILE
 
     def make() -> tuple[dict, dict]:
         state_dict, meta = train()
         return {"state_dict": state_dict, "meta": meta}, meta
 
-    obj, status = verified.get_or_make(path, make)
+    obj, status = verified.get_or_make(path, make, check)
     return obj, status, path

@@ -132,6 +132,17 @@ def _expected(path: Path) -> tuple[str | None, str]:
     return text[0], ""
 
 
+def bytes_problem(path: str | os.PathLike, data: bytes) -> str | None:
+    """Why `data`, the bytes read from `path`, cannot be trusted against `path`'s sidecar (no checksum, mismatch),
+    or None: for small files parsed from the very bytes that were checked (result.json)."""
+    path = Path(path)
+    expected, why = _expected(path)
+    if expected is None:
+        return f"{path}: {why}"
+    actual = hashlib.sha256(data).hexdigest()
+    return _mismatch(path, actual, expected) if actual != expected else None
+
+
 def problem(path: str | os.PathLike) -> str | None:
     """Why `path` cannot be trusted (missing, unreadable, no checksum, checksum mismatch), or None. Hashes only."""
     path = Path(path)
@@ -237,22 +248,38 @@ def read_only(why: str | None) -> None:
     _read_only = why
 
 
-def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | None]]) -> tuple[Any, str]:
+class UnfitEntry(WeightsError):
+    """Bytes that pass their checksum but do not fit the running code (the caller's `check`)."""
+
+
+def _load_fit(path: Path, check: Callable[[Any], str | None] | None) -> Any:
+    """`load(path)`, then the caller's `check` of what it holds: UnfitEntry with its reason when it fails."""
+    obj = load(path)
+    why = check(obj) if check is not None else None
+    if why:
+        raise UnfitEntry(f"{path}: {why}")
+    return obj
+
+
+def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | None]],
+                check: Callable[[Any], str | None] | None = None) -> tuple[Any, str]:
     """(object, 'hit'|'miss'): the verified file at `path`, or `make()` -> (object, meta) saved there with its
     checksum (and `meta` as meta.json beside it), under a file lock on the entry's folder.
 
     A read that fails outside the lock is only retried under it (a writer may be between its payload and its
     checksum); one that fails under the lock is a damaged entry: set aside with one warning, then recomputed.
-    In a process that only reads (`read_only`), a read that fails raises NotMadeYet instead."""
+    `check(obj)` says why sound bytes still do not fit the running code (another layout, another schema), or None;
+    an entry it rejects is set aside and recomputed the same way. In a process that only reads (`read_only`), a
+    read that fails raises NotMadeYet instead."""
     path = Path(path)
     if _read_only is not None:
         try:
-            return load(path), "hit"
+            return _load_fit(path, check), "hit"
         except (OSError, WeightsError) as e:
             raise NotMadeYet(f"{path}: {type(e).__name__}: {e}; {_read_only}") from None
     if path.exists():
         try:
-            obj = load(path)
+            obj = _load_fit(path, check)
             mark_used(path.parent)
             return obj, "hit"
         except WeightsError:
@@ -261,7 +288,7 @@ def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | No
     with shared_lock(path.parent / LOCK):  # the lock file gets the umask's mode (shared caches)
         if path.exists():
             try:
-                obj = load(path)
+                obj = _load_fit(path, check)
                 mark_used(path.parent)
                 return obj, "hit"
             except WeightsError as e:

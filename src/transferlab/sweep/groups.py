@@ -5,7 +5,7 @@ Points whose overrides are equal but for the values of the replicate keys (`seed
 `data_seed` to its default is another config than a sibling that sets it, so it never takes that sibling's value);
 they form a group of at most `max_size` members, in name
 order. The group's first point gets the job, with `group=<its folder>/group.json` naming every member's folder,
-replicate values and fingerprint (`run.group` trains them). Points alone in their group are launched as usual.
+replicate values and fingerprint (`sweep.group_job` trains them). Points alone in their group are launched as usual.
 Torch-free: the sweeper imports it before any job runs.
 """
 

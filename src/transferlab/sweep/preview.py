@@ -1244,7 +1244,7 @@ def _import_training() -> float:
     import torch  # noqa: F401
 
     import transferlab.run.experiment  # noqa: F401
-    import transferlab.run.group  # noqa: F401
+    import transferlab.sweep.group_job  # noqa: F401
     return time.perf_counter() - t0
 
 
@@ -1253,7 +1253,7 @@ def _worker_start() -> float:
     timed in a child process."""
     import subprocess
 
-    code = "import transferlab.train, transferlab.run.experiment, transferlab.run.group, lightning"
+    code = "import transferlab.train, transferlab.run.experiment, transferlab.sweep.group_job, lightning"
     t0 = time.perf_counter()
     try:
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from transferlab.run.record import RESULT_FILE, RunRecord
+from transferlab.run.record import RESULT_FILE, RunRecord, UnsealedRecord
+from transferlab.store import verified
 from transferlab.store.atomic import shared_lock, write_json
 from transferlab.sweep.points import Point
 
@@ -129,7 +130,7 @@ def set_aside(path: Path) -> Path | None:
     while target.exists():
         target = path.with_name(f"result.stale.{k}.json")
         k += 1
-    path.replace(target)
+    verified.move(path, target)  # with its checksum sidecar
     return target
 
 
@@ -156,8 +157,20 @@ def prepare_point_dir(run_dir: str | Path, point: Point, *, fresh: bool = False)
     if fresh or owned_by_other or old is None:  # no marker: nothing proves whose checkpoints these are
         set_aside(result)
         clear_checkpoints(run_dir)
+    elif _unsealed(result):  # kept for inspection as result.json.corrupt-<time>; the point runs again
+        verified.set_aside(result)
     (run_dir / STARTED_FILE).unlink(missing_ok=True)
     write_json(marker, {"name": point.name, "hash": point.hash, "overrides": point.overrides})
+
+
+def _unsealed(result: Path) -> bool:
+    try:
+        RunRecord.read(result)
+    except UnsealedRecord:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def mark_started(run_dir: str | Path) -> None:

@@ -15,6 +15,7 @@ KINDS = {
     "torchvision": "transferlab.tasks.vision",
     "npz": "transferlab.tasks.npz",
     "image_folder": "transferlab.tasks.image_folder",
+    "custom": "transferlab.tasks.custom",  # your own function, named by <task>._target_
 }
 
 

@@ -8,7 +8,7 @@ none), summary = the final metrics, finished with a failing exit code when the j
 each `wandb.init`; `WandbLogger(offline=True)` would set WANDB_MODE for the whole process and leak into later
 multirun jobs.
 
-A vectorised seed group (`run.group`) holds one W&B run per member open at once, so that each member's curves
+A vectorised seed group (`sweep.group_job`) holds one W&B run per member open at once, so that each member's curves
 reach its own run while the group trains (`concurrent=True`: `wandb.init(reinit="create_new")`, each logger bound
 to its own run object, finished by `finish_logger` through that object, never through the process-wide
 `wandb.run`).
@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.config import flatten, plain
-
-AXES = ("n_per_class", "n_train", "freeze", "cut", "trainable_params")
 
 
 def wandb_tags(cfg) -> list[str]:

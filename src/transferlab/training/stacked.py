@@ -20,7 +20,7 @@ What stays each member's own, so that a member's result is its separate run's (t
   (the member's own `TransferModule` in `trainer.test`, as `fit_and_test` tests);
 - its failure: a member whose training loss is NaN/inf stops being stepped and fails alone.
 
-What a group cannot hold is named by `why_sequential`; the caller (`run.group`) then runs the members one after
+What a group cannot hold is named by `why_sequential`; the caller (`sweep.group_job`) then runs the members one after
 the other in the process, each exactly as alone. A group is not resumed from a checkpoint: a killed group's
 members run again (their finished siblings are skipped by the sweeper).
 """

@@ -190,7 +190,6 @@ def _int_at_least(cfg, key: str, low: int, problems: list[Problem]) -> int:
 
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-SELECTORS = {"@norm": "every normalisation layer's parameters (BatchNorm/GroupNorm/LayerNorm, whatever its name)"}
 
 
 def _norm_params(backbone: BlockBackbone) -> list[str]:

@@ -1,0 +1,47 @@
+"""What made a result: the versions of Python, of the libraries that compute it and of transferlab itself (version,
+git commit, dirty). Recorded in every result.json and in cache metadata; not identity (`run/identity.py`): a library
+upgrade does not void finished runs, but the report says when one arm mixes versions. A shared piece like
+`errors.py`: every stage may import it, it imports nothing of transferlab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def library_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "scikit-learn", "hydra-core",
+             "omegaconf", "pandas", "scipy")
+_environment: dict[str, Any] | None = None
+
+
+def environment() -> dict[str, Any]:
+    """This process's versions (read once): Python, `LIBRARIES`, transferlab, and the git commit of the checkout
+    it runs from with whether the package's files differ from it (None for both when not run from a checkout)."""
+    global _environment
+    if _environment is None:
+        import platform
+        import subprocess
+
+        env: dict[str, Any] = {"python": platform.python_version(), "transferlab": library_version("transferlab")}
+        env.update({lib: library_version(lib) for lib in LIBRARIES})
+        src = Path(__file__).resolve().parent
+        try:
+            commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10)
+            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--",
+                                    str(src)], capture_output=True, text=True, timeout=10)
+            env["commit"] = (commit.stdout.strip() or None) if commit.returncode == 0 else None
+            env["dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            env["commit"], env["dirty"] = None, None
+        _environment = env
+    return dict(_environment)
