@@ -123,8 +123,9 @@ def test_the_pretraining_optimizer_and_schedule_shape_the_source_model(composed)
 
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("overrides,key,says", [
-    (["train.optimizer._target_=torch.optim.Nope"], "train.optimizer._target_", "torch.optim has no attribute 'Nope'"),
-    (["train.optimizer._target_=nopkg.Opt"], "train.optimizer._target_", "no module named 'nopkg'"),
+    (["train.optimizer._target_=torch.optim.Nope"], "train.optimizer._target_",
+     "torch.optim has no attribute or submodule 'Nope'"),
+    (["train.optimizer._target_=nopkg.Opt"], "train.optimizer._target_", "No module named 'nopkg'"),
     (["train.optimizer._target_=torch.nn.Linear"], "train.optimizer._target_", "not a Linear"),
     (["+train.optimizer.foo=1"], "train.optimizer", "unexpected keyword argument 'foo'"),
     (["+train.optimizer.lr=0.1"], "train.optimizer.lr", "set train.lr"),
@@ -167,7 +168,7 @@ def test_cli_bad_node_exits_2_before_anything_is_written(tmp_path):
     out = run_cli("train.optimizer._target_=torch.optim.Nope", cwd=tmp_path, timeout=300)
     assert out.returncode == 2 and cli_problems(out.stderr) == [
         "train.optimizer._target_='torch.optim.Nope': an importable optimizer class or factory: torch.optim has no "
-        "attribute 'Nope'"], out.stderr[-2000:]
+        "attribute or submodule 'Nope'"], out.stderr[-2000:]
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -208,3 +209,22 @@ def test_an_optimizer_off_the_allowlist_is_not_stacked():
 
 class MySGD(torch.optim.SGD):
     """An SGD whose step could be anything."""
+
+
+def test_an_optimizer_of_ones_own_is_read_code_in_the_identity(composed, tmp_path, monkeypatch):
+    """A target outside torch and timm is hashed like a backbone of one's own: editing it re-runs the run (and, under
+    `pretrain`, retrains the source model); a library's target adds no input."""
+    pkg = tmp_path / "myopt_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "opt.py").write_text("import torch\n\nclass MyOpt(torch.optim.SGD):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not any(k.endswith(".code") for k in identity.inputs(composed()))
+    own = composed("train.optimizer._target_=myopt_pkg.opt.MyOpt", "pretrain.optimizer._target_=myopt_pkg.opt.MyOpt")
+    assert optim_nodes.check(own) == []
+    ins = identity.inputs(own)
+    assert set(k for k in ins if k.endswith(".code")) == {"train.optimizer.code", "pretrain.optimizer.code"}
+    before, source_before = identity.fingerprint(own), identity.source_fingerprint(own)
+    (pkg / "opt.py").write_text("import torch\n\nclass MyOpt(torch.optim.SGD):\n    pass  # edited\n")
+    assert identity.fingerprint(own) != before and identity.source_fingerprint(own) != source_before
+    assert "MyOpt" in optim_nodes.why_not_stacked(own.train.optimizer)  # a subclass: not known to be elementwise

@@ -239,8 +239,8 @@ def _training(records: list[RunRecord]) -> list[tuple[str, str]]:
         parts = []
         for key, name in TRAIN_KEYS:
             if key in NODE_KEYS:  # `_target_` nodes (or a name, in records made before them)
-                vals = [optim_nodes.describe(r.config[group].get(key)) if isinstance(r.config.get(group), Mapping) else None
-                        for r in recs]
+                vals = [optim_nodes.describe(r.config[group].get(key)) if isinstance(r.config.get(group), Mapping)
+                        else None for r in recs]
             else:
                 vals = [flatten(r.config).get(f"{group}.{key}") for r in recs]
             if any(v is not None for v in vals):

@@ -304,6 +304,23 @@ def inputs(config: Any) -> dict[str, dict[str, str]]:
     code = _code_input(c.get("backbone") or {})
     if code is not None:
         out["backbone.code"] = code
+    out.update(optim_code_inputs(c))
+    return out
+
+
+def optim_code_inputs(c: Mapping) -> dict[str, dict[str, str]]:
+    """The code of an optimizer or scheduler of your own (`train.optimizer._target_=mypkg.opt.MyOpt`, outside
+    torch and timm: `training.optim.own_target`), keyed `<group>.<kind>.code` (`pretrain.*` only when the run reads
+    its source)."""
+    from transferlab.training.optim import KEYS, own_target
+
+    out = {}
+    for key in KEYS:
+        if key.startswith("pretrain.") and reads_no_source(c):
+            continue
+        path = own_target(get(c, key))
+        if path is not None:
+            out[f"{key}.code"] = {"files": str(own_code.code_path(path) or path), "sha256": own_code.code_digest(path)}
     return out
 
 
@@ -354,7 +371,8 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
     part = {k: c.get(k) for k in ("source", "backbone", "pretrain", "trainer")}
     if isinstance(part["trainer"], dict):
         part["trainer"] = single_device(part["trainer"], machine=False)
-    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights", "backbone.code")}
+    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights", "backbone.code")
+             or k.startswith("pretrain.")}  # an own pretraining optimizer's or scheduler's code
     return _digest({"config": part, "inputs": files, "data": data})
 
 

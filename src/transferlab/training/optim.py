@@ -16,6 +16,10 @@ No argument has a default here: the group files hold them (issue 25: defaults on
 `check` builds both on one dummy parameter before anything is trained, so a target that does not import, that is
 not an optimizer or scheduler, or that refuses an argument or value is one line: key, value, what is allowed.
 
+A target outside the libraries in `LIBRARIES` (torch, timm: their versions are recorded with every result) is a
+researcher's own code: its module is hashed into the run's identity like a backbone's of one's own
+(`code_inputs`, run/identity.py), so editing the optimizer re-runs its points.
+
 A vectorised seed group (training/stacked.py) steps its members' stacked tensors with one optimizer, which is each
 member's own only when the update is elementwise. `ELEMENTWISE` lists the torch.optim classes that are (each
 checked against separate members in tests/test_optim.py); any other (LAMB, LARS, Adafactor: per-tensor norms or
@@ -31,6 +35,8 @@ from typing import Any, Mapping
 
 from transferlab.errors import Problem, problem
 
+LIBRARIES = ("torch", "timm")  # targets in these packages are library code, not hashed (see the docstring)
+KEYS = tuple(f"{group}.{kind}" for group in ("train", "pretrain") for kind in ("optimizer", "scheduler"))
 # Arguments the framework gives, never the node (see the module docstring).
 OPTIMIZER_OWN = {"params": "the framework passes the parameter groups",
                  "model_or_params": "the framework passes the parameter groups",
@@ -77,25 +83,10 @@ def describe(value: Any) -> str:
 
 
 def _object(path: str) -> Any:
-    """The object a `_target_` names (as Hydra resolves it: the longest importable module, then attributes); an
-    ImportError saying what is missing. Resolved here because Hydra's resolver logs an error before raising."""
-    import importlib
+    """The object a `_target_` names, resolved as a backbone's or task's is (`own_code`, without Hydra's log line)."""
+    from transferlab.own_code import resolve
 
-    parts = str(path).split(".")
-    for i in range(len(parts), 0, -1):
-        module = ".".join(parts[:i])
-        try:
-            obj = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and not module.startswith(e.name):  # the module exists but fails importing one of its own
-                raise ImportError(f"importing {module} failed: {e}") from e
-            continue
-        for j, attr in enumerate(parts[i:], start=i):
-            if not hasattr(obj, attr):
-                raise ImportError(f"{'.'.join(parts[:j])} has no attribute {attr!r}")
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(f"no module named {parts[0]!r}")
+    return resolve(str(path))
 
 
 def _arguments(n: dict) -> dict:
@@ -114,6 +105,12 @@ def _partial(n: dict):
     from hydra.utils import instantiate
 
     return instantiate(n, _convert_="all")
+
+
+def own_target(value: Any) -> str | None:
+    """The node's target when it is a researcher's own code (outside `LIBRARIES`), else None."""
+    path = target(value)
+    return path if path is not None and path.split(".", 1)[0] not in LIBRARIES else None
 
 
 def reads_metric(value: Any) -> bool:

@@ -11,8 +11,8 @@ What stays each member's own, so that a member's result is its separate run's (t
 - its batch order (its own `TensorBatches`, stacked batch by batch);
 - its optimisation: one optimizer over the stacked tensors steps each member as its own would only when its
   update is elementwise (SGD, Adam, AdamW and the others of `optim.ELEMENTWISE`, weight decay included); any
-  other optimizer keeps the members apart (`why_sequential`); the loss is the sum of the members' mean losses, whose gradient
-  with respect to a member's slice is that member's gradient;
+  other optimizer keeps the members apart (`why_sequential`); the loss is the sum of the members' mean losses,
+  whose gradient with respect to a member's slice is that member's gradient;
 - its BatchNorm statistics (stacked buffers, updated in place under vmap);
 - its dropout masks: drawn outside vmap from the member's own copy of the global RNG, in the order and with the
   calls torch's CPU dropout makes (`MemberDropout`), so they are the masks its separate run draws;
