@@ -10,10 +10,10 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-slow test-slurm sweep-demo report-demo benchmark clean help
+.PHONY: install demo test test-slow test-slurm test-wheel sweep-demo report-demo benchmark clean help
 
 help:
-	@echo "make install | demo | test | test-slow | test-slurm | sweep-demo | report-demo | benchmark | clean"
+	@echo "make install | demo | test | test-slow | test-slurm | test-wheel | sweep-demo | report-demo | benchmark | clean"
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ test-slow: install
 
 test-slurm: install
 	$(BIN)/python -m pytest -m "slurm" $(PYTEST_ARGS)
+
+# The wheel as a researcher gets it: built, installed into a fresh environment outside the checkout, and run from
+# there (train, a sweep, status, report, own configs via --config-dir, score): scripts/ci_wheel.sh. Needs no
+# `make install`; a few minutes, most of them installing the environment.
+test-wheel:
+	TORCH_SPEC="$(TORCH_SPEC)" PYTHON="$(PYTHON)" scripts/ci_wheel.sh
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -3,6 +3,7 @@
 # JOBS_PER_DEVICE=K; print the command, run it, then the commands that show its state and its report.
 #   scripts/sweep_node.sh freeze_vs_n seed=range(3)
 #   JOBS_PER_DEVICE=4 scripts/sweep_node.sh freeze_vs_n target.n_per_class=1,2,5
+#   PULL_WORKERS=4 scripts/sweep_node.sh freeze_vs_n    # pull mode: 4 workers drain the sweep folder (sweeps.md)
 # The sweep's folder holds its state: run the same line again to resume it (finished points are skipped).
 set -euo pipefail
 source "$(dirname "$0")/sweep_common.sh"
@@ -16,6 +17,10 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
   devices=$(nvidia-smi -L | grep -c '^GPU')
 else
   devices=$(env -u OMP_NUM_THREADS nproc)   # the cores this process may use (nproc alone honours OMP_NUM_THREADS)
+fi
+if [[ -n ${PULL_WORKERS:-} ]]; then  # pull mode: W workers, each job leasing its device as under local_parallel
+  run_sweep "" "$python" -m transferlab.train -m "experiment=$experiment" hydra/launcher=pull \
+    "hydra.launcher.workers=$PULL_WORKERS" "lease.per_device=$per_device" "$@"
 fi
 run_sweep "" "$python" -m transferlab.train -m "experiment=$experiment" hydra/launcher=local_parallel \
   "hydra.launcher.n_jobs=$((devices * per_device))" "lease.per_device=$per_device" "$@"

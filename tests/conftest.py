@@ -44,18 +44,19 @@ def optim(**over) -> dict:
 
 
 def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path | None = None):
-    """Compose conf/config.yaml exactly as the CLI would, with output/cache dirs in tmp. A value the schema refuses
-    while composing (a wrong type, a value outside a closed choice) raises its ConfigError, as the CLI reports it;
-    the composition error is its __cause__."""
-    from hydra import compose, initialize_config_dir
+    """Compose conf/config.yaml exactly as the CLI would (from `pkg://transferlab.conf`, transferlab/conf_source.py),
+    with output/cache dirs in tmp. A value the schema refuses while composing (a wrong type, a value outside a closed
+    choice) raises its ConfigError, as the CLI reports it; the composition error is its __cause__."""
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
+    from transferlab import conf_source
     from transferlab.config import config_error
 
     GlobalHydra.instance().clear()
     cache_dir = cache_dir or run_dir.parent / "cache"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with conf_source.initialize():
         try:
             return compose("config", overrides=[*FAST, f"paths.output_dir={run_dir}", f"paths.cache_dir={cache_dir}",
                                                 f"paths.root_dir={run_dir.parent}", *overrides])

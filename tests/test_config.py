@@ -29,7 +29,7 @@ from transferlab.config import (
 )
 
 # Groups whose files start from a schema; source/target only include task files, experiment and hydra are not ours.
-TYPED_GROUPS = ("task", "backbone", "transfer", "peft", "pretrain", "train", "trainer", "checkpoint", "logger",
+TYPED_GROUPS = ("task", "backbone", "transfer", "peft", "pretrain", "train", "tune", "trainer", "checkpoint", "logger",
                 "paths")
 
 

@@ -60,6 +60,16 @@ def test_price_per_arm_and_total_match_a_hand_computation():
     assert "an estimate" in text and "wall time: ~" in text
 
 
+def test_a_tuned_point_pays_one_fit_per_candidate_and_never_stacks():
+    t = _timing(stacked_epoch_s=0.008, stacked_batch_s={5: (0.003, 0.001)}, stacked_val_s=(0.01, 0.02))
+    fit = 1.0 + 0.1 + 320 * (0.01 + 0.002) + 40 * 0.05
+    tuned = P.Work("t", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1", candidates=3)
+    assert P.run_cost(tuned, t) == pytest.approx(3 * fit)
+    group = [P.Work(f"s{k}", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1", candidates=3)
+             for k in range(2)]
+    assert not P.stacks(group, t) and P.unit_cost(group, {"A": t}) == pytest.approx(6 * fit)
+
+
 def test_a_vectorised_group_is_one_job_priced_as_a_stacked_model():
     t = _timing(stacked_epoch_s=0.008, stacked_batch_s={5: (0.003, 0.001)}, stacked_val_s=(0.01, 0.02))
     group = [P.Work(f"s{k}", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source=f"S{k}")

@@ -255,6 +255,77 @@ class TrainConfig(OptimConfig):
     val_spacing: ValSpacing = ValSpacing.linear  # val_checks only: linear | log (dense early)
 
 
+# ---------------------------------------------------------------- tuning inside a point (run/tuning.py)
+# train.* keys a point may not tune, and why: the selection protocol is what judges the candidates (tuning it would
+# judge each candidate by its own rule, and val_in_budget_fraction would give each its own validation split), and
+# the speed settings cannot change a result (run/identity.py: NEUTRAL), so a grid over them would train copies.
+NOT_TUNABLE: dict[str, str] = {
+    "select": "the selection protocol that judges the candidates",
+    "select_epoch": "the selection protocol that judges the candidates",
+    "val_in_budget_fraction": "the validation split every candidate is judged on (one split for all)",
+    "feature_cache": "a speed setting (results unchanged)",
+    "feature_cache_max_gb": "a speed setting (results unchanged)",
+    "channels_last": "a speed setting (results unchanged)",
+    "compile": "a speed setting (results unchanged)",
+    "optimizer": "a `_target_` node, not a value: compare optimizers as sweep points (-m train/optimizer=adamw,sgd)",
+    "scheduler": "a `_target_` node, not a value: compare schedules as sweep points (-m train/scheduler=none,cosine)",
+}
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar(tp: Any) -> bool:
+    """Is `tp` (or X of Optional[X]) a value type, not a node?"""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
+    return isinstance(tp, type) and (issubclass(tp, _SCALARS) or issubclass(tp, Enum))
+
+
+def _tune_train_schema() -> type:
+    """`tune.train`: one optional list per tunable `train` key, typed like the key's own values (so
+    `tune.train.lr=[abc]` fails while composing, as `train.lr=abc` does). Derived from TrainConfig, so a train key
+    added there is tunable at once; keys holding a node (not a value) and `NOT_TUNABLE` are left out."""
+    hints = typing.get_type_hints(TrainConfig)
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_TUNABLE and _scalar(hints[f.name])]
+    return dataclasses.make_dataclass(
+        "TuneTrainConfig", [(k, Optional[List[hints[k]]], field(default=None)) for k in keys],  # type: ignore
+        namespace={"__doc__": "null: not tuned; a list: the values this point tries (run/tuning.py)"})
+
+
+TuneTrainConfig = _tune_train_schema()
+TUNABLE: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TuneTrainConfig))
+
+
+def tune_grid(config: Any) -> dict[str, list]:
+    """{"train.lr": [1e-4, 1e-3], ...}: the keys a point tunes and their values, in `tune.train`'s order (which
+    fixes the candidates' order, run/tuning.py); {} for an untuned point or a config without `tune`. Values as
+    plain data (choices as strings); a value that is not a list is kept as it is (run/setup.py refuses it)."""
+    node = config.get("tune") if isinstance(config, Mapping) or OmegaConf.is_config(config) else None
+    train = (plain(node) or {}).get("train") if node is not None else None
+    if not isinstance(train, Mapping):
+        return {}
+    return {f"train.{k}": v for k, v in train.items() if v is not None}
+
+
+def unknown_tune_key(parts: list[str]) -> Problem:
+    """The problem line for `tune.<parts...>` naming no tunable key (a typo, a key of another group, or one of
+    `NOT_TUNABLE`): what is allowed instead. Shared by composition (`config_error`) and `run/setup.py` (a key
+    added with `+tune...`, which OmegaConf lets into the node)."""
+    group, key = (parts + [""])[:2]
+    if group != "train":
+        return Problem("tune", ".".join(parts), "only train.* keys are tuned: tune.train.<key>=[values]")
+    why = NOT_TUNABLE.get(key)
+    allowed = f"a train key to tune, one of {list(TUNABLE)}"
+    return Problem("tune.train", key, f"not tunable: {why}; {allowed}" if why else allowed)
+
+
+@dataclass
+class TuneConfig:
+    """Tuning inside a point (run/tuning.py): `tune.train.lr=[1e-4,1e-3]` trains one candidate per value (the
+    product over every tuned key), selects one by the point's `train.select` and tests only that one."""
+
+    train: TuneTrainConfig = field(default_factory=TuneTrainConfig)  # type: ignore[valid-type]
+
+
 # ---------------------------------------------------------------- what is transferred
 @dataclass
 class TransferConfig:
@@ -515,6 +586,7 @@ SCHEMAS: dict[str, type] = {
     "backbone/vit": VitBackbone,
     "backbone/custom": CustomBackbone,
     "peft": PeftConfig,
+    "tune": TuneConfig,
     "trainer/default": TrainerConfig,
     "trainer/ddp": DDPTrainerConfig,
     "checkpoint": CheckpointConfig,
@@ -659,15 +731,19 @@ def _moved(exc: BaseException, prefix: str) -> ConfigError | None:
 
 def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
     """The ConfigError for a value the schema refused (a wrong type, a value outside an enum), found in `exc` or
-    its causes (Hydra wraps OmegaConf's error while composing); None for anything else: an unknown key or a
-    missing config file keeps Hydra's own message. `prefix` is prepended to the key (a group typed on its own)."""
-    from omegaconf.errors import ValidationError
+    its causes (Hydra wraps OmegaConf's error while composing), or for an unknown key under `tune` (what can be
+    tuned instead); None for anything else: another unknown key or a missing config file keeps Hydra's own message.
+    `prefix` is prepended to the key (a group typed on its own)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     moved = _moved(exc, prefix)
     if moved is not None:
         return moved
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, ValidationError):
+        unknown = isinstance(seen, (ConfigKeyError, ConfigAttributeError))
+        if unknown and str(getattr(seen, "full_key", "") or "").startswith("tune."):
+            return ConfigError(unknown_tune_key(str(seen.full_key).split(".")[1:]))  # an unknown key to tune
         seen = seen.__cause__ or seen.__context__
     if seen is None:
         return None
@@ -680,6 +756,8 @@ def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
     value = getattr(seen, "value", None)
     allowed = _describe(tp) if tp is not None else str(getattr(seen, "msg", seen)).splitlines()[0]
     choice = _optional_of(tp) or tp
+    if key.startswith("tune.train.") and key.count(".") == 2 and not isinstance(value, (list, tuple)):
+        allowed = "a list of the values to try, e.g. tune.train.lr=[1e-4,1e-3] (null: not tuned)"
     if isinstance(value, bool) and isinstance(choice, type) and issubclass(choice, Choice):
         allowed += " (true/false, and on/off/yes/no unquoted in YAML, are booleans: quote them)"
     return ConfigError(Problem(key or "config", value, allowed))

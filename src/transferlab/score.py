@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
-
-CONF_DIR = os.environ.get("TRANSFERLAB_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        points = score_only.compose_points(args.overrides, CONF_DIR)
+        points = score_only.compose_points(args.overrides)
         groups = score_only.tables(score_only.score_points(points))
     except ConfigError as e:
         lines = "\n".join(f"  - {p}" for p in e.problems)

@@ -2,9 +2,9 @@
 
     python -m transferlab.status outputs/sweeps/freeze_vs_n [--json] [--all]
 
-One table of the declared points (failed with their reason, running with their job and time, queued, stale,
-missing; with `--all` also the done ones and the ones a later launch dropped from the grid), the totals, the
-compute time used and an estimate of the time left.
+One table of the declared points (failed with their reason, running with their job (and pull worker) and time,
+queued, stale, missing; with `--all` also the done ones and the ones a later launch dropped from the grid), the
+totals, the compute time used and an estimate of the time left.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def print_status(status, show_done: bool) -> None:
     shown = [p for p in status.points if show_done or p.state not in quiet]
     for p in shown:
         time_ = _duration(p.elapsed_s if p.state == "running" else p.wall_s)
-        table.add_row(escape(p.name), p.state, escape(p.job or ""), time_, escape(p.reason or ""))
+        job = " ".join(x for x in (p.job, p.worker and f"[{p.worker}]") if x)  # pull mode: the claim's worker
+        table.add_row(escape(p.name), p.state, escape(job), time_, escape(p.reason or ""))
     if shown:
         console.print(table)
     hidden = [s for s in quiet if totals[s]] if not show_done else []

@@ -14,8 +14,8 @@ import hydra
 from omegaconf import DictConfig
 
 import transferlab.config  # noqa: F401 - the schemas conf/ is composed with (Hydra's plugin scan imports it too)
+from transferlab import conf_source
 
-CONF_DIR = os.environ.get("TRANSFERLAB_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
 log = logging.getLogger("transferlab")
 # While Hydra composes, `cli` sets this so that a value the schema refuses reaches it as an exception (else Hydra
 # prints it and exits 1); `main` clears it first thing, so everything after composition reports as before.
@@ -35,7 +35,7 @@ def _report_config_error(e) -> None:
     print(f"transferlab: invalid configuration (nothing was run):\n{lines}", file=sys.stderr)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=conf_source.search_path(), config_name="config", version_base=conf_source.VERSION_BASE)
 def main(cfg: DictConfig) -> float | None:
     if _full_error_ours:
         os.environ.pop(FULL_ERROR, None)  # composed: Hydra reports the rest as it always does

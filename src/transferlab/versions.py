@@ -33,14 +33,20 @@ def environment() -> dict[str, Any]:
 
         env: dict[str, Any] = {"python": platform.python_version(), "transferlab": library_version("transferlab")}
         env.update({lib: library_version(lib) for lib in LIBRARIES})
-        src = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parent  # src/transferlab in a checkout, else an installed copy
+        env["commit"], env["dirty"] = None, None
+
+        def git(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10)
+
         try:
-            commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10)
-            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--",
-                                    str(src)], capture_output=True, text=True, timeout=10)
-            env["commit"] = (commit.stdout.strip() or None) if commit.returncode == 0 else None
-            env["dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+            # Only a checkout of transferlab has a commit: an installed wheel inside some other repository (a
+            # project's .venv) is not a file git tracks, and that repository's HEAD says nothing about this code.
+            if git("ls-files", "--error-unmatch", "--", "__init__.py").returncode == 0:
+                commit = git("rev-parse", "HEAD")
+                dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(package))
+                env["commit"] = (commit.stdout.strip() or None) if commit.returncode == 0 else None
+                env["dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             env["commit"], env["dirty"] = None, None
         _environment = env

@@ -10,10 +10,16 @@
   warning signal (`signal_delay_s` before the limit), and submitit's checkpoint hook (this launcher's `checkpoint`)
   requeues it, at most N times for time limits (pre-emptions always); the requeued task runs the same point again,
   which continues from its `last.ckpt` (`checkpoint.every_s` bounds what is lost).
+- Pull (`hydra.launcher.pull=true hydra.launcher.workers=W`): instead of one array task per point, W jobs (each
+  with this launcher's resources, e.g. one node and its GPUs) drain the sweep folder's points like
+  `hydra/launcher=pull`'s local workers (pull.py, transferlab.sweep.pull), so a sweep of any size needs W jobs, not
+  one per point. `tasks_per_node=G` with `gpus_per_task=1` makes each job G workers, one per GPU. The submitting
+  process waits for its workers (`detach` is refused with pull: see docs/sweeps.md).
 """
 
 # No `from __future__ import annotations`: OmegaConf reads the dataclass's annotations as types, and Hydra's plugin
 # scan imports this module under a name it does not keep in sys.modules (string annotations could not resolve).
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 from unittest import mock
@@ -24,6 +30,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TransferlabSlurmConf(SlurmQueueConf):
@@ -32,6 +40,11 @@ class TransferlabSlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.transferlab_plugins.slurm.TolerantSlurmLauncher"
     detach: bool = False    # submit and return at once; follow with transferlab-status
     max_requeue: int = 0    # time-limit requeues per task (submitit's max_num_timeout)
+    pull: bool = False      # W worker jobs drain the sweep folder instead of one array task per point
+    workers: int = 1        # pull: worker jobs
+    heartbeat_s: float = 30.0
+    expire_s: float = 300.0
+    poll_s: float = 5.0
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="transferlab_slurm", node=TransferlabSlurmConf,
@@ -39,12 +52,63 @@ ConfigStore.instance().store(group="hydra/launcher", name="transferlab_slurm", n
 
 
 class TolerantSlurmLauncher(SlurmLauncher):
-    def __init__(self, detach: bool = False, max_requeue: int = 0, **params: Any) -> None:
+    def __init__(self, detach: bool = False, max_requeue: int = 0, pull: bool = False, workers: int = 1,
+                 heartbeat_s: float = 30.0, expire_s: float = 300.0, poll_s: float = 5.0, **params: Any) -> None:
+        if pull:
+            from hydra_plugins.transferlab_plugins.pull import check
+            from transferlab.errors import ConfigError, problem
+
+            check(workers, heartbeat_s, expire_s, poll_s)
+            if detach:
+                raise ConfigError(problem("hydra.launcher.detach", True, "false with hydra.launcher.pull=true (the "
+                                                                         "submitting process waits for its workers)"))
         if max_requeue:
             params["max_num_timeout"] = int(max_requeue)
         super().__init__(**params)
         self.detach = bool(detach)
+        self.pull = bool(pull)
+        self.workers, self.heartbeat_s, self.expire_s, self.poll_s = workers, heartbeat_s, expire_s, poll_s
         self.submitted: list = []  # detach: the job ids, in the order of the launched points
+
+    def _executor(self) -> Any:
+        """submitit's SLURM executor with this launcher's parameters (as the stock launcher builds it)."""
+        import submitit
+        from omegaconf import OmegaConf
+
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        init = {"folder": self.params["submitit_folder"]}
+        if "max_num_timeout" in self.params:
+            init["slurm_max_num_timeout"] = self.params["max_num_timeout"]
+        executor = submitit.AutoExecutor(cluster="slurm", **init)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
+                                      if k not in ("submitit_folder", "max_num_timeout")})
+        return executor
+
+    def _pull(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
+        """W worker jobs drain these jobs' units from the sweep folder (pull.py); returns what each unit ended as."""
+        from pathlib import Path
+
+        from hydra.core.singleton import Singleton
+
+        from hydra_plugins.transferlab_plugins.pull import PullWorker, queue, returns
+
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        units = queue(sweep_dir, job_overrides, initial_job_idx, self.heartbeat_s, self.expire_s)
+        worker = PullWorker(self.hydra_context, self.config, self.task_function, Singleton.get_state(),
+                            str(sweep_dir), self.poll_s)
+        n = min(self.workers, len(units))
+        jobs = self._executor().map_array(worker, [f"w{i}" for i in range(n)])
+        log.info("pull: %d SLURM worker jobs (%s) drain %d units of %s", n, jobs[0].job_id.split("_")[0] if jobs
+                 else "-", len(units), sweep_dir)
+        for job in jobs:
+            try:
+                job.results()
+            except Exception as e:  # noqa: BLE001 - a killed worker: the others take its claim over
+                log.warning("pull worker job %s ended without finishing: %s", job.job_id, str(e).splitlines()[0])
+        return returns(sweep_dir, units)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.core import Job
@@ -64,6 +128,8 @@ class TolerantSlurmLauncher(SlurmLauncher):
                 ret.return_value = e
                 return [ret]
 
+        if self.pull:
+            return self._pull(job_overrides, initial_job_idx)
         self.submitted = []
         with mock.patch.object(Job, "results", tolerant):
             return super().launch(job_overrides, initial_job_idx)

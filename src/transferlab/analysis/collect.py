@@ -101,6 +101,14 @@ def matched_compute(record: RunRecord) -> bool:
     return identity.get(record.config or {}, "transfer.source_compute") is True
 
 
+def _tuned(record: RunRecord) -> str | None:
+    """The values a tuned point chose, as on the command line ("train.lr=0.01, train.weight_decay=0")."""
+    from transferlab.config import cli_value
+
+    chosen = (record.tuning or {}).get("chosen") if isinstance(record.tuning, Mapping) else None
+    return ", ".join(f"{k}={cli_value(v)}" for k, v in chosen.items()) if chosen else None
+
+
 def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
     """The report's row of one record. `val_acc_history` and `val_epochs` (the epoch of each validation check)
     stay lists (one per row); `epochs` is the epoch of the last check, or the recorded count for a run without a
@@ -126,6 +134,8 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "seed": record.seed, "data_seed": record.data_seed,
         # the selection protocol and the labels that shaped the model (run/labels.py; None: not recorded)
         "select": record.select, "labels_used": record.labels_used,
+        # a tuned point's chosen values ("train.lr=0.01"; run/tuning.py); None: not tuned
+        "tuned": _tuned(record),
         "test_acc": _number(m.test_acc), "test_loss": _number(m.test_loss), "val_acc": _number(m.val_acc),
         # class-balance-aware test metrics, and the floor they are read against (NaN/None: not recorded)
         "test_balanced_acc": _number(m.test_balanced_acc), "test_macro_f1": _number(m.test_macro_f1),

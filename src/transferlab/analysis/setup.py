@@ -111,14 +111,14 @@ def default_config() -> tuple[dict[str, Any] | None, str]:
     """(the defaults of conf/ flattened, or None; what they are). Interpolations that need a running Hydra job
     (`paths.*`) are left out; the others (`data_seed: ${seed}`) are resolved."""
     try:
-        from hydra import compose, initialize_config_dir
+        from hydra import compose
         from hydra.core.global_hydra import GlobalHydra
         from omegaconf import OmegaConf
 
-        from transferlab.train import CONF_DIR
+        from transferlab import conf_source
 
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with conf_source.initialize():
             cfg = compose("config")
         GlobalHydra.instance().clear()
     except Exception as e:  # noqa: BLE001 - a report without the defaults is still a report; say why
@@ -134,7 +134,7 @@ def default_config() -> tuple[dict[str, Any] | None, str]:
             except Exception:  # noqa: BLE001 - an interpolation only a Hydra job can resolve: not compared
                 continue
         flat[key] = v
-    return flat, f"the defaults of conf/ ({CONF_DIR}) composed by the transferlab making this report"
+    return flat, f"the defaults of conf/ ({conf_source.search_path()}) composed by the transferlab making this report"
 
 
 def _commands(sweep: Mapping | None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -237,12 +237,12 @@ def _training(records: list[RunRecord]) -> list[tuple[str, str]]:
         if group == "pretrain":  # only the runs that copied a source model pretrained it
             recs = [r for r in recs if r.cut not in (0, None) or r.source_cache not in (None, "none", "unused")]
         parts = []
-        for key, name in TRAIN_KEYS:
+        for key, name in TRAIN_KEYS:  # a tuned key: the value each point chose (its config's is never read)
             if key in NODE_KEYS:  # `_target_` nodes (or a name, in records made before them)
                 vals = [optim_nodes.describe(r.config[group].get(key)) if isinstance(r.config.get(group), Mapping)
                         else None for r in recs]
             else:
-                vals = [flatten(r.config).get(f"{group}.{key}") for r in recs]
+                vals = [_chosen(r).get(f"{group}.{key}", flatten(r.config).get(f"{group}.{key}")) for r in recs]
             if any(v is not None for v in vals):
                 parts.append(f"{name} {_values(vals)}")
         if parts:
@@ -283,10 +283,35 @@ def _protocol(records: list[RunRecord]) -> list[tuple[str, str]]:
             parts.append(f"not recorded ({old} runs made before train.select existed: the first best val/acc)")
         rows.append(("model tested (train.select)", ", ".join(parts)
                      + (" — ties: lower val/loss, then the earlier epoch" if "best_val" in selects else "")))
+    tuning = _tuning(records)
+    if tuning:
+        rows.append(("tuning inside each point", tuning))
     labels = _labels_used(records)
     if labels:
         rows.append(("labels that shaped each model", labels))
     return rows
+
+
+def _chosen(record: RunRecord) -> dict[str, Any]:
+    """{"train.lr": 0.01}: the values a tuned point chose (run/tuning.py); {} for an untuned one."""
+    tuning = record.tuning if isinstance(record.tuning, Mapping) else {}
+    return dict(tuning.get("chosen") or {})
+
+
+def _tuning(records: list[RunRecord]) -> str:
+    """Which keys the tuned points tuned, over which values, and what they chose (run/tuning.py); "" when no
+    point was tuned."""
+    tuned = [r for r in records if _chosen(r)]
+    if not tuned:
+        return ""
+    grids = sorted({", ".join(f"{k} in {cli_value(v)}" for k, v in (r.tuning.get("grid") or {}).items())
+                    for r in tuned})
+    chosen = Counter(", ".join(f"{k}={cli_value(v)}" for k, v in _chosen(r).items()) for r in tuned)
+    text = (f"{'; '.join(grids)}: each point trained every candidate, selected one by its own train.select on "
+            f"val/acc ({tuned[0].tuning.get('rule')}) and tested only that one; chosen "
+            + ", ".join(f"{k} ({v} runs)" for k, v in sorted(chosen.items())))
+    untuned = len(records) - len(tuned)
+    return text + (f"; {untuned} runs untuned" if untuned else "")
 
 
 def _labels_used(records: list[RunRecord]) -> str:
@@ -302,7 +327,8 @@ def _labels_used(records: list[RunRecord]) -> str:
         if select == "val_in_budget":
             parts.append(f"{select}: the n examples only, a share of them held out to select on "
                          f"({val} validation examples per run)")
-        elif any(reads_validation(select, (r.config or {}).get("train", {}).get("scheduler")) for r in of):
+        elif any(reads_validation(select, (r.config or {}).get("train", {}).get("scheduler"), bool(_chosen(r)))
+                 for r in of):
             parts.append(f"{select}: the n examples plus the {val}-example validation split, at every n")
         else:
             parts.append(f"{select}: the n examples only (no validation label decides anything)")

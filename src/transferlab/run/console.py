@@ -30,6 +30,10 @@ def print_result(record: dict, run_dir: str | Path) -> None:
         ("test/acc", f"{m.get('test/acc', float('nan')):.4f}"),
         ("wall time", f"{record['wall_s']:.1f} s"),
     ]
+    tuning = record.get("tuning") or {}
+    if tuning.get("chosen"):  # a tuned point (run/tuning.py): what it chose, among how many
+        chosen = ", ".join(f"{k}={v}" for k, v in tuning["chosen"].items())
+        rows.insert(-3, ("tuned", f"{chosen} (best of {len(tuning.get('candidates') or [])} candidates)"))
     scores = (record.get("scores") or {}).get("methods") or {}
     if scores:  # before training, on the training subset (run/scoring.py)
         rows.insert(-3, ("transferability scores", ", ".join(

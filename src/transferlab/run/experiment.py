@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from transferlab import versions
 from transferlab.backbones import backbone_label, build_backbone
-from transferlab.config import plain
+from transferlab.config import plain, tune_grid
 from transferlab.run import convergence, ddp, identity, labels
 from transferlab.run.record import Metrics, RunRecord
 from transferlab.run.scoring import score_run
@@ -171,10 +171,13 @@ class Experiment:
     -> `close` (metrics, convergence, result.json) or `fail`.
     """
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, inputs: dict | None = None):
+        """`inputs`: `identity.inputs(cfg)` when the caller has hashed them already (a tuned point's candidates
+        read the point's files)."""
         self.t0 = time.perf_counter()
         self.cfg = cfg
-        self.inputs = identity.inputs(cfg)  # content of every file the run reads, hashed before anything else
+        # content of every file the run reads, hashed before anything else
+        self.inputs = identity.inputs(cfg) if inputs is None else inputs
         self.fingerprint = identity.fingerprint(cfg, self.inputs)
         self.prep = prepare(cfg)  # raises ConfigError: nothing written yet
         self.run_dir = Path(cfg.paths.output_dir)
@@ -233,21 +236,23 @@ class Experiment:
         self.module = TransferModule(net, target.num_classes, optim={**plain(cfg.train), "max_epochs": budget.epochs},
                                      plan=plan, input_block=self.cache.start)  # plan.trains groups, lr_decay, L2-SP
 
-    def open_logger(self, concurrent: bool = False):
+    def open_logger(self, concurrent: bool = False, job_type: str = "target"):
         """The run's CSV/W&B logger, opened just before its fit. `concurrent`: a stacked group's members each
-        hold their own W&B run at once (`training.loggers`)."""
+        hold their own W&B run at once (`training.loggers`). `job_type`: "candidate" for a tuned point's candidate
+        (run/tuning.py), so W&B tells them from the points' own target runs."""
         record = self.record
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         axes["arm"] = self.prep.plan.arm  # scratch and freeze=0 both have freeze=0
         axes["arm_name"] = self.prep.plan.name  # the report's words for the arm ("linear probe", "scratch")
         if self.prep.plan.cut == 0:  # nothing copied, so no depth is frozen: grouping by freeze must not pool it
             axes["freeze"] = None
-        self.logger = make_logger(self.cfg, self.run_dir, "target", concurrent=concurrent,
+        self.logger = make_logger(self.cfg, self.run_dir, job_type, concurrent=concurrent,
                                   axes={**axes, **source_config(record.source_cache, record.source_metrics)})
         return self.logger
 
-    def fit(self, logger=None) -> FitOutcome:
-        """`logger`: None opens the run's own; False logs nothing (a DDP rank > 0, run/ddp.py)."""
+    def fit(self, logger=None, test: bool = True) -> FitOutcome:
+        """`logger`: None opens the run's own; False logs nothing (a DDP rank > 0, run/ddp.py). `test=False`: fit
+        and select only (a tuned point's candidate, run/tuning.py)."""
         cfg, budget = self.cfg, self.prep.budget
         logger = self.open_logger() if logger is None else logger
         log.info("step budget: %d epochs x %d steps (%s); validation: %s", budget.epochs, budget.steps_per_epoch,
@@ -259,7 +264,7 @@ class Experiment:
                             fingerprint=self.fingerprint,  # resumes a killed run of this run identity
                             resume_every_s=resume_every_s(cfg),
                             select=str(cfg.train.select), select_epoch=cfg.train.select_epoch,
-                            val_epochs=budget.val_epochs)  # the validation schedule
+                            val_epochs=budget.val_epochs, test=test)  # the validation schedule
 
     def close(self, outcome: FitOutcome) -> dict[str, Any]:
         """Metrics of the tested model, convergence, status ok; writes result.json and ends the logger."""
@@ -306,7 +311,12 @@ class Experiment:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment and write result.json atomically; config errors raise before anything is written.
 
-    Returns the record as written (`RunRecord.to_dict`): what a caller reads is what result.json holds."""
+    Returns the record as written (`RunRecord.to_dict`): what a caller reads is what result.json holds. A tuned
+    point (`tune.train.*`) trains its candidates and tests the selected one (run/tuning.py)."""
+    if tune_grid(cfg):
+        from transferlab.run.tuning import run_tuned
+
+        return run_tuned(cfg)
     exp = Experiment(cfg)
     try:
         exp.build()

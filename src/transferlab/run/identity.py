@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from transferlab import own_code
-from transferlab.config import flatten
+from transferlab.config import flatten, tune_grid
 from transferlab.store import content
 from transferlab.versions import library_version
 
@@ -78,8 +78,9 @@ DEVICES = "trainer.devices"
 REPLICATES = ("seed", "data_seed", "pretrain.seed")
 # Sample size: the report's x axis.
 SAMPLE_SIZE = ("target.n_per_class", "target.n_train")
-# What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains.
-ARM_GROUPS = ("transfer", "peft", "source", "pretrain")
+# What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains, its
+# tuning grid included (run/tuning.py: arms tuned over their own grids are compared in one panel).
+ARM_GROUPS = ("transfer", "peft", "source", "pretrain", "tune")
 
 # The optimizer and scheduler nodes that train exactly as the names of the old schema did (same class, same
 # arguments; lr and weight decay came, and come, from the parameter groups), by the fields those names left in the
@@ -200,13 +201,22 @@ def optim_identity(group: dict, name: str) -> dict:
 def identity_config(config: Any) -> dict:
     """The resolved config as far as it can change a result: neutral keys out, devices as a count, no source for
     a run that copies nothing, only the PEFT method's own keys of `peft` (none of them with `peft=none`: a run
-    as before PEFT existed), the optimizer and scheduler nodes as `optim_identity` holds them."""
+    as before PEFT existed), the optimizer and scheduler nodes as `optim_identity` holds them, and of `tune` only
+    the tuned keys' grids, which replace those keys' `train` values (no `tune` at all for an untuned point: a run as
+    before tuning existed)."""
     c = _plain(config)
     for key in NEUTRAL:
         drop(c, key)
     for name in OPTIM_GROUPS:
         if isinstance(c.get(name), dict):
             c[name] = optim_identity(c[name], name)
+    grid = tune_grid(c)
+    if grid:  # a tuned point: the grid is its identity, the tuned keys' own values are never read
+        c["tune"] = {"train": {k.split(".", 1)[1]: v for k, v in grid.items()}}
+        for key in grid:
+            drop(c, key)
+    else:  # untuned (every tune.train key null): a run as before tuning existed, its fingerprint unchanged
+        c.pop("tune", None)
     if isinstance(c.get("trainer"), dict) and DEVICES.split(".")[1] in c["trainer"]:
         c["trainer"]["devices"] = device_count(c["trainer"]["devices"])
     if reads_no_source(c):

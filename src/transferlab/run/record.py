@@ -4,18 +4,19 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (5). Records written before the field
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (6). Records written before the field
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
 `single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
-`metrics.steps`, `select`, `selected_epoch`), the convergence verdict (`converged`, `convergence`) and `peft`:
-None, "not recorded" (its fit ran `train.max_epochs` epochs, tested the first epoch of best val/acc, and had no
-PEFT). Version 3 validated after every epoch: its curves have no `val/epoch_history`, and `Metrics.check_epochs`
-reads them as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). Version 4 and older
-were not sealed (below). A field missing from the file takes its default (None, or an empty list: "not recorded"), a key the schema
-does not know is ignored, values are taken as stored. An old record therefore always reads, and what it did not
-record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or changes its
-meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
+`metrics.steps`, `select`, `selected_epoch`), the convergence verdict (`converged`, `convergence`) and `peft`: None,
+"not recorded" (its fit ran `train.max_epochs` epochs, tested the first epoch of best val/acc, and had no PEFT).
+Version 3 validated after every epoch: its curves have no `val/epoch_history`, and `Metrics.check_epochs` reads them
+as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). Version 4 and older were not sealed
+(below). Version 5 (sealed) and older lack `tuning`: None, as for an untuned run (tuning inside a point came with
+version 6, run/tuning.py). A field missing from the file takes its default (None, or an empty list: "not recorded"),
+a key the schema does not know is ignored, values are taken as stored. An old record therefore always reads, and
+what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or
+changes its meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
 
 Sealed: result.json is written with a sha256 sidecar `result.json.sha256` (`store/verified.py`, the caches'
 mechanism; `sha256sum -c` checks it too), and `RunRecord.read` checks the bytes it parses against it. A record that
@@ -44,7 +45,7 @@ SEALED_SINCE = 5  # the first schema written with a checksum sidecar
 
 class UnsealedRecord(ValueError):
     """A result.json whose bytes fail their checksum: not a result (see the module docstring)."""
-SCHEMA = 5  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SCHEMA = 6  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
 def _metric(key: str) -> Any:
@@ -148,6 +149,12 @@ class RunRecord:
     labels_used: int | None = None  # labelled target examples that influenced the model (run/labels.py): the
     #                                 training subset, plus the val split when selection or the LR schedule read it
     selected_epoch: int | None = None  # 1-based epoch of the tested model
+    # tuning inside a point (`tune.train.*`, run/tuning.py); None: not tuned. {"keys", "grid" (key -> values),
+    # "protocol" (train.select, select_epoch), "score" (what ranks candidates), "rule", "candidates" (each: index,
+    # values, fingerprint, dir, status, score, val_loss, selected_epoch, epochs, steps, reused, wall_s, error),
+    # "chosen" (key -> value of the tested candidate), "chosen_index"}; the rest of the record is that candidate's,
+    # under the point's fingerprint and config, and labels_used counts the val split the choice read
+    tuning: dict[str, Any] | None = None
     metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
     single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)
     converged: bool | None = None  # False: val/acc still rising at the end (run/convergence.py); None: not judged

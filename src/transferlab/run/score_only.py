@@ -173,14 +173,15 @@ def _score_point(point: Point, memo: _Memo, run_dir: Path) -> Scored:
     return Scored(point, record, {"source_cache": status})
 
 
-def compose_points(overrides: list[str], conf_dir: str) -> list[Point]:
+def compose_points(overrides: list[str]) -> list[Point]:
     """Every point of the grid, composed as `transferlab.train` composes one run. A value the schema refuses is
     a ConfigError; `paths.output_dir` (where a missing source model is pretrained) defaults to
     outputs/scores/<time> under `paths.root_dir`."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
+    from transferlab import conf_source
     from transferlab.config import config_error
 
     extra = []
@@ -188,7 +189,7 @@ def compose_points(overrides: list[str], conf_dir: str) -> list[Point]:
         extra.append("paths.output_dir=${paths.root_dir}/outputs/scores/" + time.strftime("%Y-%m-%d_%H-%M-%S"))
     points = expand([*overrides, *extra])
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+    with conf_source.initialize():
         for p in points:
             try:
                 p.cfg = compose("config", overrides=p.overrides)

@@ -276,9 +276,17 @@ def check_cache_dir(cfg: DictConfig) -> list[Problem]:
     return []
 
 
+def check_tune(cfg: DictConfig) -> list[Problem]:
+    """The `tune` node (run/tuning.py): tunable keys, non-empty lists of distinct values, one device. Each
+    candidate's values are checked as its own run's config when the point starts (`tuning.check_candidates`)."""
+    from transferlab.run.tuning import check_grid
+
+    return check_grid(cfg)
+
+
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
     check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_ddp, check_lease,
-    check_checkpoint, check_resume, options.check, optim.check, check_cache_dir,
+    check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
 ]
 
 

@@ -7,7 +7,8 @@ not reproduce its point's fingerprint fails (it would record a result under anot
 built as a single run builds (`Experiment.build`), then the members train as one stacked model
 (`training.stacked`) or, when the group cannot hold them (`why_sequential`, one logged reason), one after the other
 in this process, each from the random state its own run would have. Every member writes its own result.json,
-best.ckpt and logs, so skip, resume, status and the report see ordinary points.
+best.ckpt and logs, so skip, resume, status and the report see ordinary points. Tuned members (`tune.*`,
+run/tuning.py) run one after the other, each as its own point would.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferlab.config import tune_grid
 from transferlab.run.experiment import Experiment
 from transferlab.sweep import state
 from transferlab.training.callbacks import _rng_state, _set_rng_state
@@ -61,6 +63,8 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     from transferlab.errors import ConfigError, problem
 
     listed = members(cfg)
+    if tune_grid(cfg):
+        return _run_tuned(cfg, listed)
     start = time.perf_counter()
     exps: list[Experiment] = []
     rngs: list[dict] = []
@@ -93,6 +97,33 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     if failures:
         raise GroupFailed(f"{len(failures)} of {len(listed)} members failed: " + "; ".join(failures))
     return [e.record.to_dict() for e in exps]
+
+
+def _run_tuned(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tuned members (run/tuning.py) run one after the other, each exactly as its own point runs: stacking a
+    point's candidates, or the candidates of several members, is not built yet."""
+    from transferlab.errors import ConfigError, problem
+    from transferlab.run import identity
+    from transferlab.run.tuning import run_tuned
+
+    log.warning("vectorize: the %d members of %s are tuned points (tune.*); they run one after the other",
+                len(listed), Path(str(cfg.group)).parent.name)
+    records, failures = [], []
+    for m in listed:
+        if state.point_status(m["dir"], m["fingerprint"])[0] == "ok":  # a requeued group: never redo a result
+            continue
+        state.mark_started(m["dir"])
+        mcfg = member_config(cfg, m)
+        try:
+            if identity.fingerprint(mcfg) != m["fingerprint"]:
+                raise ConfigError(problem("group", str(cfg.group), f"a member config with the fingerprint "
+                                          f"{m['fingerprint']} the sweeper computed for {Path(m['dir']).name}"))
+            records.append(run_tuned(mcfg))
+        except Exception as e:  # its own result.json says how it ended (a config error: nothing written)
+            failures.append(f"{Path(m['dir']).name}: {type(e).__name__}: {e}")
+    if failures:
+        raise GroupFailed(f"{len(failures)} of {len(listed)} members failed: " + "; ".join(failures))
+    return records
 
 
 def _shared_time(exps: list[Experiment], start: float) -> float:

@@ -104,6 +104,7 @@ class Work:
     source: str | None = None           # key of the source model it reads (None: reads none)
     features: str | None = None         # the frozen-prefix feature pass it trains on (None: none)
     error: str | None = None            # why its config checks fail (it would fail at setup, before training)
+    candidates: int = 1                 # a tuned point's candidate fits (run/tuning.py), each at the point's shape
 
 
 @dataclass
@@ -202,18 +203,20 @@ class Estimate:
 
 # ----------------------------------------------------------------------------------------------- pricing (pure)
 def run_cost(w: Work, t: Timing) -> float:
-    """One point alone: fixed + load + epochs x (epoch + its batches) + checks x val (+ scores, its table)."""
+    """One point alone: fixed + load + epochs x (epoch + its batches) + checks x val (+ scores, its table). A tuned
+    point pays fixed + load + its fit once per candidate, priced at the point's own budget and batch size (a grid
+    over `max_epochs` or `batch_size` makes this rougher); its scores and table once."""
     per_epoch = t.epoch_s + sum(t.batch(b) for b in w.batches)
     scores = t.scores_s * w.n_train / t.scores_n if t.scores_n else t.scores_s
-    return (t.fixed_s + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s + scores
-            + t.report_s)
+    fit = t.fixed_s + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s
+    return max(1, w.candidates) * fit + scores + t.report_s
 
 
 def stacks(unit: Sequence[Work], t: Timing) -> bool:
     """Does this vectorised group train as one stacked model? (Not for a group of one, a shape the stacked model
     cannot hold, or members whose budgets differ: `training.stacked.why_sequential`.)"""
     first = unit[0]
-    return (len(unit) > 1 and t.stack_reason is None
+    return (len(unit) > 1 and t.stack_reason is None and all(w.candidates == 1 for w in unit)  # tuned: in turn
             and all((w.shape, w.epochs, w.batches, w.checks) == (first.shape, first.epochs, first.batches,
                                                                   first.checks) for w in unit))
 
@@ -544,6 +547,7 @@ def describe(items: Sequence[tuple[Any, Any]], *, cache_dir: str | None = None, 
 
     from transferlab.errors import ConfigError
     from transferlab.run import identity
+    from transferlab.run import tuning
     from transferlab.run.setup import plan_budget, prepare
     from transferlab.store import feature_cache
     from transferlab.tasks import build_task
@@ -584,6 +588,7 @@ def describe(items: Sequence[tuple[Any, Any]], *, cache_dir: str | None = None, 
                 work.error = "; ".join(str(p) for p in e.items) or str(e)
                 continue
             work.epochs, work.n_train = int(budget.epochs), len(target.train_indices)
+            work.candidates = len(tuning.candidates(cfg)) or 1
             work.batches = epoch_batches(work.n_train, int(cfg.train.batch_size))
             work.checks = checks_of(budget)
             plan = prep.plan

@@ -9,6 +9,7 @@ A point's state, from its folders and the sweep's record (sweep.json), in this o
 - `queued`: submitted to SLURM (detached) and waiting in the queue;
 - `stale`: its folder holds a result of another fingerprint (finished under other settings or data);
 - `missing`: nothing yet;
+- pull mode (`hydra/launcher=pull`): a point not done names the worker whose claim holds it (`worker`);
 - `dropped`: it would be failed, stale or missing, but the latest launch no longer declares it (a later launch of
   the same folder swept a smaller grid), so nothing will run it: it is left out of the time left. A point the
   latest launch dropped that is done, running or queued keeps that state, with `dropped` set.
@@ -61,6 +62,7 @@ class PointState:
     n: str | None = None              # its sample-size override's value (target.n_per_class), if it sets one
     started: float | None = None      # when its job last started (started.json), seconds since the epoch
     dropped: bool = False             # not in the latest launch's grid (see the module docstring)
+    worker: str | None = None         # pull mode: the worker whose claim holds it (transferlab.sweep.pull)
 
 
 @dataclass
@@ -255,12 +257,37 @@ def judge_points(sweep_dir: str | Path, entries: Mapping[str, Mapping], now: flo
     queue = slurm_states([_job_of(started[n], e) for n, e in entries.items()
                           if (started[n] or {}).get("slurm_job") or e.get("job")])
     judged = [_judge(name, e, results, ok_by_fp, started[name], queue, host, now) for name, e in entries.items()]
+    _claimed_by(sweep_dir, entries, judged)
     for p in judged:
         try:
             p.started = float((started[p.name] or {})["start"])
         except (KeyError, TypeError, ValueError):
             pass
     return judged
+
+
+def _claimed_by(sweep_dir: Path, entries: Mapping[str, Mapping], judged: list[PointState]) -> None:
+    """Pull mode: name the worker holding each point not yet done (its claim, in the unit's leader folder; members
+    of a vectorised group share their leader's job). A claimed point whose worker died is taken over by another
+    worker once the claim's heartbeat has stopped for `expire_s`, while workers are left."""
+    from transferlab.sweep.pull import read_claim
+
+    holder: dict[str, str] = {}
+    for p in judged:
+        if p.state not in ("running", "failed", "missing"):  # done, queued or stale: no claim to show
+            continue
+        claim = read_claim(sweep_dir / Path(str(entries[p.name].get("dir") or p.name)).name)
+        if claim and not claim.get("ended"):
+            p.worker = f"{claim.get('worker')} ({claim.get('slurm_job') or claim.get('pid')}@{claim.get('host')})"
+            if p.job:
+                holder[p.job] = p.worker
+            if p.state == "failed":
+                p.reason = f"{p.reason}; its pull claim is taken over once its heartbeat stops"
+            elif p.state == "missing":
+                p.reason = f"claimed by pull worker {p.worker}, not started yet"
+    for p in judged:
+        if p.worker is None and p.state == "running" and p.job in holder:
+            p.worker = holder[p.job]
 
 
 def sweep_status(sweep_dir: str | Path, now: float | None = None) -> SweepStatus:

@@ -104,14 +104,16 @@ class FitOutcome:
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
                  logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True,
                  resume_every_s: float = 0.0, select: str = "best_val", select_epoch: int | None = None,
-                 val_epochs=None) -> FitOutcome:
+                 val_epochs=None, test: bool = True) -> FitOutcome:
     """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the model `select` picks (`best_val`,
     `last`, `fixed_epoch` with `select_epoch`: `callbacks.RunLocalCheckpoint`) among the validation checks, test
     it once. `val_epochs`: the 1-based epochs after which validation runs (training/budget.py; None: every epoch).
+    `test=False`: no test (`test` in the outcome is {}): a tuned point's candidate, of which only the selected one
+    is tested later (`test_checkpoint`, run/tuning.py).
 
     `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
     """
-    train, val, test = loaders
+    train, val, test_loader = loaders
     module.train_log_epochs = frozenset(int(e) for e in val_epochs) if val_epochs else None
     _fast_result_to()
     cuda_check_without_failing_nvml()
@@ -143,7 +145,8 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     if resume_from is not None:  # a killed attempt may have left a later model in best.ckpt
         check_selected_file(Path(ckpt_dir), best, selected)
     # A best.ckpt that fails its checksum here raises CorruptFileError: the run fails, it is never tested.
-    tested = trainer.test(module, test, ckpt_path=best or None, verbose=False, weights_only=True)[0]
+    tested = trainer.test(module, test_loader, ckpt_path=best or None, verbose=False,
+                          weights_only=True)[0] if test else {}
     return FitOutcome(
         test={k: float(v) for k, v in tested.items()},
         best_val_acc=float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan"),
@@ -154,3 +157,19 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
         steps=steps,
         selected_epoch=selected,
     )
+
+
+def test_checkpoint(module: L.LightningModule, test_loader, *, ckpt: str | Path, trainer_cfg, logger=False
+                    ) -> dict[str, float]:
+    """Test the model in `ckpt` (a best.ckpt `fit_and_test` wrote, checksum verified on loading) once, as
+    `fit_and_test` tests it: `trainer.test` loading the file into `module`. For a fit that ran with `test=False`
+    (a tuned point's selected candidate, run/tuning.py)."""
+    _fast_result_to()
+    cuda_check_without_failing_nvml()
+    kwargs = dict(plain(trainer_cfg))
+    plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
+    kwargs.setdefault("enable_checkpointing", False)  # a test writes no checkpoint
+    kwargs.setdefault("enable_model_summary", False)
+    trainer = L.Trainer(logger=logger, plugins=plugins, **kwargs)
+    tested = trainer.test(module, test_loader, ckpt_path=str(ckpt), verbose=False, weights_only=True)[0]
+    return {k: float(v) for k, v in tested.items()}

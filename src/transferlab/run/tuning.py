@@ -1,0 +1,328 @@
+"""Tuning inside a point: `tune.train.lr=[1e-4,1e-3,1e-2]` trains one candidate per value, selects one by the
+point's own protocol and tests only that one.
+
+Why: arms of a transfer study have different best learning rates (and weight decays); one rate for every arm makes
+"arm A beats arm B at n" partly a statement about the rate. Each point therefore tunes within itself, on the labels
+its protocol already reads, and the test split is read once, by the selected candidate.
+
+The candidates are the product of the tuned keys' lists (`config.tune_grid`, in `tune.train`'s key order). Each is
+a full fit with its own identity: the point's config with the candidate's values and nothing tuned, so its
+fingerprint is that of the separate point `train.lr=<value>` (tests/test_tuning.py holds them equal). It trains in
+`<point>/candidates/<its fingerprint>/` (checkpoints, logs, `candidate.json`), built and fitted exactly as that
+separate run (`Experiment.build`, `Experiment.fit`), minus the test. Its score is the val/acc of the model its
+`train.select` kept: under `best_val` the best epoch's on the task's validation split, under `val_in_budget` the same
+on the split carved out of the n (tasks/budget_val.py: one split, the same for every candidate, since it depends on
+`data_seed` only), under `last`/`fixed_epoch` the final or fixed epoch's. The highest score wins; ties go to the
+lower val/loss of that model, then to the earlier candidate. A candidate whose loss turns NaN/inf has lost (its
+failure is recorded); the point fails only if every candidate does.
+
+The selected candidate is then tested from its best.ckpt with the point's own logger, and the point's result.json is
+that candidate's record with the point's identity (fingerprint and config, the grid included), `labels_used` that
+counts the validation split (the choice read it, run/labels.py) and the `tuning` block (run/record.py).
+
+Resume: a killed point starts again and reuses a candidate only when its candidate.json says ok under the expected
+fingerprint and values and its best.ckpt verifies (checksum) as the model of the recorded epoch; anything else is
+trained again, from the candidate's own last.ckpt when that verifies (training/checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from transferlab.config import TUNABLE, plain, tune_grid, unknown_tune_key
+from transferlab.errors import ConfigError, NonFiniteLossError, Problem, problem
+from transferlab.run import identity, labels
+from transferlab.run.record import RunRecord
+from transferlab.store.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_DIR = "candidates"
+CANDIDATE_FILE = "candidate.json"
+RULE = "highest score; ties: lower val/loss of the kept model, then the earlier candidate"
+
+
+# ---------------------------------------------------------------- the grid and its checks (no data read)
+def check_grid(cfg: Any) -> list[Problem]:
+    """The `tune` node's own problems: keys that are not tunable (added with `+tune...`), values that are not a
+    non-empty list of distinct values, and a run over several devices (a DDP run trains one model)."""
+    node = plain(cfg.get("tune")) if cfg.get("tune") is not None else {}
+    out = [unknown_tune_key([str(k)]) for k in node if k != "train"]
+    train = node.get("train") or {}
+    out += [unknown_tune_key(["train", str(k)]) for k, v in train.items() if k not in TUNABLE and v is not None]
+    grid = {k: v for k, v in tune_grid(cfg).items() if k.split(".", 1)[1] in TUNABLE}
+    for key, values in grid.items():
+        what = f"tune.{key}"
+        if not isinstance(values, list):
+            out.append(problem(what, values, "a list of the values to try, e.g. [1e-4,1e-3] (null: not tuned)"))
+        elif not values:
+            out.append(problem(what, values, "a non-empty list of the values to try (null: not tuned)"))
+        elif len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+            out.append(problem(what, values, "distinct values (a repeated value would train the same candidate "
+                                             "twice)"))
+    if grid and not out:
+        from transferlab.run import ddp
+
+        if ddp.processes(cfg.trainer) > 1:
+            out.append(problem("tune", {f"tune.{k}": v for k, v in grid.items()},
+                               "null with trainer.devices > 1: a tuned point trains its candidates one after the "
+                               "other on one device"))
+    return out
+
+
+def candidates(cfg: Any) -> list[dict[str, Any]]:
+    """Each candidate's values ({"train.lr": 1e-3, ...}), the product of the tuned keys' lists, the first key's
+    values varying slowest."""
+    grid = tune_grid(cfg)
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def candidate_config(cfg: DictConfig, values: dict[str, Any], out_dir: str | Path) -> DictConfig:
+    """The point's config with the candidate's values, nothing tuned, and `out_dir` as its output folder: the
+    config of the separate run this candidate is."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(out):
+        for key, value in values.items():
+            OmegaConf.update(out, key, value, merge=False)
+        for key in list(out.tune.train.keys()):
+            out.tune.train[key] = None
+        out.paths.output_dir = str(out_dir)
+    return out
+
+
+def _candidate_dir(run_dir: Path, fingerprint: str) -> Path:
+    return run_dir / CANDIDATES_DIR / fingerprint
+
+
+def check_candidates(cfg: DictConfig, inputs: dict) -> list[tuple[dict[str, Any], str]]:
+    """(values, fingerprint) of every candidate, after validating each candidate's config as its own run would
+    (`run/setup.prepare`: ranges, cross-key checks, the data). A problem with a tuned key is named as the
+    `tune.*` key that gave the value; a problem every candidate shares is listed once. ConfigError before anything
+    is written."""
+    from transferlab.run.setup import check_resume, prepare
+
+    problems = check_grid(cfg)
+    if problems:
+        raise ConfigError(problems)
+    problems = check_resume(cfg)  # the point itself never writes checkpoints/: any there belong to another run
+    if problems:
+        raise ConfigError(problems)
+    run_dir = Path(str(cfg.paths.output_dir))
+    out, found = [], {}
+    for values in candidates(cfg):
+        fp = identity.fingerprint(candidate_config(cfg, values, run_dir), inputs)
+        ccfg = candidate_config(cfg, values, _candidate_dir(run_dir, fp))
+        try:
+            prepare(ccfg)
+        except ConfigError as e:
+            for p in e.items:
+                p = Problem(f"tune.{p.key}", p.value, p.allowed) if p.key in values else p
+                found.setdefault(str(p), p)
+        out.append((values, fp))
+    if found:
+        raise ConfigError(list(found.values()))
+    return out
+
+
+# ---------------------------------------------------------------- one candidate
+@dataclass
+class Candidate:
+    """One candidate's fit as `candidate.json` holds it (what selection and the point's record need)."""
+
+    index: int
+    values: dict[str, Any]
+    fingerprint: str
+    dir: str
+    status: str = "ok"  # ok | failed (its loss turned NaN/inf: it lost)
+    score: float | None = None  # val/acc of the model its train.select kept
+    val_loss: float | None = None  # val/loss of that model (the tie-break)
+    selected_epoch: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    best_ckpt: str | None = None
+    resumed_from: str | None = None
+    history: dict[str, list] = field(default_factory=dict)
+    wall_s: float | None = None
+    error: str | None = None
+    reused: bool = False  # read back from an earlier attempt's candidate.json, not trained by this one
+
+    def summary(self) -> dict[str, Any]:
+        """The candidate as the point's `tuning` block lists it (no curves: they are in its candidate.json)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("history", "best_ckpt", "resumed_from")}
+
+    def write(self) -> None:
+        stored = {k: v for k, v in asdict(self).items() if k != "reused"}
+        write_json(Path(self.dir) / CANDIDATE_FILE, stored)
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _loss_at(history: dict[str, list], epoch: int | None) -> float | None:
+    epochs, losses = history.get("epoch") or [], history.get("val/loss") or []
+    if epoch is None or epoch not in epochs or len(losses) != len(epochs):
+        return None
+    return _finite(losses[epochs.index(epoch)])
+
+
+def reusable(index: int, values: dict[str, Any], fp: str, cdir: Path) -> Candidate | None:
+    """The finished candidate an earlier attempt left in `cdir`, or None (then it is trained): its candidate.json
+    must say ok under this fingerprint and these values, and its best.ckpt verify as the model of the recorded
+    epoch. When in doubt, None."""
+    from transferlab.store import verified
+    from transferlab.store.safe_load import WeightsError
+
+    try:
+        stored = json.loads((cdir / CANDIDATE_FILE).read_text())
+        cand = Candidate(**{**stored, "index": index, "dir": str(cdir), "reused": True})
+    except (OSError, ValueError, TypeError):
+        return None
+    same = json.dumps(cand.values, sort_keys=True) == json.dumps(values, sort_keys=True)
+    if cand.status != "ok" or cand.fingerprint != fp or not same or not cand.best_ckpt:
+        return None
+    best = cdir / "checkpoints" / Path(cand.best_ckpt).name
+    if verified.problem(best) is not None:
+        log.warning("tune: %s fails its checksum; candidate %s is trained again", best, values)
+        return None
+    try:
+        saved = verified.load(best)
+    except WeightsError:
+        return None
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    if epoch is None or cand.selected_epoch is None or int(epoch) + 1 != int(cand.selected_epoch):
+        log.warning("tune: %s is not the model of epoch %s; candidate %s is trained again", best,
+                    cand.selected_epoch, values)
+        return None
+    cand.best_ckpt = str(best)
+    return cand
+
+
+def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str, inputs: dict) -> Candidate:
+    """Fit one candidate as its separate run fits (no test) in its own folder; a NaN/inf loss is a lost candidate."""
+    from transferlab.run.experiment import Experiment
+    from transferlab.training.loggers import finish_logger
+
+    cdir = _candidate_dir(Path(str(cfg.paths.output_dir)), fp)
+    t0 = time.perf_counter()
+    exp = Experiment(candidate_config(cfg, values, cdir), inputs=inputs)
+    if exp.fingerprint != fp:  # the same derivation as check_candidates; a mismatch is a bug, never a result
+        raise RuntimeError(f"candidate {values}: fingerprint {exp.fingerprint}, expected {fp}")
+    cand = Candidate(index=index, values=values, fingerprint=fp, dir=str(cdir))
+    try:
+        exp.build(score=False)  # scores do not depend on the candidate: the point records them once
+        outcome = exp.fit(logger=exp.open_logger(job_type="candidate"), test=False)
+    except NonFiniteLossError as e:
+        finish_logger(exp.logger, failed=True)
+        cand.status, cand.error, cand.wall_s = "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0
+        cand.write()
+        log.warning("tune: candidate %s lost: %s", values, cand.error)
+        return cand
+    finish_logger(exp.logger, failed=False, summary={"val/acc": outcome.best_val_acc})
+    cand.score = _finite(outcome.best_val_acc)
+    cand.selected_epoch, cand.epochs, cand.steps = outcome.selected_epoch, outcome.epochs, outcome.steps
+    cand.history = {k: list(v) for k, v in outcome.history.items()}
+    cand.val_loss = _loss_at(cand.history, cand.selected_epoch)
+    cand.best_ckpt, cand.resumed_from = outcome.best_ckpt, outcome.resumed_from
+    cand.wall_s = time.perf_counter() - t0
+    cand.write()
+    return cand
+
+
+def choose(cands: list[Candidate]) -> Candidate | None:
+    """The candidate the protocol selects (`RULE`); None when no candidate has a score."""
+    scored = [c for c in cands if c.status == "ok" and c.score is not None]
+    if not scored:
+        return None
+    return min(scored, key=lambda c: (-c.score, math.inf if c.val_loss is None else c.val_loss, c.index))
+
+
+def tuning_block(cfg: DictConfig, cands: list[Candidate], chosen: Candidate) -> dict[str, Any]:
+    """The `tuning` block of the point's result.json (run/record.py)."""
+    select = str(cfg.train.select)
+    split = ("the validation split carved out of the n (tasks/budget_val.py)" if select == "val_in_budget"
+             else "the task's validation split")
+    kept = {"best_val": "best", "val_in_budget": "best", "last": "last", "fixed_epoch": "fixed"}[select]
+    return {"keys": list(chosen.values), "grid": tune_grid(cfg),
+            "protocol": {"select": select, "select_epoch": cfg.train.get("select_epoch")},
+            "score": f"val/acc on {split} of each candidate's {kept} epoch (train.select={select})",
+            "rule": RULE, "candidates": [c.summary() for c in cands],
+            "chosen": dict(chosen.values), "chosen_index": chosen.index}
+
+
+# ---------------------------------------------------------------- the point
+def _failed(cfg: DictConfig, fp: str, inputs: dict, t0: float, error: BaseException,
+            cands: list[Candidate]) -> None:
+    """A failed result.json for the point (no candidate could be tested, or testing failed before the tested
+    candidate's own record existed): its identity, the error and the candidates so far."""
+    rec = RunRecord(status="failed", error=f"{type(error).__name__}: {error}", name=str(cfg.name),
+                    target=str(cfg.target.name), transfer=str(cfg.transfer.name), select=str(cfg.train.select),
+                    seed=int(cfg.seed), data_seed=int(cfg.data_seed), config=plain(cfg), fingerprint=fp,
+                    inputs=inputs, environment=identity.environment(), wall_s=time.perf_counter() - t0,
+                    tuning={"grid": tune_grid(cfg), "rule": RULE, "candidates": [c.summary() for c in cands]})
+    rec.write(Path(str(cfg.paths.output_dir)))
+
+
+class NoCandidateLeft(RuntimeError):
+    """Every candidate of a tuned point failed (NaN/inf loss): there is nothing to test."""
+
+
+def run_tuned(cfg: DictConfig) -> dict[str, Any]:
+    """Train the point's candidates (reusing finished ones), select one, test it, write the point's result.json;
+    returns the record as written. ConfigError (nothing written) for a bad grid or a candidate's bad config."""
+    from transferlab.run.experiment import Experiment
+    from transferlab.training import options
+    from transferlab.training.fit import FitOutcome, test_checkpoint
+
+    t0 = time.perf_counter()
+    inputs = identity.inputs(cfg)
+    fp = identity.fingerprint(cfg, inputs)
+    planned = check_candidates(cfg, inputs)  # raises ConfigError: nothing written yet
+    run_dir = Path(str(cfg.paths.output_dir))
+    log.info("tune: %d candidates of %s (train.select=%s)", len(planned), tune_grid(cfg), cfg.train.select)
+    cands: list[Candidate] = []
+    try:
+        for i, (values, cfp) in enumerate(planned):
+            cand = reusable(i, values, cfp, _candidate_dir(run_dir, cfp))
+            if cand is not None:
+                log.info("tune: candidate %d/%d %s is done already (val/acc %s); not trained again", i + 1,
+                         len(planned), values, cand.score)
+            else:
+                log.info("tune: candidate %d/%d %s", i + 1, len(planned), values)
+                cand = train_candidate(cfg, i, values, cfp, inputs)
+            cands.append(cand)
+        chosen = choose(cands)
+        if chosen is None:
+            raise NoCandidateLeft(f"all {len(cands)} candidates failed: "
+                                  + "; ".join(f"{c.values}: {c.error}" for c in cands))
+        log.info("tune: selected candidate %d %s (val/acc %.4f)", chosen.index, chosen.values, chosen.score)
+        exp = Experiment(candidate_config(cfg, chosen.values, run_dir), inputs=inputs)
+    except Exception as e:
+        _failed(cfg, fp, inputs, t0, e, cands)
+        raise
+    exp.t0 = t0  # the point's wall time: every candidate's fit and the test
+    rec = exp.record
+    rec.fingerprint, rec.config = fp, plain(cfg)  # the point's identity: the grid and the protocol
+    rec.labels_used = labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"), rec.n_train, rec.n_val,
+                                         tuned=True)
+    rec.tuning = tuning_block(cfg, cands, chosen)
+    try:
+        exp.build()  # the point's transferability scores, its net and test batches (the chosen candidate's)
+        tested = test_checkpoint(options.apply(exp.module, cfg.train), exp.batches[2], ckpt=chosen.best_ckpt,
+                                 trainer_cfg=cfg.trainer, logger=exp.open_logger())
+        return exp.close(FitOutcome(test=tested, best_val_acc=float("nan") if chosen.score is None else chosen.score,
+                                    best_ckpt=str(chosen.best_ckpt), epochs=int(chosen.epochs or 0),
+                                    history=chosen.history, resumed_from=chosen.resumed_from, steps=chosen.steps,
+                                    selected_epoch=chosen.selected_epoch))
+    except Exception as e:
+        exp.fail(e)
+        raise
