@@ -11,21 +11,22 @@ any torch LR scheduler. The framework completes them with what only it knows, an
 - the scheduler gets the optimizer and steps once per epoch; `T_max` is the fit's epochs (the step budget's) when
   the class takes one and the node leaves it out, so cosine annealing spans the fit at every n; a scheduler that
   reads a metric (ReduceLROnPlateau) gets val/acc, which it maximises, so `mode` is the framework's too.
-No argument has a default here: the group files hold them (issue 25: defaults only in the config).
+No argument has a default here: the group files hold them (defaults live in the config only).
 
 `check` builds both on one dummy parameter before anything is trained, so a target that does not import, that is
 not an optimizer or scheduler, or that refuses an argument or value is one line: key, value, what is allowed.
 
 A target outside the libraries in `LIBRARIES` (torch, timm: their versions are recorded with every result) is a
 researcher's own code: its module is hashed into the run's identity like a backbone's of one's own
-(`code_inputs`, run/identity.py), so editing the optimizer re-runs its points.
+(`optim_code_inputs`, run/identity.py), so editing the optimizer re-runs its points.
 
 A vectorised seed group (training/stacked.py) steps its members' stacked tensors with one optimizer, which is each
 member's own only when the update is elementwise. `ELEMENTWISE` lists the torch.optim classes that are (each
 checked against separate members in tests/test_optim.py); any other (LAMB, LARS, Adafactor: per-tensor norms or
 factored moments) would mix the members, and `why_not_stacked` says so, so the group runs them one by one.
 
-Torch is imported inside the functions: run/labels.py (the report) and the identity read the nodes without it.
+Torch is imported inside the functions: the identity reads the nodes without it (the sweeper fingerprints every
+point torch-free).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def why_not_stacked(value: Any) -> str | None:
 
     opt = build_optimizer(value, [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1e-3, "weight_decay": 0.0}])
     cls = type(opt)
-    if cls.__module__.startswith("torch.optim") and cls.__name__ in ELEMENTWISE:
+    if cls in {getattr(torch.optim, name) for name in ELEMENTWISE}:
         return None
     return (f"the optimizer {cls.__module__}.{cls.__name__} is not known to be elementwise (only torch.optim "
             f"{', '.join(ELEMENTWISE)} are stacked): it could mix the members' updates")
