@@ -30,6 +30,19 @@ SMALL_CNN = OmegaConf.create({"name": "small_cnn", "channels": [8, 16, 16], "hid
 RESNET18 = OmegaConf.create({"family": "resnet", "name": "resnet18", "weights": None}, flags={"readonly": True})
 
 
+def group_file(group: str, option: str, node: str = "train") -> dict | None:
+    """A `train/optimizer` or `train/scheduler` option as the node it composes to (None: `none`), read from conf/,
+    for tests that build a TransferModule without composing a whole config."""
+    data = OmegaConf.to_container(OmegaConf.load(CONF / node / group / f"{option}.yaml"))
+    return data or None
+
+
+def optim(**over) -> dict:
+    """A `train` mapping as TransferModule reads it: the default optimizer (adamw), no schedule, as conf/ has them."""
+    return {"lr": 0.02, "weight_decay": 0.01, "decay_norm_and_bias": False, "optimizer": group_file("optimizer", "adamw"),
+            "scheduler": None, "max_epochs": 2, **over}
+
+
 def compose_cfg(overrides: list[str], run_dir: Path, cache_dir: Path | None = None):
     """Compose conf/config.yaml exactly as the CLI would (from `pkg://transferlab.conf`, transferlab/conf_source.py),
     with output/cache dirs in tmp. A value the schema refuses while composing (a wrong type, a value outside a closed

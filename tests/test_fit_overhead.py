@@ -37,11 +37,11 @@ def test_fast_logging_gives_the_run_lightnings_own_logging_gives(make_cfg, tmp_p
         m.setattr(lresult._ResultMetric, "to", counted)
         m.setattr(fit, "_fast_result_to", lambda: None)
         m.setattr(fit, "cuda_check_without_failing_nvml", lambda: None)
-        ref = run(make_cfg("train.max_epochs=6", "target.n_per_class=3", "train.scheduler=plateau", "logger=csv",
+        ref = run(make_cfg("train.max_epochs=6", "target.n_per_class=3", "train/scheduler=plateau", "logger=csv",
                            run="ref"))
     slow_calls, calls["lightning"] = calls["lightning"], 0
     monkeypatch.setattr(lresult._ResultMetric, "to", counted)  # `fit_and_test` wraps this one in the fast path
-    new = run(make_cfg("train.max_epochs=6", "target.n_per_class=3", "train.scheduler=plateau", "logger=csv",
+    new = run(make_cfg("train.max_epochs=6", "target.n_per_class=3", "train/scheduler=plateau", "logger=csv",
                        run="new"))
     assert calls["lightning"] < slow_calls / 4, "the fast path was not taken"
     assert new["metrics"] == ref["metrics"]  # val/acc and val/loss curves, test metrics: exactly

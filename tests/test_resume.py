@@ -178,7 +178,7 @@ def test_malicious_pickles_are_refused_everywhere_we_load(make_cfg, tmp_path):
 
 
 def test_nan_loss_stops_the_run_with_status_failed(make_cfg, tmp_path):
-    cfg = make_cfg("transfer=scratch", "target.n_per_class=5", "train.optimizer=sgd", "train.lr=1e30",
+    cfg = make_cfg("transfer=scratch", "target.n_per_class=5", "train/optimizer=sgd", "train.lr=1e30",
                    "train.max_epochs=20", run="nan")
     with pytest.raises(NonFiniteLossError):
         run(cfg)

@@ -94,7 +94,7 @@ def test_each_member_equals_its_separate_run(make_cfg, images, backbone):
         # at lr 0.01, one run alone at 1 vs 2 threads already ends with val losses 5.0 vs 7.1 (docs/sweeps.md).
         keys += ["source=npz", f"source.path={images}", "source.name=quad_src", "target=npz",
                  f"target.path={images}", "target.name=quad", "backbone=resnet18", "target.n_per_class=8",
-                 "pretrain.max_epochs=1", "train.batch_size=32", "train.optimizer=sgd", "train.lr=0.001",
+                 "pretrain.max_epochs=1", "train.batch_size=32", "train/optimizer=sgd", "train.lr=0.001",
                  "train.max_epochs=3"]
     else:
         keys += [f"backbone={backbone}", "target.n_per_class=5", "train.batch_size=16", "train.max_epochs=6"]
@@ -129,17 +129,22 @@ def test_a_member_that_fails_fails_alone(make_cfg, monkeypatch):
         _assert_same_run(alone[s], _member(make_cfg, s))
 
 
-def test_a_group_it_cannot_stack_runs_its_members_as_alone(make_cfg):
-    """The plateau schedule follows each member's own val/acc: the group runs its members one after the other,
-    says why, and each equals its separate run bit for bit (the same code, from the same random state)."""
+@pytest.mark.parametrize("choice,why", [
+    ("train/scheduler=plateau", "ReduceLROnPlateau follows each member's own val/acc"),
+    ("train/optimizer=lamb", "timm.optim.lamb.Lamb is not known to be elementwise"),
+])
+def test_a_group_it_cannot_stack_runs_its_members_as_alone(make_cfg, choice, why):
+    """The plateau schedule follows each member's own val/acc, and LAMB scales each tensor's update by its norm
+    (stacked, the norm would be over all members): the group runs its members one after the other, says why, and
+    each equals its separate run bit for bit (the same code, from the same random state)."""
     keys = ["logger=none", "pretrain.seed=0", "transfer.freeze=1", "target.n_per_class=5", "train.max_epochs=4",
-            "train.scheduler=plateau"]
+            choice]
     alone = _separate(make_cfg, keys, seeds=(0, 1))
     _run_group(make_cfg, keys, seeds=(0, 1))
     for s in (0, 1):
         member = _member(make_cfg, s)
         assert member["group"]["mode"] == "sequential"
-        assert "plateau" in member["group"]["reason"]
+        assert why in member["group"]["reason"], member["group"]["reason"]
         _assert_same_run(alone[s], member, exact=True)
 
 

@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import SMALL_CNN, ckpt_state, same_tensors, source_state
+from conftest import SMALL_CNN, ckpt_state, group_file, same_tensors, source_state
+from conftest import optim as make_optim
 from transferlab.backbones import build_backbone
 from transferlab.training.callbacks import PlanSchedule
 from transferlab.training.fit import fit_and_test
@@ -73,8 +74,7 @@ def _fit(tmp_path, transfer: dict, optim: dict | None = None, epochs: int = EPOC
     backbone = build_backbone(SMALL_CNN, SHAPE)
     plan = resolve_plan(cfg, backbone)
     net = build_target_net(backbone, plan, source, num_classes=3)
-    module = TransferModule(net, 3, {"lr": 0.02, "weight_decay": 0.01, "optimizer": "adamw",
-                                     "max_epochs": epochs, **(optim or {})}, plan=plan)
+    module = TransferModule(net, 3, make_optim(max_epochs=epochs, **(optim or {})), plan=plan)
     snaps = BlockSnapshots()
     callbacks = [PlanSchedule(plan), snaps]
     outcome = fit_and_test(module, _loaders(), max_epochs=epochs, trainer_cfg=TRAINER, ckpt_dir=tmp_path / ckpt,
@@ -122,15 +122,15 @@ def test_bn_train_policy_reestimates_statistics_of_bn_with_frozen_affine(tmp_pat
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
 def test_gradual_unfreezing_works_with_lr_schedulers_and_discriminative_rates(tmp_path, scheduler):
     plan, source, snaps, schedule, outcome = _fit(tmp_path, {"strategy": "gradual"},
-                                                  {"scheduler": scheduler, "lr_decay": 0.5})
+                                                  {"scheduler": group_file("scheduler", scheduler), "lr_decay": 0.5})
     assert len(schedule.history) == 4 and outcome.best_ckpt
     assert _same(snaps.at[2]["conv2"], source, "conv2") and not _same(snaps.at["end"]["conv2"], source, "conv2")
 
 
 def test_gradual_run_resumed_mid_schedule_gets_the_right_set_and_optimizer(tmp_path):
     # first attempt: killed after 2 of 4 epochs (last.ckpt written); the second continues from it
-    _fit(tmp_path, {"strategy": "gradual"}, {"scheduler": "cosine"}, epochs=2)
-    plan, source, snaps, schedule, outcome = _fit(tmp_path, {"strategy": "gradual"}, {"scheduler": "cosine"})
+    _fit(tmp_path, {"strategy": "gradual"}, {"scheduler": group_file("scheduler", "cosine")}, epochs=2)
+    plan, source, snaps, schedule, outcome = _fit(tmp_path, {"strategy": "gradual"}, {"scheduler": group_file("scheduler", "cosine")})
     assert outcome.resumed_from and outcome.resumed_from.endswith("last.ckpt")
     assert list(snaps.at) == [2, 3, "end"]  # epochs 0-1 were not re-run
     assert schedule.history[0] == (2, ("conv3", "fc1"))  # the set of epoch 2, not of epoch 0
@@ -142,7 +142,7 @@ def test_gradual_run_resumed_mid_schedule_gets_the_right_set_and_optimizer(tmp_p
 
 
 @pytest.mark.parametrize("overrides", [
-    ["transfer=gradual", "transfer.freeze=1", "train.lr_decay=0.385", "train.scheduler=cosine"],
+    ["transfer=gradual", "transfer.freeze=1", "train.lr_decay=0.385", "train/scheduler=cosine"],
     ["transfer=lp_ft", "transfer.lp_epochs=2", "transfer.l2sp=0.01"],
     ["transfer.trainable=[*.bias]", "transfer.cut=3"],
 ])

@@ -11,14 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import RESNET18, SMALL_CNN, source_state
+from conftest import RESNET18, SMALL_CNN, optim, source_state
 from transferlab.backbones import build_backbone
 from transferlab.errors import ConfigError
 from transferlab.training.module import TransferModule
 from transferlab.transfer.plan import build_target_net, resolve_plan
 
 SHAPE = (3, 16, 16)
-OPTIM = {"lr": 0.1, "weight_decay": 0.01, "optimizer": "adamw", "max_epochs": 2}
+OPTIM = optim(lr=0.1)
 
 
 def _transfer(**kw):
@@ -208,7 +208,8 @@ def test_l2sp_penalty_pulls_toward_source_and_replaces_weight_decay():
     (["transfer=gradual", "train.max_epochs=4"], "transfer.unfreeze_every=1: small enough to release all 4"),
     (["transfer=lp_ft", "transfer.lp_epochs=4", "train.max_epochs=4"], "transfer.lp_epochs=4: fewer than"),
     (["train.lr_decay=1.5"], "train.lr_decay=1.5"),
-    (["train.scheduler=onecycle"], "train.scheduler='onecycle'"),
+    (["train.scheduler._target_=torch.optim.lr_scheduler.OneCycle"],
+     "train.scheduler._target_='torch.optim.lr_scheduler.OneCycle': an importable scheduler class or factory"),
 ])
 def test_config_level_errors_come_before_any_training(make_cfg, overrides, needle):
     from transferlab.run.setup import prepare

@@ -128,7 +128,7 @@ def test_a_killed_point_reuses_only_candidates_that_verify(make_cfg, monkeypatch
 
 
 def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):
-    rec = run(make_cfg("tune.train.lr=[1e-3,1e12]", "train.optimizer=sgd", *POINT))
+    rec = run(make_cfg("tune.train.lr=[1e-3,1e12]", "train/optimizer=sgd", *POINT))
     ok, lost = rec["tuning"]["candidates"]
     assert rec["status"] == "ok" and rec["tuning"]["chosen"] == {"train.lr": 1e-3}
     assert lost["status"] == "failed" and lost["score"] is None and "NonFiniteLossError" in lost["error"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import recomputed_test_acc
+from conftest import group_file, recomputed_test_acc
 from test_protocol import TRAINER, CrashAfter, Scripted
 from transferlab.errors import ConfigError
 from transferlab.run import convergence, identity
@@ -57,8 +57,8 @@ def test_val_checks_spread_linear_or_log_and_always_end_on_the_last_epoch():
 def test_fixed_epoch_and_plateau_add_their_epochs():
     fixed = budget.plan(_train(val_every_steps=8, select="fixed_epoch", select_epoch=13), n_train=10)
     assert 13 in fixed.val_epochs and len(fixed.val_epochs) == 41
-    plateau = budget.plan(_train(val_every_steps=8, scheduler="plateau"), n_train=10)
-    assert plateau.val_epochs == tuple(range(1, 321)) and "plateau" in plateau.val_rule
+    plateau = budget.plan(_train(val_every_steps=8, scheduler=group_file("scheduler", "plateau")), n_train=10)
+    assert plateau.val_epochs == tuple(range(1, 321)) and "reads val/acc" in plateau.val_rule
 
 
 # ---------------------------------------------------------------- selection on the checks

@@ -13,7 +13,7 @@ choice *or* something else stay `Any` and are checked there: `transfer.freeze` (
 `<task>.normalize` (a name or {mean, std}), `trainer.devices`, `lease.slots`.
 
 Closed choices are `Choice` enums: a str subclass whose members compare, hash, print and JSON-encode as their
-value, so code reading `cfg.train.optimizer` sees "adamw". Everything that leaves the config as data (identity,
+value, so code reading `cfg.transfer.upper` sees "drop". Everything that leaves the config as data (identity,
 result.json, W&B, the sweeper's fingerprint) goes through `plain`, which turns them into plain strings.
 
 The root keys (`seed`, `data_seed`, `name`) have no schema: a structured root would have to declare every
@@ -45,18 +45,6 @@ class Choice(str, Enum):
     @classmethod
     def values(cls) -> list[str]:
         return [m.value for m in cls]
-
-
-class Optimizer(Choice):
-    adamw = "adamw"
-    adam = "adam"
-    sgd = "sgd"
-
-
-class Scheduler(Choice):
-    none = "none"
-    cosine = "cosine"
-    plateau = "plateau"
 
 
 class FeatureCache(Choice):
@@ -206,16 +194,32 @@ class Accelerator(Choice):
 
 
 # ---------------------------------------------------------------- optimisation: pretrain (source), train (target)
+# What the old spellings of the optimizer keys became (one clear error names the new one: `moved`).
+OPTIM_NODES = {
+    "optimizer": "a `_target_` node: pick one with {group}/optimizer=<adamw|adam|sgd|lamb> (conf/{group}/optimizer/), "
+                 "or give your own: {group}.optimizer._target_=<class>",
+    "scheduler": "a `_target_` node or null: pick one with {group}/scheduler=<none|cosine|plateau> "
+                 "(conf/{group}/scheduler/), or give your own: {group}.scheduler._target_=<class>",
+}
+MOVED = {"momentum": "{group}.optimizer.momentum (with {group}/optimizer=sgd)"}
+
+
 @dataclass
 class OptimConfig:
-    """What both trainings share; each group sets its own epochs and batch size."""
+    """What both trainings share; each group sets its own epochs and batch size.
+
+    `optimizer` and `scheduler` are Hydra `_target_` + `_partial_` nodes (training/optim.py completes them with the
+    parameter groups and the fit's epochs); which one a group starts with is its defaults list's choice
+    (conf/<group>/default.yaml), their arguments are the group files' (conf/<group>/optimizer/*.yaml), so no
+    default of theirs lives here. `lr` and `weight_decay` stay keys of the group, not of the node: the framework
+    gives them to every parameter group (per block, 1-D parameters without decay)."""
 
     max_epochs: int = MISSING
     lr: float = 1e-3
     batch_size: int = MISSING
     weight_decay: float = 1e-4
-    optimizer: Optimizer = Optimizer.adamw
-    momentum: float = 0.9  # sgd only
+    optimizer: Dict[str, Any] = MISSING
+    scheduler: Optional[Dict[str, Any]] = None  # null: no schedule (conf/<group>/scheduler/none.yaml)
     decay_norm_and_bias: bool = False
 
 
@@ -235,7 +239,6 @@ class TrainConfig(OptimConfig):
     channels_last: bool = False
     compile: bool = False
     lr_decay: float = 1.0
-    scheduler: Scheduler = Scheduler.none
     # the step budget (training/budget.py) and model selection (training/callbacks.py)
     budget: Budget = Budget.epochs
     min_steps: Optional[int] = None  # null: no floor
@@ -264,6 +267,8 @@ NOT_TUNABLE: dict[str, str] = {
     "feature_cache_max_gb": "a speed setting (results unchanged)",
     "channels_last": "a speed setting (results unchanged)",
     "compile": "a speed setting (results unchanged)",
+    "optimizer": "a `_target_` node, not a value: compare optimizers as sweep points (-m train/optimizer=adamw,sgd)",
+    "scheduler": "a `_target_` node, not a value: compare schedules as sweep points (-m train/scheduler=none,cosine)",
 }
 _SCALARS = (bool, int, float, str)
 
@@ -620,7 +625,7 @@ def _strings(obj: Any) -> Any:
 
 def plain(config: Any) -> Any:
     """The resolved config as plain data (dicts, lists, str/int/float/bool/None): the one conversion used for
-    identity, result.json, W&B and the sweeper's fingerprint, so they all see "adamw", never Optimizer.adamw."""
+    identity, result.json, W&B and the sweeper's fingerprint, so they all see "drop", never Upper.drop."""
     if OmegaConf.is_config(config):
         return OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     return _strings(config)
@@ -701,6 +706,29 @@ def _field_type(object_type: Any, key: Any) -> Any:
         return None
 
 
+def _moved(exc: BaseException, prefix: str) -> ConfigError | None:
+    """The ConfigError for a key that moved (`train.momentum=0.9`: now `train.optimizer.momentum`), found in `exc`
+    or its causes; None otherwise. The value is read from Hydra's message ("use +train.momentum=0.9"), the only
+    place it is."""
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    seen: BaseException | None = exc
+    value = None
+    while seen is not None:
+        given = re.search(r"use \+(\S+?)=(.*)$", str(seen), re.MULTILINE)
+        value = given.group(2) if given and value is None else value
+        if isinstance(seen, (ConfigAttributeError, ConfigKeyError)):
+            key = ".".join(k for k in (prefix, str(getattr(seen, "full_key", "") or "")) if k)
+            group, _, name = key.rpartition(".")
+            if name in MOVED and group in ("train", "pretrain"):
+                return ConfigError(Problem(key, value, f"moved to {MOVED[name].format(group=group)}"))
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
     """The ConfigError for a value the schema refused (a wrong type, a value outside an enum), found in `exc` or
     its causes (Hydra wraps OmegaConf's error while composing), or for an unknown key under `tune` (what can be
@@ -708,6 +736,9 @@ def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
     `prefix` is prepended to the key (a group typed on its own)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+    moved = _moved(exc, prefix)
+    if moved is not None:
+        return moved
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, ValidationError):
         unknown = isinstance(seen, (ConfigKeyError, ConfigAttributeError))
@@ -718,6 +749,9 @@ def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
         return None
     full_key = str(getattr(seen, "full_key", "") or getattr(seen, "key", "") or "")
     key = ".".join(k for k in (prefix, full_key) if k)
+    group, _, name = key.rpartition(".")
+    if name in OPTIM_NODES and group in ("train", "pretrain"):  # the old spelling `train.optimizer=sgd`
+        return ConfigError(Problem(key, getattr(seen, "value", None), OPTIM_NODES[name].format(group=group)))
     tp = _field_type(getattr(seen, "object_type", None), getattr(seen, "key", None))
     value = getattr(seen, "value", None)
     allowed = _describe(tp) if tp is not None else str(getattr(seen, "msg", seen)).splitlines()[0]

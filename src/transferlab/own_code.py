@@ -81,7 +81,7 @@ def locate(target: Any, key: str) -> Callable[..., Any]:
         raise ConfigError(problem(key, target, "the import path of your class or function, e.g. mypkg.nets.MyNet "
                                               "(importable: installed, or its folder on PYTHONPATH)"))
     try:
-        obj = _import(str(target))
+        obj = resolve(str(target))
     except Exception as e:  # noqa: BLE001 - not found, or the module's own code failed: its error, one line
         raise ConfigError(problem(key, target, f"an importable class or function (installed, or its folder on "
                                                f"PYTHONPATH); {type(e).__name__}: {_one_line(e)}")) from None
@@ -90,7 +90,7 @@ def locate(target: Any, key: str) -> Callable[..., Any]:
     return obj
 
 
-def _import(target: str) -> Any:
+def resolve(target: str) -> Any:
     """What a dotted path names: its first part imported, then each next part an attribute or, failing that, a
     submodule (what Hydra's `_target_` resolution does, without its log line). A module that exists but fails to
     import raises its own error."""

@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping
 
 from transferlab.config import cli_value, flatten
 from transferlab.run.record import RESULT_FILE, RunRecord
+from transferlab.training import optim as optim_nodes
 
 PROGRAM = "python -m transferlab.train"  # sweep.json records the arguments after the program
 MAX_VALUES = 8  # values listed per varied key before "... (k values)"
@@ -55,6 +56,7 @@ PRESET_GROUPS = ("source", "target", "backbone")  # config groups chosen as a pr
 PRESET_KEYS = ("kind", "name")
 TRAIN_KEYS = (("max_epochs", "epochs (max)"), ("lr", "lr"), ("batch_size", "batch"), ("optimizer", "optimizer"),
               ("weight_decay", "weight decay"), ("scheduler", "scheduler"))
+NODE_KEYS = ("optimizer", "scheduler")
 
 
 @dataclass
@@ -236,7 +238,11 @@ def _training(records: list[RunRecord]) -> list[tuple[str, str]]:
             recs = [r for r in recs if r.cut not in (0, None) or r.source_cache not in (None, "none", "unused")]
         parts = []
         for key, name in TRAIN_KEYS:  # a tuned key: the value each point chose (its config's is never read)
-            vals = [_chosen(r).get(f"{group}.{key}", flatten(r.config).get(f"{group}.{key}")) for r in recs]
+            if key in NODE_KEYS:  # `_target_` nodes (or a name, in records made before them)
+                vals = [optim_nodes.describe(r.config[group].get(key)) if isinstance(r.config.get(group), Mapping)
+                        else None for r in recs]
+            else:
+                vals = [_chosen(r).get(f"{group}.{key}", flatten(r.config).get(f"{group}.{key}")) for r in recs]
             if any(v is not None for v in vals):
                 parts.append(f"{name} {_values(vals)}")
         if parts:

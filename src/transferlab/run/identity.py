@@ -16,6 +16,12 @@ its identity leaves out `source` and `pretrain`: the baseline of two sweeps that
 one run. The matched-compute baseline (`transfer=scratch_long`, `transfer.source_compute=true`) copies nothing
 either, but its budget counts the source pretraining's steps, so it keeps them.
 
+The optimizer and scheduler are `_target_` nodes (training/optim.py): their target and every argument are
+identity. A node of the built-in group files with the arguments that were fixed before they were nodes reduces to
+the fields that named it then (`optimizer: adamw`, `momentum`, `scheduler: none`; `LEGACY_*` below), so a run made
+then and the same run made now share one fingerprint and no finished result is recomputed; any other node is in
+the identity as it is.
+
 `fingerprint` is the identity's hash: it names a run in result.json, decides whether a sweep point is done,
 whether a checkpoint may be resumed, and (minus the seeds, `group_key`) which runs the report pools as seeds of
 one arm. The source-model cache key is the same idea restricted to what shapes the source model
@@ -75,6 +81,18 @@ SAMPLE_SIZE = ("target.n_per_class", "target.n_train")
 # What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains, its
 # tuning grid included (run/tuning.py: arms tuned over their own grids are compared in one panel).
 ARM_GROUPS = ("transfer", "peft", "source", "pretrain", "tune")
+
+# The optimizer and scheduler nodes that train exactly as the names of the old schema did (same class, same
+# arguments; lr and weight decay came, and come, from the parameter groups), by the fields those names left in the
+# identity. The old schema's `momentum` (0.9) was in every run's identity and read by sgd only; cosine's T_max was,
+# and is, the fit's epochs; plateau followed val/acc (mode max) with factor 0.5, patience 2. `pretrain` had no
+# scheduler: without one its identity is as before.
+LEGACY_MOMENTUM = 0.9
+LEGACY_OPTIMIZERS = {"torch.optim.AdamW": ("adamw", ()), "torch.optim.Adam": ("adam", ()),
+                     "torch.optim.SGD": ("sgd", ("momentum",))}
+LEGACY_SCHEDULERS = {"torch.optim.lr_scheduler.CosineAnnealingLR": ("cosine", {}),
+                     "torch.optim.lr_scheduler.ReduceLROnPlateau": ("plateau", {"factor": 0.5, "patience": 2})}
+OPTIM_GROUPS = ("train", "pretrain")
 
 # Files each task kind reads (torch-free). torchvision: the folders/files its dataset classes read under
 # paths.data_dir (tests/test_identity.py checks them against torchvision).
@@ -138,14 +156,60 @@ def reads_no_source(config: Mapping) -> bool:
 
 
 # ---------------------------------------------------------------- the identity
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _legacy_optimizer(n: Any) -> dict | None:
+    """{"optimizer": name, "momentum": m} for a node the old schema named, else None."""
+    if not isinstance(n, dict) or n.get("_partial_") is not True or n.get("_target_") not in LEGACY_OPTIMIZERS:
+        return None
+    name, args = LEGACY_OPTIMIZERS[n["_target_"]]
+    given = {k: v for k, v in n.items() if k not in ("_target_", "_partial_")}
+    if set(given) != set(args) or not all(_is_number(v) for v in given.values()):
+        return None
+    return {"optimizer": name, "momentum": float(given.get("momentum", LEGACY_MOMENTUM))}
+
+
+def _legacy_scheduler(n: Any) -> str | None:
+    """The old schema's name of a scheduler node ("none" for no node: null, or none.yaml's `_target_: null`), else
+    None."""
+    if n is None or n == {} or n == {"_target_": None, "_partial_": True}:
+        return "none"
+    if not isinstance(n, dict) or n.get("_partial_") is not True or n.get("_target_") not in LEGACY_SCHEDULERS:
+        return None
+    name, args = LEGACY_SCHEDULERS[n["_target_"]]
+    given = {k: v for k, v in n.items() if k not in ("_target_", "_partial_")}
+    return name if given == args else None
+
+
+def optim_identity(group: dict, name: str) -> dict:
+    """`train` or `pretrain` (plain) with its optimizer and scheduler nodes as the identity holds them (see the
+    module docstring): a built-in node the old schema named by its old fields, any other node whole."""
+    g = dict(group)
+    legacy = _legacy_optimizer(g.get("optimizer"))
+    if legacy is not None:
+        g.update(legacy)
+    scheduler = _legacy_scheduler(g.get("scheduler"))
+    if scheduler == "none" and name == "pretrain":
+        g.pop("scheduler", None)  # a pretraining without a schedule, as before it could have one
+    elif scheduler is not None:
+        g["scheduler"] = scheduler
+    return g
+
+
 def identity_config(config: Any) -> dict:
     """The resolved config as far as it can change a result: neutral keys out, devices as a count, no source for
     a run that copies nothing, only the PEFT method's own keys of `peft` (none of them with `peft=none`: a run
-    as before PEFT existed), and of `tune` only the tuned keys' grids, which replace those keys' `train` values
-    (no `tune` at all for an untuned point: a run as before tuning existed)."""
+    as before PEFT existed), the optimizer and scheduler nodes as `optim_identity` holds them, and of `tune` only
+    the tuned keys' grids, which replace those keys' `train` values (no `tune` at all for an untuned point: a run as
+    before tuning existed)."""
     c = _plain(config)
     for key in NEUTRAL:
         drop(c, key)
+    for name in OPTIM_GROUPS:
+        if isinstance(c.get(name), dict):
+            c[name] = optim_identity(c[name], name)
     grid = tune_grid(c)
     if grid:  # a tuned point: the grid is its identity, the tuned keys' own values are never read
         c["tune"] = {"train": {k.split(".", 1)[1]: v for k, v in grid.items()}}
@@ -250,6 +314,23 @@ def inputs(config: Any) -> dict[str, dict[str, str]]:
     code = _code_input(c.get("backbone") or {})
     if code is not None:
         out["backbone.code"] = code
+    out.update(optim_code_inputs(c))
+    return out
+
+
+def optim_code_inputs(c: Mapping) -> dict[str, dict[str, str]]:
+    """The code of an optimizer or scheduler of your own (`train.optimizer._target_=mypkg.opt.MyOpt`, outside
+    torch and timm: `training.optim.own_target`), keyed `<group>.<kind>.code` (`pretrain.*` only when the run reads
+    its source)."""
+    from transferlab.training.optim import KEYS, own_target
+
+    out = {}
+    for key in KEYS:
+        if key.startswith("pretrain.") and reads_no_source(c):
+            continue
+        path = own_target(get(c, key))
+        if path is not None:
+            out[f"{key}.code"] = {"files": str(own_code.code_path(path) or path), "sha256": own_code.code_digest(path)}
     return out
 
 
@@ -300,7 +381,8 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
     part = {k: c.get(k) for k in ("source", "backbone", "pretrain", "trainer")}
     if isinstance(part["trainer"], dict):
         part["trainer"] = single_device(part["trainer"], machine=False)
-    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights", "backbone.code")}
+    files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights", "backbone.code")
+             or k.startswith("pretrain.")}  # an own pretraining optimizer's or scheduler's code
     return _digest({"config": part, "inputs": files, "data": data})
 
 

@@ -30,7 +30,7 @@ from transferlab.run import identity
 from transferlab.tasks import TaskData, build_task
 from transferlab.tasks.budget_val import with_budget_val
 from transferlab.training import budget as budget_mod
-from transferlab.training import options
+from transferlab.training import optim, options
 from transferlab.training.scratch_long import source_steps
 from transferlab.transfer.plan import TransferPlan, resolve_plan
 
@@ -87,7 +87,8 @@ def check_seeds(cfg: DictConfig) -> list[Problem]:
 
 
 def check_optim(cfg: DictConfig) -> list[Problem]:
-    """Ranges of the optimisation keys (their types are the schema's)."""
+    """Ranges of the optimisation keys (their types are the schema's); the optimizer and scheduler nodes are
+    `optim.check`'s."""
     out = []
     for group in ("pretrain", "train"):
         g = cfg[group]
@@ -99,8 +100,6 @@ def check_optim(cfg: DictConfig) -> list[Problem]:
             out.append(problem(f"{group}.batch_size", g.batch_size, "an integer >= 1"))
         if not _is_num(g.weight_decay) or g.weight_decay < 0:
             out.append(problem(f"{group}.weight_decay", g.weight_decay, "a finite number >= 0"))
-        if not 0 <= g.momentum < 1:
-            out.append(problem(f"{group}.momentum", g.momentum, "a number in [0, 1)"))
     return out
 
 
@@ -287,7 +286,7 @@ def check_tune(cfg: DictConfig) -> list[Problem]:
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
     check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_ddp, check_lease,
-    check_checkpoint, check_resume, options.check, check_cache_dir, check_tune,
+    check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
 ]
 
 

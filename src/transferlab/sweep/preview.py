@@ -84,7 +84,7 @@ STACK_FIT_S = 0.3         # the longer of the two fit_stacked probes runs about 
 STACK_EPOCHS = (3, 30)    # epochs, within these bounds, gives the per-epoch work)
 # train.* keys that change neither a batch's nor a validation pass's compute (only how many there are, or values)
 BUDGET_KEYS = ("max_epochs", "min_steps", "max_steps", "budget", "select", "select_epoch", "lr", "weight_decay",
-               "momentum", "lr_decay", "val_every_steps", "val_checks", "val_spacing")
+               "lr_decay", "val_every_steps", "val_checks", "val_spacing")
 NEUTRAL_TRAINER = ("enable_progress_bar", "log_every_n_steps")
 QUIET = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "transferlab", "torch")
 
@@ -509,8 +509,7 @@ def _shape_key(cfg: Any, prep: Any, net: Any, decision: Any) -> str:
 
 def _pretrain_key(cfg: Any, source: Any) -> str:
     c = _plain(cfg)
-    return _key({"pretrain": _without(c.get("pretrain") or {}, ("seed", "max_epochs", "lr", "weight_decay",
-                                                                   "momentum")),
+    return _key({"pretrain": _without(c.get("pretrain") or {}, ("seed", "max_epochs", "lr", "weight_decay")),
                  "backbone": c.get("backbone"), "trainer": _without(c.get("trainer") or {}, NEUTRAL_TRAINER),
                  "input": list(source.input_shape), "classes": source.num_classes, "n": len(source.train_indices),
                  "val": len(source.val_y), "test": len(source.test_y), "logger": (c.get("logger") or {}).get("kind")})

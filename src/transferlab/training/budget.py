@@ -29,14 +29,15 @@ Validation therefore runs on a schedule of optimizer steps, at epoch ends (whole
     else val_every_steps=V after every epoch in which the step count passes a multiple of V: one check per V
                            steps on short epochs, every epoch once an epoch holds V steps or more (today's
                            behaviour for long epochs); V = 1 validates every epoch
-    always                 the last epoch; train.select=fixed_epoch's select_epoch; and every epoch under
-                           scheduler=plateau (whose patience counts validated epochs)
+    always                 the last epoch; train.select=fixed_epoch's select_epoch; and every epoch under a
+                           scheduler that reads val/acc (train/scheduler=plateau, whose patience counts
+                           validated epochs)
 
 Model selection (`train.select`), the learning curves in result.json (`val/acc_history` with
 `val/epoch_history`) and the convergence verdict (run/convergence.py) are all on these checks. The schedule is
 part of the run's identity (its keys are train.* keys).
 
-Torch-free: run/setup.py plans the budget while validating (a select_epoch or lp_epochs beyond the planned epochs
+Torch-free (but for a scheduler node, whose class is imported to know whether it reads val/acc): run/setup.py plans the budget while validating (a select_epoch or lp_epochs beyond the planned epochs
 is a config error before any training).
 """
 
@@ -45,6 +46,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
+
+from transferlab.training.optim import reads_metric
 
 RULE = ("epochs = ceil(steps asked / steps per epoch); steps asked = max_epochs x steps per epoch (budget=epochs) "
         "or max_steps (budget=steps), at least min_steps, at most max_steps (budget=epochs), plus source_steps "
@@ -94,8 +97,8 @@ def val_schedule(train: Mapping[str, Any], epochs: int, steps_per_epoch: int) ->
     select, select_epoch, scheduler; validated by run/setup.py). The rule: this module's docstring."""
     epochs, spe = max(1, int(epochs)), max(1, int(steps_per_epoch))
     checks, every = train.get("val_checks"), train.get("val_every_steps")
-    if str(train.get("scheduler") or "none") == "plateau":
-        chosen, rule = set(range(1, epochs + 1)), "every epoch (scheduler=plateau)"
+    if reads_metric(train.get("scheduler")):
+        chosen, rule = set(range(1, epochs + 1)), "every epoch (the scheduler reads val/acc)"
     elif checks is not None:
         c = int(checks)
         if str(train.get("val_spacing") or "linear") == "log" and c > 1:

@@ -21,13 +21,11 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
-from transferlab.config import Optimizer, Scheduler
+from transferlab.training import optim as optim_nodes
 from transferlab.transfer.l2sp import L2SP
 from transferlab.transfer.network import TransferNet
 from transferlab.transfer.plan import TransferPlan
 
-OPTIMIZERS = tuple(Optimizer.values())  # the schema's choices (transferlab.config)
-SCHEDULERS = tuple(Scheduler.values())
 STAGES = ("train", "val", "test")
 
 
@@ -156,10 +154,10 @@ class TransferModule(L.LightningModule):
         pull them toward zero); `<block>.l2sp` holds transferred parameters under L2-SP, whose penalty replaces
         weight decay (Li et al.).
         """
-        lr, wd = float(self.optim["lr"]), float(self.optim.get("weight_decay", 0.0))
-        gamma = self.optim.get("lr_decay")
-        gamma = 1.0 if gamma is None else float(gamma)
-        decay_1d = bool(self.optim.get("decay_norm_and_bias", False))
+        lr, wd = float(self.optim["lr"]), float(self.optim["weight_decay"])
+        # pretrain has no lr_decay key: the source network trains as one, layer-wise rates are a transfer setting
+        gamma = float(self.optim["lr_decay"]) if "lr_decay" in self.optim else 1.0
+        decay_1d = bool(self.optim["decay_norm_and_bias"])
         by_block = {"head": [(f"head.{n}", p) for n, p in self.net.head.named_parameters()]}  # it always trains
         no_decay = self.net.backbone.no_weight_decay  # a ViT's embeddings, as timm's no_weight_decay()
         for name, p in self.net.backbone_parameters():
@@ -182,30 +180,5 @@ class TransferModule(L.LightningModule):
         return groups
 
     def configure_optimizers(self):
-        return optimizers(self.optim, self.param_groups())
-
-
-def optimizers(optim: dict[str, Any], groups: list[dict[str, Any]]):
-    """The optimizer over `groups` (`TransferModule.param_groups`) and its LR schedule, as Lightning takes them from
-    `configure_optimizers`; shared with a vectorised group's stacked module (`training.stacked`), whose groups hold
-    the members' stacked tensors: every optimizer here is elementwise, so each member steps as it would alone."""
-    name = optim.get("optimizer", "adamw")
-    lr = float(optim["lr"])
-    if name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr)
-    elif name == "adam":
-        opt = torch.optim.Adam(groups, lr=lr)
-    elif name == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=float(optim["momentum"]))
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; one of {OPTIMIZERS}")
-    scheduler = str(optim.get("scheduler") or "none")
-    if scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(optim["max_epochs"])))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-    if scheduler == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/acc", "interval": "epoch"}}
-    if scheduler != "none":
-        raise ValueError(f"unknown scheduler {scheduler!r}; one of {SCHEDULERS}")
-    return opt
+        """The config's optimizer over `param_groups` and its schedule (training/optim.py)."""
+        return optim_nodes.configure(self.optim, self.param_groups())

@@ -9,9 +9,10 @@ group pays once for K members. On a GPU the stacked arithmetic itself runs K mem
 What stays each member's own, so that a member's result is its separate run's (tests/test_stacked.py):
 - its initialisation and nested target subset (each member is built by its own `Experiment.build`);
 - its batch order (its own `TensorBatches`, stacked batch by batch);
-- its optimisation: AdamW/Adam/SGD and their weight decay are elementwise, so one optimizer over the stacked
-  tensors steps each member as its own would; the loss is the sum of the members' mean losses, whose gradient
-  with respect to a member's slice is that member's gradient;
+- its optimisation: one optimizer over the stacked tensors steps each member as its own would only when its
+  update is elementwise (SGD, Adam, AdamW and the others of `optim.ELEMENTWISE`, weight decay included); any
+  other optimizer keeps the members apart (`why_sequential`); the loss is the sum of the members' mean losses,
+  whose gradient with respect to a member's slice is that member's gradient;
 - its BatchNorm statistics (stacked buffers, updated in place under vmap);
 - its dropout masks: drawn outside vmap from the member's own copy of the global RNG, in the order and with the
   calls torch's CPU dropout makes (`MemberDropout`), so they are the masks its separate run draws;
@@ -44,7 +45,8 @@ from transferlab.training.batches import TensorBatches
 from transferlab.training.callbacks import LAST, PlanSchedule, non_finite, replaces
 from transferlab.training.checkpoints import SafeCheckpointIO, _start_over
 from transferlab.training.fit import FitOutcome
-from transferlab.training.module import TransferModule, optimizers
+from transferlab.training import optim as optim_nodes
+from transferlab.training.module import TransferModule
 from transferlab.training.progress import ProgressLine
 from transferlab.transfer.plan import TransferPlan
 
@@ -112,8 +114,11 @@ def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: lis
         return "PEFT modules (LoRA, VPT) are not stacked"
     if any(m.module.l2sp for m in members):
         return "L2-SP's anchor is per member"
-    if str(train_cfg.get("scheduler") or "none") == "plateau":
-        return "the plateau schedule follows each member's own val/acc"
+    if optim_nodes.reads_metric(train_cfg.get("scheduler")):
+        return f"the scheduler {optim_nodes.target(train_cfg.get('scheduler'))} follows each member's own val/acc"
+    not_elementwise = optim_nodes.why_not_stacked(train_cfg.get("optimizer"))
+    if not_elementwise:
+        return not_elementwise
     if bool(train_cfg.get("compile")):
         return "train.compile"
     if trainer.get("gradient_clip_val"):
@@ -383,7 +388,7 @@ class StackedModule(L.LightningModule):
     def configure_optimizers(self):
         groups = [{k: v for k, v in g.items() if k != "names"} | {"params": [self.trained[_key(n)] for n in g["names"]]}
                   for g in self._groups]
-        return optimizers(self.optim, groups)
+        return optim_nodes.configure(self.optim, groups)
 
 
 class StackedBatches:
