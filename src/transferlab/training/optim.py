@@ -120,6 +120,8 @@ def reads_metric(value: Any) -> bool:
     path = target(value)
     if path is None:
         return False
+    if path.startswith("torch.optim.lr_scheduler."):  # torch's own say it by name: no torch import (the report)
+        return path.rsplit(".", 1)[1] == "ReduceLROnPlateau"
     import torch
 
     try:
