@@ -366,6 +366,17 @@ def test_unknown_key_fails_before_any_point_folder_with_hydras_message(tmp_path)
     assert not (tmp_path / "outputs" / "sweeps" / "tiny").exists()
 
 
+def test_a_bad_value_anywhere_in_a_grid_is_one_error_before_any_point_runs(tmp_path):
+    from conftest import cli_problems
+
+    out = run_cli("-m", "target.n_per_class=2,-3,0", "train.lr=0.01,-1", *TINY, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert sorted(cli_problems(out.stderr)) == ["target.n_per_class=-3: null (all) or an integer >= 1",
+                                               "target.n_per_class=0: null (all) or an integer >= 1",
+                                               "train.lr=-1.0: a finite number > 0"]
+    assert "Traceback" not in out.stderr and not (tmp_path / "outputs").exists()  # not one point ran
+
+
 def _records(sweep_dir: Path) -> dict[str, RunRecord]:
     return {p.parent.name: RunRecord.read(p) for p in find_results(sweep_dir)}
 

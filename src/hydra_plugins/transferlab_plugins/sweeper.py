@@ -108,10 +108,12 @@ class TransferlabSweeper(BasicSweeper):
         from transferlab.run.ddp import refuse_in_sweep
         from transferlab.run.identity import fingerprint
         from transferlab.run.lease import per_device
+        from transferlab.run.values import check_values
 
         cfg = self._point_config(overrides, out_dir)  # resolved as the run resolves it
         refuse_in_sweep(cfg)  # one device per point: ConfigError (exit 2) before any folder exists
         per_device(cfg)  # lease.per_device >= 1, likewise
+        check_values(cfg)  # a bad value anywhere in the grid: nothing runs (run/values.py)
         return fingerprint(cfg)
 
     def _point_config(self, overrides: List[str], out_dir: str) -> DictConfig:
@@ -182,12 +184,19 @@ class TransferlabSweeper(BasicSweeper):
 
     def _fingerprint(self, points: list, sweep_dir: Path) -> list:
         """Each point's fingerprint and folder; a point whose config equals an earlier one's is run once."""
+        from transferlab.errors import ConfigError
+
         master = HydraConfig.instance().cfg
         by_hash: dict[str, Any] = {}
+        problems: dict[str, Any] = {}  # every point's, each line once: the whole grid's problems in one error
         try:
             for p in points:
                 p.dir = str(sweep_dir / p.name)
-                p.hash = self._point_hash(list(p.overrides), p.dir)
+                try:
+                    p.hash = self._point_hash(list(p.overrides), p.dir)
+                except ConfigError as e:
+                    problems.update((str(item), item) for item in e.items)
+                    continue
                 if p.hash in by_hash:  # same config reached through other overrides: run it once
                     log.info("point %s has the same config as %s; not run twice", p.name, by_hash[p.hash].name)
                     continue
@@ -195,6 +204,8 @@ class TransferlabSweeper(BasicSweeper):
         finally:
             HydraConfig.instance().cfg = master
             self._bases.clear()
+        if problems:
+            raise ConfigError(list(problems.values()))
         return list(by_hash.values())
 
     def _select(self, points: list, sweep_dir: Path) -> None:

@@ -9,14 +9,14 @@ every problem, one line each: key, value, what is allowed. It steers on the prob
 the target task is not loaded), never on their text.
 
 Checks are small functions in two lists, so adding one is one function and one list entry:
-- `CONFIG_CHECKS`: `(cfg) -> list[Problem]`, the config alone (no data read);
+- `CONFIG_CHECKS`: `(cfg) -> list[Problem]`, the config alone (no data read); those that read neither the machine
+  nor torch live in `run/values.py` (`VALUE_CHECKS`), which the sweeper also runs on every point before launching;
 - `PLAN_CHECKS`: `(cfg, ctx) -> list[Problem]`, once the target task, backbone and transfer plan are known.
 A check may also raise ConfigError; its problems are collected like returned ones, and every check still runs.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +27,23 @@ from omegaconf import DictConfig
 from transferlab.backbones import FAMILIES, BlockBackbone, build_structure, family_of
 from transferlab.errors import ConfigError, Problem, problem
 from transferlab.run import identity
+from transferlab.run.values import (
+    VALUE_CHECKS,
+    _is_int,
+    _is_num,
+    _seed_ok,
+    check_budget,
+    check_checkpoint,
+    check_optim,
+    check_seeds,
+    check_task_sizes,
+)
 from transferlab.tasks import TaskData, build_task
 from transferlab.tasks.budget_val import with_budget_val
 from transferlab.training import budget as budget_mod
 from transferlab.training import optim, options
 from transferlab.training.scratch_long import source_steps
 from transferlab.transfer.plan import TransferPlan, resolve_plan
-
-SEED_MAX = 2**32 - 1  # numpy's and Lightning's bound
 
 
 @dataclass
@@ -54,121 +63,6 @@ class Context:
     backbone: BlockBackbone | None = None
     plan: TransferPlan | None = None
     budget: budget_mod.StepBudget | None = None
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _seed_ok(v) -> bool:
-    return _is_int(v) and 0 <= v <= SEED_MAX
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# ---------------------------------------------------------------- config-only checks
-
-
-def check_seeds(cfg: DictConfig) -> list[Problem]:
-    """The root keys have no schema (see transferlab.config), so the seeds' type is checked here too."""
-    from omegaconf import OmegaConf
-
-    out = []
-    seeds = (("seed", cfg, "seed"), ("data_seed", cfg, "data_seed"), ("pretrain.seed", cfg.pretrain, "seed"))
-    for key, node, name in seeds:
-        if key != "seed" and OmegaConf.is_interpolation(node, name):
-            continue  # `${seed}`: already reported as seed
-        v = node.get(name)
-        if not _seed_ok(v):
-            out.append(problem(key, v, f"an integer in 0..{SEED_MAX} (0 is a valid seed)"))
-    return out
-
-
-def check_optim(cfg: DictConfig) -> list[Problem]:
-    """Ranges of the optimisation keys (their types are the schema's); the optimizer and scheduler nodes are
-    `optim.check`'s."""
-    out = []
-    for group in ("pretrain", "train"):
-        g = cfg[group]
-        if g.max_epochs < 1:
-            out.append(problem(f"{group}.max_epochs", g.max_epochs, "an integer >= 1"))
-        if not _is_num(g.lr) or g.lr <= 0:
-            out.append(problem(f"{group}.lr", g.lr, "a finite number > 0"))
-        if g.batch_size < 1:
-            out.append(problem(f"{group}.batch_size", g.batch_size, "an integer >= 1"))
-        if not _is_num(g.weight_decay) or g.weight_decay < 0:
-            out.append(problem(f"{group}.weight_decay", g.weight_decay, "a finite number >= 0"))
-    return out
-
-
-def _check_sizes(task: DictConfig, key: str) -> list[Problem]:
-    out = []
-    for name in ("n_per_class", "n_train"):
-        v = task[name]
-        if v is not None and v < 1:
-            out.append(problem(f"{key}.{name}", v, "null (all) or an integer >= 1"))
-    if task.n_per_class is not None and task.n_train is not None:
-        out.append(problem(f"{key}.n_train", task.n_train, f"null when {key}.n_per_class is set (pick one)"))
-    per_class = task.get("val_per_class")
-    if per_class is not None and per_class < 1:
-        out.append(problem(f"{key}.val_per_class", per_class, "null (val_size / val_fraction) or an integer >= 1"))
-    elif per_class is not None and task.get("val_size") is not None:
-        out.append(problem(f"{key}.val_size", task.val_size, f"null when {key}.val_per_class is set (pick one)"))
-    cap = task.get("val_cap_per_class")
-    if cap is not None and cap < 1:
-        out.append(problem(f"{key}.val_cap_per_class", cap, "null (the whole val split) or an integer >= 1"))
-    return out
-
-
-def check_task_sizes(cfg: DictConfig) -> list[Problem]:
-    out = _check_sizes(cfg.target, "target")
-    if cfg.source.kind != "none":
-        out += _check_sizes(cfg.source, "source")
-    return out
-
-
-def check_budget(cfg: DictConfig) -> list[Problem]:
-    """The step budget and model selection keys (training/budget.py, training/callbacks.py), and the matched-compute
-    baseline's need for a source it can count."""
-    t, out = cfg.train, []
-    for name in ("min_steps", "max_steps"):
-        v = t[name]
-        if v is not None and v < 1:
-            out.append(problem(f"train.{name}", v, "null (none) or an integer >= 1"))
-    if str(t.budget) == "steps" and t.max_steps is None:
-        out.append(problem("train.max_steps", None, "an integer >= 1 with train.budget=steps (the budget itself)"))
-    if t.min_steps is not None and t.max_steps is not None and 1 <= t.max_steps < t.min_steps:
-        out.append(problem("train.min_steps", t.min_steps, f"at most train.max_steps={t.max_steps}"))
-    fixed = str(t.select) == "fixed_epoch"
-    if fixed and (t.select_epoch is None or t.select_epoch < 1):
-        out.append(problem("train.select_epoch", t.select_epoch, "an integer >= 1 with train.select=fixed_epoch "
-                                                                "(the model after that many epochs is tested)"))
-    elif not fixed and t.select_epoch is not None:
-        out.append(problem("train.select_epoch", t.select_epoch, f"null unless train.select=fixed_epoch "
-                                                                f"(train.select={t.select})"))
-    f = t.get("val_in_budget_fraction")
-    if not _is_num(f) or not 0 < f < 1:
-        out.append(problem("train.val_in_budget_fraction", f, "a number in (0, 1): the share of each class's n held "
-                                                              "out to select on (train.select=val_in_budget)"))
-    if str(t.select) == "val_in_budget" and cfg.target.get("val_cap_per_class") is not None:
-        out.append(problem("target.val_cap_per_class", cfg.target.val_cap_per_class,
-                           "null with train.select=val_in_budget (its val split is carved out of the n examples; "
-                           "the dataset's val split is not read)"))
-    for name in ("val_every_steps", "val_checks"):
-        v = t.get(name)
-        if v is not None and v < 1:
-            out.append(problem(f"train.{name}", v, "null or an integer >= 1 (training/budget.py: the validation "
-                                                   "schedule)"))
-    if cfg.trainer.get("check_val_every_n_epoch") is not None:  # the schedule sets it epoch by epoch
-        out.append(problem("trainer.check_val_every_n_epoch", cfg.trainer.check_val_every_n_epoch,
-                           "unset: validation runs on train.val_every_steps or train.val_checks"))
-    if cfg.transfer.get("source_compute") and cfg.source.kind == "none":
-        out.append(problem("transfer.source_compute", True, "false with source=none: the backbone's own weights "
-                                                            "have no pretraining steps to match (scratch_long needs "
-                                                            "a source task)"))
-    return out
 
 
 def check_kinds(cfg: DictConfig) -> list[Problem]:
@@ -229,13 +123,6 @@ def check_lease(cfg: DictConfig) -> list[Problem]:
     return []
 
 
-def check_checkpoint(cfg: DictConfig) -> list[Problem]:
-    every = cfg.checkpoint.every_s
-    if not _is_num(every) or every < 0:
-        return [problem("checkpoint.every_s", every, "a number of seconds >= 0 (0 = after every epoch)")]
-    return []
-
-
 def check_resume(cfg: DictConfig) -> list[Problem]:
     """A run dir holding checkpoints of a *different* configuration is never silently resumed."""
     from transferlab.training.checkpoints import checkpoint_mismatch
@@ -288,6 +175,7 @@ CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
     check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_ddp, check_lease,
     check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
 ]
+assert set(VALUE_CHECKS) <= set(CONFIG_CHECKS)  # a sweep's per-point checks are a subset of the run's
 
 
 # ---------------------------------------------------------------- checks that need the tasks / backbone / plan
