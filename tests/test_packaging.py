@@ -53,8 +53,11 @@ def _distribution(module: str) -> str:
 
 def test_every_imported_distribution_is_declared():
     tomllib = pytest.importorskip("tomllib")
-    declared = {_canonical(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0])
-                for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # the dependencies, and the optional extras other than dev (a feature that imports its package only when used,
+    # e.g. wandb-workspaces for `transferlab-report --wandb-workspace`, which says how to install it when missing)
+    extras = [r for name, reqs in project.get("optional-dependencies", {}).items() if name != "dev" for r in reqs]
+    declared = {_canonical(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in [*project["dependencies"], *extras]}
     imported = {m: _distribution(m) for m in sorted(_imported_modules())}
     assert {"torch", "pyyaml", "pillow", "hydra-submitit-launcher"} <= set(imported.values())  # the scan sees them
     missing = {m: d for m, d in imported.items() if d not in declared}

@@ -165,7 +165,8 @@ def test_trainable_sets_globs_norm_and_layerwise_decay_over_transformer_blocks()
     assert norm.train_params == {p for p in params if ".norm1." in p or ".norm2." in p or p.startswith("norm.")}
     plan = resolve_plan(OmegaConf.create({"freeze": 0}), bb)
     net = build_target_net(copy.deepcopy(bb), plan, source_state(bb), 4)
-    module = TransferModule(net, 4, {"lr": 0.1, "weight_decay": 0.05, "lr_decay": 0.5}, plan=plan)
+    module = TransferModule(net, 4, {"lr": 0.1, "weight_decay": 0.05, "lr_decay": 0.5, "decay_norm_and_bias": False},
+                            plan=plan)
     groups = {g["name"]: g for g in module.param_groups()}
     order = ["head", "norm", "block2", "block1", "block0", "embed"]  # depth from the top
     for depth, block in enumerate(order):
