@@ -81,7 +81,7 @@ class TransferlabSweeper(BasicSweeper):
                  only: Optional[str] = None, vectorize: Optional[str] = None, vectorize_max: int = 16,
                  estimate: bool = True) -> None:
         from transferlab.sweep.groups import MODES
-        from transferlab.sweep.status import SELECTABLE
+        from transferlab.sweep.progress import SELECTABLE
 
         super().__init__(max_batch_size=max_batch_size, params=_plain(params))
         self.grids = _plain(grids)
@@ -213,7 +213,7 @@ class TransferlabSweeper(BasicSweeper):
         folder; resume=true only), points another launch's job still runs or SLURM still holds (never two jobs in
         one folder), and with `only=failed|missing|stale` the points in another state."""
         from transferlab.sweep import state as S
-        from transferlab.sweep.status import states_of
+        from transferlab.sweep.progress import states_of
 
         finished = S.finished_runs(sweep_dir) if self.resume else {}
         for p in points:
