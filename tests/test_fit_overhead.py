@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.trainer.connectors.logger_connector import result as lresult
 
 from conftest import ckpt_state
+from transferlab import compat
 from transferlab.run.experiment import run
 from transferlab.training import fit, options
 
@@ -32,10 +33,10 @@ def test_fast_logging_gives_the_run_lightnings_own_logging_gives(make_cfg, tmp_p
         calls["lightning"] += 1
         return original(self, *args, **kwargs)
 
-    counted.__qualname__ = original.__qualname__  # what `_fast_result_to` agrees to wrap
+    counted.__qualname__ = original.__qualname__  # what `patch_result_metric_to` agrees to wrap
     with monkeypatch.context() as m:  # reference: every self.log goes through Lightning's own device move
         m.setattr(lresult._ResultMetric, "to", counted)
-        m.setattr(fit, "_fast_result_to", lambda: None)
+        m.setattr(fit, "patch_result_metric_to", lambda: None)
         m.setattr(fit, "cuda_check_without_failing_nvml", lambda: None)
         ref = run(make_cfg("train.max_epochs=6", "target.n_per_class=3", "train/scheduler=plateau", "logger=csv",
                            run="ref"))
@@ -55,8 +56,8 @@ def test_fast_logging_gives_the_run_lightnings_own_logging_gives(make_cfg, tmp_p
 
 
 def test_fast_device_move_skips_only_what_would_not_move():
-    fit._fast_result_to()
-    fit._fast_result_to()  # installed once: a second call does not wrap the wrapper
+    compat.patch_result_metric_to()
+    compat.patch_result_metric_to()  # installed once: a second call does not wrap the wrapper
     to = lresult._ResultMetric.to
     assert to._transferlab_fast and not getattr(to.__wrapped__, "_transferlab_fast", False)
     results = lresult._ResultCollection(training=True)
@@ -67,9 +68,9 @@ def test_fast_device_move_skips_only_what_would_not_move():
     assert metric.to(torch.device("cpu")) is metric and metric.meta is meta  # nothing rebuilt
     assert metric.to(torch.float64) is metric and metric.meta is not meta  # other arguments: Lightning's own
     assert float(metric.compute()) == 2.0
-    assert fit._on({"a": [torch.zeros(1), (torch.ones(1),)]}, torch.device("cpu"))
-    assert fit._on([torch.zeros(1, device="meta")], torch.device("cpu")) is False
-    assert fit._on({"m": torch.nn.Linear(1, 1)}, torch.device("cpu")) is None  # a module: Lightning moves it
+    assert compat._on({"a": [torch.zeros(1), (torch.ones(1),)]}, torch.device("cpu"))
+    assert compat._on([torch.zeros(1, device="meta")], torch.device("cpu")) is False
+    assert compat._on({"m": torch.nn.Linear(1, 1)}, torch.device("cpu")) is None  # a module: Lightning moves it
 
 
 def test_cuda_check_is_switched_only_when_nvml_cannot_answer(monkeypatch):

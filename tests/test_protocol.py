@@ -426,7 +426,7 @@ def test_report_counts_runs_still_rising_per_arm_and_treats_scratch_long_as_a_co
     from test_report_grouping import config, put, record
 
     from transferlab.analysis import collect
-    from transferlab.analysis.report import build_report
+    from transferlab.analysis.build import build_report
 
     for seed in range(3):
         for arm, acc in (("transfer=scratch", 0.6), ("transfer=scratch_long", 0.65), ("transfer=finetune", 0.8)):
@@ -459,7 +459,7 @@ def test_control_arms_are_labelled_by_their_init_and_get_their_own_figure(tmp_pa
     from test_report_grouping import config, put, record
 
     from transferlab.analysis import plots
-    from transferlab.analysis.report import build_report
+    from transferlab.analysis.build import build_report
 
     arms = {"ft": ("transfer=finetune", "transfer.freeze=0"), "frozen": ("transfer=finetune", "transfer.freeze=all"),
             "meanvar": ("transfer=finetune", "transfer.freeze=0", "transfer.init=meanvar"),
@@ -486,7 +486,7 @@ def test_control_arms_are_labelled_by_their_init_and_get_their_own_figure(tmp_pa
 
 
 def test_setup_block_states_the_budget_and_the_selection_rule_even_at_their_defaults():
-    from transferlab.analysis.setup import _protocol
+    from transferlab.analysis.provenance import _protocol
     from transferlab.run.record import Metrics, RunRecord
     from transferlab.training.budget import plan
 

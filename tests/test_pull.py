@@ -224,7 +224,7 @@ def test_two_workers_drain_12_points_through_a_kill_9_like_a_sequential_run(tmp_
 def test_status_names_the_worker_that_holds_each_point(tmp_path):
     from test_status import NOW, Sweep, _here, _ok
 
-    from transferlab.sweep.status import sweep_status
+    from transferlab.sweep.progress import sweep_status
 
     sweep = Sweep(tmp_path / "sw")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

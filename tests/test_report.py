@@ -14,7 +14,7 @@ from scipy import stats as st
 
 from conftest import run_cli
 from transferlab.analysis import plots, stats
-from transferlab.analysis.report import build_report
+from transferlab.analysis.build import build_report
 from transferlab.run import identity
 from transferlab.run.record import Metrics, RunRecord
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from transferlab.analysis.report import build_report
+from transferlab.analysis.build import build_report
 
 WIDTH = 1280
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")

@@ -22,7 +22,7 @@ from scipy import stats as st
 
 from conftest import compose_cfg
 from transferlab.analysis import collect, stats
-from transferlab.analysis.report import build_report
+from transferlab.analysis.build import build_report
 from transferlab.run import identity
 from transferlab.run.record import SCHEMA, RunRecord
 
@@ -166,7 +166,7 @@ def test_lr_sweep_report_draws_one_panel_per_setting(lr_sweep, tmp_path):
 
 
 def notes_of(r) -> list[str]:
-    from transferlab.analysis.report import notes
+    from transferlab.analysis.build import notes
 
     return notes(r)
 

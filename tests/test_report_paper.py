@@ -284,7 +284,7 @@ def test_written_sweep_gives_the_tables_worked_out_above(tmp_path):
             rec = record(config("target.n_per_class=10", f"seed={seed}", ov), acc)
             rec["metrics"]["test/class_counts"] = [70, 10, 10, 5, 5]
             put(tmp_path, f"{ov},seed={seed}", rec)
-    from transferlab.analysis.report import build_report
+    from transferlab.analysis.build import build_report
 
     build_report(tmp_path, tmp_path / "out", n_boot=20)
     tables_dir = tmp_path / "out" / "tables"

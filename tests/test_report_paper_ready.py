@@ -133,7 +133,7 @@ def test_names_reach_results_csv_tables_and_figures(tmp_path):
             for n in (5, 10):
                 put(tmp_path, f"{ov},n={n},seed={seed}",
                     record(config(f"target.n_per_class={n}", f"seed={seed}", ov), 0.6 + 0.01 * seed + 0.01 * n))
-    from transferlab.analysis.report import build_report
+    from transferlab.analysis.build import build_report
 
     r = build_report(tmp_path, tmp_path / "out", n_boot=20)
     res = pd.read_csv(tmp_path / "out" / "results.csv")

@@ -102,7 +102,7 @@ def test_val_in_budget_at_n_1_is_one_line_and_exit_2_from_the_cli(tmp_path):
 
 
 def test_the_setup_block_says_which_labels_shaped_the_models():
-    from transferlab.analysis.setup import _labels_used
+    from transferlab.analysis.provenance import _labels_used
     from transferlab.run.record import RunRecord
 
     recs = [RunRecord(status="ok", select="best_val", n_val=135, config={"train": {"scheduler": "none"}}),

@@ -110,7 +110,7 @@ def test_slurm_task_killed_midway_is_reported_then_rerun(tmp_path, slurm_env):
 
 
 def test_detach_returns_at_once_and_status_follows_the_points(tmp_path, slurm_env):
-    from transferlab.sweep.status import sweep_status
+    from transferlab.sweep.progress import sweep_status
 
     t0 = time.time()
     out = run_cli(*SWEEP, "hydra.launcher.detach=true", cwd=tmp_path, env=slurm_env)

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli
 from transferlab.sweep.points import Point
 from transferlab.sweep.state import Summary, declared_by_latest_launch
-from transferlab.sweep.status import sweep_status
+from transferlab.sweep.progress import sweep_status
 
 NOW = 1_000_000.0  # the clock sweep_status is given
 

@@ -538,7 +538,7 @@ def test_local_workers_exit_when_the_sweep_process_is_killed(tmp_path):
 
 # ---------------------------------------------------------------- operating a sweep: status, only=
 def test_status_and_only_on_a_sweep_with_done_failed_missing_and_stale_points(tmp_path):
-    from transferlab.sweep.status import sweep_status
+    from transferlab.sweep.progress import sweep_status
 
     searchpath = _tiny_conf(tmp_path)
     base = ["-m", "experiment=tiny", searchpath, *TINY]
@@ -597,7 +597,7 @@ def test_status_and_only_on_a_sweep_with_done_failed_missing_and_stale_points(tm
 def test_time_left_counts_each_waiting_point_at_its_own_grids_median():
     """A slow arm (scratch_long here) waiting behind fast finished ones is priced at its own grid's median, not at
     the sweep's; a grid with nothing finished yet falls back to the median over all."""
-    from transferlab.sweep.status import PointState, SweepStatus
+    from transferlab.sweep.progress import PointState, SweepStatus
 
     pts = [PointState("a1", "done", wall_s=2.0, grid="transfer"), PointState("a2", "done", wall_s=4.0, grid="transfer"),
            PointState("a3", "done", wall_s=3.0, grid="transfer"), PointState("l1", "done", wall_s=30.0, grid="long"),
@@ -610,7 +610,7 @@ def test_time_left_counts_each_waiting_point_at_its_own_grids_median():
 
 
 def test_status_reads_ten_thousand_points_in_seconds(tmp_path):
-    from transferlab.sweep.status import sweep_status
+    from transferlab.sweep.progress import sweep_status
 
     n = 10_000
     points = []

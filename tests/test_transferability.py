@@ -154,7 +154,7 @@ def _scores(cut: int) -> dict:
 
 
 def test_report_grades_scores_against_measured_accuracy(tmp_path):
-    from transferlab.analysis.report import build_report, notes
+    from transferlab.analysis.build import build_report, notes
 
     sweep = tmp_path / "sweep"
     for seed in (0, 1, 2):

@@ -166,7 +166,7 @@ def test_the_choice_rule_and_lost_candidates():
 
 
 def test_the_setup_block_says_what_was_tuned_and_counts_the_labels_the_choice_read():
-    from transferlab.analysis.setup import _labels_used, _protocol, _training
+    from transferlab.analysis.provenance import _labels_used, _protocol, _training
     from transferlab.run.record import RunRecord
 
     cfg = {"train": {"scheduler": "none", "lr": 0.001}}

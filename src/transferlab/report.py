@@ -2,7 +2,7 @@
 
     python -m transferlab.report outputs/sweeps/freeze_vs_n [--out DIR] [--wandb] [--wandb-workspace [--push]]
 
-Works on partial sweeps and never needs a network (`transferlab.analysis.report` builds it); `--wandb` logs the
+Works on partial sweeps and never needs a network (`transferlab.analysis.build` builds it); `--wandb` logs the
 tables and figures as one `report` run in the sweep's W&B group (offline unless asked); `--wandb-workspace` also
 writes a W&B workspace and report for the group as code (`analysis.wandb_workspace`; the spec file offline,
 saved to W&B with `--push` when online).
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         for a, b in args.crossover:
             if a == b:
                 raise ConfigError(problem("--crossover", f"{a} {b}", "two different arm labels"))
-        from transferlab.analysis.report import build_report  # pandas, matplotlib: after the arguments are checked
+        from transferlab.analysis.build import build_report  # pandas, matplotlib: after the arguments are checked
 
         report = build_report(args.sweep_dir, args.out, confidence=args.confidence, n_boot=args.n_boot,
                               threshold_frac=args.threshold, metric=args.metric,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print("transferlab-report: " + "\n".join(e.problems), file=sys.stderr)
         return 2
-    from transferlab.analysis.report import print_summary
+    from transferlab.analysis.build import print_summary
 
     print_summary(report)
     if args.wandb or args.wandb_workspace:  # the dashboards read the report run's tables and figures

@@ -30,7 +30,7 @@ def print_status(status, show_done: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from transferlab.sweep.status import STATES
+    from transferlab.sweep.progress import STATES
 
     console = Console(width=max(Console().width, 120))
     totals = status.totals
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="also list the points that are done, and those the latest "
                    "launch dropped from the grid")
     args = p.parse_args(argv)
-    from transferlab.sweep.status import sweep_status
+    from transferlab.sweep.progress import sweep_status
 
     try:
         status = sweep_status(args.sweep_dir)

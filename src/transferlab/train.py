@@ -101,8 +101,7 @@ def _composition_failed(e: Exception) -> int:
     """Exit code for an exception out of Hydra's main before the task function ran (or in a sweep's process):
     a value the schema refused is an invalid configuration like any other (its line, exit 2); anything else is
     reported by Hydra's own reporter, as without transferlab (exit 1)."""
-    from hydra._internal.utils import run_and_report
-
+    from transferlab.compat import hydra_run_and_report
     from transferlab.config import config_error
     from transferlab.errors import ConfigError, disk_problem
 
@@ -125,7 +124,7 @@ def _composition_failed(e: Exception) -> int:
         raise e
 
     try:
-        run_and_report(again)
+        hydra_run_and_report(again)
     except SystemExit as exit_:
         return _exit_code(exit_)
     return 1  # pragma: no cover - run_and_report always exits or raises

@@ -105,7 +105,9 @@ class PullWorker:
         ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         if ret.status == JobStatus.FAILED:
-            e = ret._return_value
+            from transferlab.compat import job_exception
+
+            e = job_exception(ret)
             return f"{type(e).__name__}: {e}".splitlines()[0]
         return None
 
@@ -133,6 +135,7 @@ def queue(sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_i
 def returns(sweep_dir: Path, units: list) -> List[Optional[JobReturn]]:
     """Per unit: COMPLETED or FAILED (with the run's error) when its run ended in this launch, None when no worker
     ended it (every worker died first): the sweeper then judges it by its folder, as for a lost launcher batch."""
+    from transferlab.compat import job_return
     from transferlab.sweep.pull import read_claim, read_queue
 
     launch = read_queue(sweep_dir)[0]
@@ -142,10 +145,8 @@ def returns(sweep_dir: Path, units: list) -> List[Optional[JobReturn]]:
         if claim.get("launch") != launch or not claim.get("ended"):
             out.append(None)
             continue
-        ret = JobReturn(status=JobStatus.FAILED if claim.get("error") else JobStatus.COMPLETED,
-                        working_dir=str(sweep_dir / u.name))
-        ret._return_value = RuntimeError(claim["error"]) if claim.get("error") else None
-        out.append(ret)
+        out.append(job_return(JobStatus.FAILED if claim.get("error") else JobStatus.COMPLETED,
+                              str(sweep_dir / u.name), RuntimeError(claim["error"]) if claim.get("error") else None))
     return out
 
 

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from transferlab import compat
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ class _ReusingLoader:
         return getattr(self._loader, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-
         loader = self._loader
         parsed = self._parser.parse_overrides(list(sweep_overrides))
         is_group = [loader.repository.group_exists(o.key_or_group) for o in parsed]
@@ -60,12 +59,12 @@ class _ReusingLoader:
         master_hydra = OmegaConf.to_container(master_config.hydra.overrides.hydra)
         every = self._parser.parse_overrides([*master_hydra, *sweep_overrides])
         with read_write(cfg):
-            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            compat.apply_overrides(cfg, values)
             cfg.hydra.overrides.hydra = [o.input_line for o in every if o.is_hydra_override()]
             cfg.hydra.overrides.task = [o.input_line for o in every if not o.is_hydra_override()]
             names = cfg.hydra.job.config.override_dirname
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=[o for o in every if not o.is_hydra_override()], kv_sep=names.kv_sep,
+            cfg.hydra.job.override_dirname = compat.overrides_dirname(
+                [o for o in every if not o.is_hydra_override()], kv_sep=names.kv_sep,
                 item_sep=names.item_sep, exclude_keys=names.exclude_keys)
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
@@ -75,13 +74,13 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-class TransferlabSweeper(BasicSweeper):
+class TransferlabSweeper(compat.basic_sweeper()):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None,
                  grids: Optional[dict] = None, resume: bool = True, dry_run: bool = False,
                  only: Optional[str] = None, vectorize: Optional[str] = None, vectorize_max: int = 16,
                  estimate: bool = True) -> None:
         from transferlab.sweep.groups import MODES
-        from transferlab.sweep.status import SELECTABLE
+        from transferlab.sweep.progress import SELECTABLE
 
         super().__init__(max_batch_size=max_batch_size, params=_plain(params))
         self.grids = _plain(grids)
@@ -121,11 +120,9 @@ class TransferlabSweeper(BasicSweeper):
 
         A Hydra compose costs ~0.2-0.8 s here, too slow for hundreds of points (the launcher composes each job
         anyway). So each distinct set of config-group choices is composed once, and a point's value overrides are
-        applied to a copy the way Hydra itself applies them after composition (_apply_overrides_to_config), with
+        applied to a copy the way Hydra itself applies them after composition (compat.apply_overrides), with
         the config in struct mode so an unknown key fails here with Hydra's own message, before anything runs.
         """
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
         loader = self.hydra_context.config_loader
         parsed = self._parser.parse_overrides(overrides)
         is_group = [o.is_hydra_override() or loader.repository.group_exists(o.key_or_group) for o in parsed]
@@ -140,7 +137,7 @@ class TransferlabSweeper(BasicSweeper):
         HydraConfig.instance().set_config(full)  # for ${hydra:...} interpolations in the task config
         cfg = copy.deepcopy(task)
         with read_write(cfg):
-            ConfigLoaderImpl._apply_overrides_to_config([o for o, g in zip(parsed, is_group) if not g], cfg)
+            compat.apply_overrides(cfg, [o for o, g in zip(parsed, is_group) if not g])
             with open_dict(cfg):
                 if "paths" in cfg:
                     cfg.paths.output_dir = out_dir
@@ -213,7 +210,7 @@ class TransferlabSweeper(BasicSweeper):
         folder; resume=true only), points another launch's job still runs or SLURM still holds (never two jobs in
         one folder), and with `only=failed|missing|stale` the points in another state."""
         from transferlab.sweep import state as S
-        from transferlab.sweep.status import states_of
+        from transferlab.sweep.progress import states_of
 
         finished = S.finished_runs(sweep_dir) if self.resume else {}
         for p in points:
@@ -389,11 +386,9 @@ class TransferlabSweeper(BasicSweeper):
                  *([f"group={_quote(str(Path(p.dir) / GROUP_FILE))}"] if p.name in self._units else [])]
                 for p in batch]
         error = None
-        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-
         context = self.launcher.hydra_context
         loader = context.config_loader
-        if type(self.launcher) is BasicLauncher:  # in-process jobs only: other launchers pickle the context
+        if compat.is_basic_launcher(self.launcher):  # in-process jobs only: other launchers pickle the context
             context.config_loader = _ReusingLoader(loader)  # one compose per set of group choices, not per job
         try:
             results = list(self.launcher.launch(jobs, initial_job_idx=self._job_idx))
@@ -428,8 +423,8 @@ class TransferlabSweeper(BasicSweeper):
             p.status, p.error = "ok", None
             return
         p.status = "failed"
-        if r is not None and r.status == JobStatus.FAILED and r._return_value is not None:
-            exc = r._return_value
+        if r is not None and r.status == JobStatus.FAILED and compat.job_exception(r) is not None:
+            exc = compat.job_exception(r)
             error = error or f"{type(exc).__name__}: {exc}"
         if status == "stale" and not error:
             error = "result.json was written under another fingerprint (did the config or data change mid-sweep?)"

@@ -1,7 +1,7 @@
 """One self-contained report.html that stands alone as the record of a sweep: images embedded as base64, tables
 inline, no external links, no scripts.
 
-Order: the setup (how the runs were made: `analysis.setup`), the answer in one paragraph per setting
+Order: the setup (how the runs were made: `analysis.provenance`), the answer in one paragraph per setting
 (`analysis.answer`), counts and notes, figures, then the tables: the paper tables first (`analysis.tables`: arms x
 n, best in bold, ties with a dagger), then the detail tables with their grouping keys left out. A section with
 nothing to show is left out, never printed empty. The page fits its width: text and long values (paths, hashes,
@@ -22,7 +22,7 @@ from transferlab.analysis.collect import CURVE_COLUMNS
 from transferlab.store.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from transferlab.analysis.setup import Setup
+    from transferlab.analysis.provenance import Setup
     from transferlab.analysis.tables import Cell, Grid
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;

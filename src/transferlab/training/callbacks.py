@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ModelSummar
 from lightning.pytorch.utilities.model_summary.model_summary import ModelSummary as Summary
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
+from transferlab.compat import overrides_private
 from transferlab.errors import ConfigError, NonFiniteLossError, problem
 from transferlab.store import verified
 from transferlab.transfer.network import BACKBONE_PREFIX
@@ -174,6 +175,7 @@ def replaces(select: str, select_epoch: int | None, epoch: int, acc: float, loss
     return loss is not None and kept_loss is not None and loss < kept_loss
 
 
+@overrides_private("_update_best_and_save")
 class RunLocalCheckpoint(ModelCheckpoint):
     """The model-selection tracker (`train.select`: which epoch's model is tested), with its saved state naming
     files relative to its own folder. One file, `best.ckpt`, holds the selected model; it is replaced when:
@@ -323,6 +325,7 @@ class MetricHistory(L.Callback):
         self.history.setdefault("epoch", [])
 
 
+@overrides_private("_get_summary_data")
 class _BlockSummary(Summary):
     """Lightning's summary, one row per backbone block and the head, with trainable and frozen counts: trainable
     means trains at some point of the fit, as the module's plan says (the head always trains)."""
@@ -355,6 +358,7 @@ class _BlockSummary(Summary):
         return arrays
 
 
+@overrides_private("_summary")
 class BlockModelSummary(ModelSummary):
     """Prints total vs trainable parameters per block at fit start (Heaton's summary)."""
 

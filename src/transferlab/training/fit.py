@@ -9,14 +9,13 @@ checkpoint, and stop a NaN/inf loss with `NonFiniteLossError` (the caller record
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import torch
 
+from transferlab.compat import patch_result_metric_to
 from transferlab.config import plain
 from transferlab.training.callbacks import (
     LAST,
@@ -39,53 +38,6 @@ from transferlab.training.progress import ProgressLine
 
 # Frozen blocks are in eval mode on purpose (BN statistics and dropout frozen with the weights).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-
-def _on(value, device: torch.device) -> bool | None:
-    """Is every tensor in `value` (dicts, lists, tuples, sets, dataclasses, walked) already on `device`?
-    None when it holds something `_ResultMetric.to` would move otherwise (a torchmetrics Metric)."""
-    if isinstance(value, torch.Tensor):
-        return value.device == device
-    if isinstance(value, torch.nn.Module):
-        return None  # a torchmetrics Metric (a module): leave it to Lightning
-    if isinstance(value, dict):
-        value = value.values()
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = vars(value).values()
-    elif not isinstance(value, (list, tuple, set, frozenset)):
-        return True
-    for v in value:
-        ok = _on(v, device)
-        if not ok:
-            return ok
-    return True
-
-
-def _fast_result_to() -> None:
-    """Make `self.log`'s per-call device move a no-op when the logged metric's state is already on the device.
-
-    Every `LightningModule.log` call runs `_ResultMetric.to(value.device)`, which rebuilds the metric's whole
-    `__dict__` through `apply_to_collection` (deep-copying its metadata dataclass) even when nothing moves: most of
-    the cost of the four epoch-level `self.log` calls a tiny epoch makes (docs/speed.md). Moving a tensor to the
-    device it is on returns the tensor itself, so skipping the rebuild then changes nothing; any other case (a
-    tensor elsewhere, a torchmetrics Metric inside, other `to` arguments) still goes through Lightning's own `to`.
-    Installed once per process, and only over the method this was written against."""
-    from lightning.pytorch.trainer.connectors.logger_connector import result
-
-    cls = result._ResultMetric
-    original = cls.__dict__.get("to")
-    if original is None or getattr(original, "_transferlab_fast", False) or original.__qualname__ != "_ResultMetric.to":
-        return
-
-    def to(self, *args, **kwargs):
-        if len(args) == 1 and not kwargs and isinstance(args[0], torch.device):
-            if all(_on(v, args[0]) for v in self.__dict__.values()):
-                return self
-        return original(self, *args, **kwargs)
-
-    to._transferlab_fast = True
-    to.__wrapped__ = original
-    cls.to = to
 
 
 @dataclass
@@ -115,7 +67,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     """
     train, val, test_loader = loaders
     module.train_log_epochs = frozenset(int(e) for e in val_epochs) if val_epochs else None
-    _fast_result_to()
+    patch_result_metric_to()
     cuda_check_without_failing_nvml()
     history = MetricHistory()
     # Saved at validation end, not Lightning's default train-epoch end (which comes after validation end): then it
@@ -164,7 +116,7 @@ def test_checkpoint(module: L.LightningModule, test_loader, *, ckpt: str | Path,
     """Test the model in `ckpt` (a best.ckpt `fit_and_test` wrote, checksum verified on loading) once, as
     `fit_and_test` tests it: `trainer.test` loading the file into `module`. For a fit that ran with `test=False`
     (a tuned point's selected candidate, run/tuning.py)."""
-    _fast_result_to()
+    patch_result_metric_to()
     cuda_check_without_failing_nvml()
     kwargs = dict(plain(trainer_cfg))
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]

@@ -44,7 +44,7 @@ class Report:
     effective: pd.DataFrame = field(default_factory=pd.DataFrame)  # effective data transferred (effective_data)
     stat_notes: list[str] = field(default_factory=list)  # metric, imbalance, few-seed and censoring notes
     transferability: pd.DataFrame = field(default_factory=pd.DataFrame)  # scores vs measured accuracy, per n
-    setup: Any = None  # how the runs were made (analysis.setup.Setup), the page's first block
+    setup: Any = None  # how the runs were made (analysis.provenance.Setup), the page's first block
     answer: list[tuple[str, str]] = field(default_factory=list)  # (setting, paragraph) (analysis.answer)
     tables: list = field(default_factory=list)  # the paper tables (analysis.tables.Grid), as .tex, .md and HTML
     names: ArmNames | None = None  # machine label -> the arm's name, per setting (what people are shown)
@@ -178,7 +178,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     from transferlab.analysis import answer, collect, html, lead_metric, metric_columns, paired, plots, stats
     from transferlab.analysis import effective_data as dt_mod
     from transferlab.analysis import fits as fits_mod
-    from transferlab.analysis import setup as setup_mod
+    from transferlab.analysis import provenance
     from transferlab.analysis import tables as tables_mod
 
     found = collect.collect_sweep(sweep)
@@ -195,7 +195,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     out = Path(out_dir) if out_dir else sweep
     ok = stats.ok_rows(df)
     tests = paired.comparisons(df, confidence)
-    records = setup_mod.read_records(sweep, runs["run_dir"])
+    records = provenance.read_records(sweep, runs["run_dir"])
     summary = metric_columns.add(paired.mark_ties(stats.summarize(df, confidence), tests), runs, records, metric,
                                  confidence)
     rising, rising_note = collect.still_rising(names.shown(df))  # stopped while val/acc rose: a column, a note
@@ -261,7 +261,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     report.tables = tables_mod.grids(shown(summary), shown(gain), shown(effective), metric_name, confidence,
                                      sweep=report.name)
     report.files.update(tables_mod.write_tables(report.tables, out / TABLES))
-    report.setup = setup_mod.describe(records, found.sweep)
+    report.setup = provenance.describe(records, found.sweep)
     report.answer = answer.paragraphs(shown(summary), shown(report.best), shown(gain), shown(cx), shown(effective),
                                       metric_name, confidence)
     report.files["report.html"] = html.write_html(
