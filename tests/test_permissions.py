@@ -151,7 +151,7 @@ def test_a_read_only_run_folder_is_one_line_and_no_traceback(tmp_path):
         assert out.returncode == 1, out.stderr[-3000:]
         assert "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr
         (line,) = [ln for ln in out.stderr.splitlines() if ln.startswith("transferlab:")]
-        assert line.startswith("transferlab: nothing was run: ") and f"(writing {ro / 'run'})" in line, line
+        assert line.startswith("transferlab: nothing was run: ") and f"Operation not permitted: {ro / 'run'}" in line, line
         assert list(ro.iterdir()) == []
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transferlab.analysis import metric_columns, paired, plots, setup, stats, tables
+from transferlab.analysis import metric_columns, paired, plots, provenance, stats, tables
 from transferlab.run.record import RunRecord
 
 ACC = {10: {"A": [0.80, 0.82, 0.84], "B": [0.79, 0.83, 0.81], "C": [0.70, 0.71, 0.72], "scratch": [0.50, 0.55, 0.60]},
@@ -178,8 +178,8 @@ def test_setup_block_from_records_and_sweep_json(tmp_path):
     sweep = {"launches": [{"argv": ["-m", "name=demo", "seed=0,1", "train.lr=0.01", "transfer=scratch,finetune",
                                     "hydra.sweep.dir=/some dir"], "start": 0.0, "end": 1.0, "host": "h", "points": 4,
                            "ok": 4}]}
-    defaults = setup.flatten(config("target.n_per_class=5"))  # the composed defaults (but n)
-    s = setup.describe(recs, sweep, defaults=(defaults, "the defaults"))
+    defaults = provenance.flatten(config("target.n_per_class=5"))  # the composed defaults (but n)
+    s = provenance.describe(recs, sweep, defaults=(defaults, "the defaults"))
     assert [c["command"] for c in s.commands] == [
         "python -m transferlab.train -m name=demo seed=0,1 train.lr=0.01 transfer=scratch,finetune "
         "'hydra.sweep.dir=/some dir'"]
@@ -200,7 +200,7 @@ def test_setup_block_from_records_and_sweep_json(tmp_path):
 
 
 def test_default_config_is_composed_from_conf():
-    flat, note = setup.default_config()
+    flat, note = provenance.default_config()
     assert flat is not None, note
     assert flat["train.max_epochs"] > 0 and "name" in flat and not any(k.startswith("paths.") for k in flat)
     assert flat["data_seed"] == flat["seed"]  # ${seed} resolved

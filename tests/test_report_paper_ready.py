@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transferlab.analysis import paired, plots, setup, stats, tables, transferability
+from transferlab.analysis import paired, plots, provenance, stats, tables, transferability
 from transferlab.run.record import RunRecord
 from transferlab.transfer.arm_name import arm_name
 
@@ -222,11 +222,11 @@ def test_setup_says_what_the_intervals_include_and_nothing_internal(tmp_path):
             folder = f"{ov},seed={seed}"
             put(tmp_path, folder, rec)
             recs[folder] = RunRecord.read(tmp_path / folder / "result.json")
-    defaults = setup.flatten(config())
+    defaults = provenance.flatten(config())
     sweep = {"launches": [{"argv": ["-m", "seed=0,1"], "start": 1.0, "end": 2.0, "host": "h"},
                           {"argv": ["-m", "seed=0,1,2"], "start": 3.0, "end": 4.0, "host": "h"}],
              "points": [{"name": f, "launch": 3.0, "status": "ok"} for f in recs]}
-    s = setup.describe(recs, sweep, defaults=(defaults, "the defaults"))
+    s = provenance.describe(recs, sweep, defaults=(defaults, "the defaults"))
     assert [k for k, _ in s.varied if k == "group"] == []
     changed = {k for k, _, _ in s.changed}
     assert "target.kind" in changed and "target.name" in changed and "target.classes" not in changed
@@ -251,7 +251,7 @@ def test_one_source_model_per_seed_is_a_source_of_variation(tmp_path):
         rec = record(config(f"seed={seed}", "transfer.freeze=2"), 0.8)
         put(tmp_path, str(seed), rec)
         recs[str(seed)] = RunRecord.read(tmp_path / str(seed) / "result.json")
-    s = setup.describe(recs, None, defaults=(None, "none"))
+    s = provenance.describe(recs, None, defaults=(None, "none"))
     assert dict(s.variation)["source model (pretrain.seed)"].startswith("included: pretrain.seed = seed")
 
 

@@ -135,6 +135,19 @@ def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):
     assert ok["status"] == "ok" and rec["metrics"]["val/acc"] == pytest.approx(ok["score"])
 
 
+def test_a_point_whose_every_candidate_diverges_writes_a_failed_record_with_them(make_cfg):
+    from transferlab.run.record import RunRecord
+    from transferlab.run.tuning import NoCandidateLeft
+
+    cfg = make_cfg("tune.train.lr=[1e11,1e12]", "train/optimizer=sgd", *POINT)
+    with pytest.raises(NoCandidateLeft):
+        run(cfg)
+    rec = RunRecord.read(Path(str(cfg.paths.output_dir)) / "result.json")
+    assert rec.status == "failed" and rec.error.startswith("NoCandidateLeft")
+    assert [c["status"] for c in rec.tuning["candidates"]] == ["failed", "failed"]
+    assert rec.environment and rec.environment.get("torch")  # what made it, as in every record
+
+
 def test_a_sweep_point_retrained_from_zero_loses_its_candidates_too(tmp_path):
     """`resume=false`, or another fingerprint's work in the folder: the candidates go with the other checkpoints."""
     from transferlab.sweep.points import Point

@@ -61,12 +61,12 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, 
 def disk_problem(e: BaseException) -> str | None:
     """One line for a write the machine refused, found anywhere in `e`'s chain of causes (torch reports a full
     disk as a RuntimeError of its zip writer, raised while handling the OSError), or None. Names the file when the
-    error does: 'No space left on device (writing /runs/x/checkpoints/last.ckpt)'."""
+    error does: 'No space left on device: /runs/x/checkpoints/last.ckpt'."""
     seen: BaseException | None = e
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
             what = seen.strerror or os.strerror(seen.errno)
-            return f"{what} (writing {seen.filename})" if seen.filename else what
+            return f"{what}: {seen.filename}" if seen.filename else what
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -125,6 +125,18 @@ def _on_gpu(trainer: Mapping) -> bool:
     return torch.cuda.is_available()
 
 
+def _sweep_job() -> bool:
+    """Is this run a job of a sweep? Then its launcher placed it (pull workers are G srun tasks of one job, each
+    running its own points), and several srun tasks are how it was meant to run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
+
+
 def check(cfg) -> list[Problem]:
     """A config that asks for several devices: what the ranks can run. Called by run/setup.py with the other
     checks (so `trainer.devices` beyond what is visible is `check_devices`' one line there)."""
@@ -135,7 +147,7 @@ def check(cfg) -> list[Problem]:
                            f"launcher (LOCAL_RANK={os.environ['LOCAL_RANK']}: torchrun, srun); start transferlab "
                            "once per node, it starts its ranks itself"))
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
-    if tasks.isdigit() and int(tasks) > 1 and HANDOFF_ENV not in os.environ:
+    if tasks.isdigit() and int(tasks) > 1 and HANDOFF_ENV not in os.environ and not _sweep_job():
         out.append(problem("trainer.devices", t.get("devices"), f"this process is task "
                            f"{os.environ.get('SLURM_PROCID', '?')} of the {tasks} that srun started "
                            f"(SLURM_STEP_NUM_TASKS={tasks}), each running this same config into one folder; start "
@@ -342,7 +354,10 @@ def launch(cfg) -> dict[str, Any]:
         if errors is not None:
             shutil.rmtree(errors, ignore_errors=True)
     written = _result_stat(result) not in (None, before)
-    record = RunRecord.read(result) if written else None
+    try:
+        record = RunRecord.read(result) if written else None
+    except (OSError, ValueError):  # rank 0 died between its record and the record's seal: no record to trust
+        record = None
     if failure is None:
         if record is not None and record.status == "ok":
             return record.to_dict()

@@ -38,6 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferlab import versions
 from transferlab.config import TUNABLE, plain, tune_grid, unknown_tune_key
 from transferlab.errors import ConfigError, NonFiniteLossError, Problem, failure_text, problem
 from transferlab.run import identity, labels
@@ -269,10 +270,10 @@ def _failed(cfg: DictConfig, fp: str, inputs: dict, t0: float, error: BaseExcept
             cands: list[Candidate]) -> None:
     """A failed result.json for the point (no candidate could be tested, or testing failed before the tested
     candidate's own record existed): its identity, the error and the candidates so far."""
-    rec = RunRecord(status="failed", error=f"{type(error).__name__}: {error}", name=str(cfg.name),
+    rec = RunRecord(status="failed", error=failure_text(error), name=str(cfg.name),
                     target=str(cfg.target.name), transfer=str(cfg.transfer.name), select=str(cfg.train.select),
                     seed=int(cfg.seed), data_seed=int(cfg.data_seed), config=plain(cfg), fingerprint=fp,
-                    inputs=inputs, environment=identity.environment(), wall_s=time.perf_counter() - t0,
+                    inputs=inputs, environment=versions.environment(), wall_s=time.perf_counter() - t0,
                     tuning={"grid": tune_grid(cfg), "rule": RULE, "candidates": [c.summary() for c in cands]})
     rec.write(Path(str(cfg.paths.output_dir)))
 

@@ -151,18 +151,25 @@ class Claimer:
             for unit in self.units:
                 if unit.name in self._ended:
                     continue
-                held = read_claim(self._dir(unit))
-                if held is None or held.get("launch") != self.launch:
+                if not (self._dir(unit) / CLAIM_FILE).exists():
                     return unit, self._take(unit, None)
-                if held.get("ended"):
-                    self._ended.add(unit.name)
-                    continue
-                key, now = (held.get("token"), held.get("beat")), self.clock()
+                # A claim that cannot be read right now (a shared file system mid-rename, a damaged file) and a
+                # claim of an earlier launch whose worker may still run the unit are held like any claim: taken only
+                # once they have not changed for expire_s, never at once (a unit never runs twice at once).
+                held = read_claim(self._dir(unit))
+                ours = held is not None and held.get("launch") == self.launch
+                if held is not None and held.get("ended"):
+                    if ours:
+                        self._ended.add(unit.name)
+                        continue
+                    return unit, self._take(unit, None)  # an earlier launch's run of it ended: this launch's turn
+                key = (held.get("launch"), held.get("token"), held.get("beat")) if held is not None else ("unreadable",)
+                now = self.clock()
                 seen = self._seen.get(unit.name)
                 if seen is None or seen[0] != key:
                     self._seen[unit.name] = (key, now)
                 elif now - seen[1] >= self.expire_s:
-                    return unit, self._take(unit, held)
+                    return unit, self._take(unit, held if ours else None)
         return None
 
     def settled(self) -> bool:
