@@ -131,26 +131,23 @@ def test_workers_in_processes_run_every_unit_once_and_take_over_a_killed_ones(tm
     assert all(r["pid"] != victim for r in runs if r["unit"] == unit)
 
 
-def test_bad_pull_settings_are_one_line_exit_2_nothing_written(tmp_path):
-    out = run_cli("-m", "hydra/launcher=pull", "hydra.launcher.workers=0", "seed=0,1", cwd=tmp_path)
+WORKERS_0 = "hydra.launcher.workers=0: an integer >= 1 (worker processes that drain the sweep)"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["hydra/launcher=pull", "hydra.launcher.workers=0"], WORKERS_0),
+    (["hydra/launcher=pull", "hydra.launcher.heartbeat_s=10", "hydra.launcher.expire_s=20"],
+     "hydra.launcher.expire_s=20.0: at least 3 x heartbeat_s (30): a holder fences itself after expire_s / 2 "
+     "without a beat"),
+    (["hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.workers=0"], WORKERS_0),
+    (["hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.detach=true"],
+     "hydra.launcher.detach=True: false with hydra.launcher.pull=true (the submitting process waits for its "
+     "workers)"),
+], ids=["workers", "expire", "slurm-workers", "slurm-detach"])
+def test_bad_pull_settings_are_one_line_exit_2_nothing_written(tmp_path, args, line):
+    out = run_cli("-m", *args, "seed=0,1", cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert cli_problems(out.stderr) == ["hydra.launcher.workers=0: an integer >= 1 (worker processes that drain "
-                                        "the sweep)"]
-    out = run_cli("-m", "hydra/launcher=pull", "hydra.launcher.heartbeat_s=10", "hydra.launcher.expire_s=20",
-                  "seed=0,1", cwd=tmp_path)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert cli_problems(out.stderr) == ["hydra.launcher.expire_s=20.0: at least 3 x heartbeat_s (30): a holder "
-                                        "fences itself after expire_s / 2 without a beat"]
-    out = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.workers=0", "seed=0,1",
-                  cwd=tmp_path)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert cli_problems(out.stderr) == ["hydra.launcher.workers=0: an integer >= 1 (worker processes that drain "
-                                        "the sweep)"]
-    out = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.detach=true",
-                  "seed=0,1", cwd=tmp_path)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert cli_problems(out.stderr) == ["hydra.launcher.detach=True: false with hydra.launcher.pull=true (the "
-                                        "submitting process waits for its workers)"]
+    assert cli_problems(out.stderr) == [line]
     assert not (tmp_path / "outputs").exists()
 
 

@@ -54,7 +54,7 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf: the run cannot recover, so it fails with the reason."""
 
 
-# A write the machine refused: the disk is full, over quota, read-only, or the folder not ours to write.
+# The machine refused a file: the disk is full or over quota, the folder read-only, or not ours to read or write.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
