@@ -99,6 +99,22 @@ def test_a_heartbeat_fences_its_worker_when_the_claim_is_taken_or_cannot_be_writ
     assert exits == [pull.FENCED_EXIT]  # by the watchdog, which writes nothing (the file system may hang)
 
 
+def test_the_fence_counts_from_the_claims_write_not_from_when_its_heartbeat_starts(tmp_path):
+    """A stall between writing a claim and starting its heartbeat eats into the holder's margin, never past it:
+    a holder whose heartbeat starts expire_s / 2 after its claim was written (its own clock) fences at once."""
+    sweep = _queue(tmp_path, 1, heartbeat_s=1.0, expire_s=3.0)
+    now = [0.0]
+    claimer = pull.Claimer(sweep, "a", clock=lambda: now[0])
+    unit, claim = claimer.claim()  # written at 0.0
+    now[0] = 1.6  # a stall of more than expire_s / 2 before the run starts
+    exits = []
+    with pull.Heartbeat(claimer, unit, claim, exit=exits.append):
+        deadline = time.time() + 2
+        while not exits and time.time() < deadline:
+            time.sleep(0.02)
+    assert exits == [pull.FENCED_EXIT]
+
+
 def test_workers_in_processes_run_every_unit_once_and_take_over_a_killed_ones(tmp_path):
     """4 worker processes, 16 units of 0.3 s; one worker is killed with SIGKILL while it holds a unit: that unit is
     taken over after its beat expires, every unit ends exactly once, and no two runs of a unit overlap."""
@@ -129,6 +145,63 @@ def test_workers_in_processes_run_every_unit_once_and_take_over_a_killed_ones(tm
     runs = [json.loads(line) for line in (sweep / "runs.jsonl").read_text().splitlines()]
     assert sorted(r["unit"] for r in runs) == sorted(ends)  # the killed run never finished; its take-over did
     assert all(r["pid"] != victim for r in runs if r["unit"] == unit)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_worker_told_to_stop_releases_its_unit_and_another_takes_it_at_once(tmp_path, sig):
+    """SLURM cancels a job (scancel, a drain, a pre-emption) with SIGTERM and warns of its time limit with SIGUSR2;
+    SIGKILL follows only KillWait later. The worker holding a unit releases it and exits (128 + signal) at once;
+    with expire_s at 60 s the other worker still takes the unit over within a second or two, every unit ends once,
+    the stopped worker claims nothing more, and its unit's first run never finished."""
+    sweep = _queue(tmp_path, 6, heartbeat_s=0.1, expire_s=60)
+    ctx = mp.get_context("fork")
+    procs = {w: ctx.Process(target=_busy_worker, args=(str(sweep), w, 0.5)) for w in ("w0", "w1")}
+    for p in procs.values():
+        p.start()
+    victim, unit = None, None
+    deadline = time.time() + 30
+    while victim is None and time.time() < deadline:
+        for d in sorted(sweep.glob("p*")):
+            c = pull.read_claim(d)
+            if c and not c["ended"] and c["worker"] == "w1":
+                victim, unit = c["pid"], d.name
+                break
+        time.sleep(0.01)
+    assert victim is not None
+    os.kill(victim, sig)
+    for p in procs.values():
+        p.join(timeout=30)
+    assert (procs["w1"].exitcode, procs["w0"].exitcode) == (128 + sig, 0)
+    audit = pull.read_audit(sweep)
+    (released,) = [e for e in audit if e["event"] == "release"]
+    assert (released["unit"], released["worker"]) == (unit, "w1") and signal.Signals(sig).name in released["why"]
+    (taken,) = [e for e in audit if e["event"] == "reclaim"]
+    assert (taken["unit"], taken["worker"], taken["from"]) == (unit, "w0", "w1")
+    assert taken["t"] - released["t"] < 5  # not after expire_s: the claim said it was free
+    assert not [e for e in audit if e["worker"] == "w1" and e["t"] > released["t"]]  # w1 claimed nothing more
+    ends = [e["unit"] for e in audit if e["event"] == "end"]
+    assert sorted(ends) == [f"p{i:02d}" for i in range(6)]
+    runs = [json.loads(line) for line in (sweep / "runs.jsonl").read_text().splitlines()]
+    assert [r["worker"] for r in runs if r["unit"] == unit] == ["w0"]  # the released run never finished
+
+
+def test_a_worker_told_to_stop_while_idle_exits_and_holds_nothing(tmp_path):
+    """A worker waiting for others' units (nothing held) exits at once on SIGTERM; the units are unaffected."""
+    sweep = _queue(tmp_path, 1, heartbeat_s=0.1, expire_s=60)
+    ctx = mp.get_context("fork")
+    busy = ctx.Process(target=_busy_worker, args=(str(sweep), "w0", 1.5))
+    busy.start()
+    while not (sweep / "p00" / pull.CLAIM_FILE).exists():
+        time.sleep(0.01)
+    idle = ctx.Process(target=_busy_worker, args=(str(sweep), "w1", 0.1))
+    idle.start()
+    time.sleep(0.5)
+    assert idle.is_alive()  # waiting: p00 is held by w0
+    os.kill(idle.pid, signal.SIGTERM)
+    idle.join(timeout=5)
+    busy.join(timeout=10)
+    assert (idle.exitcode, busy.exitcode) == (128 + signal.SIGTERM, 0)
+    assert [(e["event"], e["worker"]) for e in pull.read_audit(sweep)] == [("claim", "w0"), ("end", "w0")]
 
 
 WORKERS_0 = "hydra.launcher.workers=0: an integer >= 1 (worker processes that drain the sweep)"
@@ -230,10 +303,12 @@ def test_status_names_the_worker_that_holds_each_point(tmp_path):
     died = sweep.add(None, "seed=1", started=_here(NOW - 5, pid=int(dead)))
     claimed = sweep.add(None, "seed=2")
     done = sweep.add(None, "seed=3", result=_ok(1.0), started=_here(NOW - 9))
+    released = sweep.add(None, "seed=4", started=_here(NOW - 5, pid=int(dead)))
     for name, worker, ended in ((running, "w0", None), (died, "w1", None), (claimed, "w1", None),
-                                (done, "w0", NOW - 8)):
+                                (done, "w0", NOW - 8), (released, "w1", None)):
         write_json(tmp_path / "sw" / name / pull.CLAIM_FILE, {"worker": worker, "pid": 123, "host": "h",
-                                                              "ended": ended})
+                                                              "ended": ended, "released": NOW - 1 if name == released
+                                                              else None})
     status = {p.name: p for p in sweep_status(sweep.write(), now=NOW).points}
     assert (status[running].state, status[running].worker) == ("running", "w0 (123@h)")
     assert status[died].state == "failed" and status[died].worker == "w1 (123@h)"
@@ -241,6 +316,8 @@ def test_status_names_the_worker_that_holds_each_point(tmp_path):
     assert (status[claimed].state, status[claimed].reason) == ("missing", "claimed by pull worker w1 (123@h), "
                                                                           "not started yet")
     assert status[done].state == "done" and status[done].worker is None
+    assert (status[released].state, status[released].reason) == (
+        "failed", "released by pull worker w1 (123@h) (told to stop): the next worker to look takes it over")
     out = run_cli(str(tmp_path / "sw"), module="transferlab.status", cwd=tmp_path)
     assert out.returncode == 0 and "[w0 (123@h)]" in out.stdout, out.stdout + out.stderr
 

@@ -269,7 +269,8 @@ def judge_points(sweep_dir: str | Path, entries: Mapping[str, Mapping], now: flo
 def _claimed_by(sweep_dir: Path, entries: Mapping[str, Mapping], judged: list[PointState]) -> None:
     """Pull mode: name the worker holding each point not yet done (its claim, in the unit's leader folder; members
     of a vectorised group share their leader's job). A claimed point whose worker died is taken over by another
-    worker once the claim's heartbeat has stopped for `expire_s`, while workers are left."""
+    worker once the claim's heartbeat has stopped for `expire_s`, or at once when its worker released it, while
+    workers are left."""
     from transferlab.sweep.pull import read_claim
 
     holder: dict[str, str] = {}
@@ -281,7 +282,9 @@ def _claimed_by(sweep_dir: Path, entries: Mapping[str, Mapping], judged: list[Po
             p.worker = f"{claim.get('worker')} ({claim.get('slurm_job') or claim.get('pid')}@{claim.get('host')})"
             if p.job:
                 holder[p.job] = p.worker
-            if p.state == "failed":
+            if claim.get("released") and p.state != "running":
+                p.reason = f"released by pull worker {p.worker} (told to stop): the next worker to look takes it over"
+            elif p.state == "failed":
                 p.reason = f"{p.reason}; its pull claim is taken over once its heartbeat stops"
             elif p.state == "missing":
                 p.reason = f"claimed by pull worker {p.worker}, not started yet"

@@ -26,6 +26,12 @@ claimer sees a beat no earlier than it was written, so the holder is gone before
 rates agree far closer than 2x; only offsets differ between hosts). A unit is never run twice at once, and a
 claimed unit is never dropped while a worker is left: workers stay until every unit has ended.
 
+A worker told to stop (SIGTERM: `scancel`, a node being drained, a pre-emption; SIGUSR2: SLURM's warning before the
+job's time limit) claims nothing more; if it holds a unit, it marks the claim released under the lock and exits at
+once, taking the run with it, and the next worker to look takes the unit over without waiting `expire_s`. SLURM
+sends SIGTERM first and SIGKILL only `KillWait` seconds later: a worker that went on (submitit ignores SIGTERM by
+default) would keep claiming points from a job already cancelled.
+
 A reclaimed point runs again in its own folder and continues from its last.ckpt, like a requeued SLURM task.
 Torch-free.
 """
@@ -36,6 +42,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -137,6 +144,7 @@ class Claimer:
         self.lock = shared_lock(self.sweep_dir / LOCK_FILE)
         self._ended: set[str] = set()                    # units whose run returned (final for this launch)
         self._seen: dict[str, tuple[tuple, float]] = {}  # unit -> ((token, beat), when first seen, own clock)
+        self.taken_at: dict[str, float] = {}              # unit -> when this worker began writing its claim
 
     def _dir(self, unit: Unit) -> Path:
         return self.sweep_dir / unit.name
@@ -163,6 +171,8 @@ class Claimer:
                         self._ended.add(unit.name)
                         continue
                     return unit, self._take(unit, None)  # an earlier launch's run of it ended: this launch's turn
+                if held is not None and held.get("released"):  # its holder was told to stop and has exited
+                    return unit, self._take(unit, held if ours else None)
                 key = (held.get("launch"), held.get("token"), held.get("beat")) if held is not None else ("unreadable",)
                 now = self.clock()
                 seen = self._seen.get(unit.name)
@@ -180,15 +190,16 @@ class Claimer:
         claim = {"worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(), "slurm_job": slurm_job_id(),
                  "token": secrets.token_hex(8), "launch": self.launch, "beat": 0, "claimed": time.time(),
                  "beat_at": time.time(), "ended": None, "error": None,
-                 "attempt": int((previous or {}).get("attempt") or 0) + 1,
+                 "released": None, "attempt": int((previous or {}).get("attempt") or 0) + 1,
                  "taken_from": (previous or {}).get("worker")}
         self._dir(unit).mkdir(parents=True, exist_ok=True)
+        self.taken_at[unit.name] = self.clock()  # no claimer sees the claim earlier: the holder's fence counts from here
         write_json(self._dir(unit) / CLAIM_FILE, claim)
         self._seen.pop(unit.name, None)
         event = "reclaim" if previous else "claim"
         if previous:
-            log.warning("worker %s takes over %s from %s (no heartbeat for %g s)", self.worker, unit.name,
-                        previous.get("worker"), self.expire_s)
+            why = "released" if previous.get("released") else f"no heartbeat for {self.expire_s:g} s"
+            log.warning("worker %s takes over %s from %s (%s)", self.worker, unit.name, previous.get("worker"), why)
         _audit(self.sweep_dir, {"event": event, "unit": unit.name, "worker": self.worker, "token": claim["token"],
                                 "from": claim["taken_from"]})
         return claim
@@ -207,6 +218,24 @@ class Claimer:
         return True
 
 
+def release(sweep_dir: Path, lock: Any, worker: str, unit: Unit, token: str, why: str, timeout: float) -> bool:
+    """Mark a held claim released (its holder exits next): the next worker to look takes it over at once. Under
+    `lock`; False (nothing written) when the claim is no longer `token`'s or the lock is not had within `timeout`
+    (the claim then expires as a dead worker's does)."""
+    path = sweep_dir / unit.name / CLAIM_FILE
+    try:
+        with lock.acquire(timeout=timeout):
+            held = _read(path)
+            if held is None or held.get("token") != token or held.get("ended"):
+                return False
+            write_json(path, {**held, "released": time.time()})
+    except Exception as e:  # noqa: BLE001 - a lock timeout or a file-system error: the claim expires instead
+        log.warning("worker %s could not release %s: %s", worker, unit.name, e)
+        return False
+    _audit(sweep_dir, {"event": "release", "unit": unit.name, "worker": worker, "token": token, "why": why})
+    return True
+
+
 class Heartbeat:
     """While a unit runs: raise its claim's beat counter every `heartbeat_s`, under the lock, if the claim is still
     this worker's; exit the process (fence) when it is not, or when no beat has been written for `expire_s / 2`.
@@ -219,7 +248,7 @@ class Heartbeat:
         self.lock = shared_lock(claimer.sweep_dir / LOCK_FILE)  # its own descriptor: excludes the worker's thread
         self._stop = threading.Event()
         self._exit = exit
-        self._last_ok = claimer.clock()
+        self._last_ok = claimer.taken_at.get(unit.name, claimer.clock())  # from the claim's write, not from now
         self._threads = [threading.Thread(target=self._beat, name="transferlab-pull-heartbeat", daemon=True),
                          threading.Thread(target=self._watch, name="transferlab-pull-watchdog", daemon=True)]
 
@@ -232,6 +261,12 @@ class Heartbeat:
         self._stop.set()
         for t in self._threads:
             t.join()
+
+    def release(self, why: str) -> bool:
+        """Give the claim up (see `release`), through this heartbeat's own lock descriptor: callable from the
+        worker's main thread while a run holds no lock of the claimer's."""
+        return release(self.claimer.sweep_dir, self.lock, self.claimer.worker, self.unit, self.token, why,
+                       timeout=self.claimer.heartbeat_s)
 
     def _beat(self) -> None:
         c = self.claimer
@@ -261,26 +296,82 @@ class Heartbeat:
                 return
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR2")  # cancel, drain, pre-emption / SLURM's warning before the time limit
+
+
+class StopOnSignal:
+    """A worker's answer to SIGTERM and SIGUSR2: claim nothing more; a held unit is released and the process exits
+    at once (`128 + signal`), so the unit's run ends with it and another worker takes the unit over without waiting
+    for its claim to expire. Installed in the worker's main thread (replacing submitit's handlers, which ignore
+    SIGTERM); elsewhere it only answers `requested`."""
+
+    def __init__(self, worker: str, exit: Callable[[int], Any]) -> None:
+        self.worker, self._exit = worker, exit
+        self.requested: int | None = None
+        self.beat: Heartbeat | None = None  # set while a unit runs
+        self.busy = False                   # taking a claim or ending a returned run: the loop acts after it
+        self.previous: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signum
+        log.warning("worker %s: %s, it claims nothing more", self.worker, signal.Signals(signum).name)
+        if self.busy:
+            return  # a claim being taken, or a run that returned being ended: the loop acts on it next
+        if self.beat is not None:
+            self.stop_holding(self.beat)
+        self._exit(128 + signum)  # idle: nothing held
+
+    def stop_holding(self, beat: Heartbeat) -> None:
+        """Release the unit `beat` keeps and exit; the run in this process ends with it."""
+        name = signal.Signals(self.requested or signal.SIGTERM).name
+        beat.release(f"its worker got {name}")
+        self._exit(128 + int(self.requested or signal.SIGTERM))
+
+
 def drain(sweep_dir: str | Path, worker: str, run_unit: Callable[[Unit], str | None], poll_s: float = 2.0,
           exit: Callable[[int], Any] = os._exit) -> int:
     """The worker loop: claim a unit, run it with a heartbeat, record its end; wait while units are held by others
-    (one may die and need taking over); return the number of units this worker ran once every unit has ended.
-    `run_unit` returns None, or the error the run raised (its result.json says the rest)."""
+    (one may die and need taking over); return the number of units this worker ran once every unit has ended, or
+    once it was told to stop (`StopOnSignal`). `run_unit` returns None, or the error the run raised (its
+    result.json says the rest)."""
     claimer = Claimer(sweep_dir, worker)
+    stop = StopOnSignal(worker, exit)
     ran = 0
-    while True:
-        got = claimer.claim()
-        if got is None:
-            if claimer.settled():
-                return ran
-            time.sleep(poll_s)
-            continue
-        unit, claim = got
-        log.info("worker %s runs %s", worker, unit.name)
-        with Heartbeat(claimer, unit, claim, exit=exit):
-            try:
-                error = run_unit(unit)
-            except Exception as e:  # noqa: BLE001 - the run's own failure; the next unit goes on
-                error = f"{type(e).__name__}: {e}"
-        claimer.end(unit, claim, error)
-        ran += 1
+    try:
+        while stop.requested is None:
+            stop.busy = True  # from the claim until its heartbeat runs, a signal is acted on below
+            got = claimer.claim()
+            if got is None:
+                stop.busy = False
+                if claimer.settled():
+                    return ran
+                if stop.requested is not None:
+                    break
+                time.sleep(poll_s)
+                continue
+            unit, claim = got
+            log.info("worker %s runs %s", worker, unit.name)
+            with Heartbeat(claimer, unit, claim, exit=exit) as beat:
+                stop.beat, stop.busy = beat, False
+                if stop.requested is not None:  # the signal came while the claim was being taken
+                    stop.stop_holding(beat)
+                try:
+                    error = run_unit(unit)
+                except Exception as e:  # noqa: BLE001 - the run's own failure; the next unit goes on
+                    error = f"{type(e).__name__}: {e}"
+                stop.busy, stop.beat = True, None  # the run returned: its end is recorded whatever comes now
+            claimer.end(unit, claim, error)
+            stop.busy = False
+            ran += 1
+        return ran
+    finally:
+        stop.restore()
