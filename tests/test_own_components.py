@@ -286,6 +286,51 @@ def test_a_task_may_return_a_dataset_or_its_own_splits(tmp_path, monkeypatch):
     _forget("dspkg")
 
 
+def test_a_loader_that_reads_data_dir_must_list_its_files(tmp_path, monkeypatch):
+    """A loader taking `data_dir` reads files there; without `files` its data would not be in the run's identity
+    (a changed dataset, the same fingerprint, a sweep skipping its points as done): one problem on `files`.
+    Listed, the data's bytes are in the identity; a loader taking only **kwargs is not refused."""
+    import numpy as np
+
+    from transferlab.config import CustomTask, typed
+    from transferlab.errors import ConfigError
+    from transferlab.run import identity
+    from transferlab.tasks import build_task
+
+    (tmp_path / "dirpkg.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+
+        def from_dir(data_dir):
+            d = np.load(f"{data_dir}/blobs.npz")
+            return d["x"], d["y"]
+
+
+        def anything(**kwargs):
+            y = np.arange(60) % 3
+            return (y[:, None] + np.linspace(0, 1, 4)[None]).astype(np.float32) / 4, y
+    '''))
+    data = tmp_path / "data"
+    data.mkdir()
+    y = np.arange(60) % 3
+    np.savez(data / "blobs.npz", x=(y[:, None] + np.zeros((60, 4))).astype(np.float32) / 3, y=y)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _forget("dirpkg")
+    task = {"_target_": "dirpkg.from_dir", "name": "blobs", "n_per_class": 2}
+    with pytest.raises(ConfigError) as e:
+        build_task(typed(CustomTask, task, "target"), key="target", data_seed=0, data_dir=str(data))
+    assert [p.key for p in e.value.items] == ["target.files"]
+    assert e.value.problems[0] == (f"target.files=[]: the files or folders dirpkg.from_dir reads (it takes data_dir), "
+                                   f"e.g. target.files=['{data}/<its data>']: their bytes are in the run's identity, "
+                                   "so a run is not reused after its data changed")
+    listed = typed(CustomTask, {**task, "files": [str(data / "blobs.npz")]}, "target")
+    assert len(build_task(listed, key="target", data_seed=0, data_dir=str(data)).train_indices) == 6
+    assert identity.task_files(listed, str(data)) == [tmp_path / "dirpkg.py", data / "blobs.npz"]
+    kw = typed(CustomTask, {"_target_": "dirpkg.anything", "name": "any", "n_per_class": 2}, "target")
+    assert len(build_task(kw, key="target", data_seed=0, data_dir=str(data)).train_indices) == 6
+    _forget("dirpkg")
+
+
 def test_freeze_all_depths_counts_an_own_backbones_blocks(example_pkg):
     from omegaconf import OmegaConf
 

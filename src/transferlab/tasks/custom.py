@@ -14,7 +14,8 @@ the nested labelled subsets (`n_per_class`, `n_train`), input checks and adaptat
 Inputs are N x D feature vectors or N x C x H x W images (N x H x W gets one channel), uint8 0..255 or float in
 [0, 1] (or `normalize: prenormalized`); a Dataset is read into memory once, as every task is. The data must be the
 same on every call (seed any random generation from your own kwargs): the run's identity holds the function's
-code and `files`, not its output. A return that breaks this is one ConfigError line on `<task>._target_`.
+code and `files`, not its output, so a function that takes `data_dir` must list what it reads there in `files`
+(`reads_data_dir`). A return that breaks this is one ConfigError line on `<task>._target_`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,20 @@ def _parts(data, fail) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None],
     return splits, None if classes is None else [str(c) for c in classes]
 
 
+def reads_data_dir(fn) -> bool:
+    """A loader that names `data_dir` among its parameters reads files there. The run's identity holds a task's
+    code and `files`, not what it returns, so such a loader without `files` would keep its fingerprint when its data
+    changed and a sweep would skip its points as done: refused (when in doubt, a result is not reused). A loader
+    taking only `**kwargs` is offered data_dir too but is not taken to read it."""
+    import inspect
+
+    try:
+        param = inspect.signature(fn).parameters.get("data_dir")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
 def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskData:
     target = cfg.get("_target_")
     kwargs = plain(cfg.get("kwargs") or {})
@@ -118,7 +133,13 @@ def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskD
     def fail(what: str) -> ConfigError:
         return ConfigError(problem(f"{key}._target_", target, f"a function returning {what}"))
 
-    missing = [str(f) for f in cfg.get("files") or [] if not Path(os.path.expanduser(str(f))).exists()]
+    files = list(cfg.get("files") or [])
+    if not files and reads_data_dir(own_code.locate(target, f"{key}._target_")):
+        raise ConfigError(problem(f"{key}.files", files, f"the files or folders {target} reads (it takes data_dir), "
+                                                         f"e.g. {key}.files=['{data_dir or '<data_dir>'}/<its data>']: "
+                                                         "their bytes are in the run's identity, so a run is not "
+                                                         "reused after its data changed"))
+    missing = [str(f) for f in files if not Path(os.path.expanduser(str(f))).exists()]
     if missing:
         raise ConfigError(problem(f"{key}.files", missing, "files and folders that exist (what your function reads: "
                                                            "their bytes are in the run's identity)"))
