@@ -212,6 +212,37 @@ def test_the_identity_holds_the_code_of_an_own_backbone_and_task(tmp_path, monke
     _forget("ownpkg")
 
 
+def test_own_target_nodes_inside_kwargs_are_hashed_like_the_component(tmp_path, monkeypatch):
+    """A `_target_` node in a custom backbone's kwargs (an activation class of your own, built by Hydra's
+    instantiate) shapes the model as the backbone's own code does: editing its module changes the run's fingerprint,
+    the source-model key and the feature-cache architecture; library nodes (torch.nn.ReLU) are not hashed."""
+    from transferlab import own_code
+    from transferlab.run import identity
+    from transferlab.store import content
+    from transferlab.store.feature_cache import _architecture
+
+    code = tmp_path / "a"
+    _write_pkg(code, "")
+    (code / "actpkg.py").write_text("import torch\n\nclass Act(torch.nn.ReLU):\n    pass\n")
+    monkeypatch.syspath_prepend(str(code))
+    _forget("ownpkg")
+    cfg = compose_cfg([SEARCH, *OWN, "backbone._target_=ownpkg.nets.TinyConvNet",
+                       "+backbone.kwargs.extra={_target_: actpkg.Act, inner: [{_target_: torch.nn.ReLU}]}"],
+                      tmp_path / "run")
+    assert own_code.nested_targets(cfg.backbone.kwargs, "backbone.kwargs") == [("backbone.kwargs.extra", "actpkg.Act")]
+
+    def keys():
+        content.forget()
+        return identity.fingerprint(cfg), identity.source_fingerprint(cfg), _architecture(cfg)
+
+    before = keys()
+    assert identity.inputs(cfg)["backbone.kwargs.extra.code"]["files"] == str(code / "actpkg.py")
+    (code / "actpkg.py").write_text("import torch\n\nclass Act(torch.nn.ReLU):\n    pass  # edited\n")
+    after = keys()
+    assert all(a != b for a, b in zip(after, before))
+    _forget("ownpkg")
+
+
 def test_code_is_found_through_an_editable_installs_finder_without_running_it(tmp_path, monkeypatch):
     """`pip install -e .` of a project may serve its package through a finder of its own on sys.meta_path (not
     on sys.path): the code digest must still find the module, and nothing of the package is run to find it."""

@@ -9,8 +9,9 @@ Its *code* is part of a run's identity, like a data file's bytes (run/identity.p
 module the path names (`mypkg/nets.py` for `mypkg.nets.MyNet`), or every `.py` file of the package when the path
 names a package's attribute (`mypkg.MyNet` -> `mypkg/`). It is found as the import system would find it (an
 editable install's finder included) without running it (the sweeper fingerprints every point before launching,
-torch-free), so editing the class re-runs its points and retrains the source models built with it. Code it
-imports from elsewhere is not followed: keep a component's code in the module or package its `_target_` names.
+torch-free), so editing the class re-runs its points and retrains the source models built with it. A `_target_`
+node inside its kwargs (`nested_targets`) is hashed the same way. Code it imports from elsewhere is not followed:
+keep a component's code in the module or package its `_target_` names.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from transferlab.errors import ConfigError, problem
 from transferlab.store import content
 
 UNSET = "???"  # OmegaConf's MISSING, as a plain config shows it
+# Packages whose targets are library code, identified by the library versions recorded with every result, not
+# hashed (hashing `torch.nn` would read a whole package tree on every fingerprint).
+LIBRARY_PACKAGES = ("torch", "torchvision", "timm")
 
 
 def is_set(target: Any) -> bool:
@@ -64,6 +68,27 @@ def code_path(target: str) -> Path | None:
         else:
             break
     return found
+
+
+def is_library(target: str) -> bool:
+    return target.split(".", 1)[0] in LIBRARY_PACKAGES
+
+
+def nested_targets(value: Any, prefix: str) -> list[tuple[str, str]]:
+    """(key, target) of every `_target_` node inside `value` (a component's kwargs: Hydra's `instantiate` builds
+    them too), outside the libraries: their code shapes the component as its own does, so it is hashed with it."""
+    out: list[tuple[str, str]] = []
+    if isinstance(value, Mapping):
+        t = value.get("_target_")
+        if is_set(t) and not is_library(str(t)):
+            out.append((prefix, str(t)))
+        for k, v in value.items():
+            if k != "_target_":
+                out += nested_targets(v, f"{prefix}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            out += nested_targets(v, f"{prefix}.{i}")
+    return out
 
 
 def code_digest(target: Any) -> str:

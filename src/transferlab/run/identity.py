@@ -314,7 +314,22 @@ def inputs(config: Any) -> dict[str, dict[str, str]]:
     code = _code_input(c.get("backbone") or {})
     if code is not None:
         out["backbone.code"] = code
+    out.update(nested_code_inputs(c, ["backbone", *roles]))
     out.update(optim_code_inputs(c))
+    return out
+
+
+def nested_code_inputs(c: Mapping, owners: list[str]) -> dict[str, dict[str, str]]:
+    """The code of every `_target_` node of your own inside a custom backbone's or task's kwargs
+    (`own_code.nested_targets`), keyed `<owner>.kwargs.<path>.code`."""
+    out = {}
+    for owner in owners:
+        node = c.get(owner) or {}
+        if not isinstance(node, Mapping) or not own_code.is_set(node.get("_target_")):
+            continue
+        for key, target in own_code.nested_targets(node.get("kwargs") or {}, f"{owner}.kwargs"):
+            out[f"{key}.code"] = {"files": str(own_code.code_path(target) or target),
+                                  "sha256": own_code.code_digest(target)}
     return out
 
 
@@ -382,7 +397,9 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
     if isinstance(part["trainer"], dict):
         part["trainer"] = single_device(part["trainer"], machine=False)
     files = {k: v for k, v in _input_digests(ins).items() if k in ("source", "backbone.weights", "backbone.code")
-             or k.startswith("pretrain.")}  # an own pretraining optimizer's or scheduler's code
+             # an own pretraining optimizer's or scheduler's code; own `_target_` nodes in the backbone's or the
+             # source task's kwargs
+             or k.startswith(("pretrain.", "backbone.kwargs.", "source.kwargs."))}
     return _digest({"config": part, "inputs": files, "data": data})
 
 

@@ -159,7 +159,8 @@ def _architecture(cfg) -> Any:
     """The backbone config without its weights (their values are hashed as tensors): what the blocks compute with
     those tensors. Not every architecture setting shows in a tensor's name or shape (a ViT's `num_heads` splits
     the same qkv weight into other heads, an activation has no parameter), so the tensors alone do not say it. A
-    backbone of your own computes with its code: the digest of the module its `_target_` names (`own_code`)."""
+    backbone of your own computes with its code: the digest of the module its `_target_` names (`own_code`), and of
+    `_target_` nodes of your own in its kwargs."""
     from transferlab import own_code
     from transferlab.config import plain
 
@@ -168,6 +169,9 @@ def _architecture(cfg) -> Any:
         arch.pop("weights", None)
         if arch.get("family") == "custom":
             arch["code"] = own_code.code_digest(arch.get("_target_"))
+            nested = own_code.nested_targets(arch.get("kwargs") or {}, "kwargs")
+            if nested:  # `_target_` nodes of your own in its kwargs: their code computes in the blocks too
+                arch["nested_code"] = {key: own_code.code_digest(t) for key, t in nested}
     return arch
 
 

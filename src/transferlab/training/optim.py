@@ -16,7 +16,7 @@ No argument has a default here: the group files hold them (defaults live in the 
 `check` builds both on one dummy parameter before anything is trained, so a target that does not import, that is
 not an optimizer or scheduler, or that refuses an argument or value is one line: key, value, what is allowed.
 
-A target outside the libraries in `LIBRARIES` (torch, timm: their versions are recorded with every result) is a
+A target outside the libraries in `own_code.LIBRARY_PACKAGES` (torch, torchvision, timm: their versions are recorded with every result) is a
 researcher's own code: its module is hashed into the run's identity like a backbone's of one's own
 (`optim_code_inputs`, run/identity.py), so editing the optimizer re-runs its points.
 
@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 from transferlab.errors import Problem, problem
 
-LIBRARIES = ("torch", "timm")  # targets in these packages are library code, not hashed (see the docstring)
 KEYS = tuple(f"{group}.{kind}" for group in ("train", "pretrain") for kind in ("optimizer", "scheduler"))
 # Arguments the framework gives, never the node (see the module docstring).
 OPTIMIZER_OWN = {"params": "the framework passes the parameter groups",
@@ -109,9 +108,11 @@ def _partial(n: dict):
 
 
 def own_target(value: Any) -> str | None:
-    """The node's target when it is a researcher's own code (outside `LIBRARIES`), else None."""
+    """The node's target when it is a researcher's own code (outside `own_code.LIBRARY_PACKAGES`), else None."""
     path = target(value)
-    return path if path is not None and path.split(".", 1)[0] not in LIBRARIES else None
+    from transferlab.own_code import is_library
+
+    return path if path is not None and not is_library(path) else None
 
 
 def reads_metric(value: Any) -> bool:
