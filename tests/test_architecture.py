@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_FREE = ("transferlab.sweep.state", "transferlab.sweep.progress", "transferlab.sweep.groups",
+TORCH_FREE = ("transferlab.sweep.ledger", "transferlab.sweep.state", "transferlab.sweep.progress", "transferlab.sweep.groups",
               "transferlab.sweep.points", "transferlab.sweep.preview", "transferlab.run.identity",
               "transferlab.run.record", "transferlab.report", "transferlab.status", "transferlab.plan_seeds",
               "transferlab.cache", "hydra_plugins.transferlab_plugins.sweeper")

@@ -13,7 +13,7 @@ import pytest
 
 from transferlab.analysis.collect import collect_sweep, record_to_row
 from transferlab.run.record import RESULT_FILE, SCHEMA, SEALED_SINCE, Metrics, RunRecord, UnsealedRecord
-from transferlab.sweep.state import point_status
+from transferlab.sweep.ledger import folder_state
 
 # A result.json as written before `schema` existed (version 0), and before run identity: no schema, num_classes,
 # n_val, bn, fingerprint, inputs, ...; one key that no field has any more.
@@ -43,7 +43,7 @@ def test_a_version_0_record_reads_with_the_same_names_and_defaults(tmp_path):
     assert row["test_acc"] == 0.8 and math.isnan(row["test_loss"])
     runs = collect_sweep(tmp_path).runs  # the report and the sweeper read it too
     assert runs["status"].tolist() == ["ok"] and runs["val_acc_history"].tolist() == [[0.5, 0.75]]
-    assert point_status(tmp_path / "old", "any-hash") == ("stale", None)  # no fingerprint: never taken as done
+    assert folder_state(tmp_path / "old", "any-hash") == ("stale", None)  # no fingerprint: never taken as done
 
 
 @pytest.mark.parametrize("stored", [{}, {"status": "failed", "metrics": None, "frozen_blocks": None}])
@@ -59,7 +59,7 @@ def test_a_file_that_is_no_record_raises_value_error(tmp_path, text):
     (tmp_path / RESULT_FILE).write_text(text)
     with pytest.raises(ValueError):
         RunRecord.read(tmp_path / RESULT_FILE)
-    assert point_status(tmp_path, "h")[0] == "failed"  # the sweeper's reading: unreadable is failed, not a crash
+    assert folder_state(tmp_path, "h")[0] == "failed"  # the sweeper's reading: unreadable is failed, not a crash
 
 
 def test_write_then_read_is_the_same_record(tmp_path):
@@ -84,12 +84,12 @@ def test_a_record_is_sealed_and_a_hand_edit_never_reads_as_a_result(tmp_path):
     path = RunRecord(status="ok", fingerprint="fp", metrics=Metrics(test_acc=0.5)).write(run)
     check = subprocess.run(["sha256sum", "-c", RESULT_FILE + ".sha256"], cwd=run, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr  # the shell can check it too
-    assert point_status(run, "fp") == ("ok", None)
+    assert folder_state(run, "fp") == ("done", None)
 
     _edit(path, metrics={"test/acc": 0.99})
     with pytest.raises(UnsealedRecord, match="fails its checksum"):
         RunRecord.read(path)
-    state, why = point_status(run, "fp")
+    state, why = folder_state(run, "fp")
     assert state == "failed" and "checksum" in why  # the sweeper re-runs it
     (row,) = collect_sweep(tmp_path).runs.to_dict("records")
     assert row["status"] == "failed" and "checksum" in row["error"] and not row.get("test_acc") == 0.99

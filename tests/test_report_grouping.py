@@ -349,7 +349,7 @@ def test_a_point_whose_result_lies_in_another_folder_is_done(tmp_path):
     write_sweep(root, [point("transfer.freeze=2,seed=0", rec, status="skipped")])
     r = build_report(root, n_boot=20)
     assert r.points[["run_dir", "state", "result_dir"]].values.tolist() == [
-        ["transfer.freeze=2,seed=0", "ok", "seed=0,transfer.freeze=2"]]
+        ["transfer.freeze=2,seed=0", "done", "seed=0,transfer.freeze=2"]]
     assert len(r.missing) == 0 and "1 point declared: 1 ok, 0 failed, 0 missing" in notes_of(r)
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import run_cli
 from transferlab.sweep.points import Point
-from transferlab.sweep.state import Summary, declared_by_latest_launch
+from transferlab.sweep.ledger import SweepRecord
+from transferlab.sweep.state import Summary
 from transferlab.sweep.progress import sweep_status
 
 NOW = 1_000_000.0  # the clock sweep_status is given
@@ -201,7 +202,48 @@ def test_each_launch_stamps_the_points_it_declares(tmp_path):
     assert {p["name"]: p["launch"] for p in record["points"]} == {
         "target.n_per_class=1": 200.0, "target.n_per_class=2": 200.0, "target.n_per_class=5": 100.0}
     assert all(p["status"] == "pending" for p in record["points"])  # left alone: the earlier entry is kept
-    assert declared_by_latest_launch(record) == {"target.n_per_class=1", "target.n_per_class=2"}
+    assert SweepRecord.from_dict(record).declared_by_latest_launch() == {"target.n_per_class=1", "target.n_per_class=2"}
     Summary("syn", str(tmp_path), points=pts(1, 2, 5), start=300.0).write()  # the full grid again
-    assert declared_by_latest_launch(json.loads((tmp_path / "sweep.json").read_text())) == {
+    assert SweepRecord.read(tmp_path).declared_by_latest_launch() == {
         "target.n_per_class=1", "target.n_per_class=2", "target.n_per_class=5"}
+
+
+def test_status_and_the_report_judge_every_point_alike_each_failure_with_its_reason(tmp_path):
+    """One judgement (sweep.ledger) for `transferlab-status` and the report: a done point, a failed result, a config
+    error the sweeper recorded (no result), a job that died, a job that died on a full disk (the sweeper's recorded
+    error, not "died without a result"), a stale result, a missing point, a hand-edited (tampered) result and a
+    running job get the same state and the same reason from both."""
+    from transferlab.analysis.collect import point_states
+    from transferlab.run.record import RunRecord
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    sweep = Sweep(tmp_path / "sw")
+    done = sweep.add(None, "seed=0", result=_ok(1.0))
+    nan = sweep.add(None, "seed=1", result={"status": "failed", "error": "FloatingPointError: loss is nan"})
+    config = sweep.add(None, "seed=2")
+    died = sweep.add(None, "seed=3", started=_here(NOW - 9, pid=dead))
+    disk = sweep.add(None, "seed=4", started=_here(NOW - 9, pid=dead))
+    stale = sweep.add(None, "seed=5")
+    (tmp_path / "sw" / stale / "result.json").write_text(json.dumps({"fingerprint": "another", "status": "ok"}))
+    missing = sweep.add(None, "seed=6")
+    tampered = sweep.add(None, "seed=7")
+    RunRecord(status="ok", fingerprint=f"h-{tampered}", wall_s=1.0).write(tmp_path / "sw" / tampered)
+    edited = json.loads((tmp_path / "sw" / tampered / "result.json").read_text())
+    (tmp_path / "sw" / tampered / "result.json").write_text(json.dumps({**edited, "wall_s": 0.5}))
+    running = sweep.add(None, "seed=8", started=_here(NOW - 5))
+    for name, error in ((config, "train.lr=-1.0: a number > 0"), (disk, "OSError: [Errno 28] No space left on "
+                                                                          "device: '/out/seed=4/result.json'")):
+        entry = next(e for e in sweep.points if e["name"] == name)
+        entry.update(status="failed", error=error)
+    status = {p.name: (p.state, p.reason) for p in sweep_status(sweep.write(), now=NOW).points}
+    report = {r["run_dir"]: (r["state"], r["reason"]) for _, r in point_states(tmp_path / "sw").iterrows()}
+    assert {k: (v[0], None if v[1] != v[1] else v[1]) for k, v in report.items()} == status  # NaN: no reason
+    assert status[done] == ("done", None) and status[missing] == ("missing", None)
+    assert status[nan] == ("failed", "FloatingPointError: loss is nan")
+    assert status[config] == ("failed", "train.lr=-1.0: a number > 0")
+    assert status[died] == ("failed", "its job died without a result (killed, timed out, out of memory?)")
+    assert status[disk] == ("failed", "OSError: [Errno 28] No space left on device: '/out/seed=4/result.json'")
+    assert status[stale][0] == "stale"
+    assert status[tampered][0] == "failed" and "checksum" in status[tampered][1].lower(), status[tampered]
+    assert status[running][0] == "running"

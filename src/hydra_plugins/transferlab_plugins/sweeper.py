@@ -376,12 +376,11 @@ class TransferlabSweeper(compat.basic_sweeper()):
 
     def _launch_batch(self, batch: list, sweep_dir: Path) -> list:
         """[(point, JobReturn or None, launcher error)]: None for every point when the launcher raised."""
-        from transferlab.sweep import state as S
-        from transferlab.sweep.groups import GROUP_FILE
+        from transferlab.sweep.ledger import GROUP_FILE, STARTED_FILE
 
         for p in batch:
             for member in self._units.get(p.name, [p]):
-                (Path(member.dir) / S.STARTED_FILE).unlink(missing_ok=True)
+                (Path(member.dir) / STARTED_FILE).unlink(missing_ok=True)
         jobs = [[*p.overrides, f"hydra.sweep.dir={_quote(str(sweep_dir))}", f"hydra.sweep.subdir={_quote(p.name)}",
                  *([f"group={_quote(str(Path(p.dir) / GROUP_FILE))}"] if p.name in self._units else [])]
                 for p in batch]
@@ -410,16 +409,16 @@ class TransferlabSweeper(compat.basic_sweeper()):
 
     @staticmethod
     def _left_nothing(p: Any) -> bool:
-        from transferlab.sweep import state as S
+        from transferlab.sweep.ledger import folder_state
 
-        return S.point_status(p.dir, p.hash)[0] == "missing"
+        return folder_state(p.dir, p.hash)[0] == "missing"
 
     @staticmethod
     def _judge(p: Any, r: Optional[JobReturn]) -> None:
-        from transferlab.sweep import state as S
+        from transferlab.sweep.ledger import folder_state
 
-        status, error = S.point_status(p.dir, p.hash)
-        if status == "ok":
+        status, error = folder_state(p.dir, p.hash)
+        if status == "done":
             p.status, p.error = "ok", None
             return
         p.status = "failed"

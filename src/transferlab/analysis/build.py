@@ -144,8 +144,8 @@ def missing_points(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFram
     from transferlab.analysis import collect
 
     if points is not None:
-        lost = points[points["state"].isin(list(REASONS))]
-        out = lost.assign(reason=lost["state"].map(REASONS))
+        out = points[points["state"].isin(list(REASONS))].copy()
+        out["reason"] = out["state"].map(REASONS)
     else:
         out = collect.inferred_missing(df) if not df.empty else pd.DataFrame()
     return out.reindex(columns=MISSING_COLUMNS).reset_index(drop=True)
@@ -156,7 +156,8 @@ def failed_runs(df: pd.DataFrame, points: pd.DataFrame | None) -> pd.DataFrame:
 
     rows = df[df["status"] != "ok"].reindex(columns=FAILED_COLUMNS)
     if points is not None:
-        no_result = points[points["state"] == "failed_no_result"].reindex(columns=FAILED_COLUMNS)
+        no_result = points[(points["state"] == "failed") & points["result_dir"].isna()]
+        no_result = no_result.assign(error=no_result["reason"]).reindex(columns=FAILED_COLUMNS)
         rows = pd.concat([rows, no_result]) if len(no_result) else rows
     return rows.reset_index(drop=True)
 
@@ -206,8 +207,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
     effective = dt_mod.effective_data(df, summary, fits, n_boot=n_boot, confidence=confidence)
     stat_notes += lead_metric.imbalance_notes(df, metric) + _seed_notes(cx, effective)
     stat_notes += [rising_note] if rising_note else []  # the still-rising runs per arm (collect.still_rising)
-    name = (found.sweep or {}).get("name") or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any()
-                                              else sweep.name)
+    recorded = found.sweep.name if found.sweep is not None else None
+    name = recorded or (str(df["name"].dropna().iloc[0]) if df["name"].notna().any() else sweep.name)
     tag = names.beside  # the CSVs (and W&B tables): the machine label with the arm's name beside it
     report = Report(
         out_dir=out, results=runs, summary=tag(summary), gain=tag(gain), best=tag(stats.best_per_n(summary, tests)),
@@ -317,11 +318,12 @@ def counts_line(r: Report) -> str | None:
     if r.points is None:
         return None
     state = r.points["state"]
-    no_result = int((state == "failed_no_result").sum())
-    failed = int(state.isin(["failed", "failed_no_result"]).sum())
+    no_result = int(((state == "failed") & r.points["result_dir"].isna()).sum())
+    failed = int((state == "failed").sum())
     dropped = int((state == "dropped").sum())
-    tail = f", {dropped} dropped by the latest launch's grid" if dropped else ""
-    return (f"{len(r.points)} point{'s' * (len(r.points) != 1)} declared: {int((state == 'ok').sum())} ok, "
+    busy = ", ".join(f"{int((state == s).sum())} {s}" for s in ("running", "queued") if (state == s).any())
+    tail = (f", {busy}" if busy else "") + (f", {dropped} dropped by the latest launch's grid" if dropped else "")
+    return (f"{len(r.points)} point{'s' * (len(r.points) != 1)} declared: {int((state == 'done').sum())} ok, "
             f"{failed} failed"
             + (f" ({no_result} without a result)" if no_result else "")
             + f", {int(state.isin(list(REASONS)).sum())} missing" + tail)

@@ -1,5 +1,6 @@
 """Every result.json under a sweep folder -> tidy pandas rows (one per distinct run), grouped by run identity; the
-sweep's own record of its points (sweep.json) -> what was declared, failed and is missing; learning curves.
+sweep's own record of its points (sweep.json) -> what was declared and what became of each point (judged by
+`sweep.ledger`, as the sweeper and `transferlab-status` judge it); learning curves.
 
 Reads only through `transferlab.run.record.RunRecord`, so the record schema has one owner: a row is made of a
 record's fields, and a field a record lacks is missing in the row (NaN, None), never a default chosen here. The
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -37,11 +38,11 @@ import pandas as pd
 from transferlab.config import cli_value
 from transferlab.run import identity
 from transferlab.run.record import RunRecord, find_results
+from transferlab.sweep.ledger import SWEEP_FILE, SweepRecord, judge_sweep
 from transferlab.transfer.arm_name import arm_name
 
 SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
 SCRATCH_LONG = "scratch_long"  # copies nothing, trained for the source's steps too (training/scratch_long.py)
-SWEEP_RECORD = "sweep.json"  # written by the transferlab sweeper (transferlab.sweep.state.SUMMARY_FILE)
 KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "baseline_key")
 # What the readable arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "gradual", a trainable
 # set): these arm keys are not repeated after it. `transfer.name` is what the preset was called (finetune,
@@ -358,78 +359,44 @@ def _baseline(line: str, scratch: list[str], line_ids: Mapping[str, tuple[dict, 
 
 
 # ---------------------------------------------------------------- the sweep record
-def read_sweep_record(sweep_dir: str | Path) -> tuple[dict | None, str | None]:
+def read_sweep_record(sweep_dir: str | Path) -> tuple[SweepRecord | None, str | None]:
     """(sweep.json as the sweeper wrote it, or None; a note if it exists but cannot be read)."""
-    path = Path(sweep_dir) / SWEEP_RECORD
-    if not path.exists():
-        return None, None
     try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or not isinstance(record.get("points"), list):
-            raise ValueError("no list of points")
-    except (OSError, ValueError) as e:
-        return None, f"{SWEEP_RECORD} unreadable ({e}): counts inferred from the results found"
-    return record, None
+        return SweepRecord.read(sweep_dir), None
+    except FileNotFoundError:
+        return None, None
+    except ValueError as e:
+        return None, f"{e}: counts inferred from the results found"
 
 
-def _point_dir(point: Mapping, record: Mapping, root: Path) -> str:
-    """A point's folder relative to the sweep folder (older sweep.json files hold absolute paths)."""
-    d = PurePath(str(point.get("dir") or point.get("name")))
-    if d.is_absolute():
-        for base in (record.get("sweep_dir"), root.resolve()):
-            try:
-                return d.relative_to(str(base)).as_posix()
-            except (TypeError, ValueError):
-                continue
-    return d.as_posix()
-
-
-STATES = ("ok", "failed", "failed_no_result", "stale", "missing", "dropped")  # best first
-
-
-def point_states(record: Mapping, root: Path, found: Mapping[str, tuple[str | None, str | None]]) -> pd.DataFrame:
-    """One row per distinct point the sweep declared: its folder, overrides, hash, the sweeper's status and error,
-    the folder holding its result, and its state judged by what is on disk now: ok / failed (its result.json says
-    so) / failed_no_result (the sweeper recorded a failure and no result.json exists, e.g. a config error) / stale
-    (the folder's result.json is another config's) / missing (no result.json: not run yet, or lost) / dropped (no
-    ok result, and the latest launch's grid no longer declares it: `sweep.state.declared_by_latest_launch`, the
-    rule transferlab-status uses). `found` maps run folder -> (fingerprint, status) of every result.json.
-
-    As for the sweeper, a point is done when any folder holds an ok result of its fingerprint (one named by an
-    older rule, or by a launch that swept other keys). Points with the same hash (one config reached by two folder
+def point_states(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per distinct point the sweep declared, in its order: its folder, overrides, fingerprint, the
+    sweeper's status (`declared`) and recorded error, its state and the reason (`ledger.judge_sweep`: the judgement
+    the sweeper and `transferlab-status` make, in their words: done, failed, running, queued, stale, missing,
+    dropped), and the folder holding its result (`result_dir`: an ok result of its fingerprint, or its own failed
+    one; none when it failed without a result). Points with the same fingerprint (one config reached by two folder
     names) are one point, counted once, in the best state any of its folders is in; `also` names the others."""
-    ok_by_fp = {}
-    for run_dir, (fp, status) in sorted(found.items()):
-        if fp and status == "ok":
-            ok_by_fp.setdefault(fp, run_dir)
-    from transferlab.sweep.state import declared_by_latest_launch
-
-    latest = declared_by_latest_launch(dict(record))
+    record, judged = judge_sweep(sweep_dir)
+    entries = {e.name: e for e in record.points}
     rows = []
-    for p in record.get("points") or []:
-        run_dir, h = _point_dir(p, record, root), p.get("hash")
-        fp, status = found.get(run_dir, (None, None))
-        own = run_dir in found and fp in (h, None)  # fingerprint None: unreadable, judged failed as the sweeper does
-        result_dir = run_dir if own and status == "ok" else ok_by_fp.get(h) or (run_dir if own else None)
-        if result_dir is not None:
-            state = "ok" if found[result_dir][1] == "ok" else "failed"
-        elif run_dir in found:
-            state = "stale"
-        else:
-            state = "failed_no_result" if p.get("status") == "failed" else "missing"
-        if state != "ok" and latest is not None and p.get("name") not in latest:
-            state = "dropped"
-        rows.append({"run_dir": run_dir, "overrides": " ".join(p.get("overrides") or []), "hash": h,
-                     "declared": p.get("status"), "state": state, "result_dir": result_dir, "error": p.get("error")})
-    cols = ["run_dir", "overrides", "hash", "declared", "state", "result_dir", "error", "also"]
+    for order, p in enumerate(judged):
+        e = entries[p.name]
+        result_dir = p.folder if p.state in ("done", "failed") else None
+        rows.append({"run_dir": e.folder, "overrides": " ".join(e.overrides or []), "hash": e.hash,
+                     "declared": e.status, "state": p.state, "reason": p.reason, "result_dir": result_dir,
+                     "error": e.error, "order": order})
+    cols = ["run_dir", "overrides", "hash", "declared", "state", "reason", "result_dir", "error", "also"]
     if not rows:
         return pd.DataFrame(columns=cols)
-    df = pd.DataFrame(rows).assign(rank=lambda d: d["state"].map(STATES.index), order=range(len(rows)))
+    df = pd.DataFrame(rows).assign(rank=lambda d: d["state"].map(BEST_FIRST.index))
     df["point"] = df["hash"].where(df["hash"].notna(), df["run_dir"])
     out = []
     for _, g in df.sort_values(["rank", "order"]).groupby("point", sort=False):
         out.append({**g.iloc[0].to_dict(), "also": ", ".join(g["run_dir"].iloc[1:])})
     return pd.DataFrame(out).sort_values("order").reindex(columns=cols).reset_index(drop=True)
+
+
+BEST_FIRST = ("done", "running", "queued", "failed", "stale", "missing", "dropped")  # a point's best folder first
 
 
 def inferred_missing(df: pd.DataFrame) -> pd.DataFrame:
@@ -452,7 +419,7 @@ def inferred_missing(df: pd.DataFrame) -> pd.DataFrame:
 class Collection:
     runs: pd.DataFrame                   # one row per distinct run (ok and failed), grouping keys and labels
     duplicates: pd.DataFrame             # run_dir, fingerprint, kept: copies of a run that is counted once
-    sweep: dict | None                   # sweep.json, when the folder has one
+    sweep: SweepRecord | None            # sweep.json, when the folder has one
     points: pd.DataFrame | None          # point_states() of sweep.json, else None
     notes: list[str] = field(default_factory=list)  # what the reader must know about the grouping
 
@@ -486,7 +453,7 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     """Read every result.json and sweep.json; drop duplicate runs; add the grouping keys and labels."""
     root = Path(sweep_dir)
     sweep, sweep_note = read_sweep_record(root)
-    named = {_point_dir(p, sweep, root) for p in sweep["points"]} if sweep else set()
+    named = {p.folder for p in sweep.points} if sweep else set()
     rows, idents, envs = [], {}, {}
     for path in find_results(root):
         run_dir = path.parent.relative_to(root).as_posix()
@@ -505,7 +472,6 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
         rows.append(row)
         idents[run_dir] = ident
         envs[run_dir] = record.environment if isinstance(record.environment, dict) else None
-    found = {r["run_dir"]: (r["fingerprint"], r["status"]) for r in rows}
 
     by_fp: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -520,7 +486,7 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     gone = {d["run_dir"] for d in dropped}
     duplicates = pd.DataFrame(dropped, columns=["run_dir", "fingerprint", "kept"]).sort_values("run_dir")
     df = pd.DataFrame([r for r in rows if r["run_dir"] not in gone]).drop(columns=["_mtime"], errors="ignore")
-    points = point_states(sweep, root, found) if sweep else None
+    points = point_states(root) if sweep else None
     notes = [sweep_note] if sweep_note else []
     if df.empty:
         return Collection(df, duplicates.reset_index(drop=True), sweep, points, notes)
@@ -544,7 +510,7 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     if sweep is not None:
         outside = sorted(set(df["run_dir"]) - named)
         if outside:
-            notes.append(f"{len(outside)} run{'s' * (len(outside) > 1)} in folders {SWEEP_RECORD} does not declare "
+            notes.append(f"{len(outside)} run{'s' * (len(outside) > 1)} in folders {SWEEP_FILE} does not declare "
                          f"(included): " + ", ".join(outside[:5]) + (", ..." if len(outside) > 5 else ""))
     warning = _env_warning(df, envs)
     if warning:

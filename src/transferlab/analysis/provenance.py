@@ -5,7 +5,7 @@ Where each item comes from:
 
 - the command(s): `sweep.json`'s launches (the sweeper records every launch's argv, host and times); a plain
   folder of runs has none, and the block says so. The commands that declare the result's grid are the latest
-  launch and any launch still the last to declare some point (`sweep.state.LAUNCH_KEY`); an earlier launch all of
+  launch and any launch still the last to declare some point (`sweep.ledger.LAUNCH_KEY`); an earlier launch all of
   whose points a later launch declared again (a resume, a grid extended) or dropped is superseded: listed apart,
   as history, since the commands above already declare everything the result holds;
 - what the intervals cover (`variation`): which sources of variation differ between the seeds of one arm, read
@@ -41,11 +41,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from transferlab.config import cli_value, flatten
 from transferlab.run.record import RESULT_FILE, RunRecord
 from transferlab.training import optim as optim_nodes
+
+if TYPE_CHECKING:
+    from transferlab.sweep.ledger import SweepRecord
 
 PROGRAM = "python -m transferlab.train"  # sweep.json records the arguments after the program
 MAX_VALUES = 8  # values listed per varied key before "... (k values)"
@@ -137,31 +140,26 @@ def default_config() -> tuple[dict[str, Any] | None, str]:
     return flat, f"the defaults of conf/ ({conf_source.search_path()}) composed by the transferlab making this report"
 
 
-def _commands(sweep: Mapping | None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _commands(sweep: "SweepRecord | None") -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(the launches the result comes from, the superseded ones): see the module docstring."""
-    from transferlab.sweep.state import LAUNCH_KEY
-
-    launches = [x for x in (sweep or {}).get("launches") or [] if isinstance(x, Mapping)]
-    points = [p for p in (sweep or {}).get("points") or [] if isinstance(p, Mapping)]
-    stamped = {p.get(LAUNCH_KEY) for p in points if p.get(LAUNCH_KEY) is not None}
+    launches = sweep.launches if sweep is not None else []
+    stamped = {p.launch for p in (sweep.points if sweep is not None else []) if p.launch is not None}
     out, old = [], []
     for i, launch in enumerate(launches):
-        start = launch.get("start")
+        start = launch.start
         # the grid of the result: the latest launch, and any launch that is still the last to declare some point;
         # a record written before launches stamped their points cannot tell them apart (all listed)
         current = i == len(launches) - 1 or not stamped or start in stamped
-        argv = [str(a) for a in launch.get("argv") or []]
-        start = launch.get("start")
+        argv = [str(a) for a in launch.argv or []]
         when = (datetime.fromtimestamp(float(start), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                 if isinstance(start, (int, float)) and start > 0 else "")
         # a launch without an end was killed, or is still running: its counts were never written
-        counts = ", ".join(f"{launch[k]} {k}" for k in ("ok", "failed", "skipped") if launch.get(k)) \
-            if launch.get("end") is not None else "did not finish (killed, or still running)"
+        counts = ", ".join(f"{getattr(launch, k)} {k}" for k in ("ok", "failed", "skipped") if getattr(launch, k)) \
+            if launch.end is not None else "did not finish (killed, or still running)"
         counts = counts or "none run"
-        n_points = launch.get("points")
         (out if current else old).append({"command": f"{PROGRAM} {shlex.join(argv)}".strip(), "started": when,
-                                          "host": str(launch.get("host") or ""),
-                                          "outcome": f"{n_points} points: {counts}" if n_points is not None
+                                          "host": str(launch.host or ""),
+                                          "outcome": f"{launch.points} points: {counts}" if launch.points is not None
                                           else counts})
     return out, old
 
@@ -416,7 +414,8 @@ def _environment(records: list[RunRecord]) -> list[tuple[str, str]]:
     return rows
 
 
-def describe(records: Mapping[str, RunRecord], sweep: Mapping | None, defaults: tuple | None = None) -> Setup:
+def describe(records: Mapping[str, RunRecord], sweep: "SweepRecord | Mapping | None",
+             defaults: tuple | None = None) -> Setup:
     """The setup block of these runs (ok and failed alike: a failed run was part of the experiment too).
     `defaults` is (flat default config or None, note); composed from conf/ when not given."""
     recs = list(records.values())
@@ -428,7 +427,9 @@ def describe(records: Mapping[str, RunRecord], sweep: Mapping | None, defaults: 
 
         now = environment().get("commit")
         note += f" (commit {str(now)[:12]})" if now else ""
-    commands, superseded = _commands(sweep)
+    from transferlab.sweep.ledger import SweepRecord
+
+    commands, superseded = _commands(SweepRecord.from_dict(sweep) if isinstance(sweep, Mapping) else sweep)
     return Setup(commands=commands, superseded=superseded, variation=_variation(recs), varied=varied,
                  changed=changed, defaults_note=note,
                  training=_training(recs), sources=_sources(recs), data=_data(recs), splits=_splits(recs),

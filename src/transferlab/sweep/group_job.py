@@ -13,9 +13,9 @@ run/tuning.py) run one after the other, each as its own point would.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from transferlab.config import tune_grid
 from transferlab.errors import failure_text
 from transferlab.run.experiment import Experiment
 from transferlab.sweep import state
+from transferlab.sweep.ledger import GroupFile, folder_state
 from transferlab.training.callbacks import _rng_state, _set_rng_state
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,15 @@ class GroupFailed(RuntimeError):
 
 
 def members(cfg: DictConfig) -> list[dict[str, Any]]:
-    """The members listed in the group file (`sweep.groups.write`); ConfigError for anything else."""
+    """The members listed in the group file (`sweep.groups.write`, `ledger.GroupFile`); ConfigError for anything
+    else."""
     from transferlab.errors import ConfigError, problem
 
     try:
-        listed = json.loads(Path(str(cfg.group)).read_text())["members"]
-        if not listed or not all({"dir", "fingerprint", "replicates"} <= set(m) for m in listed):
-            raise ValueError("no members")
-    except (OSError, ValueError, KeyError, TypeError):
+        return [asdict(m) for m in GroupFile.read(str(cfg.group)).members]
+    except ValueError:
         raise ConfigError(problem("group", cfg.group, "null, or a group file the sweeper wrote "
                                   "(hydra.sweeper.vectorize=seeds); not a setting to pass by hand")) from None
-    return listed
 
 
 def member_config(cfg: DictConfig, member: dict[str, Any]) -> DictConfig:
@@ -71,7 +70,7 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     rngs: list[dict] = []
     failures: list[str] = []
     for m in listed:
-        if state.point_status(m["dir"], m["fingerprint"])[0] == "ok":  # a requeued group: never redo a result
+        if folder_state(m["dir"], m["fingerprint"])[0] == "done":  # a requeued group: never redo a result
             log.info("vectorize: %s is done already; not trained again", Path(m["dir"]).name)
             continue
         state.mark_started(m["dir"])
@@ -111,7 +110,7 @@ def _run_tuned(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, 
                 len(listed), Path(str(cfg.group)).parent.name)
     records, failures = [], []
     for m in listed:
-        if state.point_status(m["dir"], m["fingerprint"])[0] == "ok":  # a requeued group: never redo a result
+        if folder_state(m["dir"], m["fingerprint"])[0] == "done":  # a requeued group: never redo a result
             continue
         state.mark_started(m["dir"])
         mcfg = member_config(cfg, m)

@@ -16,10 +16,8 @@ from pathlib import Path
 import yaml
 
 from transferlab.run.identity import REPLICATES
-from transferlab.store.atomic import write_json
+from transferlab.sweep.ledger import GROUP_FILE, GroupFile, GroupMember
 from transferlab.sweep.points import Point
-
-GROUP_FILE = "group.json"
 MODES = ("seeds",)
 
 
@@ -53,7 +51,5 @@ def group(points: list[Point], max_size: int) -> list[list[Point]]:
 
 def write(unit: list[Point]) -> Path:
     """The group file in the leader's folder (written atomically); its path goes into the job's overrides."""
-    path = Path(str(unit[0].dir)) / GROUP_FILE
-    write_json(path, {"members": [{"name": p.name, "dir": str(p.dir), "fingerprint": p.hash,
-                                   "replicates": replicates(p)} for p in unit]})
-    return path
+    return GroupFile([GroupMember(name=p.name, dir=str(p.dir), fingerprint=str(p.hash), replicates=replicates(p))
+                      for p in unit]).write(Path(str(unit[0].dir)) / GROUP_FILE)

@@ -26,26 +26,16 @@ from typing import Any, Iterable
 
 from transferlab.run.record import RESULT_FILE, RunRecord, UnsealedRecord
 from transferlab.store import verified
-from transferlab.store.atomic import shared_lock, write_json
+from transferlab.store.atomic import shared_lock
+from transferlab.sweep.ledger import (LAUNCH_KEY, POINT_FILE, STARTED_FILE, SWEEP_FILE, PointMarker, Started,
+                                      SweepRecord, folder_state, recorded_fingerprint)
 from transferlab.sweep.points import Point
 
-POINT_FILE = "point.json"      # written by the sweeper before a point runs: its overrides and fingerprint
-STARTED_FILE = "started.json"  # written by the job when it starts (pid, host): tells "never started" from "died"
-SUMMARY_FILE = "sweep.json"    # the sweep's record: every point of every launch and its status, every launch
 LOCK_FILE = ".sweep.lock"      # held by the process running the sweep: a second copy is refused
 STALE_RESULT = "result.stale.json"
 # a point's resume state: target fit, source pretraining, a tuned point's candidates (run/tuning.py)
 CHECKPOINT_DIRS = ("checkpoints", "source/checkpoints", "candidates")
 SWEEP_PID_ENV = "TRANSFERLAB_SWEEP_PID"  # set by the sweeper for its local worker processes (parent-death check)
-LAUNCH_KEY = "launch"  # in each sweep.json point: the start of the latest launch that declared it
-
-
-# ---------------------------------------------------------------- identity
-def recorded_fingerprint(record: RunRecord) -> str | None:
-    """The run identity a result.json was made under (`identity.fingerprint`); None for records written before
-    identity covered input contents and trainer settings: those are never taken as done (nothing proves what
-    data and settings made them)."""
-    return str(record.fingerprint) if record.fingerprint else None
 
 
 class SweepBusy(SystemExit):
@@ -67,22 +57,6 @@ def sweep_lock(sweep_dir: Path):
 
 
 # ---------------------------------------------------------------- state on disk
-def point_status(run_dir: str | Path, expected_hash: str) -> tuple[str, str | None]:
-    """('ok'|'failed'|'stale'|'missing', error) of a point folder, judged by its result.json and config hash."""
-    path = Path(run_dir) / RESULT_FILE
-    if not path.exists():
-        return "missing", None
-    try:
-        record = RunRecord.read(path)
-    except (OSError, ValueError) as e:
-        return "failed", f"unreadable {RESULT_FILE}: {e}"
-    if recorded_fingerprint(record) != expected_hash:
-        return "stale", None
-    if record.status == "ok":
-        return "ok", None
-    return "failed", record.error or f"status={record.status!r}"
-
-
 def finished_runs(sweep_dir: str | Path) -> dict[str, Path]:
     """{fingerprint: folder} of every ok result.json directly below the sweep folder: a point is done when any
     folder holds its fingerprint's result (e.g. one named by an older rule, or by a launch that swept other keys)."""
@@ -105,12 +79,9 @@ def adopt_renamed_folders(sweep_dir: str | Path, points: Iterable[Point]) -> lis
     sweep_dir = Path(sweep_dir)
     by_overrides: dict[frozenset, Path] = {}
     for marker in sweep_dir.glob(f"*/{POINT_FILE}"):
-        try:
-            overrides = json.loads(marker.read_text()).get("overrides")
-        except (OSError, ValueError):
-            continue
-        if isinstance(overrides, list):
-            by_overrides.setdefault(frozenset(overrides), marker.parent)
+        read = PointMarker.read(marker.parent)
+        if read is not None and isinstance(read.overrides, list):
+            by_overrides.setdefault(frozenset(read.overrides), marker.parent)
     moves = []
     for p in points:
         canonical = Path(p.dir or sweep_dir / p.name)
@@ -146,23 +117,18 @@ def prepare_point_dir(run_dir: str | Path, point: Point, *, fresh: bool = False)
     """Before a point runs: if its folder holds another fingerprint's work (or `fresh`: `resume=false`), set the
     result aside and clear every checkpoint, source pretraining included, so the point trains from zero."""
     run_dir = Path(run_dir)
-    marker = run_dir / POINT_FILE
-    old = None
-    if marker.exists():
-        try:
-            old = json.loads(marker.read_text()).get("hash")
-        except (OSError, ValueError):
-            old = None
+    marker = PointMarker.read(run_dir)
+    old = marker.hash if marker is not None else None
     result = run_dir / RESULT_FILE
     owned_by_other = (old is not None and old != point.hash) or (
-        result.exists() and point_status(run_dir, point.hash or "")[0] == "stale")
+        result.exists() and folder_state(run_dir, point.hash or "")[0] == "stale")
     if fresh or owned_by_other or old is None:  # no marker: nothing proves whose checkpoints these are
         set_aside(result)
         clear_checkpoints(run_dir)
     elif _unsealed(result):  # kept for inspection as result.json.corrupt-<time>; the point runs again
         verified.set_aside(result)
     (run_dir / STARTED_FILE).unlink(missing_ok=True)
-    write_json(marker, {"name": point.name, "hash": point.hash, "overrides": point.overrides})
+    PointMarker(name=point.name, hash=point.hash, overrides=point.overrides).write(run_dir)
 
 
 def _unsealed(result: Path) -> bool:
@@ -178,8 +144,7 @@ def _unsealed(result: Path) -> bool:
 def mark_started(run_dir: str | Path) -> None:
     """Called by the job as it starts: lets the sweeper tell a point that never started (re-launch it) from one
     that died (failed), when a parallel launcher loses a whole batch to one dead worker."""
-    write_json(Path(run_dir) / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
-                                              "start": time.time(), "slurm_job": slurm_job_id()})
+    Started.now(slurm_job_id()).write(run_dir)
 
 
 def slurm_job_id() -> str | None:
@@ -228,7 +193,7 @@ class Summary:
         return entry
 
     def write(self) -> Path:
-        path = Path(self.sweep_dir) / SUMMARY_FILE
+        path = Path(self.sweep_dir) / SWEEP_FILE
         try:
             old = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
@@ -246,10 +211,9 @@ class Summary:
         launches.append({"argv": self.argv, "start": self.start, "end": self.end, "host": socket.gethostname(),
                          "user": os.environ.get("USER"), "points": len(self.points), "ok": self.count("ok"),
                          "failed": self.count("failed"), "skipped": self.count("skipped")})
-        write_json(path, {"name": self.name, "sweep_dir": self.sweep_dir, "ok": self.count("ok"),
-                          "failed": self.count("failed"), "skipped": self.count("skipped"),
-                          "launches": launches, "points": list(points.values())})
-        return path
+        return SweepRecord.from_dict({"name": self.name, "sweep_dir": self.sweep_dir, "ok": self.count("ok"),
+                                      "failed": self.count("failed"), "skipped": self.count("skipped"),
+                                      "launches": launches, "points": list(points.values())}).write(self.sweep_dir)
 
     def report(self) -> str:
         lines = [f"sweep {self.name}: {self.line}  ({self.sweep_dir})"]
@@ -257,17 +221,3 @@ class Summary:
             if p.status == "failed":
                 lines.append(f"  failed {p.name}: {p.error}")
         return "\n".join(lines)
-
-
-def declared_by_latest_launch(record: dict) -> set[str] | None:
-    """Names of the points the latest launch of a sweep declared (its grid), read from sweep.json: each launch
-    stamps its points with its start time (`Summary.write`), so a point declared only by earlier launches was
-    dropped from the grid (e.g. `target.n_per_class=1,2,5`, then `=1,2`). None when that cannot be told: no launch
-    recorded, or the latest launch stamped no point (a sweep.json written before launches stamped their points)."""
-    launches = [x for x in record.get("launches") or [] if isinstance(x, dict) and x.get("start") is not None]
-    if not launches:
-        return None
-    latest = launches[-1]["start"]  # launches are appended in the order they ran
-    names = {str(e.get("name")) for e in record.get("points") or []
-             if isinstance(e, dict) and e.get("name") and e.get(LAUNCH_KEY) == latest}
-    return names or None
