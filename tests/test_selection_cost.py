@@ -204,3 +204,5 @@ def test_a_tuned_sweep_over_both_protocols_reports_what_selection_costs(tmp_path
                for s, o in zip((0, 1), oracle))
     assert row["honest_mean"] == pytest.approx(np.mean([by[("val_in_budget", s)].metrics.test_acc for s in (0, 1)]))
     assert (tmp_path / "rep" / "figures" / "report_selection_cost.png").exists()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "tested only after the choice, for selection.csv&#x27;s oracle" in page  # the setup block says so

@@ -1,5 +1,5 @@
 """Tuning inside a point: `tune.train.lr=[1e-4,1e-3,1e-2]` trains one candidate per value, selects one by the
-point's own protocol and tests only that one.
+point's own protocol and reports that one's test (the others' are measured after the choice, for hindsight only).
 
 Why: arms of a transfer study have different best learning rates (and weight decays); one rate for every arm makes
 "arm A beats arm B at n" partly a statement about the rate. Each point therefore tunes within itself, on the labels
