@@ -20,6 +20,7 @@ from scipy import stats as st
 
 from conftest import compose_cfg, run_cli
 from transferlab.analysis.build import build_report
+from transferlab.analysis.wandb_push import logged_tables
 from transferlab.run import identity
 from transferlab.run.record import SCHEMA, RunRecord
 from transferlab.run.tuning import Candidate, choose
@@ -134,15 +135,17 @@ def test_selection_csv_equals_a_hand_computation(tmp_path):
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "What selection costs" in page and "selection.csv" in page
     assert any(n.startswith("selection.csv:") for n in report.stat_notes)
+    assert len(logged_tables(report)["report/selection"]) == 4  # the W&B report run logs it too (--wandb)
 
 
 def test_without_both_protocols_there_is_no_selection_table(tmp_path):
     root = tmp_path / "sweep"
     _write(root, protocols=("best_val",))
-    build_report(root, tmp_path / "rep", n_boot=20)
+    report = build_report(root, tmp_path / "rep", n_boot=20)
     assert not (tmp_path / "rep" / "selection.csv").exists()
     assert not list((tmp_path / "rep" / "figures").glob("report_selection_cost*"))
     assert "What selection costs" not in (tmp_path / "rep" / "report.html").read_text()
+    assert "report/selection" not in logged_tables(report)
 
 
 def test_without_hindsight_numbers_the_oracle_is_empty(tmp_path):
