@@ -129,6 +129,11 @@ def test_selection_csv_equals_a_hand_computation(tmp_path):
     at5 = cost[cost["n"] == 5].set_index("arm_name")
     assert (at5.loc["fine-tune all", "rank_large_val"], at5.loc["linear probe", "rank_large_val"]) == (1, 2)
     assert (at5.loc["fine-tune all", "rank_honest"], at5.loc["linear probe", "rank_honest"]) == (2, 1)
+    lv5 = {a: np.mean([acc for acc, _ in DATA[(a, 5)]["best_val"]]) for a in ("finetune", "linear_probe")}
+    h5 = {a: np.mean([acc for acc, _ in DATA[(a, 5)]["val_in_budget"]]) for a in ("finetune", "linear_probe")}
+    assert at5.loc["fine-tune all", "lead_large_val"] == pytest.approx(lv5["finetune"] - lv5["linear_probe"])
+    assert at5.loc["fine-tune all", "lead_honest"] == pytest.approx(h5["finetune"] - h5["linear_probe"])
+    assert at5.loc["linear probe", "lead_honest"] == pytest.approx(h5["linear_probe"] - h5["finetune"])
     # the figure, and the page names it; the notes line says what the file is
     assert (tmp_path / "rep" / "figures" / "report_selection_cost.png").exists()
     assert (tmp_path / "rep" / "figures" / "report_selection_cost.pdf").exists()

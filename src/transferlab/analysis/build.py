@@ -309,7 +309,8 @@ EFFECTIVE_SHOWN = ["setting", "arm", "n_label", "acc", "scratch_form", "d_t_text
 SELECTION_SHOWN = ["setting", "arm", "n_label", "honest", "large_val", "n_pairs", "labels_honest", "labels_large_val",
                    "honest_mean", "large_val_mean", "oracle_mean", "large_val_minus_honest_mean",
                    "large_val_minus_honest_ci_lo", "large_val_minus_honest_ci_hi", "oracle_minus_large_val_mean",
-                   "oracle_minus_honest_mean", "rank_honest", "rank_large_val", "same_choice"]
+                   "oracle_minus_honest_mean", "rank_honest", "rank_large_val", "lead_honest", "lead_large_val",
+                   "same_choice"]
 CROSSOVER_SHOWN = ["setting", "finetuned_arm", "frozen_arm", "requested", "n_star", "n_star_lo", "n_star_hi",
                    "p_cross", "p_at_min", "n_seeds"]
 

@@ -26,8 +26,10 @@ is over those pairs with its Student-t interval (`stats.t_interval`, as in summa
 [0, 1]), and every gap is the mean of the per-pair differences with its interval (as in paired_tests.csv):
 `large_val_minus_honest` (what the validation labels outside the budget bought), `oracle_minus_large_val` (what
 even the large validation set left on the table) and `oracle_minus_honest` (the whole cost of choosing honestly).
-`rank_*` rank the arms of one setting at one n by each mean (1: best), so a lead that only the large-val choice
-gives shows as a rank that changes. `same_choice` is the share of pairs in which both runs were tuned and chose
+`rank_*` rank the arms of one setting at one n by each mean (1: best), and `lead_honest` / `lead_large_val` are
+an arm's mean minus the best other arm's under that protocol (positive: it leads by that much; a difference of
+means: the paired tests of each protocol's arms are in paired_tests.csv), so a lead that only the large-val choice
+gives shows as a rank that changes and a lead that shrinks. `same_choice` is the share of pairs in which both runs were tuned and chose
 the same values.
 
 Rows exist only where a sweep has both an honest and a large-val run of an arm at some n; a sweep without them has
@@ -59,7 +61,7 @@ COLUMNS = ["setting", "arm", "arm_name", "n_label", "n", "honest", "large_val", 
            *[f"{p}_{s}" for p in ("honest", "large_val", "oracle") for s in ("mean", "ci_lo", "ci_hi")],
            "oracle_pairs",
            *[f"{g}_{s}" for g in GAPS for s in ("mean", "ci_lo", "ci_hi")],
-           "same_choice", "rank_honest", "rank_large_val", "rank_oracle",
+           "same_choice", "rank_honest", "rank_large_val", "rank_oracle", "lead_honest", "lead_large_val",
            "setting_key", "selection_key", "honest_arm_key", "large_val_arm_key"]
 
 
@@ -190,8 +192,19 @@ def table(df: pd.DataFrame, records: Mapping[str, RunRecord], metric: str = "acc
     within = ["selection_key", "n_label", "honest", "large_val"]
     for p in ("honest", "large_val", "oracle"):
         frame[f"rank_{p}"] = frame.groupby(within)[f"{p}_mean"].rank(ascending=False, method="min").astype("Int64")
+    for p in ("honest", "large_val"):
+        frame[f"lead_{p}"] = frame.groupby(within)[f"{p}_mean"].transform(_lead)
     return frame.reindex(columns=COLUMNS).sort_values(["setting", "n", "honest", "large_val", "arm"],
                                                       kind="stable").reset_index(drop=True)
+
+
+def _lead(means: pd.Series) -> pd.Series:
+    """Each arm's mean minus the best mean among the other arms (positive: it leads by that much); NaN alone."""
+    out = []
+    for i in range(len(means)):
+        others = means.drop(means.index[i])
+        out.append(means.iloc[i] - others.max() if others.notna().any() else math.nan)
+    return pd.Series(out, index=means.index, dtype=float)
 
 
 def notes(cost: pd.DataFrame) -> list[str]:
