@@ -56,9 +56,12 @@ def _count_tests(monkeypatch) -> list[str]:
 def test_a_tuned_point_equals_its_candidates_run_as_separate_points(make_cfg, monkeypatch, select):
     tests = _count_tests(monkeypatch)
     tuned = run(make_cfg(GRID, f"train.select={select}", *POINT, run="tuned"))
-    assert tests == [tuned["target_ckpt"]]  # only the selected candidate touched the test split
-    separate = {lr: run(make_cfg(f"train.lr={lr}", f"train.select={select}", *POINT, run=f"lr{lr}")) for lr in LRS}
     t = tuned["tuning"]
+    # the selected candidate is tested first; the others' kept models only after it, once each (hindsight)
+    others = [str(Path(c["dir"]) / "checkpoints" / "best.ckpt") for c in t["candidates"]
+              if c["index"] != t["chosen_index"]]
+    assert tests == [tuned["target_ckpt"], *others]
+    separate = {lr: run(make_cfg(f"train.lr={lr}", f"train.select={select}", *POINT, run=f"lr{lr}")) for lr in LRS}
     # same fingerprints of the candidates: each candidate is the separate point with its value
     assert [c["fingerprint"] for c in t["candidates"]] == [separate[lr]["fingerprint"] for lr in LRS]
     assert [c["values"] for c in t["candidates"]] == [{"train.lr": lr} for lr in LRS]
@@ -67,6 +70,10 @@ def test_a_tuned_point_equals_its_candidates_run_as_separate_points(make_cfg, mo
         assert c["selected_epoch"] == separate[lr]["selected_epoch"]
         stored = json.loads((Path(c["dir"]) / CANDIDATE_FILE).read_text())
         assert stored["history"]["val/acc"] == pytest.approx(separate[lr]["metrics"]["val/acc_history"], abs=1e-7)
+        # its hindsight numbers are that point's own test numbers (never in candidate.json: not known at training)
+        for key in ("test/acc", "test/loss", "test/balanced_acc", "test/macro_f1"):
+            assert c["hindsight_test"][key] == pytest.approx(separate[lr]["metrics"][key], abs=1e-6), key
+        assert "hindsight_test" not in stored
     # same choice, same test numbers
     pick = _by_hand(separate)
     assert t["chosen"] == {"train.lr": pick} and t["candidates"][t["chosen_index"]]["values"] == {"train.lr": pick}
@@ -133,6 +140,7 @@ def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):
     assert rec["status"] == "ok" and rec["tuning"]["chosen"] == {"train.lr": 1e-3}
     assert lost["status"] == "failed" and lost["score"] is None and "NonFiniteLossError" in lost["error"]
     assert ok["status"] == "ok" and rec["metrics"]["val/acc"] == pytest.approx(ok["score"])
+    assert lost["hindsight_test"] is None and ok["hindsight_test"]["test/acc"] == rec["metrics"]["test/acc"]
 
 
 def test_a_point_whose_every_candidate_diverges_writes_a_failed_record_with_them(make_cfg):

@@ -321,7 +321,8 @@ def unknown_tune_key(parts: list[str]) -> Problem:
 @dataclass
 class TuneConfig:
     """Tuning inside a point (run/tuning.py): `tune.train.lr=[1e-4,1e-3]` trains one candidate per value (the
-    product over every tuned key), selects one by the point's `train.select` and tests only that one."""
+    product over every tuned key), selects one by the point's `train.select` and reports that one's test (the others
+    are tested after the choice, for hindsight only: run/hindsight.py)."""
 
     train: TuneTrainConfig = field(default_factory=TuneTrainConfig)  # type: ignore[valid-type]
 

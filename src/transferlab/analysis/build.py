@@ -44,6 +44,8 @@ class Report:
     effective: pd.DataFrame = field(default_factory=pd.DataFrame)  # effective data transferred (effective_data)
     stat_notes: list[str] = field(default_factory=list)  # metric, imbalance, few-seed and censoring notes
     transferability: pd.DataFrame = field(default_factory=pd.DataFrame)  # scores vs measured accuracy, per n
+    # honest protocol vs large-validation-set choice vs oracle, per arm and n (analysis.selection_cost)
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
     setup: Any = None  # how the runs were made (analysis.provenance.Setup), the page's first block
     answer: list[tuple[str, str]] = field(default_factory=list)  # (setting, paragraph) (analysis.answer)
     tables: list = field(default_factory=list)  # the paper tables (analysis.tables.Grid), as .tex, .md and HTML
@@ -255,6 +257,15 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
             f"variance.csv: the spread of {len(spread)} arm/n cell{'s' * (len(spread) > 1)} run as a crossed design "
             "split into the data draw and the training seed; `python -m transferlab.plan_seeds` says how many of "
             "each a wanted interval needs")
+    # honest protocol vs large-val choice vs oracle (selection.csv): only when the sweep ran both protocols
+    from transferlab.analysis import selection_cost
+
+    report.selection = tag(selection_cost.table(df, records, metric=metric, confidence=confidence))
+    if len(report.selection):
+        report.files["selection.csv"] = _write_csv(report.selection, out / "selection.csv")
+        report.figures += selection_cost.figures(shown(report.selection), figures, metric=metric_name,
+                                                 confidence=confidence)
+        report.stat_notes += selection_cost.notes(shown(report.selection))
     for _, p, _ in report.figures:
         for f in (p, p.with_suffix(".pdf")):
             if f.exists():
@@ -278,6 +289,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, co
          ("Learning-curve measures (Taylor & Stone)", shown(report.measures)), ("Yosinski arms", report.yosinski),
          ("Transferability scores vs measured accuracy (Kendall tau-b, weighted tau, Spearman, regret)",
           shown(graded)),
+         ("What selection costs: honest protocol vs large validation set vs oracle (selection.csv)",
+          _shown(shown(report.selection), SELECTION_SHOWN)),
          ("Missing points", report.missing), ("Duplicate runs (ignored)", report.duplicates)],
         report.failed, setup=report.setup, answer=report.answer, grids=report.tables)
     return report
@@ -294,6 +307,11 @@ TESTS_SHOWN = ["setting", "n_label", "arm", "reference_kind", "reference", "n_pa
                "diff_ci_hi", "p_t", "p_t_holm", "p_wilcoxon", "p_wilcoxon_holm", "family_size", "significant"]
 FITS_SHOWN = ["setting", "arm", "form", "formula", "a", "b", "c", "rmse", "heldout_n", "heldout_error", "reason"]
 EFFECTIVE_SHOWN = ["setting", "arm", "n_label", "acc", "scratch_form", "d_t_text", "fraction_transferred"]
+SELECTION_SHOWN = ["setting", "arm", "n_label", "honest", "large_val", "n_pairs", "labels_honest", "labels_large_val",
+                   "honest_mean", "large_val_mean", "oracle_mean", "large_val_minus_honest_mean",
+                   "large_val_minus_honest_ci_lo", "large_val_minus_honest_ci_hi", "oracle_minus_large_val_mean",
+                   "oracle_minus_honest_mean", "rank_honest", "rank_large_val", "lead_honest", "lead_large_val",
+                   "same_choice"]
 CROSSOVER_SHOWN = ["setting", "finetuned_arm", "frozen_arm", "requested", "n_star", "n_star_lo", "n_star_hi",
                    "p_cross", "p_at_min", "n_seeds"]
 

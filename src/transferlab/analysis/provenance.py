@@ -306,7 +306,11 @@ def _tuning(records: list[RunRecord]) -> str:
                     for r in tuned})
     chosen = Counter(", ".join(f"{k}={cli_value(v)}" for k, v in _chosen(r).items()) for r in tuned)
     text = (f"{'; '.join(grids)}: each point trained every candidate, selected one by its own train.select on "
-            f"val/acc ({tuned[0].tuning.get('rule')}) and tested only that one; chosen "
+            f"val/acc ({tuned[0].tuning.get('rule')}) and reported that one's test"
+            + ("; the other candidates were tested only after the choice, for selection.csv's oracle"
+               if any(isinstance(c, dict) and c.get("hindsight_test") for r in tuned
+                      for c in r.tuning.get("candidates") or []) else "")
+            + "; chosen "
             + ", ".join(f"{k} ({v} runs)" for k, v in sorted(chosen.items())))
     untuned = len(records) - len(tuned)
     return text + (f"; {untuned} runs untuned" if untuned else "")

@@ -41,7 +41,8 @@ def logged_tables(report) -> dict[str, pd.DataFrame]:
                        ("report/failed", report.failed), ("report/missing", report.missing),
                        ("report/paired_tests", report.tests), ("report/fits", report.fits),
                        ("report/effective_data", report.effective),
-                       ("report/transferability", report.transferability)):
+                       ("report/transferability", report.transferability),
+                       ("report/selection", report.selection)):
         if not frame.empty:
             tables[key] = frame
     return tables

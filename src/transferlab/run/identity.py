@@ -81,6 +81,11 @@ SAMPLE_SIZE = ("target.n_per_class", "target.n_train")
 # What makes an arm of a transfer study (the lines of a figure): what is transferred and how it trains, its
 # tuning grid included (run/tuning.py: arms tuned over their own grids are compared in one panel).
 ARM_GROUPS = ("transfer", "peft", "source", "pretrain", "tune")
+# The selection protocol: `train.select` and the keys only a protocol reads (select_epoch: fixed_epoch;
+# val_in_budget_fraction: val_in_budget; cv_folds: cv). Runs that differ only here (and in their seeds) are one arm
+# at one n selected in different ways: the report's selection.csv pairs them (analysis/selection_cost.py). A
+# protocol with a key of its own lists it here; a key no config has is simply absent.
+PROTOCOL = ("train.select", "train.select_epoch", "train.val_in_budget_fraction", "train.cv_folds")
 
 # The optimizer and scheduler nodes that train exactly as the names of the old schema did (same class, same
 # arguments; lr and weight decay came, and come, from the parameter groups), by the fields those names left in the

@@ -4,7 +4,7 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (6). Records written before the field
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (7). Records written before the field
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
 `single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
@@ -13,7 +13,9 @@ beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, th
 Version 3 validated after every epoch: its curves have no `val/epoch_history`, and `Metrics.check_epochs` reads them
 as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). Version 4 and older were not sealed
 (below). Version 5 (sealed) and older lack `tuning`: None, as for an untuned run (tuning inside a point came with
-version 6, run/tuning.py). A field missing from the file takes its default (None, or an empty list: "not recorded"),
+version 6, run/tuning.py). Version 6 lacks the candidates' `hindsight_test` in `tuning` (each candidate's test
+numbers measured after the choice, run/hindsight.py): a tuned record of version 6 has no oracle in the report's
+selection.csv. A field missing from the file takes its default (None, or an empty list: "not recorded"),
 a key the schema does not know is ignored, values are taken as stored. An old record therefore always reads, and
 what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or
 changes its meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
@@ -45,7 +47,7 @@ SEALED_SINCE = 5  # the first schema written with a checksum sidecar
 
 class UnsealedRecord(ValueError):
     """A result.json whose bytes fail their checksum: not a result (see the module docstring)."""
-SCHEMA = 6  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SCHEMA = 7  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
 
 
 def _metric(key: str) -> Any:
@@ -150,10 +152,13 @@ class RunRecord:
     #                                 training subset, plus the val split when selection or the LR schedule read it
     selected_epoch: int | None = None  # 1-based epoch of the tested model
     # tuning inside a point (`tune.train.*`, run/tuning.py); None: not tuned. {"keys", "grid" (key -> values),
-    # "protocol" (train.select, select_epoch), "score" (what ranks candidates), "rule", "candidates" (each: index,
-    # values, fingerprint, dir, status, score, val_loss, selected_epoch, epochs, steps, reused, wall_s, error),
-    # "chosen" (key -> value of the tested candidate), "chosen_index"}; the rest of the record is that candidate's,
-    # under the point's fingerprint and config, and labels_used counts the val split the choice read
+    # "protocol" (train.select, select_epoch), "score" (what ranks candidates), "rule", "hindsight" (what
+    # hindsight_test is), "candidates" (each: index, values, fingerprint, dir, status, score, val_loss,
+    # selected_epoch, epochs, steps, reused, wall_s, error, hindsight_test: {"test/acc", "test/loss",
+    # "test/balanced_acc", "test/macro_f1", "test/auroc"} of its kept model, measured after the choice and never
+    # read by it (run/hindsight.py); None for a failed candidate), "chosen" (key -> value of the tested
+    # candidate), "chosen_index"}; the rest of the record is that candidate's, under the point's fingerprint and
+    # config, and labels_used counts the val split the choice read
     tuning: dict[str, Any] | None = None
     metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
     single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)

@@ -1,9 +1,9 @@
 """Tuning inside a point: `tune.train.lr=[1e-4,1e-3,1e-2]` trains one candidate per value, selects one by the
-point's own protocol and tests only that one.
+point's own protocol and reports that one's test (the others' are measured after the choice, for hindsight only).
 
 Why: arms of a transfer study have different best learning rates (and weight decays); one rate for every arm makes
 "arm A beats arm B at n" partly a statement about the rate. Each point therefore tunes within itself, on the labels
-its protocol already reads, and the test split is read once, by the selected candidate.
+its protocol already reads, and no test number reaches the choice: the test split is read only after it.
 
 The candidates are the product of the tuned keys' lists (`config.tune_grid`, in `tune.train`'s key order). Each is
 a full fit with its own identity: the point's config with the candidate's values and nothing tuned, so its
@@ -18,7 +18,9 @@ failure is recorded); the point fails only if every candidate does.
 
 The selected candidate is then tested from its best.ckpt with the point's own logger, and the point's result.json is
 that candidate's record with the point's identity (fingerprint and config, the grid included), `labels_used` that
-counts the validation split (the choice read it, run/labels.py) and the `tuning` block (run/record.py).
+counts the validation split (the choice read it, run/labels.py) and the `tuning` block (run/record.py). After that
+test, and only then, each other finished candidate's kept model is tested once, unlogged, for the report's oracle
+(`hindsight_test` in the block, run/hindsight.py); nothing reads those numbers to choose.
 
 Resume: a killed point starts again and reuses a candidate only when its candidate.json says ok under the expected
 fingerprint and values and its best.ckpt verifies (checksum) as the model of the recorded epoch; anything else is
@@ -41,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transferlab import versions
 from transferlab.config import TUNABLE, plain, tune_grid, unknown_tune_key
 from transferlab.errors import ConfigError, NonFiniteLossError, Problem, failure_text, problem
-from transferlab.run import identity, labels
+from transferlab.run import hindsight, identity, labels
 from transferlab.run.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,9 @@ class Candidate:
     wall_s: float | None = None
     error: str | None = None
     reused: bool = False  # read back from an earlier attempt's candidate.json, not trained by this one
+    # its kept model's test numbers, measured after the choice and never read by it (run/hindsight.py); None: not
+    # measured (a failed candidate, or before the point's test)
+    hindsight_test: dict[str, float] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The candidate as the point's `tuning` block lists it (no curves: they are in its candidate.json)."""
@@ -163,7 +168,8 @@ class Candidate:
         """candidate.json, sealed like result.json (its score decides the choice: a hand edit must not)."""
         from transferlab.store import verified
 
-        text = json.dumps({k: v for k, v in asdict(self).items() if k != "reused"}, indent=2, default=str)
+        text = json.dumps({k: v for k, v in asdict(self).items() if k not in ("reused", hindsight.FIELD)}, indent=2,
+                          default=str)
         verified.write_with(Path(self.dir) / CANDIDATE_FILE, lambda tmp: tmp.write_text(text))
 
 
@@ -261,7 +267,7 @@ def tuning_block(cfg: DictConfig, cands: list[Candidate], chosen: Candidate) -> 
     return {"keys": list(chosen.values), "grid": tune_grid(cfg),
             "protocol": {"select": select, "select_epoch": cfg.train.get("select_epoch")},
             "score": f"val/acc on {split} of each candidate's {kept} epoch (train.select={select})",
-            "rule": RULE, "candidates": [c.summary() for c in cands],
+            "rule": RULE, "hindsight": hindsight.WHAT, "candidates": [c.summary() for c in cands],
             "chosen": dict(chosen.values), "chosen_index": chosen.index}
 
 
@@ -315,7 +321,7 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
     except Exception as e:
         _failed(cfg, fp, inputs, t0, e, cands)
         raise
-    exp.t0 = t0  # the point's wall time: every candidate's fit and the test
+    exp.t0 = t0  # the point's wall time: every candidate's fit, the test and the hindsight tests
     rec = exp.record
     rec.fingerprint, rec.config = fp, plain(cfg)  # the point's identity: the grid and the protocol
     rec.labels_used = labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"), rec.n_train, rec.n_val,
@@ -325,6 +331,9 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
         exp.build()  # the point's transferability scores, its net and test batches (the chosen candidate's)
         tested = test_checkpoint(options.apply(exp.module, cfg.train), exp.batches[2], ckpt=chosen.best_ckpt,
                                  trainer_cfg=cfg.trainer, logger=exp.open_logger())
+        # chosen and tested: only now the other candidates' test numbers, for the report's oracle
+        hindsight.test_candidates(cands, chosen, tested, lambda c: candidate_config(cfg, c.values, c.dir), inputs)
+        rec.tuning = tuning_block(cfg, cands, chosen)
         return exp.close(FitOutcome(test=tested, best_val_acc=float("nan") if chosen.score is None else chosen.score,
                                     best_ckpt=str(chosen.best_ckpt), epochs=int(chosen.epochs or 0),
                                     history=chosen.history, resumed_from=chosen.resumed_from, steps=chosen.steps,

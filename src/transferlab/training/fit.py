@@ -60,8 +60,9 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     """Train (continuing from `ckpt_dir/last.ckpt` when present), keep the model `select` picks (`best_val`,
     `last`, `fixed_epoch` with `select_epoch`: `callbacks.RunLocalCheckpoint`) among the validation checks, test
     it once. `val_epochs`: the 1-based epochs after which validation runs (training/budget.py; None: every epoch).
-    `test=False`: no test (`test` in the outcome is {}): a tuned point's candidate, of which only the selected one
-    is tested later (`test_checkpoint`, run/tuning.py).
+    `test=False`: no test (`test` in the outcome is {}): a tuned point's candidate, tested later
+    (`test_checkpoint`): the selected one for the point's result, the others after that choice for hindsight only
+    (run/tuning.py, run/hindsight.py).
 
     `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
     """
