@@ -174,15 +174,17 @@ class Experiment:
     -> `close` (metrics, convergence, result.json) or `fail`.
     """
 
-    def __init__(self, cfg: DictConfig, inputs: dict | None = None):
+    def __init__(self, cfg: DictConfig, inputs: dict | None = None, prepared: Prepared | None = None,
+                 fingerprint: str | None = None):
         """`inputs`: `identity.inputs(cfg)` when the caller has hashed them already (a tuned point's candidates
-        read the point's files)."""
+        read the point's files). `prepared` and `fingerprint`: a fold fit of a cv point (run/cv.py), whose data
+        (the fold's split) and checkpoint identity are the point's own made for that fold."""
         self.t0 = time.perf_counter()
         self.cfg = cfg
         # content of every file the run reads, hashed before anything else
         self.inputs = identity.inputs(cfg) if inputs is None else inputs
-        self.fingerprint = identity.fingerprint(cfg, self.inputs)
-        self.prep = prepare(cfg)  # raises ConfigError: nothing written yet
+        self.fingerprint = identity.fingerprint(cfg, self.inputs) if fingerprint is None else fingerprint
+        self.prep = prepare(cfg) if prepared is None else prepared  # raises ConfigError: nothing written yet
         self.run_dir = Path(cfg.paths.output_dir)
         self.record = self._record()
         self.logger = None
@@ -256,21 +258,28 @@ class Experiment:
                                   fingerprint=self.fingerprint, resumes=resumes)
         return self.logger
 
-    def fit(self, logger=None, test: bool = True) -> FitOutcome:
+    def fit(self, logger=None, test: bool = True, stop_after: int | None = None) -> FitOutcome:
         """`logger`: None opens the run's own; False logs nothing (a DDP rank > 0, run/ddp.py). `test=False`: fit
-        and select only (a tuned point's candidate, run/tuning.py)."""
+        and select only (a tuned point's candidate, run/tuning.py). `stop_after`: end the fit after this many
+        epochs of the planned ones, every schedule (LR, unfreezing) as in the whole plan (a cv point's fit on all
+        n stops at the chosen step, run/cv.py)."""
         cfg, budget = self.cfg, self.prep.budget
         logger = self.open_logger() if logger is None else logger
+        epochs, val_epochs = budget.epochs, budget.val_epochs
+        if stop_after is not None:
+            epochs = int(stop_after)
+            val_epochs = tuple(sorted({e for e in val_epochs if e <= epochs} | {epochs}))
+            log.info("stopping after epoch %d of the planned %d", epochs, budget.epochs)
         log.info("step budget: %d epochs x %d steps (%s); validation: %s", budget.epochs, budget.steps_per_epoch,
                  budget.rule, budget.val_rule)
         return fit_and_test(options.apply(self.module, cfg.train), self.batches,
-                            max_epochs=budget.epochs, trainer_cfg=cfg.trainer,  # training/budget.py
+                            max_epochs=epochs, trainer_cfg=cfg.trainer,  # training/budget.py
                             ckpt_dir=self.run_dir / "checkpoints", logger=logger,
                             callbacks=[PlanSchedule(self.prep.plan)],  # what trains per epoch, BN policy
                             fingerprint=self.fingerprint,  # resumes a killed run of this run identity
                             resume_every_s=resume_every_s(cfg),
                             select=str(cfg.train.select), select_epoch=cfg.train.select_epoch,
-                            val_epochs=budget.val_epochs, test=test)  # the validation schedule
+                            val_epochs=val_epochs, test=test)  # the validation schedule
 
     def close(self, outcome: FitOutcome) -> dict[str, Any]:
         """Metrics of the tested model, convergence, status ok; writes result.json and ends the logger."""
@@ -323,6 +332,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from transferlab.run.tuning import run_tuned
 
         return run_tuned(cfg)
+    if str(cfg.train.select) == "cv":
+        from transferlab.run.cv import run_cv
+
+        return run_cv(cfg)
     exp = Experiment(cfg)
     try:
         exp.build()
