@@ -223,3 +223,26 @@ def test_a_vectorised_cv_sweep_runs_its_members_one_after_the_other(tmp_path):
         assert len(list(Path(r["config"]["paths"]["output_dir"]).glob(f"folds/*/{FOLD_FILE}"))) == 2
     again = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0 and "2 skipped" in again.stdout + again.stderr, again.stderr[-2000:]
+
+
+def test_a_tuned_cv_point_selects_by_mean_fold_score_and_equals_its_candidates_run_as_cv_points(make_cfg):
+    """Each candidate is the separate cv point train.lr=<value> (same fingerprint, folds, choice and fit on all
+    n); the point picks the highest mean held-out val/acc (ties: lower mean val/loss, then the earlier value) and
+    tests only that candidate; labels_used stays n."""
+    lrs = (1e-4, 3e-2)
+    point = ("target.n_per_class=2", "train.select=cv", *FAST)
+    tuned = run(make_cfg("tune.train.lr=[" + ",".join(map(str, lrs)) + "]", *point, run="tuned"))
+    separate = {lr: run(make_cfg(f"train.lr={lr}", *point, run=f"lr{lr}")) for lr in lrs}
+    cands = tuned["tuning"]["candidates"]
+    for c, lr in zip(cands, lrs):
+        assert c["fingerprint"] == separate[lr]["fingerprint"]
+        assert c["score"] == pytest.approx(separate[lr]["metrics"]["val/acc"])
+        assert c["cv_chosen"] == separate[lr]["cv"]["chosen"]
+    by_hand = min(lrs, key=lambda lr: (-separate[lr]["cv"]["chosen"]["val/acc"],
+                                       separate[lr]["cv"]["chosen"]["val/loss"], lrs.index(lr)))
+    assert tuned["tuning"]["chosen"] == {"train.lr": by_hand}
+    assert tuned["cv"]["chosen"] == separate[by_hand]["cv"]["chosen"]
+    assert tuned["metrics"]["test/acc"] == pytest.approx(separate[by_hand]["metrics"]["test/acc"], abs=1e-6)
+    assert tuned["selected_epoch"] == separate[by_hand]["selected_epoch"]
+    assert tuned["labels_used"] == tuned["n_train"] == 10
+    assert "mean held-out" in tuned["tuning"]["score"]

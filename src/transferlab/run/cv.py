@@ -191,10 +191,12 @@ def choose(curve: dict[str, list]) -> int:
     return min(range(len(curve["epoch"])), key=key)
 
 
-def fit(exp: Experiment, test: bool = True) -> tuple[FitOutcome, dict[str, Any]]:
+def fit(exp: Experiment, test: bool = True, score: bool = True, job_type: str = "target"
+        ) -> tuple[FitOutcome, dict[str, Any]]:
     """The protocol on an opened Experiment (the point's, or a tuned point's candidate's): k fold fits, the
-    choice, the fit on all n stopped at the chosen step (tested when `test`). Returns its outcome, whose
-    `best_val_acc` is the mean held-out accuracy at the chosen check, and the record's `cv` block."""
+    choice, the fit on all n stopped at the chosen step (tested when `test`; `score` and `job_type` as
+    `Experiment.build` and `open_logger` take them). Returns its outcome, whose `best_val_acc` is the mean
+    held-out accuracy at the chosen check, and the record's `cv` block."""
     p = plan(exp.cfg, exp.prep)
     fits = [fit_fold(exp, p, j) for j in range(p.k)]
     curve = mean_curve(fits)
@@ -217,8 +219,8 @@ def fit(exp: Experiment, test: bool = True) -> tuple[FitOutcome, dict[str, Any]]
              "final": {"n_train": len(exp.prep.target.train_indices), "steps_per_epoch": spe, "epochs": epochs,
                        "steps": epochs * spe, "planned_epochs": exp.prep.budget.epochs},
              "fits": p.k + 1}
-    exp.build()
-    outcome = exp.fit(test=test, stop_after=epochs)
+    exp.build(score=score)
+    outcome = exp.fit(logger=exp.open_logger(job_type=job_type), test=test, stop_after=epochs)
     return dataclasses.replace(outcome, best_val_acc=curve["val/acc"][i]), block
 
 
