@@ -246,3 +246,24 @@ def test_a_tuned_cv_point_selects_by_mean_fold_score_and_equals_its_candidates_r
     assert tuned["selected_epoch"] == separate[by_hand]["selected_epoch"]
     assert tuned["labels_used"] == tuned["n_train"] == 10
     assert "mean held-out" in tuned["tuning"]["score"]
+
+
+def test_the_report_setup_block_says_cv_chose_on_the_n_only():
+    from transferlab.analysis.provenance import _labels_used
+    from transferlab.run.record import RunRecord
+
+    recs = [RunRecord(status="ok", select="cv", n_val=135, cv={"k": 5}, config={"train": {"scheduler": "none"}}),
+            RunRecord(status="ok", select="best_val", n_val=135, config={"train": {"scheduler": "none"}})]
+    text = _labels_used(recs)
+    assert "cv: the n examples only; 5-fold cross-validation inside them chose the training steps" in text
+    assert "k + 1 fits per point" in text
+
+
+def test_the_dry_run_prices_k_plus_1_fits_per_cv_point(make_cfg):
+    from transferlab.sweep.preview import cv_fits
+
+    cv = make_cfg("target.n_per_class=3", "train.select=cv")
+    target = prepare(cv).target
+    assert cv_fits(cv, target) == 4  # null: min(5, 3) folds, plus the fit on all n
+    assert cv_fits(make_cfg("target.n_per_class=3", "train.select=cv", "train.cv_folds=2", run="k2"), target) == 3
+    assert cv_fits(make_cfg("target.n_per_class=3", run="plain"), target) == 1

@@ -10,8 +10,9 @@ curves are recorded, not used), and under `val_in_budget` the validation example
 Under `cv` (run/cv.py) the step count, and a tuned point's values, are chosen on folds of the n themselves and the
 tested model trains on all n; the task's validation split is not read: labels_used is n.
 
-A tuned point (run/tuning.py) chooses among its candidates on the validation split whatever `train.select` is, so
-under `last` and `fixed_epoch` too its val split counts, once: every candidate is judged on the same split.
+A tuned point (run/tuning.py) chooses among its candidates on the validation split whatever `train.select` is (but
+cv, whose candidates are judged on their folds), so under `last` and `fixed_epoch` too its val split counts, once:
+every candidate is judged on the same split.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ failure is recorded); the point fails only if every candidate does.
 
 The selected candidate is then tested from its best.ckpt with the point's own logger, and the point's result.json is
 that candidate's record with the point's identity (fingerprint and config, the grid included), `labels_used` that
-counts the validation split (the choice read it, run/labels.py) and the `tuning` block (run/record.py).
+counts the validation split (the choice read it, run/labels.py; under cv it is n) and the `tuning` block
+(run/record.py), plus the chosen candidate's `cv` block under cv.
 
 Resume: a killed point starts again and reuses a candidate only when its candidate.json says ok under the expected
 fingerprint and values and its best.ckpt verifies (checksum) as the model of the recorded epoch; anything else is
