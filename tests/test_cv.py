@@ -267,3 +267,18 @@ def test_the_dry_run_prices_k_plus_1_fits_per_cv_point(make_cfg):
     assert cv_fits(cv, target) == 4  # null: min(5, 3) folds, plus the fit on all n
     assert cv_fits(make_cfg("target.n_per_class=3", "train.select=cv", "train.cv_folds=2", run="k2"), target) == 3
     assert cv_fits(make_cfg("target.n_per_class=3", run="plain"), target) == 1
+
+
+def test_fold_fits_read_the_points_cached_features_and_match_fits_without_them(make_cfg, tmp_path):
+    """A linear probe's frozen prefix is computed once for the point (one feature-cache entry for every fold fit
+    and the fit on all n); the folds' curves and the tested model match the same point without the cache."""
+    point = ("transfer=linear_probe", "target.n_per_class=3", "train.select=cv", *FAST)
+    cached = run(make_cfg(*point, "train.feature_cache=on", f"paths.cache_dir={tmp_path / 'c1'}", run="on"))
+    plain = run(make_cfg(*point, "train.feature_cache=off", f"paths.cache_dir={tmp_path / 'c2'}", run="off"))
+    assert cached["feature_cache"]["status"] in ("miss", "hit", "memory") and plain["feature_cache"]["status"] == "off"
+    assert len(list((tmp_path / "c1" / "features").iterdir())) == 1
+    assert cached["fingerprint"] == plain["fingerprint"]
+    assert cached["cv"]["mean"]["val/acc"] == pytest.approx(plain["cv"]["mean"]["val/acc"], abs=1e-6)
+    assert cached["cv"]["mean"]["val/loss"] == pytest.approx(plain["cv"]["mean"]["val/loss"], abs=1e-4)
+    assert cached["cv"]["chosen"]["step"] == plain["cv"]["chosen"]["step"]
+    assert cached["metrics"]["test/acc"] == pytest.approx(plain["metrics"]["test/acc"], abs=1e-6)

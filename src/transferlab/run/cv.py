@@ -153,7 +153,8 @@ def fit_fold(exp: Experiment, p: Plan, j: int) -> FoldFit:
              len(p.tasks[j].val_y))
     t0 = time.perf_counter()
     prep = dataclasses.replace(exp.prep, target=p.tasks[j], budget=p.budget)
-    fold = Experiment(_fold_config(exp.cfg, fdir), inputs=exp.inputs, prepared=prep, fingerprint=fp)
+    fold = Experiment(_fold_config(exp.cfg, fdir), inputs=exp.inputs, prepared=prep, fingerprint=fp,
+                      features_of=exp.prep.target)  # the point's cached prefix features serve every fold
     fold.build(score=False)
     try:
         outcome = fold.fit(logger=fold.open_logger(job_type="cv_fold"), test=False)

@@ -115,16 +115,19 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
     return obj["state_dict"], status, str(path), obj["meta"]
 
 
-def target_batches(cfg, plan: TransferPlan, task, net, epochs: int | None = None):
+def target_batches(cfg, plan: TransferPlan, task, net, epochs: int | None = None, features_of=None):
     """(train, val, test) batches for target training and the Decision: cached prefix features when `decide`
-    says so (they enter the net at block `decision.start`), else the task's inputs."""
+    says so (they enter the net at block `decision.start`), else the task's inputs. `features_of`: the task whose
+    cache entry holds these features (a cv fold's: its point's task, same pool and test; the fold's val split is
+    read from the pool's features, `feature_cache.feature_arrays`), else `task`."""
     device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
     opts = {"device": device, "channels_last": bool(cfg.train.channels_last)}
     bs, seed = int(cfg.train.batch_size), int(cfg.seed)
     decision = feature_cache.decide(cfg, plan, task, net, epochs)
     if not decision.use:
         return loaders(task, bs, seed, **opts), decision
-    feats = feature_cache.get_or_compute(cfg, task, net, decision, device=device)
+    feats = feature_cache.get_or_compute(cfg, task if features_of is None else features_of, net, decision,
+                                         device=device)
     log.info("feature cache %s: %d frozen blocks, key %s", decision.status, decision.depth, decision.key)
     return arrays_loaders(feature_cache.feature_arrays(task, feats), bs, seed, **opts), decision
 
@@ -175,10 +178,12 @@ class Experiment:
     """
 
     def __init__(self, cfg: DictConfig, inputs: dict | None = None, prepared: Prepared | None = None,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, features_of: TaskData | None = None):
         """`inputs`: `identity.inputs(cfg)` when the caller has hashed them already (a tuned point's candidates
-        read the point's files). `prepared` and `fingerprint`: a fold fit of a cv point (run/cv.py), whose data
-        (the fold's split) and checkpoint identity are the point's own made for that fold."""
+        read the point's files). `prepared`, `fingerprint` and `features_of`: a fold fit of a cv point
+        (run/cv.py), whose data (the fold's split), checkpoint identity and cached prefix features are the
+        point's own made for that fold."""
+        self.features_of = features_of
         self.t0 = time.perf_counter()
         self.cfg = cfg
         # content of every file the run reads, hashed before anything else
@@ -233,7 +238,7 @@ class Experiment:
                        {**plan.peft.record(), "params": peft.added_params(net.backbone, plan.peft), "merged": None})
         # Frozen prefix computed once (cached features) when the plan allows it; batches then enter the net at
         # block cache.start, and the net and its checkpoint stay whole.
-        self.batches, self.cache = target_batches(cfg, plan, target, net, budget.epochs)
+        self.batches, self.cache = target_batches(cfg, plan, target, net, budget.epochs, self.features_of)
         record.feature_cache = self.cache.record()
         # Transferability scores of the copied blocks as built, before any training (no effect on the fit).
         record.scores = score_run(cfg, prep, net, self.cache, state) if score else None

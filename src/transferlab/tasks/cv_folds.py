@@ -104,5 +104,5 @@ def fold_task(task: TaskData, folds: np.ndarray, j: int) -> TaskData:
     sizes = {**task.info.get("sizes", {}), "val": len(val_idx), "train": len(train_idx)}
     val_t = torch.as_tensor(val_idx)
     return dataclasses.replace(task, val_x=task.train_x[val_t], val_y=task.train_y[val_t],
-                               train_indices=np.sort(train_idx), origins=origins,
+                               train_indices=np.sort(train_idx), origins=origins, val_from_pool=val_idx,
                                info={**task.info, "sizes": sizes, "cv_fold": int(j)})
