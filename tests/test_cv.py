@@ -282,3 +282,22 @@ def test_fold_fits_read_the_points_cached_features_and_match_fits_without_them(m
     assert cached["cv"]["mean"]["val/loss"] == pytest.approx(plain["cv"]["mean"]["val/loss"], abs=1e-4)
     assert cached["cv"]["chosen"]["step"] == plain["cv"]["chosen"]["step"]
     assert cached["metrics"]["test/acc"] == pytest.approx(plain["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_a_sweep_point_retrained_from_zero_loses_its_fold_fits_too(tmp_path):
+    """`resume=false`, or another fingerprint's work in the folder: the fold fits go with the other checkpoints."""
+    from transferlab.sweep.points import Point
+    from transferlab.sweep.state import prepare_point_dir
+
+    fold = tmp_path / "p" / "folds" / "0" / FOLD_FILE
+    fold.parent.mkdir(parents=True)
+    fold.write_text("{}")
+    point = Point(overrides=["train.select=cv"], name="p", hash="h1", dir=str(tmp_path / "p"))
+    prepare_point_dir(tmp_path / "p", point)  # no marker: nothing proves whose files these are
+    assert not (tmp_path / "p" / "folds").exists()
+    fold.parent.mkdir(parents=True)
+    fold.write_text("{}")
+    prepare_point_dir(tmp_path / "p", point)  # its own marker now: kept for the resume
+    assert fold.exists()
+    prepare_point_dir(tmp_path / "p", point, fresh=True)
+    assert not (tmp_path / "p" / "folds").exists()

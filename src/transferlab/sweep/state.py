@@ -34,8 +34,9 @@ STARTED_FILE = "started.json"  # written by the job when it starts (pid, host): 
 SUMMARY_FILE = "sweep.json"    # the sweep's record: every point of every launch and its status, every launch
 LOCK_FILE = ".sweep.lock"      # held by the process running the sweep: a second copy is refused
 STALE_RESULT = "result.stale.json"
-# a point's resume state: target fit, source pretraining, a tuned point's candidates (run/tuning.py)
-CHECKPOINT_DIRS = ("checkpoints", "source/checkpoints", "candidates")
+# a point's resume state: target fit, source pretraining, a tuned point's candidates (run/tuning.py), a cv point's
+# fold fits (run/cv.py)
+CHECKPOINT_DIRS = ("checkpoints", "source/checkpoints", "candidates", "folds")
 SWEEP_PID_ENV = "TRANSFERLAB_SWEEP_PID"  # set by the sweeper for its local worker processes (parent-death check)
 LAUNCH_KEY = "launch"  # in each sweep.json point: the start of the latest launch that declared it
 
@@ -136,8 +137,8 @@ def set_aside(path: Path) -> Path | None:
 
 
 def clear_checkpoints(run_dir: Path) -> None:
-    """Remove the point's resume state (target fit, source pretraining, a tuned point's candidates) so nothing
-    resumes from another run."""
+    """Remove the point's resume state (target fit, source pretraining, a tuned point's candidates, a cv point's
+    fold fits) so nothing resumes from another run."""
     for rel in CHECKPOINT_DIRS:
         shutil.rmtree(run_dir / rel, ignore_errors=True)
 
