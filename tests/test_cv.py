@@ -14,7 +14,7 @@ import pytest
 
 from conftest import cli_problems, recomputed_test_acc, run_cli
 from transferlab.errors import ConfigError
-from transferlab.run import identity
+from transferlab.run import convergence, identity
 from transferlab.run.cv import FOLD_FILE
 from transferlab.run.experiment import run
 from transferlab.run.setup import prepare
@@ -126,6 +126,8 @@ def test_a_cv_point_chooses_the_step_of_the_best_mean_fold_curve_then_trains_on_
     assert (cv["final"]["epochs"], rec["metrics"]["epochs"], rec["selected_epoch"]) == (want, want, want)
     assert rec["metrics"]["steps"] == want * final_spe >= cv["chosen"]["step"]
     assert rec["labels_used"] == rec["n_train"] == 20
+    # the convergence verdict is on the mean held-out curve (the n examples, each held out once)
+    assert rec["convergence"] == convergence.judge(mean_acc, 20, epochs=epochs).to_dict()
     assert rec["metrics"]["test/acc"] == pytest.approx(recomputed_test_acc(cfg, rec["target_ckpt"]), abs=1e-6)
     # the subset is best_val's subset of the same data_seed
     usual = prepare(make_cfg("target.n_per_class=4", run="usual"))

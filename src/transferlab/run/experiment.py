@@ -304,8 +304,12 @@ class Experiment:
         record.single_class_prediction = record.metrics.single_class
         if record.single_class_prediction:
             warn_single_class(record.metrics)
-        verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val,
-                                    epochs=record.metrics.val_epoch_history)
+        if record.cv:  # cv: was the mean held-out curve of the fold fits (each of the n held out once) still rising?
+            mean = record.cv["mean"]
+            verdict = convergence.judge(mean["val/acc"], record.n_train, epochs=mean["epoch"])
+        else:
+            verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val,
+                                        epochs=record.metrics.val_epoch_history)
         record.converged, record.convergence = verdict.converged, verdict.to_dict()
         if verdict.converged is False:
             log.warning("%s: the run may be under-trained (converged: false in result.json); raise "
