@@ -181,6 +181,7 @@ def test_identity_holds_the_folds_of_a_cv_point_and_nothing_new_for_other_runs(m
     (("target.n_train=5", "train.select=cv"), "target.n_train"),  # 1 per class: known once the data is read
     (("target.n_train=12", "train.select=cv", "train.cv_folds=3"), "train.cv_folds"),  # 2 or 3 per class
     (("target.n_per_class=4", "train.select=cv", "train/scheduler=plateau"), "train.scheduler"),
+    (("target.n_per_class=4", "train.select=cv", "trainer.devices=2", "trainer.accelerator=cpu"), "train.select"),
 ])
 def test_bad_cv_inputs_are_refused_before_anything_is_written(make_cfg, tmp_path, overrides, key):
     cfg = make_cfg(*overrides)
@@ -188,7 +189,7 @@ def test_bad_cv_inputs_are_refused_before_anything_is_written(make_cfg, tmp_path
         run(cfg)
     assert [p.key for p in e.value.items] == [key], e.value.problems
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.json"))
-    data_free = "n_train" not in " ".join(overrides) and "plateau" not in " ".join(overrides)
+    data_free = not any(w in " ".join(overrides) for w in ("n_train", "plateau", "devices"))
     assert bool(value_problems(cfg)) == data_free  # what the config alone tells, the sweeper refuses up front
 
 
