@@ -210,7 +210,6 @@ def test_a_sweep_with_a_bad_cv_point_refuses_before_launching_any(tmp_path):
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(FOLD_FILE))
 
 
-@pytest.mark.slow
 def test_a_vectorised_cv_sweep_runs_its_members_one_after_the_other(tmp_path):
     """Through the real CLI and sweeper: two seeds of a cv point grouped by vectorize=seeds; each member is the
     point its own run would be (same fingerprint, k + 1 fits, labels_used = n)."""
