@@ -280,6 +280,7 @@ def test_fold_fits_read_the_points_cached_features_and_match_fits_without_them(m
     assert cached["feature_cache"]["status"] in ("miss", "hit", "memory") and plain["feature_cache"]["status"] == "off"
     assert len(list((tmp_path / "c1" / "features").iterdir())) == 1
     assert cached["fingerprint"] == plain["fingerprint"]
+    assert cached["source_cache"] == plain["source_cache"] == "miss"  # each point pretrained its own source
     assert cached["cv"]["mean"]["val/acc"] == pytest.approx(plain["cv"]["mean"]["val/acc"], abs=1e-6)
     assert cached["cv"]["mean"]["val/loss"] == pytest.approx(plain["cv"]["mean"]["val/loss"], abs=1e-4)
     assert cached["cv"]["chosen"]["step"] == plain["cv"]["chosen"]["step"]

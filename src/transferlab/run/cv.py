@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab.run.experiment import Experiment
+from transferlab.run.experiment import Experiment, source_weights
 from transferlab.run.setup import Prepared, plan_budget
 from transferlab.tasks import cv_folds
 from transferlab.training import budget as budget_mod
@@ -199,6 +199,9 @@ def fit(exp: Experiment, test: bool = True, score: bool = True, job_type: str = 
     `Experiment.build` and `open_logger` take them). Returns its outcome, whose `best_val_acc` is the mean
     held-out accuracy at the chosen check, and the record's `cv` block."""
     p = plan(exp.cfg, exp.prep)
+    # The source model first, as the point's own (pretrained in its folder on a cache miss): the fold fits and the
+    # fit on all n then load it from the cache, and the record says whether this point trained it.
+    source_status = source_weights(exp.cfg, exp.prep, exp.run_dir)[1]
     fits = [fit_fold(exp, p, j) for j in range(p.k)]
     curve = mean_curve(fits)
     i = choose(curve)
@@ -221,6 +224,7 @@ def fit(exp: Experiment, test: bool = True, score: bool = True, job_type: str = 
                        "steps": epochs * spe, "planned_epochs": exp.prep.budget.epochs},
              "fits": p.k + 1}
     exp.build(score=score)
+    exp.record.source_cache = source_status
     outcome = exp.fit(logger=exp.open_logger(job_type=job_type), test=test, stop_after=epochs)
     return dataclasses.replace(outcome, best_val_acc=curve["val/acc"][i]), block
 
