@@ -304,3 +304,15 @@ def test_a_sweep_point_retrained_from_zero_loses_its_fold_fits_too(tmp_path):
     assert fold.exists()
     prepare_point_dir(tmp_path / "p", point, fresh=True)
     assert not (tmp_path / "p" / "folds").exists()
+
+
+def test_the_chosen_steps_carry_to_the_fit_on_all_n_when_its_epochs_are_longer(make_cfg):
+    """Batches of 8: a fold fit's epoch over 15 examples is 2 steps, the fit on all 20 takes 3 per epoch. The fit
+    on all n runs the fewest whole epochs that give at least the chosen steps."""
+    rec = run(make_cfg("target.n_per_class=4", "train.select=cv", "train.batch_size=8", *FAST))
+    cv = rec["cv"]
+    assert {f["steps_per_epoch"] for f in cv["folds"]} == {2} and rec["budget"]["steps_per_epoch"] == 3
+    t = cv["chosen"]["step"]
+    assert t == 2 * cv["chosen"]["epoch"]
+    assert rec["metrics"]["epochs"] == math.ceil(t / 3) == cv["final"]["epochs"]
+    assert t <= rec["metrics"]["steps"] == 3 * math.ceil(t / 3) < t + 3
