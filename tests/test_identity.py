@@ -134,7 +134,8 @@ def test_every_other_key_is_identity(tmp_path, choices):
             assert fp != base
         elif key.startswith(("source.", "pretrain.")) and identity.copies_nothing(plain):
             assert fp == base, key
-        elif key.startswith("peft.") and key != "peft.method":  # peft=none reads none of the methods' keys
+        elif (key.startswith("peft.") and key != "peft.method") or key == "train.cv_folds":
+            # peft=none reads none of the methods' keys; cv_folds only train.select=cv reads (tests/test_cv.py)
             assert fp == base, key
         else:
             assert (fp == base) == neutral, f"{key}: {'neutral' if neutral else 'identity'} key"

@@ -65,7 +65,7 @@ def test_a_val_in_budget_run_selects_on_its_carved_split_and_counts_every_label(
 
 @pytest.mark.parametrize("select,scheduler,reads", [("best_val", "none", True), ("last", "none", False),
                                                     ("fixed_epoch", "none", False), ("last", "plateau", True),
-                                                    ("val_in_budget", "none", True)])
+                                                    ("val_in_budget", "none", True), ("cv", "none", False)])
 def test_labels_used_counts_the_val_split_exactly_when_it_shapes_the_model(select, scheduler, reads):
     assert labels_used(select, scheduler, 20, 135) == 20 + (135 if reads else 0)
 

@@ -98,6 +98,7 @@ class Select(Choice):
     last = "last"
     fixed_epoch = "fixed_epoch"
     val_in_budget = "val_in_budget"  # best_val on a validation split carved out of the n labelled examples
+    cv = "cv"  # k-fold cross-validation inside the n: steps chosen on the mean fold curve, then all n (run/cv.py)
 
 
 class Score(Choice):
@@ -248,11 +249,19 @@ class TrainConfig(OptimConfig):
     # select=val_in_budget only: this fraction of each class's labelled examples (at least 1, at most all but 1)
     # is held out of training to select on, so the n of the x axis is every label the model saw (tasks/budget_val.py)
     val_in_budget_fraction: float = 0.2
+    # select=cv only: k folds inside the n (tasks/cv_folds.py); null: min(5, the smallest class's count)
+    cv_folds: Optional[int] = None
     # the validation schedule (training/budget.py): at most one check per val_every_steps optimizer steps (every
     # epoch once an epoch is that long; null or 1: every epoch), or val_checks checks spread over the fit
     val_every_steps: Optional[int] = 8
     val_checks: Optional[int] = None  # set: this many checks (val_every_steps is then not read)
     val_spacing: ValSpacing = ValSpacing.linear  # val_checks only: linear | log (dense early)
+
+
+# The fold design of train.select=cv in words (tasks/cv_folds.py implements it): part of a cv run's identity
+# (run/identity.py), so a change of the rule must change this text and with it every cv point's fingerprint.
+CV_FOLD_DESIGN = ("stratified by class; fold(c, r) = (rank r in the class's subset order + s + c) mod k, "
+                  "s from data_seed; k = train.cv_folds or min(5, smallest class count)")
 
 
 # ---------------------------------------------------------------- tuning inside a point (run/tuning.py)
@@ -263,6 +272,7 @@ NOT_TUNABLE: dict[str, str] = {
     "select": "the selection protocol that judges the candidates",
     "select_epoch": "the selection protocol that judges the candidates",
     "val_in_budget_fraction": "the validation split every candidate is judged on (one split for all)",
+    "cv_folds": "the folds every candidate is judged on (one fold design for all)",
     "feature_cache": "a speed setting (results unchanged)",
     "feature_cache_max_gb": "a speed setting (results unchanged)",
     "channels_last": "a speed setting (results unchanged)",

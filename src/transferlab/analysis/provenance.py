@@ -329,6 +329,11 @@ def _labels_used(records: list[RunRecord]) -> str:
         if select == "val_in_budget":
             parts.append(f"{select}: the n examples only, a share of them held out to select on "
                          f"({val} validation examples per run)")
+        elif select == "cv":
+            ks = "/".join(str(k) for k in sorted({r.cv.get("k") for r in of if isinstance(r.cv, Mapping)}))
+            parts.append(f"{select}: the n examples only; {ks or 'k'}-fold cross-validation inside them chose "
+                         "the training steps (and tuned values), then the model trained on all n (k + 1 fits "
+                         "per point)")
         elif any(reads_validation(select, (r.config or {}).get("train", {}).get("scheduler"), bool(_chosen(r)))
                  for r in of):
             parts.append(f"{select}: the n examples plus the {val}-example validation split, at every n")

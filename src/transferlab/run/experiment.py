@@ -115,16 +115,19 @@ def source_weights(cfg: DictConfig, prep: Prepared, run_dir: Path) -> tuple[dict
     return obj["state_dict"], status, str(path), obj["meta"]
 
 
-def target_batches(cfg, plan: TransferPlan, task, net, epochs: int | None = None):
+def target_batches(cfg, plan: TransferPlan, task, net, epochs: int | None = None, features_of=None):
     """(train, val, test) batches for target training and the Decision: cached prefix features when `decide`
-    says so (they enter the net at block `decision.start`), else the task's inputs."""
+    says so (they enter the net at block `decision.start`), else the task's inputs. `features_of`: the task whose
+    cache entry holds these features (a cv fold's: its point's task, same pool and test; the fold's val split is
+    read from the pool's features, `feature_cache.feature_arrays`), else `task`."""
     device = pick_device(cfg.trainer.get("accelerator"), cfg.trainer.get("devices"))
     opts = {"device": device, "channels_last": bool(cfg.train.channels_last)}
     bs, seed = int(cfg.train.batch_size), int(cfg.seed)
     decision = feature_cache.decide(cfg, plan, task, net, epochs)
     if not decision.use:
         return loaders(task, bs, seed, **opts), decision
-    feats = feature_cache.get_or_compute(cfg, task, net, decision, device=device)
+    feats = feature_cache.get_or_compute(cfg, task if features_of is None else features_of, net, decision,
+                                         device=device)
     log.info("feature cache %s: %d frozen blocks, key %s", decision.status, decision.depth, decision.key)
     return arrays_loaders(feature_cache.feature_arrays(task, feats), bs, seed, **opts), decision
 
@@ -174,15 +177,19 @@ class Experiment:
     -> `close` (metrics, convergence, result.json) or `fail`.
     """
 
-    def __init__(self, cfg: DictConfig, inputs: dict | None = None):
+    def __init__(self, cfg: DictConfig, inputs: dict | None = None, prepared: Prepared | None = None,
+                 fingerprint: str | None = None, features_of: TaskData | None = None):
         """`inputs`: `identity.inputs(cfg)` when the caller has hashed them already (a tuned point's candidates
-        read the point's files)."""
+        read the point's files). `prepared`, `fingerprint` and `features_of`: a fold fit of a cv point
+        (run/cv.py), whose data (the fold's split), checkpoint identity and cached prefix features are the
+        point's own made for that fold."""
+        self.features_of = features_of
         self.t0 = time.perf_counter()
         self.cfg = cfg
         # content of every file the run reads, hashed before anything else
         self.inputs = identity.inputs(cfg) if inputs is None else inputs
-        self.fingerprint = identity.fingerprint(cfg, self.inputs)
-        self.prep = prepare(cfg)  # raises ConfigError: nothing written yet
+        self.fingerprint = identity.fingerprint(cfg, self.inputs) if fingerprint is None else fingerprint
+        self.prep = prepare(cfg) if prepared is None else prepared  # raises ConfigError: nothing written yet
         self.run_dir = Path(cfg.paths.output_dir)
         self.record = self._record()
         self.logger = None
@@ -231,7 +238,7 @@ class Experiment:
                        {**plan.peft.record(), "params": peft.added_params(net.backbone, plan.peft), "merged": None})
         # Frozen prefix computed once (cached features) when the plan allows it; batches then enter the net at
         # block cache.start, and the net and its checkpoint stay whole.
-        self.batches, self.cache = target_batches(cfg, plan, target, net, budget.epochs)
+        self.batches, self.cache = target_batches(cfg, plan, target, net, budget.epochs, self.features_of)
         record.feature_cache = self.cache.record()
         # Transferability scores of the copied blocks as built, before any training (no effect on the fit).
         record.scores = score_run(cfg, prep, net, self.cache, state) if score else None
@@ -256,21 +263,28 @@ class Experiment:
                                   fingerprint=self.fingerprint, resumes=resumes)
         return self.logger
 
-    def fit(self, logger=None, test: bool = True) -> FitOutcome:
+    def fit(self, logger=None, test: bool = True, stop_after: int | None = None) -> FitOutcome:
         """`logger`: None opens the run's own; False logs nothing (a DDP rank > 0, run/ddp.py). `test=False`: fit
-        and select only (a tuned point's candidate, run/tuning.py)."""
+        and select only (a tuned point's candidate, run/tuning.py). `stop_after`: end the fit after this many
+        epochs of the planned ones, every schedule (LR, unfreezing) as in the whole plan (a cv point's fit on all
+        n stops at the chosen step, run/cv.py)."""
         cfg, budget = self.cfg, self.prep.budget
         logger = self.open_logger() if logger is None else logger
+        epochs, val_epochs = budget.epochs, budget.val_epochs
+        if stop_after is not None:
+            epochs = int(stop_after)
+            val_epochs = tuple(sorted({e for e in val_epochs if e <= epochs} | {epochs}))
+            log.info("stopping after epoch %d of the planned %d", epochs, budget.epochs)
         log.info("step budget: %d epochs x %d steps (%s); validation: %s", budget.epochs, budget.steps_per_epoch,
                  budget.rule, budget.val_rule)
         return fit_and_test(options.apply(self.module, cfg.train), self.batches,
-                            max_epochs=budget.epochs, trainer_cfg=cfg.trainer,  # training/budget.py
+                            max_epochs=epochs, trainer_cfg=cfg.trainer,  # training/budget.py
                             ckpt_dir=self.run_dir / "checkpoints", logger=logger,
                             callbacks=[PlanSchedule(self.prep.plan)],  # what trains per epoch, BN policy
                             fingerprint=self.fingerprint,  # resumes a killed run of this run identity
                             resume_every_s=resume_every_s(cfg),
                             select=str(cfg.train.select), select_epoch=cfg.train.select_epoch,
-                            val_epochs=budget.val_epochs, test=test)  # the validation schedule
+                            val_epochs=val_epochs, test=test)  # the validation schedule
 
     def close(self, outcome: FitOutcome) -> dict[str, Any]:
         """Metrics of the tested model, convergence, status ok; writes result.json and ends the logger."""
@@ -290,8 +304,12 @@ class Experiment:
         record.single_class_prediction = record.metrics.single_class
         if record.single_class_prediction:
             warn_single_class(record.metrics)
-        verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val,
-                                    epochs=record.metrics.val_epoch_history)
+        if record.cv:  # cv: was the mean held-out curve of the fold fits (each of the n held out once) still rising?
+            mean = record.cv["mean"]
+            verdict = convergence.judge(mean["val/acc"], record.n_train, epochs=mean["epoch"])
+        else:
+            verdict = convergence.judge(record.metrics.val_acc_history or [], record.n_val,
+                                        epochs=record.metrics.val_epoch_history)
         record.converged, record.convergence = verdict.converged, verdict.to_dict()
         if verdict.converged is False:
             log.warning("%s: the run may be under-trained (converged: false in result.json); raise "
@@ -323,6 +341,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from transferlab.run.tuning import run_tuned
 
         return run_tuned(cfg)
+    if str(cfg.train.select) == "cv":
+        from transferlab.run.cv import run_cv
+
+        return run_cv(cfg)
     exp = Experiment(cfg)
     try:
         exp.build()

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from transferlab import own_code
-from transferlab.config import flatten, tune_grid
+from transferlab.config import CV_FOLD_DESIGN, flatten, tune_grid
 from transferlab.store import content
 from transferlab.versions import library_version
 
@@ -208,7 +208,8 @@ def identity_config(config: Any) -> dict:
     a run that copies nothing, only the PEFT method's own keys of `peft` (none of them with `peft=none`: a run
     as before PEFT existed), the optimizer and scheduler nodes as `optim_identity` holds them, and of `tune` only
     the tuned keys' grids, which replace those keys' `train` values (no `tune` at all for an untuned point: a run as
-    before tuning existed)."""
+    before tuning existed), and `train.cv_folds` only under train.select=cv, which adds its fold design
+    (`config.CV_FOLD_DESIGN`; any other run: as before cv existed)."""
     c = _plain(config)
     for key in NEUTRAL:
         drop(c, key)
@@ -222,6 +223,11 @@ def identity_config(config: Any) -> dict:
             drop(c, key)
     else:  # untuned (every tune.train key null): a run as before tuning existed, its fingerprint unchanged
         c.pop("tune", None)
+    if isinstance(c.get("train"), dict):  # cv's folds: only a cv run reads them (others: as before cv existed)
+        if str(c["train"].get("select")) == "cv":
+            c["train"]["cv_design"] = CV_FOLD_DESIGN
+        else:
+            c["train"].pop("cv_folds", None)
     if isinstance(c.get("trainer"), dict) and DEVICES.split(".")[1] in c["trainer"]:
         c["trainer"]["devices"] = device_count(c["trainer"]["devices"])
     if reads_no_source(c):

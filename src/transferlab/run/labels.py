@@ -7,8 +7,12 @@ n is (FEWTRANS, arXiv 2603.00478). `last` and `fixed_epoch` read no validation l
 curves are recorded, not used), and under `val_in_budget` the validation examples are part of the n themselves
 (tasks/budget_val.py), so there labels_used is n: the honest budget.
 
-A tuned point (run/tuning.py) chooses among its candidates on the validation split whatever `train.select` is, so
-under `last` and `fixed_epoch` too its val split counts, once: every candidate is judged on the same split.
+Under `cv` (run/cv.py) the step count, and a tuned point's values, are chosen on folds of the n themselves and the
+tested model trains on all n; the task's validation split is not read: labels_used is n.
+
+A tuned point (run/tuning.py) chooses among its candidates on the validation split whatever `train.select` is (but
+cv, whose candidates are judged on their folds), so under `last` and `fixed_epoch` too its val split counts, once:
+every candidate is judged on the same split.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ def reads_validation(select: str, scheduler: Any, tuned: bool = False) -> bool:
     """Does the validation split influence the tested model (the epoch chosen, the learning rate, or, for a tuned
     point, which candidate is tested)? `scheduler` is the `train.scheduler` node, or a record's name from before
     schedulers were nodes ("plateau", "none")."""
+    if str(select) == "cv":
+        return False  # the folds are the n themselves; setup refuses a scheduler that reads val/acc with cv
     if tuned or str(select) in READS_VAL:
         return True
     return scheduler == "plateau" if isinstance(scheduler, str) else reads_metric(scheduler)

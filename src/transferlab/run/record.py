@@ -15,7 +15,8 @@ as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). V
 (below). Version 5 (sealed) and older lack `tuning`: None, as for an untuned run (tuning inside a point came with
 version 6, run/tuning.py). Version 6 lacks the candidates' `hindsight_test` in `tuning` (each candidate's test
 numbers measured after the choice, run/hindsight.py): a tuned record of version 6 has no oracle in the report's
-selection.csv. A field missing from the file takes its default (None, or an empty list: "not recorded"),
+selection.csv. Records without `cv` predate train.select=cv (None). A field missing from the file takes its
+default (None, or an empty list: "not recorded"),
 a key the schema does not know is ignored, values are taken as stored. An old record therefore always reads, and
 what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or
 changes its meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
@@ -146,8 +147,9 @@ class RunRecord:
     # the fit's step budget (training/budget.py): budget, max_epochs, min_steps, max_steps, n_train, batch_size,
     # steps_per_epoch, target_steps (asked), source_steps (scratch_long), epochs and steps planned, rule
     budget: dict[str, Any] | None = None
-    select: str | None = None  # which epoch's model was tested (train.select): best_val, last, fixed_epoch or
+    select: str | None = None  # which epoch's model was tested (train.select): best_val, last, fixed_epoch,
     #                            val_in_budget (best_val on a val split carved out of the n: tasks/budget_val.py)
+    #                            or cv (k-fold cross-validation inside the n chose the steps: run/cv.py)
     labels_used: int | None = None  # labelled target examples that influenced the model (run/labels.py): the
     #                                 training subset, plus the val split when selection or the LR schedule read it
     selected_epoch: int | None = None  # 1-based epoch of the tested model
@@ -160,6 +162,13 @@ class RunRecord:
     # candidate), "chosen_index"}; the rest of the record is that candidate's, under the point's fingerprint and
     # config, and labels_used counts the val split the choice read
     tuning: dict[str, Any] | None = None
+    # train.select=cv (run/cv.py); None otherwise, and in records written before cv existed. {"k", "cv_folds",
+    # "design", "rule", "fold_of" (the fold of each train_indices entry), "fold_budget" (the fold fits' step plan),
+    # "folds" (each: index, fingerprint, n_train, n_val, steps_per_epoch, epochs, steps, history, wall_s, reused),
+    # "mean" (epoch, step, val/acc, val/loss at each check), "chosen" (index, epoch, step, val/acc, val/loss),
+    # "final" (n_train, steps_per_epoch, epochs, steps, planned_epochs: the fit on all n), "fits" (k + 1)};
+    # metrics.val/acc is then the chosen mean held-out accuracy, and labels_used is n
+    cv: dict[str, Any] | None = None
     metrics: Metrics = field(default_factory=Metrics)  # the target fit's numbers (see Metrics)
     single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)
     converged: bool | None = None  # False: val/acc still rising at the end (run/convergence.py); None: not judged

@@ -34,11 +34,12 @@ from transferlab.run.values import (
     _seed_ok,
     check_budget,
     check_checkpoint,
+    check_cv,
     check_optim,
     check_seeds,
     check_task_sizes,
 )
-from transferlab.tasks import TaskData, build_task
+from transferlab.tasks import TaskData, build_task, cv_folds
 from transferlab.tasks.budget_val import with_budget_val
 from transferlab.training import budget as budget_mod
 from transferlab.training import optim, options
@@ -171,9 +172,30 @@ def check_tune(cfg: DictConfig) -> list[Problem]:
     return check_grid(cfg)
 
 
+def check_cv_scheduler(cfg: DictConfig) -> list[Problem]:
+    """Under train.select=cv no validation split shapes the model (run/cv.py): a scheduler that follows val/acc
+    would have none to follow in the fit on all n."""
+    if str(cfg.train.select) != "cv" or not optim.reads_metric(cfg.train.get("scheduler")):
+        return []
+    return [problem("train.scheduler", optim.target(cfg.train.scheduler),
+                    "a scheduler that does not read val/acc with train.select=cv (the fit on all n has no "
+                    "validation split to read): train/scheduler=none or cosine")]
+
+
+def check_cv_ddp(cfg: DictConfig) -> list[Problem]:
+    """A cv point trains its fold fits and its final fit one after the other on one device (run/cv.py)."""
+    from transferlab.run import ddp
+
+    if str(cfg.train.select) == "cv" and ddp.processes(cfg.trainer) > 1:
+        return [problem("train.select", "cv", "another train.select with trainer.devices > 1: a cv point trains "
+                                              "its k fold fits and its final fit one after the other on one device")]
+    return []
+
+
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
-    check_seeds, check_optim, check_budget, check_task_sizes, check_kinds, check_devices, check_ddp, check_lease,
-    check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
+    check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_kinds, check_devices, check_ddp,
+    check_lease, check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
+    check_cv_scheduler, check_cv_ddp,
 ]
 assert set(VALUE_CHECKS) <= set(CONFIG_CHECKS)  # a sweep's per-point checks are a subset of the run's
 
@@ -310,6 +332,11 @@ def prepare(cfg: DictConfig) -> Prepared:
         size_key = "target.n_train" if cfg.target.get("n_train") is not None else "target.n_per_class"
         ctx.target = _collect(problems, with_budget_val, ctx.target, float(cfg.train.val_in_budget_fraction),
                               int(cfg.data_seed), size_key=size_key, size_value=cfg.target.get(size_key[7:]))
+    if ctx.target is not None and str(cfg.train.select) == "cv" and not about("train.cv_folds") \
+            and not about("target.n_per_class"):
+        size_key = "target.n_train" if cfg.target.get("n_train") is not None else "target.n_per_class"
+        _collect(problems, cv_folds.check_counts, cv_folds.subset_counts(ctx.target), cfg.train.get("cv_folds"),
+                 size_key=size_key, size_value=cfg.target.get(size_key[7:]))
     if ctx.target is None and has_source:
         load_source()  # its input shape lets the backbone and transfer checks still run
     shaped = ctx.target or ctx.source

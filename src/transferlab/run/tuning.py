@@ -12,15 +12,18 @@ fingerprint is that of the separate point `train.lr=<value>` (tests/test_tuning.
 separate run (`Experiment.build`, `Experiment.fit`), minus the test. Its score is the val/acc of the model its
 `train.select` kept: under `best_val` the best epoch's on the task's validation split, under `val_in_budget` the same
 on the split carved out of the n (tasks/budget_val.py: one split, the same for every candidate, since it depends on
-`data_seed` only), under `last`/`fixed_epoch` the final or fixed epoch's. The highest score wins; ties go to the
+`data_seed` only), under `last`/`fixed_epoch` the final or fixed epoch's, under `cv` the mean held-out val/acc of
+its k fold fits at the check they chose (run/cv.py: the candidate is then its fit on all n stopped at that step; the
+folds depend on `data_seed` only, so every candidate is judged on the same folds; k + 1 fits per candidate). The highest score wins; ties go to the
 lower val/loss of that model, then to the earlier candidate. A candidate whose loss turns NaN/inf has lost (its
 failure is recorded); the point fails only if every candidate does.
 
 The selected candidate is then tested from its best.ckpt with the point's own logger, and the point's result.json is
 that candidate's record with the point's identity (fingerprint and config, the grid included), `labels_used` that
-counts the validation split (the choice read it, run/labels.py) and the `tuning` block (run/record.py). After that
-test, and only then, each other finished candidate's kept model is tested once, unlogged, for the report's oracle
-(`hindsight_test` in the block, run/hindsight.py); nothing reads those numbers to choose.
+counts the validation split (the choice read it, run/labels.py; under cv it is n) and the `tuning` block
+(run/record.py), plus the chosen candidate's `cv` block under cv. After that test, and only then, each other
+finished candidate's kept model is tested once, unlogged, for the report's oracle (`hindsight_test` in the block,
+run/hindsight.py); nothing reads those numbers to choose.
 
 Resume: a killed point starts again and reuses a candidate only when its candidate.json says ok under the expected
 fingerprint and values and its best.ckpt verifies (checksum) as the model of the recorded epoch; anything else is
@@ -159,10 +162,14 @@ class Candidate:
     # its kept model's test numbers, measured after the choice and never read by it (run/hindsight.py); None: not
     # measured (a failed candidate, or before the point's test)
     hindsight_test: dict[str, float] | None = None
+    cv: dict[str, Any] | None = None  # train.select=cv: the candidate's folds and choice (run/cv.py)
 
     def summary(self) -> dict[str, Any]:
         """The candidate as the point's `tuning` block lists it (no curves: they are in its candidate.json)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("history", "best_ckpt", "resumed_from")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("history", "best_ckpt", "resumed_from", "cv")}
+        if self.cv is not None:
+            out["cv_chosen"] = self.cv["chosen"]  # the step its mean fold curve chose
+        return out
 
     def write(self) -> None:
         """candidate.json, sealed like result.json (its score decides the choice: a hand edit must not)."""
@@ -231,8 +238,13 @@ def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str
         raise RuntimeError(f"candidate {values}: fingerprint {exp.fingerprint}, expected {fp}")
     cand = Candidate(index=index, values=values, fingerprint=fp, dir=str(cdir))
     try:
-        exp.build(score=False)  # scores do not depend on the candidate: the point records them once
-        outcome = exp.fit(logger=exp.open_logger(job_type="candidate"), test=False)
+        if str(cfg.train.select) == "cv":  # k fold fits choose its steps, then its fit on all n (run/cv.py)
+            from transferlab.run import cv
+
+            outcome, cand.cv = cv.fit(exp, test=False, score=False, job_type="candidate")
+        else:
+            exp.build(score=False)  # scores do not depend on the candidate: the point records them once
+            outcome = exp.fit(logger=exp.open_logger(job_type="candidate"), test=False)
     except NonFiniteLossError as e:
         finish_logger(exp.logger, failed=True)
         cand.status, cand.error, cand.wall_s = "failed", failure_text(e), time.perf_counter() - t0
@@ -243,7 +255,7 @@ def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str
     cand.score = _finite(outcome.best_val_acc)
     cand.selected_epoch, cand.epochs, cand.steps = outcome.selected_epoch, outcome.epochs, outcome.steps
     cand.history = {k: list(v) for k, v in outcome.history.items()}
-    cand.val_loss = _loss_at(cand.history, cand.selected_epoch)
+    cand.val_loss = cand.cv["chosen"]["val/loss"] if cand.cv else _loss_at(cand.history, cand.selected_epoch)
     cand.best_ckpt, cand.resumed_from = outcome.best_ckpt, outcome.resumed_from
     cand.wall_s = time.perf_counter() - t0
     cand.write()
@@ -263,10 +275,14 @@ def tuning_block(cfg: DictConfig, cands: list[Candidate], chosen: Candidate) -> 
     select = str(cfg.train.select)
     split = ("the validation split carved out of the n (tasks/budget_val.py)" if select == "val_in_budget"
              else "the task's validation split")
-    kept = {"best_val": "best", "val_in_budget": "best", "last": "last", "fixed_epoch": "fixed"}[select]
+    kept = {"best_val": "best", "val_in_budget": "best", "last": "last", "fixed_epoch": "fixed"}.get(select)
+    score = (f"val/acc on {split} of each candidate's {kept} epoch (train.select={select})" if kept else
+             "each candidate's mean held-out val/acc over its k folds at the check they chose (train.select=cv, "
+             "run/cv.py)")
     return {"keys": list(chosen.values), "grid": tune_grid(cfg),
-            "protocol": {"select": select, "select_epoch": cfg.train.get("select_epoch")},
-            "score": f"val/acc on {split} of each candidate's {kept} epoch (train.select={select})",
+            "protocol": {"select": select, "select_epoch": cfg.train.get("select_epoch"),
+                         "cv_folds": cfg.train.get("cv_folds")},
+            "score": score,
             "rule": RULE, "hindsight": hindsight.WHAT, "candidates": [c.summary() for c in cands],
             "chosen": dict(chosen.values), "chosen_index": chosen.index}
 
@@ -327,6 +343,7 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
     rec.labels_used = labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"), rec.n_train, rec.n_val,
                                          tuned=True)
     rec.tuning = tuning_block(cfg, cands, chosen)
+    rec.cv = chosen.cv  # train.select=cv: the chosen candidate's folds and step (run/cv.py)
     try:
         exp.build()  # the point's transferability scores, its net and test batches (the chosen candidate's)
         tested = test_checkpoint(options.apply(exp.module, cfg.train), exp.batches[2], ckpt=chosen.best_ckpt,

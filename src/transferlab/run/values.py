@@ -132,6 +132,32 @@ def check_budget(cfg: DictConfig) -> list[Problem]:
     return out
 
 
+def check_cv(cfg: DictConfig) -> list[Problem]:
+    """`train.select=cv` (run/cv.py, tasks/cv_folds.py): k >= 2 folds, each holding at least one example of every
+    class, so n per class >= 2 and >= k. What the config alone can tell (n_per_class); a subset sized by n_train or
+    the whole pool is checked on its counts once the data is read (run/setup.py)."""
+    t, out = cfg.train, []
+    k, cv = t.get("cv_folds"), str(t.select) == "cv"
+    if not cv:
+        if k is not None:
+            out.append(problem("train.cv_folds", k, f"null unless train.select=cv (train.select={t.select})"))
+        return out
+    if k is not None and k < 2:
+        out.append(problem("train.cv_folds", k, "null (min(5, the smallest class's count)) or an integer >= 2 "
+                                                "with train.select=cv"))
+        return out
+    n = cfg.target.get("n_per_class")
+    if n is None or n < 1:
+        return out  # n_train or the whole pool: setup checks the counts; n < 1: check_task_sizes'
+    if n < 2:
+        out.append(problem("target.n_per_class", n, "at least 2 with train.select=cv (each of the k >= 2 folds "
+                                                    "needs one example of every class); or another train.select"))
+    elif k is not None and k > n:
+        out.append(problem("train.cv_folds", k, f"an integer in 2..{n} (target.n_per_class={n}: every fold needs "
+                                                "one example of every class), or null (min(5, n))"))
+    return out
+
+
 def check_checkpoint(cfg: DictConfig) -> list[Problem]:
     every = cfg.checkpoint.every_s
     if not _is_num(every) or every < 0:
@@ -139,7 +165,7 @@ def check_checkpoint(cfg: DictConfig) -> list[Problem]:
     return []
 
 
-VALUE_CHECKS = [check_seeds, check_optim, check_budget, check_task_sizes, check_checkpoint]
+VALUE_CHECKS = [check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_checkpoint]
 
 
 def value_problems(cfg: DictConfig) -> list[Problem]:

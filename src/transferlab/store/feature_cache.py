@@ -309,9 +309,13 @@ def stored(cfg, task, net, depth: int) -> dict[str, torch.Tensor] | None:
 
 
 def feature_arrays(task, feats: dict[str, torch.Tensor]):
-    """(train_x, train_y, val_x, val_y, test_x, test_y) with features in place of inputs; train is the subset."""
+    """(train_x, train_y, val_x, val_y, test_x, test_y) with features in place of inputs; train is the subset. A
+    val split taken from the pool (`task.val_from_pool`: a cv fold) reads the pool's features at its positions, so
+    `feats` may be those of the task it was taken from (same pool and test)."""
     idx = torch.as_tensor(task.train_indices, dtype=torch.long)
-    return feats["train"][idx], task.train_y[idx], feats["val"], task.val_y, feats["test"], task.test_y
+    pool_val = getattr(task, "val_from_pool", None)
+    val = feats["val"] if pool_val is None else feats["train"][torch.as_tensor(pool_val, dtype=torch.long)]
+    return feats["train"][idx], task.train_y[idx], val, task.val_y, feats["test"], task.test_y
 
 
 def clear_memory() -> None:

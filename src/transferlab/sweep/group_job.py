@@ -7,8 +7,9 @@ not reproduce its point's fingerprint fails (it would record a result under anot
 built as a single run builds (`Experiment.build`), then the members train as one stacked model
 (`training.stacked`) or, when the group cannot hold them (`why_sequential`, one logged reason), one after the other
 in this process, each from the random state its own run would have. Every member writes its own result.json,
-best.ckpt and logs, so skip, resume, status and the report see ordinary points. Tuned members (`tune.*`,
-run/tuning.py) run one after the other, each as its own point would.
+best.ckpt and logs, so skip, resume, status and the report see ordinary points. Members that make several fits
+each, tuned ones (`tune.*`, run/tuning.py) and cross-validated ones (`train.select=cv`, run/cv.py), run one after
+the other, each as its own point would.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     from transferlab.errors import ConfigError, problem
 
     listed = members(cfg)
-    if tune_grid(cfg):
-        return _run_tuned(cfg, listed)
+    if tune_grid(cfg) or str(cfg.train.select) == "cv":
+        return _run_one_by_one(cfg, listed)
     start = time.perf_counter()
     exps: list[Experiment] = []
     rngs: list[dict] = []
@@ -99,15 +100,17 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     return [e.record.to_dict() for e in exps]
 
 
-def _run_tuned(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Tuned members (run/tuning.py) run one after the other, each exactly as its own point runs: stacking a
-    point's candidates, or the candidates of several members, is not built yet."""
+def _run_one_by_one(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Members that make several fits each (tuned: run/tuning.py; cv: run/cv.py) run one after the other, each
+    exactly as its own point runs (`experiment.run`): stacking a point's candidates or fold fits, or those of
+    several members, is not built yet."""
     from transferlab.errors import ConfigError, problem
     from transferlab.run import identity
-    from transferlab.run.tuning import run_tuned
+    from transferlab.run.experiment import run
 
-    log.warning("vectorize: the %d members of %s are tuned points (tune.*); they run one after the other",
-                len(listed), Path(str(cfg.group)).parent.name)
+    what = "tuned points (tune.*)" if tune_grid(cfg) else "cross-validated points (train.select=cv)"
+    log.warning("vectorize: the %d members of %s are %s; they run one after the other",
+                len(listed), Path(str(cfg.group)).parent.name, what)
     records, failures = [], []
     for m in listed:
         if folder_state(m["dir"], m["fingerprint"])[0] == "done":  # a requeued group: never redo a result
@@ -118,7 +121,7 @@ def _run_tuned(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, 
             if identity.fingerprint(mcfg) != m["fingerprint"]:
                 raise ConfigError(problem("group", str(cfg.group), f"a member config with the fingerprint "
                                           f"{m['fingerprint']} the sweeper computed for {Path(m['dir']).name}"))
-            records.append(run_tuned(mcfg))
+            records.append(run(mcfg))
         except Exception as e:  # its own result.json says how it ended (a config error: nothing written)
             failures.append(f"{Path(m['dir']).name}: {failure_text(e)}")
     if failures:

@@ -104,7 +104,8 @@ class Work:
     source: str | None = None           # key of the source model it reads (None: reads none)
     features: str | None = None         # the frozen-prefix feature pass it trains on (None: none)
     error: str | None = None            # why its config checks fail (it would fail at setup, before training)
-    candidates: int = 1                 # a tuned point's candidate fits (run/tuning.py), each at the point's shape
+    candidates: int = 1                 # fits a point makes, each at the point's shape: a tuned point's candidates
+    #                                     (run/tuning.py), times k + 1 under train.select=cv (run/cv.py)
 
 
 @dataclass
@@ -199,6 +200,16 @@ class Estimate:
     failing: int
     startup_s: float
     notes: list[str] = field(default_factory=list)
+
+
+def cv_fits(cfg, target) -> int:
+    """Fits one candidate of a point makes: k fold fits and the fit on all n under train.select=cv (run/cv.py),
+    else 1. The fold fits are priced as fits of the point's own shape (they train on (k-1)/k of its examples)."""
+    if str(cfg.train.select) != "cv":
+        return 1
+    from transferlab.tasks import cv_folds
+
+    return cv_folds.fold_count(cv_folds.subset_counts(target), cfg.train.get("cv_folds")) + 1
 
 
 # ----------------------------------------------------------------------------------------------- pricing (pure)
@@ -588,7 +599,7 @@ def describe(items: Sequence[tuple[Any, Any]], *, cache_dir: str | None = None, 
                 work.error = "; ".join(str(p) for p in e.items) or str(e)
                 continue
             work.epochs, work.n_train = int(budget.epochs), len(target.train_indices)
-            work.candidates = len(tuning.candidates(cfg)) or 1
+            work.candidates = (len(tuning.candidates(cfg)) or 1) * cv_fits(cfg, target)
             work.batches = epoch_batches(work.n_train, int(cfg.train.batch_size))
             work.checks = checks_of(budget)
             plan = prep.plan

@@ -33,8 +33,9 @@ from transferlab.sweep.points import Point
 
 LOCK_FILE = ".sweep.lock"      # held by the process running the sweep: a second copy is refused
 STALE_RESULT = "result.stale.json"
-# a point's resume state: target fit, source pretraining, a tuned point's candidates (run/tuning.py)
-CHECKPOINT_DIRS = ("checkpoints", "source/checkpoints", "candidates")
+# a point's resume state: target fit, source pretraining, a tuned point's candidates (run/tuning.py), a cv point's
+# fold fits (run/cv.py)
+CHECKPOINT_DIRS = ("checkpoints", "source/checkpoints", "candidates", "folds")
 SWEEP_PID_ENV = "TRANSFERLAB_SWEEP_PID"  # set by the sweeper for its local worker processes (parent-death check)
 
 
@@ -107,8 +108,8 @@ def set_aside(path: Path) -> Path | None:
 
 
 def clear_checkpoints(run_dir: Path) -> None:
-    """Remove the point's resume state (target fit, source pretraining, a tuned point's candidates) so nothing
-    resumes from another run."""
+    """Remove the point's resume state (target fit, source pretraining, a tuned point's candidates, a cv point's
+    fold fits) so nothing resumes from another run."""
     for rel in CHECKPOINT_DIRS:
         shutil.rmtree(run_dir / rel, ignore_errors=True)
 

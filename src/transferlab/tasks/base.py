@@ -31,6 +31,9 @@ class TaskData:
     train_indices: np.ndarray = field(default=None)  # type: ignore[assignment]
     origins: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    # The val split's positions in the train pool when it was taken from the pool (a cv fold, tasks/cv_folds.py),
+    # else None: its cached prefix features are then the pool's own (store/feature_cache.py), not computed again.
+    val_from_pool: np.ndarray | None = None
 
     def __post_init__(self):
         if self.train_indices is None:

@@ -164,7 +164,7 @@ def replaces(select: str, select_epoch: int | None, epoch: int, acc: float, loss
     """The selection rule (`train.select`, see `RunLocalCheckpoint`), shared with a vectorised group's members
     (`training.stacked`): does the model after 1-based `epoch` (val/acc `acc`, val/loss `loss`) replace the kept
     one (`kept_acc`, `kept_loss`; None when nothing is kept yet)?"""
-    if select == "last":
+    if select in ("last", "cv"):
         return True
     if select == "fixed_epoch":
         return epoch == select_epoch
@@ -204,8 +204,9 @@ class RunLocalCheckpoint(ModelCheckpoint):
     part, absolute or `..`, is dropped) and restores the scores, so re-testing a finished run gives its numbers.
     """
 
-    # transferlab.config.Select; val_in_budget is best_val's rule on a val split carved out of the n (tasks/budget_val.py)
-    RULES = ("best_val", "last", "fixed_epoch", "val_in_budget")
+    # transferlab.config.Select; val_in_budget is best_val's rule on a val split carved out of the n (tasks/budget_val.py);
+    # cv keeps the last model: its fold fits only record curves, its final fit stops at the chosen step (run/cv.py)
+    RULES = ("best_val", "last", "fixed_epoch", "val_in_budget", "cv")
 
     def __init__(self, *args: Any, select: str = "best_val", select_epoch: int | None = None,
                  loss: str = "val/loss", **kwargs: Any):
