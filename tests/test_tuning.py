@@ -260,6 +260,24 @@ def test_the_cli_says_one_line_exits_2_and_writes_nothing(tmp_path):
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(CANDIDATE_FILE))
 
 
+def test_a_sweep_with_a_bad_value_inside_a_grid_or_val_in_budget_at_1_refuses_before_launching_any(tmp_path):
+    """The sweeper's up-front check (run/values.py) covers a tuned point's candidates, each problem named by the
+    tune.* key that gave it, and val_in_budget at n = 1: one line each, exit 2, no point folder, no result."""
+    sweep = tmp_path / "sweep"
+    p = run_cli("-m", "target.n_per_class=2,4", "tune.train.lr=[1e-3,-1.0]", "logger=none",
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert cli_problems(p.stderr) == ["tune.train.lr=-1.0: a finite number > 0"], p.stderr[-2000:]
+    p = run_cli("-m", "target.n_per_class=1,4", "train.select=val_in_budget", "logger=none",
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert cli_problems(p.stderr) == ["target.n_per_class=1: at least 2 per class with train.select=val_in_budget "
+                                      "(one example of each class to train, one to select on); or another "
+                                      "train.select"], p.stderr[-2000:]
+    assert not sweep.exists() or not [d for d in sweep.iterdir() if d.is_dir() and d.name != ".hydra"]
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob(CANDIDATE_FILE))
+
+
 def test_a_tuned_sweep_reports_the_chosen_values(tmp_path):
     """Through the real CLI and sweeper: two seeds of a tuned point, grouped by vectorize=seeds (tuned members run
     one after the other); results.csv says what each chose, the setup block that the points were tuned."""

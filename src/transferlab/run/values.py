@@ -113,6 +113,11 @@ def check_budget(cfg: DictConfig) -> list[Problem]:
     if not _is_num(f) or not 0 < f < 1:
         out.append(problem("train.val_in_budget_fraction", f, "a number in (0, 1): the share of each class's n held "
                                                               "out to select on (train.select=val_in_budget)"))
+    n = cfg.target.get("n_per_class")
+    if str(t.select) == "val_in_budget" and isinstance(n, int) and n == 1:  # n_train, the pool: setup counts them
+        out.append(problem("target.n_per_class", n, "at least 2 per class with train.select=val_in_budget (one "
+                                                    "example of each class to train, one to select on); or "
+                                                    "another train.select"))
     if str(t.select) == "val_in_budget" and cfg.target.get("val_cap_per_class") is not None:
         out.append(problem("target.val_cap_per_class", cfg.target.val_cap_per_class,
                            "null with train.select=val_in_budget (its val split is carved out of the n examples; "
@@ -168,8 +173,27 @@ def check_checkpoint(cfg: DictConfig) -> list[Problem]:
 VALUE_CHECKS = [check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_checkpoint]
 
 
-def value_problems(cfg: DictConfig) -> list[Problem]:
-    """Every problem `VALUE_CHECKS` find in `cfg` (a check may also raise ConfigError: its problems count)."""
+def check_tune(cfg: DictConfig) -> list[Problem]:
+    """A tuned point (`tune.train.*`, run/tuning.py): the grid's own problems (`tuning.check_grid`), then every
+    candidate's values through the checks above on the candidate's config, a problem with a tuned key named by the
+    `tune.*` key that gave the value and listed once. So a bad value inside a grid is refused before a sweep
+    launches anything, as any bad value is; what needs the data is checked when the point runs."""
+    from transferlab.config import tune_grid
+    from transferlab.run import tuning
+
+    problems = tuning.check_grid(cfg)
+    if problems or not tune_grid(cfg):
+        return problems
+    found: dict[str, Problem] = {}
+    for values in tuning.candidates(cfg):
+        ccfg = tuning.candidate_config(cfg, values, str(cfg.paths.output_dir))
+        for p in _run_checks(ccfg):
+            p = Problem(f"tune.{p.key}", p.value, p.allowed) if p.key in values else p
+            found.setdefault(str(p), p)
+    return list(found.values())
+
+
+def _run_checks(cfg: DictConfig) -> list[Problem]:
     out: list[Problem] = []
     for check in VALUE_CHECKS:
         try:
@@ -177,6 +201,13 @@ def value_problems(cfg: DictConfig) -> list[Problem]:
         except ConfigError as e:
             out += e.items
     return out
+
+
+def value_problems(cfg: DictConfig) -> list[Problem]:
+    """Every problem `VALUE_CHECKS` find in `cfg` (a check may also raise ConfigError: its problems count), then
+    a tuned point's grid and candidates (`check_tune`)."""
+    out = _run_checks(cfg)
+    return out + [p for p in check_tune(cfg) if str(p) not in {str(q) for q in out}]
 
 
 def check_values(cfg: DictConfig) -> None:
