@@ -340,7 +340,7 @@ def test_sweep_baselines_never_take_transfer_overrides():
     from transferlab.sweep import points as sweep_points
     from transferlab.transfer import plan
 
-    assert set(sweep_points.BASELINES) == set(plan.BASELINES)  # the sweep skips exactly the plan's baselines
+    assert set(sweep_points.BASELINE_PRESETS) == set(plan.BASELINES)  # the sweep skips exactly the plan's baselines
 
 
 # ---------------------------------------------------------------- validation, before any training
