@@ -140,6 +140,27 @@ def test_a_record_of_older_schema_gets_the_facts_from_the_legacy_function(two_ru
     assert RunRecord.from_dict({**now, "arm": "as recorded"}).arm == "as recorded"
 
 
+def test_a_sweep_of_older_records_is_done_and_reports_as_a_current_one(two_runs, tmp_path):
+    """Schema-6 result.json files (sealed, without the facts) on disk: each point is done for the sweeper (never run
+    again), and the report labels and pairs them as it does the current records."""
+    import shutil
+
+    from transferlab.store import verified
+    from transferlab.sweep import state
+
+    root = tmp_path / "old"
+    shutil.copytree(two_runs, root)
+    for name in ("ft", "sc"):
+        path = root / name / "result.json"
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k not in FACTS} | {"schema": FACTS_SINCE - 1}
+        verified.write_with(path, lambda tmp, old=old: tmp.write_text(json.dumps(old, indent=2)))
+        assert state.point_status(root / name, old["fingerprint"]) == ("ok", None)
+    cols = ["arm", "arm_name", "is_scratch", "copies_nothing", "arm_key", "baseline_key"]
+    old_df = collect.collect(root).set_index("run_dir")[cols]
+    new_df = collect.collect(two_runs).set_index("run_dir")[cols]
+    assert old_df.equals(new_df), (old_df, new_df)
+
+
 # ---------------------------------------------------------------- seed groups from composed configs
 def test_groups_are_formed_by_the_seed_group_key_not_by_override_text():
     def pt(name, key, *overrides):
