@@ -340,7 +340,7 @@ def test_sweep_baselines_never_take_transfer_overrides():
     from transferlab.sweep import points as sweep_points
     from transferlab.transfer import plan
 
-    assert set(sweep_points.BASELINES) == set(plan.BASELINES)  # the sweep skips exactly the plan's baselines
+    assert set(sweep_points.BASELINE_PRESETS) == set(plan.BASELINES)  # the sweep skips exactly the plan's baselines
 
 
 # ---------------------------------------------------------------- validation, before any training
@@ -473,13 +473,14 @@ def test_control_arms_are_labelled_by_their_init_and_get_their_own_figure(tmp_pa
                 put(tmp_path, f"{arm},n={n},seed={seed}", record(cfg, acc[arm] + 0.01 * seed + 0.001 * n))
     report = build_report(tmp_path, tmp_path / "out", n_boot=50)
     labels = set(report.summary["arm"])
-    assert labels == {"freeze=0", "freeze=4 (all)", "freeze=0 meanvar", "freeze=4 (all) random_frozen", "scratch",
-                      "scratch_long"}, labels
+    # the labels the runs recorded (`TransferPlan.arm`: a control arm says its init)
+    assert labels == {"freeze=0", "freeze=4 (all)", "freeze=0 init=meanvar", "freeze=4 (all) init=random_frozen",
+                      "scratch", "scratch_long"}, labels
     cx = report.crossovers
     assert list(zip(cx["finetuned_arm"], cx["frozen_arm"])) == [("freeze=0", "freeze=4 (all)")]
     lines = plots.control_lines(report.summary)  # transferred depths first, then their controls, scratch last
     assert lines[:2] == ["freeze=0", "freeze=4 (all)"] and lines[-1] == "scratch"
-    assert sorted(lines[2:-1]) == ["freeze=0 meanvar", "freeze=4 (all) random_frozen", "scratch_long"]
+    assert sorted(lines[2:-1]) == ["freeze=0 init=meanvar", "freeze=4 (all) init=random_frozen", "scratch_long"]
     assert (tmp_path / "out" / "figures" / "report_controls.png").stat().st_size > 0
     no_controls = report.summary[~report.summary["arm"].str.contains("meanvar|random|long")]
     assert plots.control_lines(no_controls) == []

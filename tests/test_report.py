@@ -189,6 +189,7 @@ def test_learning_curve_measures_known_curves():
 
 def _row(**kw):
     base = {"status": "ok", "target": "B", "backbone": "cnn", "is_scratch": False, "upper": "reinit",
+            "copies_nothing": kw.get("cut") == 0,
             "strategy": "fixed", "init": "source", "transfer": "frozen", "n": 10.0, "n_label": "10", "seed": 0,
             "test_acc": 0.5}
     return {**base, **kw}
@@ -271,7 +272,10 @@ def test_all_examples_is_placed_by_its_per_class_size():
     row = record_to_row(rec, "7")
     assert (row["n_label"], row["n"], row["epochs"], row["is_scratch"]) == ("all", 99.0, 1, False)
     assert record_to_row(replace(rec, n_per_class=5), "8")[("n_label")] == "5"
-    assert record_to_row(replace(rec, transfer="scratch", cut=0), "9")["is_scratch"]
+    # the baseline is what the record says it is (`is_baseline`, decided by the run's plan), never derived here
+    assert record_to_row(replace(rec, transfer="scratch", cut=0, is_baseline=True, copies_nothing=True),
+                         "9")["is_scratch"]
+    assert not record_to_row(replace(rec, transfer="scratch", cut=0), "9")["is_scratch"]
 
 
 def test_all_pool_n_uses_the_recorded_class_count():

@@ -40,7 +40,7 @@ def _rows(arms: dict[str, list[float]], n: float = 10.0, scratch: str = "scratch
         for seed, acc in enumerate(accs):
             out.append({"status": "ok", "setting": "S", "target": "t", "backbone": "b", "setting_key": "s",
                         "context_key": "c", "line_key": arm, "arm_key": f"{arm}|{n:g}", "baseline_key": scratch,
-                        "arm": arm, "is_scratch": arm == scratch, "variant": "", "source": "A", "transfer": "x",
+                        "arm": arm, "is_scratch": arm == scratch, "copies_nothing": arm == scratch, "variant": "", "source": "A", "transfer": "x",
                         "strategy": "fixed", "init": "source", "cut": 4, "upper": "drop", "freeze": 0 if arm == scratch else 1,
                         "n": float(n), "n_label": f"{n:g}", "seed": seed, "data_seed": seed, "test_acc": acc,
                         "val_acc": acc, "trainable_params": 1, "epochs": 1, "val_acc_history": [acc]})

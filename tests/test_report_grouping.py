@@ -25,6 +25,8 @@ from transferlab.analysis import collect, stats
 from transferlab.analysis.build import build_report
 from transferlab.run import identity
 from transferlab.run.record import SCHEMA, RunRecord
+from transferlab.transfer import arm
+from transferlab.transfer.arm_name import arm_name
 
 ENV = {"python": "3.11.9", "transferlab": "0.1.0", "torch": "2.3.0", "numpy": "1.26.4", "commit": "a" * 40,
        "dirty": False}
@@ -51,11 +53,17 @@ def record(cfg: dict, acc: float, *, status: str = "ok", env: dict | None = None
     freeze = cut if t["freeze"] == "all" else t["freeze"]
     ins = identity.inputs(cfg)
     n = cfg["target"]["n_per_class"]
+    facts = {"cut": cut, "freeze": freeze, "upper": t["upper"], "strategy": t["strategy"], "init": t["init"],
+             "source_compute": t["source_compute"]}
     return {
         "schema": SCHEMA,
         "status": status, "error": None if status == "ok" else "RuntimeError: boom", "name": cfg["name"],
         "source": cfg["source"]["name"], "target": cfg["target"]["name"], "backbone": "small_cnn",
-        "transfer": t["name"], "strategy": t["strategy"], "cut": cut, "upper": t["upper"], "freeze": freeze,
+        "transfer": t["name"],
+        # what the run is, as its plan records it (transfer/arm.py; small_cnn has BLOCKS blocks)
+        "arm": arm.arm_label(n_blocks=BLOCKS, l2sp=t["l2sp"], **facts), "arm_name": arm_name(**facts),
+        "is_baseline": identity.is_baseline(cfg), "copies_nothing": identity.copies_nothing(cfg),
+        "seed_group": identity.seed_group_key(cfg, ins), "strategy": t["strategy"], "cut": cut, "upper": t["upper"], "freeze": freeze,
         "frozen_blocks": [], "trainable_blocks": [], "trainable_params": 10, "total_params": 20,
         "n_per_class": n, "n_train": 5 * n if n else 500, "num_classes": 5, "seed": cfg["seed"],
         "data_seed": cfg["data_seed"],
@@ -226,14 +234,15 @@ def test_two_arms_differing_in_l2sp_are_two_arms(tmp_path):
     df = collect.collect(root)
     assert df["setting"].nunique() == 1 and df["setting"].iloc[0] == BASE
     summary = stats.summarize(df)
-    assert sorted(summary["arm"]) == ["freeze=0 transfer.l2sp=0.0", "freeze=0 transfer.l2sp=0.01", "scratch"]
+    # the labels the runs recorded (`TransferPlan.arm` says l2sp when it is on): nothing added, they differ already
+    assert sorted(summary["arm"]) == ["freeze=0", "freeze=0 l2sp=0.01", "scratch"]
     assert set(summary["n_seeds"]) == {2}
-    assert one(summary, arm="freeze=0 transfer.l2sp=0.0")["acc_mean"] == pytest.approx(0.85)
-    assert one(summary, arm="freeze=0 transfer.l2sp=0.01")["acc_mean"] == pytest.approx(0.62)
-    assert one(summary, arm="freeze=0 transfer.l2sp=0.01")["variant"] == "transfer.l2sp=0.01"
+    assert one(summary, arm="freeze=0")["acc_mean"] == pytest.approx(0.85)
+    assert one(summary, arm="freeze=0 l2sp=0.01")["acc_mean"] == pytest.approx(0.62)
+    assert one(summary, arm="freeze=0 l2sp=0.01")["variant"] == ""
     gain = stats.paired_gain(df)
-    assert one(gain, arm="freeze=0 transfer.l2sp=0.0")["gain_mean"] == pytest.approx(0.34)
-    assert one(gain, arm="freeze=0 transfer.l2sp=0.01")["gain_mean"] == pytest.approx(0.11)
+    assert one(gain, arm="freeze=0")["gain_mean"] == pytest.approx(0.34)
+    assert one(gain, arm="freeze=0 l2sp=0.01")["gain_mean"] == pytest.approx(0.11)
 
 
 def test_with_several_scratch_arms_each_arm_pairs_with_the_one_that_agrees(tmp_path):
@@ -247,10 +256,10 @@ def test_with_several_scratch_arms_each_arm_pairs_with_the_one_that_agrees(tmp_p
             run(root, f"{transfer},{l2sp},{seed}", acc, f"transfer={transfer}", f"transfer.l2sp={l2sp}",
                 f"seed={seed}")
     df = collect.collect(root)
-    assert sorted(df["arm"].unique()) == ["freeze=0 transfer.l2sp=0.0", "freeze=0 transfer.l2sp=0.01",
+    assert sorted(df["arm"].unique()) == ["freeze=0", "freeze=0 l2sp=0.01",
                                           "scratch transfer.l2sp=0.0", "scratch transfer.l2sp=0.01"]
     gain = stats.paired_gain(df)
-    g0, g1 = one(gain, arm="freeze=0 transfer.l2sp=0.0"), one(gain, arm="freeze=0 transfer.l2sp=0.01")
+    g0, g1 = one(gain, arm="freeze=0"), one(gain, arm="freeze=0 l2sp=0.01")
     assert (g0["baseline"], g0["gain_mean"]) == ("scratch transfer.l2sp=0.0", pytest.approx(0.35))
     assert (g1["baseline"], g1["gain_mean"]) == ("scratch transfer.l2sp=0.01", pytest.approx(0.45))
 

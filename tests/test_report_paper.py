@@ -41,7 +41,8 @@ def _rows() -> pd.DataFrame:
             for seed, acc in enumerate(accs):
                 out.append({"status": "ok", "setting": "S_1", "target": "t", "backbone": "b", "setting_key": "s",
                             "context_key": "c", "line_key": arm, "arm_key": f"{arm}|{n}", "baseline_key": "scratch",
-                            "arm": arm, "is_scratch": arm == "scratch", "variant": "", "source": "A",
+                            "arm": arm, "is_scratch": arm == "scratch", "copies_nothing": arm == "scratch",
+                            "variant": "", "source": "A",
                             "transfer": "x", "strategy": "fixed", "init": "source", "cut": 4, "upper": "drop",
                             "freeze": 0 if arm == "scratch" else 1, "n": float(n), "n_label": str(n), "seed": seed,
                             "data_seed": seed, "test_acc": acc, "val_acc": acc, "trainable_params": 1, "epochs": 2,

@@ -217,18 +217,6 @@ def test_a_group_run_again_never_redoes_a_finished_member(make_cfg):
     assert _member(make_cfg, 1)["status"] == "ok"
 
 
-def test_groups_never_join_points_that_set_other_replicate_keys():
-    """A grid whose points set data_seed beside one whose points leave it to its default: two groups, so no member
-    takes a value its own config does not have (it would miss its fingerprint and fail)."""
-    from transferlab.sweep import groups
-    from transferlab.sweep.points import Point
-
-    pts = [Point(overrides=["transfer.freeze=1", f"seed={s}", *([f"data_seed={d}"] if d is not None else [])],
-                 name=f"{s}-{d}") for s in (0, 1) for d in (None, 3)]
-    units = groups.group(pts, max_size=16)
-    assert sorted(sorted(p.name for p in u) for u in units) == [["0-3", "1-3"], ["0-None", "1-None"]]
-
-
 def test_a_crossed_seed_data_seed_pretrain_seed_group_equals_its_separate_runs(make_cfg):
     """The crossed design of replicates (training seed x data draw, each seed its own source model): one stacked
     group of four members, each its separate run, with its own subset and its own source model."""

@@ -22,6 +22,8 @@ from transferlab.run.scoring import NO_SOURCE_HEAD, NOTHING_COPIED, block_output
 from transferlab.run.setup import prepare
 from transferlab.scores import hscore, leep, logme, nce
 from transferlab.store import source_cache
+from transferlab.transfer import arm
+from transferlab.transfer.arm_name import arm_name
 
 METHODS = ["logme", "hscore", "nce", "leep"]
 
@@ -140,8 +142,12 @@ def _record(tmp_path: Path, overrides: list[str], seed: int, acc: float, scores:
     cfg = compose_cfg([*overrides, "target.n_per_class=5", f"seed={seed}"], tmp_path / "unused")
     config = plain(cfg)
     prep_cut = 0 if "transfer=scratch" in overrides else int(overrides[1].split("=")[1])
+    facts = {"cut": prep_cut, "freeze": prep_cut, "upper": config["transfer"]["upper"]}  # what the plan records
     return RunRecord(status="ok", name="constructed", source=None if prep_cut == 0 else "digits_0to4",
                      target="digits_5to9", backbone="small_cnn", transfer=config["transfer"]["name"],
+                     arm=arm.arm_label(n_blocks=4, **facts), arm_name=arm_name(**facts),
+                     is_baseline=identity.is_baseline(config), copies_nothing=identity.copies_nothing(config),
+                     seed_group=identity.seed_group_key(config, {}),
                      strategy="fixed", cut=prep_cut, upper=config["transfer"]["upper"], freeze=prep_cut,
                      n_per_class=5, n_train=25, num_classes=5, seed=seed, data_seed=seed,
                      metrics=Metrics(test_acc=acc, val_acc=acc, val_acc_history=[acc], epochs=1),

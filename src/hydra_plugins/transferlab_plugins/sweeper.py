@@ -101,11 +101,14 @@ class TransferlabSweeper(compat.basic_sweeper()):
         self._bases: dict = {}
         self._depth_memo: dict = {}
 
-    def _point_hash(self, overrides: List[str], out_dir: str) -> str:
-        """Fingerprint of a job as its result.json will record it (`transferlab.run.identity.fingerprint` of the
-        resolved config as the task function sees it, input file contents included)."""
+    def _point_identity(self, overrides: List[str], out_dir: str) -> tuple[str, str, dict]:
+        """(fingerprint, seed-group key, replicate values) of a job as its result.json will record them
+        (`transferlab.run.identity` of the resolved config as the task function sees it, input file contents
+        included): the fingerprint names the point, the seed-group key and the replicates form vectorised groups
+        (`transferlab.sweep.groups`) from the composed config, never from how the overrides spell it."""
+        from transferlab.config import plain
+        from transferlab.run import identity
         from transferlab.run.ddp import refuse_in_sweep
-        from transferlab.run.identity import fingerprint
         from transferlab.run.lease import per_device
         from transferlab.run.values import check_values
 
@@ -113,7 +116,10 @@ class TransferlabSweeper(compat.basic_sweeper()):
         refuse_in_sweep(cfg)  # one device per point: ConfigError (exit 2) before any folder exists
         per_device(cfg)  # lease.per_device >= 1, likewise
         check_values(cfg)  # a bad value anywhere in the grid: nothing runs (run/values.py)
-        return fingerprint(cfg)
+        resolved = plain(cfg)
+        ins = identity.inputs(resolved)
+        return (identity.fingerprint(resolved, ins), identity.seed_group_key(resolved, ins),
+                identity.replicate_values(resolved))
 
     def _point_config(self, overrides: List[str], out_dir: str) -> DictConfig:
         """A job's config as the task function will see it (without `hydra`).
@@ -190,7 +196,7 @@ class TransferlabSweeper(compat.basic_sweeper()):
             for p in points:
                 p.dir = str(sweep_dir / p.name)
                 try:
-                    p.hash = self._point_hash(list(p.overrides), p.dir)
+                    p.hash, p.seed_group, p.replicates = self._point_identity(list(p.overrides), p.dir)
                 except ConfigError as e:
                     problems.update((str(item), item) for item in e.items)
                     continue

@@ -22,6 +22,11 @@ hand-picked list of fields, which is how runs that differed in `train.lr`, in th
 - `context_key`: the setting without its target task, to find Yosinski's base A (scratch on the source task).
 
 Labels (`setting`, `arm`) are for people: made of what differs between the keys, and asserted one-to-one with them.
+
+What a run is comes from its record, as its plan and identity decided it at run time (`RunRecord.arm`, `arm_name`,
+`is_baseline`, `copies_nothing`, `seed_group`; transfer/arm.py): the report derives none of it. `arm_key` is the
+recorded `seed_group`; an arm's label starts from the recorded `arm`. Records older than those fields get them from
+`run.record.legacy_run_facts`, the one place that derives them.
 """
 
 from __future__ import annotations
@@ -39,16 +44,12 @@ from transferlab.config import cli_value
 from transferlab.run import identity
 from transferlab.run.record import RunRecord, find_results
 from transferlab.sweep.ledger import SWEEP_FILE, SweepRecord, judge_sweep
-from transferlab.transfer.arm_name import arm_name
-
-SCRATCH = "scratch"  # the arm label of the baseline: nothing transferred (cut=0)
-SCRATCH_LONG = "scratch_long"  # copies nothing, trained for the source's steps too (training/scratch_long.py)
 KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "baseline_key")
-# What the readable arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "gradual", a trainable
-# set): these arm keys are not repeated after it. `transfer.name` is what the preset was called (finetune,
-# linear_probe, frozen); the label says what it does.
+# What the recorded arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "l2sp=0.01", "gradual", a
+# trainable set: `TransferPlan.arm`): these arm keys are not repeated after it. `transfer.name` is what the preset
+# was called (finetune, linear_probe, frozen); the label says what it does.
 LABELLED = ("transfer.name", "transfer.freeze", "transfer.trainable", "transfer.cut", "transfer.upper",
-            "transfer.strategy", "transfer.source_compute", "transfer.init")
+            "transfer.strategy", "transfer.source_compute", "transfer.init", "transfer.l2sp")
 ROLE_LABELS = {"target": "data", "source": "source data", "backbone.weights": "weights"}
 
 
@@ -97,11 +98,6 @@ def _peft_label(peft: Mapping | None) -> str | None:
     return peft_label(peft)
 
 
-def matched_compute(record: RunRecord) -> bool:
-    """Did the run add the source pretraining's steps to its budget (transfer=scratch_long)?"""
-    return identity.get(record.config or {}, "transfer.source_compute") is True
-
-
 def _tuned(record: RunRecord) -> str | None:
     """The values a tuned point chose, as on the command line ("train.lr=0.01, train.weight_decay=0")."""
     from transferlab.config import cli_value
@@ -117,10 +113,6 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
     m = record.metrics
     hist, at = list(m.val_acc_history or []), m.check_epochs
     n, n_label = _effective_n(record)
-    # copies nothing (identity.copies_nothing): the baseline, whatever the preset was called
-    is_scratch = record.cut == 0 if record.cut is not None else record.transfer == SCRATCH
-    # scratch_long copies nothing too, but trains longer: a control arm compared with scratch, not the baseline
-    is_scratch = is_scratch and not matched_compute(record)
     return {
         "run_dir": run_dir, "status": record.status, "error": record.error,
         "name": record.name, "source": record.source, "target": record.target,
@@ -145,12 +137,12 @@ def record_to_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         "epochs": at[-1] if hist else m.epochs, "steps": m.steps,
         "converged": record.converged,  # False: val/acc still rising at the end (run/convergence.py); None: unjudged
         "wall_s": record.wall_s, "source_cache": record.source_cache, "source_ckpt": record.source_ckpt,
-        "is_scratch": bool(is_scratch), "val_acc_history": hist, "val_epochs": at,
-        # the arm's human name from what the run recorded (`transfer.arm_name`, the words W&B shows too)
-        "arm_name": arm_name(cut=record.cut, freeze=record.freeze, upper=record.upper, strategy=record.strategy,
-                             trainable=record.trainable_set, peft=_peft_label(record.peft),
-                             init=identity.get(record.config or {}, "transfer.init"),
-                             source_compute=matched_compute(record)),
+        # what the run is, as it recorded it (transfer/arm.py): the scratch baseline transfer arms are paired with
+        # (scratch_long copies nothing too, but is a control arm), whether it copied any block, its machine label
+        # and its human name (`transfer.arm_name`, the words W&B shows too)
+        "is_scratch": bool(record.is_baseline), "copies_nothing": bool(record.copies_nothing),
+        "run_arm": record.arm, "arm_name": record.arm_name,
+        "val_acc_history": hist, "val_epochs": at,
         **score_columns(record),
     }
 
@@ -176,7 +168,7 @@ def _identity(record: RunRecord) -> _Identity | None:
     rep, size, arms = identity.REPLICATES, identity.SAMPLE_SIZE, identity.ARM_GROUPS
     keys = {
         "fingerprint": str(record.fingerprint) if recorded else identity.fingerprint(config, ins),
-        "arm_key": identity.group_key(config, ins, without=rep),
+        "arm_key": record.seed_group,  # recorded by the run (`identity.seed_group_key`)
         "line_key": identity.group_key(config, ins, without=rep + size),
         "setting_key": identity.group_key(config, ins, without=rep + size + arms),
         "context_key": identity.group_key(config, ins, without=rep + size + arms + ("target",)),
@@ -236,28 +228,12 @@ def setting_labels(settings: Mapping[str, tuple[str, tuple[dict, dict]]], shown:
 
 
 def _readable(r: Mapping, varies: Mapping[str, bool]) -> str:
-    """The short readable arm label: "scratch" or "freeze=f", plus the fields that vary within the setting."""
-    if r["is_scratch"]:
-        return SCRATCH
-    if not pd.isna(r["cut"]) and r["cut"] == 0:  # copies nothing but is no baseline: matched compute
-        return SCRATCH_LONG
-    if pd.isna(r["freeze"]):  # a transfer.trainable set is not a depth: label it by the set itself
-        return str(r.get("trainable_set") or r.get("transfer"))
-    f = int(r["freeze"])
-    parts = [f"freeze={f}" + (" (all)" if f > 0 and f == r["cut"] else "")]
-    if isinstance(r.get("peft"), str):  # the PEFT method added to the frozen blocks
-        parts.append(r["peft"])
-    if r.get("init", "source") != "source":  # a control arm: the copied blocks are not the source's weights
-        parts.append(str(r["init"]))
-    if varies["cut"]:
-        parts.append(f"cut={r['cut']}")
-    if varies["upper"]:
-        parts.append(f"upper={r['upper']}")
-    if varies["strategy"] and r["strategy"] != "fixed":
-        parts.append(str(r["strategy"]))
-    if varies["source"]:
-        parts.append(f"from {r['source']}")
-    return " ".join(parts)
+    """The short readable arm label: the one the run recorded (`TransferPlan.arm`: "scratch", "freeze=2 (all)
+    cut=2", ...), then the source where the setting's transfer arms come from several."""
+    label = str(r.get("run_arm") or r.get("transfer"))
+    if varies["source"] and not r["copies_nothing"]:
+        label += f" from {r['source']}"
+    return label
 
 
 @dataclass
@@ -279,7 +255,7 @@ def arm_lines(rows: pd.DataFrame, line_ids: Mapping[str, tuple[dict, dict]], set
     e.g. a sweep over `transfer.l2sp` that included scratch), with the one that agrees on those keys.
     """
     out = _Lines()
-    transfer = rows[rows["cut"] > 0]  # the arms that copy blocks (not scratch, not scratch_long)
+    transfer = rows[~rows["copies_nothing"].astype(bool)]  # the arms that copy blocks (not scratch, scratch_long)
     varies = {k: transfer[k].nunique(dropna=False) > 1 for k in ("source", "cut", "upper", "strategy")}
     first = rows.drop_duplicates("line_key").set_index("line_key")
     readable = {lk: _readable(r, varies) for lk, r in first.iterrows()}
@@ -328,10 +304,10 @@ def _names(first: pd.DataFrame, varies: Mapping[str, bool], extra: Mapping[str, 
     names = {}
     for lk, r in first.iterrows():
         if r["is_scratch"]:
-            names[lk] = SCRATCH
+            names[lk] = str(r.get("arm_name") or labels[lk])
             continue
         parts = [str(r.get("arm_name") or labels[lk])]
-        if not pd.isna(r["cut"]) and r["cut"] > 0:
+        if not r["copies_nothing"]:
             if varies["cut"]:
                 parts.append(f"cut={r['cut']}")
             if varies["upper"]:

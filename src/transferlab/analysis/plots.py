@@ -96,12 +96,13 @@ def control_lines(summary: pd.DataFrame) -> list[str]:
     the compute of pretraining + training), the transferred arm with the source's weights at every depth a control
     has, and scratch."""
     init = summary["init"].fillna("source") if "init" in summary else pd.Series("source", index=summary.index)
-    copies = ~_scratch(summary) & (summary["cut"] > 0)
-    long = ~_scratch(summary) & (summary["cut"] == 0)
+    nothing = summary["copies_nothing"].astype(bool)  # as each run recorded it (transfer/arm.py)
+    copies = ~_scratch(summary) & ~nothing
+    long = ~_scratch(summary) & nothing
     controls = summary[(copies & (init != "source")) | long]
     if controls.empty:
         return []
-    depths = set(controls.loc[controls["cut"] > 0, "freeze"])
+    depths = set(controls.loc[~nothing, "freeze"])
     transferred = summary[copies & (init == "source") & summary["freeze"].isin(depths)]
     return [*_arm_order(transferred), *_arm_order(controls), *_scratch_arms(summary)]
 

@@ -349,7 +349,7 @@ def _sources(records: list[RunRecord]) -> list[tuple[str, str]]:
     caches: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         m = r.source_metrics if isinstance(r.source_metrics, Mapping) else None
-        if not m or r.cut == 0:
+        if not m or r.copies_nothing:
             continue
         key = str(r.source_ckpt or f"{r.source} / {r.backbone}")
         seed = flatten(r.config).get("pretrain.seed") if isinstance(r.config, Mapping) else None

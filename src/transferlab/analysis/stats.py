@@ -21,7 +21,8 @@ from transferlab.analysis import collect
 
 # Every group is made by key columns from `collect` (one decision in one place); labels ride along for people.
 SETTING = ["setting", "target", "backbone"]  # one report panel per setting (functions of setting_key)
-ARM = ["arm", "is_scratch", "variant", "source", "transfer", "strategy", "cut", "upper", "freeze", "init"]
+ARM = ["arm", "is_scratch", "copies_nothing", "variant", "source", "transfer", "strategy", "cut", "upper", "freeze",
+       "init"]
 N_KEYS = ["n_label", "n"]
 KEYS = ["setting_key", "context_key", "line_key", "arm_key", "baseline_key"]
 PAIR = ["seed", "data_seed"]  # the same seed and data seed draw the same target subset: runs paired by these
@@ -401,7 +402,7 @@ def learning_measures(df: pd.DataFrame, threshold_frac: float = 0.9, confidence:
 def yosinski_label(r) -> str | None:
     """AnB / AnB+ / BnB / BnB+ for a transfer row: A != B is transfer, B == B the selffer; "+" = fine-tuned
     (freeze=0), no "+" = every copied block frozen. Other depths are not part of the figure."""
-    if r["is_scratch"] or pd.isna(r["cut"]) or pd.isna(r["freeze"]) or r["cut"] == 0:
+    if r["is_scratch"] or r["copies_nothing"] or pd.isna(r["cut"]) or pd.isna(r["freeze"]):
         return None
     if r.get("init", "source") != "source":  # a control arm's copied blocks are not A's (or B's) features
         return None

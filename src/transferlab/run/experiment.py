@@ -204,9 +204,12 @@ class Experiment:
         return RunRecord(
             status="running", name=str(cfg.name),
             # scratch has no source; scratch_long names the one whose pretraining steps it adds
-            source=str(cfg.source.name) if plan.cut or plan.source_compute else None,
+            source=None if plan.copies_nothing and not plan.source_compute else str(cfg.source.name),
             target=str(cfg.target.name), backbone=backbone_label(cfg.backbone),
-            transfer=str(cfg.transfer.name), strategy=plan.strategy,
+            transfer=str(cfg.transfer.name),
+            # what the run is, decided by its plan and identity now; the report reads it back
+            arm=plan.arm, arm_name=plan.name, is_baseline=plan.is_baseline, copies_nothing=plan.copies_nothing,
+            seed_group=identity.seed_group_key(cfg, self.inputs), strategy=plan.strategy,
             cut=plan.cut, upper=plan.upper, freeze=plan.freeze_depth, frozen_blocks=list(plan.frozen),
             trainable_set=plan.label, bn=plan.bn,  # freeze is None for a transfer.trainable set (not a depth)
             unfreeze_epochs={b: plan.unfreeze_epoch(b) for b in plan.trainable},  # gradual / lp_ft schedule
@@ -254,7 +257,7 @@ class Experiment:
         axes = {k: getattr(record, k) for k in ("n_per_class", "n_train", "freeze", "cut", "trainable_params")}
         axes["arm"] = self.prep.plan.arm  # scratch and freeze=0 both have freeze=0
         axes["arm_name"] = self.prep.plan.name  # the report's words for the arm ("linear probe", "scratch")
-        if self.prep.plan.cut == 0:  # nothing copied, so no depth is frozen: grouping by freeze must not pool it
+        if self.prep.plan.copies_nothing:  # nothing copied, so no depth is frozen: grouping by freeze must not pool it
             axes["freeze"] = None
         # A vectorised group's member never resumes (training/stacked.py): each group start is a new attempt.
         resumes = not concurrent and (self.run_dir / "checkpoints" / LAST).exists()

@@ -23,8 +23,8 @@ then and the same run made now share one fingerprint and no finished result is r
 the identity as it is.
 
 `fingerprint` is the identity's hash: it names a run in result.json, decides whether a sweep point is done,
-whether a checkpoint may be resumed, and (minus the seeds, `group_key`) which runs the report pools as seeds of
-one arm. The source-model cache key is the same idea restricted to what shapes the source model
+whether a checkpoint may be resumed, and (minus the seeds, `seed_group_key`, also in result.json) which points the
+sweeper trains as one vectorised seed group and which runs the report pools as seeds of one arm. The source-model cache key is the same idea restricted to what shapes the source model
 (`source_fingerprint`).
 
 Light on purpose (no torch): the sweeper fingerprints every point before launching, and with a parallel launcher
@@ -43,6 +43,7 @@ from typing import Any, Iterable, Mapping
 from transferlab import own_code
 from transferlab.config import CV_FOLD_DESIGN, flatten, tune_grid
 from transferlab.store import content
+from transferlab.transfer import arm
 from transferlab.versions import library_version
 
 # key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
@@ -150,9 +151,14 @@ def device_count(devices: Any) -> Any:
 
 
 def copies_nothing(config: Mapping) -> bool:
-    """transfer.cut=0: nothing is copied (the scratch baseline), so no source is read."""
-    cut = get(config, "transfer.cut")
-    return isinstance(cut, int) and not isinstance(cut, bool) and cut == 0
+    """transfer.cut=0: nothing is copied (scratch, scratch_long), so no source model is read
+    (`transfer.arm.copies_nothing`, the one rule)."""
+    return arm.copies_nothing(get(config, "transfer.cut"))
+
+
+def is_baseline(config: Mapping) -> bool:
+    """The scratch baseline the report pairs transfer arms with (`transfer.arm.is_baseline`, the one rule)."""
+    return arm.is_baseline(get(config, "transfer.cut"), get(config, "transfer.source_compute"))
 
 
 def reads_no_source(config: Mapping) -> bool:
@@ -392,6 +398,20 @@ def group_key(config: Any, ins: Mapping[str, Mapping[str, str]], without: Iterab
     the sample size and the arm keys (runs drawn in one panel of the report)."""
     c, digests = group_config(config, ins, without)
     return _digest({"config": c, "inputs": digests})
+
+
+def seed_group_key(config: Any, ins: Mapping[str, Mapping[str, str]]) -> str:
+    """The identity without the replicate keys (`REPLICATES`): runs with equal keys are seeds of one arm at one n.
+    Recorded in result.json (`seed_group`); the sweeper forms vectorised seed groups by it (sweep/groups.py) and the
+    report pools seeds by it (its `arm_key`)."""
+    return group_key(config, ins, without=REPLICATES)
+
+
+def replicate_values(config: Any) -> dict[str, Any]:
+    """{key: value} of every replicate key as the resolved config holds it (`data_seed` and `pretrain.seed`
+    default to `${seed}`): what makes one seed-group member's config from another's."""
+    c = _plain(config)
+    return {key: get(c, key) for key in REPLICATES}
 
 
 def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None, data: str | None = None) -> str:

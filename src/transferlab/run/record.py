@@ -4,7 +4,7 @@ The run builds a RunRecord, the sweeper and the report read one, so a field is a
 place. The JSON layout is the dataclass's: one key per field, in field order, and `metrics` one object keyed by the
 logged metric names (`test/acc`, `val/acc_history`, ...), because people and other tools read result.json directly.
 
-Versions: every record states its layout in `schema`; this one is `SCHEMA` (7). Records written before the field
+Versions: every record states its layout in `schema`; this one is `SCHEMA` (8). Records written before the field
 existed are version 0: same field names, read by the same rule as every record. Version 1 lacks the test metrics
 beyond accuracy and loss (`test/balanced_acc`, `test/macro_f1`, `test/auroc`, the class counts) and
 `single_class_prediction`: they read as None. Version 2 lacks the step budget and model selection (`budget`,
@@ -15,8 +15,12 @@ as epochs 1, 2, ... (version 4: validation on a schedule, training/budget.py). V
 (below). Version 5 (sealed) and older lack `tuning`: None, as for an untuned run (tuning inside a point came with
 version 6, run/tuning.py). Version 6 lacks the candidates' `hindsight_test` in `tuning` (each candidate's test
 numbers measured after the choice, run/hindsight.py): a tuned record of version 6 has no oracle in the report's
-selection.csv. Records without `cv` predate train.select=cv (None). A field missing from the file takes its
-default (None, or an empty list: "not recorded"),
+selection.csv. Records without `cv` predate train.select=cv (None). Version 7 and older do not say what the run is
+(`arm`, `arm_name`, `is_baseline`, `copies_nothing`, `seed_group`, recorded from the plan and identity since
+version 8): `from_dict` derives them from what the record holds, in the one clearly marked function
+`legacy_run_facts`, so old sweeps still report and their points stay done (the sweeper judges a point by its
+fingerprint, which did not change). A field missing from the file takes its default (None, or an empty list: "not
+recorded"),
 a key the schema does not know is ignored, values are taken as stored. An old record therefore always reads, and
 what it did not record (e.g. `num_classes`, `fingerprint`) is None to its readers. A change that renames a field or
 changes its meaning or units bumps `SCHEMA` and converts the older versions in `RunRecord.from_dict`.
@@ -48,7 +52,9 @@ SEALED_SINCE = 5  # the first schema written with a checksum sidecar
 
 class UnsealedRecord(ValueError):
     """A result.json whose bytes fail their checksum: not a result (see the module docstring)."""
-SCHEMA = 7  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+SCHEMA = 8  # the layout written by this code; records without `schema` are version 0 (see the module docstring)
+FACTS_SINCE = 8  # the first schema that records what the run is (arm, arm_name, is_baseline, copies_nothing,
+#                  seed_group); older records get them from `legacy_run_facts`
 
 
 def _metric(key: str) -> Any:
@@ -123,6 +129,13 @@ class RunRecord:
     target: str | None = None  # target task name
     backbone: str | None = None  # backbone label (architecture and its initial weights)
     transfer: str | None = None  # transfer preset name (`transfer.name`: finetune, linear_probe, scratch, custom)
+    # What the run is, as its plan and identity decided at run time (transfer/arm.py, run/identity.py). Readers take
+    # these as recorded and decide none of them again.
+    arm: str | None = None  # the arm's machine label (`TransferPlan.arm`: "scratch", "freeze=2 (all) cut=2", ...)
+    arm_name: str | None = None  # its human name (`TransferPlan.name`: "linear probe", "fine-tune top 2", ...)
+    is_baseline: bool | None = None  # the scratch baseline transfer arms are paired with (scratch_long is not)
+    copies_nothing: bool | None = None  # no block copied from the source (transfer.cut=0: scratch, scratch_long)
+    seed_group: str | None = None  # the identity without the replicate keys (`identity.seed_group_key`, 16 hex)
     strategy: str | None = None  # when copied blocks start training: fixed, gradual or lp_ft
     cut: int | None = None  # number of leading backbone blocks copied from the source model
     upper: str | None = None  # blocks above the cut: drop (removed) or reinit (kept, random weights)
@@ -207,6 +220,9 @@ class RunRecord:
         values = {f.name: stored[f.name] for f in fields(cls) if f.name in stored}
         values["schema"] = stored.get("schema", 0)
         values["metrics"] = Metrics.from_dict(stored.get("metrics"))
+        schema = values["schema"]
+        if not isinstance(schema, int) or schema < FACTS_SINCE:
+            values.update(legacy_run_facts(stored))
         return cls(**values)
 
     @classmethod
@@ -238,6 +254,48 @@ class RunRecord:
 
         verified.write_with(path, dump)
         return path
+
+
+# ---------------------------------------------------------------- LEGACY: records written before schema 7
+def legacy_run_facts(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """LEGACY, for records of schema < `FACTS_SINCE` only, which do not say what the run is: `arm`, `arm_name`,
+    `is_baseline`, `copies_nothing` and `seed_group` derived from the fields and config they did record, with the
+    functions a run asks today (transfer/arm.py, transfer/arm_name.py, `identity.seed_group_key`), so an old sweep
+    still reports, and its finished points are not run again. What cannot be known is left out: the backbone's
+    block count (the label says `cut=k` only when a run recorded it) and, without a config, the group key (None).
+    A record without `cut` (schema 0, a failed run) is judged by its preset's name, as reports did then."""
+    from transferlab.config import peft_label
+    from transferlab.run import identity
+    from transferlab.transfer import arm
+    from transferlab.transfer.arm_name import arm_name
+
+    config = stored.get("config") if isinstance(stored.get("config"), Mapping) else {}
+    cut, preset = stored.get("cut"), stored.get("transfer")
+    compute = identity.get(config, "transfer.source_compute") is True
+    if cut is None and preset in arm.BASELINE_PRESETS:
+        cut, compute = 0, arm.BASELINE_PRESETS[preset]
+    out: dict[str, Any] = {"copies_nothing": arm.copies_nothing(cut), "is_baseline": arm.is_baseline(cut, compute),
+                           "arm": None, "arm_name": None, "seed_group": None}
+    if isinstance(cut, int) and not isinstance(cut, bool):
+        freeze = stored.get("freeze") if isinstance(stored.get("freeze"), int) else None
+        trainable = str(stored.get("trainable_set") or "") or None
+        spec = trainable.split("]", 1)[0] + "]" if trainable and trainable.startswith("trainable=[") else trainable
+        init = str(identity.get(config, "transfer.init") or "source")
+        peft = peft_label(stored.get("peft") if isinstance(stored.get("peft"), Mapping) else None)
+        out["arm"] = arm.arm_label(cut=cut, n_blocks=None, freeze=freeze, trainable=spec,
+                                   upper=str(stored.get("upper") or "drop"),
+                                   l2sp=float(identity.get(config, "transfer.l2sp") or 0.0),
+                                   strategy=str(stored.get("strategy") or "fixed"), init=init, peft=peft,
+                                   source_compute=compute)
+        out["arm_name"] = arm_name(cut=cut, freeze=freeze, upper=stored.get("upper"), strategy=stored.get("strategy"),
+                                   trainable=trainable, peft=peft, init=init, source_compute=compute)
+    if config:
+        ins = stored.get("inputs") if isinstance(stored.get("inputs"), Mapping) else {}
+        try:
+            out["seed_group"] = identity.seed_group_key(config, ins)
+        except Exception:  # noqa: BLE001 - a hand-edited config: no key, the record still reads
+            out["seed_group"] = None
+    return out
 
 
 def find_results(root: str | Path) -> Iterator[Path]:

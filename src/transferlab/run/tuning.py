@@ -292,9 +292,12 @@ def _failed(cfg: DictConfig, fp: str, inputs: dict, t0: float, error: BaseExcept
             cands: list[Candidate]) -> None:
     """A failed result.json for the point (no candidate could be tested, or testing failed before the tested
     candidate's own record existed): its identity, the error and the candidates so far."""
+    resolved = plain(cfg)
     rec = RunRecord(status="failed", error=failure_text(error), name=str(cfg.name),
-                    target=str(cfg.target.name), transfer=str(cfg.transfer.name), select=str(cfg.train.select),
-                    seed=int(cfg.seed), data_seed=int(cfg.data_seed), config=plain(cfg), fingerprint=fp,
+                    target=str(cfg.target.name), transfer=str(cfg.transfer.name),
+                    is_baseline=identity.is_baseline(resolved), copies_nothing=identity.copies_nothing(resolved),
+                    seed_group=identity.seed_group_key(resolved, inputs), select=str(cfg.train.select),
+                    seed=int(cfg.seed), data_seed=int(cfg.data_seed), config=resolved, fingerprint=fp,
                     inputs=inputs, environment=versions.environment(), wall_s=time.perf_counter() - t0,
                     tuning={"grid": tune_grid(cfg), "rule": RULE, "candidates": [c.summary() for c in cands]})
     rec.write(Path(str(cfg.paths.output_dir)))
@@ -340,6 +343,7 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
     exp.t0 = t0  # the point's wall time: every candidate's fit, the test and the hindsight tests
     rec = exp.record
     rec.fingerprint, rec.config = fp, plain(cfg)  # the point's identity: the grid and the protocol
+    rec.seed_group = identity.seed_group_key(cfg, inputs)
     rec.labels_used = labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"), rec.n_train, rec.n_val,
                                          tuned=True)
     rec.tuning = tuning_block(cfg, cands, chosen)

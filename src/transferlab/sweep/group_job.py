@@ -1,8 +1,9 @@
 """One job, several points: the members of a vectorised seed group (`hydra.sweeper.vectorize=seeds`).
 
 The sweeper gives the group's first point the job and writes the members (`sweep.groups`): each point's folder,
-its replicate overrides (`seed`, `data_seed`, `pretrain.seed`) and the fingerprint the sweeper computed for it.
-Here each member's config is the job's with those overrides and its own output folder; a member whose config does
+its replicate values (`seed`, `data_seed`, `pretrain.seed`, every one as its composed config resolves it) and the
+fingerprint the sweeper computed for it. Here each member's config is the job's with those values and its own
+output folder; a member whose config does
 not reproduce its point's fingerprint fails (it would record a result under another identity). Each member is
 built as a single run builds (`Experiment.build`), then the members train as one stacked model
 (`training.stacked`) or, when the group cannot hold them (`why_sequential`, one logged reason), one after the other
@@ -49,7 +50,7 @@ def members(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def member_config(cfg: DictConfig, member: dict[str, Any]) -> DictConfig:
-    """The job's config with a member's replicate overrides and its own output folder."""
+    """The job's config with a member's replicate values and its own output folder."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(out):
         for key, value in member["replicates"].items():

@@ -1,21 +1,25 @@
 """Vectorised seed groups (`hydra.sweeper.vectorize=seeds`): which pending points one job trains together.
 
-Points whose overrides are equal but for the values of the replicate keys (`seed`, `data_seed`, `pretrain.seed`:
-`run.identity.REPLICATES`), and that set the same replicate keys, are one config at K seeds (a point that leaves
-`data_seed` to its default is another config than a sibling that sets it, so it never takes that sibling's value);
-they form a group of at most `max_size` members, in name
-order. The group's first point gets the job, with `group=<its folder>/group.json` naming every member's folder,
-replicate values and fingerprint (`sweep.group_job` trains them). Points alone in their group are launched as usual.
-Torch-free: the sweeper imports it before any job runs.
+Points whose composed configs have the same seed-group key (`identity.seed_group_key`: the identity without the
+replicate keys `seed`, `data_seed`, `pretrain.seed`, the key their result.json records as `seed_group`) are one
+config at K seeds, however their overrides spell it: a point that sets `data_seed=0` and a sibling that leaves it
+to its default (`${seed}`) are one group when nothing else differs. The sweeper computes the key and each point's
+replicate values from the config it composes for the fingerprint (`Point.seed_group`, `Point.replicates`), so a
+member's config is the leader's with the member's own values of every replicate key, and reproduces the member's
+fingerprint. Points that also differ in an override of a neutral key (`identity.NEUTRAL`: `logger`, `paths`, ...)
+stay apart: a member never runs under a setting its own point did not ask for, result-neutral or not.
+
+A group has at most `max_size` members, in name order. The group's first point gets the job, with
+`group=<its folder>/group.json` naming every member's folder, replicate values and fingerprint (`sweep.group_job`
+trains them). Points alone in their group are launched as usual. Torch-free: the sweeper imports it before any job
+runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from transferlab.run.identity import REPLICATES
+from transferlab.run.identity import NEUTRAL
 from transferlab.sweep.ledger import GROUP_FILE, GroupFile, GroupMember
 from transferlab.sweep.points import Point
 MODES = ("seeds",)
@@ -25,22 +29,24 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def replicates(point: Point) -> dict:
-    """The point's replicate overrides as values ({"seed": 3}), as the job applies them to its config."""
-    out = {}
-    for o in point.overrides:
-        if _key(o) in REPLICATES and "=" in o:
-            out[_key(o)] = yaml.safe_load(o.split("=", 1)[1])
-    return out
+def _neutral(key: str) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in NEUTRAL)
+
+
+def unit_key(point: Point) -> tuple:
+    """What points of one group share: the seed-group key of their composed configs, and their neutral overrides.
+    A point the sweeper did not compose (no key) is a unit of its own."""
+    if point.seed_group is None:
+        return ("alone", point.name)
+    return (point.seed_group, tuple(sorted(o for o in point.overrides if _neutral(_key(o)))))
 
 
 def group(points: list[Point], max_size: int) -> list[list[Point]]:
-    """The points as launch units: groups of points that differ only in replicate overrides (at most `max_size`
-    each), in the order of their first point; a point with no sibling is a unit of one."""
+    """The points as launch units: groups of points with equal `unit_key` (at most `max_size` each), in the order
+    of their first point; a point with no sibling is a unit of one."""
     by_key: dict[tuple, list[Point]] = {}
     for p in points:
-        rest = tuple(sorted(o for o in p.overrides if _key(o) not in REPLICATES))
-        by_key.setdefault((rest, tuple(sorted(replicates(p)))), []).append(p)
+        by_key.setdefault(unit_key(p), []).append(p)
     units = []
     for members in by_key.values():
         members = sorted(members, key=lambda p: p.name)
@@ -51,5 +57,6 @@ def group(points: list[Point], max_size: int) -> list[list[Point]]:
 
 def write(unit: list[Point]) -> Path:
     """The group file in the leader's folder (written atomically); its path goes into the job's overrides."""
-    return GroupFile([GroupMember(name=p.name, dir=str(p.dir), fingerprint=str(p.hash), replicates=replicates(p))
-                      for p in unit]).write(Path(str(unit[0].dir)) / GROUP_FILE)
+    return GroupFile([GroupMember(name=p.name, dir=str(p.dir), fingerprint=str(p.hash), seed_group=p.seed_group,
+                                  replicates=dict(p.replicates or {})) for p in unit]).write(
+        Path(str(unit[0].dir)) / GROUP_FILE)

@@ -84,6 +84,7 @@ class PointEntry:
     status: str | None = None       # the sweeper's: pending | skipped | ok | failed | busy | unselected | submitted
     error: str | None = None        # the sweeper's recorded error (a failure that may have left no result)
     job: str | None = None          # the SLURM job a detached launch submitted it as
+    seed_group: str | None = None   # its identity without the replicate keys (`identity.seed_group_key`): its arm
     launch: float | None = None     # LAUNCH_KEY: the start of the latest launch that declared it
 
     @classmethod
@@ -219,7 +220,8 @@ class GroupMember:
     name: str
     dir: str
     fingerprint: str
-    replicates: dict[str, Any] = field(default_factory=dict)
+    seed_group: str | None = None  # the identity without the replicate keys (`identity.seed_group_key`)
+    replicates: dict[str, Any] = field(default_factory=dict)  # its resolved seed, data_seed, pretrain.seed
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GroupMember":
@@ -260,7 +262,7 @@ class PointState:
     wall_s: float | None = None       # done or failed with a result: the run's own wall time
     folder: str | None = None         # where its result is (another folder's when done there)
     grid: str | None = None           # the sweeper grid it belongs to (scratch, transfer, ...)
-    arm: str | None = None            # its overrides but the replicate keys (seeds): the runs pooled as one arm
+    arm: str | None = None            # its seed-group key (older sweep.json: its overrides but the seeds)
     n: str | None = None              # its sample-size override's value (target.n_per_class), if it sets one
     started: float | None = None      # when its job last started (started.json), seconds since the epoch
     dropped: bool = False             # not in the latest launch's grid (see the module docstring)

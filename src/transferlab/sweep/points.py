@@ -5,7 +5,8 @@ Hydra's basic sweeper knows one cartesian product and numbers its jobs 0..N-1. H
 one), so scratch points are not multiplied by freeze depths. Every point has a *stable folder* named by its swept
 overrides in canonical (sorted) order (`seed=0,target.n_per_class=5,transfer.freeze=2`, whatever the order on the
 command line). A baseline grid (`transfer=scratch`, `transfer=scratch_long`) never takes `transfer` or `peft`
-overrides meant for the transfer arms (from the command line or the shared params).
+overrides meant for the transfer arms (from the command line or the shared params); the baseline presets are
+named in transfer/arm.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Any, Callable, Iterable, Mapping
 
-# transfer choices that copy nothing (transfer/plan.py BASELINES): transfer overrides of other arms skip them
-BASELINES = ("scratch", "scratch_long")
+from transferlab.transfer.arm import BASELINE_PRESETS
+
 # `transfer.freeze=all_depths` in a sweep: one point per freeze depth the point's backbone has (0..cut-1 and all),
 # resolved by the sweeper from the composed config (`transfer.plan.freeze_depths`), so a preset works for any backbone
 FREEZE, ALL_DEPTHS = "transfer.freeze", "all_depths"
@@ -42,6 +43,10 @@ class Point:
     name: str                     # folder name, from the swept overrides only
     grid: str | None = None
     hash: str | None = None
+    # the identity without the replicate keys (`identity.seed_group_key`) and the replicate values, both from the
+    # composed config (the sweeper's): which points one vectorised job trains, and what tells its members apart
+    seed_group: str | None = None
+    replicates: dict[str, Any] | None = None
     dir: str | None = None
     status: str = "pending"       # pending | skipped (done) | ok | failed | busy | unselected | submitted
     job: str | None = None        # the SLURM job a detached launch submitted it as
@@ -67,7 +72,7 @@ def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[
     Folder names use the keys the preset sweeps (params and grids) and the CLI's multi-value sweeps, so shrinking
     a sweep from the CLI (`seed=0`) lands on the same folders as the full sweep.
 
-    A baseline grid (its own `transfer` is one of BASELINES) takes no `transfer` / `transfer.*` value from the
+    A baseline grid (its own `transfer` is one of `transfer.arm.BASELINE_PRESETS`) takes no `transfer` / `transfer.*` value from the
     shared params or the CLI: those are meant for the transfer arms (`-m experiment=freeze_vs_n transfer.cut=2`
     must not give a "scratch" point with transferred weights).
 
@@ -143,5 +148,8 @@ def _is_transfer_key(key: str) -> bool:
 
 
 def _is_baseline(grid_overrides) -> bool:
+    """Does the grid choose a baseline preset? Decided on its overrides, as it must be: which overrides the grid
+    takes comes before any config is composed. What a run *is* (copies nothing, the baseline) is decided from its
+    plan and recorded (transfer/arm.py); this only names the presets the same way."""
     return any(o.get_key_element() == "transfer" and not o.is_sweep_override()
-               and o.get_value_element_as_str() in BASELINES for o in grid_overrides)
+               and o.get_value_element_as_str() in BASELINE_PRESETS for o in grid_overrides)

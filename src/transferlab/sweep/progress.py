@@ -127,9 +127,11 @@ def sweep_status(sweep_dir: str | Path, now: float | None = None) -> SweepStatus
         record, points = judge_sweep(sweep_dir, now)
     except ValueError as e:
         raise FileNotFoundError(str(e)) from None
-    overrides = {e.name: e.overrides for e in record.points}
+    entries = {e.name: e for e in record.points}
     for p in points:
-        p.arm, p.n = _arm(overrides.get(p.name))
+        e = entries[p.name]
+        arm, p.n = _arm(e.overrides)
+        p.arm = e.seed_group or arm  # the identity without the seeds; an older sweep.json: its overrides but those
     status = SweepStatus(sweep_dir=str(sweep_dir), name=str(record.name or sweep_dir.name),
                          launches=[asdict(x) for x in record.launches], points=points)
     status.points.sort(key=lambda p: (STATES.index(p.state), p.name))

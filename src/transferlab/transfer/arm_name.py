@@ -24,6 +24,8 @@ What varies across a sweep beyond this (cut, source, l2sp, ...) is added by the 
 
 from __future__ import annotations
 
+from transferlab.transfer.arm import copies_nothing
+
 SCRATCH = "scratch"
 SCRATCH_LONG = "scratch (matched compute)"
 STRATEGIES = {"gradual": "gradual unfreezing", "lp_ft": "LP-FT"}
@@ -47,7 +49,7 @@ def arm_name(*, cut: int | None, freeze: int | None, upper: str | None = "drop",
     says it. See the module docstring for the words."""
     if cut is None:
         return trainable or "unknown"
-    if int(cut) == 0:
+    if copies_nothing(int(cut)):
         return SCRATCH_LONG if source_compute else SCRATCH
     if freeze is None:
         spec = str(trainable or "trainable")

@@ -23,6 +23,7 @@ from torch import nn
 from transferlab.backbones.base import BlockBackbone
 from transferlab.config import TransferConfig, typed
 from transferlab.errors import ConfigError, Problem, problem
+from transferlab.transfer import arm as arm_facts
 from transferlab.transfer import init as init_mod
 from transferlab.transfer import peft as peft_mod
 from transferlab.transfer.network import TransferNet, block_state
@@ -31,9 +32,10 @@ from transferlab.transfer.network import TransferNet, block_state
 # an override may not change (else "scratch" would label transferred or frozen weights).
 SCRATCH = {"cut": 0, "upper": "reinit", "freeze": 0, "trainable": None, "strategy": "fixed", "l2sp": 0.0,
            "init": "source"}
-# The baselines, each with its own values: scratch at the arms' budget, and scratch_long at the compute of source
-# pretraining + target training (He et al. 2019; training/scratch_long.py). sweep/points.py's BASELINES names them.
-BASELINES = {"scratch": {**SCRATCH, "source_compute": False}, "scratch_long": {**SCRATCH, "source_compute": True}}
+# The baseline presets, each with its own values: scratch at the arms' budget, and scratch_long at the compute of
+# source pretraining + target training (He et al. 2019; training/scratch_long.py). Which presets they are is
+# transfer/arm.py's BASELINE_PRESETS.
+BASELINES = {name: {**SCRATCH, "source_compute": compute} for name, compute in arm_facts.BASELINE_PRESETS.items()}
 
 
 @dataclass(frozen=True)
@@ -95,33 +97,28 @@ class TransferPlan:
         return base if self.strategy == "fixed" else f"{base} {self.strategy}"
 
     @property
-    def arm(self) -> str:
-        """The run's arm as one readable label, from the plan alone (W&B's `arm`, so scratch and `freeze=0` never
-        look alike there): "scratch" when nothing is copied ("scratch_long" at matched compute); else the
-        trainable set ("freeze=f", with " (all)" when every copied block is frozen as the report writes it, or
-        "trainable=[...]"), then `cut=k` when the cut keeps fewer than all blocks, `upper=reinit`, `l2sp=a` when
-        on, the strategy when not fixed, and `init=...` for a control arm (meanvar, random_frozen).
+    def copies_nothing(self) -> bool:
+        """No block comes from the source (`transfer.arm.copies_nothing`): scratch and scratch_long."""
+        return arm_facts.copies_nothing(self.cut)
 
-        The report's arm labels are made across a sweep (only what differs between its arms); this one is fixed
-        per run, so it can be known while the run is logged."""
-        if self.cut == 0:
-            return "scratch_long" if self.source_compute else "scratch"
-        f = self.freeze_depth
-        parts = [f"trainable=[{','.join(self.spec)}]" if f is None else
-                 f"freeze={f}" + (" (all)" if 0 < f == self.cut else "")]
-        if self.cut < len(self.block_names):
-            parts.append(f"cut={self.cut}")
-        if self.upper != "drop":
-            parts.append(f"upper={self.upper}")
-        if self.l2sp:
-            parts.append(f"l2sp={self.l2sp:g}")
-        if self.strategy != "fixed":
-            parts.append(self.strategy)
-        if self.init != init_mod.SOURCE:
-            parts.append(f"init={self.init}")
-        if self.peft is not None:
-            parts.append(self.peft.label)
-        return " ".join(parts)
+    @property
+    def is_baseline(self) -> bool:
+        """The scratch baseline the transfer arms are paired with (`transfer.arm.is_baseline`): copies nothing at
+        the arms' budget (scratch_long is a control arm, not the baseline)."""
+        return arm_facts.is_baseline(self.cut, self.source_compute)
+
+    @property
+    def arm(self) -> str:
+        """The run's arm as one readable label, from the plan alone (`transfer.arm.arm_label`): W&B's `arm` and
+        result.json's `arm`, so scratch and `freeze=0` never look alike there.
+
+        The report's arm labels start from this recorded label and add what varies across a sweep beyond it (the
+        source, other arm keys); this one is fixed per run, so it can be known while the run is logged."""
+        return arm_facts.arm_label(
+            cut=self.cut, n_blocks=len(self.block_names), freeze=self.freeze_depth,
+            trainable=None if self.spec is None else f"trainable=[{','.join(self.spec)}]", upper=self.upper,
+            l2sp=self.l2sp, strategy=self.strategy, init=self.init,
+            peft=None if self.peft is None else self.peft.label, source_compute=self.source_compute)
 
     @property
     def name(self) -> str:
@@ -277,7 +274,7 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...], pef
         problems.append(problem("transfer.freeze", freeze, f"an int in 0..cut={cut} or 'all'" + (
             " (all_depths is a sweep value: -m)" if freeze == "all_depths" else "")))
         n_frozen = 0
-    if upper == "drop" and cut == 0 and not problems:
+    if upper == "drop" and arm_facts.copies_nothing(cut) and not problems:
         problems.append(problem("transfer.cut", 0, "with transfer.upper=drop the cut must keep at least one block "
                                                   "(transfer=scratch uses cut=0 with upper=reinit)"))
     frozen = names[:n_frozen]
@@ -301,7 +298,7 @@ def resolve_plan(cfg, backbone: BlockBackbone | list[str] | tuple[str, ...], pef
     if l2sp < 0:
         problems.append(problem("transfer.l2sp", l2sp, "a number >= 0 (0 = off)"))
         l2sp = 0.0
-    elif l2sp > 0 and cut == 0:
+    elif l2sp > 0 and arm_facts.copies_nothing(cut):
         problems.append(problem("transfer.l2sp", l2sp, "0 when transfer.cut=0 (no source weights to pull toward)"))
     init, source_compute = str(cfg.init), bool(cfg.source_compute)
     if str(cfg.get("name")) not in BASELINES:  # a baseline's own values are _check_scratch's
@@ -337,7 +334,7 @@ def _check_control(init: str, source_compute: bool, cut, l2sp, freeze, n_frozen:
     """The control arms' rules: `transfer.init` acts on copied blocks (random_frozen keeps all of them frozen, and
     L2-SP has no source weights to pull toward), `transfer.source_compute` only on a run that copies nothing."""
     out = []
-    if init != init_mod.SOURCE and cut == 0:
+    if init != init_mod.SOURCE and arm_facts.copies_nothing(cut):
         out.append(problem("transfer.init", init, "source when transfer.cut=0 (no copied block to re-initialise)"))
     if init == init_mod.RANDOM_FROZEN and cut and (spec is not None or n_frozen != cut):
         key, value = ("transfer.trainable", list(spec)) if spec is not None else ("transfer.freeze", freeze)
