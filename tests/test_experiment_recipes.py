@@ -90,3 +90,23 @@ def test_heaton_frozen_50_25_trains_only_the_new_softmax_head(make_cfg):
     assert sum(trainable.values()) == 78 and all(n.startswith("head") for n in trainable)
     for name in ("fc1", "fc2"):                                # both hidden layers copied from the source
         assert same_tensors(net.backbone.blocks[name].state_dict(), source.blocks[name].state_dict()), name
+
+
+def test_ng_rule_tuned_gives_every_arm_its_own_rate_grid_under_cv():
+    """The tuned preset: the grids of ng_rule, each arm with its own default learning-rate grid, selected by cv
+    inside its n examples (n = 1 left out); every point passes the sweep's up-front checks."""
+    from transferlab.run.values import value_problems
+
+    cfg, points = _points("ng_rule_tuned")
+    assert (cfg.name, cfg.train.select, cfg.train.cv_folds) == ("ng_rule_tuned", "cv", None)
+    assert len(points) == 6 * (2 + 1 + 1) * 5
+    grids = {(_kv(p)["transfer"], _kv(p).get("transfer.freeze")): _kv(p)["tune.train.lr"] for p in points}
+    assert grids == {("finetune", "0"): "[0.0001,0.0003,0.001]", ("finetune", "2"): "[0.0001,0.0003,0.001]",
+                     ("finetune", "all"): "[0.001,0.003,0.01]", ("scratch", None): "[0.0003,0.001,0.003]"}
+    assert {_kv(p)["target.n_per_class"] for p in points} == {"2", "5", "10", "20", "50", "100"}
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for p in points[:: len(points) // 8]:
+            job = compose("config", overrides=["experiment=ng_rule_tuned", "paths.output_dir=/tmp/out", *p.overrides])
+            assert value_problems(job) == [], p.overrides
+    GlobalHydra.instance().clear()

@@ -51,6 +51,7 @@ KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "bas
 LABELLED = ("transfer.name", "transfer.freeze", "transfer.trainable", "transfer.cut", "transfer.upper",
             "transfer.strategy", "transfer.source_compute", "transfer.init", "transfer.l2sp")
 ROLE_LABELS = {"target": "data", "source": "source data", "backbone.weights": "weights"}
+IMPLIED = ("train.cv_design",)  # identity keys another key's label already says (train.select=cv): never shown
 
 
 def _num_classes(record: RunRecord) -> int | None:
@@ -187,13 +188,24 @@ def _digest_label(sha: str | None) -> str:
 def _differences(items: Mapping[str, tuple[dict, dict]], skip: Iterable[str] = ()) -> dict[str, list[str]]:
     """{key: ["k=v", ...]}: the config keys and input contents (by role) whose values differ between these items,
     except those in `skip`."""
-    skip = set(skip)
+    skip = set(skip) | set(IMPLIED)
     keys = [k for k in identity.differing_keys([c for c, _ in items.values()]) if k not in skip]
     roles = sorted({r for _, ins in items.values() for r in ins} - skip)
     roles = [r for r in roles if len({ins.get(r) for _, ins in items.values()}) > 1]
-    return {key: [f"{k}={cli_value(identity.get(c, k))}" for k in keys]
+    return {key: [f"{k}={cli_value(identity.get(c, k))}" for k in keys if _holds(c, k)]
             + [f"{ROLE_LABELS.get(r, r)}={_digest_label(ins.get(r))}" for r in roles]
             for key, (c, ins) in items.items()}
+
+
+def _holds(config: Mapping, dotted: str) -> bool:
+    """Does the identity config hold this key (a key only some runs' identity has, e.g. `train.cv_folds` under
+    cv, is left out of the others' labels rather than shown as null)?"""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _unique(labels: dict[str, str]) -> dict[str, str]:

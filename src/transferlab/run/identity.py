@@ -86,7 +86,7 @@ ARM_GROUPS = ("transfer", "peft", "source", "pretrain", "tune")
 # val_in_budget_fraction: val_in_budget; cv_folds: cv). Runs that differ only here (and in their seeds) are one arm
 # at one n selected in different ways: the report's selection.csv pairs them (analysis/selection_cost.py). A
 # protocol with a key of its own lists it here; a key no config has is simply absent.
-PROTOCOL = ("train.select", "train.select_epoch", "train.val_in_budget_fraction", "train.cv_folds")
+PROTOCOL = ("train.select", "train.select_epoch", "train.val_in_budget_fraction", "train.cv_folds", "train.cv_design")
 
 # The optimizer and scheduler nodes that train exactly as the names of the old schema did (same class, same
 # arguments; lr and weight decay came, and come, from the parameter groups), by the fields those names left in the
