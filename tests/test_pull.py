@@ -316,6 +316,13 @@ def test_status_names_the_worker_that_holds_each_point(tmp_path):
     assert (status[claimed].state, status[claimed].reason) == ("missing", "claimed by pull worker w1 (123@h), "
                                                                           "not started yet")
     assert status[done].state == "done" and status[done].worker is None
+    # a point whose run returned without a result (its claim ended after it started) while its worker lives on
+    ended = sweep.add(None, "seed=5", started=_here(NOW - 5))
+    write_json(tmp_path / "sw" / ended / pull.CLAIM_FILE, {"worker": "w0", "pid": 123, "host": "h",
+                                                          "ended": NOW - 2, "error": "ValueError: bad data"})
+    status = {p.name: p for p in sweep_status(sweep.write(), now=NOW).points}
+    assert (status[ended].state, status[ended].reason) == ("failed", "ValueError: bad data")
+    assert status[running].state == "running"  # its claim has not ended
     assert (status[released].state, status[released].reason) == (
         "failed", "released by pull worker w1 (123@h) (told to stop): the next worker to look takes it over")
     out = run_cli(str(tmp_path / "sw"), module="transferlab.status", cwd=tmp_path)

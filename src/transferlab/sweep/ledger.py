@@ -404,7 +404,7 @@ def judge_points(sweep_dir: str | Path, entries: Iterable[PointEntry], now: floa
     queue = slurm_states([started[e.name].job(e) if started[e.name] else e.job for e in entries
                           if (started[e.name] and started[e.name].slurm_job) or e.job])
     judged = [point_state(e, results, ok_by_fp, started[e.name], queue, host, now) for e in entries]
-    _claimed_by(sweep_dir, entries, judged)
+    _claimed_by(sweep_dir, entries, judged, started)
     for e, p in zip(entries, judged):
         s = started[e.name]
         if s is not None and s.start is not None:
@@ -440,11 +440,13 @@ def _drop(p: PointState) -> None:
         p.reason = p.reason or "not in the latest launch's grid"
 
 
-def _claimed_by(sweep_dir: Path, entries: list[PointEntry], judged: list[PointState]) -> None:
+def _claimed_by(sweep_dir: Path, entries: list[PointEntry], judged: list[PointState],
+                started: Mapping[str, Started | None]) -> None:
     """Pull mode: name the worker holding each point not yet done (its claim, in the unit's leader folder; members
     of a vectorised group share their leader's job). A claimed point whose worker died is taken over by another
     worker once the claim's heartbeat has stopped for `expire_s`, or at once when its worker released it, while
-    workers are left."""
+    workers are left. A point whose claim ended after its job started, with no result, is failed even though its
+    worker (the pid its started.json names) lives on, running other points."""
     from transferlab.sweep.pull import read_claim
 
     holder: dict[str, str] = {}
@@ -452,6 +454,12 @@ def _claimed_by(sweep_dir: Path, entries: list[PointEntry], judged: list[PointSt
         if p.state not in ("running", "failed", "missing"):  # done, queued or stale: no claim to show
             continue
         claim = read_claim(sweep_dir / e.folder)
+        s = started.get(e.name)
+        if p.state == "running" and claim and claim.get("ended") and s is not None and s.start is not None \
+                and float(claim["ended"]) >= float(s.start):  # the run returned without a result
+            p.state, p.elapsed_s = "failed", None
+            p.reason = claim.get("error") or "its pull worker ended it without a result"
+            continue
         if claim and not claim.get("ended"):
             p.worker = f"{claim.get('worker')} ({claim.get('slurm_job') or claim.get('pid')}@{claim.get('host')})"
             if p.job:
