@@ -115,6 +115,18 @@ def test_the_fence_counts_from_the_claims_write_not_from_when_its_heartbeat_star
     assert exits == [pull.FENCED_EXIT]
 
 
+def _held_by(sweep: Path, worker: str) -> tuple[int, str]:
+    """(pid, unit) of the first unit seen held by `worker` (a claim not ended), waiting up to 30 s."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for d in sorted(sweep.glob("p*")):
+            c = pull.read_claim(d)
+            if c and not c["ended"] and c["worker"] == worker:
+                return c["pid"], d.name
+        time.sleep(0.01)
+    raise AssertionError(f"{worker} was never seen holding a unit")
+
+
 def test_workers_in_processes_run_every_unit_once_and_take_over_a_killed_ones(tmp_path):
     """4 worker processes, 16 units of 0.3 s; one worker is killed with SIGKILL while it holds a unit: that unit is
     taken over after its beat expires, every unit ends exactly once, and no two runs of a unit overlap."""
@@ -123,16 +135,7 @@ def test_workers_in_processes_run_every_unit_once_and_take_over_a_killed_ones(tm
     procs = [ctx.Process(target=_busy_worker, args=(str(sweep), f"w{i}", 0.3)) for i in range(4)]
     for p in procs:
         p.start()
-    victim, unit = None, None
-    deadline = time.time() + 30
-    while victim is None and time.time() < deadline:
-        for d in sorted(sweep.glob("p*")):
-            c = pull.read_claim(d)
-            if c and not c["ended"] and c["worker"] == "w1":
-                victim, unit = c["pid"], d.name
-                break
-        time.sleep(0.01)
-    assert victim is not None
+    victim, unit = _held_by(sweep, "w1")
     os.kill(victim, signal.SIGKILL)
     for p in procs:
         p.join(timeout=60)
@@ -158,16 +161,7 @@ def test_a_worker_told_to_stop_releases_its_unit_and_another_takes_it_at_once(tm
     procs = {w: ctx.Process(target=_busy_worker, args=(str(sweep), w, 0.5)) for w in ("w0", "w1")}
     for p in procs.values():
         p.start()
-    victim, unit = None, None
-    deadline = time.time() + 30
-    while victim is None and time.time() < deadline:
-        for d in sorted(sweep.glob("p*")):
-            c = pull.read_claim(d)
-            if c and not c["ended"] and c["worker"] == "w1":
-                victim, unit = c["pid"], d.name
-                break
-        time.sleep(0.01)
-    assert victim is not None
+    victim, unit = _held_by(sweep, "w1")
     os.kill(victim, sig)
     for p in procs.values():
         p.join(timeout=30)

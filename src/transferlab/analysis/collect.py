@@ -197,15 +197,13 @@ def _differences(items: Mapping[str, tuple[dict, dict]], skip: Iterable[str] = (
             for key, (c, ins) in items.items()}
 
 
+_ABSENT = object()
+
+
 def _holds(config: Mapping, dotted: str) -> bool:
     """Does the identity config hold this key (a key only some runs' identity has, e.g. `train.cv_folds` under
     cv, is left out of the others' labels rather than shown as null)?"""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return identity.get(config, dotted, _ABSENT) is not _ABSENT
 
 
 def _unique(labels: dict[str, str]) -> dict[str, str]:
