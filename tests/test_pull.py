@@ -297,7 +297,7 @@ def test_status_names_the_worker_that_holds_each_point(tmp_path):
     died = sweep.add(None, "seed=1", started=_here(NOW - 5, pid=int(dead)))
     claimed = sweep.add(None, "seed=2")
     done = sweep.add(None, "seed=3", result=_ok(1.0), started=_here(NOW - 9))
-    released = sweep.add(None, "seed=4", started=_here(NOW - 5, pid=int(dead)))
+    released = sweep.add(None, "seed=4", started={**_here(NOW - 5), "host": "another-host"})  # cannot be checked
     for name, worker, ended in ((running, "w0", None), (died, "w1", None), (claimed, "w1", None),
                                 (done, "w0", NOW - 8), (released, "w1", None)):
         write_json(tmp_path / "sw" / name / pull.CLAIM_FILE, {"worker": worker, "pid": 123, "host": "h",

@@ -195,3 +195,11 @@ def test_a_mixed_grid_with_vectorize_seeds_is_one_group_and_every_point_is_ok(tm
     assert len({r["seed_group"] for r in recs.values()}) == 1
     status = json.loads(run_cli(str(sweep), "--json", module="transferlab.status", cwd=tmp_path).stdout)
     assert status["totals"]["done"] == 2 and status["totals"]["stale"] == 0, status["totals"]
+
+
+def test_an_old_record_whose_facts_cannot_be_derived_is_not_a_record():
+    """A hand-edited old record the legacy derivation cannot read (a LoRA without its rank) is a ValueError, which
+    every reader judges a failed record, never a crash of the sweeper or of transferlab-status."""
+    with pytest.raises(ValueError, match="run facts cannot be derived"):
+        RunRecord.from_dict({"schema": 4, "status": "ok", "cut": 2, "freeze": 0, "peft": {"method": "lora"}})
+    assert RunRecord.from_dict({"schema": 4, "status": "ok", "cut": 2, "freeze": True}).arm == "trainable"

@@ -232,6 +232,8 @@ def test_status_and_the_report_judge_every_point_alike_each_failure_with_its_rea
     edited = json.loads((tmp_path / "sw" / tampered / "result.json").read_text())
     (tmp_path / "sw" / tampered / "result.json").write_text(json.dumps({**edited, "wall_s": 0.5}))
     running = sweep.add(None, "seed=8", started=_here(NOW - 5))
+    lost = sweep.add(None, "seed=9", started=_here(NOW - 9, pid=dead))  # skipped as done by a later launch, then
+    next(e for e in sweep.points if e["name"] == lost)["status"] = "skipped"  # its result.json went missing
     for name, error in ((config, "train.lr=-1.0: a number > 0"), (disk, "OSError: [Errno 28] No space left on "
                                                                           "device: '/out/seed=4/result.json'")):
         entry = next(e for e in sweep.points if e["name"] == name)
@@ -247,3 +249,4 @@ def test_status_and_the_report_judge_every_point_alike_each_failure_with_its_rea
     assert status[stale][0] == "stale"
     assert status[tampered][0] == "failed" and "checksum" in status[tampered][1].lower(), status[tampered]
     assert status[running][0] == "running"
+    assert status[lost] == ("missing", "its result.json is gone (the sweeper recorded the point done)")

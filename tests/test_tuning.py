@@ -143,6 +143,23 @@ def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):
     assert lost["hindsight_test"] is None and ok["hindsight_test"]["test/acc"] == rec["metrics"]["test/acc"]
 
 
+def test_a_hindsight_test_that_raises_never_fails_the_point(make_cfg, monkeypatch):
+    """Hindsight numbers do not shape the point's result: a candidate whose after-the-choice test raises gets its
+    error in place of numbers, and the point is ok with the chosen candidate's test."""
+    from transferlab.run import hindsight
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(hindsight, "test_one", broken)
+    rec = run(make_cfg("tune.train.lr=[1e-3,3e-3]", *POINT))
+    chosen = rec["tuning"]["chosen_index"]
+    assert rec["status"] == "ok" and rec["metrics"]["test/acc"] is not None
+    for c in rec["tuning"]["candidates"]:
+        assert c["hindsight_test"] == ({"error": "RuntimeError: out of memory"} if c["index"] != chosen
+                                       else {**c["hindsight_test"], "test/acc": rec["metrics"]["test/acc"]})
+
+
 def test_a_point_whose_every_candidate_diverges_writes_a_failed_record_with_them(make_cfg):
     from transferlab.run.record import RunRecord
     from transferlab.run.tuning import NoCandidateLeft

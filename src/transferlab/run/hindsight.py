@@ -53,11 +53,17 @@ def test_candidates(cands: Iterable[Any], chosen: Any, tested: dict[str, Any], c
                     inputs: dict) -> None:
     """Set `hindsight_test` on every finished candidate (`tuning.Candidate`): the chosen one's from the point's own
     test (`tested`), each other's from one test of its best.ckpt (`config_of(candidate)`: its config). Call only
-    after the choice and the chosen candidate's test."""
+    after the choice and the chosen candidate's test. A candidate whose hindsight test raises gets {"error": ...}
+    instead of numbers: the point's result does not depend on these numbers, so it never fails for them."""
     for c in cands:
         if c is chosen:
             c.hindsight_test = numbers(tested)
         elif c.status == "ok" and c.best_ckpt:
             log.info("tune: hindsight test of candidate %d %s (after the choice; not read by it)", c.index,
                      c.values)
-            c.hindsight_test = test_one(config_of(c), str(c.best_ckpt), inputs)
+            try:
+                c.hindsight_test = test_one(config_of(c), str(c.best_ckpt), inputs)
+            except Exception as e:  # noqa: BLE001 - hindsight only: the point's result does not depend on it
+                log.warning("tune: hindsight test of candidate %d failed (the point's result stands): %s", c.index,
+                            e)
+                c.hindsight_test = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}

@@ -222,7 +222,11 @@ class RunRecord:
         values["metrics"] = Metrics.from_dict(stored.get("metrics"))
         schema = values["schema"]
         if not isinstance(schema, int) or schema < FACTS_SINCE:
-            values.update(legacy_run_facts(stored))
+            try:
+                values.update(legacy_run_facts(stored))
+            except Exception as e:  # noqa: BLE001 - an odd old record: not a record (readers judge it failed)
+                raise ValueError(f"a record of schema {schema!r} whose run facts cannot be derived: "
+                                 f"{type(e).__name__}: {e}") from None
         return cls(**values)
 
     @classmethod
@@ -256,7 +260,7 @@ class RunRecord:
         return path
 
 
-# ---------------------------------------------------------------- LEGACY: records written before schema 7
+# ---------------------------------------------------------------- LEGACY: records written before schema 8
 def legacy_run_facts(stored: Mapping[str, Any]) -> dict[str, Any]:
     """LEGACY, for records of schema < `FACTS_SINCE` only, which do not say what the run is: `arm`, `arm_name`,
     `is_baseline`, `copies_nothing` and `seed_group` derived from the fields and config they did record, with the
@@ -277,7 +281,8 @@ def legacy_run_facts(stored: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"copies_nothing": arm.copies_nothing(cut), "is_baseline": arm.is_baseline(cut, compute),
                            "arm": None, "arm_name": None, "seed_group": None}
     if isinstance(cut, int) and not isinstance(cut, bool):
-        freeze = stored.get("freeze") if isinstance(stored.get("freeze"), int) else None
+        f = stored.get("freeze")
+        freeze = f if isinstance(f, int) and not isinstance(f, bool) else None
         trainable = str(stored.get("trainable_set") or "") or None
         spec = trainable.split("]", 1)[0] + "]" if trainable and trainable.startswith("trainable=[") else trainable
         init = str(identity.get(config, "transfer.init") or "source")

@@ -348,7 +348,7 @@ def _alive(started: Started, queue: Mapping[str, str], host: str) -> bool | None
 
 
 DIED = "its job died without a result (killed, timed out, out of memory?)"
-LOST = "its result.json is gone (the sweeper recorded the point ok)"
+LOST = "its result.json is gone (the sweeper recorded the point done)"
 
 
 def point_state(entry: PointEntry, results: Mapping[str, RunRecord | str], ok_by_fp: Mapping[str, str],
@@ -373,7 +373,7 @@ def point_state(entry: PointEntry, results: Mapping[str, RunRecord | str], ok_by
         if alive is None:
             return PointState(name, "running", job=job, elapsed_s=elapsed,
                               reason=f"on {started.host} (cannot check from {host})")
-        if own is None and entry.status == "ok":  # it finished; its result is gone since
+        if own is None and entry.status in ("ok", "skipped"):  # it finished; its result is gone since
             return PointState(name, "missing", job=job, reason=LOST)
         if own is None:
             recorded = entry.error if entry.status == "failed" and entry.error else None
@@ -464,7 +464,8 @@ def _claimed_by(sweep_dir: Path, entries: list[PointEntry], judged: list[PointSt
             p.worker = f"{claim.get('worker')} ({claim.get('slurm_job') or claim.get('pid')}@{claim.get('host')})"
             if p.job:
                 holder[p.job] = p.worker
-            if claim.get("released") and p.state != "running":
+            if claim.get("released"):  # its worker exited: not running, whatever this host can check
+                p.state, p.elapsed_s = ("failed" if s is not None else "missing"), None
                 p.reason = f"released by pull worker {p.worker} (told to stop): the next worker to look takes it over"
             elif p.state == "failed":
                 p.reason = f"{p.reason}; its pull claim is taken over once its heartbeat stops"
