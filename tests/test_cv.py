@@ -189,7 +189,7 @@ def test_bad_cv_inputs_are_refused_before_anything_is_written(make_cfg, tmp_path
         run(cfg)
     assert [p.key for p in e.value.items] == [key], e.value.problems
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.json"))
-    data_free = not any(w in " ".join(overrides) for w in ("n_train", "plateau", "devices"))
+    data_free = not any(w in " ".join(overrides) for w in ("n_train", "devices"))
     assert bool(value_problems(cfg)) == data_free  # what the config alone tells, the sweeper refuses up front
 
 

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 from conftest import ROOT, cli_problems, compose_cfg, run_cli
 
 EXAMPLE = ROOT / "examples" / "own_project"
@@ -237,7 +238,15 @@ def test_own_target_nodes_inside_kwargs_are_hashed_like_the_component(tmp_path, 
 
     before = keys()
     assert identity.inputs(cfg)["backbone.kwargs.extra.code"]["files"] == str(code / "actpkg.py")
+    with open_dict(cfg):  # the same in an optimizer node's arguments (a wrapped base optimizer, say)
+        cfg.train.optimizer.extra = {"_target_": "actpkg.Act"}
+    assert identity.inputs(cfg)["train.optimizer.extra.code"]["files"] == str(code / "actpkg.py")
+    before_optim = identity.fingerprint(cfg)
     (code / "actpkg.py").write_text("import torch\n\nclass Act(torch.nn.ReLU):\n    pass  # edited\n")
+    content.forget()
+    assert identity.fingerprint(cfg) != before_optim
+    with open_dict(cfg):
+        del cfg.train.optimizer.extra
     after = keys()
     assert all(a != b for a, b in zip(after, before))
     _forget("ownpkg")
@@ -338,6 +347,7 @@ def test_a_loader_that_reads_data_dir_must_list_its_files(tmp_path, monkeypatch)
 
 
         def anything(**kwargs):
+            assert "data_dir" not in kwargs  # a **kwargs loader is not offered data_dir: it cannot read it
             y = np.arange(60) % 3
             return (y[:, None] + np.linspace(0, 1, 4)[None]).astype(np.float32) / 4, y
     '''))
@@ -360,6 +370,15 @@ def test_a_loader_that_reads_data_dir_must_list_its_files(tmp_path, monkeypatch)
     kw = typed(CustomTask, {"_target_": "dirpkg.anything", "name": "any", "n_per_class": 2}, "target")
     assert len(build_task(kw, key="target", data_seed=0, data_dir=str(data)).train_indices) == 6
     _forget("dirpkg")
+    # The sweeper refuses it up front, from the module's source (nothing of it runs), before skipping any point
+    # as done: a changed dataset could otherwise keep old results.
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = run_cli("-m", "target=custom", "target._target_=dirpkg.from_dir", "target.name=blobs", "seed=0,1",
+                  "logger=none", f"paths.data_dir={data}", f"hydra.sweep.dir={tmp_path / 'sw'}", cwd=tmp_path,
+                  env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert cli_problems(out.stderr) == [e.value.problems[0]], out.stderr[-2000:]
+    assert not (tmp_path / "sw").exists() or not list((tmp_path / "sw").rglob("result.json"))
 
 
 def test_freeze_all_depths_counts_an_own_backbones_blocks(example_pkg):

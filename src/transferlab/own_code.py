@@ -24,7 +24,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from transferlab.errors import ConfigError, problem
+from transferlab.errors import ConfigError, Problem, problem
 from transferlab.store import content
 
 UNSET = "???"  # OmegaConf's MISSING, as a plain config shows it
@@ -89,6 +89,39 @@ def nested_targets(value: Any, prefix: str) -> list[tuple[str, str]]:
         for i, v in enumerate(value):
             out += nested_targets(v, f"{prefix}.{i}")
     return out
+
+
+def named_parameters(target: Any) -> set[str] | None:
+    """The parameters a function (or a class's `__init__`) named by `target` declares by name, read from its
+    module's source without running it (the sweeper is torch-free and runs nothing of yours); None when that
+    cannot be told (not found, not defined in the module `code_path` finds, or defined by other means)."""
+    import ast
+
+    path = code_path(target) if is_set(target) else None
+    if path is None or path.is_dir():
+        return None
+    name = str(target).rsplit(".", 1)[-1]
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            node = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+            if node is None:
+                return None
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            a = node.args
+            return {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    return None
+
+
+def unlisted_data(target: Any, key: str, data_dir: Any) -> Problem:
+    """The problem of a task loader that takes `data_dir` and lists no `<key>.files` (tasks/custom.py): what it
+    reads there would not be in the run's identity."""
+    return problem(f"{key}.files", [], f"the files or folders {target} reads (it takes data_dir), e.g. "
+                                       f"{key}.files=['{data_dir or '<data_dir>'}/<its data>']: their bytes are in "
+                                       "the run's identity, so a run is not reused after its data changed")
 
 
 def code_digest(target: Any) -> str:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,6 +225,10 @@ def fit(exp: Experiment, test: bool = True, score: bool = True, job_type: str = 
              "final": {"n_train": len(exp.prep.target.train_indices), "steps_per_epoch": spe, "epochs": epochs,
                        "steps": epochs * spe, "planned_epochs": exp.prep.budget.epochs},
              "fits": p.k + 1}
+    if not all(f.reused for f in fits):
+        # A fold trained by this attempt may have moved the chosen stop: an earlier attempt's fit on all n (its
+        # last.ckpt, keyed on the point's fingerprint only) was trained toward another stop, so it is not resumed.
+        shutil.rmtree(exp.run_dir / "checkpoints", ignore_errors=True)
     exp.build(score=score)
     exp.record.source_cache = source_status
     outcome = exp.fit(logger=exp.open_logger(job_type=job_type), test=test, stop_after=epochs)

@@ -352,17 +352,24 @@ def nested_code_inputs(c: Mapping, owners: list[str]) -> dict[str, dict[str, str
 
 def optim_code_inputs(c: Mapping) -> dict[str, dict[str, str]]:
     """The code of an optimizer or scheduler of your own (`train.optimizer._target_=mypkg.opt.MyOpt`, outside
-    torch and timm: `training.optim.own_target`), keyed `<group>.<kind>.code` (`pretrain.*` only when the run reads
-    its source)."""
+    torch and timm: `training.optim.own_target`), keyed `<group>.<kind>.code`, and of own `_target_` nodes inside
+    its arguments, keyed by their path (`pretrain.*` only when the run reads its source)."""
     from transferlab.training.optim import KEYS, own_target
 
     out = {}
     for key in KEYS:
         if key.startswith("pretrain.") and reads_no_source(c):
             continue
-        path = own_target(get(c, key))
+        node = get(c, key)
+        path = own_target(node)
         if path is not None:
             out[f"{key}.code"] = {"files": str(own_code.code_path(path) or path), "sha256": own_code.code_digest(path)}
+        if isinstance(node, Mapping):  # own `_target_` nodes in its arguments (a wrapped optimizer, a chain of
+            #                            schedulers): `instantiate` builds them too
+            args = {k: v for k, v in node.items() if k != "_target_"}
+            for where, target in own_code.nested_targets(args, key):
+                out[f"{where}.code"] = {"files": str(own_code.code_path(target) or target),
+                                        "sha256": own_code.code_digest(target)}
     return out
 
 

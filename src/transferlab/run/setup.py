@@ -34,7 +34,9 @@ from transferlab.run.values import (
     _seed_ok,
     check_budget,
     check_checkpoint,
+    check_custom_files,
     check_cv,
+    check_cv_scheduler,
     check_optim,
     check_seeds,
     check_task_sizes,
@@ -172,10 +174,12 @@ def check_tune(cfg: DictConfig) -> list[Problem]:
     return check_grid(cfg)
 
 
-def check_cv_scheduler(cfg: DictConfig) -> list[Problem]:
-    """Under train.select=cv no validation split shapes the model (run/cv.py): a scheduler that follows val/acc
-    would have none to follow in the fit on all n."""
-    if str(cfg.train.select) != "cv" or not optim.reads_metric(cfg.train.get("scheduler")):
+def check_own_cv_scheduler(cfg: DictConfig) -> list[Problem]:
+    """`values.check_cv_scheduler` for a scheduler class of your own (imported here to ask whether it follows
+    val/acc); torch's are told by name before a sweep launches."""
+    target = optim.target(cfg.train.get("scheduler"))
+    if str(cfg.train.select) != "cv" or target is None or target.startswith(optim.TORCH_SCHEDULERS) \
+            or not optim.reads_metric(cfg.train.get("scheduler")):
         return []
     return [problem("train.scheduler", optim.target(cfg.train.scheduler),
                     "a scheduler that does not read val/acc with train.select=cv (the fit on all n has no "
@@ -195,7 +199,7 @@ def check_cv_ddp(cfg: DictConfig) -> list[Problem]:
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
     check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_kinds, check_devices, check_ddp,
     check_lease, check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
-    check_cv_scheduler, check_cv_ddp,
+    check_custom_files, check_cv_scheduler, check_own_cv_scheduler, check_cv_ddp,
 ]
 assert set(VALUE_CHECKS) <= set(CONFIG_CHECKS)  # a sweep's per-point checks are a subset of the run's
 

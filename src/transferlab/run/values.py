@@ -170,10 +170,43 @@ def check_checkpoint(cfg: DictConfig) -> list[Problem]:
     return []
 
 
-VALUE_CHECKS = [check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_checkpoint]
+def check_custom_files(cfg: DictConfig) -> list[Problem]:
+    """A task of your own whose loader takes `data_dir` must list what it reads in `files` (tasks/custom.py,
+    `reads_data_dir`): told here from the module's source, so a sweep refuses before it skips any point as done
+    (the identity holds the loader's code and `files`, not the data it reads)."""
+    from transferlab import own_code
+
+    out = []
+    for key in ("target", "source"):
+        task = cfg.get(key)
+        if task is None or str(task.get("kind")) != "custom" or list(task.get("files") or []):
+            continue
+        if "data_dir" in (own_code.named_parameters(task.get("_target_")) or set()):
+            out.append(own_code.unlisted_data(task.get("_target_"), key, cfg.paths.get("data_dir")))
+    return out
 
 
-def check_tune(cfg: DictConfig) -> list[Problem]:
+def check_cv_scheduler(cfg: DictConfig) -> list[Problem]:
+    """Under train.select=cv no validation split shapes the model (run/cv.py): a scheduler that follows val/acc
+    would have none to follow in the fit on all n. Told here for torch's schedulers, by name (torch-free); a
+    scheduler class of your own is judged when the run sets up (`run.setup`, which imports it)."""
+    from transferlab.training import optim as optim_nodes
+
+    target = optim_nodes.target(cfg.train.get("scheduler"))
+    if str(cfg.train.select) != "cv" or target is None or not target.startswith(optim_nodes.TORCH_SCHEDULERS):
+        return []
+    if not optim_nodes.reads_metric(cfg.train.get("scheduler")):
+        return []
+    return [problem("train.scheduler", target, "a scheduler that does not read val/acc with train.select=cv (the "
+                                               "fit on all n has no validation split to read): train/scheduler=none "
+                                               "or cosine")]
+
+
+VALUE_CHECKS = [check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_checkpoint,
+                check_custom_files, check_cv_scheduler]
+
+
+def tune_problems(cfg: DictConfig) -> list[Problem]:
     """A tuned point (`tune.train.*`, run/tuning.py): the grid's own problems (`tuning.check_grid`), then every
     candidate's values through the checks above on the candidate's config, a problem with a tuned key named by the
     `tune.*` key that gave the value and listed once. So a bad value inside a grid is refused before a sweep
@@ -205,9 +238,9 @@ def _run_checks(cfg: DictConfig) -> list[Problem]:
 
 def value_problems(cfg: DictConfig) -> list[Problem]:
     """Every problem `VALUE_CHECKS` find in `cfg` (a check may also raise ConfigError: its problems count), then
-    a tuned point's grid and candidates (`check_tune`)."""
+    a tuned point's grid and candidates (`tune_problems`)."""
     out = _run_checks(cfg)
-    return out + [p for p in check_tune(cfg) if str(p) not in {str(q) for q in out}]
+    return out + [p for p in tune_problems(cfg) if str(p) not in {str(q) for q in out}]
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -115,8 +115,9 @@ def _parts(data, fail) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None],
 def reads_data_dir(fn) -> bool:
     """A loader that names `data_dir` among its parameters reads files there. The run's identity holds a task's
     code and `files`, not what it returns, so such a loader without `files` would keep its fingerprint when its data
-    changed and a sweep would skip its points as done: refused (when in doubt, a result is not reused). A loader
-    taking only `**kwargs` is offered data_dir too but is not taken to read it."""
+    changed and a sweep would skip its points as done: refused (when in doubt, a result is not reused), here and up
+    front by the sweeper (`run.values.check_custom_files`, from the module's source). A loader taking only
+    `**kwargs` is not offered data_dir."""
     import inspect
 
     try:
@@ -134,16 +135,15 @@ def load(cfg, *, key: str, data_seed: int, data_dir: str | None = None) -> TaskD
         return ConfigError(problem(f"{key}._target_", target, f"a function returning {what}"))
 
     files = list(cfg.get("files") or [])
-    if not files and reads_data_dir(own_code.locate(target, f"{key}._target_")):
-        raise ConfigError(problem(f"{key}.files", files, f"the files or folders {target} reads (it takes data_dir), "
-                                                         f"e.g. {key}.files=['{data_dir or '<data_dir>'}/<its data>']: "
-                                                         "their bytes are in the run's identity, so a run is not "
-                                                         "reused after its data changed"))
+    reads = reads_data_dir(own_code.locate(target, f"{key}._target_"))
+    if not files and reads:
+        raise ConfigError(own_code.unlisted_data(target, key, data_dir))
     missing = [str(f) for f in files if not Path(os.path.expanduser(str(f))).exists()]
     if missing:
         raise ConfigError(problem(f"{key}.files", missing, "files and folders that exist (what your function reads: "
                                                            "their bytes are in the run's identity)"))
-    data = own_code.call(target, kwargs, f"{key}._target_", data_dir=data_dir)
+    # data_dir is offered only to a loader that names it (a **kwargs loader is not taken to read it, so it gets none)
+    data = own_code.call(target, kwargs, f"{key}._target_", **({"data_dir": data_dir} if reads else {}))
     splits, classes = _parts(data, fail)
     top = max(int(v[1].max()) for v in splits.values() if v is not None)
     if classes is None:

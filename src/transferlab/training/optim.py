@@ -37,6 +37,7 @@ from typing import Any, Mapping
 from transferlab.errors import Problem, problem
 
 KEYS = tuple(f"{group}.{kind}" for group in ("train", "pretrain") for kind in ("optimizer", "scheduler"))
+TORCH_SCHEDULERS = "torch.optim.lr_scheduler."  # told apart by name, without importing torch (`reads_metric`)
 # Arguments the framework gives, never the node (see the module docstring).
 OPTIMIZER_OWN = {"params": "the framework passes the parameter groups",
                  "model_or_params": "the framework passes the parameter groups",
@@ -121,7 +122,7 @@ def reads_metric(value: Any) -> bool:
     path = target(value)
     if path is None:
         return False
-    if path.startswith("torch.optim.lr_scheduler."):  # torch's own say it by name: no torch import (the report)
+    if path.startswith(TORCH_SCHEDULERS):  # torch's own say it by name: no torch import (the report)
         return path.rsplit(".", 1)[1] == "ReduceLROnPlateau"
     import torch
 
