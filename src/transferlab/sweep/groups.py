@@ -7,7 +7,9 @@ to its default (`${seed}`) are one group when nothing else differs. The sweeper 
 replicate values from the config it composes for the fingerprint (`Point.seed_group`, `Point.replicates`), so a
 member's config is the leader's with the member's own values of every replicate key, and reproduces the member's
 fingerprint. Points that also differ in an override of a neutral key (`identity.NEUTRAL`: `logger`, `paths`, ...)
-stay apart: a member never runs under a setting its own point did not ask for, result-neutral or not.
+stay apart, so a member never runs under a neutral setting its own point did not ask for. Keys the identity leaves
+out for other reasons (a scratch point's `source.*` and `pretrain.*`, which it never reads) do not split a group:
+the member's result is the same, and its record's `config` holds the leader's values of those keys.
 
 A group has at most `max_size` members, in name order. The group's first point gets the job, with
 `group=<its folder>/group.json` naming every member's folder, replicate values and fingerprint (`sweep.group_job`

@@ -280,6 +280,17 @@ def read_results(sweep_dir: str | Path) -> dict[str, RunRecord | str]:
     return out
 
 
+def done_by_fingerprint(results: Mapping[str, RunRecord | str]) -> dict[str, str]:
+    """{fingerprint: folder} of the ok results among `read_results`' (the first folder in name order): a point is
+    done when any folder holds an ok result of its fingerprint (e.g. one named by an older rule, or by a launch
+    that swept other keys)."""
+    out: dict[str, str] = {}
+    for folder, rec in sorted(results.items()):
+        if isinstance(rec, RunRecord) and rec.status == "ok" and recorded_fingerprint(rec):
+            out.setdefault(str(recorded_fingerprint(rec)), folder)
+    return out
+
+
 def recorded_fingerprint(record: RunRecord) -> str | None:
     """The run identity a result.json was made under (`identity.fingerprint`); None for records written before
     identity covered input contents and trainer settings: those are never taken as done (nothing proves what
@@ -396,10 +407,7 @@ def judge_points(sweep_dir: str | Path, entries: Iterable[PointEntry], now: floa
     now = time.time() if now is None else now
     host = socket.gethostname()
     results = read_results(sweep_dir)
-    ok_by_fp: dict[str, str] = {}
-    for folder, rec in sorted(results.items()):
-        if isinstance(rec, RunRecord) and rec.status == "ok" and recorded_fingerprint(rec):
-            ok_by_fp.setdefault(str(recorded_fingerprint(rec)), folder)
+    ok_by_fp = done_by_fingerprint(results)
     started = {e.name: Started.read(sweep_dir / e.folder) for e in entries}
     queue = slurm_states([started[e.name].job(e) if started[e.name] else e.job for e in entries
                           if (started[e.name] and started[e.name].slurm_job) or e.job])

@@ -28,7 +28,7 @@ from transferlab.run.record import RESULT_FILE, RunRecord, UnsealedRecord
 from transferlab.store import verified
 from transferlab.store.atomic import shared_lock
 from transferlab.sweep.ledger import (LAUNCH_KEY, POINT_FILE, STARTED_FILE, SWEEP_FILE, PointMarker, Started,
-                                      SweepRecord, folder_state, recorded_fingerprint)
+                                      SweepRecord, done_by_fingerprint, folder_state, read_results)
 from transferlab.sweep.points import Point
 
 LOCK_FILE = ".sweep.lock"      # held by the process running the sweep: a second copy is refused
@@ -59,18 +59,8 @@ def sweep_lock(sweep_dir: Path):
 
 # ---------------------------------------------------------------- state on disk
 def finished_runs(sweep_dir: str | Path) -> dict[str, Path]:
-    """{fingerprint: folder} of every ok result.json directly below the sweep folder: a point is done when any
-    folder holds its fingerprint's result (e.g. one named by an older rule, or by a launch that swept other keys)."""
-    found: dict[str, Path] = {}
-    for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}")):
-        try:
-            record = RunRecord.read(path)
-        except (OSError, ValueError):
-            continue
-        fp = recorded_fingerprint(record)
-        if fp and record.status == "ok":
-            found.setdefault(fp, path.parent)
-    return found
+    """{fingerprint: folder} of every ok result.json directly below the sweep folder (`ledger.done_by_fingerprint`)."""
+    return {fp: Path(sweep_dir) / folder for fp, folder in done_by_fingerprint(read_results(sweep_dir)).items()}
 
 
 def adopt_renamed_folders(sweep_dir: str | Path, points: Iterable[Point]) -> list[tuple[Path, Path]]:
