@@ -123,9 +123,29 @@ def make_logger(cfg, run_dir: Path, job_type: str, *, axes: dict[str, Any] | Non
                 first = str(e).splitlines()[0] if str(e) else ""
                 warnings.warn(f"W&B online init failed ({type(e).__name__}: {first}); logging offline instead "
                               f"(upload later with `wandb sync {run_dir}/wandb/offline-run-*`)", stacklevel=2)
-                logger = build("offline")
+                _forget_failed_init()
+                try:
+                    logger = build("offline")
+                except Exception:  # noqa: BLE001 - the id still held (other runs of this process kept the service)
+                    if "id" not in ident:
+                        raise
+                    ident["id"] = f"{ident['id']}-offline"  # an offline run of its own: `wandb sync` uploads it
+                    logger = build("offline")
         return logger
     raise ValueError(f"logger.kind={kind!r}: one of csv, wandb, none")
+
+
+def _forget_failed_init() -> None:
+    """After an online init that failed, the process's W&B service may still hold the run id it was given (wandb
+    0.31: "run ID ... is in use" on the offline retry with the same id). Shut the service down when no other run
+    of this process is open (a stacked group's members hold theirs): the offline retry starts a fresh one."""
+    import wandb
+
+    try:
+        if wandb.run is None:
+            wandb.teardown()
+    except Exception:  # noqa: BLE001 - best effort: the retry reports its own error if it still fails
+        pass
 
 
 def _scalars(metrics: dict[str, Any] | None) -> dict[str, float]:
