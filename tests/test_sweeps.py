@@ -336,7 +336,8 @@ def test_point_folders_do_not_depend_on_argument_order():
 
 def test_a_point_whose_config_changed_loses_every_checkpoint_and_keeps_its_old_results(tmp_path):
     from transferlab.sweep.points import Point
-    from transferlab.sweep.state import POINT_FILE, prepare_point_dir
+    from transferlab.sweep.ledger import POINT_FILE
+    from transferlab.sweep.state import prepare_point_dir
 
     point = tmp_path / "p"
     for rel in ("checkpoints", "source/checkpoints"):
@@ -427,7 +428,8 @@ def test_new_data_at_the_same_path_reruns_and_resume_false_retrains(tmp_path):
 
 def test_a_folder_named_in_argument_order_becomes_its_points_canonical_folder(tmp_path):
     from transferlab.sweep.points import Point
-    from transferlab.sweep.state import POINT_FILE, adopt_renamed_folders
+    from transferlab.sweep.ledger import POINT_FILE
+    from transferlab.sweep.state import adopt_renamed_folders
 
     old = tmp_path / "transfer.freeze=2,seed=0"
     old.mkdir()
@@ -454,7 +456,7 @@ def _wait_for(predicate, timeout_s: float = 240.0, poll_s: float = 0.05):
 
 
 def _started(sweep_dir: Path) -> list[dict]:
-    from transferlab.sweep.state import STARTED_FILE
+    from transferlab.sweep.ledger import STARTED_FILE
 
     out = []
     for f in sweep_dir.glob(f"*/{STARTED_FILE}"):

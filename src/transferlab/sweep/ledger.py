@@ -271,13 +271,16 @@ class PointState:
 
 def read_results(sweep_dir: str | Path) -> dict[str, RunRecord | str]:
     """{folder name: RunRecord, or the reason it could not be read} for every result.json of the sweep."""
-    out: dict[str, RunRecord | str] = {}
-    for path in Path(sweep_dir).glob(f"*/{RESULT_FILE}"):
-        try:
-            out[path.parent.name] = RunRecord.read(path)
-        except (OSError, ValueError) as e:  # a record failing its seal included (tampered or corrupt)
-            out[path.parent.name] = f"unreadable {RESULT_FILE}: {e}"
-    return out
+    return {path.parent.name: _read_record(path) for path in Path(sweep_dir).glob(f"*/{RESULT_FILE}")}
+
+
+def _read_record(path: Path) -> RunRecord | str:
+    """The record in a result.json, or why it cannot be read (a record failing its seal included: tampered or
+    corrupt)."""
+    try:
+        return RunRecord.read(path)
+    except (OSError, ValueError) as e:
+        return f"unreadable {RESULT_FILE}: {e}"
 
 
 def done_by_fingerprint(results: Mapping[str, RunRecord | str]) -> dict[str, str]:
@@ -304,10 +307,9 @@ def folder_state(run_dir: str | Path, fingerprint: str) -> tuple[str, str | None
     path = Path(run_dir) / RESULT_FILE
     if not path.exists():
         return "missing", None
-    try:
-        record = RunRecord.read(path)
-    except (OSError, ValueError) as e:  # a record failing its seal included (tampered or corrupt)
-        return "failed", f"unreadable {RESULT_FILE}: {e}"
+    record = _read_record(path)
+    if isinstance(record, str):
+        return "failed", record
     if recorded_fingerprint(record) != fingerprint:
         return "stale", None
     if record.status == "ok":

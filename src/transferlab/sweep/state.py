@@ -15,7 +15,7 @@ from zero. Torch-free.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import socket
@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from transferlab.run.record import RESULT_FILE, RunRecord, UnsealedRecord
 from transferlab.store import verified
 from transferlab.store.atomic import shared_lock
-from transferlab.sweep.ledger import (LAUNCH_KEY, POINT_FILE, STARTED_FILE, SWEEP_FILE, PointMarker, Started,
+from transferlab.sweep.ledger import (POINT_FILE, STARTED_FILE, Launch, PointEntry, PointMarker, Started,
                                       SweepRecord, done_by_fingerprint, folder_state, read_results)
 from transferlab.sweep.points import Point
 
@@ -184,27 +184,26 @@ class Summary:
         return entry
 
     def write(self) -> Path:
-        path = Path(self.sweep_dir) / SWEEP_FILE
         try:
-            old = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            old = {}
-        points = {e.get("name"): e for e in old.get("points", []) if isinstance(e, dict)}
+            old = SweepRecord.read(self.sweep_dir)
+        except (FileNotFoundError, ValueError):
+            old = SweepRecord()
+        points = {e.name: e for e in old.points}
         # A point this launch left alone keeps what an earlier launch of the same config recorded (its failure,
         # its job); under another config it is declared anew. Every point of this launch is stamped with its start
         # (LAUNCH_KEY): a point whose stamp is older is no longer in the grid (`declared_by_latest_launch`).
         for p in self.points:
-            kept = points.get(p.name) or {}
-            if p.status not in ("busy", "unselected") or kept.get("hash") != p.hash:
-                kept = self._point_entry(p)
-            points[p.name] = {**kept, LAUNCH_KEY: self.start}
-        launches = [x for x in old.get("launches", []) if isinstance(x, dict) and x.get("start") != self.start]
-        launches.append({"argv": self.argv, "start": self.start, "end": self.end, "host": socket.gethostname(),
-                         "user": os.environ.get("USER"), "points": len(self.points), "ok": self.count("ok"),
-                         "failed": self.count("failed"), "skipped": self.count("skipped")})
-        return SweepRecord.from_dict({"name": self.name, "sweep_dir": self.sweep_dir, "ok": self.count("ok"),
-                                      "failed": self.count("failed"), "skipped": self.count("skipped"),
-                                      "launches": launches, "points": list(points.values())}).write(self.sweep_dir)
+            kept = points.get(p.name)
+            if kept is None or p.status not in ("busy", "unselected") or kept.hash != p.hash:
+                kept = PointEntry.from_dict(self._point_entry(p))
+            points[p.name] = dataclasses.replace(kept, launch=self.start)
+        launches = [x for x in old.launches if x.start != self.start]
+        launches.append(Launch(argv=self.argv, start=self.start, end=self.end, host=socket.gethostname(),
+                               user=os.environ.get("USER"), points=len(self.points), ok=self.count("ok"),
+                               failed=self.count("failed"), skipped=self.count("skipped")))
+        return SweepRecord(name=self.name, sweep_dir=self.sweep_dir, points=list(points.values()), launches=launches,
+                           ok=self.count("ok"), failed=self.count("failed"),
+                           skipped=self.count("skipped")).write(self.sweep_dir)
 
     def report(self) -> str:
         lines = [f"sweep {self.name}: {self.line}  ({self.sweep_dir})"]
