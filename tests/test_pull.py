@@ -198,6 +198,35 @@ def test_a_worker_told_to_stop_while_idle_exits_and_holds_nothing(tmp_path):
     assert [(e["event"], e["worker"]) for e in pull.read_audit(sweep)] == [("claim", "w0"), ("end", "w0")]
 
 
+def _slow_claim_worker(sweep: str, worker: str) -> None:
+    """An idle worker whose every look for a unit takes 0.5 s, so a signal lands while it is busy claiming."""
+    claim = pull.Claimer.claim
+
+    def slow(self):
+        time.sleep(0.5)
+        return claim(self)
+    pull.Claimer.claim = slow
+    _busy_worker(sweep, worker, 0.1)
+
+
+def test_a_worker_told_to_stop_while_taking_a_claim_exits_as_if_idle(tmp_path):
+    """The signal is acted on after the look for a unit ends (nothing was free): same exit code as an idle worker."""
+    sweep = _queue(tmp_path, 1, heartbeat_s=0.1, expire_s=60)
+    ctx = mp.get_context("fork")
+    busy = ctx.Process(target=_busy_worker, args=(str(sweep), "w0", 2.0))
+    busy.start()
+    while not (sweep / "p00" / pull.CLAIM_FILE).exists():
+        time.sleep(0.01)
+    idle = ctx.Process(target=_slow_claim_worker, args=(str(sweep), "w1"))
+    idle.start()
+    time.sleep(0.25)  # inside its first (0.5 s) look
+    os.kill(idle.pid, signal.SIGTERM)
+    idle.join(timeout=5)
+    busy.join(timeout=10)
+    assert (idle.exitcode, busy.exitcode) == (128 + signal.SIGTERM, 0)
+    assert [(e["event"], e["worker"]) for e in pull.read_audit(sweep)] == [("claim", "w0"), ("end", "w0")]
+
+
 WORKERS_0 = "hydra.launcher.workers=0: an integer >= 1 (worker processes that drain the sweep)"
 
 

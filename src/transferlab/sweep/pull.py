@@ -193,7 +193,7 @@ class Claimer:
                  "released": None, "attempt": int((previous or {}).get("attempt") or 0) + 1,
                  "taken_from": (previous or {}).get("worker")}
         self._dir(unit).mkdir(parents=True, exist_ok=True)
-        self.taken_at[unit.name] = self.clock()  # no claimer sees the claim earlier: the holder's fence counts from here
+        self.taken_at[unit.name] = self.clock()  # the holder's fence counts from the write
         write_json(self._dir(unit) / CLAIM_FILE, claim)
         self._seen.pop(unit.name, None)
         event = "reclaim" if previous else "claim"
@@ -340,9 +340,9 @@ class StopOnSignal:
 def drain(sweep_dir: str | Path, worker: str, run_unit: Callable[[Unit], str | None], poll_s: float = 2.0,
           exit: Callable[[int], Any] = os._exit) -> int:
     """The worker loop: claim a unit, run it with a heartbeat, record its end; wait while units are held by others
-    (one may die and need taking over); return the number of units this worker ran once every unit has ended, or
-    once it was told to stop (`StopOnSignal`). `run_unit` returns None, or the error the run raised (its
-    result.json says the rest)."""
+    (one may die and need taking over); return the number of units this worker ran once every unit has ended. Told
+    to stop (`StopOnSignal`), it exits with `128 + signal` whatever it was doing when the signal came. `run_unit`
+    returns None, or the error the run raised (its result.json says the rest)."""
     claimer = Claimer(sweep_dir, worker)
     stop = StopOnSignal(worker, exit)
     ran = 0
@@ -372,6 +372,7 @@ def drain(sweep_dir: str | Path, worker: str, run_unit: Callable[[Unit], str | N
             claimer.end(unit, claim, error)
             stop.busy = False
             ran += 1
+        exit(128 + stop.requested)  # told to stop while busy: the same exit as a signal that found it idle
         return ran
     finally:
         stop.restore()
