@@ -227,23 +227,29 @@ def test_a_vectorised_cv_sweep_runs_its_members_one_after_the_other(tmp_path):
     assert again.returncode == 0 and "2 skipped" in again.stdout + again.stderr, again.stderr[-2000:]
 
 
-def test_a_tuned_cv_point_selects_by_mean_fold_score_and_equals_its_candidates_run_as_cv_points(make_cfg):
+@pytest.mark.parametrize("stack", ["false", "true"])
+def test_a_tuned_cv_point_selects_by_mean_fold_score_and_equals_its_candidates_run_as_cv_points(make_cfg, stack):
     """Each candidate is the separate cv point train.lr=<value> (same fingerprint, folds, choice and fit on all
     n); the point picks the highest mean held-out val/acc (ties: lower mean val/loss, then the earlier value) and
-    tests only that candidate; labels_used stays n."""
+    tests only that candidate; labels_used stays n. Stacked (fold fits j of both candidates as one model, the
+    default), the curves agree within float tolerance (training/stacked.py); one after the other, exactly."""
     lrs = (1e-4, 3e-2)
     point = ("target.n_per_class=2", "train.select=cv", *FAST)
-    tuned = run(make_cfg("tune.train.lr=[" + ",".join(map(str, lrs)) + "]", *point, run="tuned"))
+    tuned = run(make_cfg("tune.train.lr=[" + ",".join(map(str, lrs)) + "]", f"tune.stack={stack}", *point,
+                         run="tuned"))
     separate = {lr: run(make_cfg(f"train.lr={lr}", *point, run=f"lr{lr}")) for lr in lrs}
+    tol = {"abs": 1e-12} if stack == "false" else {"rel": 1e-4, "abs": 1e-5}
+    assert tuned["tuning"]["fitted"].startswith("2 candidates' cv fold fits stacked" if stack == "true" else
+                                                "one after the other (tune.stack=false)")
     cands = tuned["tuning"]["candidates"]
     for c, lr in zip(cands, lrs):
         assert c["fingerprint"] == separate[lr]["fingerprint"]
-        assert c["score"] == pytest.approx(separate[lr]["metrics"]["val/acc"])
-        assert c["cv_chosen"] == separate[lr]["cv"]["chosen"]
+        assert c["score"] == pytest.approx(separate[lr]["metrics"]["val/acc"], **tol)
+        assert c["cv_chosen"] == pytest.approx(separate[lr]["cv"]["chosen"], **tol)
     by_hand = min(lrs, key=lambda lr: (-separate[lr]["cv"]["chosen"]["val/acc"],
                                        separate[lr]["cv"]["chosen"]["val/loss"], lrs.index(lr)))
     assert tuned["tuning"]["chosen"] == {"train.lr": by_hand}
-    assert tuned["cv"]["chosen"] == separate[by_hand]["cv"]["chosen"]
+    assert tuned["cv"]["chosen"] == pytest.approx(separate[by_hand]["cv"]["chosen"], **tol)
     assert tuned["metrics"]["test/acc"] == pytest.approx(separate[by_hand]["metrics"]["test/acc"], abs=1e-6)
     assert tuned["selected_epoch"] == separate[by_hand]["selected_epoch"]
     assert tuned["labels_used"] == tuned["n_train"] == 10

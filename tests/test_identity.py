@@ -52,7 +52,7 @@ NEUTRAL_COVERED = {"name", "paths", "logger", "checkpoint", "lease", "train.feat
                    "train.feature_cache_max_gb", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                    "trainer.accelerator",
                    "target.path", "hydra", "target.root", "source.path", "source.root", "transfer.scores",
-                   "group"}
+                   "group", "tune.stack"}
 
 
 def test_the_neutral_list_is_exactly_what_the_tests_cover():
@@ -61,7 +61,8 @@ def test_the_neutral_list_is_exactly_what_the_tests_cover():
     # hydra: not part of a task's config at all; *.root / source.path: the same rule as target.path (bytes hashed),
     # covered by test_input_content_is_identity_and_its_location_is_not for files and the tree test for folders.
     # group: a vectorised group's members equal their separate runs within float tolerance (tests/test_stacked.py:
-    # same fingerprint, curves, selection, test metrics, frozen bytes).
+    # same fingerprint, curves, selection, test metrics, frozen bytes). tune.stack: a tuned point's candidates, stacked
+    # or one after the other, equal their separate runs (tests/test_tuning.py, tests/test_cv.py, tests/test_stacked.py).
 
 
 def test_neutral_keys_change_neither_fingerprint_nor_numbers(tmp_path):

@@ -52,11 +52,20 @@ def _count_tests(monkeypatch) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("select", ["best_val", "last"])
-def test_a_tuned_point_equals_its_candidates_run_as_separate_points(make_cfg, monkeypatch, select):
+@pytest.mark.parametrize("select, stack", [("best_val", "false"), ("last", "false"), ("best_val", "true")])
+def test_a_tuned_point_equals_its_candidates_run_as_separate_points(make_cfg, monkeypatch, select, stack):
+    """One after the other (tune.stack=false) each candidate is its separate point bit for bit but for the order
+    of float sums in testing; stacked (the default), within float tolerance (training/stacked.py: vmap changes the
+    order of float operations; the 3e-2 candidate's loss of about 15 amplifies it)."""
     tests = _count_tests(monkeypatch)
-    tuned = run(make_cfg(GRID, f"train.select={select}", *POINT, run="tuned"))
+    tuned = run(make_cfg(GRID, f"train.select={select}", f"tune.stack={stack}", *POINT, run="tuned"))
     t = tuned["tuning"]
+    assert t["fitted"] == ("3 candidates in one stacked fit" if stack == "true" else
+                           "one after the other (tune.stack=false)")
+    tight = stack == "false"
+
+    def same(x, tol=1e-6):
+        return pytest.approx(x, abs=tol) if tight else pytest.approx(x, rel=1e-4, abs=1e-5)
     # the selected candidate is tested first; the others' kept models only after it, once each (hindsight)
     others = [str(Path(c["dir"]) / "checkpoints" / "best.ckpt") for c in t["candidates"]
               if c["index"] != t["chosen_index"]]
@@ -66,19 +75,20 @@ def test_a_tuned_point_equals_its_candidates_run_as_separate_points(make_cfg, mo
     assert [c["fingerprint"] for c in t["candidates"]] == [separate[lr]["fingerprint"] for lr in LRS]
     assert [c["values"] for c in t["candidates"]] == [{"train.lr": lr} for lr in LRS]
     for c, lr in zip(t["candidates"], LRS):  # and it trained as that point did
-        assert c["score"] == pytest.approx(separate[lr]["metrics"]["val/acc"], abs=1e-7)
+        assert c["score"] == same(separate[lr]["metrics"]["val/acc"], 1e-7)
         assert c["selected_epoch"] == separate[lr]["selected_epoch"]
         stored = json.loads((Path(c["dir"]) / CANDIDATE_FILE).read_text())
-        assert stored["history"]["val/acc"] == pytest.approx(separate[lr]["metrics"]["val/acc_history"], abs=1e-7)
+        assert stored["history"]["val/acc"] == same(separate[lr]["metrics"]["val/acc_history"], 1e-7)
+        assert stored["history"]["val/loss"] == same(separate[lr]["metrics"]["val/loss_history"])
         # its hindsight numbers are that point's own test numbers (never in candidate.json: not known at training)
         for key in ("test/acc", "test/loss", "test/balanced_acc", "test/macro_f1"):
-            assert c["hindsight_test"][key] == pytest.approx(separate[lr]["metrics"][key], abs=1e-6), key
+            assert c["hindsight_test"][key] == same(separate[lr]["metrics"][key]), key
         assert "hindsight_test" not in stored
     # same choice, same test numbers
     pick = _by_hand(separate)
     assert t["chosen"] == {"train.lr": pick} and t["candidates"][t["chosen_index"]]["values"] == {"train.lr": pick}
     for key in ("test/acc", "test/loss", "test/balanced_acc", "test/macro_f1", "test/pred_counts"):
-        assert tuned["metrics"][key] == pytest.approx(separate[pick]["metrics"][key], abs=1e-6), key
+        assert tuned["metrics"][key] == same(separate[pick]["metrics"][key]), key
     assert tuned["selected_epoch"] == separate[pick]["selected_epoch"]
     assert len({separate[lr]["metrics"]["test/acc"] for lr in LRS}) > 1  # the choice mattered
     # the point's own identity: the grid and the protocol, never a candidate's

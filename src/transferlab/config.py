@@ -335,6 +335,9 @@ class TuneConfig:
     are tested after the choice, for hindsight only: run/hindsight.py)."""
 
     train: TuneTrainConfig = field(default_factory=TuneTrainConfig)  # type: ignore[valid-type]
+    # Candidates that can share one stacked fit train as one (training/stacked.py: they differ only in learning rate
+    # or weight decay; under cv, fold by fold); false: one after the other. A speed setting: not in the identity.
+    stack: bool = True
 
 
 # ---------------------------------------------------------------- what is transferred

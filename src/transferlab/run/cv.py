@@ -143,20 +143,40 @@ def _fold_config(cfg: DictConfig, fdir: Path) -> DictConfig:
     return out
 
 
+def reusable_fold(exp: Experiment, p: Plan, j: int) -> FoldFit | None:
+    """Fold fit j of the point `exp` as an earlier attempt finished it, or None (then it is trained)."""
+    return _reusable(j, fold_fingerprint(exp.fingerprint, p.k, j), exp.run_dir / FOLDS_DIR / str(j))
+
+
+def fold_experiment(exp: Experiment, p: Plan, j: int) -> Experiment:
+    """Fold fit j of the point `exp` as a run of its own (not built): the point's config and net, trained on the
+    subset minus fold j and validated on fold j, under the shared fold budget, in `<point>/folds/<j>/`."""
+    fdir = exp.run_dir / FOLDS_DIR / str(j)
+    prep = dataclasses.replace(exp.prep, target=p.tasks[j], budget=p.budget)
+    return Experiment(_fold_config(exp.cfg, fdir), inputs=exp.inputs, prepared=prep,
+                      fingerprint=fold_fingerprint(exp.fingerprint, p.k, j),
+                      features_of=exp.prep.target)  # the point's cached prefix features serve every fold
+
+
+def fold_record(fold: Experiment, p: Plan, j: int, outcome: FitOutcome, wall_s: float) -> FoldFit:
+    """The finished fold fit's fold.json, written (sealed)."""
+    fit = FoldFit(index=j, fingerprint=fold.fingerprint, dir=str(fold.run_dir), n_train=len(p.tasks[j].train_indices),
+                  n_val=len(p.tasks[j].val_y), steps_per_epoch=p.steps_per_epoch[j], epochs=outcome.epochs,
+                  steps=outcome.steps, history={k: list(v) for k, v in outcome.history.items()}, wall_s=wall_s)
+    fit.write()
+    return fit
+
+
 def fit_fold(exp: Experiment, p: Plan, j: int) -> FoldFit:
     """Train fold fit j of the point `exp` (no test) in `<point>/folds/<j>/`, or reuse a finished one."""
-    fdir = exp.run_dir / FOLDS_DIR / str(j)
-    fp = fold_fingerprint(exp.fingerprint, p.k, j)
-    done = _reusable(j, fp, fdir)
+    done = reusable_fold(exp, p, j)
     if done is not None:
         log.info("cv: fold %d/%d is done already; not trained again", j + 1, p.k)
         return done
     log.info("cv: fold %d/%d (train %d, validate %d)", j + 1, p.k, len(p.tasks[j].train_indices),
              len(p.tasks[j].val_y))
     t0 = time.perf_counter()
-    prep = dataclasses.replace(exp.prep, target=p.tasks[j], budget=p.budget)
-    fold = Experiment(_fold_config(exp.cfg, fdir), inputs=exp.inputs, prepared=prep, fingerprint=fp,
-                      features_of=exp.prep.target)  # the point's cached prefix features serve every fold
+    fold = fold_experiment(exp, p, j)
     fold.build(score=False)
     try:
         outcome = fold.fit(logger=fold.open_logger(job_type="cv_fold"), test=False)
@@ -164,12 +184,7 @@ def fit_fold(exp: Experiment, p: Plan, j: int) -> FoldFit:
         finish_logger(fold.logger, failed=True)
         raise
     finish_logger(fold.logger, failed=False)
-    fit = FoldFit(index=j, fingerprint=fp, dir=str(fdir), n_train=len(p.tasks[j].train_indices),
-                  n_val=len(p.tasks[j].val_y), steps_per_epoch=p.steps_per_epoch[j], epochs=outcome.epochs,
-                  steps=outcome.steps, history={k: list(v) for k, v in outcome.history.items()},
-                  wall_s=time.perf_counter() - t0)
-    fit.write()
-    return fit
+    return fold_record(fold, p, j, outcome, time.perf_counter() - t0)
 
 
 def mean_curve(fits: list[FoldFit]) -> dict[str, list]:
@@ -194,17 +209,18 @@ def choose(curve: dict[str, list]) -> int:
     return min(range(len(curve["epoch"])), key=key)
 
 
-def fit(exp: Experiment, test: bool = True, score: bool = True, job_type: str = "target"
-        ) -> tuple[FitOutcome, dict[str, Any]]:
+def fit(exp: Experiment, test: bool = True, score: bool = True, job_type: str = "target",
+        trained: dict[int, FoldFit] | None = None) -> tuple[FitOutcome, dict[str, Any]]:
     """The protocol on an opened Experiment (the point's, or a tuned point's candidate's): k fold fits, the
     choice, the fit on all n stopped at the chosen step (tested when `test`; `score` and `job_type` as
-    `Experiment.build` and `open_logger` take them). Returns its outcome, whose `best_val_acc` is the mean
+    `Experiment.build` and `open_logger` take them). `trained`: fold fits this attempt already made elsewhere (a
+    tuned point's candidates stack theirs, run/tuning.py). Returns its outcome, whose `best_val_acc` is the mean
     held-out accuracy at the chosen check, and the record's `cv` block."""
     p = plan(exp.cfg, exp.prep)
     # The source model first, as the point's own (pretrained in its folder on a cache miss): the fold fits and the
     # fit on all n then load it from the cache, and the record says whether this point trained it.
     source_status = source_weights(exp.cfg, exp.prep, exp.run_dir)[1]
-    fits = [fit_fold(exp, p, j) for j in range(p.k)]
+    fits = [(trained or {}).get(j) or fit_fold(exp, p, j) for j in range(p.k)]
     curve = mean_curve(fits)
     i = choose(curve)
     steps = curve["step"][i]

@@ -61,6 +61,8 @@ NEUTRAL: dict[str, str] = {
                            "tolerance, tests/test_speed.py)",
     "train.feature_cache_max_gb": "whether the feature cache is used (above it: computed every epoch, as with "
                                   "train.feature_cache=off; tests/test_vit_peft.py)",
+    "tune.stack": "whether a tuned point's candidates share stacked fits: each candidate equals its fit alone within "
+                  "float tolerance (tests/test_stacked.py, tests/test_tuning.py)",
     "transfer.scores": "transferability scores measured on the copied features before training (no gradient, "
                        "eval mode, the random state restored): the trained model is the same",
     "trainer.enable_progress_bar": "terminal output only",

@@ -14,8 +14,8 @@ separate run (`Experiment.build`, `Experiment.fit`), minus the test. Its score i
 on the split carved out of the n (tasks/budget_val.py: one split, the same for every candidate, since it depends on
 `data_seed` only), under `last`/`fixed_epoch` the final or fixed epoch's, under `cv` the mean held-out val/acc of
 its k fold fits at the check they chose (run/cv.py: the candidate is then its fit on all n stopped at that step; the
-folds depend on `data_seed` only, so every candidate is judged on the same folds; k + 1 fits per candidate). The highest score wins; ties go to the
-lower val/loss of that model, then to the earlier candidate. A candidate whose loss turns NaN/inf has lost (its
+folds depend on `data_seed` only, so every candidate is judged on the same folds; k + 1 fits per candidate). The
+highest score wins; ties go to the lower val/loss of that model, then to the earlier candidate. A candidate whose loss turns NaN/inf has lost (its
 failure is recorded); the point fails only if every candidate does.
 
 The selected candidate is then tested from its best.ckpt with the point's own logger, and the point's result.json is
@@ -24,6 +24,11 @@ counts the validation split (the choice read it, run/labels.py; under cv it is n
 (run/record.py), plus the chosen candidate's `cv` block under cv. After that test, and only then, each other
 finished candidate's kept model is tested once, unlogged, for the report's oracle (`hindsight_test` in the block,
 run/hindsight.py); nothing reads those numbers to choose.
+
+Candidates that can share a fit train as one stacked model (`train_candidates`, `tune.stack`; under cv their fold
+fits, fold by fold): the candidates of a point differ only in their learning rate or weight decay, which the stacked
+model gives each member through its own optimizer groups (training/stacked.py); each equals its separate fit within
+float tolerance. The rest train one after the other, each as its separate run.
 
 Resume: a killed point starts again and reuses a candidate only when its candidate.json says ok under the expected
 fingerprint and values and its best.ckpt verifies (checksum) as the model of the recorded epoch; anything else is
@@ -41,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab import versions
@@ -61,7 +67,7 @@ def check_grid(cfg: Any) -> list[Problem]:
     """The `tune` node's own problems: keys that are not tunable (added with `+tune...`), values that are not a
     non-empty list of distinct values, and a run over several devices (a DDP run trains one model)."""
     node = plain(cfg.get("tune")) if cfg.get("tune") is not None else {}
-    out = [unknown_tune_key([str(k)]) for k in node if k != "train"]
+    out = [unknown_tune_key([str(k)]) for k in node if k not in ("train", "stack")]
     train = node.get("train") or {}
     out += [unknown_tune_key(["train", str(k)]) for k, v in train.items() if k not in TUNABLE and v is not None]
     grid = {k: v for k, v in tune_grid(cfg).items() if k.split(".", 1)[1] in TUNABLE}
@@ -106,6 +112,17 @@ def candidate_config(cfg: DictConfig, values: dict[str, Any], out_dir: str | Pat
 
 def _candidate_dir(run_dir: Path, fingerprint: str) -> Path:
     return run_dir / CANDIDATES_DIR / fingerprint
+
+
+def stack_expected(cfg: Any) -> bool:
+    """Will this point's candidates share stacked fits (`train_candidates`), as far as the config tells? Only
+    when `tune.stack` is on and every tuned key reaches the fit as an optimizer-group option
+    (`training.stacked.GROUP_OPTIONS`); the shape of the net can still keep them apart (the dry run's probe says)."""
+    from transferlab.training.stacked import GROUP_OPTIONS
+
+    grid = tune_grid(cfg)
+    return (bool((plain(cfg.get("tune")) or {}).get("stack", True)) and len(candidates(cfg)) > 1
+            and all(k.split(".", 1)[1] in GROUP_OPTIONS for k in grid))
 
 
 def check_candidates(cfg: DictConfig, inputs: dict) -> list[tuple[dict[str, Any], str]]:
@@ -226,40 +243,184 @@ def reusable(index: int, values: dict[str, Any], fp: str, cdir: Path) -> Candida
     return cand
 
 
-def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str, inputs: dict) -> Candidate:
-    """Fit one candidate as its separate run fits (no test) in its own folder; a NaN/inf loss is a lost candidate."""
+def _open(cfg: DictConfig, index: int, values: dict[str, Any], fp: str, inputs: dict):
+    """The candidate's run (not built) in its own folder, and its record to fill."""
     from transferlab.run.experiment import Experiment
-    from transferlab.training.loggers import finish_logger
 
     cdir = _candidate_dir(Path(str(cfg.paths.output_dir)), fp)
-    t0 = time.perf_counter()
     exp = Experiment(candidate_config(cfg, values, cdir), inputs=inputs)
     if exp.fingerprint != fp:  # the same derivation as check_candidates; a mismatch is a bug, never a result
         raise RuntimeError(f"candidate {values}: fingerprint {exp.fingerprint}, expected {fp}")
-    cand = Candidate(index=index, values=values, fingerprint=fp, dir=str(cdir))
-    try:
-        if str(cfg.train.select) == "cv":  # k fold fits choose its steps, then its fit on all n (run/cv.py)
-            from transferlab.run import cv
+    return exp, Candidate(index=index, values=values, fingerprint=fp, dir=str(cdir))
 
-            outcome, cand.cv = cv.fit(exp, test=False, score=False, job_type="candidate")
-        else:
-            exp.build(score=False)  # scores do not depend on the candidate: the point records them once
-            outcome = exp.fit(logger=exp.open_logger(job_type="candidate"), test=False)
-    except NonFiniteLossError as e:
-        finish_logger(exp.logger, failed=True)
-        cand.status, cand.error, cand.wall_s = "failed", failure_text(e), time.perf_counter() - t0
-        cand.write()
-        log.warning("tune: candidate %s lost: %s", values, cand.error)
-        return cand
+
+def _lost(exp, cand: Candidate, error: BaseException, wall_s: float) -> Candidate:
+    """A candidate whose loss turned NaN/inf: it lost (recorded); the others go on."""
+    from transferlab.training.loggers import finish_logger
+
+    finish_logger(exp.logger, failed=True)
+    cand.status, cand.error, cand.wall_s = "failed", failure_text(error), wall_s
+    cand.write()
+    log.warning("tune: candidate %s lost: %s", cand.values, cand.error)
+    return cand
+
+
+def _done(exp, cand: Candidate, outcome, wall_s: float) -> Candidate:
+    """A fitted candidate's score, curves and kept model into candidate.json."""
+    from transferlab.training.loggers import finish_logger
+
     finish_logger(exp.logger, failed=False, summary={"val/acc": outcome.best_val_acc})
     cand.score = _finite(outcome.best_val_acc)
     cand.selected_epoch, cand.epochs, cand.steps = outcome.selected_epoch, outcome.epochs, outcome.steps
     cand.history = {k: list(v) for k, v in outcome.history.items()}
     cand.val_loss = cand.cv["chosen"]["val/loss"] if cand.cv else _loss_at(cand.history, cand.selected_epoch)
     cand.best_ckpt, cand.resumed_from = outcome.best_ckpt, outcome.resumed_from
-    cand.wall_s = time.perf_counter() - t0
+    cand.wall_s = wall_s
     cand.write()
     return cand
+
+
+def _fit(exp, cand: Candidate, t0: float, folds: dict | None = None) -> Candidate:
+    """Fit one opened candidate as its separate run fits (no test); `folds`: its cv fold fits made already."""
+    try:
+        if str(exp.cfg.train.select) == "cv":  # k fold fits choose its steps, then its fit on all n (run/cv.py)
+            from transferlab.run import cv
+
+            outcome, cand.cv = cv.fit(exp, test=False, score=False, job_type="candidate", trained=folds)
+        else:
+            if exp.module is None:  # not built yet (candidates stacked or not are built before their fits)
+                exp.build(score=False)  # scores do not depend on the candidate: the point records them once
+            outcome = exp.fit(logger=exp.open_logger(job_type="candidate"), test=False)
+    except NonFiniteLossError as e:
+        return _lost(exp, cand, e, time.perf_counter() - t0)
+    return _done(exp, cand, outcome, time.perf_counter() - t0)
+
+
+def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str, inputs: dict) -> Candidate:
+    """Fit one candidate as its separate run fits (no test) in its own folder; a NaN/inf loss is a lost candidate."""
+    t0 = time.perf_counter()
+    exp, cand = _open(cfg, index, values, fp, inputs)
+    return _fit(exp, cand, t0)
+
+
+def train_candidates(cfg: DictConfig, todo: list[tuple[int, dict[str, Any], str]], inputs: dict
+                     ) -> tuple[list[Candidate], str]:
+    """Fit the candidates `todo` ((index, values, fingerprint) each): as one stacked model when they can share
+    one (`run/stack.py`: they differ only in learning rate or weight decay, elementwise optimizer, ...; under cv
+    their fold fits j stack, fold by fold, and the fits on all n, which stop at different steps, run one after
+    the other), else one after the other. Returns them and how they were fitted, in words (the tuning block)."""
+    if not todo:
+        return [], "none trained: every candidate was done already"
+    if len(todo) < 2:
+        return [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in todo], "one candidate trained"
+    if not bool(cfg.tune.get("stack", True)):
+        return [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in todo], "one after the other (tune.stack=false)"
+    from transferlab.training.callbacks import _rng_state
+
+    t0 = time.perf_counter()
+    opened = [_open(cfg, i, v, fp, inputs) for i, v, fp in todo]
+    exps = [e for e, _ in opened]
+    if str(cfg.train.select) == "cv":
+        return _stacked_folds(opened, t0)
+    rngs = []
+    for e in exps:
+        e.build(score=False)
+        rngs.append(_rng_state())  # where its own fit would start (dropout draws from it)
+    return _stacked(opened, rngs, t0)
+
+
+def _stacked(opened: list, rngs: list[dict], t0: float) -> tuple[list[Candidate], str]:
+    """Built candidates (not cv) in one stacked fit, or one after the other with the reason."""
+    from transferlab.run import stack
+    from transferlab.training import stacked
+    from transferlab.training.callbacks import _set_rng_state
+
+    exps = [e for e, _ in opened]
+    mem = stack.members(exps, rngs)
+    reason = stack.why_apart(exps, mem)
+    if reason:
+        log.warning("tune: the %d candidates train one after the other: %s", len(exps), reason)
+        out = []
+        for (e, cand), r in zip(opened, rngs):
+            _set_rng_state(r)
+            out.append(_fit(e, cand, time.perf_counter()))
+        return out, f"one after the other: {reason}"
+    log.info("tune: the %d candidates train as one stacked model", len(exps))
+    for e, m in zip(exps, mem):  # each candidate's own curves, logged while the stack trains
+        m.logger = e.open_logger(concurrent=True, job_type="candidate")
+    fits = stack.fit(exps, mem)
+    share = (time.perf_counter() - t0) / len(exps)
+    out = []
+    for (e, cand), m, f in zip(opened, mem, fits):
+        t1 = time.perf_counter()
+        try:
+            kept = stacked.keep_member(m, f)
+        except NonFiniteLossError as err:
+            out.append(_lost(e, cand, err, share + time.perf_counter() - t1))
+            continue
+        out.append(_done(e, cand, kept, share + time.perf_counter() - t1))
+    return out, f"{len(exps)} candidates in one stacked fit"
+
+
+def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
+    """Cv candidates: fold fit j of every candidate still to train it, as one stacked fit per fold; then each
+    candidate's choice and fit on all n (run/cv.py) one after the other. A candidate whose fold fit lost (NaN/inf)
+    has lost and trains no further fold."""
+    from transferlab.run import cv, stack
+    from transferlab.run.experiment import source_weights
+    from transferlab.training import stacked
+    from transferlab.training.callbacks import _rng_state
+    from transferlab.training.loggers import finish_logger
+
+    exps = [e for e, _ in opened]
+    plans = [cv.plan(e.cfg, e.prep) for e in exps]
+    source_weights(exps[0].cfg, exps[0].prep, exps[0].run_dir)  # a cold source model: pretrained once, here
+    folds: list[dict[int, cv.FoldFit]] = [{} for _ in exps]
+    lost: dict[int, BaseException] = {}
+    reason = None
+    if len({p.k for p in plans}) > 1 or any(not np.array_equal(p.folds, plans[0].folds) for p in plans):
+        reason = "the candidates' folds differ"
+    for j in range(plans[0].k):
+        if reason:
+            break
+        todo = [c for c in range(len(exps)) if c not in lost and cv.reusable_fold(exps[c], plans[c], j) is None]
+        if len(todo) < 2:
+            continue  # cv.fit trains or reuses it
+        runs = [cv.fold_experiment(exps[c], plans[c], j) for c in todo]
+        rngs = []
+        for r in runs:
+            r.build(score=False)
+            rngs.append(_rng_state())
+        mem = stack.members(runs, rngs)
+        reason = stack.why_apart(runs, mem)
+        if reason:
+            break
+        log.info("cv: fold %d/%d of %d candidates as one stacked model", j + 1, plans[0].k, len(todo))
+        t1 = time.perf_counter()
+        for r, m in zip(runs, mem):
+            m.logger = r.open_logger(concurrent=True, job_type="cv_fold")
+        fits = stack.fit(runs, mem)
+        share = (time.perf_counter() - t1) / len(runs)
+        for c, r, m, f in zip(todo, runs, mem, fits):
+            try:
+                kept = stacked.keep_member(m, f)
+            except NonFiniteLossError as err:
+                finish_logger(r.logger, failed=True)
+                lost[c] = err
+                continue
+            finish_logger(r.logger, failed=False)
+            folds[c][j] = cv.fold_record(r, plans[c], j, kept, share)
+    if reason:
+        log.warning("tune: the candidates' cv fold fits train one after the other: %s", reason)
+    out = []
+    for c, (e, cand) in enumerate(opened):
+        if c in lost:
+            out.append(_lost(e, cand, lost[c], (time.perf_counter() - t0) / len(exps)))
+            continue
+        out.append(_fit(e, cand, time.perf_counter(), folds=folds[c]))
+    how = f"one after the other: {reason}" if reason else (
+        f"{len(exps)} candidates' cv fold fits stacked fold by fold; their fits on all n one after the other")
+    return out, how
 
 
 def choose(cands: list[Candidate]) -> Candidate | None:
@@ -270,7 +431,8 @@ def choose(cands: list[Candidate]) -> Candidate | None:
     return min(scored, key=lambda c: (-c.score, math.inf if c.val_loss is None else c.val_loss, c.index))
 
 
-def tuning_block(cfg: DictConfig, cands: list[Candidate], chosen: Candidate) -> dict[str, Any]:
+def tuning_block(cfg: DictConfig, cands: list[Candidate], chosen: Candidate, fitted: str | None = None
+                 ) -> dict[str, Any]:
     """The `tuning` block of the point's result.json (run/record.py)."""
     select = str(cfg.train.select)
     split = ("the validation split carved out of the n (tasks/budget_val.py)" if select == "val_in_budget"
@@ -284,7 +446,8 @@ def tuning_block(cfg: DictConfig, cands: list[Candidate], chosen: Candidate) -> 
                          "cv_folds": cfg.train.get("cv_folds")},
             "score": score,
             "rule": RULE, "hindsight": hindsight.WHAT, "candidates": [c.summary() for c in cands],
-            "chosen": dict(chosen.values), "chosen_index": chosen.index}
+            "chosen": dict(chosen.values), "chosen_index": chosen.index,
+            "fitted": fitted}  # how this attempt fitted the candidates it trained (`train_candidates`)
 
 
 # ---------------------------------------------------------------- the point
@@ -322,15 +485,17 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
     log.info("tune: %d candidates of %s (train.select=%s)", len(planned), tune_grid(cfg), cfg.train.select)
     cands: list[Candidate] = []
     try:
+        found: dict[int, Candidate] = {}
         for i, (values, cfp) in enumerate(planned):
             cand = reusable(i, values, cfp, _candidate_dir(run_dir, cfp))
             if cand is not None:
                 log.info("tune: candidate %d/%d %s is done already (val/acc %s); not trained again", i + 1,
                          len(planned), values, cand.score)
-            else:
-                log.info("tune: candidate %d/%d %s", i + 1, len(planned), values)
-                cand = train_candidate(cfg, i, values, cfp, inputs)
-            cands.append(cand)
+                found[i] = cand
+        todo = [(i, values, cfp) for i, (values, cfp) in enumerate(planned) if i not in found]
+        trained, how = train_candidates(cfg, todo, inputs)
+        found.update({c.index: c for c in trained})
+        cands = [found[i] for i in range(len(planned))]
         chosen = choose(cands)
         if chosen is None:
             raise NoCandidateLeft(f"all {len(cands)} candidates failed: "
@@ -346,7 +511,7 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
     rec.seed_group = identity.seed_group_key(cfg, inputs)
     rec.labels_used = labels.labels_used(str(cfg.train.select), cfg.train.get("scheduler"), rec.n_train, rec.n_val,
                                          tuned=True)
-    rec.tuning = tuning_block(cfg, cands, chosen)
+    rec.tuning = tuning_block(cfg, cands, chosen, how)
     rec.cv = chosen.cv  # train.select=cv: the chosen candidate's folds and step (run/cv.py)
     try:
         exp.build()  # the point's transferability scores, its net and test batches (the chosen candidate's)
@@ -354,7 +519,7 @@ def run_tuned(cfg: DictConfig) -> dict[str, Any]:
                                  trainer_cfg=cfg.trainer, logger=exp.open_logger())
         # chosen and tested: only now the other candidates' test numbers, for the report's oracle
         hindsight.test_candidates(cands, chosen, tested, lambda c: candidate_config(cfg, c.values, c.dir), inputs)
-        rec.tuning = tuning_block(cfg, cands, chosen)
+        rec.tuning = tuning_block(cfg, cands, chosen, how)
         return exp.close(FitOutcome(test=tested, best_val_acc=float("nan") if chosen.score is None else chosen.score,
                                     best_ckpt=str(chosen.best_ckpt), epochs=int(chosen.epochs or 0),
                                     history=chosen.history, resumed_from=chosen.resumed_from, steps=chosen.steps,

@@ -10,7 +10,7 @@ built as a single run builds (`Experiment.build`), then the members train as one
 in this process, each from the random state its own run would have. Every member writes its own result.json,
 best.ckpt and logs, so skip, resume, status and the report see ordinary points. Members that make several fits
 each, tuned ones (`tune.*`, run/tuning.py) and cross-validated ones (`train.select=cv`, run/cv.py), run one after
-the other, each as its own point would.
+the other, each as its own point would (a tuned member stacks its own candidates).
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def _run_one_by_one(cfg: DictConfig, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Members that make several fits each (tuned: run/tuning.py; cv: run/cv.py) run one after the other, each
-    exactly as its own point runs (`experiment.run`): stacking a point's candidates or fold fits, or those of
-    several members, is not built yet."""
+    exactly as its own point runs (`experiment.run`; a tuned point stacks its own candidates, run/tuning.py):
+    stacking the fits of several members is not built."""
     from transferlab.errors import ConfigError, problem
     from transferlab.run import identity
     from transferlab.run.experiment import run
@@ -138,13 +138,11 @@ def _shared_time(exps: list[Experiment], start: float) -> float:
 
 
 def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int, start: float) -> list[str]:
+    from transferlab.run import stack
     from transferlab.training import stacked
 
-    mem = [stacked.Member(module=e.module, batches=e.batches, plan=e.prep.plan, ckpt_dir=e.run_dir / "checkpoints",
-                          rng=r["torch"], select=str(e.cfg.train.select),
-                          select_epoch=e.cfg.train.select_epoch) for e, r in zip(exps, rngs)]
-    reason = stacked.why_sequential(mem, train_cfg=cfg.train, trainer_cfg=cfg.trainer,
-                                    epochs=[e.prep.budget.epochs for e in exps])
+    mem = stack.members(exps, rngs)
+    reason = stack.why_apart(exps, mem)
     leader = Path(str(cfg.group)).parent.name
     for e in exps:
         e.record.group = {"leader": leader, "size": size, "mode": "sequential" if reason else "stacked",
@@ -166,8 +164,7 @@ def _train(cfg: DictConfig, exps: list[Experiment], rngs: list[dict], size: int,
     for e, m in zip(exps, mem):  # every member's own W&B run (or CSV log) open now: curves arrive while it trains
         m.logger = e.open_logger(concurrent=True)
     try:
-        fits = stacked.fit_stacked(mem, max_epochs=exps[0].prep.budget.epochs, trainer_cfg=cfg.trainer,
-                                   val_epochs=exps[0].prep.budget.val_epochs)
+        fits = stack.fit(exps, mem)
     except Exception as err:  # the group itself broke: every member fails with it
         for e in exps:
             e.fail(err)

@@ -104,8 +104,11 @@ class Work:
     source: str | None = None           # key of the source model it reads (None: reads none)
     features: str | None = None         # the frozen-prefix feature pass it trains on (None: none)
     error: str | None = None            # why its config checks fail (it would fail at setup, before training)
-    candidates: int = 1                 # fits a point makes, each at the point's shape: a tuned point's candidates
-    #                                     (run/tuning.py), times k + 1 under train.select=cv (run/cv.py)
+    candidates: int = 1                 # fits a point makes alone, each at the point's shape: a tuned point's
+    #                                     candidates (run/tuning.py), times k + 1 under train.select=cv (run/cv.py)
+    stacked_fits: int = 0               # stacked fits it makes besides: a tuned point's candidates as one (1), or
+    #                                     their cv fold fits fold by fold (k; their fits on all n are `candidates`)
+    stack_size: int = 1                 # members of each stacked fit (the candidates)
 
 
 @dataclass
@@ -220,25 +223,16 @@ def run_cost(w: Work, t: Timing) -> float:
     per_epoch = t.epoch_s + sum(t.batch(b) for b in w.batches)
     scores = t.scores_s * w.n_train / t.scores_n if t.scores_n else t.scores_s
     fit = t.fixed_s + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s
+    if w.stacked_fits and t.stack_reason is None:  # the candidates' shared fits, then what runs alone
+        stacked = w.stacked_fits * stacked_fit_cost(w, t, w.stack_size)
+        return (w.candidates - w.stacked_fits * w.stack_size) * fit + stacked + scores + t.report_s
     return max(1, w.candidates) * fit + scores + t.report_s
 
 
-def stacks(unit: Sequence[Work], t: Timing) -> bool:
-    """Does this vectorised group train as one stacked model? (Not for a group of one, a shape the stacked model
-    cannot hold, or members whose budgets differ: `training.stacked.why_sequential`.)"""
-    first = unit[0]
-    return (len(unit) > 1 and t.stack_reason is None and all(w.candidates == 1 for w in unit)  # tuned: in turn
-            and all((w.shape, w.epochs, w.batches, w.checks) == (first.shape, first.epochs, first.batches,
-                                                                  first.checks) for w in unit))
-
-
-def group_cost(unit: Sequence[Work], t: Timing) -> float:
-    """A stacked group of K members (see the module docstring); without stacked timings each member's batches and
-    validation are priced as alone, Lightning's per-epoch work once."""
-    k, w = len(unit), unit[0]
-    fixed = sum(t.fixed_s + (t.load_s if m.source else 0.0) for m in unit)
-    scores = sum((t.scores_s * m.n_train / t.scores_n if t.scores_n else t.scores_s) for m in unit)
-
+def stacked_fit_cost(w: Work, t: Timing, k: int) -> float:
+    """One stacked fit of k members of `w`'s shape and budget (without scores): each member's fixed cost, the
+    stacked batches and validation (measured at 2 and 4 members, a + c x k), Lightning's per-epoch work once;
+    without stacked timings each member's batches and validation are priced as alone."""
     def batch(b: int) -> float:
         if b in t.stacked_batch_s:
             a, c = t.stacked_batch_s[b]
@@ -247,7 +241,25 @@ def group_cost(unit: Sequence[Work], t: Timing) -> float:
 
     val = t.stacked_val_s[0] + t.stacked_val_s[1] * k if t.stacked_val_s else k * t.val_s
     epoch = t.epoch_s if t.stacked_epoch_s is None else t.stacked_epoch_s
-    return fixed + scores + w.epochs * (epoch + sum(batch(b) for b in w.batches)) + w.checks * val
+    fixed = k * (t.fixed_s + (t.load_s if w.source else 0.0))
+    return fixed + w.epochs * (epoch + sum(batch(b) for b in w.batches)) + w.checks * val
+
+
+def stacks(unit: Sequence[Work], t: Timing) -> bool:
+    """Does this vectorised group train as one stacked model? (Not for a group of one, a shape the stacked model
+    cannot hold, or members whose budgets differ: `training.stacked.why_sequential`.)"""
+    first = unit[0]
+    return (len(unit) > 1 and t.stack_reason is None  # tuned or cv members: one after the other
+            and all(w.candidates == 1 and not w.stacked_fits for w in unit)
+            and all((w.shape, w.epochs, w.batches, w.checks) == (first.shape, first.epochs, first.batches,
+                                                                  first.checks) for w in unit))
+
+
+def group_cost(unit: Sequence[Work], t: Timing) -> float:
+    """A stacked group of K members (see the module docstring); without stacked timings each member's batches and
+    validation are priced as alone, Lightning's per-epoch work once."""
+    scores = sum((t.scores_s * m.n_train / t.scores_n if t.scores_n else t.scores_s) for m in unit)
+    return stacked_fit_cost(unit[0], t, len(unit)) + scores  # members of one seed group: one cut, one shape
 
 
 def unit_cost(unit: Sequence[Work], timings: Mapping[str, Timing]) -> float:
@@ -600,6 +612,9 @@ def describe(items: Sequence[tuple[Any, Any]], *, cache_dir: str | None = None, 
                 continue
             work.epochs, work.n_train = int(budget.epochs), len(target.train_indices)
             work.candidates = (len(tuning.candidates(cfg)) or 1) * cv_fits(cfg, target)
+            if tuning.stack_expected(cfg):  # the candidates share one stacked fit (their fold fits, fold by fold)
+                work.stack_size = len(tuning.candidates(cfg))
+                work.stacked_fits = max(1, cv_fits(cfg, target) - 1)
             work.batches = epoch_batches(work.n_train, int(cfg.train.batch_size))
             work.checks = checks_of(budget)
             plan = prep.plan

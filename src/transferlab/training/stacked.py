@@ -1,6 +1,8 @@
-"""Train the K members of a vectorised seed group (runs of one config that differ only in `seed`/`data_seed`) as
-one stacked model: `torch.func.stack_module_state` + `functional_call` + `vmap`, the "model ensembling" recipe of
-the torch.func documentation, under one Lightning Trainer.
+"""Train K runs of one architecture as one stacked model: `torch.func.stack_module_state` + `functional_call` +
+`vmap`, the "model ensembling" recipe of the torch.func documentation, under one Lightning Trainer. The runs are
+the members of a vectorised seed group (one config but `seed`/`data_seed`/`pretrain.seed`, sweep/group_job.py) or
+a tuned point's candidates (one config but the learning rate or weight decay, run/tuning.py); `run/stack.py` turns
+built runs into members.
 
 Why: a sweep point at small n is too small to keep the hardware busy, and on a CPU most of a tiny point's time is
 the framework's work per epoch and per run (Lightning's loops and hooks, validation set-up, checkpoints), which a
@@ -12,7 +14,10 @@ What stays each member's own, so that a member's result is its separate run's (t
 - its optimisation: one optimizer over the stacked tensors steps each member as its own would only when its
   update is elementwise (SGD, Adam, AdamW and the others of `optim.ELEMENTWISE`, weight decay included); any
   other optimizer keeps the members apart (`why_sequential`); the loss is the sum of the members' mean losses,
-  whose gradient with respect to a member's slice is that member's gradient;
+  whose gradient with respect to a member's slice is that member's gradient. Members whose optimizer groups
+  carry different options (`GROUP_OPTIONS`: a candidate's rate, weight decay, layer-wise decay) each keep their
+  own leaves, of the single run's shapes, in their own groups, stacked for each forward; members may differ in
+  nothing else of `train`;
 - its BatchNorm statistics (stacked buffers, updated in place under vmap);
 - its dropout masks: drawn outside vmap from the member's own copy of the global RNG, in the order and with the
   calls torch's CPU dropout makes (`MemberDropout`), so they are the masks its separate run draws;
@@ -28,6 +33,7 @@ members run again (their finished siblings are skipped by the sweeper).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -56,6 +62,9 @@ BEST = "best.ckpt"
 # Layers that draw random numbers in training mode; nn.Dropout is reproduced per member (MemberDropout), the others
 # would draw one stream for the whole group.
 RANDOM_LAYERS = ("Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "DropPath")
+# Training settings (`TransferModule.optim`) that reach the fit only as the options of each member's optimizer
+# parameter groups (`TransferModule.param_groups`), so members may differ in them (a tuned point's candidates).
+GROUP_OPTIONS = ("lr", "weight_decay", "lr_decay", "decay_norm_and_bias")
 TRAINER_KEYS_OURS = ("logger", "callbacks", "enable_checkpointing", "enable_model_summary", "num_sanity_val_steps",
                      "max_epochs")
 
@@ -110,10 +119,17 @@ def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: lis
         return "the feature cache serves some members only"
     if len({(m.select, m.select_epoch) for m in members}) > 1:
         return "the members' selection rules differ"
+    differ = sorted({k for m in members for k in {*m.module.optim, *first.module.optim}
+                     if k not in GROUP_OPTIONS and m.module.optim.get(k) != first.module.optim.get(k)})
+    if differ:
+        return f"the members' training settings differ in {', '.join(differ)} (only {', '.join(GROUP_OPTIONS)} may)"
     if first.plan.peft is not None:
         return "PEFT modules (LoRA, VPT) are not stacked"
     if any(m.module.l2sp for m in members):
         return "L2-SP's anchor is per member"
+    layouts = [group_layout(named_groups(m.module)) for m in members]
+    if any(layout != layouts[0] for layout in layouts[1:]):
+        return "the members' optimizer parameter groups differ"
     if optim_nodes.reads_metric(train_cfg.get("scheduler")):
         return f"the scheduler {optim_nodes.target(train_cfg.get('scheduler'))} follows each member's own val/acc"
     not_elementwise = optim_nodes.why_not_stacked(train_cfg.get("optimizer"))
@@ -187,6 +203,21 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def named_groups(module: TransferModule) -> list[dict[str, Any]]:
+    """The module's optimizer groups (`TransferModule.param_groups`) with parameter names in place of tensors."""
+    names = {id(p): n for n, p in module.net.named_parameters()}
+    return [{k: v for k, v in g.items() if k != "params"} | {"names": [names[id(p)] for p in g["params"]]}
+            for g in module.param_groups()]
+
+
+def group_options(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in g.items() if k != "names"} for g in groups]
+
+
+def group_layout(groups: list[dict[str, Any]]) -> list[tuple[Any, list[str]]]:
+    return [(g.get("name"), list(g["names"])) for g in groups]
+
+
 # ----------------------------------------------------------------------------- the stacked module
 class StackedModule(L.LightningModule):
     """K TransferModules of one architecture as stacked tensors; `net` is member 0's structure (and modes, which
@@ -201,15 +232,20 @@ class StackedModule(L.LightningModule):
         self.net = copy.deepcopy(first.net)
         self.dropouts = swap_dropouts(self.net)
         params, buffers = stack_module_state([m.module.net for m in members])
-        groups = first.param_groups()
+        self._groups = [named_groups(m.module) for m in members]  # each member's own options (why_sequential)
+        self.trained_names = [n for g in self._groups[0] for n in g["names"]]
         names = {id(p): n for n, p in first.net.named_parameters()}
-        self.trained_names = [names[id(p)] for g in groups for p in g["params"]]
-        self._groups = [{k: v for k, v in g.items() if k != "params"} | {"names": [names[id(p)] for p in g["params"]]}
-                        for g in groups]
         rel = {id(p): n for n, p in first.net.backbone_parameters()}
         self.block_name = {names[i]: r for i, r in rel.items()}  # full name -> block-relative (plan) name
-        self.trained = nn.ParameterDict({_key(n): nn.Parameter(params[n].detach().clone())
-                                         for n in self.trained_names})
+        # One stacked leaf per trained tensor when every member's optimizer groups carry the same options (a seed
+        # group); K leaves of the single run's shape, stacked in each forward, when a learning rate or weight decay
+        # is each member's own (a tuned point's candidates): a parameter group holds whole leaves.
+        self.per_member = any(group_options(g) != group_options(self._groups[0]) for g in self._groups[1:])
+        self.trained = nn.ParameterDict() if self.per_member else nn.ParameterDict(
+            {_key(n): nn.Parameter(params[n].detach().clone()) for n in self.trained_names})
+        self.trained_members = nn.ModuleList([nn.ParameterDict(
+            {_key(n): nn.Parameter(params[n][k].detach().clone()) for n in self.trained_names})
+            for k in range(len(members))] if self.per_member else [])
         self.fixed = nn.Module()  # frozen parameters and buffers: moved with the module, never stepped
         self.fixed_names = [n for n in params if n not in set(self.trained_names)] + list(buffers)
         for n in self.fixed_names:
@@ -229,9 +265,18 @@ class StackedModule(L.LightningModule):
         self.val_epochs: frozenset[int] | None = None  # 1-based epochs validated (fit_stacked); None: every one
 
     # -- state
+    def _leaves(self, n: str) -> list[nn.Parameter]:
+        """The leaves the optimizer steps for trained tensor `n`: the stacked one, or each member's."""
+        if self.per_member:
+            return [d[_key(n)] for d in self.trained_members]
+        return [self.trained[_key(n)]]
+
+    def _trained(self, n: str) -> torch.Tensor:
+        return torch.stack([d[_key(n)] for d in self.trained_members]) if self.per_member else self.trained[_key(n)]
+
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        params = {n: (self.trained[_key(n)] if _key(n) in self.trained else getattr(self.fixed, _key(n)))
-                  for n in self.param_names}
+        trained = set(self.trained_names)
+        params = {n: (self._trained(n) if n in trained else getattr(self.fixed, _key(n))) for n in self.param_names}
         buffers = {n: getattr(self.fixed, _key(n)) for n in self.buffer_names}
         return params, buffers
 
@@ -298,7 +343,8 @@ class StackedModule(L.LightningModule):
         plan = self.members[0].plan
         for n in self.trained_names:  # a schedule's not-yet-trained blocks get no gradient (grad None: no step)
             rel = self.block_name.get(n)
-            self.trained[_key(n)].requires_grad_(rel is None or plan.trainable_at(rel, epoch))
+            for leaf in self._leaves(n):
+                leaf.requires_grad_(rel is None or plan.trainable_at(rel, epoch))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -386,8 +432,12 @@ class StackedModule(L.LightningModule):
         self.log("val/acc", float(self._val[0].sum() / self._val[2].sum()))  # the group's mean, for the bar
 
     def configure_optimizers(self):
-        groups = [{k: v for k, v in g.items() if k != "names"} | {"params": [self.trained[_key(n)] for n in g["names"]]}
-                  for g in self._groups]
+        """Member 0's optimizer node over the groups: each member's own groups over its own leaves (per_member), or
+        the shared groups over the stacked leaves. An LR schedule scales every group from its own initial rate, as
+        each member's does alone."""
+        stores = list(enumerate(self.trained_members)) if self.per_member else [(0, self.trained)]
+        groups = [{k: v for k, v in g.items() if k != "names"} | {"params": [store[_key(n)] for n in g["names"]]}
+                  for k, store in stores for g in self._groups[k]]
         return optim_nodes.configure(self.optim, groups)
 
 
@@ -440,11 +490,10 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epoc
     return module.fits
 
 
-def test_member(member: Member, fit: MemberFit, *, trainer_cfg) -> FitOutcome:
-    """Write the member's selected model as its best.ckpt (the format `fit_and_test` writes) and test it once from
-    that file with the member's own module, so its test metrics come from the code a separate run uses (logged to
-    the member's logger, which got its curves during the fit)."""
-    logger = member.logger or False
+def keep_member(member: Member, fit: MemberFit) -> FitOutcome:
+    """Write the member's selected model as its best.ckpt (the format `fit_and_test` writes, sealed) and load it
+    into the member's module; its outcome without a test (a tuned point's candidate is tested only if chosen). A
+    member that failed raises its error."""
     if fit.error is not None:
         raise fit.error
     if fit.kept_state is None:
@@ -457,6 +506,18 @@ def test_member(member: Member, fit: MemberFit, *, trainer_cfg) -> FitOutcome:
         "epoch": fit.selected_epoch - 1, "global_step": fit.selected_step,
         "pytorch-lightning_version": L.__version__, "state_dict": module.state_dict(),
     }, best)
+    return FitOutcome(test={}, best_val_acc=float(fit.kept_acc), best_ckpt=str(best), epochs=fit.epochs,
+                      history={k: list(v) for k, v in fit.history.items()}, resumed_from=None, steps=fit.steps,
+                      selected_epoch=fit.selected_epoch)
+
+
+def test_member(member: Member, fit: MemberFit, *, trainer_cfg) -> FitOutcome:
+    """Keep the member's selected model (`keep_member`) and test it once from its best.ckpt with the member's own
+    module, so its test metrics come from the code a separate run uses (logged to the member's logger, which got
+    its curves during the fit)."""
+    logger = member.logger or False
+    kept = keep_member(member, fit)
+    module, best = member.module, Path(kept.best_ckpt)
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
     plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
     trainer = L.Trainer(logger=logger, enable_checkpointing=False, enable_model_summary=False, plugins=plugins,
@@ -464,6 +525,4 @@ def test_member(member: Member, fit: MemberFit, *, trainer_cfg) -> FitOutcome:
     # Read back (checksum verified) and loaded as `trainer.test(ckpt_path=best)` loads a single run's best.ckpt.
     module.load_state_dict(SafeCheckpointIO().load_checkpoint(best)["state_dict"], strict=True)
     tested = trainer.test(module, member.batches[2], verbose=False)[0]
-    return FitOutcome(test={k: float(v) for k, v in tested.items()}, best_val_acc=float(fit.kept_acc),
-                      best_ckpt=str(best), epochs=fit.epochs, history={k: list(v) for k, v in fit.history.items()},
-                      resumed_from=None, steps=fit.steps, selected_epoch=fit.selected_epoch)
+    return dataclasses.replace(kept, test={k: float(v) for k, v in tested.items()})
