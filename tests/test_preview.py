@@ -70,6 +70,21 @@ def test_a_tuned_point_pays_one_fit_per_candidate_and_never_stacks():
     assert not P.stacks(group, t) and P.unit_cost(group, {"A": t}) == pytest.approx(6 * fit)
 
 
+def test_a_tuned_point_whose_candidates_stack_pays_one_stacked_fit_and_under_cv_its_fits_on_all_n_alone():
+    t = _timing(stacked_epoch_s=0.008, stacked_batch_s={5: (0.003, 0.001)}, stacked_val_s=(0.01, 0.02))
+    fit = 1.0 + 0.1 + 320 * (0.01 + 0.002) + 40 * 0.05
+    stacked3 = 3 * (1.0 + 0.1) + 320 * (0.008 + 0.003 + 3 * 0.001) + 40 * (0.01 + 3 * 0.02)
+    tuned = P.Work("t", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1", candidates=3,
+                   stacked_fits=1, stack_size=3)
+    assert P.run_cost(tuned, t) == pytest.approx(stacked3) and stacked3 < 3 * fit
+    # cv, k = 2: 3 candidates x 3 fits; fold fits stacked fold by fold (2 stacked fits), 3 fits on all n alone
+    cv = P.Work("c", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1", candidates=9,
+                stacked_fits=2, stack_size=3)
+    assert P.run_cost(cv, t) == pytest.approx(2 * stacked3 + 3 * fit)
+    # a shape the stacked model cannot hold: every fit alone
+    assert P.run_cost(cv, replace_reason(t)) == pytest.approx(9 * fit)
+
+
 def test_a_vectorised_group_is_one_job_priced_as_a_stacked_model():
     t = _timing(stacked_epoch_s=0.008, stacked_batch_s={5: (0.003, 0.001)}, stacked_val_s=(0.01, 0.02))
     group = [P.Work(f"s{k}", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source=f"S{k}")
