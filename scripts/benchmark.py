@@ -40,7 +40,13 @@ as wall time; peak memory is the child's own max RSS (os.wait4). Rows:
    vectorised groups); "after": today's presets. Side by side in this run, and the summary's change: each arm's
    mean test accuracy per n, after minus before (the schedule changes which checkpoint is selected).
 
-    python scripts/benchmark.py --rows 7          # one row (any comma list of 1-10)
+11. tuned points (issue 26): the digits `experiment=ng_rule_tuned` preset (per-arm learning-rate grids, cv
+   selection; shrunk by --tuned-sweep) with each point's candidates stacked (`tune.stack=true`, the default: fold
+   fits fold by fold) vs one after the other (`tune.stack=false`), one multirun each from a warm source cache,
+   alternating order; the test accuracies' largest difference and whether every point chose the same values; the
+   dry run's estimate for the stacked side.
+
+    python scripts/benchmark.py --rows 7          # one row (any comma list of 1-11)
     python scripts/benchmark.py --rows 10 --before 6c5eed6   # row 10 against the code before issue 24
 """
 
@@ -339,6 +345,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="row 1: bare/transferlab pairs, alternating order")
     ap.add_argument("--preset-sweep", nargs="*", default=[],
                     help="row 10: overrides shrinking experiment=freeze_vs_n (default: the whole preset)")
+    ap.add_argument("--tuned-sweep", nargs="*", default=["target.n_per_class=5,20", "seed=0"],
+                    help="row 11: overrides that shrink experiment=ng_rule_tuned")
     ap.add_argument("--before", help="row 10: the git revision whose code is 'before' (default: today's code with "
                                      "the settings before issue 24)")
     ap.add_argument("--bare", choices=["scratch", "probe"], help=argparse.SUPPRESS)
@@ -668,6 +676,42 @@ def main() -> None:
             if a.before:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "before_src")],
                                capture_output=True)
+
+    # 11. tuned points: candidates stacked vs one after the other
+    if "11" in want:
+        shrink = a.tuned_sweep if not a.quick else ["target.n_per_class=5", "seed=0",
+                                                    "hydra.sweeper.grids.finetune=null"]
+        args = ["experiment=ng_rule_tuned", *shrink]
+        cache = work / "cache_11"
+        say("tuned points: the source model first (shared by both sides)")
+        tl(["experiment=ng_rule_tuned", "target.n_per_class=2", "train.max_epochs=1", "train.min_steps=null"], work,
+           "warm11", cache)
+        dry = work / "sweep11_dry.log"
+        timed([sys.executable, "-m", "transferlab.train", "-m", "logger=none", "trainer.enable_progress_bar=false",
+               f"paths.cache_dir={cache}", *args, "hydra.sweeper.dry_run=true",
+               f"hydra.sweep.dir={work / 'sweep11_true'}"], work, log=dry)
+        est = estimated_wall_s(dry.read_text())
+        times11 = {}
+        for stack in ("true", "false"):
+            say(f"tuned points: tune.stack={stack}")
+            times11[stack] = tl([*args, f"tune.stack={stack}"], work, f"sweep11_{stack}", cache, multirun=True)["s"]
+        recs = {st: {p.parent.name: json.loads(p.read_text()) for p in (work / f"sweep11_{st}").rglob("result.json")
+                     if p.parent.parent == work / f"sweep11_{st}"} for st in ("true", "false")}
+        same = sum(recs["true"][k]["tuning"]["chosen"] == recs["false"][k]["tuning"]["chosen"] for k in recs["true"])
+        diff = max(abs(recs["true"][k]["metrics"]["test/acc"] - recs["false"][k]["metrics"]["test/acc"])
+                   for k in recs["true"])
+        fits = sum(len(r["tuning"]["candidates"]) * (r["cv"]["fits"] if r.get("cv") else 1)
+                   for r in recs["true"].values())
+        rows.append((f"ng_rule_tuned ({' '.join(shrink)}): {len(recs['true'])} tuned cv points, {fits} fits: "
+                     "candidates stacked vs one after the other", f"{times11['true']:.0f} s",
+                     f"{times11['false']:.0f} s (tune.stack=false)",
+                     f"{times11['false'] / times11['true']:.2f}x faster", ""))
+        if est is not None:
+            rows.append(("the same stacked sweep: the dry run's wall-time estimate vs measured",
+                         f"{est:.0f} s (estimate)", f"{times11['true']:.0f} s (measured)",
+                         f"{est / times11['true'] - 1:+.0%}", "within +-30%"))
+        notes.append(f"row 11: {same} of {len(recs['true'])} points chose the same values stacked and apart; largest "
+                     f"test/acc difference {diff:.4f}")
 
     acc = ""
     if {"1", "2"} <= set(want):
