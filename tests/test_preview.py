@@ -85,6 +85,18 @@ def test_a_tuned_point_whose_candidates_stack_pays_one_stacked_fit_and_under_cv_
     assert P.run_cost(cv, replace_reason(t)) == pytest.approx(9 * fit)
 
 
+def test_a_point_of_several_fits_pays_its_opening_test_and_record_once_and_a_hindsight_test_per_other_candidate():
+    # fixed 1.0 of which 0.4 is a fit's own part; a test pass 0.2; the rest (opening, test, record) once per point
+    t = _timing(fit_only_s=0.4, test_s=0.2)
+    body = 0.1 + 320 * (0.01 + 0.002) + 40 * 0.05  # load + epochs + checks
+    alone = P.Work("a", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1")
+    assert P.run_cost(alone, t) == pytest.approx(1.0 + body)  # one fit: the whole run, as before
+    tuned = P.Work("t", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1", candidates=3, tuned=3)
+    assert P.run_cost(tuned, t) == pytest.approx(3 * (0.4 + body) + (1.0 - 0.4) + 2 * 0.2)
+    cv = P.Work("c", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source="S1", candidates=6)
+    assert P.run_cost(cv, t) == pytest.approx(6 * (0.4 + body) + (1.0 - 0.4))  # untuned cv: no hindsight test
+
+
 def test_a_vectorised_group_is_one_job_priced_as_a_stacked_model():
     t = _timing(stacked_epoch_s=0.008, stacked_batch_s={5: (0.003, 0.001)}, stacked_val_s=(0.01, 0.02))
     group = [P.Work(f"s{k}", "a", "A", epochs=320, batches=(5,), checks=40, n_train=5, source=f"S{k}")

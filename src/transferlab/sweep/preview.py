@@ -30,6 +30,9 @@ How it is made:
 
        batch(b)      the probe's time per training batch, plus bare(b) - bare(probe's batch size)
        run           fixed + load + epochs x (epoch + sum of batch(b) over one epoch's batches) + checks x val
+       point of F    F x (fit_only + load + epochs x ... + checks x val) + (fixed - fit_only) once + a test pass
+       fits          per candidate but the chosen one (a tuned point: F = candidates x (k + 1 under cv)); its
+                     candidates stacked: one group of C per stacked fit (1, or k under cv) + its fits on all n alone
        group of K    K x (fixed + load) + epochs x (epoch + sum of group_batch(b, K)) + checks x group_val(K)
                      (stacked; group_batch = Lightning's per-batch work once + the stacked step, linear in K
                      through the 2- and 4-member timings; a group the stacked model cannot hold is its runs in turn)
@@ -38,7 +41,7 @@ How it is made:
                      that trains on a frozen prefix computes the features (+ one pass over pool, val and test)
 
    `fixed` is a run's cost outside its epochs (opening, build, Trainer, the test pass over the whole test split,
-   checkpoints, the record); `epoch` the per-epoch work outside batches and validation (Lightning's loop, logging,
+   checkpoints, the record), `fit_only` its build, Trainer and checkpoints alone; `epoch` the per-epoch work outside batches and validation (Lightning's loop, logging,
    callbacks); `checks` how many validation passes the budget schedules; `val` one pass over the whole val split.
 4. **Wall time**: the units in launch order, each on the first free slot of the launcher (basic: 1; local_parallel:
    `n_jobs`, at most the device lease's slots, each worker paying its start-up once; slurm: `array_parallelism`,
@@ -109,6 +112,8 @@ class Work:
     stacked_fits: int = 0               # stacked fits it makes besides: a tuned point's candidates as one (1), or
     #                                     their cv fold fits fold by fold (k; their fits on all n are `candidates`)
     stack_size: int = 1                 # members of each stacked fit (the candidates)
+    tuned: int = 1                      # its candidates (run/tuning.py; 1: untuned): each but the chosen one is
+    #                                     tested once more after the choice (run/hindsight.py)
 
 
 @dataclass
@@ -131,6 +136,11 @@ class Timing:
     epoch_s: float                      # per epoch, outside its batches and validation
     batch_s: dict[int, float]           # one training batch (forward, backward, optimizer step) by batch size
     val_s: float                        # one validation pass over the whole val split
+    # the part of fixed_s a fit inside a point pays (a tuned point's candidate, a cv fold fit): its build, Trainer
+    # and checkpoints, without the run's opening checks, its test and its record, which the point pays once;
+    # None: not measured (every fit priced at fixed_s)
+    fit_only_s: float | None = None
+    test_s: float = 0.0                 # one test pass over the whole test split (a candidate's hindsight test)
     load_s: float = 0.0                 # reading a cached source model
     feature_s: float = 0.0              # one frozen-prefix pass over pool, val and test (once per key)
     save_s: float = 0.0                 # writing a source model to the cache (pretraining)
@@ -217,20 +227,26 @@ def cv_fits(cfg, target) -> int:
 
 # ----------------------------------------------------------------------------------------------- pricing (pure)
 def run_cost(w: Work, t: Timing) -> float:
-    """One point alone: fixed + load + epochs x (epoch + its batches) + checks x val (+ scores, its table). A tuned
-    point pays fixed + load + its fit once per candidate, priced at the point's own budget and batch size (a grid
-    over `max_epochs` or `batch_size` makes this rougher); its scores and table once."""
+    """One point alone: fixed + load + epochs x (epoch + its batches) + checks x val (+ scores, its table). A point
+    that makes several fits (a tuned point's candidates, cv's fold fits) pays each fit's own part (`fit_only_s`)
+    per fit, at the point's own budget and batch size (a grid over `max_epochs` or `batch_size` makes this rougher;
+    a cv fit on all n, which stops at its chosen step, is priced whole), and once its opening, test and record, one
+    hindsight test per other candidate, its scores and table; stacked candidates as `stacked_fit_cost`."""
     per_epoch = t.epoch_s + sum(t.batch(b) for b in w.batches)
     scores = t.scores_s * w.n_train / t.scores_n if t.scores_n else t.scores_s
-    fit = t.fixed_s + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s
+    several = w.candidates > 1 or bool(w.stacked_fits)
+    own = t.fit_only_s if several and t.fit_only_s is not None else t.fixed_s
+    once = (t.fixed_s - own) + max(0, w.tuned - 1) * t.test_s
+    fit = own + (t.load_s if w.source else 0.0) + w.epochs * per_epoch + w.checks * t.val_s
     if w.stacked_fits and t.stack_reason is None:  # the candidates' shared fits, then what runs alone
-        stacked = w.stacked_fits * stacked_fit_cost(w, t, w.stack_size)
-        return (w.candidates - w.stacked_fits * w.stack_size) * fit + stacked + scores + t.report_s
-    return max(1, w.candidates) * fit + scores + t.report_s
+        stacked = w.stacked_fits * stacked_fit_cost(w, t, w.stack_size, fixed=own)
+        return (w.candidates - w.stacked_fits * w.stack_size) * fit + stacked + once + scores + t.report_s
+    return max(1, w.candidates) * fit + once + scores + t.report_s
 
 
-def stacked_fit_cost(w: Work, t: Timing, k: int) -> float:
-    """One stacked fit of k members of `w`'s shape and budget (without scores): each member's fixed cost, the
+def stacked_fit_cost(w: Work, t: Timing, k: int, fixed: float | None = None) -> float:
+    """One stacked fit of k members of `w`'s shape and budget (without scores): each member's fixed cost (`fixed`,
+    else a whole run's), the
     stacked batches and validation (measured at 2 and 4 members, a + c x k), Lightning's per-epoch work once;
     without stacked timings each member's batches and validation are priced as alone."""
     def batch(b: int) -> float:
@@ -241,8 +257,8 @@ def stacked_fit_cost(w: Work, t: Timing, k: int) -> float:
 
     val = t.stacked_val_s[0] + t.stacked_val_s[1] * k if t.stacked_val_s else k * t.val_s
     epoch = t.epoch_s if t.stacked_epoch_s is None else t.stacked_epoch_s
-    fixed = k * (t.fixed_s + (t.load_s if w.source else 0.0))
-    return fixed + w.epochs * (epoch + sum(batch(b) for b in w.batches)) + w.checks * val
+    own = k * ((t.fixed_s if fixed is None else fixed) + (t.load_s if w.source else 0.0))
+    return own + w.epochs * (epoch + sum(batch(b) for b in w.batches)) + w.checks * val
 
 
 def stacks(unit: Sequence[Work], t: Timing) -> bool:
@@ -612,6 +628,7 @@ def describe(items: Sequence[tuple[Any, Any]], *, cache_dir: str | None = None, 
                 continue
             work.epochs, work.n_train = int(budget.epochs), len(target.train_indices)
             work.candidates = (len(tuning.candidates(cfg)) or 1) * cv_fits(cfg, target)
+            work.tuned = len(tuning.candidates(cfg)) or 1
             if tuning.stack_expected(cfg):  # the candidates share one stacked fit (their fold fits, fold by fold)
                 work.stack_size = len(tuning.candidates(cfg))
                 work.stacked_fits = max(1, cv_fits(cfg, target) - 1)
@@ -1208,6 +1225,7 @@ def _probe_target(spec: Probe, tmp: Path) -> Timing:
             log.debug("stacked probe failed: %s", e)
     load_s = _round_trip(state, tmp)[1] if state is not None else 0.0
     return Timing(fixed_s=open_s + build_s + fit.fixed_s + fit.test_s + close_s, report_s=report_s,
+                  fit_only_s=build_s + fit.fixed_s, test_s=fit.test_s,
                   epoch_s=fit.epoch_s,
                   batch_s=_batch_table(fit, bare, spec.batch_sizes), val_s=fit.val_s, load_s=load_s,
                   feature_s=feature_s, scores_s=scores_s, scores_n=n_train if scores_s else 0,
