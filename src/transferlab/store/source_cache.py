@@ -26,11 +26,27 @@ def get_or_train(cache_dir: str | Path, key: str, train: Callable[[], tuple[dict
                  check: Callable[[dict], str | None] | None = None) -> tuple[dict, str, Path]:
     """Return (cached object with 'state_dict' and 'meta', 'hit'|'miss', path), training under a lock on a miss
     (a damaged entry, or one `check` rejects, counts as a miss: set aside with a warning, then retrained)."""
-    path = Path(cache_dir) / "source" / key / MODEL_FILE
+    path = entry_path(cache_dir, key)
 
     def make() -> tuple[dict, dict]:
         state_dict, meta = train()
-        return {"state_dict": state_dict, "meta": meta}, meta
+        return entry(state_dict, meta), meta
 
     obj, status = verified.get_or_make(path, make, check)
     return obj, status, path
+
+
+def entry_path(cache_dir: str | Path, key: str) -> Path:
+    """Where the entry of `key` is (its payload; the entry is that file's folder)."""
+    return Path(cache_dir) / "source" / key / MODEL_FILE
+
+
+def entry(state_dict: dict, meta: dict) -> dict:
+    """A source model entry as stored: what `get_or_train` returns and `put` writes."""
+    return {"state_dict": state_dict, "meta": meta}
+
+
+def put(path: str | Path, state_dict: dict, meta: dict) -> None:
+    """Store a source model made outside `get_or_train` (several at once, run/source_stack.py) exactly as
+    `get_or_train` stores one; the caller holds the entry's lock (`verified.claim_missing`)."""
+    verified.put(path, entry(state_dict, meta), meta)

@@ -29,8 +29,9 @@ import logging
 import os
 import re
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from transferlab.store.atomic import atomic_path, shared_lock, write_json
 from transferlab.store.safe_load import CorruptFileError, WeightsError, load_open
@@ -292,16 +293,91 @@ def get_or_make(path: str | os.PathLike, make: Callable[[], tuple[Any, dict | No
                 mark_used(path.parent)
                 return obj, "hit"
             except WeightsError as e:
-                if path.exists():
-                    aside = set_aside(path)
-                    log.warning("cache entry failed verification: %s; moved aside to %s (kept, not deleted), "
-                                "recomputing it", e, aside.name)
+                _recompute(path, e)
         obj, meta = make()
-        save(path, obj)
-        if meta is not None:
-            write_json(path.parent / META, meta)
-        mark_used(path.parent)
+        put(path, obj, meta)
     return obj, "miss"
+
+
+def put(path: str | os.PathLike, obj: Any, meta: dict | None) -> None:
+    """Write a cache entry as `get_or_make` does after making it: the payload with its checksum, then `meta` as
+    meta.json, then its last use. The caller holds the entry's lock (`get_or_make`, `claim_missing`)."""
+    path = Path(path)
+    save(path, obj)
+    if meta is not None:
+        write_json(path.parent / META, meta)
+    mark_used(path.parent)
+
+
+@contextmanager
+def claim_missing(entries: list[tuple[Path, Callable[[Any], str | None] | None]]) -> Iterator[list[Path]]:
+    """Lock, for the caller to make together, the entries (payload path, `check` as for `get_or_make`) that are
+    missing or fail verification and that no other process is making; yield their paths, in sorted order, with
+    their locks held until the block ends.
+
+    Locks are taken in sorted path order and never waited for: an entry whose lock another process holds is left
+    to it (a run that needs it then waits in `get_or_make`, as always), so a claim can never wait on a process
+    that waits on it. Each entry is read again once its lock is held (another process may have just finished it):
+    a sound one is left as it is, a damaged one is set aside with one warning, as `get_or_make` does. Write each
+    made entry with `put` inside the block. A process that only reads (`read_only`) claims nothing."""
+    from filelock import Timeout
+
+    claimed: list[Path] = []
+    with ExitStack() as held:
+        for path, check in sorted(entries, key=lambda e: str(e[0])):
+            path = Path(path)
+            if _read_only is not None or path in claimed or _sound(path, check):
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = shared_lock(path.parent / LOCK)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("cache entry %s is being made by another process; left to it", path.parent.name)
+                continue
+            try:
+                ours = _missing_under_lock(path, check)
+            except BaseException:
+                lock.release()
+                raise
+            if not ours:  # finished meanwhile by another process: not ours to make
+                lock.release()
+                continue
+            held.callback(lock.release)
+            claimed.append(path)
+        yield claimed
+
+
+def _missing_under_lock(path: Path, check: Callable[[Any], str | None] | None) -> bool:
+    """With the entry's lock held: is it still to be made? A damaged one is set aside first (`get_or_make`)."""
+    if not path.exists():
+        return True
+    try:
+        _load_fit(path, check)
+        return False
+    except WeightsError as e:
+        _recompute(path, e)
+        return True
+
+
+def _recompute(path: Path, e: WeightsError) -> None:
+    """An entry that failed verification under its lock: set aside (kept, not deleted) with one warning."""
+    if path.exists():
+        aside = set_aside(path)
+        log.warning("cache entry failed verification: %s; moved aside to %s (kept, not deleted), recomputing it",
+                    e, aside.name)
+
+
+def _sound(path: Path, check: Callable[[Any], str | None] | None) -> bool:
+    """Does `path` hold a verified entry that `check` accepts (read without the lock, as `get_or_make` first
+    reads)? A failing read is decided under the lock."""
+    if not path.exists():
+        return False
+    try:
+        _load_fit(path, check)
+        return True
+    except WeightsError:
+        return False
 
 
 def mark_used(folder: Path) -> None:
