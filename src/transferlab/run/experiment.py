@@ -45,31 +45,51 @@ def resume_every_s(cfg: DictConfig) -> float:
 SOURCE_ENTRY = 1  # layout of a cached source model (`meta`: schema, key, block_names); see source_entry_problem
 
 
-def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[dict, dict]:
-    """Train backbone + source head on the whole source task; return (state_dict, meta)."""
+def source_fit_parts(cfg: DictConfig, source: TaskData) -> tuple[TransferModule, tuple, str, dict]:
+    """What a source pretraining fits, built as `pretrain_source` builds it: (the module at `pretrain.seed`, its
+    (train, val, test) batches, its cache key, the trainer settings). A stacked pretraining of several
+    `pretrain.seed` values (run/source_stack.py) builds each member here, so both start from the same state."""
     L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
     net = TransferNet(build_backbone(cfg.backbone, source.input_shape), source.num_classes)
     module = TransferModule(net, source.num_classes, optim=plain(cfg.pretrain))
     key = identity.source_fingerprint(cfg, data=source.fingerprint())
-    t0 = time.perf_counter()
     trainer = ddp.single_device(plain(cfg.trainer))  # a DDP run's launcher pretrains before any rank exists
+    batches = loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
+                      device=pick_device(trainer.get("accelerator"), trainer.get("devices")))
+    return module, batches, key, trainer
+
+
+def source_meta(cfg: DictConfig, key: str, module: TransferModule, outcome: FitOutcome, wall_s: float,
+                logger) -> dict:
+    """The `meta` of a source cache entry (also its meta.json), from the pretraining's outcome."""
+    return {"schema": SOURCE_ENTRY, "key": key,
+            "source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone),
+            "test/acc": outcome.test["test/acc"], "val/acc": outcome.best_val_acc, "epochs": outcome.epochs,
+            "wall_s": wall_s, "block_names": list(module.net.backbone.block_names),
+            "wandb_run": wandb_run_ref(logger)}  # named by every target run that loads this model
+
+
+def source_state(best_ckpt: str) -> dict:
+    """The network's tensors of a pretraining's selected checkpoint: what a source cache entry stores."""
+    state = source_cache.load_state(best_ckpt)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.")}
+
+
+def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[dict, dict]:
+    """Train backbone + source head on the whole source task; return (state_dict, meta)."""
+    module, batches, key, trainer = source_fit_parts(cfg, source)
+    t0 = time.perf_counter()
     outcome = fit_and_test(
-        module, loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
-                        device=pick_device(trainer.get("accelerator"), trainer.get("devices"))),
+        module, batches,
         max_epochs=int(cfg.pretrain.max_epochs), trainer_cfg=trainer, ckpt_dir=work_dir / "checkpoints",
         logger=(src_logger := make_logger(cfg, work_dir, "source", fingerprint=key,  # its own W&B run, job_type=source
                                           resumes=(work_dir / "checkpoints" / LAST).exists())),
         fingerprint=key,  # a killed pretraining resumes
         resume_every_s=resume_every_s(cfg),
     )
-    state = source_cache.load_state(outcome.best_ckpt)["state_dict"]
-    meta = {"schema": SOURCE_ENTRY, "key": key,
-            "source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone), "test/acc": outcome.test["test/acc"],
-            "val/acc": outcome.best_val_acc, "epochs": outcome.epochs, "wall_s": time.perf_counter() - t0,
-            "block_names": list(net.backbone.block_names),
-            "wandb_run": wandb_run_ref(src_logger)}  # named by every target run that loads this model
+    meta = source_meta(cfg, key, module, outcome, time.perf_counter() - t0, src_logger)
     finish_logger(src_logger, failed=False, summary=meta)
-    return {k: v for k, v in state.items() if k.startswith("net.")}, meta
+    return source_state(outcome.best_ckpt), meta
 
 
 def source_entry_problem(obj: Any, key: str, cfg: DictConfig, source: TaskData) -> str | None:
