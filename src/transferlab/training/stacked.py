@@ -75,7 +75,7 @@ class Member:
 
     module: TransferModule
     batches: tuple  # (train, val, test) TensorBatches
-    plan: TransferPlan
+    plan: TransferPlan | None  # None: a source pretraining (every parameter trains from the start, no schedule)
     ckpt_dir: Path
     rng: torch.Tensor  # the global CPU RNG state its separate fit would start from
     select: str = "best_val"
@@ -123,7 +123,7 @@ def why_sequential(members: list[Member], *, train_cfg, trainer_cfg, epochs: lis
                      if k not in GROUP_OPTIONS and m.module.optim.get(k) != first.module.optim.get(k)})
     if differ:
         return f"the members' training settings differ in {', '.join(differ)} (only {', '.join(GROUP_OPTIONS)} may)"
-    if first.plan.peft is not None:
+    if first.plan is not None and first.plan.peft is not None:
         return "PEFT modules (LoRA, VPT) are not stacked"
     if any(m.module.l2sp for m in members):
         return "L2-SP's anchor is per member"
@@ -344,7 +344,7 @@ class StackedModule(L.LightningModule):
         for n in self.trained_names:  # a schedule's not-yet-trained blocks get no gradient (grad None: no step)
             rel = self.block_name.get(n)
             for leaf in self._leaves(n):
-                leaf.requires_grad_(rel is None or plan.trainable_at(rel, epoch))
+                leaf.requires_grad_(plan is None or rel is None or plan.trainable_at(rel, epoch))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -464,14 +464,16 @@ def _same(tensors: list[torch.Tensor]) -> bool:
     return all(t.shape == tensors[0].shape and torch.equal(t, tensors[0]) for t in tensors[1:])
 
 
-def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epochs=None) -> list[MemberFit]:
+def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epochs=None,
+                module_type: type[StackedModule] = StackedModule) -> list[MemberFit]:
     """Train the members together for `max_epochs`, validating after the 1-based `val_epochs` (None: every
-    epoch); each member's selection, curves and kept weights."""
+    epoch); each member's selection, curves and kept weights. `module_type`: a StackedModule that evaluates the
+    members another way (run/source_stack.py)."""
     for m in members:  # a group starts from epoch 0: an earlier single attempt's resume state is set aside
         last = m.ckpt_dir / LAST
         if last.exists():
             _start_over([last, m.ckpt_dir / BEST], f"{last}: a vectorised group does not resume single runs")
-    module = StackedModule(members)
+    module = module_type(members)
     vals = [m.batches[1] for m in members]
     shared = _same([v.x for v in vals]) and _same([v.y for v in vals])
     module._val_stacked = not shared
@@ -481,7 +483,7 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epoc
     kwargs.pop("plugins", None)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=False, enable_checkpointing=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[PlanSchedule(members[0].plan),
+                        callbacks=[*([PlanSchedule(members[0].plan)] if members[0].plan is not None else []),
                                    ProgressLine(label=f"group of {len(members)} ({members[0].ckpt_dir.parent.name})")],
                         **kwargs)
     trainer.fit(module, StackedBatches([m.batches[0] for m in members]))  # validation: StackedModule._validate
