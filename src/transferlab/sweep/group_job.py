@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferlab.config import tune_grid
 from transferlab.errors import failure_text
+from transferlab.run import source_stack
 from transferlab.run.experiment import Experiment
 from transferlab.sweep import state
 from transferlab.sweep.ledger import GroupFile, folder_state
@@ -68,6 +69,7 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
     if tune_grid(cfg) or str(cfg.train.select) == "cv":
         return _run_one_by_one(cfg, listed)
     start = time.perf_counter()
+    opened: list[Experiment] = []
     exps: list[Experiment] = []
     rngs: list[dict] = []
     failures: list[str] = []
@@ -82,16 +84,25 @@ def run_group(cfg: DictConfig) -> list[dict[str, Any]]:
         except ConfigError as e:  # nothing written, as for a single run; the sweeper records the point failed
             failures.append(f"{Path(m['dir']).name}: {e}")
             continue
+        if exp.fingerprint != m["fingerprint"]:
+            err = ConfigError(problem("group", str(cfg.group), f"a member config with the fingerprint "
+                                      f"{m['fingerprint']} the sweeper computed for {Path(m['dir']).name} "
+                                      f"(this job derived {exp.fingerprint})"))
+            exp.fail(err)
+            failures.append(f"{Path(m['dir']).name}: {failure_text(err)}")
+            continue
+        opened.append(exp)
+    # The source models of several pretrain.seed values the cache lacks: one stacked pretraining (run/source_stack.py)
+    made = source_stack.pretrain_missing([(e.cfg, e.prep, e.run_dir) for e in opened], Path(str(cfg.group)).parent.name)
+    for exp in opened:
         try:
-            if exp.fingerprint != m["fingerprint"]:
-                raise ConfigError(problem("group", str(cfg.group), f"a member config with the fingerprint "
-                                          f"{m['fingerprint']} the sweeper computed for {Path(m['dir']).name} "
-                                          f"(this job derived {exp.fingerprint})"))
             exp.build()
         except Exception as e:
             exp.fail(e)
-            failures.append(f"{Path(m['dir']).name}: {failure_text(e)}")
+            failures.append(f"{exp.run_dir.name}: {failure_text(e)}")
             continue
+        if exp.record.source_cache == "hit" and made.get(Path(exp.record.source_ckpt).parent.name) == exp.run_dir:
+            exp.record.source_cache = source_stack.STATUS  # its entry: made by the group's stacked pretraining
         exps.append(exp)
         rngs.append(_rng_state())  # where this member's own fit would start (dropout draws from it)
     if exps:
