@@ -186,7 +186,9 @@ class RunRecord:
     single_class_prediction: bool | None = None  # the tested model predicted one class on all of test (Metrics)
     converged: bool | None = None  # False: val/acc still rising at the end (run/convergence.py); None: not judged
     convergence: dict[str, Any] | None = None  # that verdict: epochs, window, late/earlier best, gain, noise, margin
-    source_cache: str | None = None  # source model: hit / miss (cache), none (backbone's initial weights), unused
+    # source model: hit / miss (cache; stacked: a miss its vectorised group pretrained in one stacked fit,
+    # run/source_stack.py), none (backbone's initial weights), unused
+    source_cache: str | None = None
     source_ckpt: str | None = None  # path of the cached source model whose blocks were copied
     source_metrics: dict[str, Any] | None = None  # source model's pretraining numbers (test/acc, ...), its W&B run
     target_ckpt: str | None = None  # path of the selected target checkpoint (the one tested, train.select)

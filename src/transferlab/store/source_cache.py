@@ -3,7 +3,9 @@
 The key is the caller's (`run.identity.source_fingerprint`: only what shapes the source model, so changing target
 or transfer settings never retrains it). Parallel jobs needing the same source take a file lock; the first trains
 and writes atomically, the others wait and load. Entries carry a checksum and are verified on every read
-(`transferlab.store.verified`): a damaged one is set aside and retrained, never used.
+(`transferlab.store.verified`): a damaged one is set aside and retrained, never used. A vectorised group makes several
+missing entries in one stacked fit (run/source_stack.py), under their locks (`verified.claim_missing`), and stores
+each with `put`, as `get_or_train` stores one.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ are the bytes used even if another process renames a new file into place meanwhi
 
 A cache entry that fails (`get_or_make`) is moved aside, never deleted (`<file>.corrupt-<UTC time>`, its sidecar
 with it), logged once, and recomputed under the entry's file lock, so parallel jobs still compute it once.
+
+`claim_missing` locks several missing entries at once for a caller that makes them together (a vectorised group's
+stacked source pretraining): in sorted order and never waiting, so it cannot deadlock with a run waiting in
+`get_or_make`.
 """
 
 from __future__ import annotations

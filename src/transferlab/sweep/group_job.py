@@ -4,7 +4,9 @@ The sweeper gives the group's first point the job and writes the members (`sweep
 its replicate values (`seed`, `data_seed`, `pretrain.seed`, every one as its composed config resolves it) and the
 fingerprint the sweeper computed for it. Here each member's config is the job's with those values and its own
 output folder; a member whose config does
-not reproduce its point's fingerprint fails (it would record a result under another identity). Each member is
+not reproduce its point's fingerprint fails (it would record a result under another identity). The source models
+of several `pretrain.seed` values the members need and the cache lacks are pretrained first, as one stacked fit
+(run/source_stack.py). Each member is
 built as a single run builds (`Experiment.build`), then the members train as one stacked model
 (`training.stacked`) or, when the group cannot hold them (`why_sequential`, one logged reason), one after the other
 in this process, each from the random state its own run would have. Every member writes its own result.json,

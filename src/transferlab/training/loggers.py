@@ -59,7 +59,7 @@ def wandb_run_ref(logger) -> dict[str, Any] | None:
 
 def source_config(status: str | None, meta: dict[str, Any] | None) -> dict[str, Any]:
     """A target run's reference to its source model, as flat W&B config keys: `source_model.cache` (hit, miss,
-    none, unused), its test accuracy and its W&B run (`source_model.wandb_id`, `_name`, `_project`, `_group`;
+    stacked, none, unused), its test accuracy and its W&B run (`source_model.wandb_id`, `_name`, `_project`, `_group`;
     None when it was trained without W&B, or before its cache entry recorded the run)."""
     meta = meta or {}
     ref = meta.get("wandb_run") or {}

@@ -25,6 +25,10 @@ What stays each member's own, so that a member's result is its separate run's (t
   (the member's own `TransferModule` in `trainer.test`, as `fit_and_test` tests);
 - its failure: a member whose training loss is NaN/inf stops being stepped and fails alone.
 
+A source pretraining stacks the same way (run/source_stack.py): its members have no plan (everything trains from
+the start) and run through `MemberByMember`, a StackedModule that evaluates each member on its own slices instead of
+under vmap (`fit_stacked(module_type=...)`), so that each cache entry is its separate pretraining's bit for bit.
+
 What a group cannot hold is named by `why_sequential`; the caller (`sweep.group_job`) then runs the members one after
 the other in the process, each exactly as alone. A group is not resumed from a checkpoint: a killed group's
 members run again (their finished siblings are skipped by the sweeper).
