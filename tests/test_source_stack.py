@@ -166,3 +166,32 @@ def test_a_vectorised_sweep_pretrains_its_sources_stacked_and_equals_a_plain_one
         sv, so = verified.load(v["source_ckpt"])["state_dict"], verified.load(o["source_ckpt"])["state_dict"]
         assert all(torch.equal(sv[k], so[k]) for k in so)
         assert v["metrics"]["test/acc"] == pytest.approx(o["metrics"]["test/acc"], abs=1e-5)
+
+
+def test_a_pretraining_that_fails_in_the_stack_stores_nothing_and_its_sibling_is_stored(make_cfg, tmp_path, monkeypatch,
+                                                                                      caplog):
+    """pretrain.seed=1 gets an infinite head weight (a NaN loss at its first step): it fails alone, no entry is
+    written for it (its run then pretrains it alone and reports the failure as a single run does), and seed 0's
+    entry is still its separate pretraining's."""
+    from transferlab.run import experiment
+
+    parts = experiment.source_fit_parts
+
+    def poisoned(cfg, source):
+        module, batches, key, trainer = parts(cfg, source)
+        if int(cfg.pretrain.seed) == 1:
+            with torch.no_grad():
+                next(module.net.head.parameters()).fill_(float("inf"))
+        return module, batches, key, trainer
+
+    monkeypatch.setattr(experiment, "source_fit_parts", poisoned)
+    members = _members(make_cfg, (0, 1), cache=tmp_path / "cache_nan")
+    with caplog.at_level(logging.WARNING, logger="transferlab"):
+        made = source_stack.pretrain_missing(members, "test")
+    assert list(made.values()) == [members[0][2]]
+    assert not _path(*members[1][:2]).exists() and "NonFiniteLossError" in caplog.text
+    monkeypatch.undo()
+    cfg, prep, _ = members[0]
+    state, _ = pretrain_source(cfg, prep.source, tmp_path / "alone0" / "source")
+    entry = _entry(cfg, prep)[1]["state_dict"]
+    assert all(torch.equal(entry[k], state[k]) for k in state)

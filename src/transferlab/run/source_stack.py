@@ -99,7 +99,12 @@ def pretrain_missing(members: list[tuple[DictConfig, Prepared, Path]], label: st
                 log.info("source pretraining of %s: %d of its %d source models to make here; none stacked",
                          label, len(cold), len(wanted))
             return {}
-        return _pretrain(cold, label)
+        try:
+            return _pretrain(cold, label)
+        except Exception as err:  # never the group's failure: each member's build pretrains its own, as alone
+            log.warning("source pretraining of %s: the stacked pretraining broke (%s: %s); each source model is "
+                        "pretrained by its run", label, type(err).__name__, err)
+            return {}
 
 
 def _pretrain(cold: list[Need], label: str) -> dict[str, Path]:
@@ -131,12 +136,10 @@ def _pretrain(cold: list[Need], label: str) -> dict[str, Path]:
     try:
         fits = stacked.fit_stacked(members, max_epochs=int(first.pretrain.max_epochs), trainer_cfg=trainers[0],
                                    module_type=MemberByMember)
-    except Exception as err:  # each member then pretrains alone in its build, which reports what breaks there
-        log.warning("source pretraining of %s: the stacked fit failed (%s: %s); each is pretrained alone",
-                    label, type(err).__name__, err)
+    except Exception:
         for m in members:
             finish_logger(m.logger, failed=True)
-        return {}
+        raise
     share = (time.perf_counter() - start) / len(cold)
     made = {}
     for n, m, fit in zip(cold, members, fits):
