@@ -195,3 +195,17 @@ def test_a_pretraining_that_fails_in_the_stack_stores_nothing_and_its_sibling_is
     state, _ = pretrain_source(cfg, prep.source, tmp_path / "alone0" / "source")
     entry = _entry(cfg, prep)[1]["state_dict"]
     assert all(torch.equal(entry[k], state[k]) for k in state)
+
+
+def test_each_stacked_pretraining_logs_into_its_own_wandb_run(make_cfg, tmp_path):
+    """logger=wandb (offline): each pretrain.seed gets its own source run (job_type=source) under the folder its own
+    pretraining would use, named in its entry's meta as a single pretraining names it."""
+    members = _members(make_cfg, (0, 1), "logger=wandb", "name=wb_stack", cache=tmp_path / "cache_wb")
+    assert len(source_stack.pretrain_missing(members, "test")) == 2
+    ids = []
+    for cfg, prep, run_dir in members:
+        ref = _entry(cfg, prep)[1]["meta"]["wandb_run"]
+        assert ref["group"] == "wb_stack" and ref["id"].startswith(_path(cfg, prep).parent.name[:12])
+        (data,) = (run_dir / "source" / "wandb").glob(f"offline-run-*/run-{ref['id']}.wandb")
+        ids.append(ref["id"])
+    assert len(set(ids)) == 2
