@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,29 +70,32 @@ def test_each_entry_equals_its_separate_pretraining(make_cfg, tmp_path, seeds, k
     assert not all(torch.equal(first[k], _entry(*members[1][:2])[1]["state_dict"][k]) for k in first)
 
 
-def test_nothing_stacks_when_fewer_than_two_are_missing_or_one_is_taken(make_cfg, tmp_path, caplog):
-    """A warm entry is not made again; an entry whose lock another process holds is left to it (never waited on):
-    with fewer than two left, nothing is stacked and each member's build goes the usual way."""
-    cache = tmp_path / "cache_taken"
-    members = _members(make_cfg, (0, 1, 2), cache=cache)
-    cfg, prep, _ = members[0]
-    pretrain_dir = tmp_path / "warm"
-    source_cache.get_or_train(cache, _path(cfg, prep).parent.name,
-                              lambda: pretrain_source(cfg, prep.source, pretrain_dir))
+def test_an_entry_another_process_is_making_is_left_to_it_and_warm_ones_are_not_made_again(make_cfg, tmp_path,
+                                                                                          caplog):
+    """Another process holds the lock of seed 1's entry (a single run pretraining it): the group stacks seeds 0 and
+    2 without waiting for it and leaves seed 1's entry alone. Later, with 0 and 2 in the cache and only 1 missing,
+    nothing is stacked (fewer than two): its build pretrains it as a single run does."""
+    members = _members(make_cfg, (0, 1, 2), cache=tmp_path / "cache_taken")
     taken = _path(*members[1][:2])
     taken.parent.mkdir(parents=True, exist_ok=True)
-    other = shared_lock(taken.parent / verified.LOCK)
-    other.acquire()  # as another process making it would
+    hold = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(taken.parent / verified.LOCK)], stdout=subprocess.PIPE,
+                              text=True)
     try:
+        assert holder.stdout.readline().strip() == "held"
         with caplog.at_level(logging.INFO, logger="transferlab"):
-            assert source_stack.pretrain_missing(members, "test") == {}
+            made = source_stack.pretrain_missing(members, "test")
     finally:
-        other.release()
-    assert not taken.exists()
-    assert "being made by another process" in caplog.text and "1 of its 3 source models" in caplog.text
-    # the lock of the one it could have made is free again: a single run takes it
-    free = _path(*members[2][:2])
-    lock = shared_lock(free.parent / verified.LOCK)
+        holder.kill()
+        holder.wait()
+    assert sorted(made.values()) == [members[0][2], members[2][2]]
+    assert "being made by another process" in caplog.text and not taken.exists()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        assert source_stack.pretrain_missing(members, "test") == {}
+    assert "1 of its 3 source models to make here; none stacked" in caplog.text
+    lock = shared_lock(taken.parent / verified.LOCK)  # released: a single run takes it
     lock.acquire(timeout=0)
     lock.release()
 
