@@ -18,13 +18,14 @@ an entry's weights are its separate pretraining's bit for bit, not within roundi
 rounding into visibly different weights within a few epochs, and an entry is shared by every run that reads it).
 
 When it is not done (one logged line; each member then pretrains as today, in its build): fewer than two missing
-entries; an entry another process is making (its lock is held: the member's build waits for it, as always) or one
-a killed pretraining can resume (its `last.ckpt`); whatever `stacked.why_sequential` names (DataLoader batches,
-random layers other than dropout, an optimizer that is not elementwise, different budgets, ...). A member whose
-pretraining fails (a NaN loss) gets no entry, and its build pretrains it alone, which reports the failure as a
-single run does. Locks (`verified.claim_missing`): taken in sorted order, never waited for, each entry read again
-once locked; an entry is written through the store's atomic write, so a killed stacked pretraining leaves no
-half-written entry.
+entries (an entry whose payload and checksum are in place counts as made: its member's build verifies it, and
+sets aside and retrains one that fails, as always); an entry another process is making (its lock is held: the
+member's build waits for it) or one a killed pretraining can resume (its `last.ckpt`); whatever
+`stacked.why_sequential` names (DataLoader batches, random layers other than dropout, an optimizer that is not
+elementwise, different budgets, ...). A member whose pretraining fails (a NaN loss) gets no entry, and its build
+pretrains it alone, which reports the failure as a single run does. Locks (`verified.claim_missing`): taken in
+sorted order, never waited for, each entry read again once locked; an entry is written through the store's atomic
+write, so a killed stacked pretraining leaves no half-written entry.
 """
 
 from __future__ import annotations

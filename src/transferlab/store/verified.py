@@ -316,13 +316,14 @@ def put(path: str | os.PathLike, obj: Any, meta: dict | None) -> None:
 @contextmanager
 def claim_missing(entries: list[tuple[Path, Callable[[Any], str | None] | None]]) -> Iterator[list[Path]]:
     """Lock, for the caller to make together, the entries (payload path, `check` as for `get_or_make`) that are
-    missing or fail verification and that no other process is making; yield their paths, in sorted order, with
-    their locks held until the block ends.
+    missing (or, read under the lock, fail verification) and that no other process is making; yield their paths,
+    in sorted order, with their locks held until the block ends.
 
-    Locks are taken in sorted path order and never waited for: an entry whose lock another process holds is left
-    to it (a run that needs it then waits in `get_or_make`, as always), so a claim can never wait on a process
-    that waits on it. Each entry is read again once its lock is held (another process may have just finished it):
-    a sound one is left as it is, a damaged one is set aside with one warning, as `get_or_make` does. Write each
+    An entry with its payload and checksum in place is not claimed (its reader verifies it, `get_or_make`). Locks
+    are taken in sorted path order and never waited for: an entry whose lock another process holds is left to it
+    (a run that needs it then waits in `get_or_make`, as always), so a claim can never wait on a process that waits
+    on it. Each entry is read again once its lock is held (another process may have just finished it): a sound one
+    is left as it is, a damaged one is set aside with one warning, as `get_or_make` does. Write each
     made entry with `put` inside the block. A process that only reads (`read_only`) claims nothing."""
     from filelock import Timeout
 
@@ -330,7 +331,7 @@ def claim_missing(entries: list[tuple[Path, Callable[[Any], str | None] | None]]
     with ExitStack() as held:
         for path, check in sorted(entries, key=lambda e: str(e[0])):
             path = Path(path)
-            if _read_only is not None or path in claimed or _sound(path, check):
+            if _read_only is not None or path in claimed or _present(path):
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = shared_lock(path.parent / LOCK)
@@ -372,16 +373,10 @@ def _recompute(path: Path, e: WeightsError) -> None:
                     e, aside.name)
 
 
-def _sound(path: Path, check: Callable[[Any], str | None] | None) -> bool:
-    """Does `path` hold a verified entry that `check` accepts (read without the lock, as `get_or_make` first
-    reads)? A failing read is decided under the lock."""
-    if not path.exists():
-        return False
-    try:
-        _load_fit(path, check)
-        return True
-    except WeightsError:
-        return False
+def _present(path: Path) -> bool:
+    """Is there a finished entry at `path` (its payload and its checksum)? Not read here: its reader verifies it
+    (`get_or_make`), and one that fails is set aside and made there; a claim stays cheap when everything is made."""
+    return path.exists() and sidecar(path).exists()
 
 
 def mark_used(folder: Path) -> None:
