@@ -51,7 +51,10 @@ def source_fit_parts(cfg: DictConfig, source: TaskData) -> tuple[TransferModule,
     `pretrain.seed` values (run/source_stack.py) builds each member here, so both start from the same state."""
     L.seed_everything(int(cfg.pretrain.seed), workers=True, verbose=False)
     net = TransferNet(build_backbone(cfg.backbone, source.input_shape), source.num_classes)
-    module = TransferModule(net, source.num_classes, optim=plain(cfg.pretrain))
+    # pretrain.seed acts through the seeding above and the batch order below; the module gets the optimizer
+    # settings, in which the pretrainings of several seeds agree (`stacked.why_sequential` compares them)
+    module = TransferModule(net, source.num_classes,
+                            optim={k: v for k, v in plain(cfg.pretrain).items() if k != "seed"})
     key = identity.source_fingerprint(cfg, data=source.fingerprint())
     trainer = ddp.single_device(plain(cfg.trainer))  # a DDP run's launcher pretrains before any rank exists
     batches = loaders(source, int(cfg.pretrain.batch_size), int(cfg.pretrain.seed),
