@@ -144,6 +144,22 @@ def test_a_killed_point_reuses_only_candidates_that_verify(make_cfg, monkeypatch
     assert [c["reused"] for c in run(cfg)["tuning"]["candidates"]] == [True, False]
 
 
+def test_candidates_an_earlier_attempt_can_resume_train_alone_not_stacked(make_cfg):
+    """A stacked fit writes no last.ckpt and starts from epoch 0, so candidates whose earlier attempt left one (here:
+    an attempt one after the other, killed after its fits) resume it alone; the rest would stack."""
+    cfg = make_cfg("tune.train.lr=[1e-3,3e-3]", "tune.stack=false", *POINT)
+    first = run(cfg)
+    out = Path(str(cfg.paths.output_dir))
+    for c in first["tuning"]["candidates"]:  # killed before any candidate.json was sealed
+        (Path(c["dir"]) / CANDIDATE_FILE).unlink()
+        assert (Path(c["dir"]) / "checkpoints" / "last.ckpt").exists()
+    (out / "result.json").unlink()
+    again = run(make_cfg("tune.train.lr=[1e-3,3e-3]", *POINT))
+    assert again["tuning"]["fitted"] == "one after the other: resuming the earlier attempt's fits"
+    assert again["fingerprint"] == first["fingerprint"]  # tune.stack is not identity
+    assert again["metrics"]["test/acc"] == pytest.approx(first["metrics"]["test/acc"], abs=1e-6)
+
+
 def test_a_diverging_candidate_loses_and_the_point_goes_on(make_cfg):
     rec = run(make_cfg("tune.train.lr=[1e-3,1e12]", "train/optimizer=sgd", *POINT))
     ok, lost = rec["tuning"]["candidates"]

@@ -27,7 +27,8 @@ of every subset example, the fold sizes, each fold's curve, the mean curve, the 
 `metrics.val/acc` is the mean held-out accuracy at the chosen check (the selection score).
 
 Resume: a killed point reuses a fold fit whose sealed fold.json says ok under its fingerprint (a hash of the
-point's and the fold's index and count); an unfinished one resumes from its own last.ckpt, the fit on all n from
+point's and the fold's index and count); an unfinished one resumes from its own last.ckpt (one a tuned point's
+candidates fitted stacked left none: it starts again), the fit on all n from
 the point's.
 """
 

@@ -32,7 +32,8 @@ float tolerance. The rest train one after the other, each as its separate run.
 
 Resume: a killed point starts again and reuses a candidate only when its candidate.json says ok under the expected
 fingerprint and values and its best.ckpt verifies (checksum) as the model of the recorded epoch; anything else is
-trained again, from the candidate's own last.ckpt when that verifies (training/checkpoints.py).
+trained again, from the candidate's own last.ckpt when that verifies (training/checkpoints.py; such a candidate trains
+alone: a stacked fit writes no last.ckpt, so a killed stacked fit starts again from epoch 0).
 """
 
 from __future__ import annotations
@@ -254,11 +255,13 @@ def _open(cfg: DictConfig, index: int, values: dict[str, Any], fp: str, inputs: 
     return exp, Candidate(index=index, values=values, fingerprint=fp, dir=str(cdir))
 
 
-def _lost(exp, cand: Candidate, error: BaseException, wall_s: float) -> Candidate:
-    """A candidate whose loss turned NaN/inf: it lost (recorded); the others go on."""
+def _lost(exp, cand: Candidate, error: BaseException, wall_s: float, finish: bool = True) -> Candidate:
+    """A candidate whose loss turned NaN/inf: it lost (recorded); the others go on. `finish`: end its logger
+    (False when it never opened one: its loss turned in a stacked fold fit, whose logger is the fold's)."""
     from transferlab.training.loggers import finish_logger
 
-    finish_logger(exp.logger, failed=True)
+    if finish:
+        finish_logger(exp.logger, failed=True)
     cand.status, cand.error, cand.wall_s = "failed", failure_text(error), wall_s
     cand.write()
     log.warning("tune: candidate %s lost: %s", cand.values, cand.error)
@@ -306,36 +309,60 @@ def train_candidate(cfg: DictConfig, index: int, values: dict[str, Any], fp: str
 def train_candidates(cfg: DictConfig, todo: list[tuple[int, dict[str, Any], str]], inputs: dict
                      ) -> tuple[list[Candidate], str]:
     """Fit the candidates `todo` ((index, values, fingerprint) each): as one stacked model when they can share
-    one (`run/stack.py`: they differ only in learning rate or weight decay, elementwise optimizer, ...; under cv
-    their fold fits j stack, fold by fold, and the fits on all n, which stop at different steps, run one after
-    the other), else one after the other. Returns them and how they were fitted, in words (the tuning block)."""
+    one (`stack_expected` from the config, then `run/stack.py` from the built runs; under cv their fold fits j
+    stack, fold by fold, and the fits on all n, which stop at different steps, run one after the other), else one
+    after the other. A candidate whose earlier attempt left a last.ckpt resumes it alone (a stacked fit starts from
+    epoch 0). Returns them and how they were fitted, in words (the tuning block's `fitted`)."""
     if not todo:
         return [], "none trained: every candidate was done already"
-    if len(todo) < 2:
-        return [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in todo], "one candidate trained"
-    if not bool(cfg.tune.get("stack", True)):
+    if not bool((plain(cfg.get("tune")) or {}).get("stack", True)):
         return [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in todo], "one after the other (tune.stack=false)"
-    from transferlab.training.callbacks import _rng_state
+    if len(todo) < 2 or not stack_expected(cfg):
+        why = "one candidate to train" if len(todo) < 2 else "a tuned key other than " + ", ".join(_group_options())
+        return [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in todo], f"one after the other: {why}"
+    run_dir = Path(str(cfg.paths.output_dir))
+    from transferlab.training.callbacks import LAST
 
+    resumes = [t for t in todo if (_candidate_dir(run_dir, t[2]) / "checkpoints" / LAST).exists()]
+    alone = [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in resumes]
+    rest = [t for t in todo if t not in resumes]
+    if len(rest) < 2:
+        return alone + [train_candidate(cfg, i, v, fp, inputs) for i, v, fp in rest], (
+            "one after the other: resuming the earlier attempt's fits")
     t0 = time.perf_counter()
-    opened = [_open(cfg, i, v, fp, inputs) for i, v, fp in todo]
-    exps = [e for e, _ in opened]
+    opened = [_open(cfg, i, v, fp, inputs) for i, v, fp in rest]
     if str(cfg.train.select) == "cv":
-        return _stacked_folds(opened, t0)
-    rngs = []
-    for e in exps:
-        e.build(score=False)
-        rngs.append(_rng_state())  # where its own fit would start (dropout draws from it)
-    return _stacked(opened, rngs, t0)
+        cands, how = _stacked_folds(opened, t0)
+    else:
+        cands, how = _stacked(cfg, opened, inputs, t0)
+    return alone + cands, how + (f" ({len(alone)} resumed alone)" if alone else "")
 
 
-def _stacked(opened: list, rngs: list[dict], t0: float) -> tuple[list[Candidate], str]:
-    """Built candidates (not cv) in one stacked fit, or one after the other with the reason."""
+def _group_options() -> tuple[str, ...]:
+    from transferlab.training.stacked import GROUP_OPTIONS
+
+    return GROUP_OPTIONS
+
+
+def _release(exp) -> None:
+    """Drop a fitted run's net, module and batches (its kept model is on disk): candidates built together are
+    not all held while the others train."""
+    exp.module = exp.net = exp.batches = None
+
+
+def _stacked(cfg: DictConfig, opened: list, inputs: dict, t0: float) -> tuple[list[Candidate], str]:
+    """Candidates (not cv) built, then one stacked fit; one after the other with the reason when the built runs
+    cannot share one, or when the stacked fit itself breaks (each then trained afresh)."""
     from transferlab.run import stack
     from transferlab.training import stacked
-    from transferlab.training.callbacks import _set_rng_state
+    from transferlab.training.callbacks import _rng_state, _set_rng_state
+    from transferlab.training.loggers import finish_logger
 
     exps = [e for e, _ in opened]
+    rngs = []
+    for e in exps:
+        e.build(score=False)  # scores do not depend on the candidate: the point records them once
+        rngs.append(_rng_state())  # where its own fit would start (dropout draws from it)
     mem = stack.members(exps, rngs)
     reason = stack.why_apart(exps, mem)
     if reason:
@@ -344,11 +371,21 @@ def _stacked(opened: list, rngs: list[dict], t0: float) -> tuple[list[Candidate]
         for (e, cand), r in zip(opened, rngs):
             _set_rng_state(r)
             out.append(_fit(e, cand, time.perf_counter()))
+            _release(e)
         return out, f"one after the other: {reason}"
     log.info("tune: the %d candidates train as one stacked model", len(exps))
     for e, m in zip(exps, mem):  # each candidate's own curves, logged while the stack trains
         m.logger = e.open_logger(concurrent=True, job_type="candidate")
-    fits = stack.fit(exps, mem)
+    try:
+        fits = stack.fit(exps, mem)
+    except Exception as err:  # e.g. out of memory for K models at once: each candidate trained afresh, alone
+        for m in mem:
+            finish_logger(m.logger, failed=True)
+        del mem, exps
+        log.warning("tune: the stacked fit of the candidates broke (%s: %s); they train one after the other",
+                    type(err).__name__, err)
+        return ([train_candidate(cfg, c.index, c.values, c.fingerprint, inputs) for _, c in opened],
+                f"one after the other: the stacked fit broke ({type(err).__name__})")
     share = (time.perf_counter() - t0) / len(exps)
     out = []
     for (e, cand), m, f in zip(opened, mem, fits):
@@ -358,6 +395,9 @@ def _stacked(opened: list, rngs: list[dict], t0: float) -> tuple[list[Candidate]
         except NonFiniteLossError as err:
             out.append(_lost(e, cand, err, share + time.perf_counter() - t1))
             continue
+        except Exception:
+            finish_logger(m.logger, failed=True)
+            raise
         out.append(_done(e, cand, kept, share + time.perf_counter() - t1))
     return out, f"{len(exps)} candidates in one stacked fit"
 
@@ -365,11 +405,13 @@ def _stacked(opened: list, rngs: list[dict], t0: float) -> tuple[list[Candidate]
 def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
     """Cv candidates: fold fit j of every candidate still to train it, as one stacked fit per fold; then each
     candidate's choice and fit on all n (run/cv.py) one after the other. A candidate whose fold fit lost (NaN/inf)
-    has lost and trains no further fold."""
+    has lost and trains no further fold. A fold fit an earlier attempt can resume (its last.ckpt), a fold left to
+    fewer than two candidates, and every fold after one the stacked model cannot hold (or whose stacked fit
+    broke) train in `cv.fit`, one after the other."""
     from transferlab.run import cv, stack
     from transferlab.run.experiment import source_weights
     from transferlab.training import stacked
-    from transferlab.training.callbacks import _rng_state
+    from transferlab.training.callbacks import LAST, _rng_state
     from transferlab.training.loggers import finish_logger
 
     exps = [e for e, _ in opened]
@@ -378,14 +420,17 @@ def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
     folds: list[dict[int, cv.FoldFit]] = [{} for _ in exps]
     lost: dict[int, BaseException] = {}
     reason = None
+    stacked_folds = 0
     if len({p.k for p in plans}) > 1 or any(not np.array_equal(p.folds, plans[0].folds) for p in plans):
         reason = "the candidates' folds differ"
     for j in range(plans[0].k):
         if reason:
             break
-        todo = [c for c in range(len(exps)) if c not in lost and cv.reusable_fold(exps[c], plans[c], j) is None]
+        todo = [c for c in range(len(exps)) if c not in lost and cv.reusable_fold(exps[c], plans[c], j) is None
+                and not (exps[c].run_dir / cv.FOLDS_DIR / str(j) / "checkpoints" / LAST).exists()]
         if len(todo) < 2:
-            continue  # cv.fit trains or reuses it
+            continue  # cv.fit trains (or resumes, or reuses) it
+        t1 = time.perf_counter()
         runs = [cv.fold_experiment(exps[c], plans[c], j) for c in todo]
         rngs = []
         for r in runs:
@@ -396,10 +441,15 @@ def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
         if reason:
             break
         log.info("cv: fold %d/%d of %d candidates as one stacked model", j + 1, plans[0].k, len(todo))
-        t1 = time.perf_counter()
         for r, m in zip(runs, mem):
             m.logger = r.open_logger(concurrent=True, job_type="cv_fold")
-        fits = stack.fit(runs, mem)
+        try:
+            fits = stack.fit(runs, mem)
+        except Exception as err:  # e.g. out of memory for K models at once: cv.fit trains the folds left alone
+            for m in mem:
+                finish_logger(m.logger, failed=True)
+            reason = f"the stacked fit of fold {j + 1} broke ({type(err).__name__}: {err})"
+            break
         share = (time.perf_counter() - t1) / len(runs)
         for c, r, m, f in zip(todo, runs, mem, fits):
             try:
@@ -410,16 +460,25 @@ def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
                 continue
             finish_logger(r.logger, failed=False)
             folds[c][j] = cv.fold_record(r, plans[c], j, kept, share)
+        stacked_folds += 1
+        del runs, mem, fits
     if reason:
         log.warning("tune: the candidates' cv fold fits train one after the other: %s", reason)
     out = []
     for c, (e, cand) in enumerate(opened):
+        t1 = time.perf_counter()
         if c in lost:
-            out.append(_lost(e, cand, lost[c], (time.perf_counter() - t0) / len(exps)))
+            out.append(_lost(e, cand, lost[c], sum(f.wall_s or 0.0 for f in folds[c].values()), finish=False))
             continue
-        out.append(_fit(e, cand, time.perf_counter(), folds=folds[c]))
-    how = f"one after the other: {reason}" if reason else (
-        f"{len(exps)} candidates' cv fold fits stacked fold by fold; their fits on all n one after the other")
+        done = _fit(e, cand, t1, folds=folds[c])
+        done.wall_s = (done.wall_s or 0.0) + sum(f.wall_s or 0.0 for f in folds[c].values())  # its stacked shares
+        done.write()
+        out.append(done)
+        _release(e)
+    how = (f"{len(exps)} candidates' cv fold fits stacked fold by fold ({stacked_folds} of {plans[0].k} folds); "
+           "their fits on all n one after the other")
+    if reason:
+        how += f"; the rest one after the other: {reason}"
     return out, how
 
 

@@ -175,7 +175,7 @@ class Probe:
     prep: Any                           # run/setup.Prepared of the representative (pretrain: its source task)
     budget: Any                         # training/budget.StepBudget
     batch_sizes: tuple[int, ...]        # every batch size the shape's points train with
-    stack: bool = False                 # time the stacked step (vectorize=seeds)
+    stack: bool = False                 # time the stacked step (vectorize=seeds, or tuned candidates that stack)
     threads: int | None = None          # torch threads a job uses (local_parallel on CPUs: 1)
     first: bool = False                 # the first probe of the process: run twice, the first pass a warm-up
     stacked_epoch_s: float | None = None  # a stacked fit's per-epoch work, when an earlier probe measured it
@@ -665,11 +665,14 @@ def describe(items: Sequence[tuple[Any, Any]], *, cache_dir: str | None = None, 
                 old = probes.get(work.shape)
                 sizes = set(old.batch_sizes) if old else set()
                 probes[work.shape] = Probe(work.shape, "target", cfg, replace(prep, target=target), budget,
-                                           tuple(sorted(sizes | set(work.batches))), stack=stack, threads=threads)
+                                           tuple(sorted(sizes | set(work.batches))),
+                                           stack=stack or bool(work.stacked_fits) or bool(old and old.stack),
+                                           threads=threads)
                 best[work.shape] = work.n_train
             else:
                 p = probes[work.shape]
                 p.batch_sizes = tuple(sorted(set(p.batch_sizes) | set(work.batches)))
+                p.stack = p.stack or bool(work.stacked_fits)  # its stacked step, and why it may not stack
     return works, probes, pretrainings
 
 

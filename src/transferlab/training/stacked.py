@@ -29,9 +29,10 @@ A source pretraining stacks the same way (run/source_stack.py): its members have
 the start) and run through `MemberByMember`, a StackedModule that evaluates each member on its own slices instead of
 under vmap (`fit_stacked(module_type=...)`), so that each cache entry is its separate pretraining's bit for bit.
 
-What a group cannot hold is named by `why_sequential`; the caller (`sweep.group_job`) then runs the members one after
-the other in the process, each exactly as alone. A group is not resumed from a checkpoint: a killed group's
-members run again (their finished siblings are skipped by the sweeper).
+What a group cannot hold is named by `why_sequential`; the caller (`sweep.group_job`, `run.tuning`) then runs the
+members one after the other in the process, each exactly as alone. A group is not resumed from a checkpoint (no
+last.ckpt is written): a killed group's members run again (their finished siblings are skipped by the sweeper, a
+tuned point's finished candidates and folds are reused).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ BEST = "best.ckpt"
 RANDOM_LAYERS = ("Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "DropPath")
 # Training settings (`TransferModule.optim`) that reach the fit only as the options of each member's optimizer
 # parameter groups (`TransferModule.param_groups`), so members may differ in them (a tuned point's candidates).
-GROUP_OPTIONS = ("lr", "weight_decay", "lr_decay", "decay_norm_and_bias")
+# (`decay_norm_and_bias` is not one: it moves 1-D parameters between groups, so the members' groups differ.)
+GROUP_OPTIONS = ("lr", "weight_decay", "lr_decay")
 TRAINER_KEYS_OURS = ("logger", "callbacks", "enable_checkpointing", "enable_model_summary", "num_sanity_val_steps",
                      "max_epochs")
 
@@ -261,6 +263,7 @@ class StackedModule(L.LightningModule):
         self.alive = [True] * self.k
         self.rng = [m.rng.clone() for m in members]
         self._probes: dict[tuple, list[tuple[MemberDropout, tuple]]] = {}
+        self._held: tuple[dict, dict] | None = None  # the stacked state while nothing steps (`_hold`)
         self._train_sum = torch.zeros(self.k, dtype=torch.float64)
         self._train_n = 0
         self._val = torch.zeros(3, self.k, dtype=torch.float64)  # correct, loss sum, count
@@ -279,6 +282,8 @@ class StackedModule(L.LightningModule):
         return torch.stack([d[_key(n)] for d in self.trained_members]) if self.per_member else self.trained[_key(n)]
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if self._held is not None:
+            return self._held
         trained = set(self.trained_names)
         params = {n: (self._trained(n) if n in trained else getattr(self.fixed, _key(n))) for n in self.param_names}
         buffers = {n: getattr(self.fixed, _key(n)) for n in self.buffer_names}
@@ -288,6 +293,14 @@ class StackedModule(L.LightningModule):
         """Member k's net state (parameters and buffers, as `TransferNet.state_dict` names them), on the CPU."""
         params, buffers = self._state()
         return {n: t[k].detach().to("cpu", copy=True) for n, t in {**params, **buffers}.items()}
+
+    def _hold(self, on: bool) -> None:
+        """While nothing steps (a validation pass and the selections after it), the per-member leaves are stacked
+        once, not for every batch and every member's kept state."""
+        self._held = None
+        if on and self.per_member:
+            with torch.no_grad():
+                self._held = self._state()
 
     # -- forward
     def _dropout_masks(self, x: torch.Tensor, stacked: bool) -> list[list[torch.Tensor]] | None:
@@ -403,11 +416,15 @@ class StackedModule(L.LightningModule):
         was = self.net.training
         self.net.eval()
         self._val.zero_()
-        with torch.no_grad():
-            for x, y in self.val_batches:
-                self._val_step(x.to(self.device), y.to(self.device))
-        self.net.train(was)
-        self._select()
+        self._hold(True)
+        try:
+            with torch.no_grad():
+                for x, y in self.val_batches:
+                    self._val_step(x.to(self.device), y.to(self.device))
+            self.net.train(was)
+            self._select()
+        finally:
+            self._hold(False)
 
     def _val_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         stacked = self._val_stacked
