@@ -15,8 +15,8 @@ on the split carved out of the n (tasks/budget_val.py: one split, the same for e
 `data_seed` only), under `last`/`fixed_epoch` the final or fixed epoch's, under `cv` the mean held-out val/acc of
 its k fold fits at the check they chose (run/cv.py: the candidate is then its fit on all n stopped at that step; the
 folds depend on `data_seed` only, so every candidate is judged on the same folds; k + 1 fits per candidate). The
-highest score wins; ties go to the lower val/loss of that model, then to the earlier candidate. A candidate whose loss turns NaN/inf has lost (its
-failure is recorded); the point fails only if every candidate does.
+highest score wins; ties go to the lower val/loss of that model, then to the earlier candidate. A candidate whose
+loss turns NaN/inf has lost (its failure is recorded); the point fails only if every candidate does.
 
 The selected candidate is then tested from its best.ckpt with the point's own logger, and the point's result.json is
 that candidate's record with the point's identity (fingerprint and config, the grid included), `labels_used` that

@@ -41,8 +41,9 @@ How it is made:
                      that trains on a frozen prefix computes the features (+ one pass over pool, val and test)
 
    `fixed` is a run's cost outside its epochs (opening, build, Trainer, the test pass over the whole test split,
-   checkpoints, the record), `fit_only` its build, Trainer and checkpoints alone; `epoch` the per-epoch work outside batches and validation (Lightning's loop, logging,
-   callbacks); `checks` how many validation passes the budget schedules; `val` one pass over the whole val split.
+   checkpoints, the record), `fit_only` its build, Trainer and checkpoints alone; `epoch` the per-epoch work
+   outside batches and validation (Lightning's loop, logging, callbacks); `checks` how many validation passes the
+   budget schedules; `val` one pass over the whole val split.
 4. **Wall time**: the units in launch order, each on the first free slot of the launcher (basic: 1; local_parallel:
    `n_jobs`, at most the device lease's slots, each worker paying its start-up once; slurm: `array_parallelism`,
    each task a fresh process, plus the queue's wait, which is not known here), a unit that needs a source model
