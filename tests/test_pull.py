@@ -179,47 +179,31 @@ def test_a_worker_told_to_stop_releases_its_unit_and_another_takes_it_at_once(tm
     assert [r["worker"] for r in runs if r["unit"] == unit] == ["w0"]  # the released run never finished
 
 
-def test_a_worker_told_to_stop_while_idle_exits_and_holds_nothing(tmp_path):
-    """A worker waiting for others' units (nothing held) exits at once on SIGTERM; the units are unaffected."""
-    sweep = _queue(tmp_path, 1, heartbeat_s=0.1, expire_s=60)
-    ctx = mp.get_context("fork")
-    busy = ctx.Process(target=_busy_worker, args=(str(sweep), "w0", 1.5))
-    busy.start()
-    while not (sweep / "p00" / pull.CLAIM_FILE).exists():
-        time.sleep(0.01)
-    idle = ctx.Process(target=_busy_worker, args=(str(sweep), "w1", 0.1))
-    idle.start()
-    time.sleep(0.5)
-    assert idle.is_alive()  # waiting: p00 is held by w0
-    os.kill(idle.pid, signal.SIGTERM)
-    idle.join(timeout=5)
-    busy.join(timeout=10)
-    assert (idle.exitcode, busy.exitcode) == (128 + signal.SIGTERM, 0)
-    assert [(e["event"], e["worker"]) for e in pull.read_audit(sweep)] == [("claim", "w0"), ("end", "w0")]
-
-
-def _slow_claim_worker(sweep: str, worker: str) -> None:
-    """An idle worker whose every look for a unit takes 0.5 s, so a signal lands while it is busy claiming."""
+def _idle_worker(sweep: str, worker: str, look_s: float) -> None:
+    """A worker with nothing to claim; each look for a unit takes `look_s` more (a signal then lands inside one)."""
     claim = pull.Claimer.claim
 
     def slow(self):
-        time.sleep(0.5)
+        time.sleep(look_s)
         return claim(self)
     pull.Claimer.claim = slow
     _busy_worker(sweep, worker, 0.1)
 
 
-def test_a_worker_told_to_stop_while_taking_a_claim_exits_as_if_idle(tmp_path):
-    """The signal is acted on after the look for a unit ends (nothing was free): same exit code as an idle worker."""
+@pytest.mark.parametrize("look_s, signal_after_s", [(0.0, 0.5), (0.5, 0.25)], ids=["waiting", "looking"])
+def test_a_worker_told_to_stop_while_idle_exits_and_holds_nothing(tmp_path, look_s, signal_after_s):
+    """A worker waiting for others' units (nothing held) exits at once on SIGTERM, with 128 + signal whether the
+    signal finds it sleeping or looking for a unit (then it acts on it after the look); the units are unaffected."""
     sweep = _queue(tmp_path, 1, heartbeat_s=0.1, expire_s=60)
     ctx = mp.get_context("fork")
     busy = ctx.Process(target=_busy_worker, args=(str(sweep), "w0", 2.0))
     busy.start()
     while not (sweep / "p00" / pull.CLAIM_FILE).exists():
         time.sleep(0.01)
-    idle = ctx.Process(target=_slow_claim_worker, args=(str(sweep), "w1"))
+    idle = ctx.Process(target=_idle_worker, args=(str(sweep), "w1", look_s))
     idle.start()
-    time.sleep(0.25)  # inside its first (0.5 s) look
+    time.sleep(signal_after_s)
+    assert idle.is_alive()  # waiting: p00 is held by w0
     os.kill(idle.pid, signal.SIGTERM)
     idle.join(timeout=5)
     busy.join(timeout=10)
