@@ -143,6 +143,7 @@ def test_private_lightning_methods_we_override_are_still_called_by_lightning():
     from transferlab.training.callbacks import BlockModelSummary, RunLocalCheckpoint, _BlockSummary
 
     for ours, base, name in [(RunLocalCheckpoint, ModelCheckpoint, "_update_best_and_save"),
+                             (RunLocalCheckpoint, ModelCheckpoint, "_save_checkpoint"),
                              (_BlockSummary, Summary, "_get_summary_data"),
                              (BlockModelSummary, ModelSummary, "_summary")]:
         assert issubclass(ours, base) and name in ours.__dict__ and callable(base.__dict__.get(name)), name
@@ -207,3 +208,28 @@ def test_the_sweeper_base_is_hydras_basic_sweeper():
     assert TransferlabSweeper.__mro__[1] is base
     sweeper = TransferlabSweeper(max_batch_size=3, params={"a": "1,2"})
     assert (sweeper.max_batch_size, dict(sweeper.params)) == (3, {"a": "1,2"})  # what __init__ passes on
+
+
+def test_checkpoint_contents_is_what_save_checkpoint_writes(tmp_path, monkeypatch):
+    """`compat.checkpoint_contents` (the tracker's in-memory best.ckpt) is the dict Lightning's own
+    `trainer.save_checkpoint(weights_only=True)` hands to the checkpoint IO, and a changed internal is one error."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel())
+    saved = {}
+    monkeypatch.setattr(trainer.strategy.checkpoint_io, "save_checkpoint",
+                        lambda checkpoint, path, storage_options=None: saved.update(checkpoint))
+    trainer.save_checkpoint(tmp_path / "x.ckpt", weights_only=True)
+    ours = compat.checkpoint_contents(trainer, True)
+    assert ours.keys() == saved.keys() and ours["epoch"] == saved["epoch"] and ours["loops"] == saved["loops"]
+    assert all(torch.equal(ours["state_dict"][k], v) for k, v in saved["state_dict"].items())
+
+    monkeypatch.setattr(compat, "_checked", set())
+    monkeypatch.setattr(_CheckpointConnector, "dump_checkpoint", lambda self: {})
+    with pytest.raises(RuntimeError, match=r"lightning .*: _CheckpointConnector\.dump_checkpoint\(weights_only\) "
+                                           "changed"):
+        compat.checkpoint_contents(trainer, True)

@@ -12,6 +12,7 @@ import logging
 import shutil
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -381,37 +382,174 @@ def test_a_resumed_run_never_tests_a_best_checkpoint_from_another_epoch_than_its
     _same_numbers(again, clean)
 
 
-def test_a_resume_puts_back_the_model_its_resume_point_selected(make_cfg, monkeypatch):
-    """select=last replaces best.ckpt every epoch; with a resume point after epoch 1 only and a crash after epoch
-    3, best.ckpt holds epoch 3's model while last.ckpt's selection kept epoch 1. The first replacement after the
-    resume point kept epoch 1's model as best.committed.ckpt; the resume puts it back, so even a replay that did
-    not rewrite best.ckpt would test the model its selection names. The resumed run equals an uninterrupted one."""
-    overrides = (*SCRATCH, "train.select=last", "train.max_epochs=4")
-    clean = run(make_cfg(*overrides, run="clean"))
-    real = callbacks.ResumePoint.on_validation_end
+RESUME_POINTS = ("transfer=scratch", "target.n_per_class=5", "train.max_epochs=6", "checkpoint.every_s=25")
 
-    def first_epoch_only(self, trainer, pl_module):
-        if trainer.current_epoch == 0:
-            real(self, trainer, pl_module)
+
+def _resume_clock(monkeypatch) -> None:
+    """ResumePoint's clock reads 10 s per epoch started (0-based epoch e: 10 e): with `RESUME_POINTS`
+    (every_s=25) a fit from epoch 0 writes its resume points after 1-based epochs 4 and 6 (the last)."""
+    now = [0.0]
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    for hook in ("on_train_start", "on_train_epoch_start"):  # FailOnNonFinite's run before ResumePoint's
+        monkeypatch.setattr(callbacks.FailOnNonFinite, hook,
+                            lambda self, trainer, pl_module: now.__setitem__(0, 10.0 * trainer.current_epoch),
+                            raising=False)
+
+
+def _saves(monkeypatch, fail_on=None) -> list[tuple[str, int]]:
+    """(file name, 0-based epoch) of every checkpoint written from now on; `fail_on` ((name, epoch)): that write
+    raises instead (the process killed just before it)."""
+    saves: list[tuple[str, int]] = []
+    real = checkpoints.SafeCheckpointIO.save_checkpoint
+
+    def save(self, checkpoint, path, storage_options=None):
+        if (Path(path).name, checkpoint["epoch"]) == fail_on:
+            raise RuntimeError("simulated kill")
+        real(self, checkpoint, path, storage_options)
+        saves.append((Path(path).name, checkpoint["epoch"]))
+
+    monkeypatch.setattr(checkpoints.SafeCheckpointIO, "save_checkpoint", save)
+    return saves
+
+
+def _copies(monkeypatch) -> list[int]:
+    copies: list[int] = []
+    real = callbacks._cpu_copy
+    monkeypatch.setattr(callbacks, "_cpu_copy", lambda ckpt: copies.append(ckpt["epoch"]) or real(ckpt))
+    return copies
+
+
+def _state(path: Path) -> tuple[int, dict]:
+    ckpt = checkpoints.SafeCheckpointIO().load_checkpoint(path)
+    return ckpt["epoch"], ckpt["state_dict"]
+
+
+def _same_model(a: Path, b: Path) -> None:
+    (ea, sa), (eb, sb) = _state(a), _state(b)
+    assert ea == eb and sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("select", ["last", "best_val", "fixed_epoch"])
+def test_best_ckpt_is_written_with_the_resume_points_and_holds_the_model_an_eager_write_held(
+        make_cfg, tmp_path, monkeypatch, select):
+    """The selection changes at validation checks (select=last: at every one); best.ckpt is written only just
+    before a resume point (last.ckpt) whose selection is not on disk yet, from a copy taken when the selection
+    changed. The result, the selected epoch and best.ckpt's bytes equal a fit writing a resume point (and so
+    best.ckpt) after every epoch, the old eager behaviour, which copies nothing."""
+    chosen = [f"train.select={select}", *(["train.select_epoch=2"] if select == "fixed_epoch" else [])]
+    every_epoch = [o if o != "checkpoint.every_s=25" else "checkpoint.every_s=0" for o in RESUME_POINTS]
+    saves, copies = _saves(monkeypatch), _copies(monkeypatch)
+    eager = run(make_cfg(*every_epoch, *chosen, run="eager"))
+    changes = [e for name, e in saves if name == "best.ckpt"]  # eager: one write per change of selection
+    assert [e for name, e in saves if name == "last.ckpt"] == list(range(6)) and not copies
+    saves.clear()
+    _resume_clock(monkeypatch)
+    cfg = make_cfg(*RESUME_POINTS, *chosen, run="deferred")
+    deferred = run(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    eager_best = tmp_path / "eager" / "checkpoints" / "best.ckpt"
+    assert (ckpts / "best.ckpt").read_bytes() == eager_best.read_bytes()  # the same file, byte for byte
+    assert deferred["selected_epoch"] == eager["selected_epoch"]
+    _same_numbers(deferred, eager)
+    assert [e for name, e in saves if name == "last.ckpt"] == [3, 5]
+    at = [i for i, (name, _) in enumerate(saves) if name == "best.ckpt"]
+    assert all(saves[i + 1][0] == "last.ckpt" for i in at)  # each just before a resume point
+    # one write per resume point whose selection changed since the last write; a copy per change not written
+    # at its own validation check
+    assert [saves[i][1] for i in at] == sorted({max(e for e in changes if e <= r) for r in (3, 5)
+                                                if any(c <= r for c in changes)})
+    assert copies == [e for e in changes if e not in (3, 5)]
+    if select == "last":
+        assert changes == list(range(6)) and [saves[i][1] for i in at] == [3, 5] and copies == [0, 1, 2, 4]
+    if select == "fixed_epoch":
+        assert changes == [1] and [saves[i][1] for i in at] == [1] and copies == [1]
+    assert not (ckpts / callbacks.COMMITTED).exists()
+
+
+@pytest.mark.parametrize("crash_after", [4, 5])  # 1-based: just after the resume point of epoch 4, or between two
+def test_a_fit_killed_after_or_between_resume_points_resumes_to_the_uninterrupted_result(
+        make_cfg, tmp_path, monkeypatch, crash_after):
+    """Killed at the end of epoch `crash_after` (the selection changed since the resume point of epoch 4 with
+    select=last), the run resumes from epoch 4 and ends with the uninterrupted run's result and best.ckpt."""
+    overrides = (*RESUME_POINTS, "train.select=last")
+    _resume_clock(monkeypatch)
+    clean = run(make_cfg(*overrides, run="clean"))
 
     def crash(self, trainer, pl_module):
-        if trainer.current_epoch == 2:
+        if trainer.current_epoch + 1 == crash_after:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(callbacks.ResumePoint, "on_validation_end", first_epoch_only)
     monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
     cfg = make_cfg(*overrides, run="r")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    # the killed attempt wrote best.ckpt with its resume point only: both name epoch 4 (0-based 3)
+    assert _state(ckpts / "last.ckpt")[0] == 3 and _state(ckpts / "best.ckpt")[0] == 3
+    assert not (ckpts / callbacks.COMMITTED).exists()
+    monkeypatch.undo()
+    again = run(make_cfg(*overrides, run="r"))
+    assert again["status"] == "ok" and again["resumed_from"] and again["selected_epoch"] == 6
+    _same_numbers(again, clean)
+    _same_model(ckpts / "best.ckpt", tmp_path / "clean" / "checkpoints" / "best.ckpt")
+
+
+def test_a_kill_between_writing_best_ckpt_and_its_resume_point_resumes_from_the_previous_one(
+        make_cfg, tmp_path, monkeypatch):
+    """best.ckpt is written just before last.ckpt: killed between the two (here at the resume point of epoch 6),
+    best.ckpt holds epoch 6's model while last.ckpt's selection kept epoch 4's. That write kept epoch 4's model as
+    best.committed.ckpt; the resume puts it back, so even a replay that did not rewrite best.ckpt would test the
+    model its selection names. The resumed run equals an uninterrupted one."""
+    overrides = (*RESUME_POINTS, "train.select=last")
+    _resume_clock(monkeypatch)
+    clean = run(make_cfg(*overrides, run="clean"))
+    _saves(monkeypatch, fail_on=("last.ckpt", 5))
+    cfg = make_cfg(*overrides, run="r")
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
     monkeypatch.undo()
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    io = checkpoints.SafeCheckpointIO()
-    epoch = lambda name: io.load_checkpoint(ckpt_dir / name)["epoch"]  # noqa: E731 - 0-based
-    assert (epoch("last.ckpt"), epoch("best.ckpt"), epoch(callbacks.COMMITTED)) == (0, 2, 0)
+    epoch = lambda name: _state(ckpt_dir / name)[0]  # noqa: E731 - 0-based
+    assert (epoch("last.ckpt"), epoch("best.ckpt"), epoch(callbacks.COMMITTED)) == (3, 5, 3)
     assert checkpoints.resume_state(ckpt_dir, None) is not None
-    assert epoch("best.ckpt") == 0 and not (ckpt_dir / callbacks.COMMITTED).exists()
+    assert epoch("best.ckpt") == 3 and not (ckpt_dir / callbacks.COMMITTED).exists()
     assert verified.problem(ckpt_dir / "best.ckpt") is None  # moved with its checksum
     again = run(make_cfg(*overrides, run="r"))
-    assert again["status"] == "ok" and again["selected_epoch"] == 4 and again["resumed_from"]
+    assert again["status"] == "ok" and again["selected_epoch"] == 6 and again["resumed_from"]
     _same_numbers(again, clean)
+    _same_model(ckpt_dir / "best.ckpt", tmp_path / "clean" / "checkpoints" / "best.ckpt")
     assert not (ckpt_dir / callbacks.COMMITTED).exists()  # the final resume point committed the last model
+
+
+def test_a_run_folder_killed_under_eager_best_writes_resumes_with_its_committed_model(
+        make_cfg, tmp_path, monkeypatch):
+    """A folder the code before the deferral left: best.ckpt was written at every change of selection, so a kill
+    after epoch 3 with a resume point after epoch 1 only left a later model in best.ckpt and the resume point's
+    (epoch 1) in best.committed.ckpt. The resume puts the committed model back and the run ends with the
+    uninterrupted result."""
+    overrides = (*SCRATCH, "train.select=last", "train.max_epochs=4")
+    clean = run(make_cfg(*overrides, run="clean"))
+
+    def crash(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(callbacks.FailOnNonFinite, "on_train_epoch_end", crash, raising=False)
+    cfg = make_cfg(*overrides, run="r")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)  # a resume point after epoch 1 (every_s=0), then killed
+    monkeypatch.undo()
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    # what the old code then wrote at epochs 2-3: best.ckpt moved aside as committed, a later model in its place
+    verified.move(ckpt_dir / "best.ckpt", ckpt_dir / callbacks.COMMITTED)
+    for name in ("best.ckpt", "best.ckpt.sha256"):
+        shutil.copy(tmp_path / "clean" / "checkpoints" / name, ckpt_dir / name)
+    epoch = lambda name: _state(ckpt_dir / name)[0]  # noqa: E731 - 0-based
+    assert (epoch("last.ckpt"), epoch("best.ckpt"), epoch(callbacks.COMMITTED)) == (0, 3, 0)
+    started = count_epochs(monkeypatch)
+    again = run(make_cfg(*overrides, run="r"))
+    assert started == [1, 2, 3] and again["status"] == "ok" and again["resumed_from"]
+    assert again["selected_epoch"] == 4
+    _same_numbers(again, clean)
+    _same_model(ckpt_dir / "best.ckpt", tmp_path / "clean" / "checkpoints" / "best.ckpt")
+    assert not (ckpt_dir / callbacks.COMMITTED).exists()

@@ -172,6 +172,26 @@ def overrides_private(*names: str) -> Callable[[type], type]:
     return check
 
 
+def checkpoint_contents(trainer: Any, weights_only: bool) -> dict[str, Any]:
+    """What `trainer.save_checkpoint(path, weights_only)` would write, as a dict, without writing it (lightning 2.6:
+    `trainer._checkpoint_connector.dump_checkpoint(weights_only)`, which `save_checkpoint` calls before handing the
+    dict to the strategy). Why private: Lightning has no public call that builds a checkpoint without saving it,
+    and the model-selection tracker keeps the selected model's checkpoint in memory until it writes it
+    (`training.callbacks.RunLocalCheckpoint`)."""
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    def check() -> None:
+        dump = getattr(_CheckpointConnector, "dump_checkpoint", None)
+        if dump is None or _params(dump) != ["self", "weights_only"]:
+            raise changed("lightning", "_CheckpointConnector.dump_checkpoint(weights_only)")
+
+    _check_once("dump_checkpoint", check)
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    if not isinstance(connector, _CheckpointConnector):
+        raise changed("lightning", "Trainer._checkpoint_connector")
+    return connector.dump_checkpoint(weights_only)
+
+
 def _on(value: Any, device: Any) -> bool | None:
     """Is every tensor in `value` (dicts, lists, tuples, sets, dataclasses, walked) already on `device`?
     None when it holds something `_ResultMetric.to` would move otherwise (a torchmetrics Metric)."""

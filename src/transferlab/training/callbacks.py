@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 import torch
@@ -28,7 +30,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ModelSummar
 from lightning.pytorch.utilities.model_summary.model_summary import ModelSummary as Summary
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
-from transferlab.compat import overrides_private
+from transferlab.compat import checkpoint_contents, overrides_private
 from transferlab.errors import ConfigError, NonFiniteLossError, problem
 from transferlab.store import verified
 from transferlab.transfer.network import BACKBONE_PREFIX
@@ -159,6 +161,14 @@ class RunIdentity(L.Callback):
             _set_rng_state(state_dict["rng"])
 
 
+def _cpu_copy(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a checkpoint whose state_dict tensors are CPU copies (detached, same dtype, shape and strides),
+    the rest deep-copied: what it holds no longer changes with the module."""
+    memo = {id(t): t.detach().to("cpu", copy=True) for t in (checkpoint.get("state_dict") or {}).values()
+            if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(checkpoint, memo)
+
+
 def replaces(select: str, select_epoch: int | None, epoch: int, acc: float, loss: float | None,
              kept_acc: float | None, kept_loss: float | None) -> bool:
     """The selection rule (`train.select`, see `RunLocalCheckpoint`), shared with a vectorised group's members
@@ -175,10 +185,10 @@ def replaces(select: str, select_epoch: int | None, epoch: int, acc: float, loss
     return loss is not None and kept_loss is not None and loss < kept_loss
 
 
-@overrides_private("_update_best_and_save")
+@overrides_private("_update_best_and_save", "_save_checkpoint")
 class RunLocalCheckpoint(ModelCheckpoint):
     """The model-selection tracker (`train.select`: which epoch's model is tested), with its saved state naming
-    files relative to its own folder. One file, `best.ckpt`, holds the selected model; it is replaced when:
+    files relative to its own folder. One file, `best.ckpt`, holds the selected model; the selection changes when:
 
     - `best_val` (default): val/acc is higher than the kept model's, or equal with a lower val/loss. On a full tie
       the earlier epoch stays. Validation accuracy on a few dozen examples moves in steps of one example, so ties
@@ -190,12 +200,23 @@ class RunLocalCheckpoint(ModelCheckpoint):
     `selected_epoch` (1-based) and the kept model's val/loss are part of the saved state, so a resumed fit applies
     the same rule to the same history.
 
-    best.ckpt changes whenever the selection does, last.ckpt (the resume point) at most every `checkpoint.every_s`:
-    a killed fit can leave a best.ckpt newer than its resume point, which the resumed selection does not know. So
-    the first replacement after a resume point keeps the model that point committed to as `best.committed.ckpt`
-    instead of overwriting it; the next resume point deletes it (`commit`), and a resume puts it back as best.ckpt
-    (`training/checkpoints.py`). A replay that is not bit-exact (non-deterministic kernels) then still tests the
-    model its own selection kept.
+    When best.ckpt is written. A change of selection only takes the checkpoint Lightning's weights-only save would
+    write (`compat.checkpoint_contents`: the module's state_dict, epoch, global_step, the loops' state, the
+    Lightning version), at that validation end, with the module's own tensors; before the next training step
+    moves them, the tensors are copied to CPU (`on_train_batch_start`). That checkpoint is written to best.ckpt
+    (`write_selected`, through the trainer's checkpoint IO: the same bytes as Lightning's save of that epoch) only
+    when a resume point is written (`ResumePoint`, just before last.ckpt) and when the fit ends (`on_train_end`),
+    so it is on disk before the test and whenever last.ckpt's selection names it. Writing the whole network at
+    every change of selection (a linear probe's tie rule changes it in almost every epoch) cost a resnet18 probe
+    a large share of its run (docs/speed.md); a copy in memory is much cheaper than a write, and a resume point
+    of every epoch (`checkpoint.every_s=0`) writes best.ckpt from the module's own tensors, copying nothing.
+
+    best.ckpt is written just before last.ckpt, so a kill between the two leaves a best.ckpt newer than the resume
+    point's selection (and so can the end of a fit whose last epoch wrote no resume point). So a write that
+    replaces the model the last resume point committed to keeps that file as `best.committed.ckpt` instead of
+    overwriting it; the next resume point deletes it (`commit`), and a resume puts it back as best.ckpt
+    (`training/checkpoints.py`). A run folder killed while best.ckpt was still written at every change (before
+    this deferral) has the same files and resumes the same way.
 
     Lightning's ModelCheckpoint saves absolute paths (best_model_path, ...) in last.ckpt and restores them as they
     are; a run dir copied or moved elsewhere would then re-test the *original* folder's best.ckpt (another run's
@@ -204,8 +225,9 @@ class RunLocalCheckpoint(ModelCheckpoint):
     part, absolute or `..`, is dropped) and restores the scores, so re-testing a finished run gives its numbers.
     """
 
-    # transferlab.config.Select; val_in_budget is best_val's rule on a val split carved out of the n (tasks/budget_val.py);
-    # cv keeps the last model: its fold fits only record curves, its final fit stops at the chosen step (run/cv.py)
+    # transferlab.config.Select; val_in_budget is best_val's rule on a val split carved out of the n
+    # (tasks/budget_val.py); cv keeps the last model: its fold fits only record curves, its final fit stops at the
+    # chosen step (run/cv.py)
     RULES = ("best_val", "last", "fixed_epoch", "val_in_budget", "cv")
 
     def __init__(self, *args: Any, select: str = "best_val", select_epoch: int | None = None,
@@ -218,6 +240,9 @@ class RunLocalCheckpoint(ModelCheckpoint):
         self.selected_epoch: int | None = None  # 1-based epoch of the kept model
         self.selected_loss: float | None = None  # its val/loss (the best_val tie-break)
         self.committed_on_disk = False  # best.ckpt is the model the last resume point's state selected
+        self._unwritten: dict[str, Any] | None = None  # the selected model's checkpoint, not yet in best.ckpt
+        self._unwritten_path = ""
+        self._live = False  # _unwritten holds the module's own tensors (selected at this validation end)
 
     def replaces(self, epoch: int, acc: float, loss: float | None) -> bool:
         """Does the model after 1-based `epoch`, with this val/acc and val/loss, replace the kept one?"""
@@ -233,14 +258,46 @@ class RunLocalCheckpoint(ModelCheckpoint):
         return trainer.strategy.reduce_boolean_decision(bool(decision))  # every process agrees (DDP)
 
     def _update_best_and_save(self, current: torch.Tensor, trainer: L.Trainer, monitor_candidates) -> None:
-        best, kept = Path(self.dirpath) / "best.ckpt", Path(self.dirpath) / COMMITTED
-        if self.committed_on_disk and best.exists() and not kept.exists() and trainer.is_global_zero:
-            verified.move(best, kept)  # the resume point's model, until the next resume point commits the new one
-        self.committed_on_disk = False
         loss = monitor_candidates.get(self.loss_key)
         self.selected_epoch = int(trainer.current_epoch) + 1
         self.selected_loss = None if loss is None else float(loss)
-        super()._update_best_and_save(current, trainer, monitor_candidates)
+        super()._update_best_and_save(current, trainer, monitor_candidates)  # -> _save_checkpoint
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Lightning's save of the newly selected model, deferred: its checkpoint is taken now and written by
+        `write_selected`. Only rank 0 writes, so only rank 0 keeps it; every rank knows one is pending."""
+        checkpoint = checkpoint_contents(trainer, self.save_weights_only)
+        self._unwritten = checkpoint if trainer.is_global_zero else {}
+        self._unwritten_path, self._live = filepath, True
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._live:  # the selected model's tensors are about to move: keep a copy
+            self._unwritten = _cpu_copy(self._unwritten)
+            self._live = False
+
+    def write_selected(self, trainer: L.Trainer) -> None:
+        """Write the selected model's checkpoint to best.ckpt if it is not there yet (collective under DDP: every
+        rank calls it, rank 0 writes). The model the last resume point committed to is kept as
+        `best.committed.ckpt` until the next resume point (`commit`)."""
+        if self._unwritten is None:
+            return
+        best, kept = Path(self._unwritten_path), Path(self.dirpath) / COMMITTED
+        if self.committed_on_disk and trainer.is_global_zero and best.exists() and not kept.exists():
+            verified.move(best, kept)  # the resume point's model, until the next resume point commits the new one
+        self.committed_on_disk = False
+        trainer.strategy.save_checkpoint(self._unwritten, best)  # rank 0's checkpoint IO (SafeCheckpointIO)
+        trainer.strategy.barrier("RunLocalCheckpoint.write_selected")
+        self._unwritten, self._live = None, False
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.write_selected(trainer)  # the fit's selection on disk before it is tested
 
     def _here(self, name: str | None) -> str:
         return str(Path(self.dirpath) / Path(name).name) if name else ""
@@ -276,14 +333,15 @@ class ResumePoint(Checkpoint):
     `every_s` seconds of the fit, and always after the last epoch, so a finished fit's `last.ckpt` is its end.
 
     `every_s=0` writes after every epoch (a killed run loses at most one epoch). Being a `Checkpoint`, Lightning
-    runs it after the other callbacks and after the best-model tracker listed before it (which saves at validation
-    end too, see `fit_and_test`), so the tracker state it saves is this epoch's.
+    runs it after the other callbacks and after the best-model tracker listed before it (which selects at validation
+    end too, see `fit_and_test`), so the tracker state it saves is this epoch's. The tracker's selected model is
+    written to best.ckpt just before (`RunLocalCheckpoint.write_selected`), so a resume finds it on disk.
     """
 
     def __init__(self, dirpath: Path, every_s: float = 0.0, tracker: RunLocalCheckpoint | None = None):
         self.path = Path(dirpath) / LAST
         self.every_s = float(every_s)
-        self.tracker = tracker  # told when a resume point is written (RunLocalCheckpoint.commit)
+        self.tracker = tracker  # writes its best.ckpt before, and is told after, each resume point
         self._since = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -295,6 +353,8 @@ class ResumePoint(Checkpoint):
         final = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
         # rank 0's clock decides for every DDP rank: save_checkpoint is collective (a barrier) under DDP
         if trainer.strategy.broadcast(final or time.monotonic() - self._since >= self.every_s, src=0):
+            if self.tracker is not None:
+                self.tracker.write_selected(trainer)  # best.ckpt first: last.ckpt's selection names its model
             trainer.save_checkpoint(self.path)
             if self.tracker is not None and trainer.is_global_zero:
                 self.tracker.commit()

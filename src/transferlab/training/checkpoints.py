@@ -71,7 +71,9 @@ def _tested_file(ckpt_dir: Path, ckpt: dict[str, Any]) -> Path | None:
 
 def _restore_committed(ckpt_dir: Path, ckpt: dict[str, Any]) -> None:
     """Put back the model `ckpt`'s selection kept (`best.committed.ckpt`, see RunLocalCheckpoint) as best.ckpt, in
-    place of a later model the killed attempt saved after its last resume point. A committed file that is not that
+    place of a later model the killed attempt saved after its last resume point (killed between writing best.ckpt
+    and last.ckpt, or, under the code before best.ckpt was deferred to resume points, at any epoch since the last
+    one). A committed file that is not that
     model (a crash between writing last.ckpt and deleting it) or cannot be read is removed: best.ckpt is then
     the resume point's own, and the end-of-fit check (`check_selected_file`) guards the rest."""
     committed = Path(ckpt_dir) / COMMITTED

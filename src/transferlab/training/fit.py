@@ -64,15 +64,17 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
     (`test_checkpoint`): the selected one for the point's result, the others after that choice for hindsight only
     (run/tuning.py, run/hindsight.py).
 
-    `best.ckpt` holds weights only (what the result needs); `last.ckpt` the full state, every `resume_every_s`.
+    `best.ckpt` holds weights only (what the result needs), written with each resume point and at the fit's end;
+    `last.ckpt` the full state, every `resume_every_s`.
     """
     train, val, test_loader = loaders
     module.train_log_epochs = frozenset(int(e) for e in val_epochs) if val_epochs else None
     patch_result_metric_to()
     cuda_check_without_failing_nvml()
     history = MetricHistory()
-    # Saved at validation end, not Lightning's default train-epoch end (which comes after validation end): then it
-    # runs before ResumePoint, and the tracker state in last.ckpt is this epoch's, agreeing with best.ckpt.
+    # Selects at validation end, not Lightning's default train-epoch end (which comes after validation end): then
+    # it runs before ResumePoint, and the tracker state in last.ckpt is this epoch's; ResumePoint has the tracker
+    # write best.ckpt just before last.ckpt, so the two agree (RunLocalCheckpoint: when best.ckpt is written).
     ckpt = RunLocalCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/acc", mode="max",
                               save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=False,
                               select=select, select_epoch=select_epoch)
