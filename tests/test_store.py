@@ -466,6 +466,24 @@ def test_best_ckpt_is_written_with_the_resume_points_and_holds_the_model_an_eage
     assert not (ckpts / callbacks.COMMITTED).exists()
 
 
+def test_a_fit_ending_without_a_resume_point_writes_its_selection_before_the_test(make_cfg, tmp_path,
+                                                                                   monkeypatch):
+    """No resume point at all (as a fit whose last epoch is not a validation check has none at its end):
+    best.ckpt is written once, when the fit ends, from the copy of the selected epoch's model, before the test."""
+    chosen = ("train.select=fixed_epoch", "train.select_epoch=2")
+    every_epoch = [o if o != "checkpoint.every_s=25" else "checkpoint.every_s=0" for o in RESUME_POINTS]
+    eager = run(make_cfg(*every_epoch, *chosen, run="eager"))
+    monkeypatch.setattr(callbacks.ResumePoint, "on_validation_end", lambda self, trainer, pl_module: None)
+    saves, copies = _saves(monkeypatch), _copies(monkeypatch)
+    cfg = make_cfg(*RESUME_POINTS, *chosen, run="r")
+    rec = run(cfg)
+    assert saves == [("best.ckpt", 1)] and copies == [1]
+    assert rec["selected_epoch"] == 2
+    _same_numbers(rec, eager)
+    best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+    assert best.read_bytes() == (tmp_path / "eager" / "checkpoints" / "best.ckpt").read_bytes()
+
+
 @pytest.mark.parametrize("crash_after", [4, 5])  # 1-based: just after the resume point of epoch 4, or between two
 def test_a_fit_killed_after_or_between_resume_points_resumes_to_the_uninterrupted_result(
         make_cfg, tmp_path, monkeypatch, crash_after):
