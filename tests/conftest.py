@@ -88,6 +88,15 @@ def run_cli(*args: str, cwd: Path, module: str = "transferlab.train", timeout: i
                           timeout=timeout, env=full_env)
 
 
+def paired_results(sweep: Path, other: Path) -> list[tuple[dict, dict]]:
+    """(record, the same point's record in `other`) for every point of `sweep` (its top-level result.json files,
+    by folder name): two ways of running one sweep, compared point by point."""
+    import json
+
+    return [(json.loads(p.read_text()), json.loads((other / p.parent.name / "result.json").read_text()))
+            for p in sorted(sweep.glob("*/result.json"))]
+
+
 def cli_problems(stderr: str) -> list[str]:
     """The problem lines the CLI printed for a ConfigError (`  - key=value: allowed`), without their bullet."""
     return [ln[4:] for ln in stderr.splitlines() if ln.startswith("  - ")]

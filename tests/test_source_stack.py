@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import paired_results, run_cli
 from transferlab.run import identity, source_stack
 from transferlab.run.experiment import pretrain_source
 from transferlab.run.setup import prepare
@@ -158,11 +158,9 @@ def test_a_vectorised_sweep_pretrains_its_sources_stacked_and_equals_a_plain_one
     one = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'one'}", f"paths.cache_dir={tmp_path / 'cache_one'}", *common,
                   cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    results = sorted((tmp_path / "vec").glob("*/result.json"))
-    assert len(results) == 2
-    for path in results:
-        v = json.loads(path.read_text())
-        o = json.loads((tmp_path / "one" / path.parent.name / "result.json").read_text())
+    pairs = paired_results(tmp_path / "vec", tmp_path / "one")
+    assert len(pairs) == 2
+    for v, o in pairs:
         assert v["status"] == o["status"] == "ok"
         assert v["source_cache"] == "stacked" and o["source_cache"] == "miss"
         assert v["fingerprint"] == o["fingerprint"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import quadrant_images, run_cli
+from conftest import paired_results, quadrant_images, run_cli
 from transferlab.run import identity
 from transferlab.run.experiment import Experiment, run
 from transferlab.sweep.group_job import GroupFailed, run_group
@@ -177,11 +177,9 @@ def test_sweep_vectorized_and_not_share_their_points(tmp_path, shared_cache):
     assert again.returncode == 0 and "4 already done (skipped), 0 to run" in again.stderr + again.stdout
     plain = run_cli("-m", f"hydra.sweep.dir={tmp_path / 'one'}", *common, cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    results = sorted((tmp_path / "vec").glob("*/result.json"))
-    assert len(results) == 4
-    for path in results:
-        vec = json.loads(path.read_text())
-        one = json.loads((tmp_path / "one" / path.parent.name / "result.json").read_text())
+    pairs = paired_results(tmp_path / "vec", tmp_path / "one")
+    assert len(pairs) == 4
+    for vec, one in pairs:
         assert vec["group"]["mode"] == "stacked" and one["group"] is None
         assert vec["fingerprint"] == one["fingerprint"]
         assert abs(vec["metrics"]["test/acc"] - one["metrics"]["test/acc"]) <= 1e-5

@@ -4,6 +4,10 @@ members (sweep/group_job.py) and a tuned point's candidates or their cv fold fit
 Why one place: which runs may share a stacked fit is one decision (`why_apart`: what `stacked.why_sequential` says
 of the modules, plus the step plans, which only the runs know), and every caller turns a built `Experiment` into a
 member the same way, from the random state its own fit would start from.
+
+`fit_logged` ends every member's logger when the stacked fit breaks, for callers that then train the runs one after
+the other (a tuned point's candidates and fold fits); a seed group's job instead records each member's failure with
+its logger (`Experiment.fail`), so it opens the loggers itself and calls `fit`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,33 @@ def why_apart(exps: list[Experiment], mem: list[stacked.Member]) -> str | None:
     first = exps[0]
     return stacked.why_sequential(mem, train_cfg=first.cfg.train, trainer_cfg=first.cfg.trainer,
                                   epochs=[e.prep.budget.epochs for e in exps])
+
+
+def build(exps: list[Experiment]) -> list[dict[str, Any]]:
+    """Build each run as its own fit would (no scores: a point records them once); the random state each run's
+    own fit would start from (dropout draws from it), one per run."""
+    from transferlab.training.callbacks import _rng_state
+
+    rngs = []
+    for e in exps:
+        e.build(score=False)
+        rngs.append(_rng_state())
+    return rngs
+
+
+def fit_logged(exps: list[Experiment], mem: list[stacked.Member], job_type: str) -> list[stacked.MemberFit]:
+    """`fit`, each member logging into its run's own logger (opened now: its curves arrive while the stack
+    trains); if the stacked fit breaks, every logger is ended as failed and the error raised."""
+    from transferlab.training.loggers import finish_logger
+
+    for e, m in zip(exps, mem):
+        m.logger = e.open_logger(concurrent=True, job_type=job_type)
+    try:
+        return fit(exps, mem)
+    except Exception:
+        for m in mem:
+            finish_logger(m.logger, failed=True)
+        raise
 
 
 def fit(exps: list[Experiment], mem: list[stacked.Member]) -> list[stacked.MemberFit]:

@@ -332,7 +332,7 @@ def train_candidates(cfg: DictConfig, todo: list[tuple[int, dict[str, Any], str]
     t0 = time.perf_counter()
     opened = [_open(cfg, i, v, fp, inputs) for i, v, fp in rest]
     if str(cfg.train.select) == "cv":
-        cands, how = _stacked_folds(opened, t0)
+        cands, how = _stacked_folds(opened)
     else:
         cands, how = _stacked(cfg, opened, inputs, t0)
     return alone + cands, how + (f" ({len(alone)} resumed alone)" if alone else "")
@@ -355,14 +355,11 @@ def _stacked(cfg: DictConfig, opened: list, inputs: dict, t0: float) -> tuple[li
     cannot share one, or when the stacked fit itself breaks (each then trained afresh)."""
     from transferlab.run import stack
     from transferlab.training import stacked
-    from transferlab.training.callbacks import _rng_state, _set_rng_state
+    from transferlab.training.callbacks import _set_rng_state
     from transferlab.training.loggers import finish_logger
 
     exps = [e for e, _ in opened]
-    rngs = []
-    for e in exps:
-        e.build(score=False)  # scores do not depend on the candidate: the point records them once
-        rngs.append(_rng_state())  # where its own fit would start (dropout draws from it)
+    rngs = stack.build(exps)
     mem = stack.members(exps, rngs)
     reason = stack.why_apart(exps, mem)
     if reason:
@@ -374,13 +371,9 @@ def _stacked(cfg: DictConfig, opened: list, inputs: dict, t0: float) -> tuple[li
             _release(e)
         return out, f"one after the other: {reason}"
     log.info("tune: the %d candidates train as one stacked model", len(exps))
-    for e, m in zip(exps, mem):  # each candidate's own curves, logged while the stack trains
-        m.logger = e.open_logger(concurrent=True, job_type="candidate")
     try:
-        fits = stack.fit(exps, mem)
+        fits = stack.fit_logged(exps, mem, job_type="candidate")
     except Exception as err:  # e.g. out of memory for K models at once: each candidate trained afresh, alone
-        for m in mem:
-            finish_logger(m.logger, failed=True)
         del mem, exps
         log.warning("tune: the stacked fit of the candidates broke (%s: %s); they train one after the other",
                     type(err).__name__, err)
@@ -402,7 +395,7 @@ def _stacked(cfg: DictConfig, opened: list, inputs: dict, t0: float) -> tuple[li
     return out, f"{len(exps)} candidates in one stacked fit"
 
 
-def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
+def _stacked_folds(opened: list) -> tuple[list[Candidate], str]:
     """Cv candidates: fold fit j of every candidate still to train it, as one stacked fit per fold; then each
     candidate's choice and fit on all n (run/cv.py) one after the other. A candidate whose fold fit lost (NaN/inf)
     has lost and trains no further fold. A fold fit an earlier attempt can resume (its last.ckpt), a fold left to
@@ -411,7 +404,7 @@ def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
     from transferlab.run import cv, stack
     from transferlab.run.experiment import source_weights
     from transferlab.training import stacked
-    from transferlab.training.callbacks import LAST, _rng_state
+    from transferlab.training.callbacks import LAST
     from transferlab.training.loggers import finish_logger
 
     exps = [e for e, _ in opened]
@@ -432,22 +425,14 @@ def _stacked_folds(opened: list, t0: float) -> tuple[list[Candidate], str]:
             continue  # cv.fit trains (or resumes, or reuses) it
         t1 = time.perf_counter()
         runs = [cv.fold_experiment(exps[c], plans[c], j) for c in todo]
-        rngs = []
-        for r in runs:
-            r.build(score=False)
-            rngs.append(_rng_state())
-        mem = stack.members(runs, rngs)
+        mem = stack.members(runs, stack.build(runs))
         reason = stack.why_apart(runs, mem)
         if reason:
             break
         log.info("cv: fold %d/%d of %d candidates as one stacked model", j + 1, plans[0].k, len(todo))
-        for r, m in zip(runs, mem):
-            m.logger = r.open_logger(concurrent=True, job_type="cv_fold")
         try:
-            fits = stack.fit(runs, mem)
+            fits = stack.fit_logged(runs, mem, job_type="cv_fold")
         except Exception as err:  # e.g. out of memory for K models at once: cv.fit trains the folds left alone
-            for m in mem:
-                finish_logger(m.logger, failed=True)
             reason = f"the stacked fit of fold {j + 1} broke ({type(err).__name__}: {err})"
             break
         share = (time.perf_counter() - t1) / len(runs)

@@ -409,10 +409,10 @@ class StackedModule(L.LightningModule):
 
     def _validate(self) -> None:
         """Every member on its validation set after each scheduled epoch (training/budget.py), as a single run
-        validates (eval mode, no gradient), then each member's selection. Run here rather than through Lightning's evaluation loop, whose
-        set-up and tear-down per epoch (mode capture and restore, hook dispatch) was most of a one-step epoch's
-        framework cost: the parameters are those Lightning would validate (no step in between, the LR schedule
-        steps after this hook)."""
+        validates (eval mode, no gradient), then each member's selection. Run here rather than through
+        Lightning's evaluation loop, whose set-up and tear-down per epoch (mode capture and restore, hook dispatch)
+        was most of a one-step epoch's framework cost: the parameters are those Lightning would validate (no step in
+        between, the LR schedule steps after this hook)."""
         was = self.net.training
         self.net.eval()
         self._val.zero_()
@@ -460,6 +460,51 @@ class StackedModule(L.LightningModule):
         groups = [{k: v for k, v in g.items() if k != "names"} | {"params": [store[_key(n)] for n in g["names"]]}
                   for k, store in stores for g in self._groups[k]]
         return optim_nodes.configure(self.optim, groups)
+
+
+class MemberByMember(StackedModule):
+    """The stacked module with each member's forward run on its own slices, one member after the other, instead of
+    under vmap: every member then goes through the very kernels its separate fit runs (a convolution under vmap is
+    a grouped convolution, which sums in another order), and the optimizer, stepping the stacked tensors
+    elementwise, gets its separate fit's gradients bit for bit. The group still pays one Trainer and one loop for
+    K fits. Used for source pretraining, whose entries are shared by every later run that reads them: an entry is
+    the one `pretrain_source` stores, not one within rounding of it (AdamW from scratch turns rounding into
+    visibly different weights within a few epochs)."""
+
+    def __init__(self, members):
+        super().__init__(members)
+        self._layouts: dict[tuple, tuple] = {}
+
+    def _own_layout(self, k: int, xk: torch.Tensor) -> torch.Tensor:
+        """`xk` with the strides member k's own batch has: its loader's gather (`TensorBatches`) keeps the layout
+        of the task's tensor (a one-channel image tensor can be channels-last), which chooses the convolution's
+        kernel; a slice of the stacked batch is always contiguous."""
+        key = (k, tuple(xk.shape))
+        if key not in self._layouts:  # the gather its loader does, on as many rows
+            own = self.members[k].batches[0].x
+            self._layouts[key] = own[torch.zeros(len(xk), dtype=torch.long, device=own.device)].stride()
+        stride = self._layouts[key]
+        if xk.stride() == stride:
+            return xk
+        return torch.empty_strided(xk.shape, stride, dtype=xk.dtype, device=xk.device).copy_(xk)
+
+    def _logits(self, x: torch.Tensor, stacked: bool = True, masks=None) -> torch.Tensor:
+        params, buffers = self._state()
+        key = (tuple((x[0] if stacked else x).shape), tuple(d.training for _, d in self.dropouts))
+        layers = [d for d, _ in self._probes[key]] if masks is not None else []
+        out = []
+        for k in range(self.k):
+            for d, m in zip(layers, masks or []):
+                d.mask = m[k]
+            try:  # slices of the stacked tensors: BatchNorm's running statistics update the member's slice in place
+                out.append(functional_call(self.net, ({n: t[k] for n, t in params.items()},
+                                                      {n: t[k] for n, t in buffers.items()}),
+                                           (self._own_layout(k, x[k]) if stacked else x,),
+                                           {"start": self.input_block}))
+            finally:
+                for d in layers:
+                    d.mask = None
+        return torch.stack(out)
 
 
 class StackedBatches:
