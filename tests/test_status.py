@@ -208,7 +208,7 @@ def test_each_launch_stamps_the_points_it_declares(tmp_path):
         "target.n_per_class=1", "target.n_per_class=2", "target.n_per_class=5"}
 
 
-def test_status_and_the_report_judge_every_point_alike_each_failure_with_its_reason(tmp_path):
+def test_status_and_the_report_judge_every_point_alike_each_failure_with_its_reason(tmp_path, monkeypatch):
     """One judgement (sweep.ledger) for `transferlab-status` and the report: a done point, a failed result, a config
     error the sweeper recorded (no result), a job that died, a job that died on a full disk (the sweeper's recorded
     error, not "died without a result"), a stale result, a missing point, a hand-edited (tampered) result and a
@@ -250,3 +250,12 @@ def test_status_and_the_report_judge_every_point_alike_each_failure_with_its_rea
     assert status[tampered][0] == "failed" and "checksum" in status[tampered][1].lower(), status[tampered]
     assert status[running][0] == "running"
     assert status[lost] == ("missing", "its result.json is gone (the sweeper recorded the point done)")
+
+    # the report's whole read (rows and judgement) reads each result.json once and judges as above
+    from transferlab.analysis.collect import collect_sweep
+    reads, read = [], RunRecord.read.__func__
+    monkeypatch.setattr(RunRecord, "read", classmethod(lambda cls, path: reads.append(str(path)) or read(cls, path)))
+    points = collect_sweep(tmp_path / "sw").points
+    assert {r["run_dir"]: (r["state"], None if r["reason"] != r["reason"] else r["reason"])
+            for _, r in points.iterrows()} == status
+    assert len(reads) == len(set(reads)) == len(list((tmp_path / "sw").glob("*/result.json"))), reads

@@ -43,7 +43,7 @@ import pandas as pd
 from transferlab.config import cli_value
 from transferlab.run import identity
 from transferlab.run.record import RunRecord, find_results
-from transferlab.sweep.ledger import SWEEP_FILE, SweepRecord, judge_sweep
+from transferlab.sweep.ledger import SWEEP_FILE, SweepRecord, judge_sweep, read_record, read_results
 KEYS = ("fingerprint", "setting_key", "context_key", "line_key", "arm_key", "baseline_key")
 # What the recorded arm label already says ("freeze=2 (all)", "cut=3", "upper=reinit", "l2sp=0.01", "gradual", a
 # trainable set: `TransferPlan.arm`): these arm keys are not repeated after it. `transfer.name` is what the preset
@@ -355,14 +355,16 @@ def read_sweep_record(sweep_dir: str | Path) -> tuple[SweepRecord | None, str | 
         return None, f"{e}: counts inferred from the results found"
 
 
-def point_states(sweep_dir: str | Path) -> pd.DataFrame:
+def point_states(sweep_dir: str | Path, record: SweepRecord | None = None,
+                 results: Mapping[str, RunRecord | str] | None = None) -> pd.DataFrame:
     """One row per distinct point the sweep declared, in its order: its folder, overrides, fingerprint, the
     sweeper's status (`declared`) and recorded error, its state and the reason (`ledger.judge_sweep`: the judgement
     the sweeper and `transferlab-status` make, in their words: done, failed, running, queued, stale, missing,
     dropped), and the folder holding its result (`result_dir`: an ok result of its fingerprint, or its own failed
     one; none when it failed without a result). Points with the same fingerprint (one config reached by two folder
-    names) are one point, counted once, in the best state any of its folders is in; `also` names the others."""
-    record, judged = judge_sweep(sweep_dir)
+    names) are one point, counted once, in the best state any of its folders is in; `also` names the others.
+    `record`, `results`: sweep.json and the result files when the caller has read them (`judge_sweep`)."""
+    record, judged = judge_sweep(sweep_dir, record=record, results=results)
     entries = {e.name: e for e in record.points}
     rows = []
     for order, p in enumerate(judged):
@@ -441,12 +443,14 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     sweep, sweep_note = read_sweep_record(root)
     named = {p.folder for p in sweep.points} if sweep else set()
     rows, idents, envs = [], {}, {}
+    read = read_results(root)  # each point folder's record, read once for the rows and the ledger's judgement
     for path in find_results(root):
         run_dir = path.parent.relative_to(root).as_posix()
-        try:
-            record = RunRecord.read(path)
-        except (OSError, ValueError) as e:  # unreadable file (or not a record): listed as failed, never fatal
-            record = RunRecord(status="failed", error=f"unreadable result.json: {e}")
+        record = read.get(path.parent.name) if path.parent.parent == root else None
+        if record is None:  # a nested folder, or a result written since `read_results`
+            record = read_record(path)
+        if isinstance(record, str):  # unreadable file (or not a record): listed as failed, never fatal
+            record = RunRecord(status="failed", error=record)
         row = record_to_row(record, run_dir)
         ident = _identity(record)
         row.update({k: None for k in KEYS} if ident is None else ident.keys)
@@ -472,7 +476,7 @@ def collect_sweep(sweep_dir: str | Path) -> Collection:
     gone = {d["run_dir"] for d in dropped}
     duplicates = pd.DataFrame(dropped, columns=["run_dir", "fingerprint", "kept"]).sort_values("run_dir")
     df = pd.DataFrame([r for r in rows if r["run_dir"] not in gone]).drop(columns=["_mtime"], errors="ignore")
-    points = point_states(root) if sweep else None
+    points = point_states(root, sweep, read) if sweep else None
     notes = [sweep_note] if sweep_note else []
     if df.empty:
         return Collection(df, duplicates.reset_index(drop=True), sweep, points, notes)

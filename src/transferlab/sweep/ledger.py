@@ -271,10 +271,10 @@ class PointState:
 
 def read_results(sweep_dir: str | Path) -> dict[str, RunRecord | str]:
     """{folder name: RunRecord, or the reason it could not be read} for every result.json of the sweep."""
-    return {path.parent.name: _read_record(path) for path in Path(sweep_dir).glob(f"*/{RESULT_FILE}")}
+    return {path.parent.name: read_record(path) for path in Path(sweep_dir).glob(f"*/{RESULT_FILE}")}
 
 
-def _read_record(path: Path) -> RunRecord | str:
+def read_record(path: Path) -> RunRecord | str:
     """The record in a result.json, or why it cannot be read (a record failing its seal included: tampered or
     corrupt)."""
     try:
@@ -307,7 +307,7 @@ def folder_state(run_dir: str | Path, fingerprint: str) -> tuple[str, str | None
     path = Path(run_dir) / RESULT_FILE
     if not path.exists():
         return "missing", None
-    record = _read_record(path)
+    record = read_record(path)
     if isinstance(record, str):
         return "failed", record
     if recorded_fingerprint(record) != fingerprint:
@@ -401,14 +401,15 @@ def point_state(entry: PointEntry, results: Mapping[str, RunRecord | str], ok_by
     return PointState(name, "missing", job=job)
 
 
-def judge_points(sweep_dir: str | Path, entries: Iterable[PointEntry], now: float | None = None) -> list[PointState]:
+def judge_points(sweep_dir: str | Path, entries: Iterable[PointEntry], now: float | None = None,
+                 results: Mapping[str, RunRecord | str] | None = None) -> list[PointState]:
     """The state of each point (see the module docstring), pull claims included; the latest launch's grid is
-    `judge_sweep`'s."""
+    `judge_sweep`'s. `results`: `read_results(sweep_dir)` when the caller has already read them."""
     sweep_dir = Path(sweep_dir)
     entries = list(entries)
     now = time.time() if now is None else now
     host = socket.gethostname()
-    results = read_results(sweep_dir)
+    results = read_results(sweep_dir) if results is None else results
     ok_by_fp = done_by_fingerprint(results)
     started = {e.name: Started.read(sweep_dir / e.folder) for e in entries}
     queue = slurm_states([started[e.name].job(e) if started[e.name] else e.job for e in entries
@@ -425,12 +426,14 @@ def judge_points(sweep_dir: str | Path, entries: Iterable[PointEntry], now: floa
     return judged
 
 
-def judge_sweep(sweep_dir: str | Path, now: float | None = None) -> tuple[SweepRecord, list[PointState]]:
+def judge_sweep(sweep_dir: str | Path, now: float | None = None, record: SweepRecord | None = None,
+                results: Mapping[str, RunRecord | str] | None = None) -> tuple[SweepRecord, list[PointState]]:
     """sweep.json and the state of every point it declares, in its order (one per name), the latest launch's grid
-    applied (`dropped`). FileNotFoundError / ValueError as `SweepRecord.read`."""
-    record = SweepRecord.read(sweep_dir)
+    applied (`dropped`). FileNotFoundError / ValueError as `SweepRecord.read`. `record` and `results`: what the
+    caller has already read of the folder (`SweepRecord.read`, `read_results`), so nothing is read twice."""
+    record = SweepRecord.read(sweep_dir) if record is None else record
     entries = list({e.name: e for e in record.points}.values())
-    judged = judge_points(sweep_dir, entries, now)
+    judged = judge_points(sweep_dir, entries, now, results)
     declared = record.declared_by_latest_launch()
     for e, p in zip(entries, judged):
         p.grid = e.grid
