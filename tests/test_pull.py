@@ -223,7 +223,10 @@ WORKERS_0 = "hydra.launcher.workers=0: an integer >= 1 (worker processes that dr
     (["hydra/launcher=slurm", "hydra.launcher.pull=true", "hydra.launcher.detach=true"],
      "hydra.launcher.detach=True: false with hydra.launcher.pull=true (the submitting process waits for its "
      "workers)"),
-], ids=["workers", "expire", "slurm-workers", "slurm-detach"])
+    (["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2"],
+     "hydra.launcher.tasks_per_node=2: 1 without hydra.launcher.pull=true (each task would run the same point into "
+     "one folder; with pull=true each task is a worker)"),
+], ids=["workers", "expire", "slurm-workers", "slurm-detach", "slurm-array-tasks"])
 def test_bad_pull_settings_are_one_line_exit_2_nothing_written(tmp_path, args, line):
     out = run_cli("-m", *args, "seed=0,1", cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -276,6 +279,23 @@ def _kill_a_worker_mid_point(sweep: Path, proc: subprocess.Popen) -> str:
 
 
 @pytest.mark.slow
+def test_a_worker_on_task_1_of_a_several_task_job_writes_its_points_logs(tmp_path):
+    """`tasks_per_node=G` makes each of a SLURM job's G tasks a worker (SLURM_NTASKS=G, SLURM_PROCID its index,
+    here given to local workers). Lightning takes SLURM_PROCID for the process's rank, and its rank-zero-only
+    writes (the CSV and W&B loggers) would skip every point of the workers on tasks 1..G-1 without a word."""
+    sweep = tmp_path / "pull"
+    out = run_cli("-m", f"hydra.sweep.dir={sweep}", "hydra/launcher=pull", "hydra.launcher.workers=1", *FAST,
+                  "seed=0,1", "target.n_per_class=2", "pretrain.max_epochs=1", "train.max_epochs=1",
+                  "trainer.enable_progress_bar=false", "logger=csv", cwd=tmp_path,
+                  env={"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _summary(out.stdout) == "2 ok, 0 failed, 0 skipped"
+    assert {e["worker"] for e in pull.read_audit(sweep) if e["event"] == "end"} == {"w0.1"}
+    for point in ("seed=0", "seed=1"):
+        for log in ("logs/target/metrics.csv", "source/logs/source/metrics.csv"):
+            assert "val/acc" in (sweep / point / log).read_text(), (point, log)
+
+
 def test_two_workers_drain_12_points_through_a_kill_9_like_a_sequential_run(tmp_path):
     """2 pull workers drain a 12-point sweep; one is killed with SIGKILL mid-point; the other takes its point over
     once its beat expires. Every point ends ok exactly once, with the fingerprints and test accuracies of the same

@@ -126,3 +126,24 @@ def test_the_slurm_script_offers_pull_mode(tmp_path, slurm_env):
     sweep = tmp_path / "outputs" / "sweeps" / "freeze_vs_n"
     ends = [e for e in pull.read_audit(sweep) if e["event"] == "end"]
     assert len(ends) == 2 and all(pull.read_claim(sweep / e["unit"])["slurm_job"] for e in ends)
+
+
+def test_one_worker_job_of_two_tasks_is_two_workers_each_writing_its_points_logs(tmp_path, slurm_env):
+    """`tasks_per_node=2`: one worker job is two workers (one per task, as one per GPU on a GPU node). Both drain
+    the sweep, and the points of the task-1 worker keep their logs (Lightning would take SLURM_PROCID=1 for their
+    rank and skip its rank-zero-only writes)."""
+    env = {**os.environ, "TRANSFERLAB_ROOT": str(tmp_path), **slurm_env}
+    sweep = tmp_path / "pull"
+    p = subprocess.run([sys.executable, "-m", "transferlab.train", "-m", f"hydra.sweep.dir={sweep}", *LOCAL,
+                        "hydra.launcher.pull=true", "hydra.launcher.workers=1", "hydra.launcher.tasks_per_node=2",
+                        *FAST, "seed=range(6)", "target.n_per_class=2", "pretrain.max_epochs=1", "train.max_epochs=1",
+                        "trainer.enable_progress_bar=false", "logger=csv",
+                        "hydra.launcher.setup=['export OMP_NUM_THREADS=1']"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _summary(p.stdout) == "6 ok, 0 failed, 0 skipped"
+    ends = {e["unit"]: e["worker"] for e in pull.read_audit(sweep) if e["event"] == "end"}
+    assert len(ends) == 6 and set(ends.values()) == {"w0.0", "w0.1"}, ends
+    assert len({pull.read_claim(sweep / u)["slurm_job"] for u in ends}) == 1  # one job
+    for unit in ends:
+        assert "val/acc" in (sweep / unit / "logs" / "target" / "metrics.csv").read_text(), unit

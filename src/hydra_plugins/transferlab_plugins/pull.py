@@ -71,6 +71,16 @@ class SweepLauncherCheck(Callback):
 
 
 # ---------------------------------------------------------------- the work, in any worker
+def _rank_zero_of_its_own_runs() -> None:
+    """Each task of a G-task worker job is a worker of its own, and each of its points is a one-device run: rank 0 of
+    it. Lightning takes `SLURM_PROCID` for the process's rank when it is imported (`rank_zero_only.rank`), and only
+    a multi-process strategy ever sets it again, so on tasks 1..G-1 every rank-zero-only write (the CSV and W&B
+    loggers, Lightning's own log lines) would be skipped without a word."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    rank_zero_only.rank = 0
+
+
 class PullWorker:
     """What a worker runs (pickled with everything a job needs, like submitit's launcher object): `drain` the
     queue, running each unit as Hydra's launchers run a job."""
@@ -90,6 +100,7 @@ class PullWorker:
         setup_globals()
         if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:  # tasks_per_node=G: G workers in one SLURM job
             worker = f"{worker}.{os.environ.get('SLURM_PROCID', '0')}"
+            _rank_zero_of_its_own_runs()
         return drain(self.sweep_dir, worker, self.run_unit, poll_s=self.poll_s)
 
     def run_unit(self, unit: Any) -> Optional[str]:

@@ -54,14 +54,21 @@ ConfigStore.instance().store(group="hydra/launcher", name="transferlab_slurm", n
 class TolerantSlurmLauncher(SlurmLauncher):
     def __init__(self, detach: bool = False, max_requeue: int = 0, pull: bool = False, workers: int = 1,
                  heartbeat_s: float = 30.0, expire_s: float = 300.0, poll_s: float = 5.0, **params: Any) -> None:
+        from transferlab.errors import ConfigError, problem
+
         if pull:
             from hydra_plugins.transferlab_plugins.pull import check
-            from transferlab.errors import ConfigError, problem
 
             check(workers, heartbeat_s, expire_s, poll_s)
             if detach:
                 raise ConfigError(problem("hydra.launcher.detach", True, "false with hydra.launcher.pull=true (the "
                                                                          "submitting process waits for its workers)"))
+        else:  # an array task runs its one point: a second task would run the same point into the same folder
+            several = [problem(f"hydra.launcher.{key}", params[key], "1 without hydra.launcher.pull=true (each task "
+                               "would run the same point into one folder; with pull=true each task is a worker)")
+                       for key in ("tasks_per_node", "nodes") if params.get(key) not in (None, 1)]
+            if several:
+                raise ConfigError(several)
         if max_requeue:
             params["max_num_timeout"] = int(max_requeue)
         super().__init__(**params)
