@@ -282,12 +282,20 @@ def acc_vs_n(summary: pd.DataFrame, cx: pd.DataFrame | None, path: Path, title: 
         for xi, key in zip(x, g["arm_key"]):
             _dots(ax, xi, _seeds_of(ok, key), step, color=color, marker=marker)
         _bars(ax, x, g["acc_mean"], g["acc_ci_lo"], g["acc_ci_hi"], color=color, marker=marker, ls=ls, label=arm)
+    return _finish_over_n(fig, ax, summary, path, title, f"test {metric}\n(dots: seeds; bars: mean, "
+                          f"{confidence:.0%} CI)", ylim, cx)
+
+
+def _finish_over_n(fig, ax, summary: pd.DataFrame, path: Path, title: str, ylabel: str,
+                   ylim: tuple[float, float] | None, cx: pd.DataFrame | None = None) -> Path:
+    """The common end of a plot of the test metric over n: the majority-class line, the y range, the n axis, the
+    crossovers, labels, grid and the legend beside the axes; saved."""
     _majority(ax, summary, ylim)
     if ylim is not None:
         ax.set_ylim(*ylim)
     _n_axis(ax, summary)
     _draw_crossovers(ax, cx)
-    ax.set_ylabel(f"test {metric}\n(dots: seeds; bars: mean, {confidence:.0%} CI)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend_right(ax)
@@ -511,15 +519,7 @@ def fitted_curves(summary: pd.DataFrame, fits: dict, path: Path, title: str,
         if fit is not None and fit.form is not None:
             grid = np.geomspace(fit.n_min, fit.n_max, 100)
             ax.plot(grid, fit.predict(grid), color=color, linestyle=ls, linewidth=1.3)
-    _majority(ax, summary, ylim)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    _n_axis(ax, summary)
-    ax.set_ylabel(f"test {metric} (mean over seeds)\nand fitted curve")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    _legend_right(ax)
-    return _save(fig, path)
+    return _finish_over_n(fig, ax, summary, path, title, f"test {metric} (mean over seeds)\nand fitted curve", ylim)
 
 
 CENSORED = ("above", "above_asymptote", "below")

@@ -30,6 +30,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from scipy import stats as st
@@ -106,6 +107,17 @@ def _arms(frame: pd.DataFrame) -> list[str]:
     return t + sorted(frame.loc[scratch, "arm"].unique())
 
 
+def _arm_rows(frame: pd.DataFrame, cols: list[str], cell: Callable[[str, str, pd.Series], Cell]
+              ) -> list[tuple[str, list[Cell]]]:
+    """One row per arm (`_arms` order), one cell per n column: `cell(arm, n, row)` of the frame's row for that arm
+    and n, an empty cell where it has none."""
+    rows = []
+    for arm in _arms(frame):
+        found = [frame[(frame["arm"] == arm) & (frame["n_label"] == n)] for n in cols]
+        rows.append((arm, [Cell() if r.empty else cell(arm, n, r.iloc[0]) for n, r in zip(cols, found)]))
+    return rows
+
+
 def _marking_notes(confidence: float, any_tied: bool) -> list[str]:
     out = ["Bold: the best arm at that n (highest mean, scratch included)."]
     if any_tied:
@@ -120,17 +132,8 @@ def summary_grid(s: pd.DataFrame, setting: str, tag: str, metric_name: str, conf
     flags = _flags(s)
     g = Grid("summary", setting, tag, f"Test {metric_name} (%) on {setting}: mean ± half-width of the "
              f"{confidence:.0%} t-interval over seeds.", cols)
-    for arm in _arms(s):
-        cells = []
-        for n in cols:
-            r = s[(s["arm"] == arm) & (s["n_label"] == n)]
-            if r.empty:
-                cells.append(Cell())
-                continue
-            r = r.iloc[0]
-            best, tied = flags[(arm, n)]
-            cells.append(Cell(_pm(r["acc_mean"], _half(r["acc_std"], r["n_seeds"], confidence)), best, tied))
-        g.rows.append((arm, cells))
+    g.rows += _arm_rows(s, cols, lambda arm, n, r: Cell(_pm(r["acc_mean"], _half(r["acc_std"], r["n_seeds"],
+                                                                                  confidence)), *flags[(arm, n)]))
     if "majority_baseline" in s and s["majority_baseline"].notna().any():
         m = s.groupby("n_label")["majority_baseline"].mean()
         g.rows.append(("majority class", [Cell(f"{100 * m[n]:.1f}" if n in m and not pd.isna(m[n]) else "–")
@@ -147,18 +150,12 @@ def gain_grid(gain: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, metri
     cols = list(gain.drop_duplicates("n_label").sort_values("n")["n_label"])
     g = Grid("gain", setting, tag, f"Gain in test {metric_name} over scratch (percentage points) on {setting}: "
              f"mean of the seed-paired differences ± half-width of their {confidence:.0%} t-interval.", cols)
-    for arm in _arms(gain.assign(is_scratch=False)):
-        cells = []
-        for n in cols:
-            r = gain[(gain["arm"] == arm) & (gain["n_label"] == n)]
-            if r.empty:
-                cells.append(Cell())
-                continue
-            r = r.iloc[0]
-            half = r["gain_ci_hi"] - r["gain_mean"] if not pd.isna(r["gain_ci_hi"]) else math.nan
-            sig, raw = _significance(r, 1 - confidence)
-            cells.append(Cell(_pm(r["gain_mean"], half, signed=True), significant=sig, uncorrected=raw and not sig))
-        g.rows.append((arm, cells))
+    def cell(arm: str, n: str, r: pd.Series) -> Cell:
+        half = r["gain_ci_hi"] - r["gain_mean"] if not pd.isna(r["gain_ci_hi"]) else math.nan
+        sig, raw = _significance(r, 1 - confidence)
+        return Cell(_pm(r["gain_mean"], half, signed=True), significant=sig, uncorrected=raw and not sig)
+
+    g.rows += _arm_rows(gain.assign(is_scratch=False), cols, cell)
     alpha = f"{1 - confidence:.2g}"
     g.notes.append(f"Test: paired t-test of the arm against scratch over the seed pairs, the test whose "
                    f"{confidence:.0%} interval the cell shows (± half-width).")
@@ -177,41 +174,37 @@ def _significance(r: pd.Series, alpha: float) -> tuple[bool, bool]:
     return (not pd.isna(holm) and float(holm) <= alpha, not pd.isna(raw) and float(raw) <= alpha)
 
 
+CENSORED_ABOVE, CENSORED_BELOW = "> ", "< "  # how a censored D_T cell begins
+
+
 def effective_grid(dt: pd.DataFrame, s: pd.DataFrame, setting: str, tag: str, confidence: float) -> Grid:
     cols = list(dt.drop_duplicates("n_label").sort_values("n")["n_label"])
     flags = _flags(s)
     g = Grid("effective_data", setting, tag, f"Effective data transferred D_T (extra labelled examples per class "
              f"scratch would need to match the arm) on {setting}, with its {confidence:.0%} percentile bootstrap "
              "interval over seeds.", cols)
-    censored = False
-    for arm in _arms(dt.assign(is_scratch=False)):
-        cells = []
-        for n in cols:
-            r = dt[(dt["arm"] == arm) & (dt["n_label"] == n)]
-            if r.empty:
-                cells.append(Cell())
-                continue
-            r = r.iloc[0]
-            scratch_n = s.loc[s["line_key"] == r["baseline_key"], "n"]
-            n0 = float(r["n"])
-            lo_b = (float(scratch_n.min()) - n0) if len(scratch_n) else math.nan
-            hi_b = (float(scratch_n.max()) - n0) if len(scratch_n) else math.nan
-            flag = r["censored"] if isinstance(r["censored"], str) else ""
-            if flag in ("above", "above_asymptote"):
-                text, censored = f"> {r['d_t_bound']:.3g}", True
-            elif flag == "below":
-                text, censored = f"< {r['d_t_bound']:.3g}", True
-            elif flag == "" and not pd.isna(r["d_t"]):
-                text = f"{r['d_t']:.3g}"
-            else:
-                text = "–"
-            if text != "–" and not (pd.isna(r["d_t_lo"]) or pd.isna(r["d_t_hi"])):
-                lo, hi = interval_end(r["d_t_lo"], lo_b, hi_b), interval_end(r["d_t_hi"], lo_b, hi_b)
-                if lo != hi:
-                    text += f" [{lo}, {hi}]"
-            best, tied = flags.get((arm, n), (False, False))
-            cells.append(Cell(text, best, tied))
-        g.rows.append((arm, cells))
+    def cell(arm: str, n: str, r: pd.Series) -> Cell:
+        scratch_n = s.loc[s["line_key"] == r["baseline_key"], "n"]
+        n0 = float(r["n"])
+        lo_b = (float(scratch_n.min()) - n0) if len(scratch_n) else math.nan
+        hi_b = (float(scratch_n.max()) - n0) if len(scratch_n) else math.nan
+        flag = r["censored"] if isinstance(r["censored"], str) else ""
+        if flag in ("above", "above_asymptote"):
+            text = f"{CENSORED_ABOVE}{r['d_t_bound']:.3g}"
+        elif flag == "below":
+            text = f"{CENSORED_BELOW}{r['d_t_bound']:.3g}"
+        elif flag == "" and not pd.isna(r["d_t"]):
+            text = f"{r['d_t']:.3g}"
+        else:
+            text = "–"
+        if text != "–" and not (pd.isna(r["d_t_lo"]) or pd.isna(r["d_t_hi"])):
+            lo, hi = interval_end(r["d_t_lo"], lo_b, hi_b), interval_end(r["d_t_hi"], lo_b, hi_b)
+            if lo != hi:
+                text += f" [{lo}, {hi}]"
+        return Cell(text, *flags.get((arm, n), (False, False)))
+
+    g.rows += _arm_rows(dt.assign(is_scratch=False), cols, cell)
+    censored = any(c.text.startswith((CENSORED_ABOVE, CENSORED_BELOW)) for _, row in g.rows for c in row)
     if censored:
         g.notes.append("> x / < x: censored, the arm is beyond the scratch curve over the n range scratch was run "
                        "at; D_T is only known to exceed (fall below) x.")

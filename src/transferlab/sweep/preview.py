@@ -780,36 +780,23 @@ def _clock_class():
         def on_train_end(self, trainer, pl_module) -> None:
             self.end = time.perf_counter()
 
-        def _eval_start(self) -> None:
+        def on_validation_start(self, trainer, pl_module) -> None:
             self._eval, self._eval_t0 = [], time.perf_counter()
 
-        def _eval_batch_start(self, batch) -> None:
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
             self._size, self._t = self._n(batch), time.perf_counter()
 
-        def _eval_batch_end(self) -> None:
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
             self._eval.append((self._size, time.perf_counter() - self._t))
 
-        def on_validation_start(self, trainer, pl_module) -> None:
-            self._eval_start()
-
-        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-            self._eval_batch_start(batch)
-
-        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-            self._eval_batch_end()
+        # a test pass is timed as a validation pass is (Lightning's hooks for both take the same arguments)
+        on_test_start = on_validation_start
+        on_test_batch_start = on_validation_batch_start
+        on_test_batch_end = on_validation_batch_end
 
         def on_validation_end(self, trainer, pl_module) -> None:
             if not trainer.sanity_checking:
                 self.vals[len(self.starts)] = (time.perf_counter() - self._eval_t0, self._eval)
-
-        def on_test_start(self, trainer, pl_module) -> None:
-            self._eval_start()
-
-        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-            self._eval_batch_start(batch)
-
-        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-            self._eval_batch_end()
 
         def on_test_end(self, trainer, pl_module) -> None:
             self.test = (time.perf_counter() - self._eval_t0, self._eval)
@@ -905,8 +892,9 @@ def _bare_steps(module: Any, x: Any, y: Any, sizes: Iterable[int], plan: Any, ep
 
 
 def _stacked(module: Any, arrays: tuple, full_bytes: int, cfg: Any, plan: Any, budget: Any, sizes: Iterable[int],
-             n_val: int, lightning_step: float, single_epoch_s: float, tmp: Path, known_epoch_s: float | None = None) -> tuple[float | None, dict[int, tuple[float, float]],
-                                                                  tuple[float, float] | None, str | None]:
+             n_val: int, lightning_step: float, single_epoch_s: float, tmp: Path,
+             known_epoch_s: float | None = None
+             ) -> tuple[float | None, dict[int, tuple[float, float]], tuple[float, float] | None, str | None]:
     """(per-epoch work outside batches and validation, b -> (a, c) per batch, (a, c) per validation pass, the
     reason it runs in turn) of a vectorised group of this shape (`training.stacked`): the stacked model's bare step
     and validation pass at 2 and 4 members, fitted as a + c x K, and two real `fit_stacked` runs of 2 members (1
