@@ -215,3 +215,21 @@ def test_a_tuned_sweep_over_both_protocols_reports_what_selection_costs(tmp_path
     assert (tmp_path / "rep" / "figures" / "report_selection_cost.png").exists()
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "tested only after the choice, for selection.csv&#x27;s oracle" in page  # the setup block says so
+
+
+def test_a_failed_hindsight_test_makes_that_pairs_oracle_a_lower_bound_and_says_so(tmp_path):
+    """A candidate whose hindsight test raised is missing from the oracle: selection.csv counts the pairs whose
+    oracle is therefore only a lower bound, and the notes line says so."""
+    root = tmp_path / "sweep"
+    _write(root)
+    folder = root / "finetune_n5_val_in_budget_s1"
+    rec = json.loads((folder / "result.json").read_text())
+    rec["tuning"]["candidates"][0]["hindsight_test"] = {"error": "RuntimeError: out of memory"}  # not chosen: 1
+    RunRecord.from_dict(rec).write(folder)
+    report = build_report(root, tmp_path / "rep", n_boot=20)
+    cost = pd.read_csv(tmp_path / "rep" / "selection.csv").set_index(["arm_name", "n"])
+    assert cost["oracle_lower_bound"].to_dict() == {("fine-tune all", 5): 1, ("fine-tune all", 10): 0,
+                                                    ("linear probe", 5): 0, ("linear probe", 10): 0}
+    assert cost.loc[("fine-tune all", 5), "oracle_pairs"] == 3  # still an oracle, from the other candidates
+    (line,) = [n for n in report.stat_notes if n.startswith("selection.csv:")]
+    assert "the oracle is a lower bound in 1 seed pair: a candidate's hindsight test failed" in line

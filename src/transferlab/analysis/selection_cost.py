@@ -18,7 +18,9 @@ The three numbers, for one arm at one n and one (seed, data seed) pair:
   for a tuned run, each candidate's kept model tested once after the choice (`hindsight_test`,
   run/hindsight.py). By construction it is at least both of the others. It is over the tuned values only; each
   candidate's epoch is the one its protocol kept (epochs are not searched in hindsight). Without hindsight numbers
-  in either run (untuned runs, or records of schema < 7) it is empty.
+  in either run (untuned runs, or records of schema < 7) it is empty. A candidate whose hindsight test raised (its
+  error is in the record) is missing from it, so that pair's oracle is only a lower bound: `oracle_lower_bound`
+  counts those pairs, and the notes line says so.
 
 Pairing: the runs compared are the same arm at the same n (the same identity but for the seeds and the protocol
 keys, `identity.PROTOCOL`) and the same seed and data seed (`stats.PAIR`: the same labelled subset). Every mean
@@ -29,8 +31,8 @@ even the large validation set left on the table) and `oracle_minus_honest` (the 
 `rank_*` rank the arms of one setting at one n by each mean (1: best), and `lead_honest` / `lead_large_val` are
 an arm's mean minus the best other arm's under that protocol (positive: it leads by that much; a difference of
 means: the paired tests of each protocol's arms are in paired_tests.csv), so a lead that only the large-val choice
-gives shows as a rank that changes and a lead that shrinks. `same_choice` is the share of pairs in which both runs were tuned and chose
-the same values.
+gives shows as a rank that changes and a lead that shrinks. `same_choice` is the share of pairs in which both runs
+were tuned and chose the same values.
 
 Rows exist only where a sweep has both an honest and a large-val run of an arm at some n; a sweep without them has
 no selection.csv and no figure. Get them by sweeping the protocol: `-m ... train.select=best_val,val_in_budget
@@ -59,7 +61,7 @@ GAPS = {"large_val_minus_honest": ("large_val", "honest"), "oracle_minus_large_v
 COLUMNS = ["setting", "arm", "arm_name", "n_label", "n", "honest", "large_val", "n_pairs", "labels_honest",
            "labels_large_val",
            *[f"{p}_{s}" for p in ("honest", "large_val", "oracle") for s in ("mean", "ci_lo", "ci_hi")],
-           "oracle_pairs",
+           "oracle_pairs", "oracle_lower_bound",
            *[f"{g}_{s}" for g in GAPS for s in ("mean", "ci_lo", "ci_hi")],
            "same_choice", "rank_honest", "rank_large_val", "rank_oracle", "lead_honest", "lead_large_val",
            "setting_key", "selection_key", "honest_arm_key", "large_val_arm_key"]
@@ -72,6 +74,13 @@ def _oracle_of(record: RunRecord, metric: str) -> float:
               if isinstance(c, Mapping) and isinstance(c.get(HINDSIGHT), Mapping)]
     values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return max(values) if values else math.nan
+
+
+def _hindsight_failed(record: RunRecord) -> bool:
+    """Did a candidate's hindsight test raise (run/hindsight.py records its error instead of numbers)?"""
+    cands = (record.tuning or {}).get("candidates") if isinstance(record.tuning, Mapping) else None
+    return any(isinstance(c, Mapping) and isinstance(c.get(HINDSIGHT), Mapping) and "error" in c[HINDSIGHT]
+               for c in cands or [])
 
 
 def _chosen(record: RunRecord) -> str | None:
@@ -99,10 +108,11 @@ def _rows(df: pd.DataFrame, records: Mapping[str, RunRecord], metric: str) -> tu
         full = identity.identity_config(rec.config)
         extra.append({"cell_key": identity.group_key(rec.config, ins, without=rep + proto), "selection_key": sk,
                       "protocol": {k: identity.get(full, k) for k in proto if identity.get(full, k) is not None},
-                      "hindsight_best": _oracle_of(rec, metric), "chosen": _chosen(rec)})
+                      "hindsight_best": _oracle_of(rec, metric), "hindsight_failed": _hindsight_failed(rec),
+                      "chosen": _chosen(rec)})
     keep = [e is not None for e in extra]
     out = ok[keep].copy()
-    for col in ("cell_key", "selection_key", "protocol", "hindsight_best", "chosen"):
+    for col in ("cell_key", "selection_key", "protocol", "hindsight_best", "hindsight_failed", "chosen"):
         out[col] = [e[col] for e in extra if e is not None]
     return out, settings
 
@@ -130,14 +140,17 @@ def _mean(values: Any, confidence: float, clip: bool) -> tuple[float, float, flo
 
 
 def _pairs(h: pd.DataFrame, large: pd.DataFrame) -> pd.DataFrame:
-    """One row per (seed, data seed) with both runs: honest, large_val, oracle (NaN without hindsight numbers)."""
-    cols = [*PAIR, "test_acc", "hindsight_best", "labels_used", "chosen"]
+    """One row per (seed, data seed) with both runs: honest, large_val, oracle (NaN without hindsight numbers;
+    `oracle_short`: a candidate's hindsight test failed, so the oracle is a lower bound)."""
+    cols = [*PAIR, "test_acc", "hindsight_best", "hindsight_failed", "labels_used", "chosen"]
     p = h[cols].merge(large[cols], on=PAIR, suffixes=("_h", "_l"))
     tested = p[["test_acc_h", "test_acc_l", "hindsight_best_h", "hindsight_best_l"]]
     any_hindsight = p[["hindsight_best_h", "hindsight_best_l"]].notna().any(axis=1)
     return pd.DataFrame({
         "honest": p["test_acc_h"], "large_val": p["test_acc_l"],
-        "oracle": tested.max(axis=1).where(any_hindsight), "labels_honest": p["labels_used_h"],
+        "oracle": tested.max(axis=1).where(any_hindsight),
+        "oracle_short": p["hindsight_failed_h"].astype(bool) | p["hindsight_failed_l"].astype(bool),
+        "labels_honest": p["labels_used_h"],
         "labels_large_val": p["labels_used_l"],
         "same_choice": [float(a == b) if a is not None and b is not None else math.nan
                         for a, b in zip(p["chosen_h"], p["chosen_l"])]})
@@ -174,6 +187,7 @@ def table(df: pd.DataFrame, records: Mapping[str, RunRecord], metric: str = "acc
                        "labels_honest": float(pairs["labels_honest"].mean()),
                        "labels_large_val": float(pairs["labels_large_val"].mean()),
                        "oracle_pairs": int(pairs["oracle"].notna().sum()),
+                       "oracle_lower_bound": int((pairs["oracle"].notna() & pairs["oracle_short"]).sum()),
                        "same_choice": float(pairs["same_choice"].mean()) if pairs["same_choice"].notna().any()
                        else math.nan, "honest_arm_key": h, "large_val_arm_key": lv}
                 for p in ("honest", "large_val", "oracle"):
@@ -222,6 +236,10 @@ def notes(cost: pd.DataFrame) -> list[str]:
                      f"{100 * g.loc[with_oracle, 'oracle_minus_large_val_mean'].mean():+.1f}")
         else:
             text += " (no oracle: no tuned run with hindsight numbers, tune.train.* and schema >= 7)"
+        short = int(g["oracle_lower_bound"].sum())
+        if short:
+            text += (f" (the oracle is a lower bound in {short} seed pair{'s' * (short > 1)}: a candidate's hindsight "
+                     "test failed, its error is in the record's tuning block)")
         parts.append(text)
     return ["selection.csv: each arm's test score under the honest protocol (labels_used = n), the large-validation-"
             "set choice and the best candidate in hindsight, paired by seed; " + "; ".join(parts)]
