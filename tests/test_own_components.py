@@ -381,6 +381,25 @@ def test_a_loader_that_reads_data_dir_must_list_its_files(tmp_path, monkeypatch)
     assert not (tmp_path / "sw").exists() or not list((tmp_path / "sw").rglob("result.json"))
 
 
+def test_a_loaders_parameters_are_read_once_per_version_of_its_module(tmp_path, monkeypatch):
+    """The sweeper asks every point whether its loader takes data_dir (`own_code.named_parameters`): the module is
+    parsed once, not once per point, and read again when it changes."""
+    import ast
+
+    from transferlab import own_code
+
+    module = tmp_path / "onceparsed.py"
+    module.write_text("def load(n_per_class):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    parses = []
+    parse = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda src, *a, **k: parses.append(1) or parse(src, *a, **k))
+    assert [own_code.named_parameters("onceparsed.load") for _ in range(50)] == [{"n_per_class"}] * 50
+    assert len(parses) == 1
+    module.write_text("def load(n_per_class, data_dir=None):\n    pass\n")
+    assert own_code.named_parameters("onceparsed.load") == {"n_per_class", "data_dir"} and len(parses) == 2
+
+
 def test_freeze_all_depths_counts_an_own_backbones_blocks(example_pkg):
     from omegaconf import OmegaConf
 

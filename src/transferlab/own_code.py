@@ -16,6 +16,7 @@ keep a component's code in the module or package its `_target_` names.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from importlib import import_module
@@ -95,14 +96,25 @@ def named_parameters(target: Any) -> set[str] | None:
     """The parameters a function (or a class's `__init__`) named by `target` declares by name, read from its
     module's source without running it (the sweeper is torch-free and runs nothing of yours); None when that
     cannot be told (not found, not defined in the module `code_path` finds, or defined by other means)."""
-    import ast
-
     path = code_path(target) if is_set(target) else None
     if path is None or path.is_dir():
         return None
-    name = str(target).rsplit(".", 1)[-1]
     try:
-        tree = ast.parse(path.read_text())
+        stat = path.stat()
+    except OSError:
+        return None
+    found = _declared(str(path), (stat.st_mtime_ns, stat.st_size), str(target).rsplit(".", 1)[-1])
+    return None if found is None else set(found)
+
+
+@functools.lru_cache(maxsize=64)
+def _declared(path: str, stamp: tuple[int, int], name: str) -> frozenset[str] | None:
+    """`named_parameters` of `name` in the module file at `path`, parsed once per version of the file (`stamp`:
+    its modification time and size), not once per sweep point."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text())
     except (OSError, SyntaxError, ValueError):
         return None
     for node in tree.body:
@@ -112,7 +124,7 @@ def named_parameters(target: Any) -> set[str] | None:
                 return None
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
             a = node.args
-            return {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+            return frozenset(x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs])
     return None
 
 
