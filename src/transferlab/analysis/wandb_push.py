@@ -68,7 +68,8 @@ def push_report(report, *, project: str = "transferlab", entity: str | None = No
         for title, path, caption in report.figures:
             payload[f"figures/{Path(path).stem}"] = wandb.Image(str(path), caption=f"{title}: {caption}")
         run.log(payload)
-        run.summary.update({"runs_ok": int((report.results["status"] == "ok").sum()), "runs_failed": len(report.failed)})
+        run.summary.update({"runs_ok": int((report.results["status"] == "ok").sum()),
+                            "runs_failed": len(report.failed)})
         for _, c in report.crossovers.iterrows():
             if not pd.isna(c["n_star"]):
                 key = f"n_star/{_key(c['setting'])}/cut={c['cut']}" + (f" {c['variant']}" if c["variant"] else "")

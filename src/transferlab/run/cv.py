@@ -19,7 +19,8 @@ The protocol, for a point whose subset has n examples (`tasks/cv_folds.py`: the 
    least t* steps, E* = ceil(t* / steps per epoch on n) (whole epochs, as every budget here). Its LR schedule and
    unfreezing schedule are those of the whole plan (it is the planned fit, cut short; should the chosen steps
    exceed the plan on n, which fold fits planned on fewer examples per epoch can do by less than an epoch, the
-   plan is extended to them), and its model is the last one. That model is tested once. The task's validation split is still evaluated at its checks for the curves
+   plan is extended to them), and its model is the last one. That model is tested once. The task's validation split
+   is still evaluated at its checks for the curves
    and the convergence verdict in result.json; it chooses nothing.
 
 Cost: k + 1 fits per point (a tuned point: that per candidate, run/tuning.py). `result.json` carries `cv`: the fold

@@ -100,7 +100,7 @@ def source_entry_problem(obj: Any, key: str, cfg: DictConfig, source: TaskData) 
     None: another entry layout (`SOURCE_ENTRY`: older entries are retrained once), another key, other block names,
     or weights that do not load into the backbone built now. What it cannot tell: a number in `meta` (the source
     test accuracy) rewritten and resealed by hand; only retraining would."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("meta"), dict) or not isinstance(obj.get("state_dict"), dict):
+    if not (isinstance(obj, dict) and isinstance(obj.get("meta"), dict) and isinstance(obj.get("state_dict"), dict)):
         return "not a source model entry (it needs 'state_dict' and 'meta')"
     meta = obj["meta"]
     if meta.get("schema") != SOURCE_ENTRY:

@@ -24,7 +24,8 @@ the identity as it is.
 
 `fingerprint` is the identity's hash: it names a run in result.json, decides whether a sweep point is done,
 whether a checkpoint may be resumed, and (minus the seeds, `seed_group_key`, also in result.json) which points the
-sweeper trains as one vectorised seed group and which runs the report pools as seeds of one arm. The source-model cache key is the same idea restricted to what shapes the source model
+sweeper trains as one vectorised seed group and which runs the report pools as seeds of one arm. The source-model
+cache key is the same idea restricted to what shapes the source model
 (`source_fingerprint`).
 
 Light on purpose (no torch): the sweeper fingerprints every point before launching, and with a parallel launcher

@@ -2,7 +2,8 @@
 
 The x axis of a transfer study is n, the labelled examples a model was trained on. A model is also shaped by every
 label its selection read: `train.select=best_val` picks the epoch on the task's validation split, and
-`train/scheduler=plateau` (any scheduler that reads a metric) lowers the rate when val/acc stalls, so those validation labels count too, however small
+`train/scheduler=plateau` (any scheduler that reads a metric) lowers the rate when val/acc stalls, so those
+validation labels count too, however small
 n is (FEWTRANS, arXiv 2603.00478). `last` and `fixed_epoch` read no validation label to decide anything (their
 curves are recorded, not used), and under `val_in_budget` the validation examples are part of the n themselves
 (tasks/budget_val.py), so there labels_used is n: the honest budget.

@@ -72,7 +72,8 @@ def expand(parse, params: Mapping[str, Any] | None, grids: Mapping[str, Mapping[
     Folder names use the keys the preset sweeps (params and grids) and the CLI's multi-value sweeps, so shrinking
     a sweep from the CLI (`seed=0`) lands on the same folders as the full sweep.
 
-    A baseline grid (its own `transfer` is one of `transfer.arm.BASELINE_PRESETS`) takes no `transfer` / `transfer.*` value from the
+    A baseline grid (its own `transfer` is one of `transfer.arm.BASELINE_PRESETS`) takes no `transfer` / `transfer.*`
+    value from the
     shared params or the CLI: those are meant for the transfer arms (`-m experiment=freeze_vs_n transfer.cut=2`
     must not give a "scratch" point with transferred weights).
 

@@ -5,7 +5,8 @@ it) is judged in one place, `sweep.ledger` (the sweeper, this module and the rep
 The sweeper's `hydra.sweeper.only=failed|missing|stale` selects points by the same states.
 
 Time left (`SweepStatus.time_left_s`): each point still to run is priced at the median wall time of the finished
-points of its own arm (its seed-group key; an older sweep.json: the same overrides but the seeds), else of its grid at its n, else of its grid, else
+points of its own arm (its seed-group key; an older sweep.json: the same overrides but the seeds), else of its grid
+at its n, else of its grid, else
 of all; a running job (one point, or a vectorised group whose members each record an equal share of the group's
 time) costs its members' prices minus the time it has run. The wall time left divides the compute time left by
 the jobs running now.

@@ -37,7 +37,8 @@ Model selection (`train.select`), the learning curves in result.json (`val/acc_h
 `val/epoch_history`) and the convergence verdict (run/convergence.py) are all on these checks. The schedule is
 part of the run's identity (its keys are train.* keys).
 
-Torch-free (but for a scheduler node, whose class is imported to know whether it reads val/acc): run/setup.py plans the budget while validating (a select_epoch or lp_epochs beyond the planned epochs
+Torch-free (but for a scheduler node, whose class is imported to know whether it reads val/acc): run/setup.py plans
+the budget while validating (a select_epoch or lp_epochs beyond the planned epochs
 is a config error before any training).
 """
 

@@ -16,7 +16,8 @@ No argument has a default here: the group files hold them (defaults live in the 
 `check` builds both on one dummy parameter before anything is trained, so a target that does not import, that is
 not an optimizer or scheduler, or that refuses an argument or value is one line: key, value, what is allowed.
 
-A target outside the libraries in `own_code.LIBRARY_PACKAGES` (torch, torchvision, timm: their versions are recorded with every result) is a
+A target outside the libraries in `own_code.LIBRARY_PACKAGES` (torch, torchvision, timm: their versions are recorded
+with every result) is a
 researcher's own code: its module is hashed into the run's identity like a backbone's of one's own
 (`optim_code_inputs`, run/identity.py), so editing the optimizer re-runs its points.
 
