@@ -205,7 +205,8 @@ def _other_layout(obj):
     (lambda obj: obj["meta"].pop("schema"), "entry layout None"),  # an entry written before entries had a layout
     (lambda obj: obj["meta"].update(key="0" * 16), "made for key"),
     (_other_layout, "do not load into small_cnn"),
-], ids=["block-names", "no-schema", "other-key", "weights-layout"])
+    (lambda obj: obj["meta"]["made_by"].update(torch="2.0.0"), "made with torch 2.0.0; this process runs torch "),
+], ids=["block-names", "no-schema", "other-key", "weights-layout", "other-torch"])
 def test_a_resealed_source_entry_that_does_not_fit_the_code_is_set_aside_and_retrained(make_cfg, tmp_path, caplog,
                                                                                         change, reason):
     cache = tmp_path / "cache"

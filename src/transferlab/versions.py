@@ -1,6 +1,8 @@
 """What made a result: the versions of Python, of the libraries that compute it and of transferlab itself (version,
-git commit, dirty). Recorded in every result.json and in cache metadata; not identity (`run/identity.py`): a library
-upgrade does not void finished runs, but the report says when one arm mixes versions. A shared piece like
+git commit, dirty). Recorded in every result.json; not identity (`run/identity.py`): a library upgrade does not void
+finished runs, but the report says when one arm mixes versions. Caches are stricter, since their entries are reused
+without a word: the feature cache keys on the versions that compute features, and a source model made by other
+versions is made again (`run/experiment.SOURCE_MADE_BY`). A shared piece like
 `errors.py`: every stage may import it, it imports nothing of transferlab."""
 
 from __future__ import annotations
