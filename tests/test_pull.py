@@ -226,8 +226,11 @@ WORKERS_0 = "hydra.launcher.workers=0: an integer >= 1 (worker processes that dr
     (["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2"],
      "hydra.launcher.tasks_per_node=2: 1 without hydra.launcher.pull=true (each task would run the same point into "
      "one folder; with pull=true each task is a worker)"),
-], ids=["workers", "expire", "slurm-workers", "slurm-detach", "slurm-array-tasks"])
-def test_bad_pull_settings_are_one_line_exit_2_nothing_written(tmp_path, args, line):
+    (["hydra/launcher=slurm", "hydra.launcher.max_array_size=0"],
+     "hydra.launcher.max_array_size=0: null (the cluster's MaxArraySize) or an integer >= 1 (tasks per array at "
+     "most)"),
+], ids=["workers", "expire", "slurm-workers", "slurm-detach", "slurm-array-tasks", "slurm-array-size"])
+def test_bad_launcher_settings_are_one_line_exit_2_nothing_written(tmp_path, args, line):
     out = run_cli("-m", *args, "seed=0,1", cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert cli_problems(out.stderr) == [line]

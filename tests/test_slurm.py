@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,23 @@ def test_slurm_sweep_runs_one_array_task_per_point(tmp_path, slurm_env):
         assert time.time() < deadline, states
         time.sleep(1)
     assert states == {"COMPLETED"}
+
+
+def test_a_sweep_larger_than_the_array_cap_is_submitted_as_several_arrays(tmp_path, slurm_env):
+    """SLURM refuses an array whose indices reach MaxArraySize and submitit does not split arrays: 5 points under a
+    cap of 2 go as arrays of 2, 2 and 1 tasks, all submitted before any is waited on, all ok."""
+    from hydra_plugins.transferlab_plugins.slurm import cluster_max_array_size
+
+    assert cluster_max_array_size() == 1001  # the loopback cluster's (SLURM's default)
+    sweep = tmp_path / "sw"
+    out = run_cli("-m", "seed=range(5)", "target.n_per_class=2", *LOCAL, *TINY, "hydra.launcher.max_array_size=2",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm_env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _summary(out.stdout) == "5 ok, 0 failed, 0 skipped"
+    assert "5 points as 3 arrays of at most 2 tasks (MaxArraySize)" in out.stdout + out.stderr
+    jobs = [json.loads(p.read_text())["slurm_job"] for p in sweep.glob("*/started.json")]
+    per_array = sorted(Counter(job.split("_")[0] for job in jobs).values())
+    assert per_array == [1, 2, 2], jobs  # (a one-task array is submitted as a plain job)
 
 
 def test_slurm_vectorized_sweep_runs_one_array_task_per_group(tmp_path, slurm_env):

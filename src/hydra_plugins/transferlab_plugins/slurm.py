@@ -10,6 +10,9 @@
   warning signal (`signal_delay_s` before the limit), and submitit's checkpoint hook (this launcher's `checkpoint`)
   requeues it, at most N times for time limits (pre-emptions always); the requeued task runs the same point again,
   which continues from its `last.ckpt` (`checkpoint.every_s` bounds what is lost).
+- Arrays within the cluster's cap: SLURM refuses an array whose task indices reach its `MaxArraySize` (often 1001),
+  and submitit does not split arrays (submitit #1624). A sweep with more points is submitted as several arrays of
+  at most that many tasks (`max_array_size`, null = read from `scontrol show config`), all before any is waited on.
 - Pull (`hydra.launcher.pull=true hydra.launcher.workers=W`): instead of one array task per point, W jobs (each
   with this launcher's resources, e.g. one node and its GPUs) drain the sweep folder's points like
   `hydra/launcher=pull`'s local workers (pull.py, transferlab.sweep.pull), so a sweep of any size needs W jobs, not
@@ -20,8 +23,10 @@
 # No `from __future__ import annotations`: OmegaConf reads the dataclass's annotations as types, and Hydra's plugin
 # scan imports this module under a name it does not keep in sys.modules (string annotations could not resolve).
 import logging
+import re
+import subprocess
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 from unittest import mock
 
 from hydra.core.config_store import ConfigStore
@@ -40,6 +45,7 @@ class TransferlabSlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.transferlab_plugins.slurm.TolerantSlurmLauncher"
     detach: bool = False    # submit and return at once; follow with transferlab-status
     max_requeue: int = 0    # time-limit requeues per task (submitit's max_num_timeout)
+    max_array_size: Optional[int] = None  # tasks per array at most; null = the cluster's MaxArraySize
     pull: bool = False      # W worker jobs drain the sweep folder instead of one array task per point
     workers: int = 1        # pull: worker jobs
     heartbeat_s: float = 30.0
@@ -53,8 +59,14 @@ ConfigStore.instance().store(group="hydra/launcher", name="transferlab_slurm", n
 
 class TolerantSlurmLauncher(SlurmLauncher):
     def __init__(self, detach: bool = False, max_requeue: int = 0, pull: bool = False, workers: int = 1,
-                 heartbeat_s: float = 30.0, expire_s: float = 300.0, poll_s: float = 5.0, **params: Any) -> None:
+                 heartbeat_s: float = 30.0, expire_s: float = 300.0, poll_s: float = 5.0,
+                 max_array_size: Optional[int] = None, **params: Any) -> None:
         from transferlab.errors import ConfigError, problem
+
+        if max_array_size is not None and (isinstance(max_array_size, bool) or not isinstance(max_array_size, int)
+                                           or max_array_size < 1):
+            raise ConfigError(problem("hydra.launcher.max_array_size", max_array_size, "null (the cluster's "
+                                      "MaxArraySize) or an integer >= 1 (tasks per array at most)"))
 
         if pull:
             from hydra_plugins.transferlab_plugins.pull import check
@@ -75,6 +87,7 @@ class TolerantSlurmLauncher(SlurmLauncher):
         self.detach = bool(detach)
         self.pull = bool(pull)
         self.workers, self.heartbeat_s, self.expire_s, self.poll_s = workers, heartbeat_s, expire_s, poll_s
+        self.max_array_size = max_array_size
         self.submitted: list = []  # detach: the job ids, in the order of the launched points
 
     def _executor(self) -> Any:
@@ -138,5 +151,30 @@ class TolerantSlurmLauncher(SlurmLauncher):
         if self.pull:
             return self._pull(job_overrides, initial_job_idx)
         self.submitted = []
-        with mock.patch.object(Job, "results", tolerant):
+        import submitit
+
+        cap = self.max_array_size or cluster_max_array_size()
+        one_array = submitit.AutoExecutor.map_array
+
+        def in_arrays(executor, fn, *iterables):  # noqa: ANN001, ANN202 - the stock launcher's one call
+            args = list(zip(*iterables))
+            size = min(cap or len(args), len(args)) or 1
+            if len(args) > size:
+                log.info("%d points as %d arrays of at most %d tasks (MaxArraySize)", len(args),
+                         -(-len(args) // size), size)
+            return [job for i in range(0, len(args), size) for job in one_array(executor, fn, *zip(*args[i:i + size]))]
+
+        with mock.patch.object(Job, "results", tolerant), mock.patch.object(submitit.AutoExecutor, "map_array",
+                                                                            in_arrays):
             return super().launch(job_overrides, initial_job_idx)
+
+
+def cluster_max_array_size() -> Optional[int]:
+    """SLURM's `MaxArraySize` (`scontrol show config`): an array's task indices must stay below it. None when it
+    cannot be read (no scontrol here: the array is submitted whole, and SLURM says if it is too large)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(found.group(1)) if found else None
