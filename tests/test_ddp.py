@@ -90,7 +90,8 @@ def test_ddp_cold_then_warm_cache_each_end_with_one_ok_result(tmp_path):
         rec = RunRecord.read(run_dir / "result.json")
         assert rec.status == "ok" and rec.metrics.test_acc is not None
         assert rec.config["trainer"]["devices"] == 2 and rec.config["trainer"]["strategy"] == "ddp"
-        assert len(_rank_pids(run_dir / "train.log")) == 2  # two ranks ran
+        assert len(_rank_pids(run_dir / "train.log")) == 2  # two ranks ran, in one process group
+        assert ddp_ranks_joined(run_dir / "train.log") == ["Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2"]
         assert _files(run_dir) <= {"result.json", "result.json.sha256", "train.log", ".hydra", "checkpoints", "logs",
                                    "source"}, \
             _files(run_dir)  # no rank's log file (train_ddp_process_1.log), no lightning_logs
@@ -178,6 +179,32 @@ def test_a_run_started_as_one_of_several_srun_tasks_is_refused(tmp_path):
     (line,) = cli_problems(out.stderr)
     assert line.startswith("trainer.devices=") and "task 1 of the 2 that srun started" in line, line
     assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "outputs" / "cache").exists()
+
+
+# What srun gives the one task of `srun -n1 -c2 python -m transferlab.train trainer=ddp ...` inside a SLURM job
+SRUN_TASK = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+def ddp_ranks_joined(train_log: Path) -> list[str]:
+    """Lightning's line of each rank that joined the process group, as rank 0 logged it ("GLOBAL_RANK: 0, MEMBER:
+    1/2" for a run over 2 processes)."""
+    return [ln.split(" - ", 1)[-1] for ln in train_log.read_text().splitlines() if "Initializing distributed" in ln]
+
+
+def test_a_ddp_run_inside_a_slurm_task_trains_over_its_ranks_not_as_two_runs_of_one(tmp_path):
+    """Inside a SLURM job, Lightning left to detect its environment took the task's SLURM_NTASKS=1 and
+    SLURM_PROCID=0 for every rank: both ranks trained alone, each as rank 0 of 1, into one folder. The ranks
+    transferlab starts form one process group of 2 whatever SLURM says."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "transferlab.train", *DDP, *TINY, f"hydra.run.dir={run_dir}",
+                             f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env={**_env(tmp_path),
+                                                                                          **SRUN_TASK},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    code, out, err = finish(proc)
+    assert code == 0, err[-3000:]
+    assert ddp_ranks_joined(run_dir / "train.log") == ["Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2"]
+    assert RunRecord.read(run_dir / "result.json").status == "ok"
 
 
 def test_ddp_inside_a_multirun_is_refused_before_anything_is_written(tmp_path):

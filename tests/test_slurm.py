@@ -82,6 +82,21 @@ def test_a_sweep_larger_than_the_array_cap_is_submitted_as_several_arrays(tmp_pa
     assert per_array == [1, 2, 2], jobs  # (a one-task array is submitted as a plain job)
 
 
+def test_a_ddp_run_started_by_srun_trains_over_its_ranks(tmp_path, slurm_env):
+    """`srun -n1 -c2 python -m transferlab.train trainer=ddp ...`: one task of a SLURM job starts the run's 2 ranks,
+    and they form one process group of 2 (Lightning, left to detect SLURM, made each rank 0 of 1)."""
+    from test_ddp import DDP, TINY as DDP_TINY, ddp_ranks_joined
+
+    run_dir = tmp_path / "run"
+    out = subprocess.run(["srun", "-n1", "-c2", sys.executable, "-m", "transferlab.train", *DDP, *DDP_TINY,
+                          f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path,
+                         env={**os.environ, "TRANSFERLAB_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", **slurm_env},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ddp_ranks_joined(run_dir / "train.log") == ["Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2"]
+    assert RunRecord.read(run_dir / "result.json").status == "ok"
+
+
 def test_slurm_vectorized_sweep_runs_one_array_task_per_group(tmp_path, slurm_env):
     """vectorize=seeds on SLURM: 2 arms x 2 seeds are 2 array tasks, each training its two seeds as one stacked
     model; every point has its own ok result.json."""

@@ -53,6 +53,27 @@ class FitOutcome:
     # history: "val/acc", "val/loss" per validation check and "epoch", the 1-based epoch each check followed
 
 
+def own_processes():
+    """The cluster environment of every Trainer transferlab builds: Lightning's own (`LightningEnvironment`: ranks
+    from LOCAL_RANK, WORLD_SIZE, NODE_RANK and MASTER_*), never one it detects. transferlab decides a run's
+    processes itself (run/ddp.py starts the ranks and sets those variables). Left to detect it, Lightning takes an
+    srun task's SLURM_NTASKS and SLURM_PROCID for every process, so each rank of a DDP run started inside a SLURM
+    job would train alone, as rank 0 of 1, into the same folder."""
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    return LightningEnvironment()
+
+
+def trainer_plugins(kwargs: dict) -> list:
+    """The plugins of a Trainer: the config's own (`trainer.plugins`, popped from `kwargs`), checkpoints through
+    `SafeCheckpointIO`, and `own_processes()` unless the config names a cluster environment itself."""
+    from lightning.pytorch.plugins.environments import ClusterEnvironment
+
+    own = list(kwargs.pop("plugins", None) or [])
+    environment = [] if any(isinstance(p, ClusterEnvironment) for p in own) else [own_processes()]
+    return [*own, SafeCheckpointIO(), *environment]
+
+
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
                  logger=False, callbacks=(), fingerprint: str | None = None, resume: bool = True,
                  resume_every_s: float = 0.0, select: str = "best_val", select_epoch: int | None = None,
@@ -79,7 +100,7 @@ def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer
                               save_weights_only=True, enable_version_counter=False, save_on_train_epoch_end=False,
                               select=select, select_epoch=select_epoch)
     kwargs = dict(plain(trainer_cfg))  # Lightning gets "cpu", not Accelerator.cpu
-    plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
+    plugins = trainer_plugins(kwargs)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=logger, default_root_dir=str(ckpt_dir),
                         callbacks=[ckpt, ResumePoint(ckpt_dir, resume_every_s, tracker=ckpt), history,
                                    BlockModelSummary(), RunIdentity(fingerprint), FailOnNonFinite(),
@@ -122,7 +143,7 @@ def test_checkpoint(module: L.LightningModule, test_loader, *, ckpt: str | Path,
     patch_result_metric_to()
     cuda_check_without_failing_nvml()
     kwargs = dict(plain(trainer_cfg))
-    plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
+    plugins = trainer_plugins(kwargs)
     kwargs.setdefault("enable_checkpointing", False)  # a test writes no checkpoint
     kwargs.setdefault("enable_model_summary", False)
     trainer = L.Trainer(logger=logger, plugins=plugins, **kwargs)

@@ -55,7 +55,7 @@ from transferlab.config import plain
 from transferlab.training.batches import TensorBatches
 from transferlab.training.callbacks import LAST, PlanSchedule, non_finite, replaces
 from transferlab.training.checkpoints import SafeCheckpointIO, _start_over
-from transferlab.training.fit import FitOutcome
+from transferlab.training.fit import FitOutcome, own_processes, trainer_plugins
 from transferlab.training import optim as optim_nodes
 from transferlab.training.module import TransferModule
 from transferlab.training.progress import ProgressLine
@@ -548,7 +548,7 @@ def fit_stacked(members: list[Member], *, max_epochs: int, trainer_cfg, val_epoc
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
     kwargs.pop("plugins", None)
     trainer = L.Trainer(max_epochs=int(max_epochs), logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, num_sanity_val_steps=0,
+                        enable_model_summary=False, num_sanity_val_steps=0, plugins=[own_processes()],
                         callbacks=[*([PlanSchedule(members[0].plan)] if members[0].plan is not None else []),
                                    ProgressLine(label=f"group of {len(members)} ({members[0].ckpt_dir.parent.name})")],
                         **kwargs)
@@ -587,7 +587,7 @@ def test_member(member: Member, fit: MemberFit, *, trainer_cfg) -> FitOutcome:
     kept = keep_member(member, fit)
     module, best = member.module, Path(kept.best_ckpt)
     kwargs = {k: v for k, v in plain(trainer_cfg).items() if k not in TRAINER_KEYS_OURS}
-    plugins = [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO()]
+    plugins = trainer_plugins(kwargs)
     trainer = L.Trainer(logger=logger, enable_checkpointing=False, enable_model_summary=False, plugins=plugins,
                         **kwargs)
     # Read back (checksum verified) and loaded as `trainer.test(ckpt_path=best)` loads a single run's best.ckpt.
