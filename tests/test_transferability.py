@@ -131,6 +131,20 @@ def test_score_command_ranks_cuts_without_training(tmp_path, shared_cache, make_
     assert bad.returncode == 2 and "transfer.scores" in bad.stderr
 
 
+def test_score_command_pretrains_several_missing_sources_each_in_its_own_folder(tmp_path):
+    """Two source models missing from a cold cache: each is pretrained in a folder of its own (they shared one, and
+    the second refused the first's checkpoint as another configuration's), and both are cached."""
+    cache = tmp_path / "cache"
+    p = run_cli("source=digits_0to4,digits_5to9", "target=digits_5to9", "transfer.cut=1", "target.n_per_class=5",
+                "pretrain.max_epochs=1", "trainer.enable_progress_bar=false", f"paths.cache_dir={cache}",
+                f"paths.output_dir={tmp_path / 'scores'}", "--json", module="transferlab.score", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    arms = json.loads(p.stdout)["groups"][0]["arms"]
+    assert sorted(a["arm"] for a in arms) == ["source=digits_0to4", "source=digits_5to9"], arms
+    assert len(list((cache / "source").glob("*/model.pt"))) == 2
+    assert len(list((tmp_path / "scores" / "sources").glob("*/source/checkpoints"))) == 2
+
+
 # ---------------------------------------------------------------- the report, on a constructed sweep
 ACC = {1: 0.70, 2: 0.80, 3: 0.90, 4: 0.60}          # measured test accuracy per cut (+ 0.01 x seed)
 LOGME = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.0}            # ranks the cuts as the accuracy does

@@ -14,6 +14,7 @@ differ in the other swept keys (cuts, sources, ...).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -137,8 +138,9 @@ def _score_point(point: Point, memo: _Memo, run_dir: Path) -> Scored:
         record = {"methods": score(methods, labels, None, None, {"features": why, "source": why}), "inputs": inputs}
         return Scored(point, record, {"source_cache": "unused"})
     key = _source_key(cfg, prep)
-    if key not in memo.sources:
-        state, status, _, _ = source_weights(cfg, prep, run_dir)
+    if key not in memo.sources:  # pretrained (when missing) in a folder of its own: two sources never share one
+        where = run_dir / "sources" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        state, status, _, _ = source_weights(cfg, prep, where)
         memo.sources[key] = (state, status)
     state, status = memo.sources[key]
     classes = prep.source.num_classes if prep.source is not None else None
