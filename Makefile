@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m transferlab.train
 
-# A small freeze-vs-n sweep (3 seeds x 4 n x 5 depths + scratch, ~80 runs, a few minutes on 2 cores) and its report.
+# A small freeze-vs-n sweep (3 seeds x 4 n x (5 depths + scratch): 72 runs, a few minutes on 2 cores) and its report.
 sweep-demo: install
 	$(BIN)/python -m transferlab.train -m experiment=freeze_vs_n name=freeze_vs_n_demo seed=0,1,2 \
 		target.n_per_class=2,5,20,null trainer.enable_progress_bar=false

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a sweep preset on this machine, one job per visible GPU (or per CPU core without one), K jobs per device with
 # JOBS_PER_DEVICE=K; print the command, run it, then the commands that show its state and its report.
-#   scripts/sweep_node.sh freeze_vs_n seed=range(3)
+#   scripts/sweep_node.sh freeze_vs_n 'seed=range(3)'
 #   JOBS_PER_DEVICE=4 scripts/sweep_node.sh freeze_vs_n target.n_per_class=1,2,5
 #   PULL_WORKERS=4 scripts/sweep_node.sh freeze_vs_n    # pull mode: 4 workers drain the sweep folder (sweeps.md)
 # The sweep's folder holds its state: run the same line again to resume it (finished points are skipped).
