@@ -16,13 +16,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF
+from conftest import CONF, cli_problems, run_cli
 from transferlab.config import (
     SCHEMAS,
     BackboneFamily,
     Choice,
     TaskKind,
     TorchvisionDataset,
+    added_keys,
     config_error,
     flatten,
     plain,
@@ -113,12 +114,35 @@ def test_a_wrong_type_is_refused_while_composing_naming_key_and_value(composed, 
     assert error.problems[0].startswith(f"{key}=") and value in error.problems[0], error.problems
 
 
-def test_keys_are_added_with_plus_only_as_before(composed):
-    assert composed("+target.foo=1").target.foo == 1
-    assert composed("+trainer.gradient_clip_val=0.5").trainer.gradient_clip_val == 0.5
+TYPO = ("transfer='frezee': no such key in transfer; did you mean transfer.freeze? (its keys: name, cut, upper, "
+        "freeze, trainable, bn, strategy, unfreeze_every, lp_epochs, l2sp, init, source_compute, scores)")
+
+
+def test_a_key_its_group_does_not_have_is_one_line_naming_the_nearest(composed):
+    """A typo (`transfer.frezee=1`) is refused while composing, with the nearest key, not Hydra's advice to add it
+    with `+`. Added with `+` (Hydra opens the node for it) nothing would read it: the run's and the sweep's checks
+    refuse it (`added_keys`). `+trainer.<key>` goes on to Lightning, and nodes without a schema (an optimizer's
+    arguments) take any key."""
     with pytest.raises(ConfigCompositionException) as e:
-        composed("target.foo=1")
-    assert config_error(e.value) is None  # not a bad value: Hydra's own message ("use +target.foo=1")
+        composed("transfer.frezee=1")
+    assert config_error(e.value).problems == [TYPO]
+    assert [str(p) for p in added_keys(composed("+transfer.frezee=1"))] == [TYPO]
+    assert [str(p) for p in added_keys(composed("+target.foo=1", "+paths.bar=2"))] == [
+        "target='foo': no such key in target (its keys: kind, name, classes, part, relabel, n_per_class, n_train, "
+        "n_policy, split_seed, val_fraction, val_size, val_per_class, val_cap_per_class, test_fraction, "
+        "max_per_class, channels, image_size, normalize)",
+        "paths='bar': no such key in paths (its keys: root_dir, output_dir, cache_dir, data_dir)"]
+    passed_on = composed("+trainer.gradient_clip_val=0.5", "+train.optimizer.betas=[0.9,0.95]",
+                         "logger=wandb", "++logger.wandb.init_timeout=5")
+    assert passed_on.trainer.gradient_clip_val == 0.5 and added_keys(passed_on) == []
+
+
+def test_a_key_added_to_a_typed_group_is_refused_by_a_run_and_a_sweep_before_anything_is_written(tmp_path):
+    for args in (["+transfer.frezee=1"], ["-m", "+transfer.frezee=1", "seed=0,1"]):
+        out = run_cli(*args, "pretrain.max_epochs=1", "train.max_epochs=1", cwd=tmp_path)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert cli_problems(out.stderr) == [TYPO]
+        assert not list(tmp_path.rglob("result.json")) and not (tmp_path / "outputs" / "cache").exists()
 
 
 def test_choices_leave_the_config_as_plain_strings(composed):

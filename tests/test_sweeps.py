@@ -360,10 +360,13 @@ def test_a_point_whose_config_changed_loses_every_checkpoint_and_keeps_its_old_r
     assert not (point / "checkpoints").exists()
 
 
-def test_unknown_key_fails_before_any_point_folder_with_hydras_message(tmp_path):
+def test_unknown_key_fails_before_any_point_folder_naming_the_nearest(tmp_path):
+    from conftest import cli_problems
+
     out = run_cli("-m", "experiment=tiny", _tiny_conf(tmp_path), "transfer.frezee=1,2", *TINY, cwd=tmp_path)
-    assert out.returncode != 0
-    assert "Could not override 'transfer.frezee'" in out.stderr
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = cli_problems(out.stderr)
+    assert line.startswith("transfer='frezee': no such key in transfer; did you mean transfer.freeze?"), line
     assert not (tmp_path / "outputs" / "sweeps" / "tiny").exists()
 
 

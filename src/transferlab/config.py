@@ -743,11 +743,59 @@ def _moved(exc: BaseException, prefix: str) -> ConfigError | None:
     return None
 
 
+def unknown_key(owner: Any, full_key: str) -> Problem | None:
+    """The problem line for a key that `owner`, its group's schema, does not have (a typo: `transfer.frezee=1`):
+    the nearest key and the group's keys. None when `owner` is no schema (a dict of your own kwargs takes any key)
+    or has the key."""
+    import difflib
+
+    if not (isinstance(owner, type) and dataclasses.is_dataclass(owner)):
+        return None
+    group, _, name = full_key.rpartition(".")
+    names = [f.name for f in dataclasses.fields(owner)]
+    if not name or name in names:
+        return None
+    keys = [n for n in names if not n.startswith("_")]  # `_target_` and the like: not offered as a near key
+    near = difflib.get_close_matches(name, keys, n=1)
+    hint = f"; did you mean {'.'.join(k for k in (group, near[0]) if k)}?" if near else ""
+    return Problem(group or "config", name, f"no such key in {group or 'the config'}{hint} (its keys: "
+                                            f"{', '.join(keys)})")
+
+
+PASSED_ON = ("trainer",)  # typed groups whose added keys (`+trainer.gradient_clip_val=1.0`) go on to a library
+
+
+def added_keys(cfg: Any) -> list[Problem]:
+    """Keys added with `+group.key=value` to a group whose schema does not have them: Hydra's `+` opens the node
+    and adds the key, nothing reads it, and the run would go on as if it were not there (`+transfer.frezee=1`).
+    Not for `PASSED_ON` groups, `tune` (`tuning.check_grid` names what can be tuned) and nodes without a schema
+    (optimizer and scheduler nodes, your own component's kwargs), which take any key."""
+    out: list[Problem] = []
+
+    def walk(node: Any, path: str) -> None:
+        owner = OmegaConf.get_type(node)
+        for key in node.keys():
+            full = f"{path}.{key}" if path else str(key)
+            if not path and key in (*PASSED_ON, "tune", "hydra"):
+                continue
+            found = unknown_key(owner, full) if path else None
+            if found is not None:
+                out.append(found)
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                walk(child, full)
+
+    if isinstance(cfg, DictConfig):
+        walk(cfg, "")
+    return out
+
+
 def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
     """The ConfigError for a value the schema refused (a wrong type, a value outside an enum), found in `exc` or
-    its causes (Hydra wraps OmegaConf's error while composing), or for an unknown key under `tune` (what can be
-    tuned instead); None for anything else: another unknown key or a missing config file keeps Hydra's own message.
-    `prefix` is prepended to the key (a group typed on its own)."""
+    its causes (Hydra wraps OmegaConf's error while composing), for an unknown key under `tune` (what can be tuned
+    instead) or in another typed group (`unknown_key`); None for anything else: a key in a free-form node or a
+    missing config file keeps Hydra's own message. `prefix` is prepended to the key (a group typed on its own)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     moved = _moved(exc, prefix)
@@ -758,6 +806,10 @@ def config_error(exc: BaseException, prefix: str = "") -> ConfigError | None:
         unknown = isinstance(seen, (ConfigKeyError, ConfigAttributeError))
         if unknown and str(getattr(seen, "full_key", "") or "").startswith("tune."):
             return ConfigError(unknown_tune_key(str(seen.full_key).split(".")[1:]))  # an unknown key to tune
+        typo = unknown_key(getattr(seen, "object_type", None),
+                           ".".join(k for k in (prefix, str(getattr(seen, "full_key", "") or "")) if k))
+        if unknown and typo is not None:  # a key its group's schema does not have
+            return ConfigError(typo)
         seen = seen.__cause__ or seen.__context__
     if seen is None:
         return None

@@ -32,6 +32,7 @@ from transferlab.run.values import (
     _is_int,
     _is_num,
     _seed_ok,
+    check_added_keys,
     check_budget,
     check_checkpoint,
     check_custom_files,
@@ -197,7 +198,8 @@ def check_cv_ddp(cfg: DictConfig) -> list[Problem]:
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], list[Problem]]] = [
-    check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_kinds, check_devices, check_ddp,
+    check_added_keys, check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_kinds, check_devices,
+    check_ddp,
     check_lease, check_checkpoint, check_resume, options.check, optim.check, check_cache_dir, check_tune,
     check_custom_files, check_cv_scheduler, check_own_cv_scheduler, check_cv_ddp,
 ]

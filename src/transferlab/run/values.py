@@ -202,7 +202,15 @@ def check_cv_scheduler(cfg: DictConfig) -> list[Problem]:
                                                "or cosine")]
 
 
-VALUE_CHECKS = [check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_checkpoint,
+def check_added_keys(cfg: DictConfig) -> list[Problem]:
+    """A key added with `+` to a group whose schema does not have it (`config.added_keys`): a typo would run as if
+    it were not there."""
+    from transferlab.config import added_keys
+
+    return added_keys(cfg)
+
+
+VALUE_CHECKS = [check_added_keys, check_seeds, check_optim, check_budget, check_task_sizes, check_cv, check_checkpoint,
                 check_custom_files, check_cv_scheduler]
 
 
