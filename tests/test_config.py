@@ -132,6 +132,12 @@ def test_a_key_its_group_does_not_have_is_one_line_naming_the_nearest(composed):
         "n_policy, split_seed, val_fraction, val_size, val_per_class, val_cap_per_class, test_fraction, "
         "max_per_class, channels, image_size, normalize)",
         "paths='bar': no such key in paths (its keys: root_dir, output_dir, cache_dir, data_dir)"]
+    with pytest.raises(ConfigCompositionException) as e:
+        composed("trainer.gradient_clip_val=0.5")  # a Trainer argument, set instead of added
+    assert "; an argument of Lightning's Trainer is added with +trainer.gradient_clip_val=<value> (its keys:" in \
+        config_error(e.value).problems[0]
+    assert [str(p) for p in added_keys(composed("+train.momentum=0.9"))] == [
+        "train.momentum=0.9: moved to train.optimizer.momentum (with train/optimizer=sgd)"]
     passed_on = composed("+trainer.gradient_clip_val=0.5", "+train.optimizer.betas=[0.9,0.95]",
                          "logger=wandb", "++logger.wandb.init_timeout=5")
     assert passed_on.trainer.gradient_clip_val == 0.5 and added_keys(passed_on) == []

@@ -67,16 +67,21 @@ def test_slurm_sweep_runs_one_array_task_per_point(tmp_path, slurm_env):
 
 def test_a_sweep_larger_than_the_array_cap_is_submitted_as_several_arrays(tmp_path, slurm_env):
     """SLURM refuses an array whose indices reach MaxArraySize and submitit does not split arrays: 5 points under a
-    cap of 2 go as arrays of 2, 2 and 1 tasks, all submitted before any is waited on, all ok."""
+    cap of 2 go as arrays of 2, 2 and 1 tasks, all submitted before any is waited on, all ok; SLURM throttles each
+    array alone, so they share array_parallelism (3 arrays under 2: one task of each at once)."""
     from hydra_plugins.transferlab_plugins.slurm import cluster_max_array_size
 
     assert cluster_max_array_size() == 1001  # the loopback cluster's (SLURM's default)
     sweep = tmp_path / "sw"
     out = run_cli("-m", "seed=range(5)", "target.n_per_class=2", *LOCAL, *TINY, "hydra.launcher.max_array_size=2",
-                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm_env)
+                  "hydra.launcher.array_parallelism=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm_env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _summary(out.stdout) == "5 ok, 0 failed, 0 skipped"
-    assert "5 points as 3 arrays of at most 2 tasks (MaxArraySize)" in out.stdout + out.stderr
+    assert ("5 points as 3 arrays of at most 2 tasks (hydra.launcher.max_array_size), at most 1 tasks of each at "
+            "once") in out.stdout + out.stderr
+    scripts = [p.read_text() for p in (sweep / ".submitit").glob("*/*_submission.sh")]
+    assert sorted(ln.split("=", 1)[1] for s in scripts for ln in s.splitlines() if ln.startswith("#SBATCH --array")) \
+        == ["0-1%1", "0-1%1"], scripts  # (the one-task array is a plain job)
     jobs = [json.loads(p.read_text())["slurm_job"] for p in sweep.glob("*/started.json")]
     per_array = sorted(Counter(job.split("_")[0] for job in jobs).values())
     assert per_array == [1, 2, 2], jobs  # (a one-task array is submitted as a plain job)

@@ -758,6 +758,8 @@ def unknown_key(owner: Any, full_key: str) -> Problem | None:
     keys = [n for n in names if not n.startswith("_")]  # `_target_` and the like: not offered as a near key
     near = difflib.get_close_matches(name, keys, n=1)
     hint = f"; did you mean {'.'.join(k for k in (group, near[0]) if k)}?" if near else ""
+    if group in PASSED_ON:  # a Trainer argument of Lightning's is added, not set
+        hint += f"; an argument of Lightning's Trainer is added with +{group}.{name}=<value>"
     return Problem(group or "config", name, f"no such key in {group or 'the config'}{hint} (its keys: "
                                             f"{', '.join(keys)})")
 
@@ -779,6 +781,8 @@ def added_keys(cfg: Any) -> list[Problem]:
             if not path and key in (*PASSED_ON, "tune", "hydra"):
                 continue
             found = unknown_key(owner, full) if path else None
+            if found is not None and key in MOVED and path in ("train", "pretrain"):  # `+train.momentum=0.9`
+                found = Problem(full, node[key], f"moved to {MOVED[key].format(group=path)}")
             if found is not None:
                 out.append(found)
                 continue

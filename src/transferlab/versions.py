@@ -1,8 +1,8 @@
 """What made a result: the versions of Python, of the libraries that compute it and of transferlab itself (version,
 git commit, dirty). Recorded in every result.json; not identity (`run/identity.py`): a library upgrade does not void
 finished runs, but the report says when one arm mixes versions. Caches are stricter, since their entries are reused
-without a word: the feature cache keys on the versions that compute features, and a source model made by other
-versions is made again (`run/experiment.SOURCE_MADE_BY`). A shared piece like
+without a word: the feature cache and the source-model cache key on the versions that make their entries
+(`run/identity.SOURCE_MADE_BY`). A shared piece like
 `errors.py`: every stage may import it, it imports nothing of transferlab."""
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ def library_version(name: str) -> str | None:
 LIBRARIES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "scikit-learn", "hydra-core",
              "omegaconf", "pandas", "scipy")
 _environment: dict[str, Any] | None = None
+
+
+def versions_of(names: tuple[str, ...]) -> dict[str, str | None]:
+    """This process's versions of `names` (keys of `environment()`)."""
+    env = environment()
+    return {name: env.get(name) for name in names}
 
 
 def environment() -> dict[str, Any]:

@@ -155,13 +155,19 @@ class TolerantSlurmLauncher(SlurmLauncher):
 
         cap = self.max_array_size or cluster_max_array_size()
         one_array = submitit.AutoExecutor.map_array
+        parallel = self.params.get("array_parallelism")
 
         def in_arrays(executor, fn, *iterables):  # noqa: ANN001, ANN202 - the stock launcher's one call
             args = list(zip(*iterables))
             size = min(cap or len(args), len(args)) or 1
-            if len(args) > size:
-                log.info("%d points as %d arrays of at most %d tasks (MaxArraySize)", len(args),
-                         -(-len(args) // size), size)
+            arrays = -(-len(args) // size)
+            if arrays > 1:
+                share = max(1, int(parallel) // arrays) if parallel else None
+                if share:  # SLURM throttles each array alone: together they keep to array_parallelism
+                    executor.update_parameters(array_parallelism=share)
+                log.info("%d points as %d arrays of at most %d tasks (%s), at most %s tasks of each at once",
+                         len(args), arrays, size, "hydra.launcher.max_array_size" if self.max_array_size else
+                         "the cluster's MaxArraySize", share or "all")
             return [job for i in range(0, len(args), size) for job in one_array(executor, fn, *zip(*args[i:i + size]))]
 
         with mock.patch.object(Job, "results", tolerant), mock.patch.object(submitit.AutoExecutor, "map_array",

@@ -43,15 +43,6 @@ def resume_every_s(cfg: DictConfig) -> float:
 
 
 SOURCE_ENTRY = 2  # layout of a cached source model (`meta`: schema, key, block_names, made_by); source_entry_problem
-# The code that made a source model's weights: its training loop, kernels and layer definitions. An entry made by
-# other versions is made again, as feature-cache entries are (store/feature_cache.py keys on the kernels' versions).
-SOURCE_MADE_BY = ("transferlab", "torch", "torchvision", "timm", "lightning")
-
-
-def made_by() -> dict[str, str | None]:
-    """This process's versions of `SOURCE_MADE_BY` (what a source entry's `made_by` must equal)."""
-    env = versions.environment()
-    return {name: env.get(name) for name in SOURCE_MADE_BY}
 
 
 def source_fit_parts(cfg: DictConfig, source: TaskData) -> tuple[TransferModule, tuple, str, dict]:
@@ -77,7 +68,8 @@ def source_meta(cfg: DictConfig, key: str, module: TransferModule, outcome: FitO
     return {"schema": SOURCE_ENTRY, "key": key,
             "source": str(cfg.source.name), "backbone": backbone_label(cfg.backbone),
             "test/acc": outcome.test["test/acc"], "val/acc": outcome.best_val_acc, "epochs": outcome.epochs,
-            "wall_s": wall_s, "block_names": list(module.net.backbone.block_names), "made_by": made_by(),
+            "wall_s": wall_s, "block_names": list(module.net.backbone.block_names),
+            "made_by": versions.versions_of(identity.SOURCE_MADE_BY),
             "wandb_run": wandb_run_ref(logger)}  # named by every target run that loads this model
 
 
@@ -106,10 +98,10 @@ def pretrain_source(cfg: DictConfig, source: TaskData, work_dir: Path) -> tuple[
 
 def source_entry_problem(obj: Any, key: str, cfg: DictConfig, source: TaskData) -> str | None:
     """Why a cached source model whose bytes passed their checksum still does not fit this code and this key, or
-    None: another entry layout (`SOURCE_ENTRY`: older entries are retrained once), another key, made by other
-    versions of `SOURCE_MADE_BY`, other block names, or weights that do not load into the backbone built now. What
-    it cannot tell: a number in `meta` (the source test accuracy) rewritten and resealed by hand; only retraining
-    would."""
+    None: another entry layout (`SOURCE_ENTRY`: older entries are retrained once), another key (the key holds the
+    versions that made it: `identity.SOURCE_MADE_BY`), other block names, or weights that do not load into the
+    backbone built now. What it cannot tell: a number in `meta` (the source test accuracy) rewritten and resealed
+    by hand; only retraining would."""
     if not (isinstance(obj, dict) and isinstance(obj.get("meta"), dict) and isinstance(obj.get("state_dict"), dict)):
         return "not a source model entry (it needs 'state_dict' and 'meta')"
     meta = obj["meta"]
@@ -117,12 +109,6 @@ def source_entry_problem(obj: Any, key: str, cfg: DictConfig, source: TaskData) 
         return f"entry layout {meta.get('schema')!r}, this code writes and reads {SOURCE_ENTRY}"
     if meta.get("key") != key:
         return f"made for key {meta.get('key')!r}, not {key}"
-    running = made_by()
-    made = meta.get("made_by") if isinstance(meta.get("made_by"), dict) else {}
-    differ = [name for name in SOURCE_MADE_BY if made.get(name) != running[name]]
-    if differ:
-        return ("made with " + ", ".join(f"{n} {made.get(n)}" for n in differ) + "; this process runs "
-                + ", ".join(f"{n} {running[n]}" for n in differ))
     import torch
 
     with torch.random.fork_rng(devices=[]):  # the check must not move the run's random stream

@@ -45,7 +45,7 @@ from transferlab import own_code
 from transferlab.config import CV_FOLD_DESIGN, flatten, tune_grid
 from transferlab.store import content
 from transferlab.transfer import arm
-from transferlab.versions import library_version
+from transferlab.versions import library_version, versions_of
 
 # key -> why it cannot change a result. Each is tested (tests/test_identity.py: changing every one of them at once
 # gives the same fingerprint and the same numbers). Nothing else may be added without such a test.
@@ -424,12 +424,18 @@ def replicate_values(config: Any) -> dict[str, Any]:
     return {key: get(c, key) for key in REPLICATES}
 
 
+# The code that makes a source model's weights: its training loop, kernels and layer definitions (in its cache key).
+SOURCE_MADE_BY = ("transferlab", "torch", "torchvision", "timm", "lightning")
+
+
 def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None = None, data: str | None = None) -> str:
     """The source-model cache key: what shapes the source model (source task and its files, backbone and its
-    weights file, pretraining and trainer settings incl. the pretraining seed), plus the source data as loaded
-    (`TaskData.fingerprint()`, when given), so an edited or differently-located user file never reuses a stale
-    model and changing target or transfer settings never retrains it. The trainer settings are those the
-    pretraining runs with: one device, no DDP keys (`ddp.single_device`: a DDP run's launcher pretrains)."""
+    weights file, pretraining and trainer settings incl. the pretraining seed, the versions of `SOURCE_MADE_BY`),
+    plus the source data as loaded (`TaskData.fingerprint()`, when given), so an edited or differently-located
+    user file, or a library upgrade, never reuses a stale model (two environments sharing a cache each keep their
+    own entry, as feature-cache entries do) and changing target or transfer settings never retrains it. The
+    trainer settings are those the pretraining runs with: one device, no DDP keys (`ddp.single_device`: a DDP
+    run's launcher pretrains). Not part of the run's own identity: an upgrade does not void finished runs."""
     from transferlab.run.ddp import single_device
 
     c = identity_config(config)
@@ -441,7 +447,7 @@ def source_fingerprint(config: Any, ins: Mapping[str, Mapping[str, str]] | None 
              # an own pretraining optimizer's or scheduler's code; own `_target_` nodes in the backbone's or the
              # source task's kwargs
              or k.startswith(("pretrain.", "backbone.kwargs.", "source.kwargs."))}
-    return _digest({"config": part, "inputs": files, "data": data})
+    return _digest({"config": part, "inputs": files, "data": data, "made_by": versions_of(SOURCE_MADE_BY)})
 
 
 def differing_keys(configs: Iterable[Mapping]) -> list[str]:

@@ -65,13 +65,9 @@ def own_processes():
 
 
 def trainer_plugins(kwargs: dict) -> list:
-    """The plugins of a Trainer: the config's own (`trainer.plugins`, popped from `kwargs`), checkpoints through
-    `SafeCheckpointIO`, and `own_processes()` unless the config names a cluster environment itself."""
-    from lightning.pytorch.plugins.environments import ClusterEnvironment
-
-    own = list(kwargs.pop("plugins", None) or [])
-    environment = [] if any(isinstance(p, ClusterEnvironment) for p in own) else [own_processes()]
-    return [*own, SafeCheckpointIO(), *environment]
+    """The plugins of a Trainer: the config's own (`+trainer.plugins=[...]`, popped from `kwargs`), checkpoints
+    through `SafeCheckpointIO`, and `own_processes()`."""
+    return [*(kwargs.pop("plugins", None) or []), SafeCheckpointIO(), own_processes()]
 
 
 def fit_and_test(module: L.LightningModule, loaders, *, max_epochs: int, trainer_cfg, ckpt_dir: Path,
