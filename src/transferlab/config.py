@@ -780,15 +780,14 @@ def added_keys(cfg: Any) -> list[Problem]:
             full = f"{path}.{key}" if path else str(key)
             if not path and key in (*PASSED_ON, "tune", "hydra"):
                 continue
+            unresolved = OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key)
             found = unknown_key(owner, full) if path else None
             if found is not None and key in MOVED and path in ("train", "pretrain"):  # `+train.momentum=0.9`
-                found = Problem(full, node[key], f"moved to {MOVED[key].format(group=path)}")
+                found = Problem(full, None if unresolved else node[key], f"moved to {MOVED[key].format(group=path)}")
             if found is not None:
                 out.append(found)
-                continue
-            child = node._get_node(key)
-            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-                walk(child, full)
+            elif not unresolved and isinstance(node[key], DictConfig):  # nothing resolved on the way
+                walk(node[key], full)
 
     if isinstance(cfg, DictConfig):
         walk(cfg, "")
