@@ -233,3 +233,28 @@ def test_checkpoint_contents_is_what_save_checkpoint_writes(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match=r"lightning .*: _CheckpointConnector\.dump_checkpoint\(weights_only\) "
                                            "changed"):
         compat.checkpoint_contents(trainer, True)
+
+
+def test_submitit_launch_replaces_results_and_map_array_only_while_the_stock_launch_runs(monkeypatch):
+    """The SLURM launcher's two hooks into hydra-submitit-launcher's `launch` (waiting on a job, submitting the
+    array) get the originals, hold only during `launch`, and a launch that no longer submits or waits that way is
+    one clear error."""
+    import submitit
+    from submitit.core.core import Job
+
+    before = (Job.results, submitit.AutoExecutor.map_array)
+
+    def launch():
+        return Job.results("job"), submitit.AutoExecutor.map_array("executor", "fn", [1, 2])
+
+    got = compat.submitit_launch(launch, lambda original, job: (original is before[0], job),
+                                 lambda original, executor, fn, *it: (original is before[1], executor, fn, it))
+    assert got == ((True, "job"), (True, "executor", "fn", ([1, 2],)))
+    assert (Job.results, submitit.AutoExecutor.map_array) == before
+
+    monkeypatch.setattr(compat, "_checked", set())
+    monkeypatch.setattr(compat.inspect, "getsource", lambda fn: "def launch(self, job_overrides): pass")
+    with pytest.raises(RuntimeError, match=r"^transferlab\.compat: hydra-submitit-launcher .*: BaseSubmititLauncher"
+                                           r"\.launch submitting with executor\.map_array and waiting with Job\."
+                                           r"results changed"):
+        compat.submitit_launch(launch, None, None)

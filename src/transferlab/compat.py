@@ -1,4 +1,4 @@
-"""The one place transferlab touches private internals of Lightning and Hydra.
+"""The one place transferlab touches private internals of Lightning, Hydra and hydra-submitit-launcher.
 
 Each wrapper below names the library versions it was written against and why the public API does not suffice, and
 checks the internal it relies on (an attribute, its signature, its qualified name) at first use: when an upgrade
@@ -152,6 +152,37 @@ def is_basic_launcher(launcher: Any) -> bool:
 
     _check_once("basic_launcher", check)
     return type(launcher) is BasicLauncher
+
+
+def submitit_launch(launch: Callable[[], Any], results: Callable[..., Any], map_array: Callable[..., Any]) -> Any:
+    """`launch()` (hydra-submitit-launcher 1.2's `BaseSubmititLauncher.launch`, called by the SLURM launcher that
+    extends it) with submitit's `Job.results` and `AutoExecutor.map_array` replaced for its duration:
+    `results(original, job)` where it waits on each job (the tolerant launcher turns a killed job into a FAILED
+    return instead of abandoning the array) and `map_array(original, executor, fn, *iterables)` where it submits
+    (several arrays within the cluster's MaxArraySize). Why private: `launch` builds its executor and waits on its
+    jobs inside itself, with no hook for either. Relied on: it submits with `executor.map_array(` and waits with
+    `.results()`."""
+    from unittest import mock
+
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+    from submitit.core.core import Job
+
+    def check() -> None:
+        try:
+            source = inspect.getsource(BaseSubmititLauncher.launch)
+        except (OSError, TypeError):  # installed without sources: nothing to check
+            return
+        if "executor.map_array(" not in source or ".results()" not in source:
+            raise changed("hydra-submitit-launcher", "BaseSubmititLauncher.launch submitting with executor.map_array "
+                                                     "and waiting with Job.results")
+
+    _check_once("submitit_launch", check)
+    own_results, own_map_array = Job.results, submitit.AutoExecutor.map_array
+    with mock.patch.object(Job, "results", lambda job: results(own_results, job)), \
+            mock.patch.object(submitit.AutoExecutor, "map_array",
+                              lambda executor, fn, *iterables: map_array(own_map_array, executor, fn, *iterables)):
+        return launch()
 
 
 # ---------------------------------------------------------------------------------------------------- Lightning

@@ -27,7 +27,6 @@ import re
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
-from unittest import mock
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
@@ -131,11 +130,9 @@ class TolerantSlurmLauncher(SlurmLauncher):
         return returns(sweep_dir, units)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from submitit.core.core import Job
+        from transferlab.compat import submitit_launch
 
-        results = Job.results
-
-        def tolerant(job):  # noqa: ANN001
+        def tolerant(results, job):  # noqa: ANN001, ANN202 - where the stock launch waits on a job
             if self.detach:  # submitted: do not wait
                 self.submitted.append(str(job.job_id))
                 ret = JobReturn(status=JobStatus.UNKNOWN, working_dir=None)
@@ -151,13 +148,10 @@ class TolerantSlurmLauncher(SlurmLauncher):
         if self.pull:
             return self._pull(job_overrides, initial_job_idx)
         self.submitted = []
-        import submitit
-
         cap = self.max_array_size or cluster_max_array_size()
-        one_array = submitit.AutoExecutor.map_array
         parallel = self.params.get("array_parallelism")
 
-        def in_arrays(executor, fn, *iterables):  # noqa: ANN001, ANN202 - the stock launcher's one call
+        def in_arrays(one_array, executor, fn, *iterables):  # noqa: ANN001, ANN202 - where the stock launch submits
             args = list(zip(*iterables))
             size = min(cap or len(args), len(args)) or 1
             arrays = -(-len(args) // size)
@@ -170,9 +164,8 @@ class TolerantSlurmLauncher(SlurmLauncher):
                          "the cluster's MaxArraySize", share or "all")
             return [job for i in range(0, len(args), size) for job in one_array(executor, fn, *zip(*args[i:i + size]))]
 
-        with mock.patch.object(Job, "results", tolerant), mock.patch.object(submitit.AutoExecutor, "map_array",
-                                                                            in_arrays):
-            return super().launch(job_overrides, initial_job_idx)
+        return submitit_launch(lambda: super(TolerantSlurmLauncher, self).launch(job_overrides, initial_job_idx),
+                               tolerant, in_arrays)
 
 
 def cluster_max_array_size() -> Optional[int]:
